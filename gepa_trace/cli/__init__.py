@@ -1,0 +1,65 @@
+"""gepa-trace: turn the production traces of LangChain agents into better prompts.
+
+\b
+Quick start:
+  gepa-trace demo                         the whole cycle, offline, on SQLite
+  gepa-trace traces --agent support-agent runs recorded by gt.instrument()
+  gepa-trace components                   prompts seen, their versions and calls
+  gepa-trace optimize --agent support-agent --entrypoint app:build_agent \\
+      --metric app:metric --reflection-lm openai/gpt-4.1
+  gepa-trace export RUN_ID --out prompts.json
+
+Every command takes --store URL (default $GEPA_TRACE_STORE or sqlite:///gepa_trace.db).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+
+import click
+
+# name -> "module:attribute". Commands are imported only when used, so that
+# `gepa-trace --help` does not pay for litellm or LangChain imports.
+COMMANDS = {
+    "collect": "gepa_trace.cli.collect:collect",
+    "ingest": "gepa_trace.cli.collect:ingest",
+    "traces": "gepa_trace.cli.traces:traces",
+    "components": "gepa_trace.cli.traces:components",
+    "feedback": "gepa_trace.cli.feedback:feedback",
+    "optimize": "gepa_trace.cli.optimize:optimize",
+    "runs": "gepa_trace.cli.optimize:runs",
+    "export": "gepa_trace.cli.ship:export",
+    "prompts": "gepa_trace.cli.ship:prompts",
+    "report": "gepa_trace.cli.ship:report",
+    "demo": "gepa_trace.cli.demo:demo",
+}
+
+
+def _available(target: str) -> bool:
+    module = target.split(":")[0]
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(name for name, target in COMMANDS.items() if _available(target))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = COMMANDS.get(name)
+        if target is None or not _available(target):
+            return None
+        module, attr = target.split(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+@click.group(cls=LazyGroup, help=__doc__, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.version_option(package_name="gepa-trace")
+def main(debug: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")

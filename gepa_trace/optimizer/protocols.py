@@ -1,0 +1,97 @@
+"""The small contracts the optimizer is built on (it knows nothing of LangChain).
+
+- An ``Evaluator`` runs a candidate's prompts on one example and returns a ``Rollout``:
+  the score, a feedback sentence, and per-component ``ComponentRecord``s for reflection.
+  It never raises for one example's failure: it scores it (usually 0) and puts the error
+  in ``Rollout.error`` and the feedback.
+- A reflection LM is any ``Callable[[str], str]``; ``gepa_trace.lm.LM`` is one.
+- A metric is ``metric(example, output, trace) -> float | Score``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Protocol, runtime_checkable
+
+from gepa_trace.prompts import PromptSet
+
+
+@dataclass(frozen=True)
+class Score:
+    """A metric's verdict on one output: higher is better (0..1 by convention)."""
+
+    score: float
+    feedback: str = ""
+
+    @staticmethod
+    def of(value: "float | int | bool | Score | tuple") -> "Score":
+        """A Score from what a metric returned (a number, a Score, or (score, feedback))."""
+        if isinstance(value, Score):
+            return value
+        if isinstance(value, tuple) and len(value) == 2:
+            return Score(float(value[0]), str(value[1]))
+        return Score(float(value))
+
+
+@dataclass(frozen=True)
+class Example:
+    """One recorded run used for optimization: what went in, and what we know of the answer.
+
+    ``expected`` is the correct answer when known (a correction, a label); ``feedback``
+    the production feedback on the recorded output.
+    """
+
+    id: str
+    inputs: Mapping[str, Any]
+    expected: Any = None
+    output: Any = None
+    feedback: tuple[Mapping[str, Any], ...] = ()
+    trace_id: str | None = None
+    split: str = "train"  # train | val | test
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ComponentRecord:
+    """What one component saw and said during a rollout (one LLM call of it)."""
+
+    component: str
+    inputs: str  # the rendered messages, as text
+    output: str
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Rollout:
+    """The result of running one candidate on one example."""
+
+    score: float
+    feedback: str = ""
+    output: Any = None
+    records: dict[str, list[ComponentRecord]] = field(default_factory=dict)
+    error: str | None = None
+    trace_id: str | None = None
+    llm_calls: int = 0
+    cache_hits: int = 0
+    tokens: int = 0
+    cost_usd: float = 0.0
+
+
+@dataclass(frozen=True)
+class RolloutContext:
+    """Who is asking: lets an evaluator tag the rollout's trace."""
+
+    run_id: str
+    candidate_id: int
+    purpose: str  # minibatch | val | test | merge
+
+
+@runtime_checkable
+class Evaluator(Protocol):
+    def evaluate(self, prompts: PromptSet, example: Example,
+                 context: RolloutContext) -> Rollout: ...
+
+
+ReflectionLM = Callable[[str], str]
+Metric = Callable[[Example, Any, Any], "float | Score"]

@@ -1,0 +1,166 @@
+"""The store's tables. One schema for SQLite and PostgreSQL.
+
+JSON-valued columns are TEXT holding JSON (portable and fast to bulk-insert); the
+derived columns used for filtering are plain indexed columns. Time is nanoseconds since
+the epoch for spans (as OpenTelemetry gives it) and float seconds elsewhere.
+
+Changing a table means adding a named migration in ``migrations.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from sqlalchemy import BigInteger, Column, Index, Text
+from sqlmodel import Field, SQLModel
+
+
+class SpanRow(SQLModel, table=True):
+    __tablename__ = "spans"
+    __table_args__ = (
+        Index("ix_spans_agent_root", "agent", "parent_span_id", "start_ns"),
+        Index("ix_spans_component", "component"),
+        Index("ix_spans_run", "run_id"),
+    )
+
+    trace_id: str = Field(primary_key=True, max_length=32)
+    span_id: str = Field(primary_key=True, max_length=16)
+    parent_span_id: Optional[str] = Field(default=None, max_length=16)
+    name: str = Field(sa_column=Column(Text, nullable=False))
+    kind: str = Field(default="INTERNAL", max_length=16)
+    start_ns: int = Field(sa_column=Column(BigInteger, nullable=False))
+    end_ns: int = Field(sa_column=Column(BigInteger, nullable=False))
+    status_code: str = Field(default="UNSET", max_length=8)
+    status_message: Optional[str] = Field(default=None, sa_column=Column(Text))
+    attributes: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))
+    events: str = Field(default="[]", sa_column=Column(Text, nullable=False, default="[]"))
+    resource: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))
+    service_name: Optional[str] = Field(default=None, max_length=255)
+    # derived, indexed
+    agent: Optional[str] = Field(default=None, max_length=255)
+    component: Optional[str] = Field(default=None, max_length=255)
+    span_type: Optional[str] = Field(default=None, max_length=16, index=True)
+    run_id: Optional[str] = Field(default=None, max_length=64)
+    prompt_version: Optional[str] = Field(default=None, max_length=64)
+    model: Optional[str] = Field(default=None, max_length=255)
+    input_tokens: Optional[int] = None
+    output_tokens: Optional[int] = None
+
+
+class FeedbackRow(SQLModel, table=True):
+    __tablename__ = "feedback"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    trace_id: str = Field(index=True, max_length=32)
+    span_id: Optional[str] = Field(default=None, max_length=16)
+    name: str = Field(default="user", max_length=255)
+    score: Optional[float] = None
+    label: Optional[str] = Field(default=None, max_length=255)
+    comment: Optional[str] = Field(default=None, sa_column=Column(Text))
+    source: str = Field(default="human", max_length=64)
+    created_at: float
+
+
+class PromptVersionRow(SQLModel, table=True):
+    __tablename__ = "prompt_versions"
+
+    component: str = Field(primary_key=True, max_length=255)
+    version: str = Field(primary_key=True, max_length=64)
+    agent: Optional[str] = Field(default=None, max_length=255)
+    template: str = Field(sa_column=Column(Text, nullable=False))  # messages JSON
+    origin: str = Field(default="observed", max_length=32)  # observed | optimization | file
+    run_id: Optional[str] = Field(default=None, max_length=64)
+    candidate_id: Optional[int] = None
+    parent_version: Optional[str] = Field(default=None, max_length=64)
+    first_seen: float
+    last_seen: float
+
+
+class PromptAliasRow(SQLModel, table=True):
+    __tablename__ = "prompt_aliases"
+
+    component: str = Field(primary_key=True, max_length=255)
+    alias: str = Field(primary_key=True, max_length=64)
+    version: str = Field(max_length=64)
+    updated_at: float
+
+
+class OptimizationRunRow(SQLModel, table=True):
+    __tablename__ = "optimization_runs"
+
+    id: str = Field(primary_key=True, max_length=64)
+    agent: str = Field(index=True, max_length=255)
+    status: str = Field(default="running", max_length=16)  # running | finished | stopped | failed
+    config: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))  # JSON
+    seed: int = 0
+    started_at: float
+    finished_at: Optional[float] = None
+    heartbeat_at: Optional[float] = None
+    best_candidate_id: Optional[int] = None
+    totals: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))  # JSON
+    warm_start_from: Optional[str] = Field(default=None, max_length=64)
+
+
+class CandidateRow(SQLModel, table=True):
+    __tablename__ = "candidates"
+
+    run_id: str = Field(primary_key=True, max_length=64)
+    id: int = Field(primary_key=True)
+    prompts: str = Field(sa_column=Column(Text, nullable=False))  # JSON {component: version}
+    parents: str = Field(default="[]", sa_column=Column(Text, nullable=False, default="[]"))  # JSON [ids]
+    origin: str = Field(max_length=32)  # seed | reflection | merge | warm_start
+    component: Optional[str] = Field(default=None, max_length=255)  # the one reflected on
+    diagnosis: Optional[str] = Field(default=None, sa_column=Column(Text))
+    status: str = Field(default="proposed", max_length=16)  # proposed | accepted | rejected
+    minibatch_parent_sum: Optional[float] = None
+    minibatch_child_sum: Optional[float] = None
+    val_score: Optional[float] = None
+    iteration: int = 0
+    created_at: float
+
+
+class EvaluationRow(SQLModel, table=True):
+    __tablename__ = "evaluations"
+    __table_args__ = (Index("ix_evaluations_candidate", "run_id", "candidate_id"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    run_id: str = Field(max_length=64)
+    candidate_id: int
+    example_id: str = Field(max_length=255)
+    purpose: str = Field(default="val", max_length=16)  # minibatch | val | test | merge
+    score: float
+    feedback: Optional[str] = Field(default=None, sa_column=Column(Text))
+    trace_id: Optional[str] = Field(default=None, max_length=32)
+    error: Optional[str] = Field(default=None, sa_column=Column(Text))
+    llm_calls: int = 0
+    cache_hits: int = 0
+    tokens: int = 0
+    cost_usd: float = 0.0
+    created_at: float
+
+
+class RunEventRow(SQLModel, table=True):
+    """An append-only log of what happened in a run (front changes, budget, errors)."""
+
+    __tablename__ = "run_events"
+    __table_args__ = (Index("ix_run_events_run", "run_id", "seq"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    run_id: str = Field(max_length=64)
+    seq: int
+    kind: str = Field(max_length=32)
+    payload: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))
+    created_at: float
+
+
+class RunLockRow(SQLModel, table=True):
+    """At most one running optimization per agent (see store.locks)."""
+
+    __tablename__ = "run_locks"
+
+    agent: str = Field(primary_key=True, max_length=255)
+    run_id: str = Field(max_length=64)
+    pid: int
+    host: str = Field(max_length=255)
+    acquired_at: float
+    heartbeat_at: float
