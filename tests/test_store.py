@@ -65,3 +65,27 @@ def test_unreachable_postgres_is_a_store_error_without_password():
     with pytest.raises(StoreError) as info:
         open_store(url)
     assert "s3cret" not in str(info.value)
+
+
+def test_write_spans_fills_derived_columns_and_records_prompt_versions(store_url):
+    import json
+
+    from gepa_trace.store.spans import write_spans
+
+    store = open_store(store_url)
+    template = json.dumps([{"role": "system", "content": "Plan."}])
+    span = dict(trace_id="1" * 32, span_id="2" * 16, parent_span_id=None, name="llm",
+                kind="INTERNAL", start_ns=10, end_ns=20, status_code="OK",
+                attributes={"openinference.span.kind": "LLM", "gepa.agent": "qa",
+                            "gepa.component": "planner", "gepa.prompt.version": "abc",
+                            "gepa.prompt.template": template, "llm.token_count.prompt": 7},
+                events=[], resource={"service.name": "svc"})
+    write_spans(store, [span])
+    write_spans(store, [span])  # a retry stores nothing twice
+    with store.read() as conn:
+        rows = conn.execute(sa.text("SELECT agent, component, span_type, input_tokens, "
+                                    "service_name FROM spans")).all()
+        versions = conn.execute(sa.text("SELECT component, version, template "
+                                        "FROM prompt_versions")).all()
+    assert rows == [("qa", "planner", "llm", 7, "svc")]
+    assert versions == [("planner", "abc", template)]
