@@ -1,0 +1,180 @@
+"""Prompt versions in the store: recording them, aliases (``production``), diffs, and
+loading an alias for deployment with a fallback file for when the store is unreachable.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import and_, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from gepa_trace.errors import ConfigError, NotFoundError, StoreError
+from gepa_trace.prompts.promptset import PromptSet, PromptVersion
+from gepa_trace.store import PromptAliasRow, PromptVersionRow, Store, open_store
+
+log = logging.getLogger(__name__)
+_VERSIONS = PromptVersionRow.__table__
+_ALIASES = PromptAliasRow.__table__
+
+
+@dataclass(frozen=True)
+class StoredVersion:
+    component: str
+    version: str
+    messages: list[dict[str, str]]
+    origin: str
+    agent: str | None
+    run_id: str | None
+    parent_version: str | None
+    first_seen: float
+    last_seen: float
+    aliases: tuple[str, ...] = ()
+
+    def text(self) -> str:
+        """The template as readable text (one block per message), for diffs."""
+        parts = []
+        for msg in self.messages:
+            if msg["role"] == "placeholder":
+                parts.append(f"[{msg['variable']}: messages]")
+            else:
+                parts.append(f"[{msg['role']}]\n{msg['content']}")
+        return "\n\n".join(parts) + "\n"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"component": self.component, "version": self.version,
+                "messages": self.messages, "origin": self.origin, "agent": self.agent,
+                "run_id": self.run_id, "parent_version": self.parent_version,
+                "first_seen": self.first_seen, "last_seen": self.last_seen,
+                "aliases": list(self.aliases)}
+
+
+def record_versions(store: Store, prompts: PromptSet, *, origin: str = "optimization",
+                    run_id: str | None = None, candidate_id: int | None = None) -> None:
+    """Record every version of ``prompts`` not yet in the store (existing ones are kept)."""
+    now = time.time()
+    rows = []
+    for name in prompts:
+        pv = prompts.version_of(name)
+        rows.append({"component": name, "version": pv.version, "agent": prompts.agent,
+                     "template": json.dumps(pv.messages, ensure_ascii=False), "origin": origin,
+                     "run_id": run_id, "candidate_id": candidate_id,
+                     "parent_version": pv.parent_version, "first_seen": now, "last_seen": now})
+    with store.write() as conn:
+        store.insert_ignoring_duplicates(conn, _VERSIONS, rows)
+
+
+def _stored(row: Any, aliases: tuple[str, ...] = ()) -> StoredVersion:
+    return StoredVersion(component=row.component, version=row.version,
+                         messages=json.loads(row.template), origin=row.origin, agent=row.agent,
+                         run_id=row.run_id, parent_version=row.parent_version,
+                         first_seen=row.first_seen, last_seen=row.last_seen, aliases=aliases)
+
+
+def list_versions(store: Store, *, component: str | None = None,
+                  agent: str | None = None) -> list[StoredVersion]:
+    """Every stored version (newest first per component), with its aliases."""
+    query = select(_VERSIONS)
+    if component:
+        query = query.where(_VERSIONS.c.component == component)
+    if agent:
+        query = query.where(_VERSIONS.c.agent == agent)
+    with store.read() as conn:
+        rows = conn.execute(query.order_by(_VERSIONS.c.component,
+                                           _VERSIONS.c.first_seen.desc())).all()
+        alias_rows = conn.execute(select(_ALIASES)).all()
+    aliases: dict[tuple[str, str], list[str]] = {}
+    for a in alias_rows:
+        aliases.setdefault((a.component, a.version), []).append(a.alias)
+    return [_stored(r, tuple(sorted(aliases.get((r.component, r.version), [])))) for r in rows]
+
+
+def get_version(store: Store, version: str, component: str | None = None) -> StoredVersion:
+    """A stored version by its hash (a unique prefix of at least 4 digits is enough)."""
+    if len(version) < 4:
+        raise ConfigError(f"version {version!r} is too short (give at least 4 hex digits)")
+    query = select(_VERSIONS).where(_VERSIONS.c.version.startswith(version))
+    if component:
+        query = query.where(_VERSIONS.c.component == component)
+    with store.read() as conn:
+        rows = conn.execute(query).all()
+    if not rows:
+        where = f" of component {component!r}" if component else ""
+        raise NotFoundError(f"no prompt version {version!r}{where} in the store")
+    if len({(r.component, r.version) for r in rows}) > 1:
+        raise ConfigError(f"version prefix {version!r} is ambiguous: "
+                          + ", ".join(f"{r.component}@{r.version}" for r in rows))
+    return _stored(rows[0])
+
+
+def promote(store: Store, component: str, version: str, *, alias: str = "production") -> StoredVersion:
+    """Point ``alias`` of ``component`` at ``version`` (which must be stored)."""
+    if not alias or not alias.replace("-", "").replace("_", "").isalnum():
+        raise ConfigError(f"alias {alias!r} must be a word (letters, digits, - and _)")
+    found = get_version(store, version, component)
+    row = {"component": component, "alias": alias, "version": found.version,
+           "updated_at": time.time()}
+    with store.write() as conn:
+        conn.execute(_ALIASES.delete().where(and_(_ALIASES.c.component == component,
+                                                  _ALIASES.c.alias == alias)))
+        conn.execute(_ALIASES.insert().values(**row))
+    return found
+
+
+def diff_versions(store: Store, a: str, b: str) -> str:
+    """A unified diff between two stored versions' templates."""
+    va, vb = get_version(store, a), get_version(store, b)
+    return "".join(difflib.unified_diff(
+        va.text().splitlines(keepends=True), vb.text().splitlines(keepends=True),
+        fromfile=f"{va.component}@{va.version}", tofile=f"{vb.component}@{vb.version}"))
+
+
+def prompts_for_alias(store: Store, alias: str = "production",
+                      agent: str | None = None) -> PromptSet:
+    """The PromptSet of every component whose ``alias`` is set (optionally one agent's)."""
+    query = (select(_VERSIONS).join(_ALIASES, and_(_ALIASES.c.component == _VERSIONS.c.component,
+                                                   _ALIASES.c.version == _VERSIONS.c.version))
+             .where(_ALIASES.c.alias == alias))
+    if agent:
+        query = query.where(_VERSIONS.c.agent == agent)
+    with store.read() as conn:
+        rows = conn.execute(query).all()
+    if not rows:
+        raise NotFoundError(f"no component has the alias {alias!r}"
+                            + (f" for agent {agent!r}" if agent else ""))
+    versions = {r.component: PromptVersion(r.component, json.loads(r.template),
+                                           parent_version=r.parent_version, run_id=r.run_id)
+                for r in rows}
+    return PromptSet(versions, agent=agent or rows[0].agent)
+
+
+def load_prompts(alias: str = "production", store: "str | Store | None" = None, *,
+                 agent: str | None = None,
+                 fallback: "str | Path | None" = None) -> PromptSet:
+    """The prompts a deployed agent should use: the ``alias`` versions from the store.
+
+    Each successful load is also written to ``fallback`` (default
+    ``prompts.<alias>.json`` in the working directory); when the store cannot be
+    reached, that last good file is loaded instead and a warning is logged.
+    """
+    path = Path(fallback) if fallback is not None else Path(f"prompts.{alias}.json")
+    try:
+        prompts = prompts_for_alias(open_store(store), alias, agent)
+    except (StoreError, SQLAlchemyError) as exc:
+        if path.is_file():
+            log.warning("prompt store unreachable (%s); using the last good file %s",
+                        str(exc).splitlines()[0], path)
+            return PromptSet.load(path)
+        raise StoreError(f"prompt store unreachable ({str(exc).splitlines()[0]}) and no "
+                         f"fallback file at {path}") from exc
+    try:
+        prompts.save(path)
+    except OSError as exc:  # a read-only deployment directory must not stop the agent
+        log.warning("could not write fallback prompt file %s: %s", path, exc)
+    return prompts
