@@ -42,6 +42,8 @@ SETTINGS: dict[str, Setting] = {
         Setting("sim_seed", "GEPA_SIM_SEED", 0, int, "Seed of the simulated models"),
         Setting("sim_latency_ms", "GEPA_SIM_LATENCY_MS", 0.0, float,
                 "Latency injected into every simulated model call"),
+        Setting("sim_faults", "GEPA_SIM_FAULTS", "", str,
+                "Faults injected into simulated calls, e.g. rate_limit=0.1,timeout=0.05,malformed=0.1"),
         Setting("debug", "GEPA_TRACE_DEBUG", False, _bool,
                 "Show tracebacks in the CLI and re-raise internal errors"),
     ]
