@@ -1,0 +1,246 @@
+"""Examples from the store: the root spans of one agent's production runs.
+
+Each example is one recorded run: its input, its output, the feedback users gave, and
+the expected answer when the feedback tells it (a correction comment, or a positive
+verdict on the recorded output). Optimizer rollouts are traces too, but they are never
+examples: only spans with no optimization run id are read.
+
+The split into train / validation / held-out test is a function of the trace id alone
+(a hash), so a run that was held out tonight is still held out tomorrow, whatever
+other runs arrive.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import and_, select
+
+from gepa_trace.errors import ConfigError, GepaTraceError
+from gepa_trace.optimizer.protocols import Example
+from gepa_trace.store import FeedbackRow, SpanRow, Store
+
+_SPANS = SpanRow.__table__
+_FEEDBACK = FeedbackRow.__table__
+
+
+class NotEnoughExamples(GepaTraceError):
+    """Too few recorded runs, or none with a usable signal, to optimize from."""
+
+
+@dataclass(frozen=True)
+class ExampleFilter:
+    """Which recorded runs become examples."""
+
+    since: float | None = None  # epoch seconds
+    until: float | None = None
+    only_with_feedback: bool = False
+    min_score: float | None = None  # on the mean feedback score
+    max_score: float | None = None
+    sample: int | None = None
+    dedupe_inputs: bool = True
+
+
+@dataclass(frozen=True)
+class SplitFractions:
+    train: float = 0.5
+    val: float = 0.25
+    test: float = 0.25
+
+    def __post_init__(self) -> None:
+        parts = (self.train, self.val, self.test)
+        if any(p < 0 for p in parts) or abs(sum(parts) - 1.0) > 1e-6:
+            raise ConfigError(f"split fractions must be non-negative and sum to 1, got "
+                              f"train={self.train} val={self.val} test={self.test}")
+
+
+@dataclass
+class Dataset:
+    """Examples of one agent, split by trace id."""
+
+    agent: str
+    train: list[Example] = field(default_factory=list)
+    val: list[Example] = field(default_factory=list)
+    test: list[Example] = field(default_factory=list)
+    skipped_without_signal: int = 0
+
+    def all(self) -> list[Example]:
+        return self.train + self.val + self.test
+
+    def summary(self) -> dict[str, int]:
+        return {"train": len(self.train), "val": len(self.val), "test": len(self.test),
+                "skipped_without_signal": self.skipped_without_signal}
+
+
+def unit_hash(text: str, salt: str = "split") -> float:
+    """A number in [0, 1) that depends only on ``text`` (and the salt)."""
+    digest = hashlib.sha256(f"{salt}:{text}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def split_of(trace_id: str, fractions: SplitFractions = SplitFractions()) -> str:
+    u = unit_hash(trace_id)
+    if u < fractions.test:
+        return "test"
+    if u < fractions.test + fractions.val:
+        return "val"
+    return "train"
+
+
+_CORRECTION = re.compile(
+    r"(?:should(?: have)? be(?:en)?|correct answer (?:is|was)|right answer (?:is|was)|"
+    r"the answer (?:is|was)|expected(?: answer)?(?: is| was|:)?)\s*[:\-]?\s*"
+    r"[\"'“]?(?P<answer>[^\"'”.!?\n]+)", re.IGNORECASE)
+
+
+def expected_from_comment(comment: str | None) -> str | None:
+    """The answer a correction comment gives ("the answer should be France" -> "France")."""
+    if not comment:
+        return None
+    match = _CORRECTION.search(comment)
+    if not match:
+        return None
+    answer = re.split(r",?\s+(?:not|instead|rather)\b", match.group("answer"))[0]
+    answer = answer.strip().strip(",;:")
+    return answer or None
+
+
+def _loads(text: Any) -> Any:
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        return text
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _inputs_of(attributes: dict[str, Any]) -> dict[str, Any] | None:
+    value = _loads(attributes.get("input.value"))
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        # LangGraph/LCEL wrap inputs as {"input": {...}} in some versions
+        return value
+    return {"input": value}
+
+
+def _feedback_by_trace(store: Store, trace_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    with store.read() as conn:
+        for start in range(0, len(trace_ids), 500):
+            chunk = trace_ids[start:start + 500]
+            rows = conn.execute(select(_FEEDBACK).where(_FEEDBACK.c.trace_id.in_(chunk))
+                                .order_by(_FEEDBACK.c.created_at)).all()
+            for r in rows:
+                out.setdefault(r.trace_id, []).append(
+                    {"name": r.name, "score": r.score, "label": r.label,
+                     "comment": r.comment, "source": r.source, "created_at": r.created_at})
+    return out
+
+
+def _expected(output: Any, feedback: list[dict[str, Any]]) -> Any:
+    for fb in reversed(feedback):  # the latest correction wins
+        answer = expected_from_comment(fb.get("comment"))
+        if answer:
+            return answer
+    scores = [fb["score"] for fb in feedback if fb.get("score") is not None]
+    if scores and sum(scores) / len(scores) >= 0.5 and output is not None:
+        return output  # the user confirmed the recorded answer
+    return None
+
+
+def load_examples(store: Store, agent: str, *, filters: ExampleFilter = ExampleFilter(),
+                  fractions: SplitFractions = SplitFractions(),
+                  min_examples: int = 6, need_signal: bool = True) -> Dataset:
+    """The examples of ``agent``'s production runs, split into train/val/test.
+
+    ``need_signal``: keep only runs whose feedback gives an expected answer or a score
+    (what the ``feedback`` metric needs); a custom metric may not need it.
+    Raises NotEnoughExamples with the counts when fewer than ``min_examples`` remain.
+    """
+    query = select(_SPANS.c.trace_id, _SPANS.c.attributes, _SPANS.c.start_ns).where(and_(
+        _SPANS.c.agent == agent, _SPANS.c.parent_span_id.is_(None), _SPANS.c.run_id.is_(None)))
+    if filters.since is not None:
+        query = query.where(_SPANS.c.start_ns >= int(filters.since * 1e9))
+    if filters.until is not None:
+        query = query.where(_SPANS.c.start_ns < int(filters.until * 1e9))
+    with store.read() as conn:
+        roots = conn.execute(query.order_by(_SPANS.c.start_ns.desc())).all()
+    if not roots:
+        raise NotEnoughExamples(f"no recorded runs of agent {agent!r} in the store"
+                                + (" in that time window" if filters.since or filters.until else "")
+                                + "; check the name with `gepa-trace traces`")
+    feedback = _feedback_by_trace(store, [r.trace_id for r in roots])
+    dataset = Dataset(agent=agent)
+    seen_inputs: set[str] = set()
+    candidates: list[Example] = []
+    for root in roots:  # newest first, so de-duplication keeps the latest run
+        attributes = json.loads(root.attributes)
+        inputs = _inputs_of(attributes)
+        if inputs is None:
+            continue
+        fb = feedback.get(root.trace_id, [])
+        scores = [f["score"] for f in fb if f.get("score") is not None]
+        mean = sum(scores) / len(scores) if scores else None
+        if filters.only_with_feedback and not fb:
+            continue
+        if filters.min_score is not None and (mean is None or mean < filters.min_score):
+            continue
+        if filters.max_score is not None and (mean is None or mean > filters.max_score):
+            continue
+        if filters.dedupe_inputs:
+            key = json.dumps(inputs, sort_keys=True, default=str)
+            if key in seen_inputs:
+                continue
+            seen_inputs.add(key)
+        output = _loads(attributes.get("output.value"))
+        expected = _expected(output, fb)
+        if need_signal and expected is None and mean is None:
+            dataset.skipped_without_signal += 1
+            continue
+        candidates.append(Example(id=root.trace_id, inputs=inputs, expected=expected,
+                                  output=output, feedback=tuple(fb), trace_id=root.trace_id,
+                                  split=split_of(root.trace_id, fractions),
+                                  meta={"feedback_score": mean}))
+    if filters.sample is not None and len(candidates) > filters.sample:
+        candidates = sorted(candidates, key=lambda e: unit_hash(e.id, "sample"))[:filters.sample]
+    candidates.sort(key=lambda e: e.id)  # a stable order, independent of arrival
+    for example in candidates:
+        getattr(dataset, example.split).append(example)
+    total = len(candidates)
+    if total < min_examples or not dataset.train or not dataset.val:
+        raise NotEnoughExamples(
+            f"agent {agent!r}: {len(roots)} recorded runs, {total} usable as examples "
+            f"({dataset.skipped_without_signal} without feedback to learn from); need at "
+            f"least {min_examples} with some in train and validation "
+            f"(now train={len(dataset.train)}, val={len(dataset.val)}, test={len(dataset.test)})."
+            " Record more runs or feedback, or widen --since.")
+    return dataset
+
+
+def output_text(output: Any) -> str:
+    """The answer text of an agent's output (a string, a message, or a dict with one)."""
+    if output is None:
+        return ""
+    if isinstance(output, str):
+        return output
+    content = getattr(output, "content", None)
+    if isinstance(content, str):
+        return content
+    if isinstance(output, dict):
+        for key in ("answer", "output", "text", "result", "response", "content"):
+            if key in output:
+                return output_text(output[key])
+        strings = [v for v in output.values() if isinstance(v, str)]
+        if len(strings) == 1:
+            return strings[0]
+        messages = output.get("messages")
+        if isinstance(messages, list) and messages:
+            return output_text(messages[-1])
+    return json.dumps(output, default=str, ensure_ascii=False)
