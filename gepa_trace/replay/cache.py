@@ -1,0 +1,195 @@
+"""The replay cache: recorded LLM calls answer identical calls during a replay.
+
+It is a langchain-core ``BaseCache``. During an optimization it is installed as the
+global LLM cache, so any chat model of the user's agent that does not opt out
+(``cache=False``) asks it first. A call whose model, generation parameters and rendered
+messages equal a recorded call (production, or an earlier rollout of this run) is
+answered with the recorded output, costs nothing, and is counted as a hit for the
+component that made it.
+
+The key is semantic, computed the same way from both sides: from a stored LLM span
+(``llm.model_name``, ``llm.invocation_parameters``, ``llm.input_messages.*``) and from
+langchain's ``(prompt, llm_string)`` pair. Parameters that do not change the answer
+(API keys, base URLs, streaming flags) are left out of it.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import threading
+from collections import Counter
+from typing import Any, Iterable, Mapping, Sequence
+
+from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
+from langchain_core.messages import AIMessage
+from langchain_core.outputs import ChatGeneration, Generation
+from sqlalchemy import and_, select
+
+from gepa_trace.store import SpanRow, Store
+
+_SPANS = SpanRow.__table__
+
+# Parameters that change what a model answers. Everything else (keys, URLs, timeouts,
+# streaming, callbacks) is not part of the key.
+ANSWER_PARAMS = ("temperature", "max_tokens", "max_completion_tokens", "top_p", "top_k",
+                 "stop", "seed", "n", "presence_penalty", "frequency_penalty",
+                 "response_format", "tools", "tool_choice", "reasoning_effort")
+_ROLES = {"human": "user", "user": "user", "system": "system", "ai": "assistant",
+          "assistant": "assistant", "tool": "tool", "function": "tool", "chat": "user"}
+HIT_MARKER = "gepa.replay_cache"
+
+
+def request_key(model: str | None, params: Mapping[str, Any],
+                messages: Sequence[tuple[str, str]]) -> str:
+    """The key of one LLM request: model, answer-changing parameters, messages."""
+    kept = {k: params[k] for k in ANSWER_PARAMS if params.get(k) is not None}
+    if kept.get("stop") == []:
+        del kept["stop"]
+    canonical = json.dumps({"model": (model or "").lower(), "params": kept,
+                            "messages": [[_ROLES.get(r, r), c] for r, c in messages]},
+                           sort_keys=True, separators=(",", ":"), default=str,
+                           ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _model_of(params: Mapping[str, Any]) -> str | None:
+    for key in ("model", "model_name", "model_id"):
+        if params.get(key):
+            return str(params[key])
+    return None
+
+
+def key_of_span(attributes: Mapping[str, Any]) -> str | None:
+    """The request key of a stored LLM span, or None if it lacks the content."""
+    messages: list[tuple[str, str]] = []
+    i = 0
+    while f"llm.input_messages.{i}.message.role" in attributes:
+        content = attributes.get(f"llm.input_messages.{i}.message.content")
+        if not isinstance(content, str):
+            return None
+        messages.append((str(attributes[f"llm.input_messages.{i}.message.role"]), content))
+        i += 1
+    if not messages:
+        return None
+    raw = attributes.get("llm.invocation_parameters") or "{}"
+    try:
+        params = json.loads(raw) if isinstance(raw, str) else dict(raw)
+    except ValueError:
+        params = {}
+    model = _model_of(params) or attributes.get("llm.model_name")
+    return request_key(model, params, messages)
+
+
+def output_of_span(attributes: Mapping[str, Any]) -> str | None:
+    content = attributes.get("llm.output_messages.0.message.content")
+    return content if isinstance(content, str) else None
+
+
+def _parse_llm_string(llm_string: str) -> dict[str, Any]:
+    """langchain's llm_string -> parameters (both its serializable and plain forms)."""
+    params: dict[str, Any] = {}
+    head, sep, tail = llm_string.partition("---")
+    if sep:  # serializable model: json of the model + "---" + sorted call kwargs
+        try:
+            params.update(json.loads(head).get("kwargs", {}))
+        except ValueError:
+            pass
+        text = tail
+    else:
+        text = head
+    try:
+        params.update(dict(ast.literal_eval(text)))
+    except (ValueError, SyntaxError, TypeError):
+        pass
+    return params
+
+
+def _messages_of_prompt(prompt: str) -> list[tuple[str, str]] | None:
+    try:
+        data = json.loads(prompt)
+    except ValueError:
+        return [("user", prompt)]  # a plain LLM's prompt string
+    out = []
+    for item in data if isinstance(data, list) else []:
+        kwargs = item.get("kwargs", {}) if isinstance(item, dict) else {}
+        content = kwargs.get("content")
+        if not isinstance(content, str):
+            return None  # multimodal content: not replayable by text
+        out.append((str(kwargs.get("type", "user")), content))
+    return out or None
+
+
+def key_of_request(prompt: str, llm_string: str) -> str | None:
+    messages = _messages_of_prompt(prompt)
+    if messages is None:
+        return None
+    params = _parse_llm_string(llm_string)
+    return request_key(_model_of(params), params, messages)
+
+
+class ReplayCache(BaseCache):
+    """Recorded LLM outputs by request key; thread-safe; counts hits per component."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[str, tuple[str, str | None]] = {}
+        self.hits: Counter[str] = Counter()
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, key: str, output: str, component: str | None = None) -> None:
+        with self._lock:
+            if key not in self._entries or self._entries[key][1] is None:
+                self._entries[key] = (output, component)
+
+    def load_spans(self, rows: Iterable[Any]) -> int:
+        """Index stored LLM spans (rows with ``attributes`` JSON and ``component``)."""
+        added = 0
+        for row in rows:
+            attributes = json.loads(row.attributes)
+            key, output = key_of_span(attributes), output_of_span(attributes)
+            if key and output is not None:
+                self.add(key, output, row.component)
+                added += 1
+        return added
+
+    @classmethod
+    def from_store(cls, store: Store, agent: str) -> "ReplayCache":
+        """A cache of every successful recorded LLM call of ``agent``."""
+        cache = cls()
+        query = select(_SPANS.c.attributes, _SPANS.c.component).where(and_(
+            _SPANS.c.agent == agent, _SPANS.c.span_type == "llm",
+            _SPANS.c.status_code != "ERROR"))
+        with store.read() as conn:
+            cache.load_spans(conn.execute(query))
+        return cache
+
+    def lookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
+        key = key_of_request(prompt, llm_string)
+        with self._lock:
+            entry = self._entries.get(key) if key else None
+            if entry is None:
+                self.misses += 1
+                return None
+            self.hits[entry[1] or "unknown"] += 1
+        message = AIMessage(content=entry[0], response_metadata={HIT_MARKER: True})
+        return [ChatGeneration(message=message)]
+
+    def update(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
+        key = key_of_request(prompt, llm_string)
+        if not key or not return_val:
+            return
+        first: Generation = return_val[0]
+        self.add(key, first.text)
+
+    def clear(self, **kwargs: Any) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def hit_count(self) -> int:
+        with self._lock:
+            return sum(self.hits.values())

@@ -1,0 +1,74 @@
+import json
+import time
+
+from langchain_core.globals import set_llm_cache
+from langchain_core.language_models.fake_chat_models import FakeListChatModel
+from langchain_core.messages import HumanMessage, SystemMessage
+
+from gepa_trace.replay.cache import HIT_MARKER, ReplayCache
+from gepa_trace.store import open_store
+from gepa_trace.store.spans import write_spans
+
+
+def _llm_span(i, system, user, output, params, component="answerer", status="OK"):
+    attrs = {"openinference.span.kind": "LLM", "gepa.agent": "qa", "gepa.component": component,
+             "llm.input_messages.0.message.role": "system",
+             "llm.input_messages.0.message.content": system,
+             "llm.input_messages.1.message.role": "user",
+             "llm.input_messages.1.message.content": user,
+             "llm.output_messages.0.message.role": "assistant",
+             "llm.output_messages.0.message.content": output,
+             "llm.invocation_parameters": json.dumps(params)}
+    now = int(time.time() * 1e9)
+    return dict(trace_id=f"{i:032x}", span_id=f"{i:016x}", parent_span_id="f" * 16, name="llm",
+                start_ns=now, end_ns=now + 5, status_code=status, attributes=attrs)
+
+
+class CountingModel(FakeListChatModel):
+    """A real chat model that counts the calls that reach it."""
+
+    calls: int = 0
+
+    def _call(self, *args, **kwargs):
+        type(self).calls += 1
+        return super()._call(*args, **kwargs)
+
+
+def test_replay_cache_serves_recorded_calls(store_url):
+    store = open_store(store_url)
+    model = CountingModel(responses=["fresh answer"])
+    params = model._get_invocation_params(stop=None)
+    write_spans(store, [_llm_span(1, "Answer briefly.", "Capital of France?", "Paris", params),
+                        _llm_span(2, "Answer briefly.", "Broken?", "x", params, status="ERROR")])
+    cache = ReplayCache.from_store(store, "qa")
+    assert len(cache) == 1, "failed calls are not replayed"
+    set_llm_cache(cache)
+    try:
+        CountingModel.calls = 0
+        recorded = model.invoke([SystemMessage("Answer briefly."), HumanMessage("Capital of France?")])
+        assert recorded.content == "Paris" and recorded.response_metadata[HIT_MARKER]
+        assert CountingModel.calls == 0
+        assert cache.hits == {"answerer": 1}
+        changed = model.invoke([SystemMessage("Answer in one word."),
+                                HumanMessage("Capital of France?")])
+        assert changed.content == "fresh answer" and CountingModel.calls == 1
+        again = model.invoke([SystemMessage("Answer in one word."),
+                              HumanMessage("Capital of France?")])
+        assert again.content == "fresh answer" and CountingModel.calls == 1, \
+            "a call made during the replay is served the next time"
+    finally:
+        set_llm_cache(None)
+
+
+def test_replay_cache_key_includes_generation_parameters(store_url):
+    store = open_store(store_url)
+    model = CountingModel(responses=["fresh"])
+    params = dict(model._get_invocation_params(stop=None), temperature=0.9)
+    write_spans(store, [_llm_span(3, "S", "U", "recorded", params)])
+    cache = ReplayCache.from_store(store, "qa")
+    set_llm_cache(cache)
+    try:
+        assert model.invoke([SystemMessage("S"), HumanMessage("U")]).content == "fresh"
+        assert cache.hit_count() == 0
+    finally:
+        set_llm_cache(None)
