@@ -1,0 +1,480 @@
+"""The read side of the store: runs of an agent, one trace's span tree, components, feedback.
+
+Everything here returns plain dataclasses with a ``to_dict()`` that is exactly what
+``--json`` prints, so the CLI, the replay layer (which builds examples from runs) and
+tests read the store through one path.
+
+Contracts shared by every function:
+- ``store`` is a ``Store``, a URL, or ``None`` for the configured store (``open_store``).
+- Times in arguments are epoch seconds; span times in results are nanoseconds, as stored,
+  with ``start_time`` (epoch seconds) and ``duration_ms`` derived.
+- A run is a root span (``parent_span_id IS NULL``); its agent is the root's ``agent``.
+- Queries touch the indexed columns (``agent, parent_span_id, start_ns``, ``component``,
+  the primary key's ``trace_id``, ``feedback.trace_id``) and never issue one query per run:
+  feedback and span totals for a page of runs come from one query each.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Sequence
+
+from sqlalchemy import case, exists, func, or_, select
+
+from gepa_trace.errors import ConfigError, NotFoundError
+from gepa_trace.store.engine import Store, open_store, safe_url
+from gepa_trace.store.tables import FeedbackRow, PromptVersionRow, SpanRow
+
+_SPANS = SpanRow.__table__
+_FEEDBACK = FeedbackRow.__table__
+_VERSIONS = PromptVersionRow.__table__
+
+# SQLite refuses statements with too many bound parameters on old builds (999); staying
+# well below keeps IN (...) lists portable without a temp table.
+_IN_CHUNK = 500
+
+
+# ---------------------------------------------------------------- dataclasses
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """One feedback record on a trace (or on one span of it)."""
+
+    id: int
+    trace_id: str
+    span_id: str | None
+    name: str
+    score: float | None
+    label: str | None
+    comment: str | None
+    source: str
+    created_at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _mean_score(feedback: Sequence[Feedback]) -> float | None:
+    scores = [f.score for f in feedback if f.score is not None]
+    return sum(scores) / len(scores) if scores else None
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run of an agent: its root span, a preview (or all) of its input and output,
+    span and token totals over the whole trace, and all feedback on the trace."""
+
+    trace_id: str
+    span_id: str
+    agent: str | None
+    name: str
+    start_ns: int
+    end_ns: int
+    status: str
+    status_message: str | None
+    input: str | None
+    output: str | None
+    optimization_run_id: str | None
+    span_count: int
+    llm_calls: int
+    input_tokens: int
+    output_tokens: int
+    feedback: tuple[Feedback, ...] = ()
+
+    @property
+    def start_time(self) -> float:
+        return self.start_ns / 1e9
+
+    @property
+    def duration_ms(self) -> float:
+        return (self.end_ns - self.start_ns) / 1e6
+
+    @property
+    def score(self) -> float | None:
+        """The mean of the feedback scores (None when no feedback has a score)."""
+        return _mean_score(self.feedback)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["feedback"] = [f.to_dict() for f in self.feedback]
+        data.update(start_time=self.start_time, duration_ms=self.duration_ms,
+                    score=self.score)
+        return data
+
+
+@dataclass(frozen=True)
+class SpanNode:
+    """One span of a trace, with its depth in the tree (roots have depth 0)."""
+
+    span_id: str
+    parent_span_id: str | None
+    depth: int
+    name: str
+    kind: str
+    span_type: str | None
+    component: str | None
+    prompt_version: str | None
+    model: str | None
+    start_ns: int
+    end_ns: int
+    status: str
+    status_message: str | None
+    input_tokens: int | None
+    output_tokens: int | None
+    attributes: dict[str, Any] = field(default_factory=dict)
+    events: list[Any] = field(default_factory=list)
+
+    @property
+    def duration_ms(self) -> float:
+        return (self.end_ns - self.start_ns) / 1e6
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["duration_ms"] = self.duration_ms
+        return data
+
+
+@dataclass(frozen=True)
+class Trace:
+    """All spans of one trace in depth-first order (children by start time), and its
+    feedback. A span whose parent is not stored is shown as a root, after the real ones."""
+
+    trace_id: str
+    agent: str | None
+    spans: tuple[SpanNode, ...]
+    feedback: tuple[Feedback, ...] = ()
+
+    @property
+    def root(self) -> SpanNode:
+        return self.spans[0]
+
+    @property
+    def input_tokens(self) -> int:
+        return sum(s.input_tokens or 0 for s in self.spans)
+
+    @property
+    def output_tokens(self) -> int:
+        return sum(s.output_tokens or 0 for s in self.spans)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"trace_id": self.trace_id, "agent": self.agent,
+                "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
+                "score": _mean_score(self.feedback),
+                "spans": [s.to_dict() for s in self.spans],
+                "feedback": [f.to_dict() for f in self.feedback]}
+
+
+@dataclass(frozen=True)
+class ComponentVersion:
+    """One prompt version of a component: its template messages (parsed JSON; the raw
+    text if it is not JSON), its origin, how many LLM calls used it, and when it was
+    first/last seen (span start times when it has calls, else when it was recorded)."""
+
+    version: str | None
+    template: Any
+    origin: str | None
+    calls: int
+    first_seen: float | None
+    last_seen: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Component:
+    """A prompt of an agent that the optimizer may rewrite, with its versions
+    (most recently seen first) and its number of LLM calls over all versions."""
+
+    name: str
+    calls: int
+    versions: tuple[ComponentVersion, ...]
+
+    @property
+    def first_seen(self) -> float | None:
+        seen = [v.first_seen for v in self.versions if v.first_seen is not None]
+        return min(seen) if seen else None
+
+    @property
+    def last_seen(self) -> float | None:
+        seen = [v.last_seen for v in self.versions if v.last_seen is not None]
+        return max(seen) if seen else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "calls": self.calls, "first_seen": self.first_seen,
+                "last_seen": self.last_seen, "versions": [v.to_dict() for v in self.versions]}
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _loads(text: str | None, default: Any) -> Any:
+    if not text:
+        return default
+    try:
+        return json.loads(text)
+    except ValueError:
+        return default
+
+
+def _preview(value: Any, chars: int | None) -> str | None:
+    """A one-line preview of ``value`` (whitespace collapsed), or all of it if chars is None."""
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    if chars is None:
+        return text
+    text = " ".join(text.split())
+    return text if len(text) <= chars else text[: max(chars - 1, 0)] + "…"
+
+
+def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
+    for start in range(0, len(items), _IN_CHUNK):
+        yield items[start:start + _IN_CHUNK]
+
+
+def _feedback_row(row: Any) -> Feedback:
+    return Feedback(id=row.id, trace_id=row.trace_id, span_id=row.span_id, name=row.name,
+                    score=row.score, label=row.label, comment=row.comment, source=row.source,
+                    created_at=row.created_at)
+
+
+def _ns(epoch_s: float) -> int:
+    return int(round(epoch_s * 1e9))
+
+
+# ---------------------------------------------------------------- feedback
+
+
+def feedback_for_traces(store: Store | str | None,
+                        trace_ids: Iterable[str]) -> dict[str, list[Feedback]]:
+    """Feedback of each trace id (oldest first); every asked id is a key, maybe empty.
+
+    One query per 500 ids, whatever their number.
+    """
+    store = open_store(store)
+    ids = list(dict.fromkeys(trace_ids))
+    found: dict[str, list[Feedback]] = {t: [] for t in ids}
+    if not ids:
+        return found
+    with store.read() as conn:
+        for chunk in _chunks(ids):
+            rows = conn.execute(select(_FEEDBACK).where(_FEEDBACK.c.trace_id.in_(chunk))
+                                .order_by(_FEEDBACK.c.created_at, _FEEDBACK.c.id)).all()
+            for row in rows:
+                found[row.trace_id].append(_feedback_row(row))
+    return found
+
+
+# ---------------------------------------------------------------- runs
+
+
+def list_runs(store: Store | str | None = None, *, agent: str | None = None,
+              since: float | None = None, until: float | None = None,
+              only_with_feedback: bool = False, limit: int | None = 50,
+              offset: int = 0, optimization_run_id: str | None = None,
+              include_rollouts: bool = False, newest_first: bool = True,
+              preview_chars: int | None = 200) -> list[Run]:
+    """Runs (root spans) matching the filters, newest first unless ``newest_first=False``.
+
+    - ``agent``: the root span's agent; ``None`` lists every agent.
+    - ``since`` / ``until``: epoch seconds; a run is kept if since <= start < until.
+    - ``only_with_feedback``: keep runs whose trace has at least one feedback record.
+    - Rollouts made by the optimizer (root spans tagged ``gepa.run.id``) are left out
+      unless ``include_rollouts`` is true or ``optimization_run_id`` picks one run's.
+    - ``limit=None`` returns every match. ``preview_chars=None`` returns the full
+      ``input.value`` / ``output.value`` of the root (what the replay layer wants);
+      otherwise a one-line preview of that many characters.
+
+    Three queries whatever the page size: the roots, their feedback, their span totals.
+    """
+    if limit is not None and limit < 0:
+        raise ConfigError(f"limit must be >= 0, got {limit}")
+    store = open_store(store)
+    s = _SPANS
+    query = select(s.c.trace_id, s.c.span_id, s.c.agent, s.c.name, s.c.start_ns, s.c.end_ns,
+                   s.c.status_code, s.c.status_message, s.c.attributes, s.c.run_id
+                   ).where(s.c.parent_span_id.is_(None))
+    if agent is not None:
+        query = query.where(s.c.agent == agent)
+    if since is not None:
+        query = query.where(s.c.start_ns >= _ns(since))
+    if until is not None:
+        query = query.where(s.c.start_ns < _ns(until))
+    if optimization_run_id is not None:
+        query = query.where(s.c.run_id == optimization_run_id)
+    elif not include_rollouts:
+        query = query.where(s.c.run_id.is_(None))
+    if only_with_feedback:
+        query = query.where(exists().where(_FEEDBACK.c.trace_id == s.c.trace_id))
+    order = s.c.start_ns.desc() if newest_first else s.c.start_ns.asc()
+    query = query.order_by(order, s.c.trace_id, s.c.span_id)
+    if limit is not None:
+        query = query.limit(limit)
+    if offset:
+        query = query.offset(offset)
+    with store.read() as conn:
+        roots = conn.execute(query).all()
+        trace_ids = list(dict.fromkeys(r.trace_id for r in roots))
+        totals = _span_totals(conn, trace_ids)
+    feedback = feedback_for_traces(store, trace_ids)
+    runs = []
+    for r in roots:
+        attributes = _loads(r.attributes, {})
+        count, llm_calls, tokens_in, tokens_out = totals.get(r.trace_id, (0, 0, 0, 0))
+        runs.append(Run(
+            trace_id=r.trace_id, span_id=r.span_id, agent=r.agent, name=r.name,
+            start_ns=r.start_ns, end_ns=r.end_ns, status=r.status_code,
+            status_message=r.status_message,
+            input=_preview(attributes.get("input.value"), preview_chars),
+            output=_preview(attributes.get("output.value"), preview_chars),
+            optimization_run_id=r.run_id, span_count=count, llm_calls=llm_calls,
+            input_tokens=tokens_in, output_tokens=tokens_out,
+            feedback=tuple(feedback.get(r.trace_id, ()))))
+    return runs
+
+
+def _span_totals(conn, trace_ids: Sequence[str]) -> dict[str, tuple[int, int, int, int]]:
+    """(spans, LLM calls, input tokens, output tokens) per trace, one GROUP BY per chunk."""
+    s = _SPANS
+    totals: dict[str, tuple[int, int, int, int]] = {}
+    for chunk in _chunks(trace_ids):
+        rows = conn.execute(
+            select(s.c.trace_id, func.count(),
+                   func.coalesce(func.sum(case((s.c.span_type == "llm", 1), else_=0)), 0),
+                   func.coalesce(func.sum(s.c.input_tokens), 0),
+                   func.coalesce(func.sum(s.c.output_tokens), 0))
+            .where(s.c.trace_id.in_(chunk)).group_by(s.c.trace_id)).all()
+        for trace_id, count, llm_calls, tokens_in, tokens_out in rows:
+            totals[trace_id] = (int(count), int(llm_calls), int(tokens_in), int(tokens_out))
+    return totals
+
+
+# ---------------------------------------------------------------- one trace
+
+
+def get_trace(store: Store | str | None, trace_id: str) -> Trace:
+    """Every span of ``trace_id`` as a tree (depth-first, siblings by start time), plus
+    the trace's feedback. Raises ``NotFoundError`` when no span has that trace id."""
+    store = open_store(store)
+    trace_id = trace_id.strip().lower()
+    with store.read() as conn:
+        rows = conn.execute(select(_SPANS).where(_SPANS.c.trace_id == trace_id)
+                            .order_by(_SPANS.c.start_ns, _SPANS.c.span_id)).all()
+    if not rows:
+        raise NotFoundError(f"no trace {trace_id} in the store {safe_url(store.url)}")
+    by_id = {r.span_id: r for r in rows}
+    children: dict[str | None, list[Any]] = defaultdict(list)
+    tops = []
+    for r in rows:  # rows are in start order, so children lists are too
+        if r.parent_span_id is not None and r.parent_span_id in by_id and r.parent_span_id != r.span_id:
+            children[r.parent_span_id].append(r)
+        else:
+            tops.append(r)
+    # True roots first, then orphans whose parent was never stored (a partial trace).
+    tops.sort(key=lambda r: (r.parent_span_id is not None, r.start_ns, r.span_id))
+    ordered: list[SpanNode] = []
+    seen: set[str] = set()
+    stack = [(r, 0) for r in reversed(tops)]
+    while stack:  # iterative, so a deep trace cannot hit the recursion limit
+        row, depth = stack.pop()
+        if row.span_id in seen:
+            continue
+        seen.add(row.span_id)
+        ordered.append(_node(row, depth))
+        stack.extend((c, depth + 1) for c in reversed(children.get(row.span_id, [])))
+    # Spans only reachable through a parent cycle (malformed input) are still shown.
+    ordered.extend(_node(r, 0) for r in rows if r.span_id not in seen)
+    feedback = feedback_for_traces(store, [trace_id])[trace_id]
+    agent = next((r.agent for r in tops if r.agent), None)
+    return Trace(trace_id=trace_id, agent=agent, spans=tuple(ordered), feedback=tuple(feedback))
+
+
+def _node(row: Any, depth: int) -> SpanNode:
+    return SpanNode(span_id=row.span_id, parent_span_id=row.parent_span_id, depth=depth,
+                    name=row.name, kind=row.kind, span_type=row.span_type,
+                    component=row.component, prompt_version=row.prompt_version,
+                    model=row.model, start_ns=row.start_ns, end_ns=row.end_ns,
+                    status=row.status_code, status_message=row.status_message,
+                    input_tokens=row.input_tokens, output_tokens=row.output_tokens,
+                    attributes=_loads(row.attributes, {}), events=_loads(row.events, []))
+
+
+def trace_exists(store: Store | str | None, trace_id: str) -> bool:
+    store = open_store(store)
+    with store.read() as conn:
+        return conn.execute(select(_SPANS.c.span_id).where(_SPANS.c.trace_id == trace_id)
+                            .limit(1)).first() is not None
+
+
+# ---------------------------------------------------------------- components
+
+
+def list_components(store: Store | str | None = None, *, agent: str | None = None,
+                    include_candidates: bool = False) -> list[Component]:
+    """Components (by name), their LLM calls and their prompt versions.
+
+    Calls are LLM spans carrying ``gepa.component``; with ``agent`` only those in that
+    agent's traces (found through the root spans, so child spans need no agent
+    attribute). Versions are those that have calls, plus those recorded as observed in
+    ``prompt_versions`` (for ``agent``: recorded with that agent); ``include_candidates``
+    adds the optimizer's versions of these components that production never ran.
+    Two queries: one GROUP BY over spans, one over prompt_versions.
+    """
+    store = open_store(store)
+    s = _SPANS
+    calls_q = (select(s.c.component, s.c.prompt_version, func.count(),
+                      func.min(s.c.start_ns), func.max(s.c.start_ns))
+               .where(s.c.component.is_not(None), s.c.span_type == "llm")
+               .group_by(s.c.component, s.c.prompt_version))
+    if agent is not None:
+        roots = select(s.c.trace_id).where(s.c.parent_span_id.is_(None), s.c.agent == agent)
+        calls_q = calls_q.where(s.c.trace_id.in_(roots.scalar_subquery()))
+    v = _VERSIONS
+    with store.read() as conn:
+        call_rows = conn.execute(calls_q).all()
+        names = sorted({r[0] for r in call_rows})
+        versions_q = select(v)
+        if agent is not None:
+            # A version the optimizer made has no agent of its own: match it by component.
+            versions_q = versions_q.where(or_(v.c.agent == agent, v.c.component.in_(names)))
+        version_rows = conn.execute(versions_q).all()
+    calls: dict[tuple[str, str | None], tuple[int, int, int]] = {
+        (c, ver): (int(n), first, last) for c, ver, n, first, last in call_rows}
+    recorded = {(r.component, r.version): r for r in version_rows}
+    keys = set(calls)
+    for key, row in recorded.items():
+        if row.origin == "observed":
+            # Seen in production, yet no call in this agent's runs: list it only if it
+            # was recorded for this agent (a component name may be shared by agents).
+            if agent is None or row.agent == agent:
+                keys.add(key)
+        elif include_candidates:
+            keys.add(key)
+    grouped: dict[str, list[ComponentVersion]] = defaultdict(list)
+    for component, version in keys:
+        row = recorded.get((component, version))
+        n, first_ns, last_ns = calls.get((component, version), (0, None, None))
+        if n:
+            first, last = first_ns / 1e9, last_ns / 1e9
+        else:
+            first, last = (row.first_seen, row.last_seen) if row is not None else (None, None)
+        template = _loads(row.template, row.template) if row is not None else None
+        grouped[component].append(ComponentVersion(
+            version=version, template=template, origin=row.origin if row is not None else None,
+            calls=n, first_seen=first, last_seen=last))
+    components = []
+    for name in sorted(grouped):
+        versions = sorted(grouped[name], key=lambda cv: (-(cv.last_seen or 0), cv.version or ""))
+        components.append(Component(name=name, calls=sum(cv.calls for cv in versions),
+                                    versions=tuple(versions)))
+    return components
+
+
+__all__ = [
+    "Feedback", "Run", "SpanNode", "Trace", "Component", "ComponentVersion",
+    "feedback_for_traces", "list_runs", "get_trace", "trace_exists", "list_components",
+]

@@ -1,0 +1,65 @@
+"""Every command (and subcommand) has --help text with at least one example invocation.
+
+Commands come from the group's own list, so a command added later is covered without
+editing this file. An example is a line of the help (other than click's Usage line) that runs the
+command itself: `gepa-trace <command path> ...`.
+"""
+
+from __future__ import annotations
+
+import re
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from gepa_trace.cli import COMMANDS, main
+
+
+def _listed() -> list[str]:
+    with click.Context(main) as ctx:
+        return main.list_commands(ctx)
+
+
+def _paths(command: click.Command, path: tuple[str, ...]) -> list[tuple[tuple[str, ...], click.Command]]:
+    """This command and every subcommand under it, with their paths."""
+    found = [(path, command)]
+    if isinstance(command, click.Group):
+        with click.Context(command) as ctx:
+            for name in command.list_commands(ctx):
+                found.extend(_paths(command.get_command(ctx, name), (*path, name)))
+    return found
+
+
+def test_the_group_lists_only_registered_commands():
+    assert set(_listed()) <= set(COMMANDS)
+    # ours are always there; a list that silently lost them would make the test below vacuous
+    assert {"traces", "components", "feedback"} <= set(_listed())
+
+
+def test_top_level_help_has_a_quick_start():
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    assert "gepa-trace traces" in result.output
+
+
+@pytest.mark.parametrize("name", _listed())
+def test_every_command_has_help_with_an_example(name):
+    with click.Context(main) as ctx:
+        command = main.get_command(ctx, name)
+    assert command is not None, f"{name} is listed but cannot be loaded"
+    for path, sub in _paths(command, (name,)):
+        result = CliRunner().invoke(main, [*path, "--help"])
+        assert result.exit_code == 0, (path, result.output)
+        example = "gepa-trace " + " ".join(path)
+        # "gepa-trace x ...", "$ gepa-trace x ..." or "Example: gepa-trace x ..." all
+        # count; the Usage line click writes itself does not.
+        pattern = re.compile(rf"(^|\s){re.escape(example)}(\s|$)")
+        lines = [line for line in result.output.splitlines()
+                 if not line.startswith("Usage:")]
+        assert any(pattern.search(line) for line in lines), (
+            f"`{example} --help` shows no example running {example!r}")
+        # A group that only dispatches (feedback) needs no --store; anything that runs does.
+        runs_itself = not isinstance(sub, click.Group) or sub.invoke_without_command
+        if runs_itself:
+            assert "--store" in result.output, f"`{example}` has no --store option"

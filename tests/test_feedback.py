@@ -1,0 +1,229 @@
+"""Recording feedback: refusals that name the problem, bulk import that keeps the good
+rows and reports the bad ones by line, and the `feedback` commands."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+
+from gepa_trace.cli import main
+from gepa_trace.errors import FeedbackError, NotFoundError
+from gepa_trace.store import forget_store, open_store
+from gepa_trace.store.feedback import UnknownTraceError, import_feedback, record_feedback
+from gepa_trace.store.queries import feedback_for_traces
+from test_cli_traces import trace_id_of, write_run
+
+
+def stored_feedback(store) -> list[tuple]:
+    with store.read() as conn:
+        return [tuple(r) for r in conn.execute(sa.text(
+            "SELECT trace_id, score, label, comment, name, source FROM feedback ORDER BY id"))]
+
+
+def test_recorded_feedback_is_read_back_with_its_trace(store_url):
+    store = open_store(store_url)
+    trace_id = write_run(store, 1)
+    recorded = record_feedback(trace_id.upper(), score=0, comment=" wrong country ",
+                               store=store_url)
+    assert recorded.trace_id == trace_id and recorded.score == 0.0
+    assert recorded.comment == "wrong country" and recorded.name == "user"
+    assert feedback_for_traces(store, [trace_id]) == {trace_id: [recorded]}
+
+
+def test_feedback_on_unknown_trace_is_refused(store_url):
+    store = open_store(store_url)
+    write_run(store, 1)
+    with pytest.raises(FeedbackError, match=f"unknown trace id {'e' * 32}") as info:
+        record_feedback("e" * 32, score=1.0, store=store)
+    assert isinstance(info.value, NotFoundError) and info.value.exit_code == 3
+    assert stored_feedback(store) == []
+
+
+def test_feedback_on_unknown_span_of_a_known_trace_is_refused(store_url):
+    store = open_store(store_url)
+    trace_id = write_run(store, 1)
+    with pytest.raises(UnknownTraceError, match=f"has no span {'9' * 16}"):
+        record_feedback(trace_id, score=1.0, span_id="9" * 16, store=store)
+    on_span = record_feedback(trace_id, score=1.0, span_id=f"{1:08x}{4:08x}", store=store)
+    assert on_span.span_id == f"{1:08x}{4:08x}"
+
+
+@pytest.mark.parametrize("score, problem", [
+    (math.nan, "not a finite number"), (math.inf, "not a finite number"),
+    (-math.inf, "not a finite number"), ("abc", "not a number"), ("nan", "not a finite"),
+    (True, "not a number"), ([1], "not a number")])
+def test_non_finite_or_non_number_score_is_refused(sqlite_url, score, problem):
+    store = open_store(sqlite_url)
+    trace_id = write_run(store, 1)
+    with pytest.raises(FeedbackError, match=problem):
+        record_feedback(trace_id, score=score, store=store)
+    assert stored_feedback(store) == []
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"label": ""}, {"comment": "   "},
+                                    {"score": None, "label": None, "comment": None}])
+def test_empty_feedback_is_refused(sqlite_url, kwargs):
+    store = open_store(sqlite_url)
+    trace_id = write_run(store, 1)
+    with pytest.raises(FeedbackError, match="is empty"):
+        record_feedback(trace_id, store=store, **kwargs)
+
+
+@pytest.mark.parametrize("trace_id", ["", "xyz", "a" * 31, "a" * 33, "g" * 32, "0" * 32])
+def test_malformed_trace_id_is_refused_before_the_store_is_opened(trace_id):
+    # No store argument and none configured would open ./gepa_trace.db: the refusal
+    # comes first, so no file is created.
+    with pytest.raises(FeedbackError, match="trace_id|malformed"):
+        record_feedback(trace_id, score=1.0, store="sqlite:////no/such/dir/x.db")
+
+
+def test_overlong_label_is_refused_on_every_database(sqlite_url):
+    store = open_store(sqlite_url)
+    trace_id = write_run(store, 1)
+    with pytest.raises(FeedbackError, match="label is 300 characters long"):
+        record_feedback(trace_id, label="x" * 300, store=store)
+
+
+def test_record_feedback_defaults_to_the_configured_store(sqlite_url, monkeypatch):
+    store = open_store(sqlite_url)
+    trace_id = write_run(store, 1)
+    monkeypatch.setenv("GEPA_TRACE_STORE", sqlite_url)
+    import gepa_trace as gt
+
+    gt.record_feedback(trace_id, label="thumbs-up")
+    assert stored_feedback(store) == [(trace_id, None, "thumbs-up", None, "user", "human")]
+
+
+# ---------------------------------------------------------------- import
+
+
+def test_import_keeps_good_rows_and_reports_bad_ones_by_line(store_url, tmp_path):
+    store = open_store(store_url)
+    a, b = write_run(store, 1), write_run(store, 2)
+    earlier = record_feedback(a, score=0.5, store=store)
+    path = tmp_path / "ratings.csv"
+    path.write_text(
+        "trace_id,score,label,comment,name,source\n"          # line 1
+        f"{a},1,good,,judge,llm\n"                              # 2 good
+        f"{a},nan,,,,\n"                                        # 3 non-finite
+        f"{'e' * 32},0,,,,\n"                                   # 4 unknown trace
+        f"{b},,,\"two\nlines\",,\n"                             # 5-6 good, multi-line
+        "not-a-trace,1,,,,\n"                                   # 7 malformed
+        f"{b},,,,,\n"                                           # 8 empty
+        "\n"                                                    # 9 blank: skipped
+        f"{b.upper()},0.25,,,,\n")                              # 10 good
+    report = import_feedback(store_url, path)
+    assert report.format == "csv" and report.accepted == 3
+    assert [(r.line, r.reason.split(" (")[0]) for r in report.rejected] == [
+        (3, "score 'nan' is not a finite number"),
+        (4, f"unknown trace id {'e' * 32}"),
+        (7, "trace id 'not-a-trace' is malformed"),
+        (8, f"feedback on trace {b} is empty"),
+    ]
+    assert stored_feedback(store) == [
+        (a, 0.5, None, None, "user", "human"),
+        (a, 1.0, "good", None, "judge", "llm"),
+        (b, None, None, "two\nlines", "user", "human"),
+        (b, 0.25, None, None, "user", "human"),
+    ]
+    assert feedback_for_traces(store, [a])[a][0] == earlier
+
+
+def test_import_jsonl_reports_invalid_lines(store_url, tmp_path):
+    store = open_store(store_url)
+    a = write_run(store, 1)
+    path = tmp_path / "judged.jsonl"
+    path.write_text("\n".join([
+        json.dumps({"trace_id": a, "score": 0.0, "comment": "wrong country"}),
+        "{not json",
+        json.dumps([a, 1]),
+        json.dumps({"score": 1}),
+        json.dumps({"trace_id": a, "score": "Infinity"}),
+        "",
+        json.dumps({"trace_id": a, "label": "ok", "extra": "ignored"}),
+    ]) + "\n")
+    report = import_feedback(store, path)
+    assert report.accepted == 2
+    assert [r.line for r in report.rejected] == [2, 3, 4, 5]
+    assert "not valid JSON" in report.rejected[0].reason
+    assert "expected a JSON object" in report.rejected[1].reason
+    assert "no trace_id" in report.rejected[2].reason
+    assert [row[2] for row in stored_feedback(store)] == [None, "ok"]
+
+
+def test_import_without_trace_id_column_or_file_is_refused(sqlite_url, tmp_path):
+    store = open_store(sqlite_url)
+    path = tmp_path / "x.csv"
+    path.write_text("id,score\n1,2\n")
+    with pytest.raises(FeedbackError, match="no trace_id column"):
+        import_feedback(store, path)
+    with pytest.raises(FeedbackError, match="cannot read feedback file"):
+        import_feedback(store, tmp_path / "missing.csv")
+
+
+def test_import_sniffs_jsonl_without_extension(sqlite_url, tmp_path):
+    store = open_store(sqlite_url)
+    a = write_run(store, 1)
+    path = tmp_path / "feedback.txt"
+    path.write_text(json.dumps({"trace_id": a, "score": 1}) + "\n")
+    assert import_feedback(store, path).format == "jsonl"
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def test_feedback_add_records_and_reads_back_in_traces(store_url):
+    store = open_store(store_url)
+    trace_id = write_run(store, 1)
+    runner = CliRunner()
+    result = runner.invoke(main, ["feedback", "add", trace_id, "--score", "0", "--comment",
+                                  "wrong country", "--store", store_url, "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["comment"] == "wrong country"
+    listed = runner.invoke(main, ["traces", "--json", "--store", store_url])
+    assert json.loads(listed.stdout)[0]["feedback"][0]["score"] == 0.0
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["e" * 32, "--score", "1"], 3, "unknown trace id"),
+    ([trace_id_of(1), "--score", "nan"], 1, "not a finite number"),
+    ([trace_id_of(1)], 1, "is empty"),
+    (["bad-id", "--score", "1"], 1, "malformed"),
+])
+def test_feedback_add_refusals_are_one_line(sqlite_url, args, code, message):
+    write_run(open_store(sqlite_url), 1)
+    result = CliRunner().invoke(main, ["feedback", "add", *args, "--store", sqlite_url])
+    assert result.exit_code == code, result.output
+    assert message in result.stderr and result.stderr.strip().count("\n") == 0
+    assert "Traceback" not in result.output
+
+
+def test_feedback_import_exits_1_and_lists_bad_rows_on_stderr(store_url, tmp_path):
+    store = open_store(store_url)
+    a = write_run(store, 1)
+    path = tmp_path / "ratings.csv"
+    path.write_text(f"trace_id,score\n{a},1\n{a},abc\n{'e' * 32},0\n")
+    result = CliRunner().invoke(main, ["feedback", "import", str(path), "--store", store_url])
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert "line 3: score 'abc' is not a number" in result.stderr
+    assert f"line 4: unknown trace id {'e' * 32}" in result.stderr
+    assert "imported 1 feedback row(s)" in result.stderr
+    assert len(stored_feedback(store)) == 1
+
+
+def test_feedback_import_of_a_clean_file_exits_0_with_json_report(sqlite_url, tmp_path):
+    store = open_store(sqlite_url)
+    a = write_run(store, 1)
+    path = tmp_path / "ratings.jsonl"
+    path.write_text(json.dumps({"trace_id": a, "score": 1}) + "\n")
+    result = CliRunner().invoke(main, ["feedback", "import", str(path), "--json",
+                                       "--store", sqlite_url])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"path": str(path), "format": "jsonl",
+                                         "accepted": 1, "rejected": [], "ok": True}
+    forget_store(sqlite_url)
