@@ -31,14 +31,20 @@ ANSWERER = [{"role": "system", "content": "Answer using the plan."},
 
 
 def trace_id_of(n: int) -> str:
-    return f"{0xabc0000 + n:032x}"
+    return f"{n:08x}4bf92f3577b34da6a3ce929d"
 
 
-def write_run(store, n: int, *, agent: str = AGENT, hours_ago: float = 0.0,
+def write_run(store, n: int, **kwargs) -> str:
+    """Store the spans of run ``n`` (see ``run_spans``); returns its trace id."""
+    write_spans(store, run_spans(n, **kwargs))
+    return trace_id_of(n)
+
+
+def run_spans(n: int, *, agent: str = AGENT, hours_ago: float = 0.0,
               planner: list | None = None, planner_version: str = "p1",
-              status: str = "OK", run_id: str | None = None) -> str:
-    """Store the spans of run ``n``; returns its trace id. Children start in the order
-    planner, tool, answerer, but are handed to the store shuffled (as batches arrive)."""
+              status: str = "OK", run_id: str | None = None) -> list[dict]:
+    """The span dicts of run ``n``. Children start in the order planner, tool, answerer,
+    but are listed shuffled (as exporter batches arrive)."""
     trace_id = trace_id_of(n)
     t0 = int((NOW - hours_ago * 3600) * 1e9)
     ms = 1_000_000
@@ -73,8 +79,7 @@ def write_run(store, n: int, *, agent: str = AGENT, hours_ago: float = 0.0,
         span(6, 1, "lookup_city", "TOOL", 900, 1000, **{"tool.name": "lookup_city"}),
         span(5, 1, "answerer", "CHAIN", 1200, 1950, **{"gepa.component": "answerer"}),
     ]
-    write_spans(store, spans)
-    return trace_id
+    return spans
 
 
 @pytest.fixture
@@ -169,6 +174,23 @@ def test_get_trace_orders_spans_depth_first_by_start_time(store_url):
     assert [f.comment for f in trace.feedback] == ["wrong country"]
 
 
+def test_get_trace_accepts_an_unambiguous_prefix(store_url):
+    from gepa_trace.errors import ConfigError, NotFoundError
+
+    store = open_store(store_url)
+    write_run(store, 1)
+    write_run(store, 2)
+    full = trace_id_of(1)  # 000000014bf9...
+    assert get_trace(store, full[:8]).trace_id == full
+    assert get_trace(store, full[:8].upper() + " ").trace_id == full
+    with pytest.raises(ConfigError, match="ambiguous"):
+        get_trace(store, full[:7])
+    with pytest.raises(NotFoundError):
+        get_trace(store, "ffffffff")
+    with pytest.raises(NotFoundError):  # too short to be a prefix: taken as a whole id
+        get_trace(store, full[:5])
+
+
 def test_get_trace_shows_orphan_spans_of_a_partial_trace(store_url):
     store = open_store(store_url)
     trace_id = write_run(store, 1)
@@ -217,7 +239,7 @@ def test_traces_json_parses_and_includes_feedback(store_url, runner):
     assert data[1]["feedback"][0]["comment"] == "wrong country"
     assert data[1]["score"] == 0.0
     assert data == [r.to_dict() for r in list_runs(store, agent=AGENT, limit=20,
-                                                    preview_chars=60)]
+                                                    preview_chars=None)]
 
 
 def test_traces_table_lists_runs_with_feedback_score(store_url, runner):
@@ -227,7 +249,8 @@ def test_traces_table_lists_runs_with_feedback_score(store_url, runner):
     result = invoke(runner, ["traces"], store_url)
     assert result.exit_code == 0, result.output
     header, row = result.stdout.splitlines()
-    assert header.split()[:3] == ["TRACE", "ID", "AGENT"]
+    assert header.split() == ["TRACE", "ID", "AGENT", "STARTED", "DURATION", "STATUS", "SPANS",
+                              "TOKENS", "SCORE", "(N)", "INPUT"]
     assert row.startswith(trace_id) and AGENT in row and "0.25 (1)" in row
 
 
@@ -328,7 +351,18 @@ def test_components_text_shows_templates(store_url, runner):
     assert "human: {question}" in result.stdout
 
 
+def test_reading_a_sqlite_store_that_does_not_exist_says_so(tmp_path, runner):
+    missing = tmp_path / "typo.db"
+    for args in (["traces"], ["components"], ["traces", "show", "a" * 32]):
+        result = runner.invoke(main, [*args, "--store", f"sqlite:///{missing}"])
+        assert result.exit_code == 3, (args, result.output)
+        assert f"no store at {missing}" in result.stderr
+        assert result.stderr.strip().count("\n") == 0
+    assert not missing.exists()
+
+
 def test_empty_store_prints_no_data_on_stdout(sqlite_url, runner):
+    open_store(sqlite_url)
     for args in (["traces"], ["components"]):
         result = invoke(runner, args, sqlite_url)
         assert result.exit_code == 0

@@ -13,9 +13,11 @@ from click.testing import CliRunner
 from gepa_trace.cli import main
 from gepa_trace.errors import FeedbackError, NotFoundError
 from gepa_trace.store import forget_store, open_store
-from gepa_trace.store.feedback import UnknownTraceError, import_feedback, record_feedback
+from gepa_trace.store.feedback import (UnknownTraceError, import_feedback, record_feedback,
+                                       register_flush_hook)
 from gepa_trace.store.queries import feedback_for_traces
-from test_cli_traces import trace_id_of, write_run
+from gepa_trace.store.spans import write_spans
+from test_cli_traces import run_spans, trace_id_of, write_run
 
 
 def stored_feedback(store) -> list[tuple]:
@@ -50,6 +52,34 @@ def test_feedback_on_unknown_span_of_a_known_trace_is_refused(store_url):
         record_feedback(trace_id, score=1.0, span_id="9" * 16, store=store)
     on_span = record_feedback(trace_id, score=1.0, span_id=f"{1:08x}{4:08x}", store=store)
     assert on_span.span_id == f"{1:08x}{4:08x}"
+
+
+def test_feedback_right_after_a_run_flushes_buffered_spans_first(store_url):
+    """The spans of a run that just ended may still sit in the exporter's queue."""
+    store = open_store(store_url)
+    pending = run_spans(7)  # what a BatchSpanProcessor holds until its delay passes
+    flushes = []
+
+    def flush():
+        flushes.append(len(pending))
+        write_spans(store, pending)
+        pending.clear()
+
+    def broken_flush():
+        raise RuntimeError("exporter down")
+
+    unregister = [register_flush_hook(broken_flush), register_flush_hook(flush)]
+    try:
+        recorded = record_feedback(trace_id_of(7), score=1.0, store=store)
+        assert recorded.trace_id == trace_id_of(7) and flushes == [7] and not pending
+        record_feedback(trace_id_of(7), score=0.5, store=store)
+        assert flushes == [7]  # a stored trace needs no flush
+    finally:
+        for undo in unregister:
+            undo()
+    with pytest.raises(UnknownTraceError):
+        record_feedback("e" * 32, score=1.0, store=store)
+    assert flushes == [7]  # unregistered hooks are not called
 
 
 @pytest.mark.parametrize("score, problem", [

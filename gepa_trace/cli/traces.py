@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import click
@@ -48,9 +49,27 @@ def _table(headers: list[str], rows: list[list[str]]) -> None:
 
 
 def _open(store: str | None):
-    from gepa_trace.store import open_store
+    """The store to read. A SQLite file that does not exist is an error here, not a new
+    empty database: reading from the wrong directory should say so, not print nothing."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
 
-    return open_store(store)
+    from gepa_trace.errors import NotFoundError
+    from gepa_trace.store import open_store, resolve_url
+
+    url = resolve_url(store)
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        parsed = None  # open_store says what is wrong with it
+    if parsed is not None and parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database and database != ":memory:" and not database.startswith("file:"):
+            path = Path(database).expanduser()
+            if path.parent.is_dir() and not path.exists():
+                raise NotFoundError(f"no store at {path.resolve()} (record some runs first, "
+                                    "or pass --store URL / set GEPA_TRACE_STORE)")
+    return open_store(url)
 
 
 @click.group(invoke_without_command=True)
@@ -93,7 +112,8 @@ def traces(ctx: click.Context, agent: str | None, since: str | None, until: str 
     runs = list_runs(_open(store), agent=agent, since=parse_since(since),
                      until=parse_since(until), only_with_feedback=only_with_feedback,
                      limit=limit or None, include_rollouts=include_rollouts,
-                     preview_chars=60)
+                     # the table shows a one-line preview; JSON is for scripts: all of it
+                     preview_chars=None if as_json else 60)
     if as_json:
         print_json([run.to_dict() for run in runs])
         return
@@ -101,7 +121,7 @@ def traces(ctx: click.Context, agent: str | None, since: str | None, until: str 
         click.echo("no runs match" + (f" (agent {agent})" if agent else ""), err=True)
         return
     _table(["TRACE ID", "AGENT", "STARTED", "DURATION", "STATUS", "SPANS", "TOKENS",
-            "FEEDBACK", "INPUT"],
+            "SCORE (N)", "INPUT"],
            [[r.trace_id, r.agent or "-", _when(r.start_time), _duration(r.duration_ms),
              r.status, str(r.span_count), _tokens(r.input_tokens, r.output_tokens) or "-",
              f"{_score(r.score)} ({len(r.feedback)})" if r.feedback else "-",

@@ -11,13 +11,15 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import numbers
 import re
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from sqlalchemy import insert, select, tuple_
 
@@ -25,6 +27,8 @@ from gepa_trace.errors import FeedbackError, NotFoundError
 from gepa_trace.store.engine import Store, open_store, safe_url
 from gepa_trace.store.queries import Feedback
 from gepa_trace.store.tables import FeedbackRow, SpanRow
+
+logger = logging.getLogger(__name__)
 
 _FEEDBACK = FeedbackRow.__table__
 _SPANS = SpanRow.__table__
@@ -133,6 +137,54 @@ def _missing_targets(conn, rows: list[dict[str, Any]]) -> dict[int, str]:
     return missing
 
 
+# Functions that push spans still buffered in this process into the store (an
+# instrumentation's force_flush). Feedback often follows a run within milliseconds,
+# before the BatchSpanProcessor's delay has passed; flushing then retrying once makes
+# `record_feedback(run.trace_id, ...)` right after the run work instead of "unknown".
+_flush_hooks: list[Callable[[], Any]] = []
+_flush_lock = threading.Lock()
+
+
+def register_flush_hook(flush: Callable[[], Any]) -> Callable[[], None]:
+    """Have ``record_feedback`` call ``flush()`` before refusing an unknown trace id.
+
+    ``gt.instrument()`` registers its ``force_flush`` here; returns a function that
+    unregisters it (call it at shutdown). A hook that raises is logged and skipped.
+    """
+    with _flush_lock:
+        _flush_hooks.append(flush)
+
+    def unregister() -> None:
+        with _flush_lock:
+            if flush in _flush_hooks:
+                _flush_hooks.remove(flush)
+
+    return unregister
+
+
+def _flush_pending_spans() -> bool:
+    """Flush every registered hook, and the global OTel SDK provider if there is one;
+    True if anything was flushed (so a second look at the store may find more)."""
+    with _flush_lock:
+        hooks = list(_flush_hooks)
+    for flush in hooks:
+        try:
+            flush()
+        except Exception:  # feedback must not fail because an exporter did
+            logger.warning("flushing spans before recording feedback failed", exc_info=True)
+    flushed = bool(hooks)
+    try:
+        from opentelemetry import trace as otel_trace
+
+        provider = otel_trace.get_tracer_provider()
+        if hasattr(provider, "force_flush"):  # the SDK provider; the API's no-op has none
+            provider.force_flush(5000)
+            flushed = True
+    except Exception:
+        logger.warning("flushing the OpenTelemetry provider failed", exc_info=True)
+    return flushed
+
+
 def record_feedback(trace_id: str, score: float | None = None, label: str | None = None,
                     comment: str | None = None, name: str = "user", source: str = "human",
                     span_id: str | None = None,
@@ -142,21 +194,32 @@ def record_feedback(trace_id: str, score: float | None = None, label: str | None
     Refused with ``FeedbackError`` (message naming the problem): a malformed trace or
     span id, a score that is not a finite number, no score/label/comment at all, and a
     trace or span the store has no span of (``UnknownTraceError``, also a
-    ``NotFoundError``). ``store`` defaults to the configured store. Feedback on a trace
-    whose spans have not been flushed yet is refused too: flush the instrumentation
-    (``inst.force_flush()``) before recording feedback on a run that just finished.
+    ``NotFoundError``). ``store`` defaults to the configured store. Before refusing an
+    unknown trace it flushes the spans still buffered in this process (see
+    ``register_flush_hook``), so feedback right after a run works.
     """
     row = checked_feedback(trace_id, score=score, label=label, comment=comment, name=name,
                            source=source, span_id=span_id)
     row["created_at"] = time.time()
     store = open_store(store)
-    with store.write() as conn:
-        missing = _missing_targets(conn, [row])
-        if missing:
-            raise UnknownTraceError(f"{missing[0]} in the store {safe_url(store.url)}")
-        result = conn.execute(insert(_FEEDBACK).values(**row))
-        feedback_id = result.inserted_primary_key[0]
+    feedback_id = _insert_if_known(store, row)
+    # Not found: the run may have just ended with its spans still buffered in this
+    # process. Flush outside any transaction (the exporter needs the write lock).
+    if feedback_id is None and _flush_pending_spans():
+        feedback_id = _insert_if_known(store, row)
+    if feedback_id is None:
+        with store.read() as conn:
+            reason = _missing_targets(conn, [row]).get(0, "unknown trace")
+        raise UnknownTraceError(f"{reason} in the store {safe_url(store.url)}")
     return Feedback(id=int(feedback_id), **row)
+
+
+def _insert_if_known(store: Store, row: dict[str, Any]) -> int | None:
+    """Insert ``row`` if its trace (and span) is stored; its id, or None if not."""
+    with store.write() as conn:
+        if _missing_targets(conn, [row]):
+            return None
+        return conn.execute(insert(_FEEDBACK).values(**row)).inserted_primary_key[0]
 
 
 # ---------------------------------------------------------------- bulk import
@@ -286,5 +349,5 @@ def import_feedback(store: Store | str | None, path: str | Path) -> ImportReport
     return report
 
 
-__all__ = ["record_feedback", "import_feedback", "checked_feedback", "ImportReport",
+__all__ = ["record_feedback", "import_feedback", "register_flush_hook", "checked_feedback", "ImportReport",
            "RejectedRow", "UnknownTraceError", "Feedback"]

@@ -356,11 +356,39 @@ def _span_totals(conn, trace_ids: Sequence[str]) -> dict[str, tuple[int, int, in
 # ---------------------------------------------------------------- one trace
 
 
-def get_trace(store: Store | str | None, trace_id: str) -> Trace:
-    """Every span of ``trace_id`` as a tree (depth-first, siblings by start time), plus
-    the trace's feedback. Raises ``NotFoundError`` when no span has that trace id."""
+def resolve_trace_id(store: Store | str | None, text: str) -> str:
+    """The full trace id that ``text`` names: itself, or the one stored trace id that
+    starts with it (at least 6 hex characters, as `git` takes hash prefixes).
+
+    Raises ``NotFoundError`` when nothing matches, ``ConfigError`` when a prefix is
+    ambiguous. A prefix is looked up as a range on the primary key, so it is indexed on
+    both databases (LIKE would not be on PostgreSQL under a non-C collation).
+    """
     store = open_store(store)
-    trace_id = trace_id.strip().lower()
+    wanted = text.strip().lower()
+    if len(wanted) >= 32 or len(wanted) < 6 or any(c not in "0123456789abcdef" for c in wanted):
+        return wanted
+    with store.read() as conn:
+        found = conn.execute(select(_SPANS.c.trace_id).distinct()
+                             .where(_SPANS.c.trace_id >= wanted,
+                                    _SPANS.c.trace_id < wanted + "g")
+                             .order_by(_SPANS.c.trace_id).limit(3)).scalars().all()
+    found = [t for t in found if t.startswith(wanted)]
+    if not found:
+        raise NotFoundError(f"no trace {wanted} in the store {safe_url(store.url)}")
+    if len(found) > 1:
+        listed = ", ".join(found[:2]) + (", ..." if len(found) > 2 else "")
+        raise ConfigError(f"trace id prefix {wanted} is ambiguous ({listed}); "
+                          "give more characters")
+    return found[0]
+
+
+def get_trace(store: Store | str | None, trace_id: str) -> Trace:
+    """Every span of ``trace_id`` (or of the one trace whose id starts with it, see
+    ``resolve_trace_id``) as a tree (depth-first, siblings by start time), plus the
+    trace's feedback. Raises ``NotFoundError`` when no span has that trace id."""
+    store = open_store(store)
+    trace_id = resolve_trace_id(store, trace_id)
     with store.read() as conn:
         rows = conn.execute(select(_SPANS).where(_SPANS.c.trace_id == trace_id)
                             .order_by(_SPANS.c.start_ns, _SPANS.c.span_id)).all()
@@ -476,5 +504,6 @@ def list_components(store: Store | str | None = None, *, agent: str | None = Non
 
 __all__ = [
     "Feedback", "Run", "SpanNode", "Trace", "Component", "ComponentVersion",
-    "feedback_for_traces", "list_runs", "get_trace", "trace_exists", "list_components",
+    "feedback_for_traces", "list_runs", "resolve_trace_id", "get_trace", "trace_exists",
+    "list_components",
 ]
