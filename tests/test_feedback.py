@@ -9,6 +9,8 @@ import math
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gepa_trace.cli import main
 from gepa_trace.errors import FeedbackError, NotFoundError
@@ -257,3 +259,63 @@ def test_feedback_import_of_a_clean_file_exits_0_with_json_report(sqlite_url, tm
     assert json.loads(result.stdout) == {"path": str(path), "format": "jsonl",
                                          "accepted": 1, "rejected": [], "ok": True}
     forget_store(sqlite_url)
+
+
+def test_feedback_right_after_an_instrumented_run_finds_its_spans(store_url):
+    """The public flow of DESIGN.md: run under agent_run, then record feedback at once,
+    while the run's spans still wait in the BatchSpanProcessor (1 s delay by default)."""
+    from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+    from langchain_core.messages import AIMessage
+    from langchain_core.prompts import ChatPromptTemplate
+
+    import gepa_trace as gt
+    from gepa_trace.store.queries import get_trace, list_runs
+
+    prompt = gt.component("planner", ChatPromptTemplate.from_messages(
+        [("system", "Plan the answer."), ("human", "{question}")]))
+    chain = prompt | GenericFakeChatModel(messages=iter([AIMessage(content="Lima")]))
+    inst = gt.instrument(store=store_url, service_name="support-agent")
+    try:
+        with gt.agent_run("support-agent", inputs="capital of peru?") as run:
+            run.set_outputs(chain.invoke({"question": "capital of peru?"}).content)
+        recorded = gt.record_feedback(run.trace_id, score=0.0, comment="say the country too",
+                                      store=store_url)
+    finally:
+        inst.shutdown()
+    assert recorded.trace_id == run.trace_id
+    [listed] = list_runs(store_url, agent="support-agent")
+    assert listed.trace_id == run.trace_id and listed.score == 0.0
+    trace = get_trace(store_url, run.trace_id)
+    assert trace.spans[0].depth == 0 and trace.spans[0].span_type == "agent"
+    assert any(s.span_type == "llm" and s.component == "planner" for s in trace.spans)
+
+
+ROW_KINDS = ["good", "good_multiline", "nan", "word", "unknown", "malformed", "empty"]
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kinds=st.lists(st.sampled_from(ROW_KINDS), max_size=12))
+def test_import_accepts_exactly_the_good_rows_and_names_every_bad_line(sqlite_url, tmp_path,
+                                                                      kinds):
+    store = open_store(sqlite_url)
+    known = write_run(store, 1)
+    before = len(stored_feedback(store))
+    cells = {
+        "good": f"{known},0.5,ok,fine", "good_multiline": f'{known},,,"line one\nline two"',
+        "nan": f"{known},nan,,", "word": f"{known},high,,", "unknown": f"{'e' * 32},1,,",
+        "malformed": "xyz,1,,", "empty": f"{known},,,",
+    }
+    lines, bad_lines, line = ["trace_id,score,label,comment"], [], 2
+    for kind in kinds:
+        lines.append(cells[kind])
+        if not kind.startswith("good"):
+            bad_lines.append(line)
+        line += cells[kind].count("\n") + 1
+    path = tmp_path / "mixed.csv"
+    path.write_text("\n".join(lines) + "\n")
+    report = import_feedback(store, path)
+    good = sum(k.startswith("good") for k in kinds)
+    assert report.accepted == good
+    assert [r.line for r in report.rejected] == bad_lines
+    assert len(stored_feedback(store)) == before + good
