@@ -21,7 +21,10 @@ def _listed() -> list[str]:
         return main.list_commands(ctx)
 
 
-def _paths(command: click.Command, path: tuple[str, ...]) -> list[tuple[tuple[str, ...], click.Command]]:
+Path = tuple[str, ...]
+
+
+def _paths(command: click.Command, path: Path) -> list[tuple[Path, click.Command]]:
     """This command and every subcommand under it, with their paths."""
     found = [(path, command)]
     if isinstance(command, click.Group):

@@ -349,5 +349,5 @@ def import_feedback(store: Store | str | None, path: str | Path) -> ImportReport
     return report
 
 
-__all__ = ["record_feedback", "import_feedback", "register_flush_hook", "checked_feedback", "ImportReport",
-           "RejectedRow", "UnknownTraceError", "Feedback"]
+__all__ = ["record_feedback", "import_feedback", "register_flush_hook", "checked_feedback",
+           "ImportReport", "RejectedRow", "UnknownTraceError", "Feedback"]

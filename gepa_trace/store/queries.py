@@ -398,7 +398,8 @@ def get_trace(store: Store | str | None, trace_id: str) -> Trace:
     children: dict[str | None, list[Any]] = defaultdict(list)
     tops = []
     for r in rows:  # rows are in start order, so children lists are too
-        if r.parent_span_id is not None and r.parent_span_id in by_id and r.parent_span_id != r.span_id:
+        parent = r.parent_span_id
+        if parent is not None and parent in by_id and parent != r.span_id:
             children[r.parent_span_id].append(r)
         else:
             tops.append(r)
