@@ -300,8 +300,9 @@ def test_traces_show_json_is_the_library_trace(store_url, runner):
     assert [s["name"] for s in data["spans"]][:3] == [AGENT, "planner", "ChatPromptTemplate"]
 
 
-def test_traces_store_option_before_show_is_used(sqlite_url, runner):
+def test_traces_store_option_before_show_is_used(sqlite_url, runner, monkeypatch, tmp_path):
     trace_id = write_run(open_store(sqlite_url), 1)
+    monkeypatch.setenv("GEPA_TRACE_STORE", f"sqlite:///{tmp_path / 'other.db'}")
     result = runner.invoke(main, ["traces", "--store", sqlite_url, "show", trace_id])
     assert result.exit_code == 0, result.output
     assert trace_id in result.stdout

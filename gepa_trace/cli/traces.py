@@ -104,7 +104,8 @@ def traces(ctx: click.Context, agent: str | None, since: str | None, until: str 
       gepa-trace traces show 4bf92f3577b34da6a3ce929d0e0e4736
     """
     ctx.ensure_object(dict)
-    ctx.obj["store"] = store
+    if ctx.get_parameter_source("store") == click.core.ParameterSource.COMMANDLINE:
+        ctx.obj["store"] = store  # `traces --store URL show ID`: show uses it
     if ctx.invoked_subcommand is not None:
         return
     from gepa_trace.store.queries import list_runs
@@ -147,8 +148,9 @@ def show(ctx: click.Context, trace_id: str, store: str | None, as_json: bool) ->
     """
     from gepa_trace.store.queries import get_trace
 
-    if store is None:  # `traces --store URL show ID` works too
-        store = (ctx.obj or {}).get("store")
+    # `traces --store URL show ID`: a --store given to the group beats the environment.
+    if ctx.get_parameter_source("store") != click.core.ParameterSource.COMMANDLINE:
+        store = (ctx.obj or {}).get("store") or store
     trace = get_trace(_open(store), trace_id)
     if as_json:
         print_json(trace.to_dict())
