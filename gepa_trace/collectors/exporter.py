@@ -33,7 +33,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from gepa_trace.collectors.langchain import SUPPRESS_KEY
 from gepa_trace.config import under_pytest
-from gepa_trace.errors import StoreError
+from gepa_trace.errors import GepaTraceError, StoreError
 from gepa_trace.store.engine import Store, open_store, resolve_url, safe_url
 
 logger = logging.getLogger("gepa_trace.capture")
@@ -144,9 +144,16 @@ class SqlSpanExporter(SpanExporter):
         if self._pending:
             batch = list(self._pending) + batch
         try:
-            write_spans(self._open(), batch)
+            store = self._open()
+        except Exception as exc:  # no store yet (missing, refused): keep the spans
+            if self.max_pending:
+                self._keep(batch)
+            self._warn(exc, len(batch), internal=False)
+            return SpanExportResult.FAILURE
+        try:
+            write_spans(store, batch)
         except Exception as exc:
-            internal = not isinstance(exc, (SQLAlchemyError, StoreError, OSError))
+            internal = not isinstance(exc, (SQLAlchemyError, GepaTraceError, OSError))
             if not internal and _transient(exc) and self.max_pending:
                 self._keep(batch)
             else:

@@ -115,11 +115,16 @@ class Instrumentation:
         return self.recorder.trace_id_of(UUID(str(run_id)))
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        """Write every finished span now; True when all were exported."""
+        """Write every finished span now. True when the store took them all; False when
+        it is refusing writes (the spans are kept to retry, up to the exporter's limit)."""
         if self._shut:
             return False
         ok = self.tracer_provider.force_flush(timeout_millis)
-        return bool(ok) and self.exporter.pending == 0
+        # The batch processor only hands over new spans; spans kept from batches the
+        # store refused are retried here (and with every later batch).
+        if self.exporter.pending:
+            self.exporter.force_flush(timeout_millis)
+        return bool(ok) and self.exporter.pending == 0 and self.exporter.last_error is None
 
     def shutdown(self) -> None:
         """Stop recording, flush what is queued, release the exporters. Idempotent."""
