@@ -8,8 +8,8 @@ on the rng, so a test can see both the content and that the seeding is determini
     <last user message>
     ```
 
-A last user message that contains ``NO FENCE`` is echoed without a fenced block, so the
-corrective retry of ``LM.complete_fenced`` can be exercised.
+No fenced block when the last user message contains ``NO FENCE`` (so a corrective
+follow-up gets a block) or any user message contains ``NEVER FENCE`` (so it never does).
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ import random
 
 
 def reply(messages: list[dict[str, str]], rng: random.Random) -> str:
-    last = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    users = [m["content"] for m in messages if m["role"] == "user"]
+    last = users[-1] if users else ""
     token = rng.randrange(10_000)
-    if "NO FENCE" in last:
-        return f"echo (token {token}): {last}"
+    if "NO FENCE" in last or any("NEVER FENCE" in text for text in users):
+        # Quoted fences would make a block of their own: this branch must have none.
+        return f"echo (token {token}): " + last.replace("```", "`")
     return f"echo (token {token}):\n```\n{last}\n```"

@@ -215,8 +215,9 @@ def serve(host: str = "127.0.0.1", port: int = 0, *, options: sim.SimOptions | N
     server = _Server((host, port), _Handler)
     server.options = options
     server.api_key = api_key
-    thread = threading.Thread(target=server.serve_forever, name=f"gepa-sim-server:{port}",
-                              daemon=True)
+    # A short poll interval makes close() quick (shutdown waits for the next poll).
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              name=f"gepa-sim-server:{port}", daemon=True)
     thread.start()
     return SimServer(host, server.server_address[1], server, thread)
 
