@@ -16,10 +16,12 @@ langchain's ``(prompt, llm_string)`` pair. Parameters that do not change the ans
 from __future__ import annotations
 
 import ast
+import contextvars
 import hashlib
 import json
 import threading
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
@@ -39,6 +41,19 @@ ANSWER_PARAMS = ("temperature", "max_tokens", "max_completion_tokens", "top_p", 
 _ROLES = {"human": "user", "user": "user", "system": "system", "ai": "assistant",
           "assistant": "assistant", "tool": "tool", "function": "tool", "chat": "user"}
 HIT_MARKER = "gepa.replay_cache"
+
+
+@dataclass
+class RolloutTally:
+    """Cache hits of one rollout (the harness sets one per rollout in ``current_tally``;
+    LangChain copies the context into the threads it runs nodes in)."""
+
+    cache_hits: int = 0
+    cache_hits_by_component: dict[str, int] = field(default_factory=dict)
+
+
+current_tally: contextvars.ContextVar[RolloutTally | None] = contextvars.ContextVar(
+    "gepa_trace_rollout_tally", default=None)
 
 
 def request_key(model: str | None, params: Mapping[str, Any],
@@ -61,30 +76,38 @@ def _model_of(params: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _params_of_span(attributes: Mapping[str, Any]) -> dict[str, Any]:
+    raw = attributes.get("llm.invocation_parameters")
+    if raw:
+        try:
+            return json.loads(raw) if isinstance(raw, str) else dict(raw)
+        except (ValueError, TypeError):
+            return {}
+    # GenAI conventions: gen_ai.request.temperature, gen_ai.request.max_tokens, ...
+    prefix = "gen_ai.request."
+    return {k[len(prefix):]: v for k, v in attributes.items() if k.startswith(prefix)}
+
+
 def key_of_span(attributes: Mapping[str, Any]) -> str | None:
-    """The request key of a stored LLM span, or None if it lacks the content."""
-    messages: list[tuple[str, str]] = []
-    i = 0
-    while f"llm.input_messages.{i}.message.role" in attributes:
-        content = attributes.get(f"llm.input_messages.{i}.message.content")
-        if not isinstance(content, str):
-            return None
-        messages.append((str(attributes[f"llm.input_messages.{i}.message.role"]), content))
-        i += 1
-    if not messages:
+    """The request key of a stored LLM span (any convention ``llm_view`` reads), or None
+    when the span lacks the message text (e.g. recorded with capture_content=False)."""
+    from gepa_trace.collectors.views import llm_view
+
+    view = llm_view(attributes)
+    if not view.input_messages or any(not isinstance(m.get("content"), str) or
+                                      (m.get("content") == "" and not m.get("tool_calls"))
+                                      for m in view.input_messages):
         return None
-    raw = attributes.get("llm.invocation_parameters") or "{}"
-    try:
-        params = json.loads(raw) if isinstance(raw, str) else dict(raw)
-    except ValueError:
-        params = {}
-    model = _model_of(params) or attributes.get("llm.model_name")
-    return request_key(model, params, messages)
+    params = _params_of_span(attributes)
+    model = _model_of(params) or view.model
+    return request_key(model, params, [(m["role"], m["content"]) for m in view.input_messages])
 
 
 def output_of_span(attributes: Mapping[str, Any]) -> str | None:
-    content = attributes.get("llm.output_messages.0.message.content")
-    return content if isinstance(content, str) else None
+    from gepa_trace.collectors.views import llm_view
+
+    view = llm_view(attributes)
+    return view.output_text if view.output_messages else None
 
 
 def _parse_llm_string(llm_string: str) -> dict[str, Any]:
@@ -175,7 +198,13 @@ class ReplayCache(BaseCache):
             if entry is None:
                 self.misses += 1
                 return None
-            self.hits[entry[1] or "unknown"] += 1
+            component = entry[1] or "unknown"
+            self.hits[component] += 1
+            tally = current_tally.get()
+            if tally is not None:
+                tally.cache_hits += 1
+                tally.cache_hits_by_component[component] = (
+                    tally.cache_hits_by_component.get(component, 0) + 1)
         message = AIMessage(content=entry[0], response_metadata={HIT_MARKER: True})
         return [ChatGeneration(message=message)]
 

@@ -1,0 +1,206 @@
+"""Agent replay: run the user's agent with a candidate's prompts on a recorded input.
+
+Each rollout is a real run of the agent, traced into the same store as production and
+tagged with the optimization run, candidate and example (``gepa.run.id`` and friends on
+every span). What the reflection sees of a rollout is read from that rollout's own
+spans, with the same readers as production traces (``collectors.views.llm_view``):
+for each component, its LLM calls (rendered messages and output), plus the errors and
+failed tool calls of the trace and the metric's feedback.
+
+The spans are taken as they end, by a span processor on our tracer provider, so a
+rollout does not wait for the exporter; the exporter still writes them to the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+
+from gepa_trace.collectors.conventions import derive
+from gepa_trace.collectors.exporter import span_to_dict
+from gepa_trace.collectors.views import llm_view
+from gepa_trace.optimizer.protocols import (
+    ComponentRecord, Example, Rollout, RolloutContext, Score)
+from gepa_trace.prompts import PromptSet
+from gepa_trace.replay.cache import RolloutTally, current_tally
+
+log = logging.getLogger(__name__)
+
+
+class RolloutSpans(SpanProcessor):
+    """Keeps the finished spans of the traces being watched, until taken."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._watched: dict[int, list[dict[str, Any]]] = {}
+
+    def watch(self, trace_id: str) -> None:
+        with self._lock:
+            self._watched[int(trace_id, 16)] = []
+
+    def take(self, trace_id: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return self._watched.pop(int(trace_id, 16), [])
+
+    def on_start(self, span, parent_context=None) -> None:  # noqa: D401 - SDK hook
+        return None
+
+    def on_end(self, span: ReadableSpan) -> None:
+        tid = span.context.trace_id
+        if tid in self._watched:  # a cheap check first: most spans are not watched
+            converted = span_to_dict(span)
+            with self._lock:
+                bucket = self._watched.get(tid)
+                if bucket is not None:
+                    bucket.append(converted)
+
+    def shutdown(self) -> None:
+        return None
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+def render_messages(messages: list[dict[str, Any]]) -> str:
+    """Messages as the reflection LM reads them: one ``[role]`` block each."""
+    parts = []
+    for msg in messages:
+        text = msg.get("content") or ""
+        calls = msg.get("tool_calls")
+        if calls:
+            text += "".join(f"\n(tool call {c.get('name')}({c.get('arguments')}))" for c in calls)
+        parts.append(f"[{msg.get('role', 'user')}]\n{text}")
+    return "\n\n".join(parts)
+
+
+@dataclass
+class TraceReading:
+    """What a rollout's spans say: per-component records, errors, LLM spans and tokens."""
+
+    records: dict[str, list[ComponentRecord]]
+    errors: list[str]
+    llm_spans: int
+    tokens: int
+
+
+def read_rollout(spans: list[dict[str, Any]]) -> TraceReading:
+    """Per-component records and trace errors from one rollout's span dicts."""
+    records: dict[str, list[ComponentRecord]] = {}
+    errors: list[str] = []
+    llm_spans = tokens = 0
+    for span in sorted(spans, key=lambda s: s["start_ns"]):
+        attributes = span.get("attributes") or {}
+        derived = derive(attributes, name=span.get("name", ""), resource=span.get("resource"))
+        failed = span.get("status_code") == "ERROR"
+        message = span.get("status_message") or ""
+        if failed and derived["span_type"] in ("tool", "retriever"):
+            errors.append(f"tool {attributes.get('tool.name') or span.get('name')!r} "
+                          f"failed: {message}".rstrip(": "))
+        elif failed and span.get("parent_span_id") is None:
+            errors.append(f"the run failed: {message}".rstrip(": "))
+        if derived["span_type"] != "llm":
+            continue
+        view = llm_view(attributes)
+        llm_spans += 1
+        tokens += (view.tokens.input or 0) + (view.tokens.output or 0)
+        component = derived["component"]
+        if not component:
+            continue
+        records.setdefault(component, []).append(ComponentRecord(
+            component=component, inputs=render_messages(view.input_messages),
+            output=view.output_text, error=message if failed else None,
+            extra={"model": view.model, "span_id": span["span_id"]}))
+    if errors:
+        for recs in records.values():
+            for rec in recs:
+                rec.extra["trace_errors"] = list(errors)
+    return TraceReading(records, errors, llm_spans, tokens)
+
+
+@dataclass(frozen=True)
+class RolloutTrace:
+    """The ``trace`` argument a metric receives: the rollout's trace id and spans."""
+
+    trace_id: str
+    spans: tuple[Mapping[str, Any], ...]
+
+
+class AgentReplay:
+    """An Evaluator that invokes ``build_agent(prompts)`` on each example's input.
+
+    Never raises for one example: an agent or metric exception scores 0 with the error
+    in the feedback. Built agents are kept per prompt versions (a small LRU), since
+    building one may be costly.
+    """
+
+    def __init__(self, build_agent: Callable[[PromptSet], Any],
+                 metric: Callable[[Example, Any, Any], "float | Score"], *, agent: str,
+                 instrumentation: Any, keep_agents: int = 16):
+        self.build_agent = build_agent
+        self.metric = metric
+        self.agent = agent
+        self.instrumentation = instrumentation
+        self.spans = RolloutSpans()
+        instrumentation.tracer_provider.add_span_processor(self.spans)
+        self._agents: OrderedDict[tuple, Any] = OrderedDict()
+        self._agents_lock = threading.Lock()
+        self.keep_agents = keep_agents
+
+    def _runnable(self, prompts: PromptSet) -> Any:
+        key = tuple(sorted(prompts.versions().items()))
+        with self._agents_lock:
+            if key in self._agents:
+                self._agents.move_to_end(key)
+                return self._agents[key]
+        runnable = self.build_agent(prompts)
+        with self._agents_lock:
+            self._agents[key] = runnable
+            while len(self._agents) > self.keep_agents:
+                self._agents.popitem(last=False)
+        return runnable
+
+    def evaluate(self, prompts: PromptSet, example: Example,
+                 context: RolloutContext) -> Rollout:
+        from gepa_trace.collectors.instrument import agent_run
+
+        tags = {"gepa.run.id": context.run_id, "gepa.candidate.id": context.candidate_id,
+                "gepa.example.id": example.id, "gepa.rollout.purpose": context.purpose}
+        tally = RolloutTally()
+        token = current_tally.set(tally)
+        output: Any = None
+        error: str | None = None
+        run = agent_run(self.agent, inputs=dict(example.inputs), metadata=tags)
+        try:
+            with run:
+                self.spans.watch(run.trace_id)
+                runnable = self._runnable(prompts)
+                output = runnable.invoke(dict(example.inputs), config={"metadata": dict(tags)})
+                run.set_outputs(output)
+        except Exception as exc:  # the agent failing on one input is a score, not a crash
+            error = f"{type(exc).__name__}: {exc}"
+        finally:
+            current_tally.reset(token)
+        spans = self.spans.take(run.trace_id)
+        reading = read_rollout(spans)
+        if error is not None:
+            score = Score(0.0, f"the agent raised {error}")
+        else:
+            try:
+                score = Score.of(self.metric(example, output,
+                                             RolloutTrace(run.trace_id, tuple(spans))))
+            except Exception as exc:
+                error = f"metric failed: {type(exc).__name__}: {exc}"
+                score = Score(0.0, error)
+        feedback = score.feedback
+        if reading.errors and error is None:
+            feedback = (feedback + " | errors in the trace: " + "; ".join(reading.errors)).strip(" |")
+        return Rollout(score=score.score, feedback=feedback, output=output,
+                       records=reading.records, error=error, trace_id=run.trace_id,
+                       llm_calls=max(0, reading.llm_spans - tally.cache_hits),
+                       cache_hits=tally.cache_hits,
+                       tokens=reading.tokens)

@@ -1,0 +1,94 @@
+"""Agent replay on a real LangChain agent under real instrumentation."""
+
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.runnables import RunnableLambda
+
+import gepa_trace as gt
+from gepa_trace.optimizer.protocols import Example, RolloutContext, Score
+from gepa_trace.prompts import PromptSet
+from gepa_trace.replay.harness import AgentReplay
+from gepa_trace.store import open_store
+
+
+class ShoutingModel(BaseChatModel):
+    """Answers with the last message upper-cased, prefixed by the system prompt's first word."""
+
+    @property
+    def _llm_type(self) -> str:
+        return "shouting"
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs: Any) -> ChatResult:
+        system = next((m.content for m in messages if m.type == "system"), "")
+        if "EXPLODE" in messages[-1].content:
+            raise RuntimeError("model refused")
+        text = f"{system.split()[0] if system else ''} {messages[-1].content.upper()}".strip()
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(text))])
+
+
+def build_agent(prompts: PromptSet):
+    model = ShoutingModel()
+    plan = prompts["planner"] | model
+    answer = prompts["answerer"] | model
+    return (RunnableLambda(lambda x: {"question": x["question"],
+                                      "plan": plan.invoke({"question": x["question"]}).content})
+            | RunnableLambda(lambda x: {"answer": answer.invoke(x).content}))
+
+
+SEED = PromptSet({"planner": [("system", "Plan: think first."), ("human", "{question}")],
+                  "answerer": [("system", "Answer: be brief."),
+                               ("human", "Plan: {plan}\nQuestion: {question}")]}, agent="shout")
+
+
+def metric(example, output, trace):
+    ok = output["answer"].startswith("Answer:")
+    return Score(1.0 if ok else 0.0, "fine" if ok else "the answer must start with Answer:")
+
+
+@pytest.fixture
+def inst(sqlite_url):
+    handle = gt.instrument(store=sqlite_url, service_name="shout")
+    yield handle
+    handle.shutdown()
+
+
+def test_rollout_records_each_component_from_its_own_spans(inst, sqlite_url):
+    replay = AgentReplay(build_agent, metric, agent="shout", instrumentation=inst)
+    example = Example(id="e1", inputs={"question": "where is paris"})
+    rollout = replay.evaluate(SEED, example, RolloutContext("run-1", 0, "minibatch"))
+    assert rollout.score == 1.0 and rollout.error is None
+    assert set(rollout.records) == {"planner", "answerer"}
+    planner = rollout.records["planner"][0]
+    assert "Plan: think first." in planner.inputs and "where is paris" in planner.inputs
+    assert planner.output == "Plan: WHERE IS PARIS"
+    assert "Answer: be brief." not in planner.inputs
+    assert "Plan: WHERE IS PARIS" in rollout.records["answerer"][0].inputs
+    assert rollout.llm_calls == 2
+    inst.force_flush()
+    store = open_store(sqlite_url)
+    with store.read() as conn:
+        tagged = conn.execute(sa.text("SELECT count(*) FROM spans WHERE run_id = 'run-1' "
+                                      "AND trace_id = :t"), {"t": rollout.trace_id}).scalar()
+    assert tagged >= 5, "every span of the rollout is stored, tagged with the run"
+
+
+def test_agent_failure_is_a_zero_score_with_the_error_in_feedback(inst):
+    replay = AgentReplay(build_agent, metric, agent="shout", instrumentation=inst)
+    rollout = replay.evaluate(SEED, Example(id="e2", inputs={"question": "EXPLODE"}),
+                              RolloutContext("run-1", 0, "val"))
+    assert rollout.score == 0.0
+    assert "model refused" in rollout.feedback and "RuntimeError" in rollout.error
+
+
+def test_a_changed_prompt_changes_the_rollout(inst):
+    replay = AgentReplay(build_agent, metric, agent="shout", instrumentation=inst)
+    child = SEED.with_instruction("answerer", "Reply: be brief.")
+    rollout = replay.evaluate(child, Example(id="e3", inputs={"question": "hi"}),
+                              RolloutContext("run-1", 1, "minibatch"))
+    assert rollout.score == 0.0 and "must start with Answer:" in rollout.feedback
+    assert "Reply: be brief." in rollout.records["answerer"][0].inputs
