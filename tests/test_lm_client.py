@@ -245,3 +245,24 @@ def test_bad_arguments_are_config_errors():
         LM("gepa-sim/echo").complete([])
     with pytest.raises(ConfigError, match="messages"):
         LM("gepa-sim/echo").complete([{"content": "no role"}])
+
+
+def test_a_failing_sim_behaviour_is_not_retried_and_keeps_its_cause():
+    def broken(messages, rng):
+        raise IndexError("bug in a behaviour")
+
+    sim._replies["broken"] = broken
+    try:
+        lm = LM("gepa-sim/broken", **FAST)
+        with pytest.raises(LMError, match="gepa-sim/broken failed: IndexError: bug in a behaviour"):
+            lm.complete("x")
+    finally:
+        del sim._replies["broken"]
+    assert lm.usage().attempts == 1
+
+
+def test_copies_of_an_lm_share_it():
+    import copy
+
+    lm = LM("gepa-sim/echo")
+    assert copy.copy(lm) is lm and copy.deepcopy({"lm": lm})["lm"] is lm

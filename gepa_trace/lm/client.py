@@ -182,6 +182,13 @@ class LM:
     def __repr__(self) -> str:
         return f"LM({self.model!r}, role={self.role!r}, max_concurrency={self.max_concurrency})"
 
+    # An LM is a shared door (its slots, totals and budget are the point): copies share it.
+    def __copy__(self) -> "LM":
+        return self
+
+    def __deepcopy__(self, memo: dict) -> "LM":
+        return self
+
     # ----------------------------------------------------------------- public calls
 
     def __call__(self, prompt: str) -> str:

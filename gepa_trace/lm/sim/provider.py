@@ -3,7 +3,8 @@
 Only ``gepa_trace.lm.sim.register()`` should call ``install()``. Injected faults are
 raised as litellm's own exceptions (RateLimitError carrying Retry-After, Timeout,
 InternalServerError), so callers exercise their real error handling; an unknown model is
-litellm's NotFoundError, which no caller should retry.
+litellm's NotFoundError and a behaviour that raises is a BadRequestError (its cause
+chained), which no caller should retry.
 """
 
 from __future__ import annotations
@@ -74,6 +75,13 @@ class SimProvider(CustomLLM):
             return sim.generate(model, messages, sleep=sleep)
         except (sim.SimFault, sim.ConfigError) as exc:
             raise _error(exc, model) from None
+        except Exception as exc:
+            # A bug in a behaviour module fails the same way every time: litellm would
+            # call it a connection error, which callers retry; a bad request they do not.
+            raise litellm.BadRequestError(
+                message=f"simulated model {sim.PREFIX}{model} failed: "
+                        f"{type(exc).__name__}: {exc}",
+                model=model, llm_provider=sim.PROVIDER) from exc
 
     async def _aserve(self, model: str, messages: list) -> sim.SimReply:
         try:

@@ -17,8 +17,9 @@ give the same text for the same request.
 
 Injected faults are real HTTP errors: ``rate_limit`` -> 429 with ``Retry-After`` (and
 ``retry-after-ms``), ``timeout`` -> 504, ``server_error`` -> 500; an unknown model -> 404;
-a bad body -> 400; a wrong key (when the server has one) -> 401. Errors have OpenAI's
-``{"error": {"message", "type", "code"}}`` shape.
+a bad body -> 400; a wrong key (when the server has one) -> 401; a behaviour that raises
+-> 500. Errors have OpenAI's ``{"error": {"message", "type", "code"}}`` shape. The call
+counters of ``gepa_trace.lm.sim`` count in the server's process.
 """
 
 from __future__ import annotations
@@ -117,6 +118,10 @@ class _Handler(BaseHTTPRequestHandler):
                 headers = {"Retry-After": f"{exc.retry_after_s:g}",
                            "retry-after-ms": f"{exc.retry_after_s * 1000:g}"}
             self._send_error(status, str(exc), type_, code, headers)
+            return
+        except Exception as exc:  # a bug in a behaviour: answer, as a real server would
+            self._send_error(500, f"simulated model failed: {type(exc).__name__}: {exc}",
+                             "server_error", "internal_error")
             return
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
