@@ -1,14 +1,39 @@
 """Reading spans, whatever convention wrote them: the derived columns of a stored span.
 
 ``derive()`` maps one span's attributes onto the columns the rest of gepa-trace filters
-on (agent, component, span type, optimization run, prompt version, model, tokens). Our
-own instrumentation writes OpenInference names plus ``gepa.*``; readers of the other
-conventions (OpenInference from other instrumentors, OTel GenAI, OpenLLMetry) extend it.
+on (agent, component, span type, optimization run, prompt version, model, tokens). It
+reads, in order of precedence:
+
+- ours: ``gepa.agent``, ``gepa.component``, ``gepa.prompt.version``, ``gepa.run.id``
+  (plus the OpenInference names our instrumentation also writes);
+- OpenInference (``openinference-instrumentation-langchain``): ``openinference.span.kind``,
+  ``llm.model_name``, ``llm.token_count.*``, ``agent.name``, ``llm.prompt_template.*``
+  and the ``metadata`` JSON (where LangChain run metadata lands: ``gepa.component`` set by
+  ``gepa_trace.component()``, and ``langgraph_node``);
+- OTel GenAI: ``gen_ai.operation.name``, ``gen_ai.request.model`` /
+  ``gen_ai.response.model``, ``gen_ai.usage.input_tokens|output_tokens`` and the older
+  ``prompt_tokens|completion_tokens``, ``gen_ai.agent.name``, ``gen_ai.system_instructions``;
+- OpenLLMetry: ``traceloop.span.kind``, ``traceloop.entity.name|path``,
+  ``traceloop.workflow.name`` (the agent), ``llm.request.type``, ``llm.usage.*``.
+
+Component identity of a foreign span (DESIGN.md, "Components"), first that exists: an
+explicit name (``gepa.component`` attribute or run metadata); the LangChain run name
+of a PROMPT span (its span name, unless it is the default class name); the LangGraph
+node (``langgraph_node`` in the metadata); the OpenLLMetry entity; a hash of the
+template (``prompt-<version>``). OpenInference records a ChatPromptTemplate's template
+(its first message only) on the PROMPT span, not on the LLM span that used it:
+``link_prompt_spans`` gives an LLM span the component and version of its sibling PROMPT
+span (same trace, same parent) in the same batch and in batches stored earlier, and
+``fix_up_linked_llm_spans`` updates LLM spans stored before their PROMPT sibling arrived.
+
 The raw attributes are always stored as they came; this only fills derived columns.
 """
 
 from __future__ import annotations
 
+import json
+import re
+from functools import lru_cache
 from typing import Any, Mapping
 
 SPAN_TYPES = ("agent", "chain", "llm", "tool", "retriever", "prompt", "embedding")
@@ -18,35 +43,360 @@ _OPENINFERENCE_KINDS = {
     "EMBEDDING": "embedding", "PROMPT": "prompt", "AGENT": "agent",
     "RERANKER": "retriever", "GUARDRAIL": "chain", "EVALUATOR": "chain",
 }
+_GENAI_OPERATIONS = {
+    "chat": "llm", "text_completion": "llm", "generate_content": "llm",
+    "embeddings": "embedding", "execute_tool": "tool", "invoke_agent": "agent",
+    "create_agent": "agent",
+}
+_TRACELOOP_KINDS = {"workflow": "chain", "task": "chain", "agent": "agent", "tool": "tool"}
+_TEMPLATE_ROLES = {"system": "system", "human": "human", "user": "human", "ai": "ai",
+                   "assistant": "ai"}
 
 DERIVED_COLUMNS = ("agent", "component", "span_type", "run_id", "prompt_version", "model",
                    "input_tokens", "output_tokens")
+_MAX_NAME = 255  # the width of the agent / component / model columns
 
 
 def _int(value: Any) -> int | None:
     try:
         return int(value) if value is not None else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
+
+
+def _name(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    text = value if isinstance(value, str) else str(value)
+    return text[:_MAX_NAME]
+
+
+def _first(attributes: Mapping[str, Any], *keys: str) -> Any:
+    for key in keys:
+        value = attributes.get(key)
+        if value is not None and value != "":
+            return value
+    return None
+
+
+def json_value(value: Any) -> Any:
+    """A JSON-valued attribute as data (attributes carry JSON as strings); None if invalid."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return None
+    return value
+
+
+def span_type_of(attributes: Mapping[str, Any]) -> str | None:
+    """agent | chain | llm | tool | retriever | prompt | embedding, or None."""
+    kind = attributes.get("openinference.span.kind")
+    if kind:
+        return _OPENINFERENCE_KINDS.get(str(kind).upper())
+    operation = attributes.get("gen_ai.operation.name")
+    if operation:
+        found = _GENAI_OPERATIONS.get(str(operation).lower())
+        if found:
+            return found
+    if attributes.get("llm.request.type"):  # OpenLLMetry LLM spans
+        return "llm"
+    kind = attributes.get("traceloop.span.kind")
+    if kind:
+        return _TRACELOOP_KINDS.get(str(kind).lower())
+    if "gen_ai.request.model" in attributes or "gen_ai.system" in attributes \
+            or "gen_ai.provider.name" in attributes:
+        return "llm"
+    return None
+
+
+_METADATA_KEYS = ("gepa.component", "gepa.prompt.version", "langgraph_node")
+_METADATA_FIELD = {key: re.compile(r'"' + re.escape(key) + r'"\s*:\s*"((?:[^"\\]|\\.)*)"')
+                   for key in _METADATA_KEYS}
+
+
+def _metadata(attributes: Mapping[str, Any]) -> dict[str, Any]:
+    """The few string fields of OpenInference's ``metadata`` JSON that name components.
+
+    Read with a regex, not json.loads: metadata is on every span of a LangGraph app and
+    parsing all of it was a third of the collector's per-span cost.
+    """
+    value = attributes.get("metadata")
+    if isinstance(value, dict):
+        return value
+    if not isinstance(value, str):
+        return {}
+    out = {}
+    for key, pattern in _METADATA_FIELD.items():
+        if key in value:
+            match = pattern.search(value)
+            if match:
+                try:
+                    out[key] = json.loads(f'"{match.group(1)}"')
+                except ValueError:
+                    pass
+    return out
+
+
+def _is_default_run_name(name: str) -> bool:
+    # LangChain names a run after its class unless run_name is given.
+    return not name or name.endswith("PromptTemplate") or name.endswith("Template")
+
+
+def foreign_template(attributes: Mapping[str, Any]) -> list[dict[str, str]] | None:
+    """The template messages a foreign span carries, in our template format, or None.
+
+    OpenInference: ``llm.prompt_template.template`` (the first message of the chat
+    template; its role is read from the rendered output when present). GenAI:
+    ``gen_ai.system_instructions``, the one part of a call's input that is a prompt
+    rather than data.
+    """
+    text = attributes.get("llm.prompt_template.template")
+    if isinstance(text, str) and text:
+        role = _template_roles.get(text)
+        if role is None:
+            role = _first_role(attributes.get("output.value"))
+            if len(_template_roles) < 10_000:  # a template's role never changes
+                _template_roles[text] = role
+        return [{"role": role, "content": text}]
+    instructions = attributes.get("gen_ai.system_instructions")
+    if instructions:
+        from gepa_trace.collectors.views import parts_text
+
+        value = json_value(instructions)
+        content = parts_text(value) if isinstance(value, list) else str(instructions)
+        if content:
+            return [{"role": "system", "content": content}]
+    return None
+
+
+_template_roles: dict[str, str] = {}
+
+
+def _first_role(output_value: Any) -> str:
+    """The role of the first rendered message of an OpenInference PROMPT span."""
+    rendered = json_value(output_value)
+    if isinstance(rendered, dict):
+        messages = rendered.get("messages")
+        if isinstance(messages, list) and messages and isinstance(messages[0], dict):
+            kind = messages[0].get("type") or (messages[0].get("kwargs") or {}).get("type")
+            return _TEMPLATE_ROLES.get(str(kind), "system")
+        if "text" in rendered:  # a plain PromptTemplate renders one human message
+            return "human"
+    return "system"
+
+
+@lru_cache(maxsize=4096)
+def _version_of(role: str, content: str) -> str:
+    from gepa_trace.prompts.templates import template_version
+
+    return template_version([{"role": role, "content": content}])
+
+
+def prompt_template_json(attributes: Mapping[str, Any]) -> str | None:
+    """The template (messages JSON) to record as a prompt version for this span."""
+    template = attributes.get("gepa.prompt.template")
+    if template:
+        return template if isinstance(template, str) else json.dumps(template)
+    metadata = attributes.get("metadata")
+    if isinstance(metadata, str) and "gepa.prompt.version" in metadata:
+        # The version names our full template; the partial one OpenInference recorded
+        # must not be stored under that name.
+        return None
+    found = foreign_template(attributes)
+    return json.dumps(found, ensure_ascii=False) if found else None
+
+
+def _component(attributes: Mapping[str, Any], name: str,
+               span_type: str | None) -> tuple[str | None, str | None]:
+    """(component, prompt version) of a span without ``gepa.component``."""
+    metadata = _metadata(attributes) if "metadata" in attributes else {}
+    explicit = metadata.get("gepa.component")
+    version = metadata.get("gepa.prompt.version")
+    template = None
+    if span_type == "prompt" or (span_type == "llm" and "gen_ai.system_instructions"
+                                 in attributes):
+        template = foreign_template(attributes)
+        if template and not version:
+            version = _version_of(template[0]["role"], template[0]["content"])
+    if explicit:
+        return _name(explicit), _name(version) if template or version else None
+    candidate = None
+    if span_type == "prompt" and not _is_default_run_name(name):
+        candidate = name
+    candidate = candidate or metadata.get("langgraph_node") or attributes.get("graph.node.id")
+    if not candidate and span_type in ("chain", "agent", "tool"):
+        candidate = attributes.get("traceloop.entity.name")
+    if not candidate and span_type == "llm":
+        path = attributes.get("traceloop.entity.path")
+        candidate = str(path).rsplit(".", 1)[-1] if path else None
+    if not candidate and template and version:
+        candidate = f"prompt-{version}"
+    return _name(candidate), (_name(version) if template else None)
 
 
 def derive(attributes: Mapping[str, Any], *, name: str = "",
            resource: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The derived columns of one span, from its attributes and resource."""
     resource = resource or {}
-    kind = attributes.get("openinference.span.kind")
-    span_type = _OPENINFERENCE_KINDS.get(str(kind).upper()) if kind else None
-    agent = (attributes.get("gepa.agent") or attributes.get("agent.name")
-             or resource.get("service.name"))
-    component = attributes.get("gepa.component")
+    get = attributes.get
+    span_type = span_type_of(attributes)
+    agent = (get("gepa.agent") or get("agent.name") or get("gen_ai.agent.name")
+             or get("traceloop.workflow.name") or resource.get("service.name"))
+    component = get("gepa.component")
+    version = get("gepa.prompt.version") or get("llm.prompt_template.version")
+    if component is None and (span_type in ("llm", "prompt")
+                              or "traceloop.entity.name" in attributes):
+        component, found_version = _component(attributes, name, span_type)
+        version = version or found_version
+    if span_type in ("llm", "embedding", None):
+        input_tokens, output_tokens, _total = token_counts(attributes)
+        model = _name(model_of(attributes))
+    else:  # chains, tools, prompts carry no model or usage; skip eight lookups
+        input_tokens = output_tokens = model = None
     return {
-        "agent": str(agent) if agent is not None else None,
-        "component": str(component) if component is not None else None,
+        "agent": _name(agent),
+        "component": _name(component),
         "span_type": span_type,
-        "run_id": attributes.get("gepa.run.id"),
-        "prompt_version": attributes.get("gepa.prompt.version")
-        or attributes.get("llm.prompt_template.version"),
-        "model": attributes.get("llm.model_name"),
-        "input_tokens": _int(attributes.get("llm.token_count.prompt")),
-        "output_tokens": _int(attributes.get("llm.token_count.completion")),
+        "run_id": _name(get("gepa.run.id")),
+        "prompt_version": _name(version),
+        "model": model,
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
     }
+
+
+def model_of(attributes: Mapping[str, Any]) -> Any:
+    """The model asked for (the one a replay calls again), whatever the convention."""
+    return _first(attributes, "llm.model_name", "gen_ai.request.model",
+                  "gen_ai.response.model", "llm.request.model", "llm.response.model")
+
+
+def token_counts(attributes: Mapping[str, Any]) -> tuple[int | None, int | None, int | None]:
+    """(input, output, total) tokens; total is their sum when not recorded."""
+    tin = _int(_first(attributes, "llm.token_count.prompt", "gen_ai.usage.input_tokens",
+                      "gen_ai.usage.prompt_tokens", "llm.usage.prompt_tokens"))
+    tout = _int(_first(attributes, "llm.token_count.completion", "gen_ai.usage.output_tokens",
+                       "gen_ai.usage.completion_tokens", "llm.usage.completion_tokens"))
+    total = _int(_first(attributes, "llm.token_count.total", "gen_ai.usage.total_tokens",
+                        "llm.usage.total_tokens"))
+    if total is None and tin is not None and tout is not None:
+        total = tin + tout
+    return tin, tout, total
+
+
+# -- joins across spans: an OpenInference LLM span takes its sibling PROMPT's template ----
+
+def _needs_prompt(row: Mapping[str, Any]) -> bool:
+    return (row.get("span_type") == "llm" and row.get("prompt_version") is None
+            and row.get("parent_span_id") is not None)
+
+
+def _best_prompt(llm: Mapping[str, Any], prompts: list[Mapping[str, Any]]) -> Mapping[str, Any]:
+    # The PROMPT that rendered this call's input finished just before the call started.
+    before = [p for p in prompts if p["end_ns"] <= llm["start_ns"]]
+    if before:
+        return max(before, key=lambda p: p["end_ns"])
+    return min(prompts, key=lambda p: abs(p["start_ns"] - llm["start_ns"]))
+
+
+def _adopt(llm: dict[str, Any], prompt: Mapping[str, Any]) -> None:
+    llm["component"] = prompt["component"]
+    llm["prompt_version"] = prompt["prompt_version"]
+
+
+def link_prompt_spans(store: Any, conn: Any,
+                      rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Before ``rows`` are inserted: give each LLM row without a prompt version the
+    component and version of its sibling PROMPT span, found in ``rows`` or in the store.
+
+    Returns the PROMPT rows that no LLM row of this batch took: their LLM sibling may
+    have been stored earlier; pass them to ``fix_up_linked_llm_spans`` after the insert.
+    """
+    prompts: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    waiting: list[dict[str, Any]] = []
+    for row in rows:
+        if row.get("span_type") == "prompt" and row.get("parent_span_id") \
+                and row.get("prompt_version"):
+            prompts.setdefault((row["trace_id"], row["parent_span_id"]), []).append(row)
+        elif _needs_prompt(row):
+            waiting.append(row)
+    taken: set[int] = set()
+    unlinked = []
+    for llm in waiting:
+        siblings = prompts.get((llm["trace_id"], llm["parent_span_id"]))
+        if siblings:
+            best = _best_prompt(llm, siblings)
+            taken.add(id(best))
+            _adopt(llm, best)
+        else:
+            unlinked.append(llm)
+    if unlinked:
+        _link_with_stored(conn, unlinked)
+    return [p for group in prompts.values() for p in group if id(p) not in taken]
+
+
+def _stored_spans_of_traces(conn: Any, trace_ids: set[str]) -> list[dict[str, Any]]:
+    """Derived columns of the stored spans of ``trace_ids``, read by trace id only:
+    a filter on span_type would make SQLite pick the span_type index over the primary
+    key and scan half the table."""
+    from sqlalchemy import select
+
+    from gepa_trace.store.tables import SpanRow
+
+    t = SpanRow.__table__
+    ordered = sorted(trace_ids)
+    out: list[dict[str, Any]] = []
+    for start in range(0, len(ordered), 500):
+        query = (select(t.c.trace_id, t.c.span_id, t.c.parent_span_id, t.c.span_type,
+                        t.c.component, t.c.prompt_version, t.c.start_ns, t.c.end_ns)
+                 .where(t.c.trace_id.in_(ordered[start:start + 500])))
+        out.extend(dict(r) for r in conn.execute(query).mappings())
+    return out
+
+
+def _link_with_stored(conn: Any, llms: list[dict[str, Any]]) -> None:
+    stored: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in _stored_spans_of_traces(conn, {r["trace_id"] for r in llms}):
+        if r["span_type"] == "prompt" and r["prompt_version"] and r["parent_span_id"]:
+            stored.setdefault((r["trace_id"], r["parent_span_id"]), []).append(r)
+    for llm in llms:
+        siblings = stored.get((llm["trace_id"], llm["parent_span_id"]))
+        if siblings:
+            _adopt(llm, _best_prompt(llm, siblings))
+
+
+def fix_up_linked_llm_spans(conn: Any, rows: list[dict[str, Any]]) -> int:
+    """After the batch is inserted: LLM spans stored earlier without a prompt version get
+    the component and version of a PROMPT sibling in ``rows`` (the PROMPT rows that
+    ``link_prompt_spans`` returned). Returns the number of LLM spans updated."""
+    from sqlalchemy import and_, bindparam, update
+
+    from gepa_trace.store.tables import SpanRow
+
+    prompts: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        if r.get("span_type") == "prompt" and r.get("parent_span_id") \
+                and r.get("prompt_version"):
+            prompts.setdefault((r["trace_id"], r["parent_span_id"]), []).append(r)
+    if not prompts:
+        return 0
+    changes = []
+    for stored in _stored_spans_of_traces(conn, {trace for trace, _ in prompts}):
+        if not _needs_prompt(stored):
+            continue  # this batch's own LLM spans were linked before the insert
+        siblings = [p for p in prompts.get((stored["trace_id"], stored["parent_span_id"]), [])
+                    if p["end_ns"] <= stored["start_ns"]]
+        if siblings:
+            best = _best_prompt(stored, siblings)
+            changes.append({"p_trace": stored["trace_id"], "p_span": stored["span_id"],
+                            "p_component": best["component"],
+                            "p_version": best["prompt_version"]})
+    if changes:
+        t = SpanRow.__table__
+        conn.execute(update(t)
+                     .where(and_(t.c.trace_id == bindparam("p_trace"),
+                                 t.c.span_id == bindparam("p_span")))
+                     .values(component=bindparam("p_component"),
+                             prompt_version=bindparam("p_version")), changes)
+    return len(changes)

@@ -15,11 +15,17 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from sqlalchemy import and_, update
 
-from gepa_trace.collectors.conventions import derive
+from gepa_trace.collectors.conventions import (
+    derive,
+    fix_up_linked_llm_spans,
+    link_prompt_spans,
+    prompt_template_json,
+)
 from gepa_trace.store.engine import Store
 from gepa_trace.store.tables import PromptVersionRow, SpanRow
 
@@ -31,10 +37,17 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
-def span_row(span: Mapping[str, Any]) -> dict[str, Any]:
+def span_row(span: Mapping[str, Any], _resource_json: dict | None = None) -> dict[str, Any]:
     """The spans-table row of one span dict."""
     attributes = span.get("attributes") or {}
     resource = span.get("resource") or {}
+    if _resource_json is None or not resource:
+        resource_text = _dumps(resource)
+    else:  # spans of one OTLP resource share one dict: serialize it once per batch
+        resource_text = _resource_json.get(id(resource))
+        if resource_text is None:
+            resource_text = _resource_json[id(resource)] = _dumps(resource)
+    service = resource.get("service.name")
     row = {
         "trace_id": span["trace_id"],
         "span_id": span["span_id"],
@@ -47,8 +60,8 @@ def span_row(span: Mapping[str, Any]) -> dict[str, Any]:
         "status_message": span.get("status_message"),
         "attributes": _dumps(attributes),
         "events": _dumps(span.get("events") or []),
-        "resource": _dumps(resource),
-        "service_name": resource.get("service.name"),
+        "resource": resource_text,
+        "service_name": str(service)[:255] if service is not None else None,
     }
     row.update(derive(attributes, name=row["name"], resource=resource))
     return row
@@ -58,26 +71,71 @@ def _prompt_versions(spans: Sequence[Mapping[str, Any]], rows: Sequence[dict[str
                      now: float) -> dict[tuple[str, str], dict[str, Any]]:
     found: dict[tuple[str, str], dict[str, Any]] = {}
     for span, row in zip(spans, rows):
-        template = (span.get("attributes") or {}).get("gepa.prompt.template")
-        if not template or not row["component"] or not row["prompt_version"]:
+        if not row["component"] or not row["prompt_version"]:
             continue
         key = (row["component"], row["prompt_version"])
-        if key not in found:
-            found[key] = {"component": key[0], "version": key[1], "agent": row["agent"],
-                          "template": template if isinstance(template, str) else _dumps(template),
-                          "origin": "observed", "first_seen": now, "last_seen": now}
+        if key in found:
+            continue
+        # ours (gepa.prompt.template) or a foreign convention's (conventions.py)
+        template = prompt_template_json(span.get("attributes") or {})
+        if not template:
+            continue
+        found[key] = {"component": key[0], "version": key[1], "agent": row["agent"],
+                      "template": template, "origin": "observed",
+                      "first_seen": now, "last_seen": now}
     return found
 
 
-def write_spans(store: Store, spans: Sequence[Mapping[str, Any]]) -> int:
-    """Store ``spans`` in one transaction; returns how many were handed in."""
-    if not spans:
-        return 0
-    rows = [span_row(s) for s in spans]
+@dataclass
+class PreparedSpans:
+    """Rows of a batch of spans, computed before the transaction (see ``prepare_spans``)."""
+
+    rows: list[dict[str, Any]]
+    versions: dict[tuple[str, str], dict[str, Any]]
+    now: float
+
+
+def prepare_spans(spans: Sequence[Mapping[str, Any]]) -> PreparedSpans:
+    """The rows and first-seen prompt versions of ``spans``, without touching the store.
+
+    Pure Python and thread-safe: the OTLP receiver runs it in its request threads so
+    that its single writer thread only runs transactions.
+    """
+    resource_json: dict[int, str] = {}
+    rows = [span_row(s, resource_json) for s in spans]
     now = time.time()
-    versions = _prompt_versions(spans, rows, now)
+    return PreparedSpans(rows, _prompt_versions(spans, rows, now), now)
+
+
+_SPAN_COLUMNS = tuple(c.name for c in _SPANS.columns)
+
+
+def _insert_span_rows(conn: Any, rows: Sequence[dict[str, Any]]) -> None:
+    # Plain DBAPI executemany: SQLAlchemy's per-row parameter handling cost as much as
+    # SQLite's insert itself. ON CONFLICT DO NOTHING (SQLite >= 3.24, PostgreSQL) skips
+    # spans already stored, and only those.
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    sql = (f"INSERT INTO {_SPANS.name} ({', '.join(_SPAN_COLUMNS)}) VALUES "
+           f"({', '.join([mark] * len(_SPAN_COLUMNS))}) ON CONFLICT DO NOTHING")
+    conn.exec_driver_sql(sql, [tuple(r.get(c) for c in _SPAN_COLUMNS) for r in rows])
+
+
+def write_prepared(store: Store, batches: Sequence[PreparedSpans]) -> int:
+    """Store prepared batches in one transaction; returns how many spans were handed in."""
+    rows = batches[0].rows if len(batches) == 1 else [r for b in batches for r in b.rows]
+    if not rows:
+        return 0
+    versions: dict[tuple[str, str], dict[str, Any]] = {}
+    for batch in batches:
+        for key, value in batch.versions.items():
+            versions.setdefault(key, value)
+    now = max(b.now for b in batches)
     with store.write() as conn:
-        store.insert_ignoring_duplicates(conn, _SPANS, rows)
+        # An OpenInference LLM span takes the template of its sibling PROMPT span,
+        # whichever of the two arrives first (collectors/conventions.py).
+        unclaimed_prompts = link_prompt_spans(store, conn, rows)
+        _insert_span_rows(conn, rows)
+        fix_up_linked_llm_spans(conn, unclaimed_prompts)
         if versions:
             store.insert_ignoring_duplicates(conn, _VERSIONS, list(versions.values()))
             for component, version in versions:
@@ -86,3 +144,10 @@ def write_spans(store: Store, spans: Sequence[Mapping[str, Any]]) -> int:
                                          _VERSIONS.c.version == version))
                              .values(last_seen=now))
     return len(rows)
+
+
+def write_spans(store: Store, spans: Sequence[Mapping[str, Any]]) -> int:
+    """Store ``spans`` in one transaction; returns how many were handed in."""
+    if not spans:
+        return 0
+    return write_prepared(store, [prepare_spans(spans)])

@@ -1,0 +1,270 @@
+"""Collector throughput: 8 concurrent exporters send 200,000 spans over OTLP/HTTP
+protobuf, then over OTLP/gRPC, to an in-process `Collector` on 127.0.0.1 backed by a
+fresh SQLite store. Every span must be stored exactly once (counted and compared by id).
+
+    .venv/bin/python bench/bench_collector.py [--spans 200000] [--exporters 8]
+        [--batch 512] [--store URL] [--no-write]
+
+The spans look like openinference-instrumentation-langchain's: traces of a CHAIN with a
+PROMPT and an LLM child (messages, model, tokens, metadata). The exporters send
+pre-encoded ExportTraceServiceRequests of ``--batch`` spans (the BatchSpanProcessor
+default is 512) and retry on 429/503/UNAVAILABLE as OTLP clients do, so the number
+measures the receiver: decoding, deriving columns and committing. Results are printed
+and, unless --no-write, written to the collector section of bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import random
+import re
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def _kv(key: str, value) -> KeyValue:
+    if isinstance(value, bool):
+        return KeyValue(key=key, value=AnyValue(bool_value=value))
+    if isinstance(value, int):
+        return KeyValue(key=key, value=AnyValue(int_value=value))
+    return KeyValue(key=key, value=AnyValue(string_value=str(value)))
+
+
+def _trace_spans(rng: random.Random, trace_no: int) -> list[Span]:
+    trace_id = rng.getrandbits(128).to_bytes(16, "big")
+    ids = [rng.getrandbits(64).to_bytes(8, "big") for _ in range(3)]
+    t0 = 1_700_000_000_000_000_000 + trace_no * 10_000_000
+    meta = json.dumps({"langgraph_node": "planner", "langgraph_step": 1})
+    question = f"question {trace_no}: where should I travel in spring?"
+    prompt = Span(trace_id=trace_id, span_id=ids[1], parent_span_id=ids[0],
+                  name="ChatPromptTemplate", kind=1, start_time_unix_nano=t0 + 1000,
+                  end_time_unix_nano=t0 + 2000, attributes=[
+                      _kv("openinference.span.kind", "PROMPT"),
+                      _kv("input.value", question),
+                      _kv("output.value", json.dumps({"messages": [
+                          {"type": "system", "content": "You plan trips. Be brief."},
+                          {"type": "human", "content": f"Plan: {question}"}]})),
+                      _kv("output.mime_type", "application/json"),
+                      _kv("llm.prompt_template.template", "You plan trips. Be brief."),
+                      _kv("metadata", meta)])
+    llm = Span(trace_id=trace_id, span_id=ids[2], parent_span_id=ids[0],
+               name="ChatOpenAI", kind=1, start_time_unix_nano=t0 + 3000,
+               end_time_unix_nano=t0 + 9000, attributes=[
+                   _kv("openinference.span.kind", "LLM"),
+                   _kv("llm.input_messages.0.message.role", "system"),
+                   _kv("llm.input_messages.0.message.content", "You plan trips. Be brief."),
+                   _kv("llm.input_messages.1.message.role", "user"),
+                   _kv("llm.input_messages.1.message.content", f"Plan: {question}"),
+                   _kv("llm.output_messages.0.message.role", "assistant"),
+                   _kv("llm.output_messages.0.message.content", "Lisbon, for the light."),
+                   _kv("llm.model_name", "gpt-4.1-mini"),
+                   _kv("llm.invocation_parameters", '{"temperature": 0.2}'),
+                   _kv("llm.token_count.prompt", 31), _kv("llm.token_count.completion", 7),
+                   _kv("llm.token_count.total", 38), _kv("metadata", meta)])
+    chain = Span(trace_id=trace_id, span_id=ids[0], name="planner", kind=1,
+                 start_time_unix_nano=t0, end_time_unix_nano=t0 + 10_000, attributes=[
+                     _kv("openinference.span.kind", "CHAIN"), _kv("input.value", question),
+                     _kv("output.value", "Lisbon, for the light."), _kv("metadata", meta)])
+    return [prompt, llm, chain]  # in end order, as a BatchSpanProcessor sends them
+
+
+def make_requests(total_spans: int, batch: int, seed: int = 0,
+                  service: str = "bench-agent") -> tuple[list[bytes], set[tuple[str, str]]]:
+    """Serialized ExportTraceServiceRequests holding ``total_spans`` spans, and their ids."""
+    rng = random.Random(seed)
+    spans: list[Span] = []
+    trace_no = 0
+    while len(spans) < total_spans:
+        spans.extend(_trace_spans(rng, trace_no + seed * 10_000_000))
+        trace_no += 1
+    spans = spans[:total_spans]
+    ids = {(s.trace_id.hex(), s.span_id.hex()) for s in spans}
+    resource = [_kv("service.name", service), _kv("telemetry.sdk.language", "python")]
+    bodies = []
+    for start in range(0, len(spans), batch):
+        request = trace_service_pb2.ExportTraceServiceRequest(resource_spans=[ResourceSpans(
+            resource={"attributes": resource},
+            scope_spans=[ScopeSpans(scope={"name": "openinference.instrumentation.langchain"},
+                                    spans=spans[start:start + batch])])])
+        bodies.append(request.SerializeToString())
+    return bodies, ids
+
+
+def send_http(port: int, bodies: list[bytes], exporters: int, acked: list | None = None,
+              stop: threading.Event | None = None) -> int:
+    """Send ``bodies`` from ``exporters`` threads; returns the number of 200 replies.
+    ``acked`` (if given) receives the index of every body that got a 200."""
+    queue = list(enumerate(bodies))
+    lock = threading.Lock()
+    ok = [0]
+
+    def worker() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        while stop is None or not stop.is_set():
+            with lock:
+                if not queue:
+                    break
+                index, body = queue.pop()
+            while True:
+                try:
+                    conn.request("POST", "/v1/traces", body,
+                                 {"Content-Type": "application/x-protobuf"})
+                    response = conn.getresponse()
+                    response.read()
+                except (OSError, http.client.HTTPException):
+                    if stop is not None and stop.is_set():
+                        return
+                    conn.close()
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+                    time.sleep(0.05)
+                    continue
+                if response.status == 200:
+                    with lock:
+                        ok[0] += 1
+                        if acked is not None:
+                            acked.append(index)
+                    break
+                if response.status in (429, 502, 503, 504):
+                    time.sleep(float(response.getheader("Retry-After") or 0.2) / 4)
+                    continue
+                raise RuntimeError(f"HTTP {response.status}: {response.read()!r}")
+        conn.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(exporters)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return ok[0]
+
+
+def send_grpc(port: int, bodies: list[bytes], exporters: int) -> int:
+    import grpc
+
+    requests = [trace_service_pb2.ExportTraceServiceRequest.FromString(b) for b in bodies]
+    lock = threading.Lock()
+    ok = [0]
+
+    def worker() -> None:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        stub = trace_service_pb2_grpc.TraceServiceStub(channel)
+        while True:
+            with lock:
+                if not requests:
+                    break
+                request = requests.pop()
+            while True:
+                try:
+                    stub.Export(request, timeout=120)
+                    break
+                except grpc.RpcError as exc:
+                    if exc.code() in (grpc.StatusCode.UNAVAILABLE,
+                                      grpc.StatusCode.RESOURCE_EXHAUSTED):
+                        time.sleep(0.05)
+                        continue
+                    raise
+            with lock:
+                ok[0] += 1
+        channel.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(exporters)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return ok[0]
+
+
+def stored_ids(store) -> list[tuple[str, str]]:
+    import sqlalchemy as sa
+
+    with store.read() as conn:
+        return [tuple(r) for r in conn.execute(sa.text("SELECT trace_id, span_id FROM spans"))]
+
+
+def run(transport: str, url: str, spans: int, exporters: int, batch: int, seed: int) -> dict:
+    from gepa_trace.collectors.otlp import Collector, CollectorConfig
+    from gepa_trace.store import open_store
+
+    store = open_store(url)
+    bodies, ids = make_requests(spans, batch, seed=seed)
+    collector = Collector(store, CollectorConfig(http_port=0, grpc_port=0)).start()
+    started = time.perf_counter()
+    if transport == "http":
+        send_http(collector.http_port, bodies, exporters)
+    else:
+        send_grpc(collector.grpc_port, bodies, exporters)
+    elapsed = time.perf_counter() - started
+    collector.stop()
+    got = stored_ids(store)
+    exactly_once = len(got) == len(set(got)) == len(ids) and set(got) == ids
+    return {"transport": transport, "spans": spans, "seconds": round(elapsed, 2),
+            "spans_per_s": round(spans / elapsed), "stored": len(got),
+            "exactly_once": exactly_once, "transactions": collector.writer.transactions,
+            "requests": len(bodies)}
+
+
+def write_results(results: list[dict], args: argparse.Namespace) -> None:
+    path = ROOT / "bench" / "RESULTS.md"
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    lines = ["## Collector (bench/bench_collector.py)", "",
+             f"`.venv/bin/python bench/bench_collector.py --spans {args.spans} "
+             f"--exporters {args.exporters} --batch {args.batch}` on "
+             f"{platform.platform()}, {os.cpu_count()} CPUs, Python "
+             f"{platform.python_version()}, SQLite store (WAL, synchronous=NORMAL); "
+             "senders and collector share the machine.", "",
+             "| transport | spans | exporters | seconds | spans/s | transactions | "
+             "stored exactly once |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['transport']} | {r['spans']} | {args.exporters} | {r['seconds']} | "
+                     f"{r['spans_per_s']} | {r['transactions']} for {r['requests']} requests "
+                     f"| {'yes' if r['exactly_once'] else 'NO'} |")
+    section = "\n".join(lines) + "\n"
+    pattern = re.compile(r"## Collector \(bench/bench_collector.py\)\n.*?(?=\n## |\Z)", re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _m: section.rstrip("\n") + "\n", text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--spans", type=int, default=200_000)
+    parser.add_argument("--exporters", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--store", default=None, help="store URL (default: a temp SQLite file)")
+    parser.add_argument("--transport", choices=["http", "grpc", "both"], default="both")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n, transport in enumerate(["http", "grpc"]):
+            if args.transport not in (transport, "both"):
+                continue
+            url = args.store or f"sqlite:///{tmp}/bench-{transport}.db"
+            result = run(transport, url, args.spans, args.exporters, args.batch, seed=n + 1)
+            print(json.dumps(result))
+            results.append(result)
+    if not all(r["exactly_once"] for r in results):
+        sys.exit("FAILED: some spans were lost or duplicated")
+    if not args.no_write:
+        write_results(results, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""`gepa-trace collect` (the OTLP receiver) and `gepa-trace ingest` (OTLP files)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import click
+
+from gepa_trace.cli.common import fail, handles_errors, json_option, print_json, progress, store_option
+
+
+@click.command()
+@store_option
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (loopback unless you say otherwise).")
+@click.option("--http-port", type=click.IntRange(0, 65535), default=4318, show_default=True,
+              help="OTLP/HTTP port (0: pick a free one).")
+@click.option("--grpc-port", type=click.IntRange(-1, 65535), default=4317, show_default=True,
+              help="OTLP/gRPC port (0: pick a free one, -1: no gRPC).")
+@click.option("--token", envvar="GEPA_TRACE_COLLECT_TOKEN", default=None,
+              help="Require 'Authorization: Bearer TOKEN' (env GEPA_TRACE_COLLECT_TOKEN).")
+@click.option("--max-body-mb", type=click.FloatRange(min=0.001), default=16.0,
+              show_default=True, help="Largest request body, after decompression.")
+@click.option("--max-pending-spans", type=click.IntRange(min=1), default=100_000,
+              show_default=True, help="Spans waiting for the writer before clients get 429.")
+@handles_errors
+def collect(store, host, http_port, grpc_port, token, max_body_mb, max_pending_spans):
+    """Receive OpenTelemetry traces over OTLP and store them.
+
+    \b
+    Point any OTLP exporter here, e.g.
+      OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318  (http/protobuf or http/json)
+      OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317  (grpc)
+    A 200 means the spans are committed. Also: POST /v1/feedback (JSON with trace_id,
+    score, label, comment, name, source, span_id), GET /healthz. SIGTERM or Ctrl-C
+    stops accepting, finishes what was accepted, and exits 0.
+    """
+    from gepa_trace.collectors.otlp import Collector, CollectorConfig
+    from gepa_trace.store import open_store, safe_url
+
+    db = open_store(store)
+    config = CollectorConfig(host=host, http_port=http_port,
+                             grpc_port=None if grpc_port == -1 else grpc_port, token=token,
+                             max_body_bytes=int(max_body_mb * 1024 * 1024),
+                             max_pending_spans=max_pending_spans)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    collector = Collector(db, config).start()
+    grpc_text = f" grpc={host}:{collector.grpc_port}" if collector.grpc_port is not None else ""
+    progress(f"collect: listening http={host}:{collector.http_port}{grpc_text} "
+             f"store={safe_url(db.url)}" + (" (token required)" if token else ""))
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        progress("collect: stopping; finishing accepted requests")
+        collector.stop()
+        stats = collector.receiver.stats
+        progress(f"collect: stopped; {collector.writer.stored_spans} spans stored in "
+                 f"{collector.writer.transactions} transactions from {stats.requests} "
+                 f"requests, {stats.spans_rejected} rejected")
+
+
+@click.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@store_option
+@json_option
+@handles_errors
+def ingest(files, store, as_json):
+    """Load OTLP trace files: JSON (one request, or one per line) or protobuf.
+
+    Spans from any convention (ours, OpenInference, OTel GenAI, OpenLLMetry) are stored
+    as received and read the same way as spans sent to `gepa-trace collect`.
+    """
+    from gepa_trace.collectors.otlp import ingest_files
+    from gepa_trace.store import open_store
+
+    report = ingest_files(open_store(store), list(files))
+    for error in report.errors:
+        click.echo(f"error: {error}", err=True)
+    if as_json:
+        print_json(report.as_dict())
+    else:
+        click.echo(f"{report.spans} spans from {report.requests} requests in {report.files} "
+                   f"files" + (f", {report.rejected} spans rejected" if report.rejected else ""))
+    if report.errors:
+        fail(f"{len(report.errors)} of {len(files)} files could not be read")

@@ -1,0 +1,328 @@
+"""The OTLP receiver behind ``gepa-trace collect``, and ``ingest`` of OTLP files.
+
+``Collector(store, CollectorConfig(...)).start()`` serves OTLP/HTTP and OTLP/gRPC on
+loopback by default; both hand decoded spans to one ``Receiver``, which checks the
+token, counts, and passes the spans to the group-commit ``SpanWriter`` (``otlp_writer``).
+A reply of success means the spans are committed. ``stop()`` refuses new requests,
+lets the accepted ones finish and commit, then closes the writer; the CLI calls it on
+SIGTERM.
+
+``ingest_files(store, paths)`` reads OTLP JSON (one request per file, or one per line as
+the OpenTelemetry Collector's file exporter writes) and protobuf files through the same
+decoder and writes them with ``write_spans``.
+
+The layers, each in its own module: ``otlp_decode`` (bytes -> span dicts),
+``otlp_writer`` (group commit), ``otlp_http`` and ``otlp_grpc`` (the two transports).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from gepa_trace.collectors.otlp_decode import (
+    JSON,
+    PROTOBUF,
+    Decoded,
+    RequestError,
+    decode_json,
+    decode_protobuf,
+    spans_of,
+)
+from gepa_trace.collectors.otlp_writer import SpanWriter, wait_until
+from gepa_trace.errors import ConfigError, GepaTraceError
+from gepa_trace.store.engine import Store
+
+log = logging.getLogger(__name__)
+
+FEEDBACK_FIELDS = ("trace_id", "score", "label", "comment", "name", "source", "span_id")
+
+
+@dataclass
+class CollectorConfig:
+    """How ``gepa-trace collect`` listens. Port 0 picks a free port; None disables."""
+
+    host: str = "127.0.0.1"
+    http_port: int | None = 4318
+    grpc_port: int | None = 4317
+    token: str | None = None
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_pending_spans: int = 100_000
+    max_batch_spans: int = 20_000
+    write_timeout_s: float = 60.0
+    grpc_workers: int = 16
+
+    def __post_init__(self) -> None:
+        if self.max_body_bytes < 1:
+            raise ConfigError("max_body_bytes must be positive")
+        for name in ("http_port", "grpc_port"):
+            port = getattr(self, name)
+            if port is not None and not 0 <= port <= 65535:
+                raise ConfigError(f"{name} must be between 0 and 65535, not {port}")
+        if self.token == "":
+            raise ConfigError("token must not be empty (omit it to accept any client)")
+
+
+@dataclass
+class ReceiverStats:
+    requests: int = 0
+    spans_accepted: int = 0
+    spans_rejected: int = 0
+
+
+class Receiver:
+    """What the HTTP and gRPC transports share. Thread-safe."""
+
+    def __init__(self, store: Store, writer: SpanWriter, config: CollectorConfig):
+        self.store = store
+        self.writer = writer
+        self.token = config.token
+        self.max_body_bytes = config.max_body_bytes
+        self.write_timeout_s = config.write_timeout_s
+        self.accepting = True
+        self.stats = ReceiverStats()
+        self._lock = threading.Lock()
+        self._in_flight = 0
+
+    def authorized(self, header: str | None) -> bool:
+        """True when no token is configured, or ``header`` is ``Bearer <token>``."""
+        if self.token is None:
+            return True
+        if not header:
+            return False
+        scheme, _, value = header.strip().partition(" ")
+        # compare_digest: the time taken must not reveal how much of the token matched
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            value.strip().encode(), self.token.encode())
+
+    @contextmanager
+    def in_flight(self) -> Iterator[None]:
+        with self._lock:
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    @property
+    def busy_requests(self) -> int:
+        return self._in_flight
+
+    def export(self, decoded: Decoded) -> None:
+        """Store the spans of one request; returns once committed (see SpanWriter.write)."""
+        with self._lock:
+            self.stats.requests += 1
+            self.stats.spans_rejected += decoded.rejected
+        if decoded.spans:
+            self.writer.write(decoded.spans, timeout=self.write_timeout_s)
+            with self._lock:
+                self.stats.spans_accepted += len(decoded.spans)
+
+    def feedback(self, fields: Any) -> tuple[int, dict[str, Any]]:
+        """Record one feedback (the fields of ``record_feedback``); (HTTP status, body)."""
+        if not isinstance(fields, dict):
+            return 400, {"error": "feedback must be a JSON object"}
+        unknown = sorted(set(fields) - set(FEEDBACK_FIELDS))
+        if unknown:
+            return 400, {"error": f"unknown feedback fields {unknown}; "
+                                  f"expected {list(FEEDBACK_FIELDS)}"}
+        if not isinstance(fields.get("trace_id"), str) or not fields["trace_id"]:
+            return 400, {"error": "trace_id (a string) is required"}
+        try:
+            from gepa_trace.store.feedback import record_feedback
+        except ImportError:
+            return 501, {"error": "this gepa-trace has no feedback store"}
+        from gepa_trace.errors import NotFoundError
+
+        try:
+            result = record_feedback(store=self.store, **fields)
+        except NotFoundError as exc:
+            return 404, {"error": str(exc)}
+        except (GepaTraceError, TypeError, ValueError) as exc:
+            return 400, {"error": str(exc)}
+        return 200, {"ok": True, "feedback": _jsonable(result)}
+
+    def health(self) -> dict[str, Any]:
+        return {"status": "ok" if self.accepting else "stopping",
+                "pending_spans": self.writer.pending_spans,
+                "stored_spans": self.writer.stored_spans,
+                "transactions": self.writer.transactions,
+                "rejected_spans": self.stats.spans_rejected}
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if hasattr(value, "model_dump"):
+        return value.model_dump()
+    if hasattr(value, "__dataclass_fields__"):
+        from dataclasses import asdict
+
+        return asdict(value)
+    return str(value)
+
+
+class Collector:
+    """OTLP/HTTP + OTLP/gRPC receiver writing into one store (see module docstring)."""
+
+    def __init__(self, store: Store, config: CollectorConfig | None = None, *,
+                 writer: SpanWriter | None = None):
+        self.store = store
+        self.config = config or CollectorConfig()
+        self.writer = writer or SpanWriter(store,
+                                           max_pending_spans=self.config.max_pending_spans,
+                                           max_batch_spans=self.config.max_batch_spans)
+        self.receiver = Receiver(store, self.writer, self.config)
+        self._http = None
+        self._http_thread: threading.Thread | None = None
+        self._grpc = None
+        self.http_port: int | None = None
+        self.grpc_port: int | None = None
+        self._stopped = False
+
+    def start(self) -> "Collector":
+        from gepa_trace.collectors.otlp_http import OTLPHTTPServer
+
+        cfg = self.config
+        try:
+            if cfg.http_port is not None:
+                self._http = OTLPHTTPServer((cfg.host, cfg.http_port), self.receiver)
+                self.http_port = self._http.port
+                self._http_thread = threading.Thread(
+                    target=self._http.serve_forever, kwargs={"poll_interval": 0.2},
+                    name="otlp-http", daemon=True)
+                self._http_thread.start()
+            if cfg.grpc_port is not None:
+                from gepa_trace.collectors.otlp_grpc import start_grpc_server
+
+                self._grpc, self.grpc_port = start_grpc_server(self.receiver, cfg.host,
+                                                               cfg.grpc_port, cfg.grpc_workers)
+        except OSError as exc:
+            self.stop(grace=0)
+            raise ConfigError(f"cannot listen on {cfg.host}: {exc}") from exc
+        return self
+
+    def stop(self, grace: float = 30.0) -> None:
+        """Stop accepting, finish the accepted requests (up to ``grace`` s), close."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.receiver.accepting = False
+        if self._http is not None:
+            self._http.shutdown()  # no new connections; open ones get 503
+            self._http.server_close()
+        grpc_done = self._grpc.stop(grace) if self._grpc is not None else None
+        # Requests already handed to the writer finish and commit before we close it.
+        if not wait_until(lambda: self.receiver.busy_requests == 0, grace):
+            log.warning("%d requests still running after %ss", self.receiver.busy_requests,
+                        grace)
+        if grpc_done is not None:
+            grpc_done.wait(grace)
+        self.writer.close(timeout=grace)
+
+    def __enter__(self) -> "Collector":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+# -- files -----------------------------------------------------------------------------
+
+@dataclass
+class IngestReport:
+    files: int = 0
+    requests: int = 0
+    spans: int = 0
+    rejected: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"files": self.files, "requests": self.requests, "spans": self.spans,
+                "rejected": self.rejected, "errors": list(self.errors)}
+
+
+def read_otlp_file(path: Path) -> list[Decoded]:
+    """The decoded requests of one file; raises RequestError naming what is wrong.
+
+    JSON: the whole file is one request, or each non-empty line is one. Anything that
+    does not start with ``{`` is read as one protobuf ExportTraceServiceRequest.
+    """
+    raw = path.read_bytes()
+    head = raw.lstrip()[:1]
+    if head == b"{":
+        try:
+            request, pre = decode_json(raw)
+            return [spans_of(request, pre)]
+        except RequestError as whole_error:
+            lines = [line for line in raw.splitlines() if line.strip()]
+            if len(lines) < 2:
+                raise whole_error
+            out = []
+            for number, line in enumerate(lines, 1):
+                try:
+                    request, pre = decode_json(line)
+                except RequestError as exc:
+                    raise RequestError(400, f"line {number}: {exc.message}") from None
+                out.append(spans_of(request, pre))
+            return out
+    if not raw:
+        raise RequestError(400, "file is empty")
+    request = decode_protobuf(raw)
+    if not request.resource_spans:
+        # protobuf parses many byte strings as unknown fields; no spans means not OTLP
+        raise RequestError(400, "not an OTLP trace request (no resourceSpans)")
+    return [spans_of(request)]
+
+
+def ingest_files(store: Store, paths: list[str | Path], *, batch_spans: int = 5000,
+                 progress: Any = None) -> IngestReport:
+    """Load OTLP files into the store. A bad file is reported and skipped, not fatal."""
+    from gepa_trace.store.spans import write_spans
+
+    report = IngestReport()
+    for name in paths:
+        path = Path(name)
+        try:
+            requests = read_otlp_file(path)
+        except OSError as exc:
+            report.errors.append(f"{path}: cannot read: {exc.strerror or exc}")
+            continue
+        except RequestError as exc:
+            report.errors.append(f"{path}: {_kind_of(path)}: {exc.message}")
+            continue
+        report.files += 1
+        pending: list[dict[str, Any]] = []
+        for decoded in requests:
+            report.requests += 1
+            report.rejected += decoded.rejected
+            for reason in decoded.reasons:
+                log.warning("%s: rejected spans: %s", path, reason)
+            pending.extend(decoded.spans)
+            if len(pending) >= batch_spans:
+                report.spans += write_spans(store, pending)
+                pending = []
+        if pending:
+            report.spans += write_spans(store, pending)
+        if progress is not None:
+            progress(f"{path}: {sum(len(d.spans) for d in requests)} spans")
+    return report
+
+
+def _kind_of(path: Path) -> str:
+    try:
+        with path.open("rb") as fh:
+            return "OTLP/JSON" if fh.read(64).lstrip()[:1] == b"{" else "OTLP/protobuf"
+    except OSError:
+        return "file"
+
+
+__all__ = ["Collector", "CollectorConfig", "Receiver", "IngestReport", "ingest_files",
+           "read_otlp_file", "JSON", "PROTOBUF"]

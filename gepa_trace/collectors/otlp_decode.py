@@ -1,0 +1,299 @@
+"""Decoding OTLP trace requests into the span dicts that ``store.spans.write_spans`` takes.
+
+Contract:
+- ``decode_request(body, content_type, content_encoding, limit)`` returns an
+  ``ExportTraceServiceRequest`` and a ``Decoded`` holding spans already rejected while
+  decoding (OTLP/JSON ids that are not hex), or raises ``RequestError`` carrying the HTTP status to
+  answer (400 undecodable, 413 over ``limit`` after decompression, 415 unsupported type
+  or encoding). It never raises anything else, whatever the bytes (fuzzed in the tests).
+- ``spans_of(request, decoded)`` turns a decoded request into span dicts, rejecting (not failing
+  on) spans whose ids are missing or of the wrong length; ``Decoded.rejected`` and
+  ``Decoded.reasons`` feed the OTLP ``partial_success`` answer.
+- ``encode_response`` / ``encode_status`` write replies in the request's own format,
+  because answering JSON to a protobuf client breaks strict clients.
+
+OTLP/JSON differs from protobuf's canonical JSON mapping in one way that matters: trace
+and span ids are hex, not base64. They are converted before ``json_format.Parse``;
+integer enums, int64-as-string and unknown fields are what ``Parse`` already accepts.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
+from google.rpc import status_pb2
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+
+PROTOBUF = "application/x-protobuf"
+JSON = "application/json"
+
+# gRPC status codes used in google.rpc.Status bodies (the numbers are fixed by gRPC).
+INVALID_ARGUMENT = 3
+UNAUTHENTICATED = 16
+RESOURCE_EXHAUSTED = 8
+UNAVAILABLE = 14
+INTERNAL = 13
+UNIMPLEMENTED = 12
+NOT_FOUND = 5
+
+_KINDS = {0: "UNSPECIFIED", 1: "INTERNAL", 2: "SERVER", 3: "CLIENT", 4: "PRODUCER",
+          5: "CONSUMER"}
+_STATUS = {0: "UNSET", 1: "OK", 2: "ERROR"}
+_MAX_REASONS = 5
+
+
+class RequestError(Exception):
+    """A request that cannot be accepted as a whole; ``status`` is the HTTP status."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class Decoded:
+    """The spans of one request that can be stored, and what was rejected and why."""
+
+    spans: list[dict[str, Any]] = field(default_factory=list)
+    rejected: int = 0
+    reasons: list[str] = field(default_factory=list)
+
+    def reject(self, reason: str, count: int = 1) -> None:
+        self.rejected += count
+        if reason not in self.reasons and len(self.reasons) < _MAX_REASONS:
+            self.reasons.append(reason)
+
+    @property
+    def error_message(self) -> str:
+        return "; ".join(self.reasons)
+
+
+def media_type(content_type: str | None) -> str:
+    """``application/json; charset=utf-8`` -> ``application/json``."""
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """The body without its Content-Encoding, refusing more than ``limit`` bytes out.
+
+    Decompression is bounded so that a small gzip bomb cannot exhaust memory.
+    """
+    encoding = (encoding or "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding == "gzip":
+        wbits = 16 + zlib.MAX_WBITS
+    elif encoding == "deflate":
+        # "deflate" is zlib-wrapped per RFC 9110, but raw deflate is common in practice.
+        wbits = zlib.MAX_WBITS if body[:1] and (body[0] & 0x0F) == 8 else -zlib.MAX_WBITS
+    else:
+        raise RequestError(415, f"unsupported Content-Encoding {encoding!r} "
+                                "(use gzip, deflate or none)")
+    inflater = zlib.decompressobj(wbits)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise RequestError(400, f"body is not valid {encoding}: {exc}") from None
+    if len(out) > limit:
+        raise RequestError(413, f"decompressed body exceeds the limit of {limit} bytes")
+    if not inflater.eof:
+        raise RequestError(400, f"body is truncated {encoding} data")
+    return out
+
+
+def decode_request(body: bytes, content_type: str | None, content_encoding: str | None = None,
+                   limit: int = 1 << 62) -> tuple[ExportTraceServiceRequest, Decoded]:
+    """The ``ExportTraceServiceRequest`` in an HTTP body (see module contract)."""
+    kind = media_type(content_type)
+    if kind not in (PROTOBUF, JSON):
+        raise RequestError(415, f"unsupported Content-Type {content_type!r} "
+                                f"(use {PROTOBUF} or {JSON})")
+    raw = decompress(body, content_encoding, limit)
+    if kind == JSON:
+        return decode_json(raw)
+    return decode_protobuf(raw), Decoded()
+
+
+def decode_protobuf(raw: bytes) -> ExportTraceServiceRequest:
+    request = ExportTraceServiceRequest()
+    try:
+        request.ParseFromString(raw)
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise RequestError(400, f"body is not a valid ExportTraceServiceRequest: "
+                                f"{exc or 'truncated or malformed protobuf'}") from None
+    return request
+
+
+def decode_json(raw: bytes) -> tuple[ExportTraceServiceRequest, Decoded]:
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise RequestError(400, f"body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise RequestError(400, "body is not an OTLP/JSON object")
+    dropped = Decoded()
+    try:
+        _hex_ids_to_base64(data, dropped)
+        request = json_format.ParseDict(data, ExportTraceServiceRequest(),
+                                        ignore_unknown_fields=True)
+    except (json_format.ParseError, ValueError, TypeError, AttributeError, KeyError,
+            RecursionError) as exc:
+        raise RequestError(400, f"body is not a valid OTLP/JSON trace request: "
+                                f"{str(exc)[:300]}") from None
+    return request, dropped
+
+
+def _hex_ids_to_base64(data: dict, dropped: Decoded) -> None:
+    """Rewrite OTLP/JSON hex ids as the base64 that protobuf's JSON parser expects.
+
+    A span whose id is not hex at all is removed and counted as rejected, so that one
+    bad span does not make the whole request undecodable.
+    """
+    for rs in _list(data.get("resourceSpans")):
+        if not isinstance(rs, dict):
+            continue
+        # Old exporters (OTLP < 0.15) said instrumentationLibrarySpans.
+        if "scopeSpans" not in rs and "instrumentationLibrarySpans" in rs:
+            rs["scopeSpans"] = rs.pop("instrumentationLibrarySpans")
+        for ss in _list(rs.get("scopeSpans")):
+            if not isinstance(ss, dict):
+                continue
+            spans = _list(ss.get("spans"))
+            kept = []
+            for span in spans:
+                if not isinstance(span, dict):
+                    kept.append(span)  # let Parse report the type error
+                    continue
+                try:
+                    for key in ("traceId", "spanId", "parentSpanId"):
+                        _convert_id(span, key)
+                    for link in _list(span.get("links")):
+                        if isinstance(link, dict):
+                            _convert_id(link, "traceId")
+                            _convert_id(link, "spanId")
+                except ValueError as exc:
+                    dropped.reject(str(exc))
+                    continue
+                kept.append(span)
+            if isinstance(ss.get("spans"), list):
+                ss["spans"] = kept
+
+
+def _list(value: Any) -> list:
+    return value if isinstance(value, list) else []
+
+
+def _convert_id(obj: dict, key: str) -> None:
+    value = obj.get(key)
+    if value is None or not isinstance(value, str):
+        return  # absent, or a type Parse will reject with its own message
+    if value == "":
+        return
+    try:
+        obj[key] = base64.b64encode(bytes.fromhex(value)).decode("ascii")
+    except ValueError:
+        raise ValueError(f"{key} {value[:40]!r} is not hex") from None
+
+
+def _any_value(v: Any) -> Any:
+    which = v.WhichOneof("value")
+    if which is None:
+        return None
+    if which == "array_value":
+        return [_any_value(x) for x in v.array_value.values]
+    if which == "kvlist_value":
+        return {kv.key: _any_value(kv.value) for kv in v.kvlist_value.values}
+    if which == "bytes_value":
+        return base64.b64encode(v.bytes_value).decode("ascii")
+    return getattr(v, which)
+
+
+def attributes_of(key_values: Any) -> dict[str, Any]:
+    """OTLP KeyValue list -> plain dict (later duplicates win, as in the SDK)."""
+    out: dict[str, Any] = {}
+    for kv in key_values:
+        value = kv.value
+        which = value.WhichOneof("value")
+        if which == "string_value":  # the common case, kept short
+            out[kv.key] = value.string_value
+        else:
+            out[kv.key] = _any_value(value)
+    return out
+
+
+def spans_of(request: ExportTraceServiceRequest, decoded: Decoded | None = None) -> Decoded:
+    """The storable span dicts of a request; invalid spans are counted, not fatal.
+
+    ``decoded`` (from ``decode_request``) carries spans rejected while decoding; the
+    spans found here are added to it.
+    """
+    decoded = decoded if decoded is not None else Decoded()
+    out = decoded.spans
+    kinds, statuses = _KINDS, _STATUS
+    hexlify = binascii.hexlify
+    for rs in request.resource_spans:
+        resource = attributes_of(rs.resource.attributes)
+        for ss in rs.scope_spans:
+            for span in ss.spans:
+                trace_id, span_id, parent = span.trace_id, span.span_id, span.parent_span_id
+                if len(trace_id) != 16 or trace_id == b"\0" * 16:
+                    decoded.reject("span without a valid trace id (16 bytes)" if not trace_id
+                                   else f"trace id of {len(trace_id)} bytes, expected 16")
+                    continue
+                if len(span_id) != 8 or span_id == b"\0" * 8:
+                    decoded.reject("span without a valid span id (8 bytes)" if not span_id
+                                   else f"span id of {len(span_id)} bytes, expected 8")
+                    continue
+                if parent and len(parent) != 8:
+                    decoded.reject(f"parent span id of {len(parent)} bytes, expected 8")
+                    continue
+                status = span.status
+                events = [{"name": e.name, "time_ns": e.time_unix_nano,
+                           "attributes": attributes_of(e.attributes)} for e in span.events]
+                start = span.start_time_unix_nano
+                out.append({
+                    "trace_id": hexlify(trace_id).decode(),
+                    "span_id": hexlify(span_id).decode(),
+                    "parent_span_id": hexlify(parent).decode() if parent else None,
+                    "name": span.name,
+                    "kind": kinds.get(span.kind, "UNSPECIFIED"),
+                    "start_ns": start,
+                    "end_ns": span.end_time_unix_nano or start,
+                    "status_code": statuses.get(status.code, "UNSET"),
+                    "status_message": status.message or None,
+                    "attributes": attributes_of(span.attributes),
+                    "events": events,
+                    # One dict per resource, shared by its spans (write_spans may rely on it).
+                    "resource": resource,
+                })
+    return decoded
+
+
+def encode_response(decoded: Decoded | None, kind: str) -> bytes:
+    """An ExportTraceServiceResponse, with partial_success when spans were rejected."""
+    response = ExportTraceServiceResponse()
+    if decoded is not None and decoded.rejected:
+        response.partial_success.rejected_spans = decoded.rejected
+        response.partial_success.error_message = decoded.error_message
+    if kind == JSON:
+        return json_format.MessageToJson(response, indent=None).encode()
+    return response.SerializeToString()
+
+
+def encode_status(code: int, message: str, kind: str) -> bytes:
+    """A google.rpc.Status body, the OTLP/HTTP error payload."""
+    status = status_pb2.Status(code=code, message=message)
+    if kind == JSON:
+        return json_format.MessageToJson(status, indent=None).encode()
+    return status.SerializeToString()

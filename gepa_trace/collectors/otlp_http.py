@@ -1,0 +1,233 @@
+"""OTLP/HTTP: ``POST /v1/traces`` (and metrics, logs, feedback, health) on the stdlib server.
+
+Answers, as the OTLP specification asks (each one tested):
+- 200 + ExportTraceServiceResponse in the request's content type, with
+  ``partial_success`` when some spans were rejected. Sent only after the spans are
+  committed.
+- 400 + google.rpc.Status: undecodable body (not retried by clients).
+- 401: missing or wrong bearer token (when the collector has a token).
+- 404: unknown path; 405: wrong method.
+- 413: body over the limit (declared, chunked or after decompression).
+- 415: content type other than application/x-protobuf or application/json, or an
+  unknown Content-Encoding.
+- 429 + Retry-After: the writer is behind (bounded queue).
+- 503 + Retry-After: shutting down, or the database is unavailable.
+
+Connections are HTTP/1.1 keep-alive (the OTLP exporters reuse them); after an error
+that leaves the body unread the connection is closed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+
+from gepa_trace.collectors.otlp_decode import (
+    INTERNAL,
+    INVALID_ARGUMENT,
+    JSON,
+    NOT_FOUND,
+    PROTOBUF,
+    RESOURCE_EXHAUSTED,
+    UNAUTHENTICATED,
+    UNAVAILABLE,
+    UNIMPLEMENTED,
+    RequestError,
+    decode_request,
+    decompress,
+    encode_response,
+    encode_status,
+    media_type,
+    spans_of,
+)
+from gepa_trace.collectors.otlp_writer import WriteFailed, WriterBusy, WriterClosed
+
+if TYPE_CHECKING:
+    from gepa_trace.collectors.otlp import Receiver
+
+log = logging.getLogger(__name__)
+
+_GRPC_CODE = {400: INVALID_ARGUMENT, 401: UNAUTHENTICATED, 404: NOT_FOUND, 405: UNIMPLEMENTED,
+              411: INVALID_ARGUMENT, 413: RESOURCE_EXHAUSTED, 415: INVALID_ARGUMENT,
+              429: UNAVAILABLE, 500: INTERNAL, 501: UNIMPLEMENTED, 503: UNAVAILABLE,
+              504: UNAVAILABLE}
+_SIGNALS = {"/v1/traces", "/v1/metrics", "/v1/logs"}
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str, *, retry_after: int | None = None,
+                 close: bool = False):
+        super().__init__(message)
+        self.status, self.message, self.retry_after, self.close = status, message, retry_after, close
+
+
+class OTLPHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive; every reply carries Content-Length
+    server_version = "gepa-trace-collect"
+    timeout = 60  # an idle keep-alive connection is closed after this many seconds
+    server: "OTLPHTTPServer"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        log.debug("%s " + format, self.address_string(), *args)
+
+    # -- routing -----------------------------------------------------------------------
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/healthz":
+            receiver = self.server.receiver
+            self._reply(200 if receiver.accepting else 503, JSON,
+                        json.dumps(receiver.health()).encode())
+        elif path in _SIGNALS or path == "/v1/feedback":
+            self._error(405, "use POST", JSON)
+        else:
+            self._error(404, f"no such path {path!r}", JSON)
+
+    def do_POST(self) -> None:
+        path = self.path.split("?", 1)[0]
+        kind = media_type(self.headers.get("Content-Type"))
+        reply_kind = PROTOBUF if kind == PROTOBUF else JSON
+        receiver = self.server.receiver
+        with receiver.in_flight():
+            try:
+                if path not in _SIGNALS and path != "/v1/feedback":
+                    raise _Refused(404, f"no such path {path!r}", close=True)
+                if not receiver.authorized(self.headers.get("Authorization")):
+                    raise _Refused(401, "missing or wrong bearer token", close=True)
+                if not receiver.accepting:
+                    raise _Refused(503, "the collector is shutting down", retry_after=5,
+                                   close=True)
+                if path == "/v1/feedback":
+                    return self._feedback()
+                if kind not in (PROTOBUF, JSON):
+                    raise _Refused(415, f"unsupported Content-Type "
+                                        f"{self.headers.get('Content-Type')!r} (use "
+                                        f"{PROTOBUF} or {JSON})", close=True)
+                body = self._read_body()
+                if path != "/v1/traces":  # metrics and logs: accepted and discarded
+                    decompress(body, self.headers.get("Content-Encoding"),
+                               receiver.max_body_bytes)
+                    return self._reply(200, reply_kind, b"{}" if kind == JSON else b"")
+                request, decoded = decode_request(body, kind,
+                                                  self.headers.get("Content-Encoding"),
+                                                  receiver.max_body_bytes)
+                decoded = spans_of(request, decoded)
+                receiver.export(decoded)
+                self._reply(200, reply_kind, encode_response(decoded, reply_kind))
+            except RequestError as exc:
+                self._error(exc.status, exc.message, reply_kind)
+            except _Refused as exc:
+                self._error(exc.status, exc.message, reply_kind, retry_after=exc.retry_after,
+                            close=exc.close)
+            except WriterBusy as exc:
+                self._error(429, str(exc), reply_kind, retry_after=exc.retry_after)
+            except WriterClosed as exc:
+                self._error(503, str(exc), reply_kind, retry_after=5, close=True)
+            except (WriteFailed, TimeoutError) as exc:
+                retryable = getattr(exc, "retryable", True)
+                self._error(503 if retryable else 500, str(exc) or "write timed out",
+                            reply_kind, retry_after=2 if retryable else None)
+
+    def do_PUT(self) -> None:
+        self._error(405, "use POST", JSON, close=True)
+
+    do_DELETE = do_PATCH = do_PUT
+
+    # -- bodies ------------------------------------------------------------------------
+    def _read_body(self) -> bytes:
+        limit = self.server.receiver.max_body_bytes
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            return self._read_chunked(limit)
+        length_text = self.headers.get("Content-Length")
+        if length_text is None:
+            raise _Refused(411, "Content-Length required", close=True)
+        try:
+            length = int(length_text)
+        except ValueError:
+            raise _Refused(400, f"bad Content-Length {length_text!r}", close=True) from None
+        if length < 0:
+            raise _Refused(400, f"bad Content-Length {length_text!r}", close=True)
+        if length > limit:
+            raise _Refused(413, f"body of {length} bytes exceeds the limit of {limit} bytes",
+                           close=True)
+        body = self.rfile.read(length)
+        if len(body) != length:
+            raise _Refused(400, "body shorter than its Content-Length", close=True)
+        return body
+
+    def _read_chunked(self, limit: int) -> bytes:
+        parts, size = [], 0
+        while True:
+            line = self.rfile.readline(1024)
+            try:
+                chunk = int(line.split(b";", 1)[0].strip() or b"x", 16)
+            except ValueError:
+                raise _Refused(400, "malformed chunked body", close=True) from None
+            if chunk == 0:
+                while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+                    pass  # trailers, ignored
+                return b"".join(parts)
+            size += chunk
+            if size > limit:
+                raise _Refused(413, f"body exceeds the limit of {limit} bytes", close=True)
+            data = self.rfile.read(chunk)
+            if len(data) != chunk:
+                raise _Refused(400, "truncated chunked body", close=True)
+            parts.append(data)
+            self.rfile.readline(8)
+
+    def _feedback(self) -> None:
+        receiver = self.server.receiver
+        body = decompress(self._read_body(), self.headers.get("Content-Encoding"),
+                          receiver.max_body_bytes)
+        try:
+            fields = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise RequestError(400, f"feedback body is not valid JSON: {exc}") from None
+        status, payload = receiver.feedback(fields)
+        self._reply(status, JSON, json.dumps(payload).encode())
+
+    # -- replies -----------------------------------------------------------------------
+    def _error(self, status: int, message: str, kind: str, *, retry_after: int | None = None,
+               close: bool = False) -> None:
+        headers = {}
+        if retry_after is not None:
+            headers["Retry-After"] = str(retry_after)
+        if status == 401:
+            headers["WWW-Authenticate"] = 'Bearer realm="gepa-trace"'
+        body = encode_status(_GRPC_CODE.get(status, INTERNAL), message, kind)
+        self._reply(status, kind, body, headers=headers, close=close)
+
+    def _reply(self, status: int, kind: str, body: bytes, *, headers: dict | None = None,
+               close: bool = False) -> None:
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            if close:
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the client left; the spans are stored anyway
+
+
+class OTLPHTTPServer(ThreadingHTTPServer):
+    """A thread per connection; handler threads are daemons so idle keep-alive
+    connections never hold up shutdown (in-flight requests are awaited by the Receiver)."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], receiver: "Receiver"):
+        self.receiver = receiver
+        super().__init__(address, OTLPHandler)
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]

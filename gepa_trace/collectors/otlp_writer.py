@@ -1,0 +1,197 @@
+"""Group commit: one writer thread stores the spans of many concurrent requests at once.
+
+A request thread calls ``SpanWriter.write(spans)``; it returns only after those spans
+are committed (so an OTLP 200 means stored). The writer thread takes every request
+queued at that moment (up to ``max_batch_spans``), writes them in one transaction with
+``write_spans`` and then releases every waiting request. Throughput therefore depends on
+spans per transaction, not on requests per transaction.
+
+The queue is bounded in spans: when ``max_pending_spans`` would be exceeded, ``write``
+raises ``WriterBusy`` at once (the receiver answers 429 / UNAVAILABLE with Retry-After)
+instead of letting memory and latency grow without limit. A request larger than the
+bound is still accepted when the queue is empty, so no request is refused forever.
+
+If a group's transaction fails, each request of the group is retried alone, so one
+request whose spans the database refuses fails only itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from typing import Any, Callable, Mapping, Sequence
+
+from gepa_trace.store.engine import Store
+
+log = logging.getLogger(__name__)
+
+PrepareFn = Callable[[Sequence[Mapping[str, Any]]], Any]
+CommitFn = Callable[[Store, Sequence[Any]], Any]
+
+
+class WriterBusy(Exception):
+    """The queue is full; retry after ``retry_after`` seconds."""
+
+    def __init__(self, retry_after: int = 1):
+        super().__init__(f"the span writer is behind; retry after {retry_after}s")
+        self.retry_after = retry_after
+
+
+class WriterClosed(Exception):
+    """The writer is shutting down and accepts nothing new."""
+
+
+class WriteFailed(Exception):
+    """The spans could not be stored; ``retryable`` says whether a retry may succeed."""
+
+    def __init__(self, message: str, retryable: bool):
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class _Job:
+    __slots__ = ("prepared", "size", "done", "error")
+
+    def __init__(self, prepared: Any, size: int):
+        self.prepared = prepared
+        self.size = size
+        self.done = threading.Event()
+        self.error: WriteFailed | None = None
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    from sqlalchemy.exc import DisconnectionError, OperationalError, TimeoutError
+
+    return isinstance(exc, (OperationalError, DisconnectionError, TimeoutError))
+
+
+class SpanWriter:
+    """The single writer of a collector (see module docstring). Thread-safe."""
+
+    def __init__(self, store: Store, *, max_pending_spans: int = 100_000,
+                 max_batch_spans: int = 20_000, prepare: PrepareFn | None = None,
+                 commit: CommitFn | None = None):
+        """``prepare(spans)`` runs in the calling thread (rows, derived columns);
+        ``commit(store, [prepared, ...])`` runs in the writer thread, one transaction.
+        Defaults: ``store.spans.prepare_spans`` / ``write_prepared``."""
+        if max_pending_spans < 1:
+            raise ValueError("max_pending_spans must be at least 1")
+        if max_batch_spans < 1:
+            raise ValueError("max_batch_spans must be at least 1")
+        from gepa_trace.store.spans import prepare_spans, write_prepared
+
+        self.store = store
+        self.max_pending_spans = max_pending_spans
+        self.max_batch_spans = max_batch_spans
+        self._prepare = prepare or prepare_spans
+        self._commit_fn = commit or write_prepared
+        self._queue: deque[_Job] = deque()
+        self._pending = 0
+        self._cond = threading.Condition()
+        self._closing = False
+        self.stored_spans = 0  # handed to write_spans and committed
+        self.transactions = 0
+        self.requests = 0
+        self._thread = threading.Thread(target=self._run, name="gepa-trace-span-writer",
+                                        daemon=True)
+        self._thread.start()
+
+    @property
+    def pending_spans(self) -> int:
+        return self._pending
+
+    def write(self, spans: Sequence[Mapping[str, Any]], timeout: float | None = None) -> None:
+        """Store ``spans``; returns once committed. Raises WriterBusy, WriterClosed,
+        WriteFailed, or TimeoutError (the spans may still be stored later; a client
+        retry is harmless because duplicates are ignored)."""
+        if not spans:
+            return
+        with self._cond:  # refuse early, before paying for prepare()
+            if self._closing:
+                raise WriterClosed("the collector is shutting down")
+            if self._pending and self._pending + len(spans) > self.max_pending_spans:
+                raise WriterBusy(retry_after=1)
+        # Per-span Python work happens here, in the request's thread, overlapping with
+        # the writer thread's transaction (sqlite3 and psycopg release the GIL).
+        job = _Job(self._prepare(spans), len(spans))
+        with self._cond:
+            if self._closing:
+                raise WriterClosed("the collector is shutting down")
+            if self._pending and self._pending + len(spans) > self.max_pending_spans:
+                raise WriterBusy(retry_after=1)
+            self._queue.append(job)
+            self._pending += len(spans)
+            self._cond.notify()
+        if not job.done.wait(timeout):
+            raise TimeoutError("spans not committed in time")
+        if job.error is not None:
+            raise job.error
+
+    def close(self, timeout: float | None = None) -> None:
+        """Refuse new writes, finish every queued one, stop the thread."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    def _take(self) -> list[_Job] | None:
+        with self._cond:
+            while not self._queue:
+                if self._closing:
+                    return None
+                self._cond.wait()
+            jobs = [self._queue.popleft()]
+            size = jobs[0].size
+            while self._queue and size + self._queue[0].size <= self.max_batch_spans:
+                job = self._queue.popleft()
+                jobs.append(job)
+                size += job.size
+            return jobs
+
+    def _run(self) -> None:
+        while True:
+            jobs = self._take()
+            if jobs is None:
+                return
+            try:
+                self._commit(jobs)
+            finally:
+                with self._cond:
+                    self._pending -= sum(j.size for j in jobs)
+                for job in jobs:
+                    job.done.set()
+
+    def _commit(self, jobs: list[_Job]) -> None:
+        size = sum(j.size for j in jobs)
+        try:
+            self._commit_fn(self.store, [j.prepared for j in jobs])
+        except Exception as exc:  # noqa: BLE001 - reported to each waiting request
+            if len(jobs) == 1:
+                log.warning("storing %d spans failed: %s", size, exc)
+                jobs[0].error = WriteFailed(f"cannot store spans: {_first_line(exc)}",
+                                            _is_retryable(exc))
+                return
+            # Isolate the request the database refuses; the others still get stored.
+            for job in jobs:
+                self._commit([job])
+            return
+        self.transactions += 1
+        self.requests += len(jobs)
+        self.stored_spans += size
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.01) -> bool:
+    """Poll ``predicate`` until true or ``timeout`` seconds pass (shutdown helpers)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(step)
+    return True
