@@ -78,7 +78,7 @@ def test_budget_stops_calls_exactly_at_its_limit_under_concurrency():
     budget = Budget(max_llm_calls=50)
     limit = 4
     # Faults make some calls retry: a retry must not count as a new budget call.
-    lm = LM("gepa-sim/echo?latency_ms=3&rate_limit=0.2&max_faults=1&retry_after=0.001",
+    lm = LM("gepa-sim/echo?latency_ms=10&rate_limit=0.2&max_faults=1&retry_after=0.001",
             budget=budget, max_concurrency=limit, **FAST)
     completions, stopped, errors = [], [], []
     lock = threading.Lock()
@@ -152,7 +152,7 @@ def test_sim_calls_are_priced_at_the_nominal_rate():
 
 
 def test_concurrency_limit_holds_for_async_calls():
-    lm = LM("gepa-sim/echo?latency_ms=5", max_concurrency=3)
+    lm = LM("gepa-sim/echo?latency_ms=20", max_concurrency=3)
 
     async def many():
         return await asyncio.gather(*(lm.acomplete(f"async {i}") for i in range(12)))

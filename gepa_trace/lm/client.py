@@ -320,6 +320,11 @@ class LM:
 
     def _cost(self, response: Any, prompt_tokens: int, completion_tokens: int) -> float | None:
         """Dollars per litellm's cost map, or None when the model has no known price."""
+        # litellm already priced the response while logging it; a positive figure is a
+        # known price. None or 0 may mean "not in the map", so those are looked up again.
+        hidden = (getattr(response, "_hidden_params", None) or {}).get("response_cost")
+        if isinstance(hidden, (int, float)) and hidden > 0:
+            return float(hidden)
         litellm = _litellm()
         model = self.model.split("?", 1)[0] if self._sim_model else self.model
         try:
