@@ -96,7 +96,7 @@ class Usage:
         return self.prompt_tokens + self.completion_tokens
 
 
-_import_lock = threading.Lock()
+_module_lock = threading.Lock()
 _litellm_module: Any = None
 _warned_unpriced: set[str] = set()
 
@@ -108,7 +108,7 @@ def _litellm() -> Any:
         import os
 
         os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-        with _import_lock:
+        with _module_lock:
             import litellm
 
             # litellm prints "Provider List: ..." banners on errors; we report errors ourselves.
@@ -348,7 +348,7 @@ class LM:
         cost = self._cost(response, prompt_tokens, completion_tokens)
         price_known = cost is not None
         if not price_known:
-            with self._lock:
+            with _module_lock:  # the set is shared by every LM of the process
                 first = self.model not in _warned_unpriced
                 _warned_unpriced.add(self.model)
             if first:
