@@ -1,0 +1,104 @@
+"""``AgentEvaluator``: the optimizer's ``Evaluator`` for an agent that runs in process.
+
+It builds the agent for a candidate's prompts (``build_agent(prompts, model=...)``, built
+once per distinct prompt set and reused), invokes it on one example, scores the output
+with the metric and returns a ``Rollout`` with the per-component records that
+``ComponentRecorder`` collected. It never raises for one example: an agent or metric
+error scores 0 and is reported in ``Rollout.error`` and the feedback.
+"""
+
+from __future__ import annotations
+
+import threading
+import traceback
+from typing import Any, Callable
+
+from gepa_trace.demo.records import ComponentRecorder
+from gepa_trace.optimizer.protocols import Example, Rollout, RolloutContext, Score
+from gepa_trace.prompts import PromptSet
+
+
+class AgentEvaluator:
+    """Runs ``build_agent(prompts)`` on examples and scores them with ``metric``.
+
+    ``model`` (a litellm model string or a chat model) and ``chat_model`` are passed to
+    ``build_agent`` when given; ``config`` is extra RunnableConfig for every run
+    (callbacks of the caller are kept, the recorder is added).
+    """
+
+    def __init__(self, build_agent: Callable[..., Any], metric: Callable[..., Any], *,
+                 model: Any = None, chat_model: Any = None, config: dict | None = None,
+                 max_cached_agents: int = 64):
+        self.build_agent = build_agent
+        self.metric = metric
+        self.model = model
+        self.chat_model = chat_model
+        self.config = dict(config or {})
+        self._agents: dict[tuple, Any] = {}
+        self._lock = threading.Lock()
+        self._max_cached = max_cached_agents
+
+    def agent_for(self, prompts: PromptSet) -> Any:
+        key = tuple(sorted(prompts.versions().items()))
+        with self._lock:
+            agent = self._agents.get(key)
+        if agent is None:
+            kwargs = {}
+            if self.model is not None:
+                kwargs["model"] = self.model
+            if self.chat_model is not None:
+                kwargs["chat_model"] = self.chat_model
+            agent = self.build_agent(prompts, **kwargs)
+            with self._lock:
+                if len(self._agents) >= self._max_cached:
+                    self._agents.pop(next(iter(self._agents)))
+                self._agents[key] = agent
+        return agent
+
+    def evaluate(self, prompts: PromptSet, example: Example,
+                 context: RolloutContext | None = None) -> Rollout:
+        recorder = ComponentRecorder()
+        config = dict(self.config)
+        config["callbacks"] = [*(config.get("callbacks") or []), recorder]
+        if context is not None:
+            config["metadata"] = {**(config.get("metadata") or {}),
+                                  "gepa.run.id": context.run_id,
+                                  "gepa.candidate.id": context.candidate_id,
+                                  "gepa.purpose": context.purpose,
+                                  "gepa.example.id": example.id}
+        try:
+            agent = self.agent_for(prompts)
+            output = agent.invoke(dict(example.inputs), config=config)
+        except Exception as exc:  # one example's failure is a score, not a crash
+            error = f"{type(exc).__name__}: {exc}"
+            return Rollout(score=0.0, feedback=f"the agent raised {error}", output=None,
+                           records=recorder.records, error=error,
+                           llm_calls=recorder.llm_calls)
+        try:
+            score = Score.of(self.metric(example, output, recorder.records))
+        except Exception as exc:
+            error = f"metric raised {type(exc).__name__}: {exc}"
+            return Rollout(score=0.0, feedback=error, output=output, records=recorder.records,
+                           error=error + "\n" + traceback.format_exc(limit=3),
+                           llm_calls=recorder.llm_calls)
+        return Rollout(score=score.score, feedback=score.feedback, output=output,
+                       records=recorder.records, llm_calls=recorder.llm_calls)
+
+
+def accuracy(prompts: PromptSet, examples: list[Example], *, model: Any = None,
+             chat_model: Any = None, threads: int = 1) -> tuple[float, list[Rollout]]:
+    """Mean metric score of the demo agent with ``prompts`` on ``examples``, and the
+    rollouts (in the order of ``examples``)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gepa_trace.demo.agent import build_agent
+    from gepa_trace.demo.metric import metric
+
+    evaluator = AgentEvaluator(build_agent, metric, model=model, chat_model=chat_model)
+    if threads <= 1:
+        rollouts = [evaluator.evaluate(prompts, ex) for ex in examples]
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            rollouts = list(pool.map(lambda ex: evaluator.evaluate(prompts, ex), examples))
+    mean = sum(r.score for r in rollouts) / len(rollouts) if rollouts else 0.0
+    return mean, rollouts
