@@ -60,7 +60,7 @@ def test_span_dicts_carry_hex_ids_parents_status_events_and_resource():
     assert root["parent_span_id"] is None and child["parent_span_id"] == root["span_id"]
     assert child["trace_id"] == root["trace_id"]
     assert (root["status_code"], root["status_message"]) == ("ERROR", "bad")
-    assert root["attributes"]["tags"] == ["a", "b"]
+    assert list(root["attributes"]["tags"]) == ["a", "b"]
     assert child["events"][0]["name"] == "note" and child["events"][0]["attributes"] == {"k": 0}
     assert root["resource"]["service.name"] == "svc" and root["kind"] == "INTERNAL"
     assert root["start_ns"] <= child["start_ns"] <= child["end_ns"] <= root["end_ns"]

@@ -208,7 +208,8 @@ class SpanRecorder(BaseCallbackHandler):
         attributes["gepa.agent"] = trace.agent
         attributes.update(trace.tags)
         if metadata:
-            attributes["metadata"] = dumps(jsonable(metadata))
+            # plain data (strings, numbers, small dicts): JSON's own fallback suffices
+            attributes["metadata"] = dumps(metadata)
             node = metadata.get("langgraph_node")
             if node is not None and node == name:
                 attributes["graph.node.id"] = str(node)
@@ -367,7 +368,7 @@ class SpanRecorder(BaseCallbackHandler):
         if provider:
             attributes["llm.provider"] = str(provider)
         if params:
-            attributes["llm.invocation_parameters"] = dumps(jsonable(params))
+            attributes["llm.invocation_parameters"] = dumps(params)
         return attributes
 
     def _start_llm(self, run_id: UUID, parent_run_id: UUID | None, serialized: Any,
