@@ -324,3 +324,22 @@ def test_template_read_from_serialized_prompt_matches_messages_of_template():
     ]
     for prompt in templates:
         assert template_from_serialized(prompt._serialized) == messages_of_template(prompt)
+
+
+def test_a_streamed_call_is_one_llm_span_with_the_whole_output(instrumented, sqlite_url):
+    prompt = gt.component("streamer", [("human", "{q}")])
+
+    def chain():
+        return prompt | GenericFakeChatModel(messages=iter(["red green blue"]))
+
+    assert "".join(c.content for c in chain().stream({"q": "colours?"})) == "red green blue"
+
+    async def collect():
+        return "".join([c.content async for c in chain().astream({"q": "colours?"})])
+
+    assert asyncio.run(collect()) == "red green blue"
+    llm = [s for s in stored(instrumented, sqlite_url) if s["span_type"] == "llm"]
+    assert len(llm) == 2
+    for span in llm:
+        assert span["attributes"]["output.value"] == "red green blue"
+        assert span["component"] == "streamer"

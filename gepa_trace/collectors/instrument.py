@@ -80,6 +80,8 @@ class Instrumentation:
         self.capture_content = capture_content
         self.redact = redact
         self.otlp_endpoint = otlp_endpoint
+        # built first: a bad endpoint must fail before any thread is started
+        otlp = _otlp_exporter(otlp_endpoint) if otlp_endpoint else None
         self.exporter = SqlSpanExporter(store if store is not None else store_url)
         self.tracer_provider = TracerProvider(
             resource=Resource.create({"service.name": service_name}),
@@ -91,8 +93,8 @@ class Instrumentation:
         self.tracer_provider.add_span_processor(BatchSpanProcessor(
             self.exporter, max_export_batch_size=batch, max_queue_size=max(8 * batch, 2048),
             schedule_delay_millis=int(setting("export_delay_ms"))))
-        if otlp_endpoint:
-            self.tracer_provider.add_span_processor(BatchSpanProcessor(_otlp_exporter(otlp_endpoint)))
+        if otlp is not None:
+            self.tracer_provider.add_span_processor(BatchSpanProcessor(otlp))
         from gepa_trace import __version__
 
         self.tracer = self.tracer_provider.get_tracer("gepa_trace", __version__)
