@@ -86,6 +86,9 @@ class PromptAliasRow(SQLModel, table=True):
 
 
 class OptimizationRunRow(SQLModel, table=True):
+    """One optimization run. ``iteration`` is the next iteration to run (resume restarts
+    there); ``totals`` is the latest budget and counter snapshot (JSON)."""
+
     __tablename__ = "optimization_runs"
 
     id: str = Field(primary_key=True, max_length=64)
@@ -93,15 +96,24 @@ class OptimizationRunRow(SQLModel, table=True):
     status: str = Field(default="running", max_length=16)  # running | finished | stopped | failed
     config: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))  # JSON
     seed: int = 0
+    iteration: int = 0
     started_at: float
     finished_at: Optional[float] = None
     heartbeat_at: Optional[float] = None
     best_candidate_id: Optional[int] = None
+    best_val_score: Optional[float] = None
+    stop_reason: Optional[str] = Field(default=None, sa_column=Column(Text))
     totals: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))  # JSON
     warm_start_from: Optional[str] = Field(default=None, max_length=64)
 
 
 class CandidateRow(SQLModel, table=True):
+    """A candidate of a run: one prompt version per component, with its lineage.
+
+    ``status``: proposed (built, not yet judged) | accepted (won its minibatch; in the
+    pool once every validation example is scored) | rejected (``reason`` says why).
+    """
+
     __tablename__ = "candidates"
 
     run_id: str = Field(primary_key=True, max_length=64)
@@ -109,17 +121,24 @@ class CandidateRow(SQLModel, table=True):
     prompts: str = Field(sa_column=Column(Text, nullable=False))  # JSON {component: version}
     parents: str = Field(default="[]", sa_column=Column(Text, nullable=False, default="[]"))  # JSON [ids]
     origin: str = Field(max_length=32)  # seed | reflection | merge | warm_start
-    component: Optional[str] = Field(default=None, max_length=255)  # the one reflected on
+    component: Optional[str] = Field(default=None, max_length=255)  # the one(s) reflected on
     diagnosis: Optional[str] = Field(default=None, sa_column=Column(Text))
     status: str = Field(default="proposed", max_length=16)  # proposed | accepted | rejected
+    reason: Optional[str] = Field(default=None, sa_column=Column(Text))
+    minibatch: str = Field(default="[]", sa_column=Column(Text, nullable=False, default="[]"))  # JSON [example ids]
     minibatch_parent_sum: Optional[float] = None
     minibatch_child_sum: Optional[float] = None
     val_score: Optional[float] = None
+    meta: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))  # JSON
     iteration: int = 0
     created_at: float
 
 
 class EvaluationRow(SQLModel, table=True):
+    """One rollout: a candidate's prompts on one example. A pair is stored at most once
+    per run (the evaluation cache); ``records`` holds the per-component records (JSON)
+    that reflection reads."""
+
     __tablename__ = "evaluations"
     __table_args__ = (Index("ix_evaluations_candidate", "run_id", "candidate_id"),)
 
@@ -130,6 +149,8 @@ class EvaluationRow(SQLModel, table=True):
     purpose: str = Field(default="val", max_length=16)  # minibatch | val | test | merge
     score: float
     feedback: Optional[str] = Field(default=None, sa_column=Column(Text))
+    output: Optional[str] = Field(default=None, sa_column=Column(Text))  # JSON
+    records: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))  # JSON
     trace_id: Optional[str] = Field(default=None, max_length=32)
     error: Optional[str] = Field(default=None, sa_column=Column(Text))
     llm_calls: int = 0
@@ -154,7 +175,7 @@ class RunEventRow(SQLModel, table=True):
 
 
 class RunLockRow(SQLModel, table=True):
-    """At most one running optimization per agent (see store.locks)."""
+    """At most one running optimization per agent (see optimizer.persistence.RunLock)."""
 
     __tablename__ = "run_locks"
 

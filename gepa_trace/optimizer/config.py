@@ -1,0 +1,146 @@
+"""The optimizer's settings, grouped in small dataclasses instead of a long argument list.
+
+``OptimizerConfig`` is stored with the run (``to_dict``/``from_dict``) so that a resumed
+run continues with the settings it started with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Mapping
+
+from gepa_trace.errors import ConfigError
+
+CANDIDATE_SELECTIONS = ("pareto", "current_best", "epsilon_greedy")
+COMPONENT_SELECTIONS = ("round_robin", "all")
+ACCEPTANCES = ("strict_improvement", "improvement_or_equal")
+SECONDARY_OBJECTIVES = ("prompt_tokens", "cost")
+
+
+@dataclass(frozen=True)
+class MergeConfig:
+    """GEPA's system-aware merge: at most ``max_merges`` accepted merges per run, each
+    first tested on a stratified subsample of ``subsample_size`` validation examples."""
+
+    enabled: bool = True
+    max_merges: int = 5
+    subsample_size: int = 5
+    max_attempts: int = 10
+
+
+@dataclass(frozen=True)
+class ReflectionConfig:
+    """The reflection prompt: ``max_tokens`` bounds the whole prompt (inputs over it are
+    cut with a visible marker); ``templates`` replaces the default template per
+    component (placeholders ``<component>``, ``<curr_param>``, ``<side_info>``)."""
+
+    max_tokens: int = 6000
+    templates: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """How the GEPA loop runs. Every field has a default; ``validate()`` names a bad one.
+
+    - ``workers``: rollouts evaluated at once (results do not depend on it).
+    - ``candidate_selection``: pareto | current_best | epsilon_greedy (``epsilon``).
+    - ``component_selection``: round_robin | all.
+    - ``acceptance``: strict_improvement (child's minibatch sum > parent's) |
+      improvement_or_equal.
+    - ``patience``: stop after this many iterations without a new best (None: never).
+    - ``stop_file``: stop at the next safe point once this path exists.
+    - ``secondary_objective``: None, one of ``SECONDARY_OBJECTIVES`` for every front,
+      or a mapping component -> objective; it makes that front two-objective.
+    - ``warm_start_from``: a run id of the same agent (or "latest") whose front members
+      seed this run; ``warm_start_max`` bounds how many.
+    - ``max_idle_iterations``: stop after this many iterations in a row that ran
+      nothing new (all pairs cached, all minibatches solved, all proposals duplicates).
+    - ``lock_stale_seconds``: a lock whose heartbeat is older than this can be taken over.
+    """
+
+    seed: int = 0
+    workers: int = 4
+    minibatch_size: int = 3
+    candidate_selection: str = "pareto"
+    epsilon: float = 0.1
+    component_selection: str = "round_robin"
+    acceptance: str = "strict_improvement"
+    skip_perfect_score: bool = True
+    perfect_score: float = 1.0
+    patience: int | None = None
+    stop_file: str | None = None
+    secondary_objective: str | Mapping[str, str] | None = None
+    merge: MergeConfig = field(default_factory=MergeConfig)
+    reflection: ReflectionConfig = field(default_factory=ReflectionConfig)
+    warm_start_from: str | None = None
+    warm_start_max: int = 4
+    lock_stale_seconds: float = 300.0
+    max_idle_iterations: int = 30
+    handle_signals: bool = True
+
+    def validate(self) -> "OptimizerConfig":
+        """Return self, or raise ConfigError naming the first invalid field."""
+        def bad(name: str, why: str) -> ConfigError:
+            return ConfigError(f"OptimizerConfig.{name} {why}")
+
+        if not isinstance(self.workers, int) or self.workers < 1:
+            raise bad("workers", f"must be an integer >= 1, got {self.workers!r}")
+        if not isinstance(self.minibatch_size, int) or self.minibatch_size < 1:
+            raise bad("minibatch_size", f"must be an integer >= 1, got {self.minibatch_size!r}")
+        if self.candidate_selection not in CANDIDATE_SELECTIONS:
+            raise bad("candidate_selection", f"must be one of {CANDIDATE_SELECTIONS}, "
+                      f"got {self.candidate_selection!r}")
+        if self.component_selection not in COMPONENT_SELECTIONS:
+            raise bad("component_selection", f"must be one of {COMPONENT_SELECTIONS}, "
+                      f"got {self.component_selection!r}")
+        if self.acceptance not in ACCEPTANCES:
+            raise bad("acceptance", f"must be one of {ACCEPTANCES}, got {self.acceptance!r}")
+        if not 0.0 <= self.epsilon <= 1.0:
+            raise bad("epsilon", f"must be in [0, 1], got {self.epsilon!r}")
+        if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):
+            raise bad("patience", f"must be None or an integer >= 1, got {self.patience!r}")
+        objectives = (self.secondary_objective.values()
+                      if isinstance(self.secondary_objective, Mapping)
+                      else [self.secondary_objective])
+        for objective in objectives:
+            if objective is not None and objective not in SECONDARY_OBJECTIVES:
+                raise bad("secondary_objective", f"must be one of {SECONDARY_OBJECTIVES}, "
+                          f"got {objective!r}")
+        if self.merge.max_merges < 0 or self.merge.subsample_size < 1:
+            raise bad("merge", "needs max_merges >= 0 and subsample_size >= 1")
+        if self.reflection.max_tokens < 200:
+            raise bad("reflection.max_tokens", f"must be >= 200, got {self.reflection.max_tokens}")
+        for name, template in self.reflection.templates.items():
+            missing = [p for p in ("<curr_param>", "<side_info>") if p not in template]
+            if missing:
+                raise bad("reflection.templates", f"[{name!r}] lacks the placeholders {missing}")
+        if self.warm_start_max < 1:
+            raise bad("warm_start_max", f"must be >= 1, got {self.warm_start_max}")
+        return self
+
+    def secondary_for(self, component: str) -> str | None:
+        """The secondary objective of ``component``'s front, or None."""
+        if isinstance(self.secondary_objective, Mapping):
+            return self.secondary_objective.get(component)
+        return self.secondary_objective
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["reflection"]["templates"] = dict(self.reflection.templates)
+        if isinstance(self.secondary_objective, Mapping):
+            data["secondary_objective"] = dict(self.secondary_objective)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "OptimizerConfig":
+        """The config stored with a run; unknown keys (from a newer version) are ignored."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        if isinstance(values.get("merge"), Mapping):
+            values["merge"] = MergeConfig(**{k: v for k, v in values["merge"].items()
+                                             if k in {f.name for f in fields(MergeConfig)}})
+        if isinstance(values.get("reflection"), Mapping):
+            values["reflection"] = ReflectionConfig(
+                **{k: v for k, v in values["reflection"].items()
+                   if k in {f.name for f in fields(ReflectionConfig)}})
+        return cls(**values).validate()

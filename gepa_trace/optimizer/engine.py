@@ -1,0 +1,614 @@
+"""The GEPA loop.
+
+Each iteration: (after an accepted reflection child, possibly a merge instead) pick the
+component(s) to improve, pick a parent from that component's Pareto front, run the
+parent on the next training minibatch, skip it if already perfect, ask the reflection
+LM for a diagnosis and a new instruction, run the child on the same minibatch, accept it
+only if it does better there, then score it on the validation set and update the fronts.
+
+Reproducibility: all randomness comes from ``random.Random`` objects seeded by the run's
+seed and the iteration number, consumed on the main thread in a fixed order; rollouts
+run on a thread pool but their results are recorded in example order. So the same seed
+gives the same run at any ``workers``, and a resumed run redoes its interrupted
+iteration with the same choices, reusing everything stored.
+
+Stopping: budget limits, patience, a stop file and SIGINT/SIGTERM are checked at safe
+points (between iterations and before each batch); the run then returns a result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterable, Sequence
+
+from gepa_trace.errors import BudgetExhausted, ConfigError, LMError
+from gepa_trace.lm.budget import Budget, Spent
+from gepa_trace.optimizer.config import OptimizerConfig
+from gepa_trace.optimizer.events import (
+    BudgetSpent,
+    CandidateAccepted,
+    CandidateProposed,
+    CandidateRejected,
+    CandidateValidated,
+    Callbacks,
+    FrontChanged,
+    IterationStarted,
+    OptimizerErrorEvent,
+    RunStopped,
+)
+from gepa_trace.optimizer.merge import find_merge, front_candidates, stratified_subsample
+from gepa_trace.optimizer.persistence import RunLock, RunRecorder, StoredRun, latest_run_id, load_run
+from gepa_trace.optimizer.protocols import Evaluator, Example, ReflectionLM, Rollout
+from gepa_trace.optimizer.reflection import build_prompt, parse_reply, reflection_examples
+from gepa_trace.optimizer.result import HistoryPoint, OptimizationResult, Totals
+from gepa_trace.optimizer.rollouts import BatchEvaluator, BatchStopped
+from gepa_trace.optimizer.sampler import EpochSampler
+from gepa_trace.optimizer.selection import candidate_selector, component_selector
+from gepa_trace.optimizer.state import Candidate, RunState
+from gepa_trace.prompts import PromptSet, PromptVersion
+from gepa_trace.store.engine import Store
+
+
+class _Stop(Exception):
+    def __init__(self, reason: str, requested: bool = False):
+        super().__init__(reason)
+        self.reason = reason
+        self.requested = requested  # by the user (signal, stop file), not a limit
+
+
+class Optimizer:
+    """One optimization run of one agent.
+
+    ``evaluator`` runs a candidate's prompts on one example; ``reflection_lm`` maps a
+    prompt to a reply (a ``gepa_trace.lm.LM`` whose ``budget`` is this run's budget
+    meters itself; any other callable is metered here, as role "reflection").
+    ``store`` (optional) receives every step as it happens; ``resume`` continues a
+    stored run. ``run()`` returns an ``OptimizationResult`` however the run stops;
+    it raises only for errors of the setup (``ConfigError``, ``LockHeld``, store errors).
+    """
+
+    def __init__(self, evaluator: Evaluator, reflection_lm: ReflectionLM,
+                 seed_prompts: PromptSet, train: Sequence[Example], val: Sequence[Example],
+                 budget: Budget, store: Store | None = None, agent: str | None = None,
+                 config: OptimizerConfig | None = None, callbacks: Iterable[object] = (),
+                 run_id: str | None = None):
+        self.config = (config or OptimizerConfig()).validate()
+        if not isinstance(seed_prompts, PromptSet) or len(seed_prompts) == 0:
+            raise ConfigError("seed_prompts must be a non-empty PromptSet")
+        if not val:
+            raise ConfigError("the optimizer needs at least one validation example")
+        for name, examples in (("train", train), ("val", val)):
+            ids = [e.id for e in examples]
+            if len(set(ids)) != len(ids):
+                raise ConfigError(f"{name} examples have duplicate ids")
+        self.evaluator = evaluator
+        self.reflection_lm = reflection_lm
+        self.seed_prompts = seed_prompts
+        self.train = list(train)
+        self.val = list(val)
+        self.budget = budget
+        self.store = store
+        self.agent = agent or seed_prompts.agent or "agent"
+        self.callbacks = Callbacks(callbacks)
+        self.run_id = run_id or f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        self.components = list(seed_prompts)
+        self.state = RunState(self.components, [e.id for e in self.val])
+        self.examples = {e.id: e for e in self.train}
+        self.examples.update({e.id: e for e in self.val})
+        self.sampler = EpochSampler([e.id for e in self.train], self.config.minibatch_size,
+                                    self.config.seed)
+        self.select_parent = candidate_selector(self.config)
+        self.select_components = component_selector(self.config)
+        self.recorder = RunRecorder(store, self.run_id, self.agent)
+        self.totals = Totals()
+        self.history: list[HistoryPoint] = []
+        self.tried_triplets: set[tuple[int, int, int]] = set()
+        self.tried_results: set[str] = set()
+        self.resumed: StoredRun | None = None
+        self._signal: str | None = None
+        self._wall_offset = 0.0
+        self._fronts: dict[str, tuple[str, ...]] = {}
+        self._lock: RunLock | None = None
+        self._started = time.monotonic()
+
+    # ---------------------------------------------------------------- resume
+    @classmethod
+    def resume(cls, run_id: str, *, evaluator: Evaluator, reflection_lm: ReflectionLM,
+               train: Sequence[Example], val: Sequence[Example], budget: Budget,
+               store: Store, callbacks: Iterable[object] = (),
+               config: OptimizerConfig | None = None) -> "Optimizer":
+        """An Optimizer that continues stored run ``run_id`` (its config unless given):
+        stored candidates and evaluations are reused, never re-run, and the budget
+        carries over what the earlier process spent."""
+        stored = load_run(store, run_id)
+        seed = next((c for c in stored.candidates if c.origin == "seed"), None)
+        if seed is None:
+            raise ConfigError(f"run {run_id!r} has no seed candidate to resume from")
+        seed_prompts = PromptSet({c: stored.versions[(c, v)] for c, v in seed.prompts.items()},
+                                 agent=stored.row.agent)
+        opt = cls(evaluator, reflection_lm, seed_prompts, train, val, budget, store,
+                  agent=stored.row.agent,
+                  config=config or OptimizerConfig.from_dict(stored.config),
+                  callbacks=callbacks, run_id=run_id)
+        opt._restore(stored)
+        return opt
+
+    def _restore(self, stored: StoredRun) -> None:
+        state = self.state
+        for pv in stored.versions.values():
+            state.add_version(pv)
+        for candidate in stored.candidates:
+            state.add_candidate(candidate)
+        for candidate_id, example_id, rollout in stored.evaluations:
+            state.remember(state.candidates[candidate_id], example_id, rollout)
+        state.iteration = stored.row.iteration
+        for candidate in state.candidates:
+            if (candidate.iteration < state.iteration and candidate.status == "accepted"
+                    and state.val_scores(candidate) is not None):
+                state.join_pool(candidate)
+            if candidate.origin == "merge" and candidate.iteration < state.iteration:
+                self.tried_triplets.add((*candidate.parents, candidate.meta.get("ancestor", -1)))
+                self.tried_results.add(candidate.key)
+        snapshot = stored.totals
+        totals = Totals.from_dict(snapshot)
+        rollouts = [r for _c, _e, r in stored.evaluations]
+        totals.rollouts = len(rollouts)
+        totals.rollout_cache_hits = sum(r.cache_hits for r in rollouts)
+        totals.evaluator_errors = sum(1 for r in rollouts if r.error)
+        totals.llm_calls_by_role["task"] = sum(r.llm_calls for r in rollouts)
+        self.totals = totals
+        self._wall_offset = totals.wall_seconds
+        self.history = [HistoryPoint(**p) for p in snapshot.get("history", [])]
+        spent = totals.budget or {}
+        self.budget.restore(Spent(
+            rollouts=max(totals.rollouts, int(spent.get("rollouts", 0))),
+            llm_calls=int(spent.get("llm_calls", 0)), tokens=int(spent.get("tokens", 0)),
+            cost_usd=float(spent.get("cost_usd", 0.0)),
+            seconds=float(spent.get("seconds", 0.0)),
+            llm_calls_by_role=dict(spent.get("llm_calls_by_role", {}))))
+        self._fronts = {c: tuple(self._front(c).versions()) for c in self.components} \
+            if state.pool else {}
+        self.resumed = stored
+
+    # ---------------------------------------------------------------- run
+    def run(self) -> OptimizationResult:
+        """Run until a limit, patience, a stop file or a signal; return the result."""
+        self._started = time.monotonic()
+        with contextlib.ExitStack() as stack:
+            if self.store is not None:
+                lock = RunLock(self.store, self.agent, self.run_id,
+                               self.config.lock_stale_seconds)
+                lock.acquire()
+                stack.callback(lock.release)
+                self._lock = lock
+            self._install_signal_handlers(stack)
+            executor = stack.enter_context(ThreadPoolExecutor(
+                max_workers=self.config.workers, thread_name_prefix="gepa-rollout"))
+            self.batches = BatchEvaluator(self.evaluator, self.state, self.budget, executor,
+                                          self.examples, self.run_id, self.agent,
+                                          self._on_rollout, self._on_cache_hit)
+            if self.resumed is None:
+                self.recorder.create_run(self.config.to_dict(), self.config.seed,
+                                         self.config.warm_start_from)
+            else:
+                self.recorder.reopen_run(self.resumed.last_seq)
+            try:
+                reason, requested = self._loop()
+            except BaseException as exc:
+                self.recorder.finish("failed", f"{type(exc).__name__}: {exc}",
+                                     self.state.iteration, self._snapshot(), self._best())
+                raise
+            self.callbacks.emit(RunStopped(reason, self.state.iteration))
+            self.recorder.event("stopped", {"reason": reason})
+            self.recorder.finish("stopped" if requested else "finished", reason,
+                                 self.state.iteration, self._snapshot(), self._best())
+        return self._result(reason)
+
+    def _loop(self) -> tuple[str, bool]:
+        try:
+            if self.state.iteration == 0:
+                self._initialize()
+            idle = 0
+            while True:
+                self._check_stop(idle)
+                iteration = self.state.iteration
+                rng = random.Random(f"gepa-trace:{self.config.seed}:{iteration}")
+                before = self.totals.rollouts
+                if not (self._merge_due(iteration) and self._merge(iteration, rng)):
+                    self._reflect_iteration(iteration, rng)
+                idle = idle + 1 if self.totals.rollouts == before else 0
+                self.state.iteration = iteration + 1
+                self._checkpoint()
+        except _Stop as stop:
+            return stop.reason, stop.requested
+        except BatchStopped as stop:
+            return stop.reason, False
+
+    # ---------------------------------------------------------------- stopping
+    def _install_signal_handlers(self, stack: contextlib.ExitStack) -> None:
+        if (not self.config.handle_signals
+                or threading.current_thread() is not threading.main_thread()):
+            return
+
+        def handler(signum, _frame):
+            if self._signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt  # a second Ctrl-C: stop now
+            self._signal = f"received {signal.Signals(signum).name}"
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous = signal.getsignal(sig)
+            signal.signal(sig, handler)
+            stack.callback(signal.signal, sig, previous)
+
+    def _check_stop(self, idle: int = 0) -> None:
+        """Raise _Stop at a safe point if anything says the run should end. ``idle``:
+        iterations in a row that spent nothing (every pair cached, every minibatch
+        solved), which would otherwise loop forever on a budget in rollouts."""
+        if self._signal:
+            raise _Stop(self._signal, requested=True)
+        if self.config.stop_file and os.path.exists(self.config.stop_file):
+            raise _Stop(f"stop file {self.config.stop_file} exists", requested=True)
+        reason = self.budget.exhausted()
+        if reason:
+            raise _Stop(reason)
+        if self.config.patience is not None and self.state.pool:
+            best = self.state.candidates[self.state.best_id()]
+            waited = self.state.iteration - 1 - best.iteration
+            if waited >= self.config.patience:
+                raise _Stop(f"patience: {waited} iterations without a new best")
+        if self.state.pool and self.state.mean_val(self.state.best_id()) >= self.config.perfect_score:
+            raise _Stop("every validation example is solved")
+        if idle >= self.config.max_idle_iterations:
+            raise _Stop(f"{idle} iterations in a row found nothing to run "
+                        "(every minibatch solved or every proposal already tried)")
+
+    # ---------------------------------------------------------------- setup
+    def _initialize(self) -> None:
+        """Iteration 0: the seed (and warm-start) candidates, scored on validation."""
+        state = self.state
+        if not state.candidates:
+            for pv in (self.seed_prompts.version_of(c) for c in self.components):
+                state.add_version(pv)
+            seed = Candidate(0, self.seed_prompts.versions(), origin="seed", status="accepted")
+            self._propose(seed, list(self.seed_prompts.version_of(c) for c in self.components))
+            for candidate, versions in self._warm_start_candidates():
+                self._propose(candidate, versions)
+        for candidate in list(state.candidates):
+            if candidate.iteration == 0:
+                self._validate(candidate)
+        state.iteration = 1
+        self._checkpoint()
+
+    def _warm_start_candidates(self) -> list[tuple[Candidate, list[PromptVersion]]]:
+        source = self.config.warm_start_from
+        if not source:
+            return []
+        if self.store is None:
+            raise ConfigError("warm_start_from needs a store to read the earlier run from")
+        if source == "latest":
+            source = latest_run_id(self.store, self.agent, exclude=self.run_id)
+            if source is None:
+                return []
+        earlier = load_run(self.store, source)
+        if earlier.row.agent != self.agent:
+            raise ConfigError(f"warm start: run {source!r} optimized agent "
+                              f"{earlier.row.agent!r}, not {self.agent!r}")
+        ranked = sorted((c for c in earlier.candidates if c.val_score is not None),
+                        key=lambda c: (-c.val_score, c.id))
+        front_ids = {int(i) for i in (earlier.totals.get("front_candidates") or [])}
+        out = []
+        for old in ranked:
+            if front_ids and old.id not in front_ids:
+                continue
+            prompts = {c: old.prompts.get(c, self.seed_prompts.versions()[c])
+                       for c in self.components}
+            if self.state.find(prompts) is not None or any(
+                    prompts == cand.prompts for cand, _v in out):
+                continue
+            versions = [earlier.versions.get((c, v)) or self.seed_prompts.version_of(c)
+                        for c, v in prompts.items()]
+            for pv in versions:
+                self.state.add_version(pv)
+            cid = self.state.next_id() + len(out)
+            out.append((Candidate(cid, prompts, origin="warm_start", status="accepted",
+                                  meta={"from_run": source, "from_candidate": old.id}),
+                        versions))
+            if len(out) >= self.config.warm_start_max:
+                break
+        return out
+
+    # ---------------------------------------------------------------- iterations
+    def _merge_due(self, iteration: int) -> bool:
+        merge = self.config.merge
+        if not merge.enabled or merge.max_merges == 0:
+            return False
+        accepted = sum(1 for c in self.state.candidates
+                       if c.origin == "merge" and c.status == "accepted")
+        if accepted >= merge.max_merges:
+            return False
+        return any(c.iteration == iteration - 1 and c.origin == "reflection"
+                   and c.id in self.state.pool for c in self.state.candidates)
+
+    def _merge(self, iteration: int, rng: random.Random) -> bool:
+        """Try a merge; False when no pair qualifies (the iteration then reflects)."""
+        state = self.state
+        pool_ids = front_candidates(state, self.config.secondary_for)
+        plan = find_merge(state, pool_ids, rng, self.tried_triplets, self.tried_results,
+                          self.config.merge.max_attempts,
+                          exists=lambda p: self._existing(p, iteration, "merge") is not None)
+        if plan is None:
+            return False
+        first, second = state.candidates[plan.first], state.candidates[plan.second]
+        scores_a, scores_b = state.val_scores(first), state.val_scores(second)
+        subsample = stratified_subsample(scores_a, scores_b, state.val_ids,
+                                         self.config.merge.subsample_size, rng)
+        self.callbacks.emit(IterationStarted(iteration, ("merge",), plan.first))
+        self.recorder.event("iteration", {"iteration": iteration, "kind": "merge",
+                                          "parents": [plan.first, plan.second]})
+        child = self._pending(plan.prompts, iteration, "merge")
+        if child is None:
+            child = Candidate(state.next_id(), plan.prompts, parents=(plan.first, plan.second),
+                              origin="merge", iteration=iteration, minibatch=tuple(subsample),
+                              meta={"ancestor": plan.ancestor,
+                                    "sources": {c: s for c, s in plan.sources.items()}})
+            self._propose(child, [])
+        self._require(self.batches.missing(child, subsample + state.val_ids))
+        rollouts = self.batches.evaluate(child, subsample, "merge")
+        child_sum = sum(r.score for r in rollouts)
+        best_parent = max(sum(scores_a[e] for e in subsample), sum(scores_b[e] for e in subsample))
+        self._judge(child, iteration, best_parent, child_sum, child_sum >= best_parent,
+                    "merge scored below its better parent on the validation subsample")
+        return True
+
+    def _reflect_iteration(self, iteration: int, rng: random.Random) -> None:
+        state = self.state
+        components = self.select_components(self.components, iteration)
+        parent = state.candidates[self.select_parent(state, components[0], rng)]
+        self.callbacks.emit(IterationStarted(iteration, tuple(components), parent.id))
+        self.recorder.event("iteration", {"iteration": iteration, "kind": "reflection",
+                                          "components": components, "parent": parent.id})
+        batch = self.sampler.batch(iteration - 1)
+        rollouts = self.batches.evaluate(parent, batch, "minibatch")
+        parent_sum = sum(r.score for r in rollouts)
+        if self.config.skip_perfect_score and all(
+                r.score >= self.config.perfect_score for r in rollouts):
+            self.recorder.event("skipped", {"iteration": iteration, "parent": parent.id,
+                                            "reason": "parent is perfect on the minibatch"})
+            return
+        child = self._pending_reflection(iteration, parent.id, components)
+        if child is None:
+            child = self._propose_reflection(iteration, parent, components, batch, rollouts)
+            if child is None:
+                return
+        child.minibatch_parent_sum = parent_sum
+        self._require(self.batches.missing(child, batch + state.val_ids))
+        child_rollouts = self.batches.evaluate(child, batch, "minibatch")
+        child_sum = sum(r.score for r in child_rollouts)
+        better = (child_sum > parent_sum if self.config.acceptance == "strict_improvement"
+                  else child_sum >= parent_sum)
+        self._judge(child, iteration, parent_sum, child_sum, better,
+                    "no improvement on the minibatch")
+
+    def _propose_reflection(self, iteration: int, parent: Candidate, components: list[str],
+                            batch: list[str], rollouts: list[Rollout]) -> Candidate | None:
+        """Ask the reflection LM for each component; the child, or None (recorded why)."""
+        state = self.state
+        examples = [self.examples[e] for e in batch]
+        new_versions, diagnoses, meta = [], [], {}
+        for component in components:
+            current = state.versions[(component, parent.prompts[component])]
+            prompt = build_prompt(component, current.instruction,
+                                  reflection_examples(component, examples, rollouts),
+                                  self.config.reflection.max_tokens,
+                                  self.config.reflection.templates.get(component))
+            meta[f"reflection_prompt_chars:{component}"] = len(prompt)
+            try:
+                reply = self._call_reflection(prompt)
+                proposal = parse_reply(reply)
+                version = current.with_instruction(proposal.instruction, run_id=self.run_id)
+            except BudgetExhausted as exc:
+                raise _Stop(str(exc)) from exc
+            except LMError as exc:
+                self._proposal_failed(iteration, parent, "reflection_lm",
+                                      f"reflection LM error on {component}: {exc}")
+                return None
+            except ConfigError as exc:
+                self._proposal_failed(iteration, parent, "reflection_reply",
+                                      f"unusable reflection reply for {component}: {exc}")
+                return None
+            new_versions.append(version)
+            diagnoses.append(proposal.diagnosis if len(components) == 1
+                             else f"[{component}] {proposal.diagnosis}")
+        prompts = dict(parent.prompts)
+        prompts.update({pv.component: pv.version for pv in new_versions})
+        if prompts == parent.prompts:
+            self._proposal_failed(iteration, parent, "reflection_reply",
+                                  "the reflection reply repeats the current instruction")
+            return None
+        existing = state.find(prompts)
+        if existing is not None:
+            self._proposal_failed(iteration, parent, "reflection_reply",
+                                  f"the proposal duplicates candidate {existing.id}")
+            return None
+        for pv in new_versions:
+            state.add_version(pv)
+        child = Candidate(state.next_id(), prompts, parents=(parent.id,), origin="reflection",
+                          component=",".join(components), iteration=iteration,
+                          diagnosis="\n\n".join(diagnoses), minibatch=tuple(batch), meta=meta)
+        self._propose(child, new_versions)
+        return child
+
+    def _call_reflection(self, prompt: str) -> str:
+        if getattr(self.reflection_lm, "budget", None) is not self.budget:
+            self.budget.start_llm_call("reflection")
+        roles = self.totals.llm_calls_by_role
+        roles["reflection"] = roles.get("reflection", 0) + 1
+        return self.reflection_lm(prompt)
+
+    def _proposal_failed(self, iteration: int, parent: Candidate, kind: str,
+                         reason: str) -> None:
+        self.totals.reflection_errors += 1
+        self.recorder.event("proposal_failed", {"iteration": iteration, "parent": parent.id,
+                                                "kind": kind, "reason": reason})
+        self.callbacks.emit(OptimizerErrorEvent(kind, reason, iteration=iteration))
+        self.callbacks.emit(CandidateRejected(iteration, None, reason))
+
+    def _judge(self, child: Candidate, iteration: int, parent_sum: float, child_sum: float,
+               better: bool, why_not: str) -> None:
+        child.minibatch_parent_sum, child.minibatch_child_sum = parent_sum, child_sum
+        if better:
+            child.status, child.reason = "accepted", None
+            self.recorder.save_candidate(child, new=False)
+            self.callbacks.emit(CandidateAccepted(iteration, child.id, parent_sum, child_sum))
+            self._validate(child)
+        else:
+            child.status = "rejected"
+            child.reason = f"{why_not} ({child_sum:g} vs {parent_sum:g})"
+            self.recorder.save_candidate(child, new=False)
+            self.callbacks.emit(CandidateRejected(iteration, child.id, child.reason,
+                                                  parent_sum, child_sum))
+
+    def _validate(self, candidate: Candidate) -> None:
+        """Score on every validation example, join the pool, update fronts and best."""
+        state = self.state
+        previous_best = state.best_id() if state.pool else None
+        previous_score = state.mean_val(previous_best) if previous_best is not None else None
+        self.batches.evaluate(candidate, state.val_ids, "val")
+        state.join_pool(candidate)
+        self.recorder.save_candidate(candidate, new=False)
+        best = state.best_id()
+        new_best = previous_score is None or state.mean_val(best) > previous_score
+        if new_best:
+            self.history.append(HistoryPoint(self.totals.rollouts, state.mean_val(best), best))
+            self.recorder.event("new_best", {"candidate": best, "score": state.mean_val(best),
+                                             "rollouts": self.totals.rollouts})
+        self.callbacks.emit(CandidateValidated(candidate.iteration, candidate.id,
+                                               candidate.val_score, best, state.mean_val(best),
+                                               new_best))
+        for component in self.components:
+            versions = tuple(self._front(component).versions())
+            before = self._fronts.get(component, ())
+            if versions != before:
+                self._fronts[component] = versions
+                added = tuple(v for v in versions if v not in before)
+                removed = tuple(v for v in before if v not in versions)
+                self.recorder.event("front_changed", {"component": component,
+                                                      "versions": list(versions),
+                                                      "added": list(added),
+                                                      "removed": list(removed)})
+                self.callbacks.emit(FrontChanged(component, versions, added, removed))
+        self._checkpoint()
+
+    # ---------------------------------------------------------------- helpers
+    def _front(self, component: str):
+        return self.state.front(component, self.config.secondary_for(component))
+
+    def _require(self, missing: list[str]) -> None:
+        """Stop now unless the budget covers ``missing`` rollouts (no half candidates)."""
+        reason = self.batches.affordable(len(missing))
+        if reason:
+            raise _Stop(reason)
+
+    def _existing(self, prompts: dict, iteration: int, origin: str) -> Candidate | None:
+        """A stored candidate with these prompts, unless it is this iteration's own
+        pending proposal (a resumed run redoing its interrupted iteration)."""
+        found = self.state.find(prompts)
+        if found is None or (found.iteration == iteration and found.origin == origin):
+            return None
+        return found
+
+    def _pending(self, prompts: dict, iteration: int, origin: str) -> Candidate | None:
+        found = self.state.find(prompts)
+        if found is not None and found.iteration == iteration and found.origin == origin:
+            return found
+        return None
+
+    def _pending_reflection(self, iteration: int, parent_id: int,
+                            components: list[str]) -> Candidate | None:
+        for candidate in self.state.candidates:
+            if (candidate.iteration == iteration and candidate.origin == "reflection"
+                    and candidate.parents == (parent_id,)
+                    and candidate.component == ",".join(components)):
+                return candidate
+        return None
+
+    def _propose(self, candidate: Candidate, versions: list[PromptVersion]) -> None:
+        self.state.add_candidate(candidate)
+        self.recorder.save_versions(versions, candidate.id)
+        self.recorder.save_candidate(candidate, new=True)
+        self.callbacks.emit(CandidateProposed(candidate.iteration, candidate.id,
+                                              candidate.origin, candidate.parents,
+                                              candidate.component, candidate.diagnosis))
+
+    def _on_rollout(self, candidate: Candidate, example_id: str, purpose: str,
+                    rollout: Rollout) -> None:
+        totals = self.totals
+        totals.rollouts += 1
+        totals.rollout_cache_hits += rollout.cache_hits
+        roles = totals.llm_calls_by_role
+        roles["task"] = roles.get("task", 0) + rollout.llm_calls
+        totals.tokens += rollout.tokens
+        totals.cost_usd += rollout.cost_usd
+        self.recorder.save_evaluation(candidate.id, example_id, purpose, rollout)
+        if rollout.error:
+            totals.evaluator_errors += 1
+            self.recorder.event("evaluator_error", {"candidate": candidate.id,
+                                                    "example": example_id,
+                                                    "error": rollout.error})
+            self.callbacks.emit(OptimizerErrorEvent("evaluator", rollout.error,
+                                                    candidate_id=candidate.id,
+                                                    example_id=example_id))
+
+    def _on_cache_hit(self) -> None:
+        self.totals.evaluation_cache_hits += 1
+
+    def _best(self) -> tuple[int, float] | None:
+        if not self.state.pool:
+            return None
+        best = self.state.best_id()
+        return best, self.state.mean_val(best)
+
+    def _snapshot(self) -> dict:
+        spent = self.budget.spent()
+        self.totals.wall_seconds = self._wall_offset + time.monotonic() - self._started
+        self.totals.budget = {"rollouts": spent.rollouts, "llm_calls": spent.llm_calls,
+                              "tokens": spent.tokens, "cost_usd": spent.cost_usd,
+                              "seconds": spent.seconds,
+                              "llm_calls_by_role": dict(spent.llm_calls_by_role),
+                              "limits": self.budget.limits()}
+        front_ids = sorted({m.candidate_id for c in self.components
+                            for m in self._front(c).members}) if self.state.pool else []
+        return {**self.totals.to_dict(),
+                "history": [vars(p) for p in self.history],
+                "front_candidates": front_ids}
+
+    def _checkpoint(self) -> None:
+        snapshot = self._snapshot()
+        budget = snapshot["budget"]
+        self.callbacks.emit(BudgetSpent(budget["rollouts"], budget["llm_calls"],
+                                        budget["tokens"], budget["cost_usd"],
+                                        budget["seconds"], budget["limits"]))
+        self.recorder.checkpoint(self.state.iteration, snapshot, self._best())
+        if self._lock is not None:
+            self._lock.heartbeat()
+
+    def _result(self, reason: str) -> OptimizationResult:
+        state = self.state
+        best = state.best_id() if state.pool else 0
+        return OptimizationResult(
+            run_id=self.run_id, agent=self.agent,
+            best_prompts=state.prompt_set(state.candidates[best], self.agent),
+            best_candidate_id=best,
+            best_val_score=state.mean_val(best) if state.pool else None,
+            seed_val_score=state.mean_val(0) if 0 in state.pool else None,
+            fronts={c: self._front(c) for c in self.components} if state.pool else {},
+            candidates=list(state.candidates), history=list(self.history),
+            totals=Totals.from_dict(self.totals.to_dict()), stop_reason=reason,
+            iterations=max(0, state.iteration - 1))

@@ -1,0 +1,94 @@
+"""What a run returns: the best prompts, the fronts, the lineage, the history, the totals."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from gepa_trace.optimizer.pareto import ComponentFront
+from gepa_trace.optimizer.state import Candidate
+from gepa_trace.prompts import PromptSet
+
+
+@dataclass
+class Totals:
+    """Counters of a run (across resumes when a store is used).
+
+    ``rollouts``: evaluator calls made; ``evaluation_cache_hits``: (prompts, example)
+    pairs served from the run's evaluation cache instead; ``rollout_cache_hits``: LLM
+    calls the evaluator served from its replay cache; ``llm_calls_by_role``: task calls
+    (reported by rollouts) and reflection calls (made by the engine).
+    """
+
+    rollouts: int = 0
+    evaluation_cache_hits: int = 0
+    rollout_cache_hits: int = 0
+    llm_calls_by_role: dict[str, int] = field(default_factory=dict)
+    reflection_errors: int = 0
+    evaluator_errors: int = 0
+    tokens: int = 0
+    cost_usd: float = 0.0
+    wall_seconds: float = 0.0
+    budget: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def llm_calls(self) -> int:
+        return sum(self.llm_calls_by_role.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Totals":
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class HistoryPoint:
+    """The best mean validation score known after ``rollouts`` rollouts."""
+
+    rollouts: int
+    best_score: float
+    candidate_id: int
+
+
+@dataclass
+class OptimizationResult:
+    run_id: str
+    agent: str
+    best_prompts: PromptSet
+    best_candidate_id: int
+    best_val_score: float
+    seed_val_score: float
+    fronts: dict[str, ComponentFront]
+    candidates: list[Candidate]
+    history: list[HistoryPoint]
+    totals: Totals
+    stop_reason: str
+    iterations: int
+
+    def lineage(self, candidate_id: int | None = None) -> list[Candidate]:
+        """The candidate (default: the best) and its ancestors, nearest first."""
+        start = self.best_candidate_id if candidate_id is None else candidate_id
+        order, seen, queue = [], set(), [start]
+        while queue:
+            cid = queue.pop(0)
+            if cid in seen:
+                continue
+            seen.add(cid)
+            order.append(self.candidates[cid])
+            queue.extend(self.candidates[cid].parents)
+        return order
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-able digest (what ``--json`` prints)."""
+        return {
+            "run_id": self.run_id, "agent": self.agent, "stop_reason": self.stop_reason,
+            "iterations": self.iterations, "best_candidate_id": self.best_candidate_id,
+            "best_val_score": self.best_val_score, "seed_val_score": self.seed_val_score,
+            "best_prompts": self.best_prompts.versions(),
+            "fronts": {c: [asdict(m) for m in f.members] for c, f in self.fronts.items()},
+            "candidates": len(self.candidates),
+            "totals": self.totals.to_dict(),
+        }

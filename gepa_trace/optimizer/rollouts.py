@@ -1,0 +1,134 @@
+"""Evaluating a candidate on a list of examples: the cache, the budget, the thread pool.
+
+``BatchEvaluator.evaluate`` is called on the main thread. It serves every (prompts,
+example) pair it has seen from the run's cache, reserves one rollout of the budget per
+remaining pair *before* submitting it (so the rollout limit is never overshot, not even
+by the rollouts in flight), runs them on up to ``workers`` threads, and then records the
+results in example order, never completion order — so results, ids and events do not
+depend on ``workers``.
+
+An evaluator exception for one example becomes a rollout scored 0 with the error
+recorded. ``BudgetExhausted`` (from the reservation, or raised by an LLM call inside the
+evaluator) stops the batch: what finished is recorded, and ``BatchStopped`` is raised.
+"""
+
+from __future__ import annotations
+
+import traceback
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+from gepa_trace.errors import BudgetExhausted
+from gepa_trace.lm.budget import Budget
+from gepa_trace.optimizer.protocols import Evaluator, Example, Rollout, RolloutContext
+from gepa_trace.optimizer.state import Candidate, RunState
+from gepa_trace.prompts import PromptSet
+
+
+class BatchStopped(Exception):
+    """A batch could not be completed; ``reason`` says which limit stopped it."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class _Exhausted:
+    reason: str
+
+
+def run_one(evaluator: Evaluator, prompts: PromptSet, example: Example,
+            context: RolloutContext) -> "Rollout | _Exhausted":
+    """One rollout; never raises (worker threads must not lose an example)."""
+    try:
+        rollout = evaluator.evaluate(prompts, example, context)
+    except BudgetExhausted as exc:
+        return _Exhausted(str(exc))
+    except Exception as exc:  # the evaluator's failure on one example: score it 0
+        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        return Rollout(score=0.0, feedback=f"The agent failed with an error: {detail}",
+                       error=detail)
+    if not isinstance(rollout, Rollout):
+        detail = f"evaluator returned {type(rollout).__name__}, not a Rollout"
+        return Rollout(score=0.0, feedback=detail, error=detail)
+    return rollout
+
+
+class BatchEvaluator:
+    """Runs batches for one run. ``on_result(candidate, example_id, purpose, rollout)``
+    is called on the main thread for each new rollout, in example order."""
+
+    def __init__(self, evaluator: Evaluator, state: RunState, budget: Budget,
+                 executor: Executor, examples: Mapping[str, Example], run_id: str,
+                 agent: str | None,
+                 on_result: Callable[[Candidate, str, str, Rollout], None],
+                 on_cache_hit: Callable[[], None]):
+        self.evaluator = evaluator
+        self.state = state
+        self.budget = budget
+        self.executor = executor
+        self.examples = examples
+        self.run_id = run_id
+        self.agent = agent
+        self.on_result = on_result
+        self.on_cache_hit = on_cache_hit
+
+    def missing(self, candidate: Candidate, example_ids: Sequence[str]) -> list[str]:
+        """The example ids of ``example_ids`` not yet evaluated with these prompts."""
+        seen: set[str] = set()
+        out = []
+        for example_id in example_ids:
+            if example_id not in seen and self.state.cached(candidate, example_id) is None:
+                out.append(example_id)
+            seen.add(example_id)
+        return out
+
+    def affordable(self, rollouts_needed: int) -> str | None:
+        """Why ``rollouts_needed`` more rollouts cannot be spent, or None if they can."""
+        reason = self.budget.exhausted()
+        if reason:
+            return reason
+        remaining = self.budget.remaining_rollouts()
+        if remaining is not None and remaining < rollouts_needed:
+            return (f"max_rollouts={self.budget.max_rollouts}: {remaining} rollouts left, "
+                    f"the next step needs {rollouts_needed}")
+        return None
+
+    def evaluate(self, candidate: Candidate, example_ids: Sequence[str],
+                 purpose: str) -> list[Rollout]:
+        """The candidate's rollouts on ``example_ids``, in that order.
+
+        Raises BatchStopped (after recording what finished) when the budget cannot
+        cover the batch or runs out during it.
+        """
+        todo = self.missing(candidate, example_ids)
+        for example_id in example_ids:
+            if example_id not in todo:
+                self.on_cache_hit()
+        reason = self.affordable(len(todo))
+        if reason:
+            raise BatchStopped(reason)
+        prompts = self.state.prompt_set(candidate, self.agent)
+        context = RolloutContext(self.run_id, candidate.id, purpose)
+        futures = []
+        stop: str | None = None
+        for example_id in todo:
+            try:
+                self.budget.start_rollout()
+            except BudgetExhausted as exc:
+                stop = str(exc)
+                break
+            futures.append((example_id, self.executor.submit(
+                run_one, self.evaluator, prompts, self.examples[example_id], context)))
+        for example_id, future in futures:
+            outcome = future.result()
+            if isinstance(outcome, _Exhausted):
+                stop = stop or outcome.reason
+                continue
+            self.state.remember(candidate, example_id, outcome)
+            self.on_result(candidate, example_id, purpose, outcome)
+        if stop:
+            raise BatchStopped(stop)
+        return [self.state.cached(candidate, example_id) for example_id in example_ids]
