@@ -305,13 +305,22 @@ def test_a_failing_recorder_never_breaks_the_users_run(instrumented, sqlite_url,
         __repr__ = __str__
 
     instrumented.recorder.raise_internal_errors = False
-    chain = RunnableLambda(lambda x: 42, name="step")
+    model = GenericFakeChatModel(messages=iter(["a", "b"]))
+    inner = RunnableLambda(lambda x, config: model.invoke("hi", config).content, name="inner")
+    outer = RunnableLambda(lambda x, config: inner.invoke(Unprintable(), config), name="outer")
     with caplog.at_level("WARNING", logger="gepa_trace.capture"):
-        assert chain.invoke(Unprintable()) == 42
-        assert chain.invoke(Unprintable()) == 42
+        assert outer.invoke("q") == "a"
+        assert outer.invoke("q") == "b"
     warnings = [r for r in caplog.records if "could not record" in r.getMessage()]
     assert len(warnings) == 1  # once per distinct error, not once per run
     assert instrumented.recorder.internal_errors
+    # the run we could not record does not cut its child off the trace
+    traces = by_trace(stored(instrumented, sqlite_url))
+    assert len(traces) == 2
+    for spans in traces.values():
+        root = assert_well_formed(spans)
+        assert [s["name"] for s in spans] == ["outer", "GenericFakeChatModel"]
+        assert spans[1]["parent_span_id"] == root["span_id"]
 
 
 def test_template_read_from_serialized_prompt_matches_messages_of_template():

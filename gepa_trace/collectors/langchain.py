@@ -124,6 +124,7 @@ def _guarded(method: Callable) -> Callable:
         try:
             return method(self, *args, **kwargs)
         except Exception as exc:
+            self._keep_tree(kwargs.get("run_id"), kwargs.get("parent_run_id"))
             self.internal_error(exc, method.__name__)
             return None
     return call
@@ -171,6 +172,17 @@ class SpanRecorder(BaseCallbackHandler):
                            "is unaffected", key, exc_info=exc)
         if self.raise_internal_errors:
             raise exc
+
+    def _keep_tree(self, run_id: UUID | None, parent_run_id: UUID | None) -> None:
+        # A run we failed to record must not cut its children off the trace: they hang
+        # on its nearest recorded ancestor instead.
+        if run_id is None or run_id in self._runs or parent_run_id is None:
+            return
+        parent = self._runs.get(parent_run_id)
+        if parent is not None:
+            alias = _Run(None, parent.trace, "CHAIN")
+            alias.visible = parent.visible
+            self._runs[run_id] = alias
 
     # --- spans ----------------------------------------------------------------------
 
