@@ -387,8 +387,8 @@ class SpanRecorder(BaseCallbackHandler):
                    metadata: Mapping[str, Any] | None, tags: Sequence[str] | None,
                    kwargs: Mapping[str, Any], attributes: dict[str, Any], key: tuple) -> None:
         parent = self._runs.get(parent_run_id) if parent_run_id is not None else None
-        trace = parent.trace if parent is not None else (
-            current_parent.get().trace if current_parent.get() is not None else None)
+        outer = current_parent.get() if parent is None else None
+        trace = parent.trace if parent is not None else outer.trace if outer else None
         component = trace.component_of_messages(key) if trace is not None else None
         if component is not None:
             attributes.update(component)
