@@ -104,3 +104,32 @@ def test_instrument_checks_its_arguments(sqlite_url):
         gt.instrument(store=sqlite_url, redact="not callable")
     with pytest.raises(ValueError, match="service_name"):
         gt.instrument(store=sqlite_url, service_name="")
+
+
+def test_grpc_otlp_endpoint_is_used_when_the_url_says_so(sqlite_url):
+    from concurrent import futures
+
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+    names: list[str] = []
+
+    class Sink(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request, context):
+            names.extend(s.name for rs in request.resource_spans
+                         for ss in rs.scope_spans for s in ss.spans)
+            return trace_service_pb2.ExportTraceServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Sink(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    inst = gt.instrument(store=sqlite_url, service_name="grpc-agent",
+                         otlp_endpoint=f"grpc://127.0.0.1:{port}")
+    try:
+        GenericFakeChatModel(messages=iter(["a"])).invoke("hi")
+        assert inst.force_flush()
+    finally:
+        inst.shutdown()
+        server.stop(0)
+    assert names == ["GenericFakeChatModel"]
