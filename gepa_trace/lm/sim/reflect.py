@@ -189,7 +189,8 @@ def feedback_of(example: str) -> str:
         rest = example[m.end():]
         nxt = _ANY_HEAD.search(rest)
         nxt_fb = _FEEDBACK_HEAD.search(rest)
-        end = min([x.start() for x in (nxt, nxt_fb) if x] or [len(rest)])
+        fence = rest.find("```")
+        end = min([x.start() for x in (nxt, nxt_fb) if x] + [fence if fence >= 0 else len(rest)])
         parts.append(rest[:end])
     return "\n".join(parts) if parts else example
 

@@ -57,6 +57,7 @@ BEHAVIOURS: dict[str, tuple[str, list[str]]] = {
         r"\b(bare|single|short)[- ](name|answer|entity|phrase|word)",
         r"nothing else",
         r"do not (add|include) (any )?(explanation|extra words|context)",
+        r"(do not|don't|never) (answer|reply|respond|write)\b.{0,20}(in|as|with) (a )?(full|complete|whole) sentences?",
     ]),
     "full_sentence": ("answer", [
         r"!(answer|reply|respond|write).{0,25}(in|as|with) (a )?(full|complete|whole) sentences?",

@@ -1,0 +1,53 @@
+"""gepa-sim/judge: scores an output against the rubric and evidence in its prompt."""
+
+from __future__ import annotations
+
+import random
+
+from gepa_trace.lm.sim.judge import parse_reply, reply
+
+PROMPT = """You judge one output of an agent component.
+Rubric: the answer must be correct and give only the name, no full sentence.
+Input:
+Question: In which country was the founder of Velora Works born?
+Recorded output: Tarvik
+Feedback: thumbs down. comment: the answer should be Norland
+
+Output: {output}
+
+Reply with "score: <0..1>" and "reason: <one sentence>"."""
+
+
+def judge(output: str, prompt: str = PROMPT) -> tuple[float, str]:
+    text = reply([{"role": "user", "content": prompt.format(output=output)}], random.Random(0))
+    parsed = parse_reply(text)
+    assert parsed is not None, text
+    assert text.splitlines()[0].startswith("score: ") and text.splitlines()[1].startswith("reason: ")
+    return parsed
+
+
+def test_judge_scores_against_the_correction_in_the_evidence():
+    assert judge("Norland")[0] == 1.0
+    assert judge("Tarvik")[0] == 0.0
+    score, reason = judge("The founder of Velora Works was born in Norland.")
+    assert 0.0 < score < 1.0 and "short answer" in reason
+
+
+def test_judge_follows_the_users_verdict_on_the_recorded_output():
+    prompt = ("## Rubric\nbe helpful\n## Recorded output\nTarvik\n## Feedback\nthumbs down\n"
+              "## Output\n{output}\n")
+    assert judge("Tarvik", prompt)[0] < 0.3
+    assert judge("Norland", prompt)[0] == 0.5
+    up = prompt.replace("thumbs down", "thumbs up")
+    assert judge("Tarvik", up)[0] >= 0.9
+
+
+def test_judge_checks_grounding_when_the_rubric_asks():
+    prompt = ("Rubric: the answer must be supported by the input.\n"
+              "Input: Marta Ilves was born in Tarvik, Norland.\n\nOutput: {output}\n")
+    assert judge("Norland", prompt)[0] > judge("Atlantis", prompt)[0]
+
+
+def test_parse_reply_rejects_malformed_replies():
+    assert parse_reply("I think it is fine") is None
+    assert parse_reply("score: 0.25\nreason: meh") == (0.25, "meh")
