@@ -51,3 +51,24 @@ def test_judge_checks_grounding_when_the_rubric_asks():
 def test_parse_reply_rejects_malformed_replies():
     assert parse_reply("I think it is fine") is None
     assert parse_reply("score: 0.25\nreason: meh") == (0.25, "meh")
+
+
+def test_judge_reads_the_log_only_judge_prompt_of_gepa_trace():
+    from gepa_trace.optimizer.protocols import Example
+    from gepa_trace.replay.metrics import Judge
+
+    lm = lambda prompt: reply([{"role": "user", "content": prompt}], random.Random(0))  # noqa
+    messages = ("system: Answer the question using the evidence.\n\nuser: Question: In which "
+                "country was the founder of Velora Works born?\nEvidence:\n- Marta Ilves was "
+                "born on 04/03/1961 in Tarvik, Norland.\nAnswer:")
+
+    def example(expected, feedback):
+        return Example(id="1", inputs={"component": "answerer", "messages": messages},
+                       expected=expected, output="Tarvik", feedback=(feedback,))
+
+    corrected = example("Norland", {"score": 0.0, "comment": "the answer should be Norland"})
+    assert Judge(lm)(corrected, "Norland").score == 1.0
+    assert Judge(lm)(corrected, "Tarvik").score == 0.0
+    thumbs_down = example(None, {"score": 0.0})
+    assert Judge(lm)(thumbs_down, "Tarvik").score < Judge(lm)(thumbs_down, "Norland").score
+    assert Judge(lm)(thumbs_down, "Atlantis").score < Judge(lm)(thumbs_down, "Norland").score

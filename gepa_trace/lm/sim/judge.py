@@ -35,7 +35,9 @@ import re
 _SECTION_NAMES = {
     "rubric": r"rubric|criteria|scoring guide|instructions for the judge",
     "input": r"inputs?|question|task input|rendered inputs?|messages",
-    "output": r"outputs?|response|candidate output|candidate answer|answer to judge|new output",
+    "output": r"(?:outputs?|response|candidate output|candidate answer|answer|new output)"
+              r" to (?:judge|score|grade|evaluate)|outputs?|response|candidate output|"
+              r"candidate answer|new output",
     "recorded": r"recorded output|original output|production output|previous output",
     "expected": r"expected(?: answer| output)?|reference(?: answer)?|correct answer",
     "evidence": r"evidence|feedback|user feedback|production feedback|correction",
@@ -44,11 +46,12 @@ _HEAD = re.compile(
     r"(?im)^\s*(?:#+\s*|\*\*)?(?P<name>" + "|".join(f"(?:{v})" for v in _SECTION_NAMES.values())
     + r")(?:\*\*)?\s*(?::\s*(?P<rest>.*))?$")
 
+_RECORDED = re.compile(r"recorded (?:answer|output)\s*:?\s*['\"]([^'\"]+)['\"]", re.I)
 _ASK = re.compile(r"(?i)^\s*(reply|respond|return|score the|rate the|grade the)\b")
 _EXPECTED = [
     re.compile(r"(?:answer|it) should (?:have been|be)\s*:?\s*['\"]?([^'\".\n]+)", re.I),
-    re.compile(r"(?:correct|right|true|expected) (?:answer|output)(?: is| was)?\s*:?\s*['\"]?"
-               r"([^'\".\n]+)", re.I),
+    re.compile(r"(?:correct|right|true|expected) (?:answer|output)(?:\s*\([^)]*\))?(?: is| was)?"
+               r"\s*:?\s*['\"]?([^'\".\n]+)", re.I),
     re.compile(r"^\s*expected(?: answer)?\s*:\s*['\"]?([^'\"\n]+?)['\"]?\s*$", re.I | re.M),
     re.compile(r"\bexpected '([^']+)'", re.I),
 ]
@@ -65,7 +68,7 @@ def sections(prompt: str) -> dict[str, str]:
     inline = False  # "Label: value" sections end at a blank line, headed ones at a head
     for line in prompt.splitlines():
         m = _HEAD.match(line)
-        if m and len(line) < 200:
+        if m:
             label = m.group("name").lower()
             current = next(k for k, v in _SECTION_NAMES.items()
                            if re.fullmatch(v, label, re.I))
@@ -115,7 +118,8 @@ def judge(prompt: str) -> tuple[float, str]:
             score = 0.0
             reasons.append(f"the output does not give the expected answer '{expected}'")
     else:
-        recorded = s.get("recorded", "").strip()
+        quoted = _RECORDED.search(evidence)
+        recorded = s.get("recorded", "").strip() or (quoted.group(1) if quoted else "")
         same = bool(recorded) and _norm(recorded) == _norm(output)
         if _NEGATIVE.search(evidence):
             score = 0.1 if same or not recorded else 0.5

@@ -29,7 +29,8 @@ the same reply) about a quarter of its replies are flawed:
 | drop     | 0.07 | adds the right rule but drops an existing one                        |
 
 When no pattern applies to the instruction's step (the failure lies elsewhere, or there
-is no feedback), it still answers, with a vague or harmful edit, as reflection LMs do.
+is no feedback), it still answers, as reflection LMs do: a vague edit (70%) or a harmful
+one (30%). Minibatch acceptance is what keeps those out.
 """
 
 from __future__ import annotations
