@@ -133,3 +133,13 @@ def test_reflect_keeps_template_variables_of_a_whole_template():
         new = propose(prompt, seed)
         assert "{question}" in new and "{evidence}" in new
         assert new.index("Rules:") < new.index("{question}")
+
+
+def test_reflect_removes_the_rule_that_causes_the_failure():
+    harmful = ("Answer the question using the evidence.\n\nRules:\n- Answer with only the name."
+               "\n- Answer in a complete sentence so the reader has context.")
+    assert {"short_answer", "full_sentence"} <= behaviours_of(harmful)
+    fb = "expected 'Ivo Sarn'. the answer is a full sentence, expected only the name 'Ivo Sarn'"
+    results = [behaviours_of(propose(our_prompt(harmful, [fb] * 2), s)) for s in range(40)]
+    repaired = [b for b in results if "full_sentence" not in b and "short_answer" in b]
+    assert len(repaired) >= 25

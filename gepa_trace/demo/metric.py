@@ -100,6 +100,10 @@ def _diagnose(w: World, kind: str, company: str, expected: str, answer: str,
             and normalize(founder.country) not in a:
         return head + (f"expected the country ({founder.country}), the answer names a city "
                        f"({founder.city})")
+    if kind == "city" and founder.birthplace_known and normalize(founder.country) in a \
+            and normalize(founder.city) not in a:
+        return head + (f"expected the city ({founder.city}), the answer names the country "
+                       f"({founder.country})")
     if expected == "unknown":
         return head + (f"the evidence does not state where {founder.name} was born, so the "
                        f"answer should be 'unknown', not a guess ('{answer}')")

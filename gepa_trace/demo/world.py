@@ -26,7 +26,8 @@ Passages that make the agent's steps matter (the seed prompts stumble on them):
 - a news passage about the company ("X opened an office in ...") competes with the
   founding passage for the company's name;
 - a cousin's passage ("Q, a cousin of P, was born ...") competes with the founder's own;
-- dates are written day/month/year (04/03/1961 is the 4th of March).
+- dates are written day/month/year (04/03/1961 is the 4th of March), and half of the
+  founding passages give the whole date where a year question wants the year.
 """
 
 from __future__ import annotations

@@ -56,11 +56,12 @@ class Pattern:
     behaviour: str  # the gepa-sim/task behaviour the fix switches on
     diagnosis: str
     rules: tuple[str, ...]  # phrasings of the fix
+    removes: tuple[str, ...] = ()  # behaviours whose sentences the fix deletes (they cause it)
 
 
-def _p(name, step, feedback, behaviour, diagnosis, rules) -> Pattern:
+def _p(name, step, feedback, behaviour, diagnosis, rules, removes=()) -> Pattern:
     return Pattern(name, step, re.compile(feedback, re.IGNORECASE), behaviour, diagnosis,
-                   tuple(rules))
+                   tuple(rules), tuple(removes))
 
 
 PATTERNS: list[Pattern] = [
@@ -75,6 +76,14 @@ PATTERNS: list[Pattern] = [
         "country.",
         "Answer with the country rather than the city whenever the question asks which "
         "country."]),
+    _p("country_for_city", "answer",
+       r"expected the city.{0,80}names the country", "country_not_city",
+       "a city was asked for but the answer names the country: a rule makes every answer a "
+       "country",
+       ["If the question asks for a country, give the country, not the city.",
+        "Answer with the country rather than the city only when the question asks which "
+        "country."],
+       removes=["always_country"]),
     _p("full_date_for_year", "answer",
        r"full date|whole date|only the year", "year_only",
        "a year was asked for but the answer copies the whole date",
@@ -87,7 +96,8 @@ PATTERNS: list[Pattern] = [
        "the answers are full sentences where only the name is expected",
        ["Answer with only the name or value, never a full sentence.",
         "Reply with just the answer itself: no full sentence, nothing else.",
-        "Give a bare short answer (the entity alone), not a sentence."]),
+        "Give a bare short answer (the entity alone), not a sentence."],
+       removes=["full_sentence"]),
     _p("month_first_dates", "answer",
        r"month first|day/month|day first|written day", "day_first_dates",
        "dates were read month first, but the passages write them day/month/year",
@@ -111,7 +121,8 @@ PATTERNS: list[Pattern] = [
         "company from the question again.",
         "Resolve the founder first, then search for that person in the next query.",
         "In the second search, look up the new person named in the notes rather than the "
-        "company."]),
+        "company."],
+       removes=["search_question_entity"]),
     _p("picked_cousin", "select",
        r"cousin|relative|not about .{0,60}themself|different person",
        "not_relatives",
@@ -135,7 +146,8 @@ PATTERNS: list[Pattern] = [
         "Choose the passage that mentions both the searched name and the fact asked "
         "(founded or born), not one that merely mentions the name.",
         "Ignore news passages; select the one that says who founded the company or where "
-        "and when the person was born."]),
+        "and when the person was born."],
+       removes=["second_passage"]),
 ]
 
 USELESS_RULES = [
@@ -208,6 +220,8 @@ def _step_from_examples(text: str) -> str:
 
 
 def _insert_rules(instruction: str, rules: list[str]) -> str:
+    if not rules:
+        return instruction
     lines = instruction.rstrip().splitlines()
     bullets = [i for i, line in enumerate(lines) if re.match(r"\s*[-*]\s+\S", line)]
     new = [f"- {r}" for r in rules]
@@ -222,6 +236,24 @@ def _insert_rules(instruction: str, rules: list[str]) -> str:
     if var_line is not None:  # a whole template: keep its variables below the rules
         return "\n".join(lines[:var_line] + ["Rules:", *new, ""] + lines[var_line:])
     return "\n".join(lines) + "\n\nRules:\n" + "\n".join(new)
+
+
+def _remove_behaviours(instruction: str, behaviours: set[str]) -> tuple[str, list[str]]:
+    """The instruction without the sentences that switch on ``behaviours``."""
+    if not behaviours:
+        return instruction, []
+    removed: list[str] = []
+    lines = []
+    for line in instruction.splitlines():
+        if not behaviours & behaviours_of(line):
+            lines.append(line)
+            continue
+        pieces = re.split(r"(?<=[.!?;])\s+", line)
+        kept = [p for p in pieces if not behaviours & behaviours_of(p)]
+        removed += [p.strip(" -*") for p in pieces if p not in kept]
+        if kept and any(p.strip(" -*") for p in kept):
+            lines.append(" ".join(kept))
+    return "\n".join(lines), removed
 
 
 def _drop_rule(instruction: str, rng: random.Random, keep: list[str]) -> tuple[str, str | None]:
@@ -258,7 +290,8 @@ def reply(messages: list[dict[str, str]], rng: random.Random) -> str:
                 quotes.setdefault(pat.name, _sentence_around(fb, m.start()))
     by_name = {p.name: p for p in PATTERNS}
     applicable = [by_name[n] for n in sorted(counts, key=lambda n: -counts[n])
-                  if by_name[n].step == step and by_name[n].behaviour not in handled]
+                  if by_name[n].step == step and (by_name[n].behaviour not in handled
+                                                  or handled & set(by_name[n].removes))]
     elsewhere = [by_name[n] for n in counts if by_name[n].step != step]
 
     roll = rng.random()
@@ -273,12 +306,17 @@ def reply(messages: list[dict[str, str]], rng: random.Random) -> str:
         for pat in chosen:
             diagnosis.append(f"In {counts[pat.name]} of {total} examples {pat.diagnosis}"
                              f" (feedback: \"{quotes[pat.name]}\").")
-            new_rules.append(rng.choice(pat.rules))
+            text, removed = _remove_behaviours(text, set(pat.removes))
+            if removed:
+                diagnosis.append(f"The rule \"{removed[0]}\" causes this, so I removed it.")
+            if pat.behaviour not in behaviours_of(text):
+                new_rules.append(rng.choice(pat.rules))
         if roll >= 1 - DROP_RATE:
             text, dropped = _drop_rule(text, rng, keep=[])
             if dropped:
                 diagnosis.append(f"The rule \"{dropped}\" looks unnecessary, so I removed it.")
-        diagnosis.append("I keep the other rules and add: " + " ".join(new_rules))
+        if new_rules:
+            diagnosis.append("I keep the other rules and add: " + " ".join(new_rules))
     elif roll < USELESS_RATE if applicable else roll < 0.7:
         new_rules.append(rng.choice(USELESS_RULES))
         diagnosis.append(_vague_diagnosis(applicable, elsewhere, total)
