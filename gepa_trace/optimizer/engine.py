@@ -193,7 +193,8 @@ class Optimizer:
                 max_workers=self.config.workers, thread_name_prefix="gepa-rollout"))
             self.batches = BatchEvaluator(self.evaluator, self.state, self.budget, executor,
                                           self.examples, self.run_id, self.agent,
-                                          self._on_rollout, self._on_cache_hit)
+                                          self._store_rollout, self._on_rollout,
+                                          self._on_cache_hit)
             if self.resumed is None:
                 self.recorder.create_run(self.config.to_dict(), self.config.seed,
                                          self.config.warm_start_from)
@@ -205,6 +206,7 @@ class Optimizer:
                 self.recorder.finish("failed", f"{type(exc).__name__}: {exc}",
                                      self.state.iteration, self._snapshot(), self._best())
                 raise
+            self._checkpoint()
             self.callbacks.emit(RunStopped(reason, self.state.iteration))
             self.recorder.event("stopped", {"reason": reason})
             self.recorder.finish("stopped" if requested else "finished", reason,
@@ -547,6 +549,10 @@ class Optimizer:
                                               candidate.origin, candidate.parents,
                                               candidate.component, candidate.diagnosis))
 
+    def _store_rollout(self, candidate: Candidate, example_id: str, purpose: str,
+                       rollout: Rollout) -> None:
+        self.recorder.save_evaluation(candidate.id, example_id, purpose, rollout)
+
     def _on_rollout(self, candidate: Candidate, example_id: str, purpose: str,
                     rollout: Rollout) -> None:
         totals = self.totals
@@ -556,7 +562,6 @@ class Optimizer:
         roles["task"] = roles.get("task", 0) + rollout.llm_calls
         totals.tokens += rollout.tokens
         totals.cost_usd += rollout.cost_usd
-        self.recorder.save_evaluation(candidate.id, example_id, purpose, rollout)
         if rollout.error:
             totals.evaluator_errors += 1
             self.recorder.event("evaluator_error", {"candidate": candidate.id,

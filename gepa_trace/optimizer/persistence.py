@@ -5,7 +5,8 @@ snapshot is committed as it happens, and read back to resume or warm-start.
 nothing, so the engine never asks whether it has one. ``load_run`` reads a run back.
 ``RunLock`` keeps two optimizations of one agent from running at once.
 
-All writes happen on the run's main thread.
+Writes happen on the run's main thread, except ``save_evaluation``, which rollout workers
+call as each rollout completes (every call is its own transaction).
 """
 
 from __future__ import annotations

@@ -57,12 +57,14 @@ def run_one(evaluator: Evaluator, prompts: PromptSet, example: Example,
 
 
 class BatchEvaluator:
-    """Runs batches for one run. ``on_result(candidate, example_id, purpose, rollout)``
-    is called on the main thread for each new rollout, in example order."""
+    """Runs batches for one run. For each new rollout: ``on_stored(candidate,
+    example_id, purpose, rollout)`` on the worker thread as it completes (it must be
+    thread-safe), then ``on_result(...)`` on the main thread in example order."""
 
     def __init__(self, evaluator: Evaluator, state: RunState, budget: Budget,
                  executor: Executor, examples: Mapping[str, Example], run_id: str,
                  agent: str | None,
+                 on_stored: Callable[[Candidate, str, str, Rollout], None],
                  on_result: Callable[[Candidate, str, str, Rollout], None],
                  on_cache_hit: Callable[[], None]):
         self.evaluator = evaluator
@@ -72,6 +74,7 @@ class BatchEvaluator:
         self.examples = examples
         self.run_id = run_id
         self.agent = agent
+        self.on_stored = on_stored
         self.on_result = on_result
         self.on_cache_hit = on_cache_hit
 
@@ -95,6 +98,13 @@ class BatchEvaluator:
             return (f"max_rollouts={self.budget.max_rollouts}: {remaining} rollouts left, "
                     f"the next step needs {rollouts_needed}")
         return None
+
+    def _run_and_store(self, candidate: Candidate, prompts: PromptSet, example_id: str,
+                       context: RolloutContext) -> "Rollout | _Exhausted":
+        outcome = run_one(self.evaluator, prompts, self.examples[example_id], context)
+        if not isinstance(outcome, _Exhausted):
+            self.on_stored(candidate, example_id, context.purpose, outcome)
+        return outcome
 
     def evaluate(self, candidate: Candidate, example_ids: Sequence[str],
                  purpose: str) -> list[Rollout]:
@@ -121,7 +131,7 @@ class BatchEvaluator:
                 stop = str(exc)
                 break
             futures.append((example_id, self.executor.submit(
-                run_one, self.evaluator, prompts, self.examples[example_id], context)))
+                self._run_and_store, candidate, prompts, example_id, context)))
         for example_id, future in futures:
             outcome = future.result()
             if isinstance(outcome, _Exhausted):

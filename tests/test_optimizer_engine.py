@@ -1,0 +1,249 @@
+"""The GEPA loop on the rule world (tests/test_optimizer_toys.py): improvement,
+determinism across worker counts, the evaluation cache, the budget under concurrency,
+stopping, merge, reflection inputs, and events."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from test_optimizer_toys import SEED, RuleEvaluator, RuleReflectionLM, world  # noqa: E402
+
+from gepa_trace.lm.budget import Budget  # noqa: E402
+from gepa_trace.optimizer import (  # noqa: E402
+    BudgetSpent,
+    CandidateAccepted,
+    CandidateProposed,
+    CandidateRejected,
+    EventLog,
+    FrontChanged,
+    IterationStarted,
+    MergeConfig,
+    Optimizer,
+    OptimizerConfig,
+    ReflectionConfig,
+)
+from gepa_trace.optimizer.merge import find_merge  # noqa: E402
+from gepa_trace.optimizer.protocols import Rollout  # noqa: E402
+from gepa_trace.optimizer.state import Candidate, RunState  # noqa: E402
+from gepa_trace.prompts import PromptVersion  # noqa: E402
+
+
+def run_toy(max_rollouts=300, evaluator=None, lm=None, callbacks=(), store=None, **config):
+    train, val, _test = world()
+    config.setdefault("seed", 1)
+    evaluator = evaluator or RuleEvaluator()
+    lm = lm or RuleReflectionLM()
+    budget = Budget(max_rollouts=max_rollouts)
+    opt = Optimizer(evaluator, lm, SEED, train, val, budget, store=store, agent="toy-agent",
+                    config=OptimizerConfig(**config), callbacks=callbacks)
+    return opt.run(), evaluator, lm, budget
+
+
+def fingerprint(result):
+    """Everything about a run that must not depend on the number of workers."""
+    return ([(c.id, c.prompts, c.parents, c.origin, c.status, c.minibatch_parent_sum,
+              c.minibatch_child_sum, c.val_score, c.diagnosis) for c in result.candidates],
+            [tuple(vars(p).values()) for p in result.history],
+            {c: f.members for c, f in result.fronts.items()},
+            result.best_prompts.versions(), result.totals.rollouts,
+            result.totals.evaluation_cache_hits, result.stop_reason, result.iterations)
+
+
+def test_optimizer_raises_the_validation_score_of_the_rule_world():
+    result, _ev, _lm, _b = run_toy(max_rollouts=300)
+    assert result.seed_val_score < 0.3
+    assert result.best_val_score >= 0.9
+    scores = [p.best_score for p in result.history]
+    assert scores == sorted(scores) and len(set(scores)) == len(scores)
+    assert result.history[0].candidate_id == 0
+    best = result.best_prompts
+    assert "{question}" in best.instruction("answerer")
+    lineage = result.lineage()
+    assert lineage[-1].origin == "seed" and lineage[0].id == result.best_candidate_id
+
+
+def test_same_seed_gives_the_same_run_at_1_and_8_workers():
+    runs = {}
+    for workers in (1, 8):
+        evaluator = RuleEvaluator(capacity=2, latency_s=0.0005)
+        result, evaluator, _lm, _b = run_toy(max_rollouts=220, evaluator=evaluator,
+                                             workers=workers, seed=1)
+        runs[workers] = (result, evaluator)
+    assert runs[8][1].peak_in_flight > 1, "rollouts never overlapped: not a concurrency test"
+    assert runs[1][1].peak_in_flight == 1
+    assert fingerprint(runs[1][0]) == fingerprint(runs[8][0])
+    assert any(c.origin == "merge" for c in runs[1][0].candidates)
+
+
+def test_different_seeds_explore_differently():
+    a = run_toy(max_rollouts=150, evaluator=RuleEvaluator(capacity=2), seed=1)[0]
+    b = run_toy(max_rollouts=150, evaluator=RuleEvaluator(capacity=2), seed=2)[0]
+    assert fingerprint(a)[0] != fingerprint(b)[0]
+
+
+def test_evaluation_cache_never_runs_a_pair_twice():
+    result, evaluator, _lm, budget = run_toy(max_rollouts=400, evaluator=RuleEvaluator(capacity=2))
+    assert evaluator.calls, "nothing was evaluated"
+    assert max(evaluator.calls.values()) == 1
+    assert result.totals.rollouts == sum(evaluator.calls.values()) == budget.spent().rollouts
+    # the parent's minibatch evaluations and merge subsamples are served from the cache
+    assert result.totals.evaluation_cache_hits > 0
+
+
+@pytest.mark.parametrize("limit", [13, 40, 97])
+def test_rollout_budget_is_never_overshot_under_concurrency(limit):
+    evaluator = RuleEvaluator(capacity=2, latency_s=0.0005)
+    result, evaluator, _lm, budget = run_toy(max_rollouts=limit, evaluator=evaluator, workers=8)
+    calls = sum(evaluator.calls.values())
+    assert calls <= limit
+    assert budget.spent().rollouts <= limit
+    assert "max_rollouts" in result.stop_reason
+    # the run stops only when the next step no longer fits
+    assert limit - calls < 3 + len(world()[1])
+
+
+def test_stop_file_stops_the_run_at_the_next_safe_point(tmp_path):
+    stop = tmp_path / "STOP"
+
+    class TouchAtIteration3:
+        def on_iteration_started(self, event):
+            if event.iteration == 3:
+                stop.write_text("")
+
+    result, *_ = run_toy(max_rollouts=1000, evaluator=RuleEvaluator(capacity=2),
+                         callbacks=[TouchAtIteration3()], stop_file=str(stop))
+    assert result.stop_reason == f"stop file {stop} exists"
+    assert result.iterations == 3
+    assert result.best_val_score is not None
+
+
+def test_patience_stops_after_iterations_without_a_new_best():
+    log = EventLog()
+    result, *_ = run_toy(max_rollouts=5000, evaluator=RuleEvaluator(capacity=1),
+                         callbacks=[log], patience=4, merge=MergeConfig(enabled=False))
+    assert result.stop_reason == "patience: 4 iterations without a new best"
+    best_iteration = result.candidates[result.best_candidate_id].iteration
+    assert result.iterations == best_iteration + 4
+
+
+def test_sigint_stops_cleanly_and_restores_the_handlers():
+    before = signal.getsignal(signal.SIGINT)
+
+    class InterruptAtIteration2:
+        def on_iteration_started(self, event):
+            if event.iteration == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    result, *_ = run_toy(max_rollouts=1000, callbacks=[InterruptAtIteration2()])
+    assert result.stop_reason == "received SIGINT"
+    assert result.iterations == 2
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_merge_takes_each_components_changed_version():
+    state = RunState(["planner", "answerer"], ["e0", "e1"])
+    versions = {}
+    for name in ("p0", "p1", "a0", "a1"):
+        comp = "planner" if name[0] == "p" else "answerer"
+        versions[name] = PromptVersion(comp, [{"role": "system", "content": name}])
+        state.add_version(versions[name])
+    table = [("p0", "a0", (), [0.0, 0.0]), ("p1", "a0", (0,), [1.0, 0.0]),
+             ("p0", "a1", (0,), [0.0, 1.0])]
+    for cid, (p, a, parents, scores) in enumerate(table):
+        cand = state.add_candidate(Candidate(cid, {"planner": versions[p].version,
+                                                   "answerer": versions[a].version},
+                                             parents=parents, status="accepted"))
+        for e, s in zip(state.val_ids, scores):
+            state.remember(cand, e, Rollout(score=s))
+        state.join_pool(cand)
+    import random
+    plan = find_merge(state, [1, 2], random.Random(0), set(), set())
+    assert (plan.first, plan.second, plan.ancestor) == (1, 2, 0)
+    assert plan.prompts == {"planner": versions["p1"].version,
+                            "answerer": versions["a1"].version}
+    # the same triplet is never tried twice
+    assert find_merge(state, [1, 2], random.Random(0), {(1, 2, 0)}, set()) is None
+
+
+def test_reflection_sees_only_its_components_records_and_cuts_visibly():
+    lm = RuleReflectionLM()
+    run_toy(max_rollouts=120, lm=lm, merge=MergeConfig(enabled=False))
+    planner_prompts = [p for p in lm.prompts if 'component "planner"' in p]
+    answerer_prompts = [p for p in lm.prompts if 'component "answerer"' in p]
+    assert planner_prompts and answerer_prompts
+    for prompt in planner_prompts:
+        assert "Answer the question" not in prompt  # the answerer's instruction
+        assert "You plan the searches" in prompt
+        assert "diagnosis" in prompt.lower()
+    for prompt in answerer_prompts:
+        assert "You plan the searches" not in prompt
+
+    class Verbose(RuleEvaluator):
+        def evaluate(self, prompts, example, context):
+            rollout = super().evaluate(prompts, example, context)
+            for records in rollout.records.values():
+                for record in records:
+                    record.inputs = record.inputs + "\n" + "retrieved passage " * 2000
+            return rollout
+
+    lm = RuleReflectionLM()
+    run_toy(max_rollouts=60, evaluator=Verbose(), lm=lm,
+            reflection=ReflectionConfig(max_tokens=600))
+    assert lm.prompts
+    for prompt in lm.prompts:
+        assert len(prompt) <= 600 * 4
+        assert "characters cut ...]" in prompt
+
+
+def test_component_selection_all_rewrites_every_component_at_once():
+    result, *_ = run_toy(max_rollouts=100, component_selection="all")
+    children = [c for c in result.candidates if c.origin == "reflection"]
+    assert children
+    for child in children:
+        parent = result.candidates[child.parents[0]]
+        assert child.component == "planner,answerer"
+        assert all(child.prompts[c] != parent.prompts[c] for c in ("planner", "answerer"))
+
+
+def test_prompt_length_as_secondary_objective_keeps_short_versions_on_the_front():
+    result, *_ = run_toy(max_rollouts=200, evaluator=RuleEvaluator(capacity=2),
+                         secondary_objective={"planner": "prompt_tokens"})
+    planner = result.fronts["planner"]
+    assert planner.objective == "prompt_tokens"
+    assert all(m.secondary is not None for m in planner.members)
+    assert all(m.secondary is None for m in result.fronts["answerer"].members)
+    shortest = min(m.secondary for m in planner.members)
+    assert any(m.secondary == shortest and m.wins >= 1 for m in planner.members)
+
+
+def test_callbacks_see_each_step_in_order():
+    log = EventLog()
+    result, *_ = run_toy(max_rollouts=120, callbacks=[log])
+    kinds = [type(e) for e in log.events]
+    # the last iteration may have started and then found the budget too small
+    assert kinds.count(IterationStarted) in (result.iterations, result.iterations + 1)
+    proposed = log.of(CandidateProposed)
+    assert [e.candidate_id for e in proposed] == [c.id for c in result.candidates]
+    judged = {e.candidate_id for e in log.of(CandidateAccepted)} | {
+        e.candidate_id for e in log.of(CandidateRejected) if e.candidate_id is not None}
+    assert judged == {c.id for c in result.candidates if c.origin != "seed"
+                      and c.status != "proposed"}
+    assert log.of(FrontChanged) and log.of(BudgetSpent)
+    assert log.of(BudgetSpent)[-1].rollouts == result.totals.rollouts
+
+
+def test_invalid_config_names_the_field():
+    from gepa_trace.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="workers"):
+        OptimizerConfig(workers=0).validate()
+    with pytest.raises(ConfigError, match="secondary_objective"):
+        replace(OptimizerConfig(), secondary_objective="latency").validate()

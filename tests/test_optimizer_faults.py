@@ -1,0 +1,110 @@
+"""Failures are recorded and the run goes on (issue 4, acceptance 5): malformed
+reflection replies, replies that drop template variables, evaluator exceptions on single
+examples, LLM errors in reflection; and a budget running out during reflection stops the
+run cleanly with a result."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import sqlalchemy as sa
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from test_optimizer_engine import run_toy  # noqa: E402
+from test_optimizer_toys import SEED, RuleEvaluator, RuleReflectionLM, world  # noqa: E402
+
+from gepa_trace.lm.budget import Budget  # noqa: E402
+from gepa_trace.optimizer import (  # noqa: E402
+    CandidateRejected,
+    EventLog,
+    Optimizer,
+    OptimizerConfig,
+    OptimizerErrorEvent,
+)
+from gepa_trace.store import open_store  # noqa: E402
+
+
+def _failures(log, kind):
+    return [e for e in log.of(OptimizerErrorEvent) if e.kind == kind]
+
+
+def test_malformed_reflection_replies_are_recorded_and_the_run_goes_on(sqlite_url):
+    log = EventLog()
+    store = open_store(sqlite_url)
+    result, _ev, lm, _b = run_toy(max_rollouts=300, lm=RuleReflectionLM(malformed_every=3),
+                                  callbacks=[log], store=store)
+    replies = _failures(log, "reflection_reply")
+    failures = [e for e in replies if "no fenced block" in e.message]
+    assert failures and len(failures) == lm.calls // 3
+    rejected = [e for e in log.of(CandidateRejected) if e.candidate_id is None]
+    assert len(rejected) == len(replies)
+    assert result.totals.reflection_errors == len(replies)
+    # the run went on past the failures and still improved after the first one
+    first = min(e.iteration for e in failures)
+    assert any(c.iteration > first and c.status == "accepted" for c in result.candidates)
+    assert result.best_val_score > result.seed_val_score
+    with store.read() as conn:
+        stored = conn.execute(sa.text("SELECT payload FROM run_events WHERE run_id = :r AND "
+                                      "kind = 'proposal_failed'"), {"r": result.run_id}).all()
+    reasons = [json.loads(p)["reason"] for (p,) in stored]
+    assert sum("no fenced block" in r for r in reasons) == len(failures)
+
+
+def test_a_reply_that_drops_a_template_variable_is_rejected_with_the_reason():
+    log = EventLog()
+    result, *_ = run_toy(max_rollouts=300, lm=RuleReflectionLM(drop_variable_every=2),
+                         callbacks=[log])
+    failures = [e for e in _failures(log, "reflection_reply") if "question" in e.message]
+    assert failures
+    assert all("drops the template variables ['question']" in e.message for e in failures)
+    assert "{question}" in result.best_prompts.instruction("answerer")
+    assert result.best_val_score > result.seed_val_score
+
+
+def test_evaluator_exceptions_score_zero_with_the_error_recorded(sqlite_url):
+    train, val, _test = world()
+    broken = {val[1].id, val[4].id, train[0].id, train[5].id}
+    log = EventLog()
+    store = open_store(sqlite_url)
+    result, evaluator, *_ = run_toy(max_rollouts=300, evaluator=RuleEvaluator(fail_ids=broken),
+                                    callbacks=[log], store=store)
+    errors = _failures(log, "evaluator")
+    assert errors and {e.example_id for e in errors} <= broken
+    assert all("retriever crashed" in e.message for e in errors)
+    assert result.totals.evaluator_errors == len(errors)
+    # the broken validation examples cap the score, but the run still optimizes the rest
+    assert result.best_val_score <= 1 - 2 / len(val) + 1e-9
+    assert result.best_val_score > result.seed_val_score
+    with store.read() as conn:
+        rows = conn.execute(sa.text("SELECT example_id, score, error FROM evaluations "
+                                    "WHERE run_id = :r AND error IS NOT NULL"),
+                            {"r": result.run_id}).all()
+    assert rows and all(score == 0.0 and ex in broken and "RuntimeError" in err
+                        for ex, score, err in rows)
+
+
+def test_llm_errors_in_reflection_are_recorded_and_the_run_goes_on():
+    log = EventLog()
+    result, _ev, lm, _b = run_toy(max_rollouts=300, lm=RuleReflectionLM(error_every=2),
+                                  callbacks=[log])
+    failures = _failures(log, "reflection_lm")
+    assert len(failures) == lm.calls // 2
+    assert all("simulated provider error" in e.message for e in failures)
+    first = min(e.iteration for e in failures)
+    assert any(c.iteration > first and c.status == "accepted" for c in result.candidates)
+    assert result.best_val_score > result.seed_val_score
+
+
+def test_budget_running_out_during_reflection_stops_cleanly():
+    train, val, _test = world()
+    lm = RuleReflectionLM()
+    budget = Budget(max_rollouts=1000, max_llm_calls=3)
+    result = Optimizer(RuleEvaluator(), lm, SEED, train, val, budget,
+                       config=OptimizerConfig(seed=1)).run()
+    assert lm.calls == 3
+    assert result.stop_reason == "max_llm_calls=3 reached"
+    assert result.totals.llm_calls_by_role["reflection"] == 3
+    assert result.best_val_score >= result.seed_val_score

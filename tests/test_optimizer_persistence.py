@@ -1,0 +1,130 @@
+"""The run in the store (SQLite and PostgreSQL): every step committed as it happens,
+resume without re-running anything stored, one run per agent at a time, warm start."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from test_optimizer_engine import fingerprint, run_toy  # noqa: E402
+from test_optimizer_toys import SEED, RuleEvaluator, RuleReflectionLM, world  # noqa: E402
+
+from gepa_trace.errors import LockHeld  # noqa: E402
+from gepa_trace.lm.budget import Budget  # noqa: E402
+from gepa_trace.optimizer import Optimizer, OptimizerConfig, load_run  # noqa: E402
+from gepa_trace.store import RunLockRow, open_store  # noqa: E402
+
+
+def _rows(store, sql, **params):
+    with store.read() as conn:
+        return conn.execute(sa.text(sql), params).all()
+
+
+def test_every_candidate_evaluation_and_front_change_is_stored(store_url):
+    store = open_store(store_url)
+    result, evaluator, *_ = run_toy(max_rollouts=200, evaluator=RuleEvaluator(capacity=2),
+                                    store=store)
+    stored = load_run(store, result.run_id)
+    assert stored.row.status == "finished" and stored.row.stop_reason == result.stop_reason
+    assert stored.row.best_candidate_id == result.best_candidate_id
+    assert stored.row.best_val_score == pytest.approx(result.best_val_score)
+    assert json.loads(stored.row.config)["seed"] == 1
+    assert [(c.id, c.prompts, c.parents, c.origin, c.status, c.diagnosis, c.val_score)
+            for c in stored.candidates] == [
+        (c.id, c.prompts, c.parents, c.origin, c.status, c.diagnosis, c.val_score)
+        for c in result.candidates]
+    assert all(c.diagnosis for c in stored.candidates if c.origin == "reflection")
+    # one stored evaluation per rollout, never the same (prompts, example) pair twice
+    assert len(stored.evaluations) == result.totals.rollouts == sum(evaluator.calls.values())
+    pairs = [(stored.candidates[cid].key, ex) for cid, ex, _r in stored.evaluations]
+    assert len(pairs) == len(set(pairs))
+    # reflection reads the records back after a resume
+    assert all(r.records for _c, _e, r in stored.evaluations)
+    changes = _rows(store, "SELECT payload FROM run_events WHERE run_id = :r AND "
+                           "kind = 'front_changed' ORDER BY seq", r=result.run_id)
+    last = {}
+    for (payload,) in changes:
+        data = json.loads(payload)
+        last[data["component"]] = data["versions"]
+    assert last == {c: f.versions() for c, f in result.fronts.items()}
+    totals = json.loads(stored.row.totals)
+    assert totals["rollouts"] == result.totals.rollouts
+    assert totals["budget"]["rollouts"] == result.totals.rollouts
+    versions = _rows(store, "SELECT count(*) FROM prompt_versions WHERE run_id = :r",
+                     r=result.run_id)[0][0]
+    assert versions >= len({(c, v) for cand in result.candidates
+                            for c, v in cand.prompts.items()}) - len(SEED)
+
+
+def test_resume_continues_without_rerunning_anything_stored(store_url):
+    store = open_store(store_url)
+    first, ev1, *_ = run_toy(max_rollouts=110, evaluator=RuleEvaluator(capacity=2), store=store)
+    assert "max_rollouts" in first.stop_reason
+    before = load_run(store, first.run_id)
+    stored_pairs = {(before.candidates[c].key, e) for c, e, _r in before.evaluations}
+
+    train, val, _test = world()
+    ev2 = RuleEvaluator(capacity=2)
+    budget = Budget(max_rollouts=260)
+    second = Optimizer.resume(first.run_id, evaluator=ev2, reflection_lm=RuleReflectionLM(),
+                              train=train, val=val, budget=budget, store=store).run()
+    rerun = {(",".join(f"{c}={v}" for c, v in prompts), ex) for prompts, ex in ev2.calls}
+    assert ev2.calls and not rerun & stored_pairs
+    assert budget.spent().rollouts == len(stored_pairs) + sum(ev2.calls.values()) <= 260
+    assert second.totals.rollouts == budget.spent().rollouts
+    after = load_run(store, first.run_id)
+    assert [c.prompts for c in after.candidates[:len(before.candidates)]] == \
+           [c.prompts for c in before.candidates]
+    assert second.best_val_score >= first.best_val_score
+    assert after.row.status == "finished"
+
+    # and the resumed run is the run an uninterrupted one would have been
+    whole, *_ = run_toy(max_rollouts=260, evaluator=RuleEvaluator(capacity=2))
+    assert fingerprint(second)[0] == fingerprint(whole)[0]
+    assert second.best_prompts == whole.best_prompts
+
+
+def test_a_second_optimization_of_the_same_agent_is_refused(store_url):
+    store = open_store(store_url)
+    now = time.time()
+    parent = os.getppid()  # a live process that is not us
+    with store.write() as conn:
+        conn.execute(RunLockRow.__table__.insert().values(
+            agent="toy-agent", run_id="other-run", pid=parent, host=socket.gethostname(),
+            acquired_at=now, heartbeat_at=now))
+    with pytest.raises(LockHeld, match=r"already being optimized by run other-run .*pid"):
+        run_toy(max_rollouts=50, store=store)
+    # a lock whose heartbeat is stale is taken over
+    with store.write() as conn:
+        conn.execute(sa.update(RunLockRow.__table__).values(heartbeat_at=now - 3600))
+    result, *_ = run_toy(max_rollouts=50, store=store)
+    assert result.best_val_score is not None
+    assert _rows(store, "SELECT count(*) FROM run_locks")[0][0] == 0  # released
+
+
+def test_warm_start_seeds_a_new_run_with_the_earlier_fronts(store_url):
+    store = open_store(store_url)
+    first, *_ = run_toy(max_rollouts=150, evaluator=RuleEvaluator(capacity=2), store=store)
+    second, *_ = run_toy(max_rollouts=80, evaluator=RuleEvaluator(capacity=2), store=store,
+                         warm_start_from="latest")
+    warm = [c for c in second.candidates if c.origin == "warm_start"]
+    assert warm and all(c.meta["from_run"] == first.run_id for c in warm)
+    front_ids = {m.candidate_id for f in first.fronts.values() for m in f.members}
+    assert {c.meta["from_candidate"] for c in warm} <= front_ids
+    # the new run starts where the old one ended
+    assert max(c.val_score for c in warm) == pytest.approx(first.best_val_score)
+    warm_ids = {c.id for c in warm}
+    assert any(p.candidate_id in warm_ids and p.best_score == pytest.approx(first.best_val_score)
+               for p in second.history)
+    assert second.best_val_score >= first.best_val_score
+    row = load_run(store, second.run_id).row
+    assert row.warm_start_from == "latest"
