@@ -45,6 +45,9 @@ def handles_errors(fn: Callable) -> Callable:
             raise CommandError(str(exc), getattr(exc, "exit_code", 1)) from exc
         except KeyboardInterrupt:
             raise click.Abort() from None
+        except BrokenPipeError:  # `gepa-trace ... | head`: the reader left, nothing to say
+            sys.stderr.close()
+            raise SystemExit(0) from None
         except Exception as exc:  # an unexpected failure is still one line without --debug
             if debug:
                 raise

@@ -1,0 +1,256 @@
+"""`gepa-trace optimize` and `gepa-trace runs`: the GEPA loop from production traces."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import click
+
+from gepa_trace.cli.common import (
+    handles_errors, json_option, parse_since, print_json, progress, store_option)
+
+
+class ProgressDisplay:
+    """Live progress on stderr: one line rewritten in place on a terminal, a line per
+    validated candidate (and every 10 s) otherwise."""
+
+    def __init__(self, max_rollouts: int | None, stream=None):
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.max_rollouts = max_rollouts
+        self.iteration = 0
+        self.best: float | None = None
+        self.spent: dict[str, Any] = {}
+        self.cache_hits = 0
+        self._last = 0.0
+
+    def _line(self) -> str:
+        rollouts = self.spent.get("rollouts", 0)
+        limit = f"/{self.max_rollouts}" if self.max_rollouts else ""
+        best = "-" if self.best is None else f"{self.best:.3f}"
+        return (f"iteration {self.iteration:>3}  best val {best}  rollouts {rollouts}{limit}  "
+                f"llm calls {self.spent.get('llm_calls', 0)}  "
+                f"${self.spent.get('cost_usd', 0.0):.4f}  {self.spent.get('seconds', 0):.0f}s")
+
+    def _show(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.tty:
+            self.stream.write("\r\033[K" + self._line())
+            self.stream.flush()
+        elif force or now - self._last > 10:
+            self.stream.write(self._line() + "\n")
+            self.stream.flush()
+        self._last = now
+
+    def on_iteration_started(self, event) -> None:
+        self.iteration = event.iteration
+        self._show()
+
+    def on_candidate_validated(self, event) -> None:
+        changed = self.best is None or event.best_score != self.best
+        self.best = event.best_score
+        self._show(force=changed)
+
+    def on_budget_spent(self, event) -> None:
+        self.spent = {"rollouts": event.rollouts, "llm_calls": event.llm_calls,
+                      "cost_usd": event.cost_usd, "seconds": event.seconds}
+        self._show()
+
+    def on_run_stopped(self, event) -> None:
+        if self.tty:
+            self.stream.write("\n")
+        self.stream.write(f"stopped: {event.reason}\n")
+        self.stream.flush()
+
+
+def _when(epoch_s: float | None) -> str:
+    if epoch_s is None:
+        return "-"
+    return datetime.fromtimestamp(epoch_s, tz=timezone.utc).strftime("%Y-%m-%d %H:%M")
+
+
+def print_outcome(summary: dict[str, Any]) -> None:
+    """The human summary of an optimization (stdout)."""
+    held = summary.get("held_out") or {}
+    gate = held.get("gate")
+    click.echo(f"run {summary['run_id']}  agent {summary['agent']}  "
+               f"({summary['stop_reason']})")
+    click.echo(f"validation  seed {summary['seed_val_score']:.3f} -> best "
+               f"{summary['best_val_score']:.3f} (candidate {summary['best_candidate_id']} of "
+               f"{summary['candidates']}, {summary['iterations']} iterations)")
+    if gate:
+        click.echo(f"held-out    seed {gate['seed_mean']:.3f} -> best {gate['best_mean']:.3f}  "
+                   f"gain {gate['gain']:+.3f}  {gate['confidence']:.0%} interval "
+                   f"[{gate['ci_low']:+.3f}, {gate['ci_high']:+.3f}]  n={gate['n']}  "
+                   + ("significant" if gate["significant"] else "NOT significant"))
+    totals = summary["totals"]
+    hits = sum((summary.get("replay_cache_hits") or {}).values())
+    click.echo(f"spent       {totals['rollouts']} rollouts, LLM calls "
+               f"{json.dumps(totals['llm_calls_by_role'])}, {hits} replay-cache hits, "
+               f"{totals['tokens']} tokens, ${totals['budget'].get('cost_usd', 0):.4f}, "
+               f"{totals['wall_seconds']:.0f}s")
+    for component, version in summary["best_prompts"].items():
+        click.echo(f"  {component:<20} {version}")
+
+
+@click.command()
+@click.option("--agent", required=True, help="The agent whose recorded runs to learn from.")
+@click.option("--entrypoint", default=None, metavar="MODULE:FUNCTION",
+              help="build_agent(prompts) -> Runnable; without it, log-only replay.")
+@click.option("--metric", default="feedback", show_default=True, metavar="NAME|MODULE:FN",
+              help="feedback, exact_match, contains, judge, or metric(example, output, trace).")
+@click.option("--reflection-lm", required=True, metavar="MODEL",
+              help="litellm model string of the reflection LM (gepa-sim/reflect offline).")
+@click.option("--task-lm", default=None, metavar="MODEL",
+              help="Model the agent (or log-only replay) calls instead of the recorded one.")
+@click.option("--judge-lm", default=None, metavar="MODEL", help="Model of the judge metric.")
+@click.option("--rubric", default=None, help="The judge's rubric.")
+@click.option("--budget-rollouts", type=click.IntRange(min=1), default=300, show_default=True)
+@click.option("--max-llm-calls", type=click.IntRange(min=1), default=None)
+@click.option("--max-cost", "max_cost", type=click.FloatRange(min=0), default=None,
+              metavar="USD")
+@click.option("--max-time", "max_seconds", type=click.FloatRange(min=1), default=None,
+              metavar="SECONDS")
+@click.option("--workers", type=click.IntRange(min=1, max=64), default=4, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--since", default=None, help="Only runs since then: 24h, 7d or an ISO date.")
+@click.option("--until", default=None, help="Only runs before then.")
+@click.option("--with-feedback", is_flag=True, help="Only runs that have feedback.")
+@click.option("--sample", type=click.IntRange(min=1), default=None,
+              help="At most this many examples.")
+@click.option("--no-replay-cache", is_flag=True,
+              help="Send every LLM call, even one already recorded.")
+@click.option("--patience", type=click.IntRange(min=1), default=None,
+              help="Stop after this many iterations without a new best.")
+@click.option("--stop-file", default=None, help="Stop cleanly once this file exists.")
+@click.option("--resume", "resume", default=None, metavar="RUN_ID",
+              help="Continue a stored run that was stopped or killed.")
+@click.option("--warm-start", is_flag=True,
+              help="Start from the fronts of this agent's latest run (nightly runs).")
+@store_option
+@json_option
+@handles_errors
+def optimize(agent: str, entrypoint: str | None, metric: str, reflection_lm: str,
+             task_lm: str | None, judge_lm: str | None, rubric: str | None,
+             budget_rollouts: int, max_llm_calls: int | None, max_cost: float | None,
+             max_seconds: float | None, workers: int, seed: int, since: str | None,
+             until: str | None, with_feedback: bool, sample: int | None,
+             no_replay_cache: bool, patience: int | None, stop_file: str | None,
+             resume: str | None, warm_start: bool, store: str | None, as_json: bool) -> None:
+    """Optimize an agent's prompts from its recorded runs with GEPA.
+
+    Examples are the agent's production runs and their feedback; each rollout replays
+    the agent (--entrypoint) with candidate prompts, and recorded LLM calls are served
+    from the store. Progress goes to stderr, the summary to stdout.
+
+    \b
+    Example:
+      gepa-trace optimize --agent demo-qa --entrypoint gepa_trace.demo:build_agent \\
+          --metric gepa_trace.demo:metric --reflection-lm gepa-sim/reflect \\
+          --budget-rollouts 600 --since 7d
+    """
+    from gepa_trace.lm.budget import Budget
+    from gepa_trace.optimizer import OptimizerConfig
+    from gepa_trace.replay import ReplaySettings, optimize as run_optimize
+    from gepa_trace.replay.dataset import ExampleFilter
+
+    settings = ReplaySettings(
+        entrypoint=entrypoint, metric=metric, task_lm=task_lm, judge_lm=judge_lm,
+        rubric=rubric, replay_cache=not no_replay_cache,
+        filters=ExampleFilter(since=parse_since(since), until=parse_since(until),
+                              only_with_feedback=with_feedback, sample=sample))
+    budget = Budget(max_rollouts=budget_rollouts, max_llm_calls=max_llm_calls,
+                    max_cost_usd=max_cost, max_seconds=max_seconds)
+    config = OptimizerConfig(seed=seed, workers=workers, patience=patience,
+                             stop_file=stop_file)
+    display = ProgressDisplay(budget_rollouts)
+    progress(f"optimizing {agent} (budget {budget!r}, {workers} workers)")
+    outcome = run_optimize(agent, reflection_lm=reflection_lm, entrypoint=entrypoint,
+                           metric=metric, budget=budget, store=store, settings=settings,
+                           config=config, resume=resume, warm_start=warm_start,
+                           callbacks=[display])
+    summary = outcome.summary()
+    if as_json:
+        print_json(summary)
+    else:
+        print_outcome(summary)
+
+
+@click.group(invoke_without_command=True)
+@click.option("--agent", default=None, help="Only this agent's runs.")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@store_option
+@json_option
+@click.pass_context
+@handles_errors
+def runs(ctx: click.Context, agent: str | None, limit: int, store: str | None,
+         as_json: bool) -> None:
+    """List optimization runs, newest first; `runs show RUN_ID` for one.
+
+    \b
+    Examples:
+      gepa-trace runs --agent demo-qa
+      gepa-trace runs show run-20261125-212120-249963 --json
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["store"] = store
+    if ctx.invoked_subcommand is not None:
+        return
+    from gepa_trace.replay.runs import list_runs
+
+    rows = list_runs(store, agent=agent, limit=limit)
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        click.echo("no optimization runs", err=True)
+        return
+    for r in rows:
+        best = "-" if r["best_val_score"] is None else f"{r['best_val_score']:.3f}"
+        click.echo(f"{r['id']:<30} {r['agent']:<16} {r['status']:<9} {_when(r['started_at'])}  "
+                   f"best val {best}  rollouts {r['rollouts']}  {r['stop_reason'] or ''}")
+
+
+@runs.command("show")
+@click.argument("run_id")
+@store_option
+@json_option
+@click.pass_context
+@handles_errors
+def runs_show(ctx: click.Context, run_id: str, store: str | None, as_json: bool) -> None:
+    """One run: fronts per component, the best candidate, the diagnoses in order.
+
+    Example: gepa-trace runs show run-20261125-212120-249963
+    """
+    from gepa_trace.replay.runs import describe_run
+
+    info = describe_run(store or (ctx.obj or {}).get("store"), run_id)
+    if as_json:
+        print_json(info)
+        return
+    click.echo(f"run {info['id']}  agent {info['agent']}  {info['status']}  "
+               f"({info['stop_reason'] or 'running'})")
+    best = info["best"]
+    if best:
+        click.echo(f"best candidate {best['id']}  val {best['val_score']:.3f}")
+        for component, version in best["prompts"].items():
+            click.echo(f"  {component:<20} {version}")
+    held = (info.get("totals") or {}).get("held_out") or {}
+    if held.get("gate"):
+        g = held["gate"]
+        click.echo(f"held-out gain {g['gain']:+.3f}  interval [{g['ci_low']:+.3f}, "
+                   f"{g['ci_high']:+.3f}]  n={g['n']}")
+    click.echo("fronts:")
+    for component, versions in info["fronts"].items():
+        click.echo(f"  {component:<20} {', '.join(versions)}")
+    click.echo("diagnoses:")
+    for d in info["diagnoses"]:
+        status = d["status"]
+        score = "" if d["val_score"] is None else f" val {d['val_score']:.3f}"
+        click.echo(f"  [{d['iteration']}] candidate {d['id']} ({d['component']}, {status}{score})")
+        for line in (d["diagnosis"] or "").strip().splitlines()[:6]:
+            click.echo(f"      {line}")
