@@ -93,3 +93,80 @@ def prompts_diff(a: str, b: str, store: str | None) -> None:
 
     text = diff_versions(open_store(store), a, b)
     click.echo(text if text else "the two versions are identical", nl=bool(not text))
+
+
+@click.command()
+@click.argument("run_id")
+@click.option("--out", "out", default="report.html", show_default=True,
+              type=click.Path(dir_okay=False, writable=True),
+              help="Where to write the HTML file.")
+@click.option("--confidence", default=0.95, show_default=True, type=click.FloatRange(0, 1,
+              min_open=True, max_open=True),
+              help="Level of the held-out gain's interval.")
+@store_option
+@json_option
+@handles_errors
+def report(run_id: str, out: str, confidence: float, store: str | None,
+           as_json: bool) -> None:
+    """Write a self-contained HTML report of optimization run RUN_ID.
+
+    One file with no external URLs: score versus rollouts, each component's Pareto
+    front, the lineage of accepted candidates, seed-to-best prompt diffs, the
+    reflection's diagnoses, budget spent and the held-out significance test. Prints
+    the file's path on stdout.
+
+    Example: gepa-trace report run-20261125-211856-2d8923 --out report.html
+    """
+    from gepa_trace.cli.common import progress
+    from gepa_trace.report import write_report
+    from gepa_trace.store import open_store
+
+    progress(f"reading run {run_id} ...")
+    path = write_report(open_store(store), run_id, out, confidence=confidence)
+    size = path.stat().st_size
+    progress(f"wrote {path} ({size:,} bytes)")
+    if as_json:
+        print_json({"run_id": run_id, "report": str(path), "bytes": size})
+    else:
+        click.echo(str(path))
+
+
+@click.command()
+@click.argument("run_id")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Prompt file to write: .json, .yaml or .yml.")
+@click.option("--confidence", type=click.FloatRange(0.5, 0.999), default=0.95,
+              show_default=True, help="Confidence of the held-out gain's interval.")
+@click.option("--force", is_flag=True, help="Export even if the gain is not significant.")
+@click.option("--promote", "alias", default=None, metavar="ALIAS",
+              help="Also point ALIAS (e.g. production) of each component at the export.")
+@store_option
+@json_option
+@handles_errors
+def export(run_id: str, out: str, confidence: float, force: bool, alias: str | None,
+           store: str | None, as_json: bool) -> None:
+    """Write the best prompts of a run, gated on a significant held-out gain.
+
+    The gate is a paired bootstrap of the held-out test runs, seed against best: the
+    export happens only when the lower bound of the gain is above zero (exit code 4
+    otherwise; --force overrides and says so).
+
+    Example: gepa-trace export run-20261125-212120-249963 --out prompts.json
+    """
+    from gepa_trace.prompts.export import export_run
+    from gepa_trace.prompts.registry import promote
+    from gepa_trace.store import open_store
+
+    st = open_store(store)
+    result = export_run(st, run_id, out, confidence=confidence, force=force)
+    if alias:
+        for name, version in result.prompts.versions().items():
+            promote(st, name, version, alias=alias)
+    if result.forced:
+        click.echo("export forced: the held-out gate was not required", err=True)
+    if result.gate is not None:
+        click.echo(result.gate.sentence(), err=True)
+    if as_json:
+        print_json(result.to_dict())
+    else:
+        click.echo(str(result.path))
