@@ -331,12 +331,7 @@ class LM:
             return float(litellm.completion_cost(completion_response=response, model=model))
         except Exception:  # litellm raises for a model missing from its map
             pass
-        try:
-            cost_in, cost_out = litellm.cost_per_token(model=model, prompt_tokens=prompt_tokens,
-                                                       completion_tokens=completion_tokens)
-            return float(cost_in) + float(cost_out)
-        except Exception:
-            return None
+        return price(model, prompt_tokens, completion_tokens)
 
     def _account(self, response: Any, started: float, attempts: int) -> Completion:
         latency = time.monotonic() - started
@@ -371,3 +366,19 @@ class LM:
         if self.budget is not None:
             self.budget.record_llm_call(completion.total_tokens, completion.cost_usd)
         return completion
+
+
+def price(model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
+    """Dollars for these token counts per litellm's cost map, or None when unknown."""
+    from gepa_trace.lm import sim
+
+    litellm = _litellm()
+    if sim.is_sim_model(model):
+        sim.register()
+        model = model.split("?", 1)[0]
+    try:
+        cost_in, cost_out = litellm.cost_per_token(model=model, prompt_tokens=prompt_tokens,
+                                                   completion_tokens=completion_tokens)
+        return float(cost_in) + float(cost_out)
+    except Exception:  # a model missing from the map
+        return None

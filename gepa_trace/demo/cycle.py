@@ -1,0 +1,145 @@
+"""The whole cycle on the example agent, as ``gepa-trace demo`` runs it.
+
+1. production traffic: ``runs`` questions answered by the agent with its seed prompts,
+   traced into the store by ``gepa_trace.instrument``, with user feedback on some;
+2. the nightly optimization from those traces (agent replay, replay cache, GEPA);
+3. the held-out before/after with its bootstrap interval;
+4. ``prompts.json`` exported when the gain is significant, and ``report.html``.
+
+Offline by default (the simulated ``gepa-sim/*`` models, labelled so); with real model
+strings the same cycle runs against real providers.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from sqlalchemy import and_, func, select
+
+from gepa_trace.errors import GateRefused
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    store: str | None = None  # default: sqlite:///<out_dir>/demo.db
+    out_dir: Path = Path("gepa-demo")
+    runs: int = 300
+    feedback_rate: float = 0.5
+    task_lm: str = "gepa-sim/task"
+    reflection_lm: str = "gepa-sim/reflect"
+    budget_rollouts: int = 600
+    workers: int = 4
+    seed: int = 0
+    warm_start: bool = False
+    progress: Callable[[str], None] = field(default=lambda _msg: None)
+
+
+def _task_cost(store, run_id: str, model: str) -> float:
+    from gepa_trace.lm.client import price
+    from gepa_trace.store import SpanRow
+
+    spans = SpanRow.__table__
+    with store.read() as conn:
+        tokens_in, tokens_out = conn.execute(
+            select(func.coalesce(func.sum(spans.c.input_tokens), 0),
+                   func.coalesce(func.sum(spans.c.output_tokens), 0))
+            .where(and_(spans.c.run_id == run_id, spans.c.span_type == "llm"))).one()
+    return price(model, int(tokens_in), int(tokens_out)) or 0.0
+
+
+def run_demo(settings: DemoSettings, callbacks: list[object] = ()) -> dict[str, Any]:
+    """Run the cycle; returns the summary ``gepa-trace demo --json`` prints."""
+    import gepa_trace as gt
+    from gepa_trace.demo import AGENT_NAME, build_agent, metric
+    from gepa_trace.demo.traffic import run_traffic
+    from gepa_trace.optimizer import OptimizerConfig
+    from gepa_trace.prompts.export import export_run
+    from gepa_trace.replay import ReplaySettings
+    from gepa_trace.replay.dataset import ExampleFilter
+    from gepa_trace.report import write_report
+    from gepa_trace.store import open_store
+
+    started = time.time()
+    say = settings.progress
+    out_dir = Path(settings.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    url = settings.store or f"sqlite:///{(out_dir / 'demo.db').resolve()}"
+    store = open_store(url)
+    simulated = settings.task_lm.startswith("gepa-sim/")
+    say(f"[1/4] production traffic: {settings.runs} runs of {AGENT_NAME} on "
+        f"{settings.task_lm}{' (simulated)' if simulated else ''} -> {store}")
+    inst = gt.instrument(store=store, service_name=AGENT_NAME)
+    window_start = time.time() - 1
+    run_traffic(settings.runs, store=store, seed=settings.seed,
+                feedback_rate=settings.feedback_rate, model=settings.task_lm)
+    inst.force_flush()
+    say(f"      {settings.runs} traces stored in {time.time() - started:.0f}s")
+
+    say(f"[2/4] nightly optimization with {settings.reflection_lm}, "
+        f"{settings.budget_rollouts} rollouts, {settings.workers} workers")
+    replay = ReplaySettings(entrypoint=build_agent, metric=metric, task_lm=settings.task_lm,
+                            filters=ExampleFilter(since=window_start))
+    outcome = gt.optimize(AGENT_NAME, reflection_lm=settings.reflection_lm,
+                          entrypoint=build_agent, metric=metric,
+                          budget=gt.Budget(max_rollouts=settings.budget_rollouts),
+                          store=store, settings=replay,
+                          config=OptimizerConfig(seed=settings.seed, workers=settings.workers),
+                          warm_start=settings.warm_start, callbacks=callbacks)
+    result = outcome.result
+    gate = outcome.held_out.gate
+    if gate is not None:
+        say(f"[3/4] {gate.sentence()}" + (" (simulated models)" if simulated else ""))
+    else:
+        say("[3/4] no held-out runs to measure the gain on")
+
+    exported: str | None = None
+    try:
+        exported = str(export_run(store, result.run_id, out_dir / "prompts.json").path)
+        say(f"[4/4] exported {exported}")
+    except GateRefused as refused:
+        say(f"[4/4] not exported: {refused}")
+    report = write_report(store, result.run_id, out_dir / "report.html")
+    say(f"      report {report}")
+
+    totals = result.totals
+    hits = sum(outcome.replay_cache_hits.values())
+    llm_calls = outcome.task_calls_sent + sum(
+        n for role, n in totals.llm_calls_by_role.items() if role != "task")
+    cost = float(totals.budget.get("cost_usd", 0.0)) + _task_cost(store, result.run_id,
+                                                                  settings.task_lm)
+    held = outcome.held_out
+    return {
+        "run_id": result.run_id, "agent": AGENT_NAME, "store": str(store.url),
+        "simulated": simulated,
+        "seed_val_score": result.seed_val_score, "best_val_score": result.best_val_score,
+        "seed_test_score": held.to_dict()["seed_test_score"],
+        "best_test_score": held.to_dict()["best_test_score"],
+        "ci_low": gate.ci_low if gate else None, "ci_high": gate.ci_high if gate else None,
+        "significant": bool(gate and gate.significant), "test_examples": len(held.seed_scores),
+        "exported": exported, "report": str(report),
+        "rollouts": totals.rollouts, "llm_calls": llm_calls,
+        "task_calls_made": outcome.task_calls_made,
+        "replay_cache_hits": hits, "cost_usd": round(cost, 6),
+        "elapsed_s": round(time.time() - started, 1),
+    }
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    label = " (simulated models)" if summary["simulated"] else ""
+    lines = [f"held-out accuracy{label}: {summary['seed_test_score']:.1%} -> "
+             f"{summary['best_test_score']:.1%}"
+             + (f"  gain 95% interval [{summary['ci_low']:+.1%}, {summary['ci_high']:+.1%}]"
+                if summary["ci_low"] is not None else ""),
+             f"validation: {summary['seed_val_score']:.1%} -> {summary['best_val_score']:.1%}",
+             f"run {summary['run_id']}: {summary['rollouts']} rollouts, "
+             f"{summary['llm_calls']} LLM calls sent, {summary['replay_cache_hits']} served by "
+             f"the replay cache, ${summary['cost_usd']:.4f}, {summary['elapsed_s']:.0f}s",
+             f"prompts: {summary['exported'] or 'not exported (gain not significant)'}",
+             f"report:  {summary['report']}"]
+    return lines
+
+
+__all__ = ["DemoSettings", "run_demo", "summary_lines"]
