@@ -28,13 +28,17 @@ from gepa_trace.cli.common import fail, handles_errors, json_option, print_json,
 def collect(store, host, http_port, grpc_port, token, max_body_mb, max_pending_spans):
     """Receive OpenTelemetry traces over OTLP and store them.
 
+    Point any OTLP exporter here (OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 for
+    http/protobuf or http/json, http://127.0.0.1:4317 for grpc). A 200 means the spans
+    are committed. Also: POST /v1/feedback (JSON with trace_id, score, label, comment,
+    name, source, span_id) and GET /healthz. SIGTERM or Ctrl-C stops accepting, finishes
+    what was accepted, and exits 0.
+
     \b
-    Point any OTLP exporter here, e.g.
-      OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318  (http/protobuf or http/json)
-      OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317  (grpc)
-    A 200 means the spans are committed. Also: POST /v1/feedback (JSON with trace_id,
-    score, label, comment, name, source, span_id), GET /healthz. SIGTERM or Ctrl-C
-    stops accepting, finishes what was accepted, and exits 0.
+    Examples:
+      gepa-trace collect
+      gepa-trace collect --store postgresql+psycopg://u:p@db/traces --token s3cret
+      gepa-trace collect --host 0.0.0.0 --http-port 4318 --grpc-port -1
     """
     from gepa_trace.collectors.otlp import Collector, CollectorConfig
     from gepa_trace.store import open_store, safe_url
@@ -72,7 +76,13 @@ def ingest(files, store, as_json):
     """Load OTLP trace files: JSON (one request, or one per line) or protobuf.
 
     Spans from any convention (ours, OpenInference, OTel GenAI, OpenLLMetry) are stored
-    as received and read the same way as spans sent to `gepa-trace collect`.
+    as received and read the same way as spans sent to `gepa-trace collect`. A file that
+    cannot be read is named on stderr and skipped; the exit code is then 1.
+
+    \b
+    Examples:
+      gepa-trace ingest otel-collector-export.jsonl
+      gepa-trace ingest request.pb more/*.json --json
     """
     from gepa_trace.collectors.otlp import ingest_files
     from gepa_trace.store import open_store

@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from itertools import chain
+from operator import itemgetter
 from typing import Any, Mapping, Sequence
 
 from sqlalchemy import and_, update
@@ -59,7 +61,7 @@ def span_row(span: Mapping[str, Any], _resource_json: dict | None = None) -> dic
         "status_code": span.get("status_code") or "UNSET",
         "status_message": span.get("status_message"),
         "attributes": _dumps(attributes),
-        "events": _dumps(span.get("events") or []),
+        "events": _dumps(events) if (events := span.get("events")) else "[]",
         "resource": resource_text,
         "service_name": str(service)[:255] if service is not None else None,
     }
@@ -110,14 +112,29 @@ def prepare_spans(spans: Sequence[Mapping[str, Any]]) -> PreparedSpans:
 _SPAN_COLUMNS = tuple(c.name for c in _SPANS.columns)
 
 
+_row_values = itemgetter(*_SPAN_COLUMNS)  # span_row() fills every column
+# SQLite binds at most 32766 parameters per statement (3.32+); stay well below.
+_SQLITE_ROWS_PER_INSERT = 500
+
+
 def _insert_span_rows(conn: Any, rows: Sequence[dict[str, Any]]) -> None:
-    # Plain DBAPI executemany: SQLAlchemy's per-row parameter handling cost as much as
-    # SQLite's insert itself. ON CONFLICT DO NOTHING (SQLite >= 3.24, PostgreSQL) skips
-    # spans already stored, and only those.
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    sql = (f"INSERT INTO {_SPANS.name} ({', '.join(_SPAN_COLUMNS)}) VALUES "
-           f"({', '.join([mark] * len(_SPAN_COLUMNS))}) ON CONFLICT DO NOTHING")
-    conn.exec_driver_sql(sql, [tuple(r.get(c) for c in _SPAN_COLUMNS) for r in rows])
+    # Plain DBAPI, not SQLAlchemy's insert(): its per-row parameter handling cost as
+    # much as the database's work. ON CONFLICT DO NOTHING (SQLite >= 3.24, PostgreSQL)
+    # skips spans already stored, and only those.
+    values = [_row_values(r) for r in rows]
+    head = f"INSERT INTO {_SPANS.name} ({', '.join(_SPAN_COLUMNS)}) VALUES "
+    if conn.dialect.name != "sqlite":
+        group = f"({', '.join(['%s'] * len(_SPAN_COLUMNS))})"
+        conn.exec_driver_sql(f"{head}{group} ON CONFLICT DO NOTHING", values)
+        return
+    # On SQLite, many rows per statement: sqlite3's executemany releases and retakes
+    # the GIL for every row, and under a busy receiver each retake waits for the
+    # request threads; one statement per 500 rows takes it once.
+    group = f"({', '.join(['?'] * len(_SPAN_COLUMNS))})"
+    for start in range(0, len(values), _SQLITE_ROWS_PER_INSERT):
+        chunk = values[start:start + _SQLITE_ROWS_PER_INSERT]
+        sql = f"{head}{', '.join([group] * len(chunk))} ON CONFLICT DO NOTHING"
+        conn.exec_driver_sql(sql, tuple(chain.from_iterable(chunk)))
 
 
 def write_prepared(store: Store, batches: Sequence[PreparedSpans]) -> int:
