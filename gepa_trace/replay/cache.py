@@ -160,6 +160,9 @@ class ReplayCache(BaseCache):
         self._entries: dict[str, tuple[str, str | None]] = {}
         self.hits: Counter[str] = Counter()
         self.misses = 0
+        # hits on entries learnt during the run (via update), whose component is only
+        # known once the run's own spans are read back: see resolve_components()
+        self._unattributed: Counter[str] = Counter()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -199,7 +202,10 @@ class ReplayCache(BaseCache):
                 self.misses += 1
                 return None
             component = entry[1] or "unknown"
-            self.hits[component] += 1
+            if entry[1] is None:
+                self._unattributed[key] += 1
+            else:
+                self.hits[component] += 1
             tally = current_tally.get()
             if tally is not None:
                 tally.cache_hits += 1
@@ -221,4 +227,24 @@ class ReplayCache(BaseCache):
 
     def hit_count(self) -> int:
         with self._lock:
-            return sum(self.hits.values())
+            return sum(self.hits.values()) + sum(self._unattributed.values())
+
+    def resolve_components(self, store: Store, run_id: str) -> dict[str, int]:
+        """Hits per component, attributing hits on entries learnt during run ``run_id``
+        through that run's stored LLM spans (hits still unknown stay "unknown")."""
+        with self._lock:
+            pending = Counter(self._unattributed)
+        found: dict[str, str] = {}
+        if pending:
+            query = select(_SPANS.c.attributes, _SPANS.c.component).where(and_(
+                _SPANS.c.run_id == run_id, _SPANS.c.span_type == "llm",
+                _SPANS.c.component.isnot(None)))
+            with store.read() as conn:
+                for row in conn.execute(query):
+                    key = key_of_span(json.loads(row.attributes))
+                    if key in pending and key not in found:
+                        found[key] = row.component
+        out = Counter(self.hits)
+        for key, count in pending.items():
+            out[found.get(key, "unknown")] += count
+        return dict(out)

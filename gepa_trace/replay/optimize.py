@@ -55,6 +55,7 @@ class HeldOut:
     seed_scores: list[float]
     best_scores: list[float]
     gate: GateResult | None
+    llm_calls: int = 0  # task-model calls the held-out rollouts sent
 
     def to_dict(self) -> dict[str, Any]:
         return {"n": len(self.seed_scores),
@@ -143,6 +144,7 @@ def evaluate_held_out(evaluator: Any, result: OptimizationResult, seed_prompts: 
     jobs = [(seed_candidate.id, seed_prompts), (result.best_candidate_id, result.best_prompts)]
     scores: dict[int, list[float]] = {}
     rows = []
+    llm_calls = 0
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for candidate_id, prompts in jobs:
             if candidate_id in scores:
@@ -150,6 +152,7 @@ def evaluate_held_out(evaluator: Any, result: OptimizationResult, seed_prompts: 
             context = RolloutContext(result.run_id, candidate_id, "test")
             rollouts = list(pool.map(lambda e: evaluator.evaluate(prompts, e, context), test))
             scores[candidate_id] = [r.score for r in rollouts]
+            llm_calls += sum(r.llm_calls for r in rollouts)
             rows += [dict(run_id=result.run_id, candidate_id=candidate_id, example_id=e.id,
                           purpose="test", score=r.score, feedback=r.feedback,
                           trace_id=r.trace_id, error=r.error, llm_calls=r.llm_calls,
@@ -161,7 +164,7 @@ def evaluate_held_out(evaluator: Any, result: OptimizationResult, seed_prompts: 
     seed_scores = scores[seed_candidate.id]
     best_scores = scores[result.best_candidate_id]
     gate = paired_bootstrap(seed_scores, best_scores, seed=seed)
-    return HeldOut(seed_scores, best_scores, gate)
+    return HeldOut(seed_scores, best_scores, gate, llm_calls)
 
 
 def optimize(agent: str, *, reflection_lm: "str | Callable[[str], str]",
@@ -249,13 +252,14 @@ def optimize(agent: str, *, reflection_lm: "str | Callable[[str], str]",
             inst.shutdown()
     record_versions(store, result.best_prompts, run_id=result.run_id,
                     candidate_id=result.best_candidate_id)
-    hits = dict(cache.hits) if cache is not None else {}
-    made = result.totals.llm_calls_by_role.get("task", 0) + sum(hits.values())
+    hits = cache.resolve_components(store, result.run_id) if cache is not None else {}
+    # Rollouts of the loop and of the held-out test, as the agent made them (cache hits
+    # included) and as they reached the model.
+    sent = result.totals.llm_calls_by_role.get("task", 0) + held_out.llm_calls
     _save_held_out(store, result.run_id, held_out, hits)
     return OptimizeOutcome(result=result, dataset=dataset, held_out=held_out,
-                           replay_cache_hits=hits,
-                           task_calls_sent=result.totals.llm_calls_by_role.get("task", 0),
-                           task_calls_made=made)
+                           replay_cache_hits=hits, task_calls_sent=sent,
+                           task_calls_made=sent + sum(hits.values()))
 
 
 def _save_held_out(store: Store, run_id: str, held_out: HeldOut, hits: dict[str, int]) -> None:
