@@ -108,6 +108,17 @@ def test_spans_with_bad_ids_are_rejected_with_reasons_and_the_rest_kept():
     assert as_json["partialSuccess"]["rejectedSpans"] in ("5", 5)
 
 
+def test_json_ids_in_base64_from_nonconforming_clients_are_accepted():
+    import base64
+
+    body = {"resourceSpans": [{"scopeSpans": [{"spans": [{
+        "traceId": base64.b64encode(TRACE).decode(), "spanId": base64.b64encode(SPAN).decode(),
+        "name": "b64", "startTimeUnixNano": "1", "endTimeUnixNano": "2"}]}]}]}
+    request, pre = decode_request(json.dumps(body).encode(), JSON)
+    (got,) = spans_of(request, pre).spans
+    assert (got["trace_id"], got["span_id"]) == (TRACE.hex(), SPAN.hex())
+
+
 def test_json_span_whose_id_is_not_hex_is_rejected_not_the_request():
     good = {"traceId": TRACE.hex(), "spanId": SPAN.hex(), "name": "ok",
             "startTimeUnixNano": "1", "endTimeUnixNano": "2"}

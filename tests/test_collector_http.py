@@ -210,6 +210,20 @@ def test_grpc_export_stores_spans_and_reports_partial_success(collector):
     channel.close()
 
 
+def test_grpc_undecodable_message_is_invalid_argument_and_server_stays_up(collector):
+    channel = grpc.insecure_channel(f"127.0.0.1:{collector.grpc_port}")
+    raw = channel.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export")
+    good = make_request(2).SerializeToString()
+    for garbage in (good[:-5], b"\xff" * 40):
+        with pytest.raises(grpc.RpcError) as info:
+            raw(garbage, timeout=10)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    response = trace_service_pb2.ExportTraceServiceResponse.FromString(raw(good, timeout=10))
+    assert response.partial_success.rejected_spans == 0
+    assert count_spans(collector.store) == 2
+    channel.close()
+
+
 def test_grpc_requires_the_token_and_refuses_oversized_messages(store_url):
     store = open_store(store_url)
     config = CollectorConfig(http_port=None, grpc_port=0, token="tok", max_body_bytes=20_000)

@@ -201,9 +201,17 @@ def _convert_id(obj: dict, key: str) -> None:
     if value == "":
         return
     try:
-        obj[key] = base64.b64encode(bytes.fromhex(value)).decode("ascii")
+        raw = bytes.fromhex(value)
     except ValueError:
-        raise ValueError(f"{key} {value[:40]!r} is not hex") from None
+        # Some non-conforming clients send protobuf's canonical base64; accept it only
+        # when it decodes to an id's exact size, so nothing ambiguous slips through.
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except (ValueError, binascii.Error):
+            raw = b""
+        if len(raw) not in (8, 16):
+            raise ValueError(f"{key} {value[:40]!r} is not hex") from None
+    obj[key] = base64.b64encode(raw).decode("ascii")
 
 
 def _any_value(v: Any) -> Any:

@@ -7,8 +7,8 @@ Status codes (the gRPC counterparts of the HTTP answers):
 - RESOURCE_EXHAUSTED: message over ``--max-body-mb`` (enforced by gRPC itself);
 - UNAVAILABLE: the writer is behind, the database is unavailable, or shutting down
   (OTLP exporters retry UNAVAILABLE with backoff);
-- INVALID_ARGUMENT: undecodable messages never reach us; gRPC answers them INTERNAL
-  while deserializing, which clients do not retry either.
+- INVALID_ARGUMENT: a message that is not an ExportTraceServiceRequest (the service
+  takes raw bytes and decodes them itself, so that this is not gRPC's INTERNAL);
 - INTERNAL: the database refused the spans for a reason a retry will not fix.
 Metrics and logs services accept and discard, as over HTTP.
 """
@@ -24,9 +24,9 @@ from opentelemetry.proto.collector.metrics.v1 import (
     metrics_service_pb2,
     metrics_service_pb2_grpc,
 )
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
-from gepa_trace.collectors.otlp_decode import spans_of
+from gepa_trace.collectors.otlp_decode import RequestError, decode_protobuf, spans_of
 from gepa_trace.collectors.otlp_writer import WriteFailed, WriterBusy, WriterClosed
 
 if TYPE_CHECKING:
@@ -41,17 +41,20 @@ def _authorize(receiver: "Receiver", context: grpc.ServicerContext) -> None:
         context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
 
 
-class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
+class _TraceService:
     def __init__(self, receiver: "Receiver"):
         self.receiver = receiver
 
-    def Export(self, request, context):  # noqa: N802 - gRPC method name
+    def Export(self, body: bytes, context):  # noqa: N802 - gRPC method name
         receiver = self.receiver
         with receiver.in_flight():
             _authorize(receiver, context)
             if not receiver.accepting:
                 context.abort(grpc.StatusCode.UNAVAILABLE, "the collector is shutting down")
-            decoded = spans_of(request)
+            try:
+                decoded = spans_of(decode_protobuf(body))
+            except RequestError as exc:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message)
             try:
                 receiver.export(decoded)
             except WriterBusy as exc:
@@ -96,7 +99,12 @@ def start_grpc_server(receiver: "Receiver", host: str, port: int,
                                                     thread_name_prefix="otlp-grpc"),
                          options=[("grpc.max_receive_message_length", limit),
                                   ("grpc.so_reuseport", 0)])
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_TraceService(receiver), server)
+    service = _TraceService(receiver)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "opentelemetry.proto.collector.trace.v1.TraceService",
+        {"Export": grpc.unary_unary_rpc_method_handler(
+            service.Export, request_deserializer=None,  # raw bytes: we decode
+            response_serializer=trace_service_pb2.ExportTraceServiceResponse.SerializeToString)}),))
     metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_MetricsService(receiver),
                                                                   server)
     logs_service_pb2_grpc.add_LogsServiceServicer_to_server(_LogsService(receiver), server)
