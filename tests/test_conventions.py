@@ -221,6 +221,15 @@ def test_ingest_genai_files_in_both_forms_shows_messages_model_and_tokens(store_
     assert (indexed.model, indexed.input_tokens, indexed.output_tokens) == ("gpt-4o", 30, 4)
     assert (proto.model, proto.input_tokens, proto.span_type) == ("claude", 11, "llm")
     assert json.loads(structured.attributes) == GENAI_STRUCTURED  # stored as received
+    instructions = [{"role": "system", "content": "You are a travel planner."}]
+    with store.read() as conn:
+        component, version = conn.execute(sa.text(
+            "SELECT component, prompt_version FROM spans WHERE span_id = :s"),
+            {"s": "01" * 8}).one()
+        template = conn.execute(sa.text("SELECT template FROM prompt_versions WHERE "
+                                        "version = :v"), {"v": version}).scalar_one()
+    assert version == template_version(instructions) and component == f"prompt-{version}"
+    assert json.loads(template) == instructions  # system instructions = the template
     view = llm_view(json.loads(structured.attributes))
     assert view.input_messages[1] == {"role": "user", "content": "Weather in Paris?"}
     assert llm_view(json.loads(indexed.attributes)).output_text == "Paris."

@@ -300,6 +300,8 @@ def read_otlp_file(path: Path) -> list[Decoded]:
                 try:
                     request, pre = decode_json(line)
                 except RequestError as exc:
+                    if number == 1:  # not JSON lines either: one broken request
+                        raise whole_error from None
                     raise RequestError(400, f"line {number}: {exc.message}") from None
                 out.append(spans_of(request, pre))
             return out
