@@ -190,7 +190,16 @@ def open_page(html_path: str | os.PathLike, screenshot: str | os.PathLike | None
                   {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": False},
                   session=session)
         pipe.send("Page.navigate", {"url": url}, session=session, timeout=timeout)
-        pipe.wait_for("Page.loadEventFired", timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            # A load event may still be about:blank's (under load it can finish late);
+            # wait until the document that finished loading is ours.
+            pipe.wait_for("Page.loadEventFired", timeout=max(0.1, deadline - time.monotonic()))
+            state = pipe.send("Runtime.evaluate", {
+                "expression": "document.readyState + ' ' + location.href",
+                "returnByValue": True}, session=session)
+            if state.get("result", {}).get("value") == f"complete {url}":
+                break
         pipe.drain(0.5)  # late console messages
         metrics = pipe.send("Page.getLayoutMetrics", session=session)
         size = metrics.get("cssContentSize") or metrics.get("contentSize") or {}
