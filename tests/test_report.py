@@ -360,3 +360,16 @@ def test_ticks_cover_the_range_in_increasing_steps(low, span):
     assert ticks[0] <= low + 1e-6 and ticks[-1] >= low + span - 1e-6
     assert all(b > a for a, b in zip(ticks, ticks[1:]))
     assert len(ticks) <= 12
+
+
+def test_best_so_far_is_derived_from_evaluations_when_totals_carry_no_history(tmp_path):
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    run_id, result = run_engine(url, with_test=False)
+    store = open_store(url)
+    with store.write() as conn:  # a run written before the engine kept its history
+        table = OptimizationRunRow.__table__
+        conn.execute(table.update().where(table.c.id == run_id).values(totals="{}"))
+    data = load_report_data(store, run_id)
+    assert [(r, pytest.approx(s), c) for r, s, c in data.history] == \
+        [(p.rollouts, p.best_score, p.candidate_id) for p in result.history]
+    assert 'class="best-line"' in section(render_report(store, run_id), "score-vs-rollouts")
