@@ -21,8 +21,6 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import signal
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -44,7 +42,7 @@ from gepa_trace.optimizer.events import (
     RunStopped,
 )
 from gepa_trace.optimizer.merge import find_merge, front_candidates, stratified_subsample
-from gepa_trace.optimizer.persistence import RunLock, RunRecorder, StoredRun, latest_run_id, load_run
+from gepa_trace.optimizer.persistence import RunLock, RunRecorder, StoredRun, load_run
 from gepa_trace.optimizer.protocols import Evaluator, Example, ReflectionLM, Rollout
 from gepa_trace.optimizer.reflection import build_prompt, parse_reply, reflection_examples
 from gepa_trace.optimizer.result import HistoryPoint, OptimizationResult, Totals
@@ -52,15 +50,10 @@ from gepa_trace.optimizer.rollouts import BatchEvaluator, BatchStopped
 from gepa_trace.optimizer.sampler import EpochSampler
 from gepa_trace.optimizer.selection import candidate_selector, component_selector
 from gepa_trace.optimizer.state import Candidate, RunState
+from gepa_trace.optimizer.stopping import SignalWatch, StopRun
+from gepa_trace.optimizer.warmstart import warm_start_candidates
 from gepa_trace.prompts import PromptSet, PromptVersion
 from gepa_trace.store.engine import Store
-
-
-class _Stop(Exception):
-    def __init__(self, reason: str, requested: bool = False):
-        super().__init__(reason)
-        self.reason = reason
-        self.requested = requested  # by the user (signal, stop file), not a limit
 
 
 class Optimizer:
@@ -112,7 +105,7 @@ class Optimizer:
         self.tried_triplets: set[tuple[int, int, int]] = set()
         self.tried_results: set[str] = set()
         self.resumed: StoredRun | None = None
-        self._signal: str | None = None
+        self._signals = SignalWatch()
         self._wall_offset = 0.0
         self._fronts: dict[str, tuple[str, ...]] = {}
         self._lock: RunLock | None = None
@@ -188,7 +181,8 @@ class Optimizer:
                 lock.acquire()
                 stack.callback(lock.release)
                 self._lock = lock
-            self._install_signal_handlers(stack)
+            if self.config.handle_signals:
+                self._signals.install(stack)
             executor = stack.enter_context(ThreadPoolExecutor(
                 max_workers=self.config.workers, thread_name_prefix="gepa-rollout"))
             self.batches = BatchEvaluator(self.evaluator, self.state, self.budget, executor,
@@ -228,47 +222,32 @@ class Optimizer:
                 idle = idle + 1 if self.totals.rollouts == before else 0
                 self.state.iteration = iteration + 1
                 self._checkpoint()
-        except _Stop as stop:
+        except StopRun as stop:
             return stop.reason, stop.requested
         except BatchStopped as stop:
             return stop.reason, False
 
     # ---------------------------------------------------------------- stopping
-    def _install_signal_handlers(self, stack: contextlib.ExitStack) -> None:
-        if (not self.config.handle_signals
-                or threading.current_thread() is not threading.main_thread()):
-            return
-
-        def handler(signum, _frame):
-            if self._signal is not None and signum == signal.SIGINT:
-                raise KeyboardInterrupt  # a second Ctrl-C: stop now
-            self._signal = f"received {signal.Signals(signum).name}"
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous = signal.getsignal(sig)
-            signal.signal(sig, handler)
-            stack.callback(signal.signal, sig, previous)
-
     def _check_stop(self, idle: int = 0) -> None:
-        """Raise _Stop at a safe point if anything says the run should end. ``idle``:
+        """Raise StopRun at a safe point if anything says the run should end. ``idle``:
         iterations in a row that spent nothing (every pair cached, every minibatch
         solved), which would otherwise loop forever on a budget in rollouts."""
-        if self._signal:
-            raise _Stop(self._signal, requested=True)
+        if self._signals.received:
+            raise StopRun(self._signals.received, requested=True)
         if self.config.stop_file and os.path.exists(self.config.stop_file):
-            raise _Stop(f"stop file {self.config.stop_file} exists", requested=True)
+            raise StopRun(f"stop file {self.config.stop_file} exists", requested=True)
         reason = self.budget.exhausted()
         if reason:
-            raise _Stop(reason)
+            raise StopRun(reason)
         if self.config.patience is not None and self.state.pool:
             best = self.state.candidates[self.state.best_id()]
             waited = self.state.iteration - 1 - best.iteration
             if waited >= self.config.patience:
-                raise _Stop(f"patience: {waited} iterations without a new best")
+                raise StopRun(f"patience: {waited} iterations without a new best")
         if self.state.pool and self.state.mean_val(self.state.best_id()) >= self.config.perfect_score:
-            raise _Stop("every validation example is solved")
+            raise StopRun("every validation example is solved")
         if idle >= self.config.max_idle_iterations:
-            raise _Stop(f"{idle} iterations in a row found nothing to run "
+            raise StopRun(f"{idle} iterations in a row found nothing to run "
                         "(every minibatch solved or every proposal already tried)")
 
     # ---------------------------------------------------------------- setup
@@ -280,51 +259,17 @@ class Optimizer:
                 state.add_version(pv)
             seed = Candidate(0, self.seed_prompts.versions(), origin="seed", status="accepted")
             self._propose(seed, list(self.seed_prompts.version_of(c) for c in self.components))
-            for candidate, versions in self._warm_start_candidates():
+            for candidate, versions in warm_start_candidates(
+                    self.store, self.config.warm_start_from, self.agent, self.run_id, state,
+                    self.seed_prompts, self.config.warm_start_max):
+                for pv in versions:
+                    state.add_version(pv)
                 self._propose(candidate, versions)
         for candidate in list(state.candidates):
             if candidate.iteration == 0:
                 self._validate(candidate)
         state.iteration = 1
         self._checkpoint()
-
-    def _warm_start_candidates(self) -> list[tuple[Candidate, list[PromptVersion]]]:
-        source = self.config.warm_start_from
-        if not source:
-            return []
-        if self.store is None:
-            raise ConfigError("warm_start_from needs a store to read the earlier run from")
-        if source == "latest":
-            source = latest_run_id(self.store, self.agent, exclude=self.run_id)
-            if source is None:
-                return []
-        earlier = load_run(self.store, source)
-        if earlier.row.agent != self.agent:
-            raise ConfigError(f"warm start: run {source!r} optimized agent "
-                              f"{earlier.row.agent!r}, not {self.agent!r}")
-        ranked = sorted((c for c in earlier.candidates if c.val_score is not None),
-                        key=lambda c: (-c.val_score, c.id))
-        front_ids = {int(i) for i in (earlier.totals.get("front_candidates") or [])}
-        out = []
-        for old in ranked:
-            if front_ids and old.id not in front_ids:
-                continue
-            prompts = {c: old.prompts.get(c, self.seed_prompts.versions()[c])
-                       for c in self.components}
-            if self.state.find(prompts) is not None or any(
-                    prompts == cand.prompts for cand, _v in out):
-                continue
-            versions = [earlier.versions.get((c, v)) or self.seed_prompts.version_of(c)
-                        for c, v in prompts.items()]
-            for pv in versions:
-                self.state.add_version(pv)
-            cid = self.state.next_id() + len(out)
-            out.append((Candidate(cid, prompts, origin="warm_start", status="accepted",
-                                  meta={"from_run": source, "from_candidate": old.id}),
-                        versions))
-            if len(out) >= self.config.warm_start_max:
-                break
-        return out
 
     # ---------------------------------------------------------------- iterations
     def _merge_due(self, iteration: int) -> bool:
@@ -416,7 +361,7 @@ class Optimizer:
                 proposal = parse_reply(reply)
                 version = current.with_instruction(proposal.instruction, run_id=self.run_id)
             except BudgetExhausted as exc:
-                raise _Stop(str(exc)) from exc
+                raise StopRun(str(exc)) from exc
             except LMError as exc:
                 self._proposal_failed(iteration, parent, "reflection_lm",
                                       f"reflection LM error on {component}: {exc}")
@@ -516,7 +461,7 @@ class Optimizer:
         """Stop now unless the budget covers ``missing`` rollouts (no half candidates)."""
         reason = self.batches.affordable(len(missing))
         if reason:
-            raise _Stop(reason)
+            raise StopRun(reason)
 
     def _existing(self, prompts: dict, iteration: int, origin: str) -> Candidate | None:
         """A stored candidate with these prompts, unless it is this iteration's own

@@ -1,0 +1,222 @@
+"""Issue 4, acceptance 2: our optimizer against the `gepa` package on the same agent.
+
+Both optimize the demo multi-hop QA agent (gepa_trace.demo, three prompt components)
+from SEED_PROMPTS, with the same simulated models (``gepa-sim/task`` runs the agent,
+``gepa-sim/reflect`` reflects; both with injected latency per LLM call, 100 ms by
+default), the same train / validation examples and the same budget in rollouts
+(gepa: ``max_metric_calls``). gepa runs through a ``GEPAAdapter`` over the same
+in-process ``AgentEvaluator`` our optimizer uses, with gepa's defaults otherwise. The
+plain adapter evaluates a batch one example after another (gepa's loop is sequential and
+leaves concurrency to the adapter); a second gepa row gives the adapter a thread pool of
+``--workers`` threads per batch, the strongest gepa baseline we can build without
+changing gepa.
+
+Printed side by side and appended to bench/RESULTS.md: final validation and held-out
+test score (test scored afterwards, without latency, outside the budget), rollouts, LLM
+calls served by the simulated models during the optimization, and wall time.
+
+    .venv/bin/python bench/bench_optimizer_vs_gepa.py            # all three rows
+    .venv/bin/python bench/bench_optimizer_vs_gepa.py --no-gepa-sequential   # quicker
+
+All numbers are from the simulated world and are labelled so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from gepa_trace.demo import SEED_PROMPTS, build_agent, metric, questions  # noqa: E402
+from gepa_trace.demo.evaluator import AgentEvaluator, accuracy  # noqa: E402
+from gepa_trace.errors import ConfigError  # noqa: E402
+from gepa_trace.lm import LM, Budget  # noqa: E402
+from gepa_trace.lm import sim  # noqa: E402
+from gepa_trace.optimizer import Optimizer, OptimizerConfig  # noqa: E402
+from gepa_trace.optimizer.protocols import Rollout  # noqa: E402
+
+
+class AgentAdapter:
+    """A GEPAAdapter over the demo agent: a gepa candidate is the instruction text of each
+    component; the reflective dataset of a component holds that component's records."""
+
+    def __init__(self, evaluator: AgentEvaluator, threads: int = 1):
+        self.evaluator = evaluator
+        self.threads = threads
+        self.propose_new_texts = None
+
+    def _prompts(self, candidate: dict[str, str]):
+        prompts = SEED_PROMPTS
+        for component, text in candidate.items():
+            prompts = prompts.with_instruction(component, text)
+        return prompts
+
+    def evaluate(self, batch, candidate, capture_traces=False):
+        from gepa.core.adapter import EvaluationBatch
+
+        try:
+            prompts = self._prompts(candidate)
+        except ConfigError as exc:  # a proposal that broke the template: every example fails
+            rollouts = [Rollout(score=0.0, feedback=str(exc), error=str(exc)) for _ in batch]
+        else:
+            if self.threads > 1:
+                with ThreadPoolExecutor(self.threads) as pool:
+                    rollouts = list(pool.map(lambda ex: self.evaluator.evaluate(prompts, ex),
+                                             batch))
+            else:
+                rollouts = [self.evaluator.evaluate(prompts, ex) for ex in batch]
+        return EvaluationBatch(outputs=[r.output for r in rollouts],
+                               scores=[r.score for r in rollouts],
+                               trajectories=rollouts if capture_traces else None)
+
+    def make_reflective_dataset(self, candidate, eval_batch, components_to_update):
+        out = {}
+        for component in components_to_update:
+            items = []
+            for rollout in eval_batch.trajectories:
+                records = rollout.records.get(component, [])
+                items.append({
+                    "Inputs": "\n\n".join(r.inputs for r in records) or "(not called)",
+                    "Generated Outputs": "\n\n".join(r.output for r in records) or "(none)",
+                    "Feedback": rollout.feedback or ("correct" if rollout.score >= 1 else ""),
+                })
+            out[component] = items
+        return out
+
+
+class _Quiet:
+    def log(self, *args, **kwargs):
+        pass
+
+
+def _served() -> int:
+    return sum(sim.call_counts().values())
+
+
+def run_gepa(train, val, budget: int, latency_ms: float, threads: int, seed: int) -> dict:
+    import gepa
+
+    evaluator = AgentEvaluator(build_agent, metric, model=f"gepa-sim/task?latency_ms={latency_ms:g}")
+    reflection = LM(f"gepa-sim/reflect?latency_ms={latency_ms:g}", role="reflection")
+    sim.reset_call_counts()
+    started = time.monotonic()
+    result = gepa.optimize(
+        seed_candidate={c: SEED_PROMPTS.instruction(c) for c in SEED_PROMPTS},
+        trainset=train, valset=val, adapter=AgentAdapter(evaluator, threads),
+        reflection_lm=reflection, max_metric_calls=budget, seed=seed, logger=_Quiet(),
+        display_progress_bar=False)
+    wall = time.monotonic() - started
+    calls = sim.call_counts()
+    prompts = AgentAdapter(evaluator)._prompts(result.best_candidate)
+    return {"val": result.val_aggregate_scores[result.best_idx], "prompts": prompts,
+            "rollouts": result.total_metric_calls, "llm_calls": sum(calls.values()),
+            "calls_by_model": calls, "wall": wall}
+
+
+def run_ours(train, val, budget: int, latency_ms: float, workers: int, seed: int) -> dict:
+    evaluator = AgentEvaluator(build_agent, metric, model=f"gepa-sim/task?latency_ms={latency_ms:g}")
+    limits = Budget(max_rollouts=budget)
+    reflection = LM(f"gepa-sim/reflect?latency_ms={latency_ms:g}", budget=limits, role="reflection")
+    sim.reset_call_counts()
+    started = time.monotonic()
+    result = Optimizer(evaluator, reflection, SEED_PROMPTS, train, val, limits, agent="demo-qa",
+                       config=OptimizerConfig(seed=seed, workers=workers)).run()
+    wall = time.monotonic() - started
+    calls = sim.call_counts()
+    return {"val": result.best_val_score, "prompts": result.best_prompts,
+            "rollouts": result.totals.rollouts, "llm_calls": sum(calls.values()),
+            "calls_by_model": calls, "wall": wall, "stop": result.stop_reason}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--budget", type=int, default=600, help="rollouts for each optimizer")
+    parser.add_argument("--latency-ms", type=float, default=100.0,
+                        help="latency injected into every simulated LLM call")
+    parser.add_argument("--workers", type=int, default=8, help="our rollout workers, and the "
+                        "threaded gepa adapter's threads")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train", type=int, default=40)
+    parser.add_argument("--val", type=int, default=30)
+    parser.add_argument("--test", type=int, default=100)
+    parser.add_argument("--no-gepa-sequential", action="store_true",
+                        help="skip the plain (sequential) gepa adapter, the slowest row")
+    parser.add_argument("--no-write", action="store_true", help="do not append to RESULTS.md")
+    args = parser.parse_args(argv)
+
+    train, val = questions(args.train, seed=101), questions(args.val, seed=202)
+    test = questions(args.test, seed=303)
+    seed_test, _ = accuracy(SEED_PROMPTS, test, threads=4)
+    rows = []
+    runs = [("gepa-trace optimizer", lambda: run_ours(train, val, args.budget, args.latency_ms,
+                                                      args.workers, args.seed)),
+            (f"gepa.optimize, adapter with {args.workers} threads",
+             lambda: run_gepa(train, val, args.budget, args.latency_ms, args.workers, args.seed))]
+    if not args.no_gepa_sequential:
+        runs.append(("gepa.optimize, sequential adapter",
+                     lambda: run_gepa(train, val, args.budget, args.latency_ms, 1, args.seed)))
+    for name, run in runs:
+        print(f"running {name} ...", file=sys.stderr, flush=True)
+        row = run()
+        row["test"], _ = accuracy(row["prompts"], test, threads=4)
+        row["name"] = name
+        rows.append(row)
+        print(f"  done in {row['wall']:.1f}s", file=sys.stderr, flush=True)
+
+    ours = rows[0]
+    header = ("| optimizer | val | test | rollouts | LLM calls (task + reflect) | wall s |\n"
+              "|---|---|---|---|---|---|")
+    lines = [header]
+    lines.append(f"| seed prompts | | {seed_test:.3f} | | | |")
+    for row in rows:
+        calls = row["calls_by_model"]
+        lines.append(f"| {row['name']} | {row['val']:.3f} | {row['test']:.3f} | "
+                     f"{row['rollouts']} | {row['llm_calls']} ({calls.get('task', 0)} + "
+                     f"{calls.get('reflect', 0)}) | {row['wall']:.1f} |")
+    table = "\n".join(lines)
+    print(table)
+    verdicts = []
+    for row in rows[1:]:
+        verdicts.append(
+            f"vs {row['name']}: test {ours['test']:.3f} vs {row['test']:.3f} "
+            f"({'met' if ours['test'] >= row['test'] else 'NOT met'}), LLM calls "
+            f"{ours['llm_calls']} vs {row['llm_calls']} "
+            f"({'met' if ours['llm_calls'] <= row['llm_calls'] else 'NOT met'}), wall "
+            f"{ours['wall']:.1f}s vs {row['wall']:.1f}s = {ours['wall'] / row['wall']:.2f}x "
+            f"({'met' if ours['wall'] <= row['wall'] / 4 else 'NOT met'}, target <= 0.25x)")
+    for verdict in verdicts:
+        print(verdict)
+    if not args.no_write:
+        command = "bench/bench_optimizer_vs_gepa.py " + " ".join(argv or sys.argv[1:])
+        when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        import gepa
+
+        section = (
+            f"\n## Optimizer vs gepa (bench/bench_optimizer_vs_gepa.py)\n\n"
+            f"`.venv/bin/python {command.strip()}` on {when}, {os.cpu_count()} CPUs, "
+            f"Python {platform.python_version()}, gepa {getattr(gepa, '__version__', '?')}. "
+            f"Simulated world: the demo QA agent (3 components) on `gepa-sim/task`, "
+            f"reflection by `gepa-sim/reflect`, {args.latency_ms:g} ms injected per LLM call; "
+            f"{args.train} train / {args.val} validation questions, {args.test} held-out test "
+            f"questions scored afterwards; budget {args.budget} rollouts each (gepa: "
+            f"max_metric_calls); our optimizer with {args.workers} workers, stop reason: "
+            f"{ours.get('stop')}. LLM calls are the replies the simulated models served "
+            f"during the optimization. The machine may have been shared with other jobs.\n\n"
+            f"{table}\n\n" + "\n".join(f"- {v}" for v in verdicts) + "\n")
+        with open(ROOT / "bench" / "RESULTS.md", "a", encoding="utf-8") as fh:
+            fh.write(section)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
