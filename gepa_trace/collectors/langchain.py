@@ -280,9 +280,11 @@ class SpanRecorder(BaseCallbackHandler):
         if kwargs.get("run_type") == "prompt":
             kind = "PROMPT"
             component = self._component_of(serialized, name, metadata, parent_run_id)
-            attributes.update(component)
             if self.capture_content:
-                attributes["gepa.prompt.variables"] = dumps(jsonable(inputs))
+                # The LLM span this prompt feeds carries them too: log-only replay
+                # re-renders that call from its own span.
+                component["gepa.prompt.variables"] = dumps(jsonable(inputs))
+            attributes.update(component)
         else:
             kind, component = "CHAIN", None
         if self.capture_content:

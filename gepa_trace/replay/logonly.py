@@ -73,7 +73,8 @@ def load_recorded_calls(store: Store, agent: str,
 
 def render(prompts: PromptSet, component: str, variables: Mapping[str, Any]) -> list[dict[str, str]]:
     """The messages the candidate's template of ``component`` makes from ``variables``."""
-    messages = to_chat_prompt(prompts.messages(component)).invoke(dict(variables)).to_messages()
+    # format_messages, not invoke: rendering is bookkeeping, not a run to be traced
+    messages = to_chat_prompt(prompts.messages(component)).format_messages(**dict(variables))
     return [{"role": _ROLE.get(m.type, "user"), "content": str(m.content)} for m in messages]
 
 
@@ -142,6 +143,7 @@ class LogOnlyReplay:
             reasons.append(f"{call.component}: {verdict.feedback}")
             records.setdefault(call.component, []).append(ComponentRecord(
                 component=call.component, inputs=rendered, output=output,
-                extra={"judge": verdict.feedback, "recorded_output": call.output}))
+                extra={"judge": verdict.feedback, "judge_score": verdict.score,
+                       "recorded_output": call.output}))
         return Rollout(score=sum(scores) / len(scores), feedback="; ".join(reasons),
                        output=None, records=records, llm_calls=llm_calls)

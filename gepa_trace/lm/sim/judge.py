@@ -136,7 +136,7 @@ def judge(prompt: str) -> tuple[float, str]:
     if re.search(r"only the (name|answer|entity|value)|concise|short|brief|no (full )?sentence"
                  r"|one word|a single", rubric) and _is_sentence(output) and score > 0:
         score -= 0.3
-        reasons.append("the rubric asks for a short answer and the output is a sentence")
+        reasons.append("the rubric asks for a short answer but the output is a full sentence, not only the name")
     if re.search(r"grounded|supported by|based on the (input|evidence|passages)|no made[- ]up",
                  rubric):
         source = s.get("input", "")
