@@ -199,12 +199,12 @@ def main(argv=None) -> int:
     if not args.no_write:
         command = "bench/bench_optimizer_vs_gepa.py " + " ".join(argv or sys.argv[1:])
         when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        import gepa
+        from importlib.metadata import version
 
         section = (
             f"\n## Optimizer vs gepa (bench/bench_optimizer_vs_gepa.py)\n\n"
             f"`.venv/bin/python {command.strip()}` on {when}, {os.cpu_count()} CPUs, "
-            f"Python {platform.python_version()}, gepa {getattr(gepa, '__version__', '?')}. "
+            f"Python {platform.python_version()}, gepa {version('gepa')}. "
             f"Simulated world: the demo QA agent (3 components) on `gepa-sim/task`, "
             f"reflection by `gepa-sim/reflect`, {args.latency_ms:g} ms injected per LLM call; "
             f"{args.train} train / {args.val} validation questions, {args.test} held-out test "
