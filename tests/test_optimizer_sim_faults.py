@@ -17,11 +17,11 @@ def _optimize(reflect_model: str, **lm_options):
     from gepa_trace.lm import LM, sim
 
     sim.reset_call_counts()
-    budget = Budget(max_rollouts=150)
+    budget = Budget(max_rollouts=110)
     log = EventLog()
     reflection = LM(reflect_model, budget=budget, role="reflection", **lm_options)
     result = Optimizer(AgentEvaluator(build_agent, metric), reflection, SEED_PROMPTS,
-                       questions(20, seed=11), questions(10, seed=12), budget,
+                       questions(15, seed=11), questions(8, seed=12), budget,
                        agent="demo-qa", config=OptimizerConfig(seed=0, workers=4),
                        callbacks=[log]).run()
     return result, log, sim.fault_counts().get("reflect", {})
