@@ -199,7 +199,14 @@ def optimize(agent: str, *, reflection_lm: "str | Callable[[str], str]",
     record_versions(store, seed_prompts, origin="observed")
     config = config or OptimizerConfig()
     if warm_start and config.warm_start_from is None:
-        config = OptimizerConfig(**{**config.__dict__, "warm_start_from": "latest"})
+        from gepa_trace.optimizer.persistence import latest_run_id
+
+        previous = latest_run_id(store, agent)
+        if previous is None:
+            log.warning("no earlier run of %r to warm-start from; starting from its "
+                        "current prompts", agent)
+        else:
+            config = OptimizerConfig(**{**config.__dict__, "warm_start_from": previous})
 
     inst, owned = _instrumentation(store, agent)
     cache = ReplayCache.from_store(store, agent) if settings.replay_cache else None

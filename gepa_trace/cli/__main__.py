@@ -1,0 +1,3 @@
+from gepa_trace.cli import main
+
+main()
