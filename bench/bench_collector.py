@@ -222,6 +222,7 @@ def run(transport: str, url: str, spans: int, exporters: int, batch: int, seed: 
 
     store = open_store(url)
     bodies, ids = make_requests(spans, batch, seed=seed)
+    sys.setswitchinterval(0.001)  # as `gepa-trace collect` does (see cli/collect.py)
     collector = Collector(store, CollectorConfig(http_port=0, grpc_port=0)).start()
     port = collector.http_port if transport == "http" else collector.grpc_port
     sender = subprocess.Popen(
@@ -242,6 +243,7 @@ def run(transport: str, url: str, spans: int, exporters: int, batch: int, seed: 
     return {"transport": transport, "spans": spans, "seconds": round(elapsed, 2),
             "spans_per_s": round(spans / elapsed), "stored": len(got),
             "collector_cpu_us_per_span": round(collector_cpu / spans * 1e6, 1),
+            "writer_busy": round(collector.writer.busy_s / elapsed, 2),
             "exactly_once": exactly_once, "transactions": collector.writer.transactions,
             "requests": len(bodies)}
 

@@ -94,6 +94,7 @@ class SpanWriter:
         self.stored_spans = 0  # handed to write_spans and committed
         self.transactions = 0
         self.requests = 0
+        self.busy_s = 0.0  # time spent in transactions: near the elapsed time = saturated
         self._thread = threading.Thread(target=self._run, name="gepa-trace-span-writer",
                                         daemon=True)
         self._thread.start()
@@ -165,6 +166,7 @@ class SpanWriter:
 
     def _commit(self, jobs: list[_Job]) -> None:
         size = sum(j.size for j in jobs)
+        started = time.perf_counter()
         try:
             self._commit_fn(self.store, [j.prepared for j in jobs])
         except Exception as exc:  # noqa: BLE001 - reported to each waiting request
@@ -177,6 +179,7 @@ class SpanWriter:
             for job in jobs:
                 self._commit([job])
             return
+        self.busy_s += time.perf_counter() - started
         self.transactions += 1
         self.requests += len(jobs)
         self.stored_spans += size
