@@ -259,3 +259,26 @@ def test_json_reply_for_json_errors_and_protobuf_reply_for_protobuf_errors(colle
     response, data = post(collector.http_port, b"\xff\xff\xff", ctype=PB)
     assert response.status == 400 and response.getheader("Content-Type") == PB
     assert status_pb2.Status.FromString(data).code == 3
+
+
+def test_chunked_bodies_are_read_and_bounded(collector):
+    body = make_request(3).SerializeToString()
+    conn = http.client.HTTPConnection("127.0.0.1", collector.http_port, timeout=30)
+    conn.request("POST", "/v1/traces", iter([body[:10], body[10:]]),
+                 {"Content-Type": PB}, encode_chunked=True)
+    assert conn.getresponse().status == 200
+    conn.close()
+    conn = http.client.HTTPConnection("127.0.0.1", collector.http_port, timeout=30)
+    conn.request("POST", "/v1/traces", iter([b"\0" * 150_000, b"\0" * 150_000]),
+                 {"Content-Type": PB}, encode_chunked=True)
+    assert conn.getresponse().status == 413  # the limit is 200,000 bytes
+    conn.close()
+    assert count_spans(collector.store) == 3
+
+
+def test_a_stopping_collector_answers_503_with_retry_after(collector):
+    collector.receiver.accepting = False  # what stop() sets first
+    response, data = post(collector.http_port, make_request(1).SerializeToString())
+    assert response.status == 503 and response.getheader("Retry-After")
+    assert status_pb2.Status.FromString(data).code == 14  # UNAVAILABLE
+    collector.receiver.accepting = True
