@@ -1,0 +1,37 @@
+"""`gepa-trace demo`: the whole cycle, with the summary a machine reads."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from gepa_trace.cli import main
+from gepa_trace.collectors.instrument import active_instrumentation
+
+FIELDS = {"run_id", "agent", "seed_test_score", "best_test_score", "ci_low", "ci_high",
+          "exported", "report", "rollouts", "llm_calls", "replay_cache_hits", "cost_usd",
+          "elapsed_s"}
+
+
+def test_demo_runs_the_whole_cycle_and_prints_its_summary(tmp_path):
+    out = tmp_path / "demo"
+    try:
+        result = CliRunner().invoke(main, ["demo", "--out", str(out), "--runs", "150",
+                                           "--budget-rollouts", "240", "--json"])
+    finally:
+        inst = active_instrumentation()
+        if inst is not None:
+            inst.shutdown()
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert FIELDS <= set(summary)
+    assert summary["agent"] == "demo-qa" and summary["simulated"] is True
+    assert summary["rollouts"] <= 240
+    assert summary["best_test_score"] >= summary["seed_test_score"]
+    assert (out / "report.html").is_file()
+    assert summary["report"] == str(out / "report.html")
+    if summary["exported"]:
+        assert (out / "prompts.json").is_file() and summary["ci_low"] > 0
+    assert summary["replay_cache_hits"] > 0 and summary["cost_usd"] > 0
+    assert "[1/4] production traffic" in result.stderr
