@@ -282,3 +282,16 @@ def test_a_stopping_collector_answers_503_with_retry_after(collector):
     assert response.status == 503 and response.getheader("Retry-After")
     assert status_pb2.Status.FromString(data).code == 14  # UNAVAILABLE
     collector.receiver.accepting = True
+
+
+def test_refused_requests_keep_the_connection_usable(collector):
+    """A refused body is drained, so a keep-alive client reads the answer and goes on."""
+    conn = http.client.HTTPConnection("127.0.0.1", collector.http_port, timeout=30)
+    for body, ctype, status in [(b"\0" * 250_000, PB, 413), (b"x" * 1000, "text/plain", 415),
+                                (make_request(2).SerializeToString(), PB, 200)]:
+        conn.request("POST", "/v1/traces", body, {"Content-Type": ctype})
+        response = conn.getresponse()
+        response.read()
+        assert response.status == status
+    conn.close()
+    assert count_spans(collector.store) == 2

@@ -54,6 +54,7 @@ _GRPC_CODE = {400: INVALID_ARGUMENT, 401: UNAUTHENTICATED, 404: NOT_FOUND, 405: 
               429: UNAVAILABLE, 500: INTERNAL, 501: UNIMPLEMENTED, 503: UNAVAILABLE,
               504: UNAVAILABLE}
 _SIGNALS = {"/v1/traces", "/v1/metrics", "/v1/logs"}
+_DRAIN_LIMIT = 64 * 1024 * 1024  # refused bodies up to this size are read and dropped
 
 
 class _Refused(Exception):
@@ -85,6 +86,7 @@ class OTLPHandler(BaseHTTPRequestHandler):
             self._error(404, f"no such path {path!r}", JSON)
 
     def do_POST(self) -> None:
+        self._body_read = False  # one handler serves every request of a connection
         path = self.path.split("?", 1)[0]
         kind = media_type(self.headers.get("Content-Type"))
         reply_kind = PROTOBUF if kind == PROTOBUF else JSON
@@ -118,8 +120,11 @@ class OTLPHandler(BaseHTTPRequestHandler):
             except RequestError as exc:
                 self._error(exc.status, exc.message, reply_kind)
             except _Refused as exc:
+                # Read and drop a body we refused unread (up to a bound), so that the
+                # client, still sending, gets our answer instead of a reset connection.
+                close = exc.close and not self._discard_body()
                 self._error(exc.status, exc.message, reply_kind, retry_after=exc.retry_after,
-                            close=exc.close)
+                            close=close)
             except WriterBusy as exc:
                 self._error(429, str(exc), reply_kind, retry_after=exc.retry_after)
             except WriterClosed as exc:
@@ -130,12 +135,35 @@ class OTLPHandler(BaseHTTPRequestHandler):
                             reply_kind, retry_after=2 if retryable else None)
 
     def do_PUT(self) -> None:
-        self._error(405, "use POST", JSON, close=True)
+        self._body_read = False
+        self._error(405, "use POST", JSON, close=not self._discard_body())
 
     do_DELETE = do_PATCH = do_PUT
 
     # -- bodies ------------------------------------------------------------------------
+    def _discard_body(self) -> bool:
+        """Read and drop the unread body; False when that is not possible or too big."""
+        if self._body_read or self.headers.get("Transfer-Encoding"):
+            return False
+        try:
+            remaining = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            return False
+        if remaining < 0 or remaining > _DRAIN_LIMIT:
+            return False
+        try:
+            while remaining > 0:
+                chunk = self.rfile.read(min(remaining, 1 << 16))
+                if not chunk:
+                    return False
+                remaining -= len(chunk)
+        except OSError:
+            return False
+        self._body_read = True
+        return True
+
     def _read_body(self) -> bytes:
+        self._body_read = True
         limit = self.server.receiver.max_body_bytes
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
             return self._read_chunked(limit)
@@ -149,6 +177,7 @@ class OTLPHandler(BaseHTTPRequestHandler):
         if length < 0:
             raise _Refused(400, f"bad Content-Length {length_text!r}", close=True)
         if length > limit:
+            self._body_read = False  # _discard_body may still drain it
             raise _Refused(413, f"body of {length} bytes exceeds the limit of {limit} bytes",
                            close=True)
         body = self.rfile.read(length)
