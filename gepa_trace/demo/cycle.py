@@ -37,17 +37,14 @@ class DemoSettings:
     progress: Callable[[str], None] = field(default=lambda _msg: None)
 
 
-def _task_cost(store, run_id: str, model: str) -> float:
-    from gepa_trace.lm.client import price
-    from gepa_trace.store import SpanRow
+def _test_cost(store, run_id: str) -> float:
+    from gepa_trace.store import EvaluationRow
 
-    spans = SpanRow.__table__
+    evals = EvaluationRow.__table__
     with store.read() as conn:
-        tokens_in, tokens_out = conn.execute(
-            select(func.coalesce(func.sum(spans.c.input_tokens), 0),
-                   func.coalesce(func.sum(spans.c.output_tokens), 0))
-            .where(and_(spans.c.run_id == run_id, spans.c.span_type == "llm"))).one()
-    return price(model, int(tokens_in), int(tokens_out)) or 0.0
+        return float(conn.execute(select(func.coalesce(func.sum(evals.c.cost_usd), 0.0))
+                                  .where(and_(evals.c.run_id == run_id,
+                                              evals.c.purpose == "test"))).scalar())
 
 
 def run_demo(settings: DemoSettings, callbacks: list[object] = ()) -> dict[str, Any]:
@@ -108,8 +105,9 @@ def run_demo(settings: DemoSettings, callbacks: list[object] = ()) -> dict[str, 
     hits = sum(outcome.replay_cache_hits.values())
     llm_calls = outcome.task_calls_sent + sum(
         n for role, n in totals.llm_calls_by_role.items() if role != "task")
-    cost = float(totals.budget.get("cost_usd", 0.0)) + _task_cost(store, result.run_id,
-                                                                  settings.task_lm)
+    # the budget holds reflection calls and the rollouts' own calls (charged by the
+    # harness); the held-out test rollouts come after the loop and are priced here
+    cost = float(totals.budget.get("cost_usd", 0.0)) + _test_cost(store, result.run_id)
     held = outcome.held_out
     return {
         "run_id": result.run_id, "agent": AGENT_NAME, "store": str(store.url),

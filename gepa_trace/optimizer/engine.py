@@ -507,6 +507,9 @@ class Optimizer:
         roles["task"] = roles.get("task", 0) + rollout.llm_calls
         totals.tokens += rollout.tokens
         totals.cost_usd += rollout.cost_usd
+        if rollout.tokens or rollout.cost_usd:
+            # what the evaluator's own calls cost counts against the dollar/token limits
+            self.budget.record_llm_call(rollout.tokens, rollout.cost_usd)
         if rollout.error:
             totals.evaluator_errors += 1
             self.recorder.event("evaluator_error", {"candidate": candidate.id,

@@ -64,7 +64,12 @@ class ComponentRecord:
 
 @dataclass
 class Rollout:
-    """The result of running one candidate on one example."""
+    """The result of running one candidate on one example.
+
+    ``tokens`` and ``cost_usd`` are what the rollout's own LLM calls cost when they were
+    not made through an LM that meters the run's budget itself; the engine charges
+    them to the budget (so dollar limits cover the agent's calls too).
+    """
 
     score: float
     feedback: str = ""

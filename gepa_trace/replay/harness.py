@@ -24,6 +24,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from gepa_trace.collectors.conventions import derive
 from gepa_trace.collectors.exporter import span_to_dict
 from gepa_trace.collectors.views import llm_view
+from gepa_trace.lm.client import price
 from gepa_trace.optimizer.protocols import (
     ComponentRecord, Example, Rollout, RolloutContext, Score)
 from gepa_trace.prompts import PromptSet
@@ -86,6 +87,7 @@ class TraceReading:
     errors: list[str]
     llm_spans: int
     tokens: int
+    cost_usd: float = 0.0
 
 
 def read_rollout(spans: list[dict[str, Any]]) -> TraceReading:
@@ -93,6 +95,7 @@ def read_rollout(spans: list[dict[str, Any]]) -> TraceReading:
     records: dict[str, list[ComponentRecord]] = {}
     errors: list[str] = []
     llm_spans = tokens = 0
+    cost = 0.0
     for span in sorted(spans, key=lambda s: s["start_ns"]):
         attributes = span.get("attributes") or {}
         derived = derive(attributes, name=span.get("name", ""), resource=span.get("resource"))
@@ -108,6 +111,8 @@ def read_rollout(spans: list[dict[str, Any]]) -> TraceReading:
         view = llm_view(attributes)
         llm_spans += 1
         tokens += (view.tokens.input or 0) + (view.tokens.output or 0)
+        if view.model and (view.tokens.input or view.tokens.output):
+            cost += price(view.model, view.tokens.input or 0, view.tokens.output or 0) or 0.0
         component = derived["component"]
         if not component:
             continue
@@ -119,7 +124,7 @@ def read_rollout(spans: list[dict[str, Any]]) -> TraceReading:
         for recs in records.values():
             for rec in recs:
                 rec.extra["trace_errors"] = list(errors)
-    return TraceReading(records, errors, llm_spans, tokens)
+    return TraceReading(records, errors, llm_spans, tokens, cost)
 
 
 @dataclass(frozen=True)
@@ -135,7 +140,9 @@ class AgentReplay:
 
     Never raises for one example: an agent or metric exception scores 0 with the error
     in the feedback. Built agents are kept per prompt versions (a small LRU), since
-    building one may be costly.
+    building one may be costly. The tokens and dollars of the agent's own LLM calls
+    are read from its spans (priced from litellm's map) and reported on the Rollout;
+    the engine charges them to the run's budget.
     """
 
     def __init__(self, build_agent: Callable[[PromptSet], Any],
@@ -203,4 +210,4 @@ class AgentReplay:
                        records=reading.records, error=error, trace_id=run.trace_id,
                        llm_calls=max(0, reading.llm_spans - tally.cache_hits),
                        cache_hits=tally.cache_hits,
-                       tokens=reading.tokens)
+                       tokens=reading.tokens, cost_usd=reading.cost_usd)

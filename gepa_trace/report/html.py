@@ -198,7 +198,7 @@ def _summary(d: ReportData) -> str:
               f"{statuses.count('accepted')} accepted, {statuses.count('rejected')} rejected"),
         _card("rollouts", f"{d.totals.get('rollouts', d.rollouts):,}",
               f"{d.run.iteration} iterations"),
-        _card("cost", f"${float(d.totals.get('cost_usd', 0.0)):.4f}",
+        _card("cost", f"${_dollars(d.totals):.4f}",
               _duration(d.totals.get("wall_seconds"))),
     ]
     return _section("summary", f'<div class="cards">{"".join(cards)}</div>')
@@ -380,7 +380,7 @@ def _budget_section(d: ReportData) -> str:
         ("LLM calls: total", f"{sum(int(v) for v in roles.values()):,}"
          + _limit(limits, "max_llm_calls")),
         ("tokens", f"{int(t.get('tokens', 0)):,}" + _limit(limits, "max_tokens")),
-        ("dollars", f"${float(t.get('cost_usd', 0.0)):.4f}" + _limit(limits, "max_cost_usd")),
+        ("dollars", f"${_dollars(t):.4f}" + _limit(limits, "max_cost_usd")),
         ("wall time", _duration(t.get("wall_seconds"))
          + (f" of {_duration(limits['max_seconds'])}" if limits.get("max_seconds") else "")),
         ("reflection errors", str(int(t.get("reflection_errors", 0)))),
@@ -434,3 +434,11 @@ def _now() -> float:
     import time
 
     return time.time()
+
+
+def _dollars(totals: dict) -> float:
+    """Dollars of the run: the budget's figure covers every metered call (reflection,
+    judge, and the agent's own calls charged by the replay harness); runs without one
+    fall back to what the rollouts reported."""
+    budget = totals.get("budget") or {}
+    return float(budget.get("cost_usd", totals.get("cost_usd", 0.0)) or 0.0)
