@@ -265,10 +265,10 @@ def test_llm_without_a_matching_prompt_has_no_component(instrumented, sqlite_url
                                       model.invoke("unrelated", config))[1].content,
                    name="node").invoke("hello")
     llm = next(s for s in stored(instrumented, sqlite_url) if s["span_type"] == "llm")
-    # What the instrumentation writes (the store's derived column may still guess from a
-    # sibling PROMPT span, a rule meant for foreign instrumentations).
     assert "gepa.component" not in llm["attributes"]
     assert "gepa.prompt.version" not in llm["attributes"]
+    # the join of sibling PROMPT spans is for foreign instrumentations, not ours
+    assert llm["component"] is None and llm["prompt_version"] is None
 
 
 def test_rollout_metadata_tags_every_span_of_the_trace(instrumented, sqlite_url):

@@ -289,7 +289,12 @@ def token_counts(attributes: Mapping[str, Any]) -> tuple[int | None, int | None,
 
 def _needs_prompt(row: Mapping[str, Any]) -> bool:
     return (row.get("span_type") == "llm" and row.get("prompt_version") is None
-            and row.get("parent_span_id") is not None)
+            and row.get("parent_span_id") is not None and not row.get("_ours"))
+
+
+def _offers_prompt(row: Mapping[str, Any]) -> bool:
+    return bool(row.get("span_type") == "prompt" and row.get("parent_span_id")
+                and row.get("prompt_version") and not row.get("_ours"))
 
 
 def _best_prompt(llm: Mapping[str, Any], prompts: list[Mapping[str, Any]]) -> Mapping[str, Any]:
@@ -316,8 +321,7 @@ def link_prompt_spans(store: Any, conn: Any,
     prompts: dict[tuple[str, str], list[dict[str, Any]]] = {}
     waiting: list[dict[str, Any]] = []
     for row in rows:
-        if row.get("span_type") == "prompt" and row.get("parent_span_id") \
-                and row.get("prompt_version"):
+        if _offers_prompt(row):
             prompts.setdefault((row["trace_id"], row["parent_span_id"]), []).append(row)
         elif _needs_prompt(row):
             waiting.append(row)
@@ -376,8 +380,7 @@ def fix_up_linked_llm_spans(conn: Any, rows: list[dict[str, Any]]) -> int:
 
     prompts: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in rows:
-        if r.get("span_type") == "prompt" and r.get("parent_span_id") \
-                and r.get("prompt_version"):
+        if _offers_prompt(r):
             prompts.setdefault((r["trace_id"], r["parent_span_id"]), []).append(r)
     if not prompts:
         return 0

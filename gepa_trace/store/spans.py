@@ -67,6 +67,11 @@ def span_row(span: Mapping[str, Any], _resource_json: dict | None = None) -> dic
         "service_name": str(service)[:255] if service is not None else None,
     }
     row.update(derive(attributes, name=row["name"], resource=resource))
+    if "gepa.agent" in attributes:
+        # Written by our own instrumentation, which attributes LLM spans itself; the
+        # join of foreign PROMPT spans to their LLM siblings must leave it alone. (Not a
+        # column: the insert takes only the table's columns.)
+        row["_ours"] = True
     return row
 
 
