@@ -122,6 +122,8 @@ def print_outcome(summary: dict[str, Any]) -> None:
 @click.option("--with-feedback", is_flag=True, help="Only runs that have feedback.")
 @click.option("--sample", type=click.IntRange(min=1), default=None,
               help="At most this many examples.")
+@click.option("--split", default=None, metavar="TRAIN,VAL,TEST",
+              help="Shares of train/validation/held-out test (default 0.5,0.1,0.4).")
 @click.option("--no-replay-cache", is_flag=True,
               help="Send every LLM call, even one already recorded.")
 @click.option("--patience", type=click.IntRange(min=1), default=None,
@@ -139,7 +141,7 @@ def optimize(agent: str, entrypoint: str | None, metric: str, reflection_lm: str
              budget_rollouts: int, max_llm_calls: int | None, max_cost: float | None,
              max_seconds: float | None, workers: int, seed: int, since: str | None,
              until: str | None, with_feedback: bool, sample: int | None,
-             no_replay_cache: bool, patience: int | None, stop_file: str | None,
+             split: str | None, no_replay_cache: bool, patience: int | None, stop_file: str | None,
              resume: str | None, warm_start: bool, store: str | None, as_json: bool) -> None:
     """Optimize an agent's prompts from its recorded runs with GEPA.
 
@@ -156,11 +158,18 @@ def optimize(agent: str, entrypoint: str | None, metric: str, reflection_lm: str
     from gepa_trace.lm.budget import Budget
     from gepa_trace.optimizer import OptimizerConfig
     from gepa_trace.replay import ReplaySettings, optimize as run_optimize
-    from gepa_trace.replay.dataset import ExampleFilter
+    from gepa_trace.replay.dataset import ExampleFilter, SplitFractions
 
+    fractions = SplitFractions()
+    if split:
+        try:
+            fractions = SplitFractions(*(float(x) for x in split.split(",")))
+        except (TypeError, ValueError) as exc:
+            raise click.BadParameter(f"{split!r}: expected three shares like 0.5,0.1,0.4 "
+                                     f"({exc})", param_hint="--split") from None
     settings = ReplaySettings(
         entrypoint=entrypoint, metric=metric, task_lm=task_lm, judge_lm=judge_lm,
-        rubric=rubric, replay_cache=not no_replay_cache,
+        rubric=rubric, replay_cache=not no_replay_cache, fractions=fractions,
         filters=ExampleFilter(since=parse_since(since), until=parse_since(until),
                               only_with_feedback=with_feedback, sample=sample))
     budget = Budget(max_rollouts=budget_rollouts, max_llm_calls=max_llm_calls,
