@@ -271,7 +271,8 @@ def write_results(results: list[dict], args: argparse.Namespace) -> None:
     lines += ["", "Every reply was sent after its spans were committed (group commit: one "
               "transaction for all requests waiting, never one per request). Writer busy is "
               "the share of the run the single writer thread spent in transactions; near "
-              "100% means SQLite inserting into the spans table and its five indexes is the "
+              "100% means SQLite inserting into the spans table and its indexes (primary key, agent, and partial "
+              "component and run indexes) is the "
               "limit, not decoding. Collector CPU counts all its threads."]
     if http is not None:
         met = "met" if http["spans_per_s"] >= 20_000 else "NOT met on this run"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from sqlalchemy import BigInteger, Column, Index, Text
+from sqlalchemy import BigInteger, Column, Index, Text, text
 from sqlmodel import Field, SQLModel
 
 
@@ -19,8 +19,12 @@ class SpanRow(SQLModel, table=True):
     __tablename__ = "spans"
     __table_args__ = (
         Index("ix_spans_agent_root", "agent", "parent_span_id", "start_ns"),
-        Index("ix_spans_component", "component"),
-        Index("ix_spans_run", "run_id"),
+        # Partial: most spans have no component and no optimization run, and every
+        # index entry is paid for on the write path (the collector's limit).
+        Index("ix_spans_component", "component", sqlite_where=text("component IS NOT NULL"),
+              postgresql_where=text("component IS NOT NULL")),
+        Index("ix_spans_run", "run_id", sqlite_where=text("run_id IS NOT NULL"),
+              postgresql_where=text("run_id IS NOT NULL")),
     )
 
     trace_id: str = Field(primary_key=True, max_length=32)
@@ -39,7 +43,7 @@ class SpanRow(SQLModel, table=True):
     # derived, indexed
     agent: Optional[str] = Field(default=None, max_length=255)
     component: Optional[str] = Field(default=None, max_length=255)
-    span_type: Optional[str] = Field(default=None, max_length=16, index=True)
+    span_type: Optional[str] = Field(default=None, max_length=16)
     run_id: Optional[str] = Field(default=None, max_length=64)
     prompt_version: Optional[str] = Field(default=None, max_length=64)
     model: Optional[str] = Field(default=None, max_length=255)
