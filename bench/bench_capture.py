@@ -212,8 +212,10 @@ def exporter_rate(spans: list, tmp: str, rounds: int = 3) -> dict:
     from gepa_trace.collectors.exporter import span_to_dict
     from gepa_trace.store.spans import span_row
 
+    from gepa_trace.store import SpanRow
+
     rows = [span_row(span_to_dict(s)) for s in spans]
-    columns = list(rows[0])
+    columns = [c.name for c in SpanRow.__table__.columns]
     tuples = [tuple(r[c] for c in columns) for r in rows]
     ours, raw = [], []
     for n in range(rounds):
