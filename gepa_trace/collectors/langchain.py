@@ -50,6 +50,9 @@ from gepa_trace.collectors.langchain_values import (
 from gepa_trace.config import under_pytest
 from gepa_trace.prompts.templates import COMPONENT_KEY, VERSION_KEY
 
+#: set on a message served from the replay cache (gepa_trace.replay.cache), and on
+#: the LLM span of such a call
+REPLAY_CACHE_HIT = "gepa.replay_cache"
 logger = logging.getLogger("gepa_trace.capture")
 
 try:  # the key the OTel SDK sets while exporting; private in the API, used by the SDK itself
@@ -413,6 +416,9 @@ class SpanRecorder(BaseCallbackHandler):
         if outputs:
             messages_attributes(attributes, "llm.output_messages", outputs, self.capture_content)
             text = content_text(outputs[0].content)
+            if (getattr(outputs[0], "response_metadata", None) or {}).get(REPLAY_CACHE_HIT):
+                # answered by the replay cache, not the model: it cost no call
+                attributes[REPLAY_CACHE_HIT] = True
         else:
             text = generations[0].text if generations else ""
             attributes["llm.output_messages.0.message.role"] = "assistant"

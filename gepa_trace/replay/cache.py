@@ -16,12 +16,10 @@ langchain's ``(prompt, llm_string)`` pair. Parameters that do not change the ans
 from __future__ import annotations
 
 import ast
-import contextvars
 import hashlib
 import json
 import threading
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
@@ -29,6 +27,7 @@ from langchain_core.messages import AIMessage
 from langchain_core.outputs import ChatGeneration, Generation
 from sqlalchemy import and_, select
 
+from gepa_trace.collectors.langchain import REPLAY_CACHE_HIT
 from gepa_trace.store import SpanRow, Store
 
 _SPANS = SpanRow.__table__
@@ -40,20 +39,9 @@ ANSWER_PARAMS = ("temperature", "max_tokens", "max_completion_tokens", "top_p", 
                  "response_format", "tools", "tool_choice", "reasoning_effort")
 _ROLES = {"human": "user", "user": "user", "system": "system", "ai": "assistant",
           "assistant": "assistant", "tool": "tool", "function": "tool", "chat": "user"}
-HIT_MARKER = "gepa.replay_cache"
-
-
-@dataclass
-class RolloutTally:
-    """Cache hits of one rollout (the harness sets one per rollout in ``current_tally``;
-    LangChain copies the context into the threads it runs nodes in)."""
-
-    cache_hits: int = 0
-    cache_hits_by_component: dict[str, int] = field(default_factory=dict)
-
-
-current_tally: contextvars.ContextVar[RolloutTally | None] = contextvars.ContextVar(
-    "gepa_trace_rollout_tally", default=None)
+# The marker on a served message; the instrumentation copies it onto the LLM span, which
+# is how a rollout counts its hits (from its own spans, whatever thread made the call).
+HIT_MARKER = REPLAY_CACHE_HIT
 
 
 def request_key(model: str | None, params: Mapping[str, Any],
@@ -206,11 +194,6 @@ class ReplayCache(BaseCache):
                 self._unattributed[key] += 1
             else:
                 self.hits[component] += 1
-            tally = current_tally.get()
-            if tally is not None:
-                tally.cache_hits += 1
-                tally.cache_hits_by_component[component] = (
-                    tally.cache_hits_by_component.get(component, 0) + 1)
         message = AIMessage(content=entry[0], response_metadata={HIT_MARKER: True})
         return [ChatGeneration(message=message)]
 

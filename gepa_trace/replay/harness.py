@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
@@ -28,7 +28,7 @@ from gepa_trace.lm.client import price
 from gepa_trace.optimizer.protocols import (
     ComponentRecord, Example, Rollout, RolloutContext, Score)
 from gepa_trace.prompts import PromptSet
-from gepa_trace.replay.cache import RolloutTally, current_tally
+from gepa_trace.replay.cache import HIT_MARKER
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,8 @@ class TraceReading:
 
     records: dict[str, list[ComponentRecord]]
     errors: list[str]
-    llm_spans: int
+    llm_calls: int  # sent to a model
+    cache_hits: int  # answered by the replay cache
     tokens: int
     cost_usd: float = 0.0
 
@@ -94,7 +95,7 @@ def read_rollout(spans: list[dict[str, Any]]) -> TraceReading:
     """Per-component records and trace errors from one rollout's span dicts."""
     records: dict[str, list[ComponentRecord]] = {}
     errors: list[str] = []
-    llm_spans = tokens = 0
+    llm_calls = cache_hits = tokens = 0
     cost = 0.0
     for span in sorted(spans, key=lambda s: s["start_ns"]):
         attributes = span.get("attributes") or {}
@@ -109,7 +110,10 @@ def read_rollout(spans: list[dict[str, Any]]) -> TraceReading:
         if derived["span_type"] != "llm":
             continue
         view = llm_view(attributes)
-        llm_spans += 1
+        if attributes.get(HIT_MARKER):
+            cache_hits += 1
+        else:
+            llm_calls += 1
         tokens += (view.tokens.input or 0) + (view.tokens.output or 0)
         if view.model and (view.tokens.input or view.tokens.output):
             cost += price(view.model, view.tokens.input or 0, view.tokens.output or 0) or 0.0
@@ -124,7 +128,7 @@ def read_rollout(spans: list[dict[str, Any]]) -> TraceReading:
         for recs in records.values():
             for rec in recs:
                 rec.extra["trace_errors"] = list(errors)
-    return TraceReading(records, errors, llm_spans, tokens, cost)
+    return TraceReading(records, errors, llm_calls, cache_hits, tokens, cost)
 
 
 @dataclass(frozen=True)
@@ -177,8 +181,6 @@ class AgentReplay:
 
         tags = {"gepa.run.id": context.run_id, "gepa.candidate.id": context.candidate_id,
                 "gepa.example.id": example.id, "gepa.rollout.purpose": context.purpose}
-        tally = RolloutTally()
-        token = current_tally.set(tally)
         output: Any = None
         error: str | None = None
         run = agent_run(self.agent, inputs=dict(example.inputs), metadata=tags)
@@ -190,8 +192,6 @@ class AgentReplay:
                 run.set_outputs(output)
         except Exception as exc:  # the agent failing on one input is a score, not a crash
             error = f"{type(exc).__name__}: {exc}"
-        finally:
-            current_tally.reset(token)
         spans = self.spans.take(run.trace_id)
         reading = read_rollout(spans)
         if error is not None:
@@ -208,6 +208,5 @@ class AgentReplay:
             feedback = (feedback + " | errors in the trace: " + "; ".join(reading.errors)).strip(" |")
         return Rollout(score=score.score, feedback=feedback, output=output,
                        records=reading.records, error=error, trace_id=run.trace_id,
-                       llm_calls=max(0, reading.llm_spans - tally.cache_hits),
-                       cache_hits=tally.cache_hits,
+                       llm_calls=reading.llm_calls, cache_hits=reading.cache_hits,
                        tokens=reading.tokens, cost_usd=reading.cost_usd)
