@@ -33,7 +33,6 @@ import itertools
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -44,6 +43,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+
+from results import write_section  # noqa: E402  (bench/results.py, beside this file)
 
 BATCH = 512
 
@@ -293,17 +294,6 @@ def report(calls: list[dict], rate: dict, args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(section: str) -> None:
-    path = ROOT / "bench" / "RESULTS.md"
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(r"## Capture \(bench/bench_capture.py\)\n.*?(?=\n## |\Z)", re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _m: section.rstrip("\n") + "\n", text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=2000)
@@ -323,7 +313,7 @@ def main() -> None:
     section = report(calls, rate, args)
     print(section)
     if not args.no_write:
-        write_results(section)
+        write_section("Capture (bench/bench_capture.py)", section)
 
 
 if __name__ == "__main__":

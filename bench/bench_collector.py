@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import random
-import re
 import sys
 import tempfile
 import threading
@@ -249,8 +248,8 @@ def run(transport: str, url: str, spans: int, exporters: int, batch: int, seed: 
 
 
 def write_results(results: list[dict], args: argparse.Namespace) -> None:
-    path = ROOT / "bench" / "RESULTS.md"
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    from results import write_section  # bench/results.py, beside this file
+
     lines = ["## Collector (bench/bench_collector.py)", "",
              f"`.venv/bin/python bench/bench_collector.py --spans {args.spans} "
              f"--exporters {args.exporters} --batch {args.batch}` on "
@@ -278,12 +277,7 @@ def write_results(results: list[dict], args: argparse.Namespace) -> None:
         met = "met" if http["spans_per_s"] >= 20_000 else "NOT met on this run"
         lines.append(f"Target: at least 20,000 spans/s over HTTP: {http['spans_per_s']} ({met}).")
     section = "\n".join(lines) + "\n"
-    pattern = re.compile(r"## Collector \(bench/bench_collector.py\)\n.*?(?=\n## |\Z)", re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _m: section.rstrip("\n") + "\n", text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
+    write_section("Collector (bench/bench_collector.py)", section)
 
 
 def main() -> None:

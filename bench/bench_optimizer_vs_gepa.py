@@ -213,8 +213,9 @@ def main(argv=None) -> int:
             f"{ours.get('stop')}. LLM calls are the replies the simulated models served "
             f"during the optimization. The machine may have been shared with other jobs.\n\n"
             f"{table}\n\n" + "\n".join(f"- {v}" for v in verdicts) + "\n")
-        with open(ROOT / "bench" / "RESULTS.md", "a", encoding="utf-8") as fh:
-            fh.write(section)
+        from results import write_section  # bench/results.py, beside this file
+
+        write_section("Optimizer vs gepa (bench/bench_optimizer_vs_gepa.py)", section)
     return 0
 
 
