@@ -72,3 +72,28 @@ def test_replay_cache_key_includes_generation_parameters(store_url):
         assert cache.hit_count() == 0
     finally:
         set_llm_cache(None)
+
+
+def test_replay_cache_serves_concurrent_lookups(store_url):
+    """Rollouts run on threads; CPython 3.11's ast is not thread-safe, so the cache must
+    not parse llm_strings concurrently (a SystemError here failed one rollout in CI)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from langchain_core.load import dumps
+
+    store = open_store(store_url)
+    model = CountingModel(responses=["x"])
+    write_spans(store, [_llm_span(10 + i, "S", f"U{i}", f"out{i}",
+                                  dict(model._get_invocation_params(stop=None), seed=i))
+                        for i in range(16)])
+    cache = ReplayCache.from_store(store, "qa")
+
+    def lookup(i):
+        params = dict(model._get_invocation_params(stop=None), seed=i)
+        llm_string = str(sorted(params.items()))
+        prompt = dumps([SystemMessage("S"), HumanMessage(f"U{i}")])
+        return cache.lookup(prompt, llm_string)[0].text
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(lookup, [i % 16 for i in range(800)])) == \
+            [f"out{i % 16}" for i in range(800)]

@@ -16,6 +16,7 @@ langchain's ``(prompt, llm_string)`` pair. Parameters that do not change the ans
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import json
 import threading
@@ -98,8 +99,11 @@ def output_of_span(attributes: Mapping[str, Any]) -> str | None:
     return view.output_text if view.output_messages else None
 
 
-def _parse_llm_string(llm_string: str) -> dict[str, Any]:
-    """langchain's llm_string -> parameters (both its serializable and plain forms)."""
+_literal_lock = threading.Lock()
+
+
+@functools.lru_cache(maxsize=512)
+def _parsed_llm_string(llm_string: str) -> tuple[tuple[str, Any], ...]:
     params: dict[str, Any] = {}
     head, sep, tail = llm_string.partition("---")
     if sep:  # serializable model: json of the model + "---" + sorted call kwargs
@@ -110,11 +114,19 @@ def _parse_llm_string(llm_string: str) -> dict[str, Any]:
         text = tail
     else:
         text = head
-    try:
-        params.update(dict(ast.literal_eval(text)))
-    except (ValueError, SyntaxError, TypeError):
-        pass
-    return params
+    # CPython 3.11's AST validation is not thread-safe ("AST constructor recursion depth
+    # mismatch" under concurrent rollouts): parse under a lock, once per llm_string.
+    with _literal_lock:
+        try:
+            params.update(dict(ast.literal_eval(text)))
+        except (ValueError, SyntaxError, TypeError):
+            pass
+    return tuple(params.items())
+
+
+def _parse_llm_string(llm_string: str) -> dict[str, Any]:
+    """langchain's llm_string -> parameters (both its serializable and plain forms)."""
+    return dict(_parsed_llm_string(llm_string))
 
 
 def _messages_of_prompt(prompt: str) -> list[tuple[str, str]] | None:
