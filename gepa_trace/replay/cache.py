@@ -77,26 +77,26 @@ def _params_of_span(attributes: Mapping[str, Any]) -> dict[str, Any]:
     return {k[len(prefix):]: v for k, v in attributes.items() if k.startswith(prefix)}
 
 
-def key_of_span(attributes: Mapping[str, Any]) -> str | None:
-    """The request key of a stored LLM span (any convention ``llm_view`` reads), or None
-    when the span lacks the message text (e.g. recorded with capture_content=False)."""
+def key_and_output_of_span(attributes: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """The request key of a stored LLM span (any convention ``llm_view`` reads) and its
+    recorded output; the key is None when the span lacks the message text (e.g.
+    recorded with capture_content=False)."""
     from gepa_trace.collectors.views import llm_view
 
     view = llm_view(attributes)
+    output = view.output_text if view.output_messages else None
     if not view.input_messages or any(not isinstance(m.get("content"), str) or
                                       (m.get("content") == "" and not m.get("tool_calls"))
                                       for m in view.input_messages):
-        return None
+        return None, output
     params = _params_of_span(attributes)
     model = _model_of(params) or view.model
-    return request_key(model, params, [(m["role"], m["content"]) for m in view.input_messages])
+    key = request_key(model, params, [(m["role"], m["content"]) for m in view.input_messages])
+    return key, output
 
 
-def output_of_span(attributes: Mapping[str, Any]) -> str | None:
-    from gepa_trace.collectors.views import llm_view
-
-    view = llm_view(attributes)
-    return view.output_text if view.output_messages else None
+def key_of_span(attributes: Mapping[str, Any]) -> str | None:
+    return key_and_output_of_span(attributes)[0]
 
 
 _literal_lock = threading.Lock()
@@ -176,8 +176,7 @@ class ReplayCache(BaseCache):
         """Index stored LLM spans (rows with ``attributes`` JSON and ``component``)."""
         added = 0
         for row in rows:
-            attributes = json.loads(row.attributes)
-            key, output = key_of_span(attributes), output_of_span(attributes)
+            key, output = key_and_output_of_span(json.loads(row.attributes))
             if key and output is not None:
                 self.add(key, output, row.component)
                 added += 1

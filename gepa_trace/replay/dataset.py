@@ -22,10 +22,10 @@ from sqlalchemy import and_, select
 
 from gepa_trace.errors import ConfigError, GepaTraceError
 from gepa_trace.optimizer.protocols import Example
-from gepa_trace.store import FeedbackRow, SpanRow, Store
+from gepa_trace.store import SpanRow, Store
+from gepa_trace.store.queries import feedback_for_traces
 
 _SPANS = SpanRow.__table__
-_FEEDBACK = FeedbackRow.__table__
 
 
 class NotEnoughExamples(GepaTraceError):
@@ -140,20 +140,6 @@ def _inputs_of(attributes: dict[str, Any]) -> dict[str, Any] | None:
     return {"input": value}
 
 
-def _feedback_by_trace(store: Store, trace_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
-    out: dict[str, list[dict[str, Any]]] = {}
-    with store.read() as conn:
-        for start in range(0, len(trace_ids), 500):
-            chunk = trace_ids[start:start + 500]
-            rows = conn.execute(select(_FEEDBACK).where(_FEEDBACK.c.trace_id.in_(chunk))
-                                .order_by(_FEEDBACK.c.created_at)).all()
-            for r in rows:
-                out.setdefault(r.trace_id, []).append(
-                    {"name": r.name, "score": r.score, "label": r.label,
-                     "comment": r.comment, "source": r.source, "created_at": r.created_at})
-    return out
-
-
 def _expected(output: Any, feedback: list[dict[str, Any]]) -> Any:
     for fb in reversed(feedback):  # the latest correction wins
         answer = expected_from_comment(fb.get("comment"))
@@ -186,7 +172,8 @@ def load_examples(store: Store, agent: str, *, filters: ExampleFilter = ExampleF
         raise NotEnoughExamples(f"no recorded runs of agent {agent!r} in the store"
                                 + (" in that time window" if filters.since or filters.until else "")
                                 + "; check the name with `gepa-trace traces`")
-    feedback = _feedback_by_trace(store, [r.trace_id for r in roots])
+    feedback = {trace: [f.to_dict() for f in found] for trace, found in
+                feedback_for_traces(store, [r.trace_id for r in roots]).items()}
     dataset = Dataset(agent=agent)
     seen_inputs: set[str] = set()
     candidates: list[Example] = []
