@@ -96,6 +96,29 @@ class AgentAdapter:
         return out
 
 
+def _mean_row(name: str, per_seed: list[dict]) -> dict:
+    def mean(key):
+        return sum(row[key] for row in per_seed) / len(per_seed)
+
+    return {"name": name, "val": mean("val"), "test": mean("test"),
+            "tests": " / ".join(f"{row['test']:.2f}" for row in per_seed),
+            "rollouts": mean("rollouts"), "llm_calls": mean("llm_calls"),
+            "task": sum(r["calls_by_model"].get("task", 0) for r in per_seed) / len(per_seed),
+            "reflect": sum(r["calls_by_model"].get("reflect", 0) for r in per_seed)
+            / len(per_seed),
+            "wall": mean("wall"), "cpu": mean("cpu"),
+            "stops": [str(row.get("stop")) for row in per_seed],
+            "superseded": ", ".join(f"{row.get('superseded', 0)} "
+                                    f"({row.get('superseded_rollouts', 0)} rollouts)"
+                                    for row in per_seed)}
+
+
+def _statuses(result) -> dict:
+    from collections import Counter
+
+    return dict(Counter(c.status for c in result.candidates))
+
+
 class _Quiet:
     def log(self, *args, **kwargs):
         pass
@@ -125,23 +148,27 @@ def run_gepa(train, val, budget: int, latency_ms: float, threads: int, seed: int
             "calls_by_model": calls, "wall": wall}
 
 
-def run_ours(train, val, budget: int, latency_ms: float, workers: int, seed: int) -> dict:
+def run_ours(train, val, budget: int, latency_ms: float, workers: int, seed: int,
+             lookahead: int) -> dict:
     evaluator = AgentEvaluator(build_agent, metric, model=f"gepa-sim/task?latency_ms={latency_ms:g}")
     limits = Budget(max_rollouts=budget)
     reflection = LM(f"gepa-sim/reflect?latency_ms={latency_ms:g}", budget=limits, role="reflection")
     sim.reset_call_counts()
     started = time.monotonic()
     result = Optimizer(evaluator, reflection, SEED_PROMPTS, train, val, limits, agent="demo-qa",
-                       config=OptimizerConfig(seed=seed, workers=workers)).run()
+                       config=OptimizerConfig(seed=seed, workers=workers,
+                                                      lookahead=lookahead)).run()
     wall = time.monotonic() - started
     calls = sim.call_counts()
     return {"val": result.best_val_score, "prompts": result.best_prompts,
             "rollouts": result.totals.rollouts, "llm_calls": sum(calls.values()),
-            "calls_by_model": calls, "wall": wall, "stop": result.stop_reason}
+            "calls_by_model": calls, "wall": wall, "stop": result.stop_reason,
+            "statuses": _statuses(result), "superseded": result.totals.superseded,
+            "superseded_rollouts": result.totals.superseded_rollouts}
 
 
 def run_ours_replayed(train, val, budget: int, latency_ms: float, workers: int,
-                      seed: int) -> dict:
+                      seed: int, lookahead: int) -> dict:
     """Our optimizer as `gepa-trace optimize` runs it: every rollout a traced run of the
     agent (agent replay, into a SQLite store) with the replay cache on, which answers a
     call already made in an earlier rollout of the run instead of sending it again."""
@@ -169,7 +196,8 @@ def run_ours_replayed(train, val, budget: int, latency_ms: float, workers: int,
         try:
             result = Optimizer(evaluator, reflection, SEED_PROMPTS, train, val, limits,
                                store=store, agent="demo-qa",
-                               config=OptimizerConfig(seed=seed, workers=workers)).run()
+                               config=OptimizerConfig(seed=seed, workers=workers,
+                                                      lookahead=lookahead)).run()
         finally:
             set_llm_cache(previous)
         wall = time.monotonic() - started
@@ -177,7 +205,9 @@ def run_ours_replayed(train, val, budget: int, latency_ms: float, workers: int,
         inst.shutdown()
     return {"val": result.best_val_score, "prompts": result.best_prompts,
             "rollouts": result.totals.rollouts, "llm_calls": sum(calls.values()),
-            "calls_by_model": calls, "wall": wall, "stop": result.stop_reason}
+            "calls_by_model": calls, "wall": wall, "stop": result.stop_reason,
+            "statuses": _statuses(result), "superseded": result.totals.superseded,
+            "superseded_rollouts": result.totals.superseded_rollouts}
 
 
 def main(argv=None) -> int:
@@ -187,7 +217,10 @@ def main(argv=None) -> int:
                         help="latency injected into every simulated LLM call")
     parser.add_argument("--workers", type=int, default=8, help="our rollout workers, and the "
                         "threaded gepa adapter's threads")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lookahead", type=int, default=OptimizerConfig.lookahead,
+                        help="our reflection iterations run at once (OptimizerConfig.lookahead)")
+    parser.add_argument("--seeds", default="0,1,2",
+                        help="optimizer seeds, comma separated; each row is their mean")
     parser.add_argument("--train", type=int, default=40)
     parser.add_argument("--val", type=int, default=30)
     parser.add_argument("--test", type=int, default=100)
@@ -199,44 +232,49 @@ def main(argv=None) -> int:
     train, val = questions(args.train, seed=101), questions(args.val, seed=202)
     test = questions(args.test, seed=303)
     seed_test, _ = accuracy(SEED_PROMPTS, test, threads=4)
-    rows = []
+    seeds = [int(x) for x in args.seeds.split(",")]
     runs = [("gepa-trace optimizer, agent replay + replay cache (as shipped)",
-             lambda: run_ours_replayed(train, val, args.budget, args.latency_ms,
-                                       args.workers, args.seed)),
+             lambda seed: run_ours_replayed(train, val, args.budget, args.latency_ms,
+                                            args.workers, seed, args.lookahead)),
             ("gepa-trace optimizer, in-process evaluator, no cache",
-             lambda: run_ours(train, val, args.budget, args.latency_ms, args.workers,
-                              args.seed)),
+             lambda seed: run_ours(train, val, args.budget, args.latency_ms, args.workers,
+                                   seed, args.lookahead)),
             (f"gepa.optimize, adapter with {args.workers} threads",
-             lambda: run_gepa(train, val, args.budget, args.latency_ms, args.workers, args.seed))]
+             lambda seed: run_gepa(train, val, args.budget, args.latency_ms, args.workers,
+                                   seed))]
     if not args.no_gepa_sequential:
         runs.append(("gepa.optimize, sequential adapter",
-                     lambda: run_gepa(train, val, args.budget, args.latency_ms, 1, args.seed)))
+                     lambda seed: run_gepa(train, val, args.budget, args.latency_ms, 1, seed)))
+    rows = []
     for name, run in runs:
-        print(f"running {name} ...", file=sys.stderr, flush=True)
-        row = run()
-        row["test"], _ = accuracy(row["prompts"], test, threads=4)
-        row["name"] = name
-        rows.append(row)
-        print(f"  done in {row['wall']:.1f}s", file=sys.stderr, flush=True)
+        per_seed = []
+        for seed in seeds:
+            print(f"running {name}, seed {seed} ...", file=sys.stderr, flush=True)
+            cpu = time.process_time()
+            row = run(seed)
+            row["cpu"] = time.process_time() - cpu
+            row["test"], _ = accuracy(row["prompts"], test, threads=4)
+            per_seed.append(row)
+            print(f"  done in {row['wall']:.1f}s, test {row['test']:.3f}", file=sys.stderr,
+                  flush=True)
+        rows.append(_mean_row(name, per_seed))
 
-    ours = rows[0]
     theirs = [row for row in rows if row["name"].startswith("gepa.optimize")]
-    header = ("| optimizer | val | test | rollouts | LLM calls (task + reflect) | wall s |\n"
-              "|---|---|---|---|---|---|")
+    header = ("| optimizer | val | test (per seed) | rollouts | LLM calls (task + reflect) "
+              "| wall s | CPU s |\n|---|---|---|---|---|---|---|")
     lines = [header]
-    lines.append(f"| seed prompts | | {seed_test:.3f} | | | |")
+    lines.append(f"| seed prompts | | {seed_test:.3f} | | | | |")
     for row in rows:
-        calls = row["calls_by_model"]
-        lines.append(f"| {row['name']} | {row['val']:.3f} | {row['test']:.3f} | "
-                     f"{row['rollouts']} | {row['llm_calls']} ({calls.get('task', 0)} + "
-                     f"{calls.get('reflect', 0)}) | {row['wall']:.1f} |")
+        lines.append(f"| {row['name']} | {row['val']:.3f} | {row['test']:.3f} "
+                     f"({row['tests']}) | {row['rollouts']:.0f} | {row['llm_calls']:.0f} "
+                     f"({row['task']:.0f} + {row['reflect']:.0f}) | {row['wall']:.1f} | "
+                     f"{row['cpu']:.1f} |")
     table = "\n".join(lines)
     print(table)
     verdicts = []
-    for mine, row in [(m, r) for m in rows[:2] for r in theirs]:
-        ours = mine
+    for ours, row in [(m, r) for m in rows[:2] for r in theirs]:
         verdicts.append(
-            f"{mine['name']} vs {row['name']}: test {ours['test']:.3f} vs {row['test']:.3f} "
+            f"{ours['name']} vs {row['name']}: test {ours['test']:.3f} vs {row['test']:.3f} "
             f"({'met' if ours['test'] >= row['test'] else 'NOT met'}), LLM calls "
             f"{ours['llm_calls']} vs {row['llm_calls']} "
             f"({'met' if ours['llm_calls'] <= row['llm_calls'] else 'NOT met'}), wall "
@@ -255,10 +293,13 @@ def main(argv=None) -> int:
             f"Python {platform.python_version()}, gepa {version('gepa')}. "
             f"Simulated world: the demo QA agent (3 components) on `gepa-sim/task`, "
             f"reflection by `gepa-sim/reflect`, {args.latency_ms:g} ms injected per LLM call; "
+            f"seeds {args.seeds} (each row is the mean over them); "
             f"{args.train} train / {args.val} validation questions, {args.test} held-out test "
             f"questions scored afterwards; budget {args.budget} rollouts each (gepa: "
-            f"max_metric_calls); our optimizer with {args.workers} workers, stop reason: "
-            f"{rows[0].get('stop')}. LLM calls are the replies the simulated models served "
+            f"max_metric_calls); our optimizer with {args.workers} workers and lookahead "
+            f"{args.lookahead}, stop reasons (as shipped): {'; '.join(rows[0]['stops'])}; children "
+            f"proposed ahead and superseded (as shipped, per seed): {rows[0]['superseded']}. CPU s is the benchmark process's "
+            f"CPU time during the run (all threads; 2 cores). LLM calls are the replies the simulated models served "
             f"during the optimization. The machine may have been shared with other jobs.\n\n"
             f"{table}\n\n" + "\n".join(f"- {v}" for v in verdicts) + "\n")
         from results import write_section  # bench/results.py, beside this file

@@ -83,6 +83,42 @@ def test_same_seed_gives_the_same_run_at_1_and_8_workers():
     assert any(c.origin == "merge" for c in runs[1][0].candidates)
 
 
+def decisions(result):
+    """What the loop decided, iteration by iteration: every candidate that was judged or
+    is pending, by its prompts (ids differ once children are proposed ahead)."""
+    prompts = {c.id: c.prompts for c in result.candidates}
+    return sorted((c.iteration, c.origin, sorted(c.prompts.items()),
+                   [sorted(prompts[p].items()) for p in c.parents], c.status,
+                   c.minibatch_parent_sum, c.minibatch_child_sum, c.val_score)
+                  for c in result.candidates if c.status != "superseded")
+
+
+def test_lookahead_makes_the_choices_of_the_one_at_a_time_loop():
+    one = run_toy(max_rollouts=800, evaluator=RuleEvaluator(capacity=1, latency_s=0.0005),
+                  lookahead=1, workers=8, seed=2)[0]
+    ahead = run_toy(max_rollouts=400, evaluator=RuleEvaluator(capacity=1, latency_s=0.0005),
+                    lookahead=8, workers=8, seed=2)[0]
+    superseded = [c for c in ahead.candidates if c.status == "superseded"]
+    assert superseded, "nothing was proposed ahead: not a lookahead test"
+    assert all(c.reason.startswith("planned before candidate") for c in superseded)
+    assert ahead.totals.superseded == len(superseded)
+    assert 0 < ahead.totals.superseded_rollouts <= 3 * len(superseded)
+    first, second = decisions(one), decisions(ahead)
+    judged = [d for d in second if d[4] != "proposed"]
+    assert len(judged) >= 30
+    assert judged == first[:len(judged)]
+
+
+def test_lookahead_gives_the_same_run_at_1_and_8_workers():
+    runs = []
+    for workers in (1, 8):
+        evaluator = RuleEvaluator(capacity=1, latency_s=0.0005)
+        runs.append(run_toy(max_rollouts=300, evaluator=evaluator, workers=workers,
+                            lookahead=8, seed=2)[0])
+    assert any(c.status == "superseded" for c in runs[0].candidates)
+    assert fingerprint(runs[0]) == fingerprint(runs[1])
+
+
 def test_different_seeds_explore_differently():
     a = run_toy(max_rollouts=150, evaluator=RuleEvaluator(capacity=2), seed=1)[0]
     b = run_toy(max_rollouts=150, evaluator=RuleEvaluator(capacity=2), seed=2)[0]
@@ -98,25 +134,30 @@ def test_evaluation_cache_never_runs_a_pair_twice():
     assert result.totals.evaluation_cache_hits > 0
 
 
-@pytest.mark.parametrize("limit", [13, 40, 97])
-def test_rollout_budget_is_never_overshot_under_concurrency(limit):
+@pytest.mark.parametrize("limit", [13, 40, 97, 251])
+@pytest.mark.parametrize("lookahead", [1, 8])
+def test_rollout_budget_is_never_overshot_under_concurrency(limit, lookahead):
     evaluator = RuleEvaluator(capacity=2, latency_s=0.0005)
-    result, evaluator, _lm, budget = run_toy(max_rollouts=limit, evaluator=evaluator, workers=8)
+    result, evaluator, _lm, budget = run_toy(max_rollouts=limit, evaluator=evaluator, workers=8,
+                                             lookahead=lookahead)
     calls = sum(evaluator.calls.values())
     assert calls <= limit
     assert budget.spent().rollouts <= limit
     assert "max_rollouts" in result.stop_reason
-    # the run stops only when the next step no longer fits
-    assert limit - calls < 3 + len(world()[1])
+    # the run stops only when the next iteration (its parent's and its child's
+    # minibatches, then a validation) no longer fits
+    assert limit - calls < 3 + 3 + len(world()[1])
 
 
 def test_stop_file_stops_the_run_at_the_next_safe_point(tmp_path):
     stop = tmp_path / "STOP"
 
-    class TouchAtIteration3:
-        def on_iteration_started(self, event):
+    class TouchAtIteration3:  # while iteration 3 is judged (lookahead has planned more)
+        def on_candidate_rejected(self, event):
             if event.iteration == 3:
                 stop.write_text("")
+
+        on_candidate_accepted = on_candidate_rejected
 
     result, *_ = run_toy(max_rollouts=1000, evaluator=RuleEvaluator(capacity=2),
                          callbacks=[TouchAtIteration3()], stop_file=str(stop))
@@ -137,10 +178,12 @@ def test_patience_stops_after_iterations_without_a_new_best():
 def test_sigint_stops_cleanly_and_restores_the_handlers():
     before = signal.getsignal(signal.SIGINT)
 
-    class InterruptAtIteration2:
-        def on_iteration_started(self, event):
+    class InterruptAtIteration2:  # while iteration 2 is judged (lookahead has planned more)
+        def on_candidate_rejected(self, event):
             if event.iteration == 2:
                 os.kill(os.getpid(), signal.SIGINT)
+
+        on_candidate_accepted = on_candidate_rejected
 
     result, *_ = run_toy(max_rollouts=1000, callbacks=[InterruptAtIteration2()])
     assert result.stop_reason == "received SIGINT"
@@ -228,14 +271,17 @@ def test_callbacks_see_each_step_in_order():
     log = EventLog()
     result, *_ = run_toy(max_rollouts=120, callbacks=[log])
     kinds = [type(e) for e in log.events]
-    # the last iteration may have started and then found the budget too small
-    assert kinds.count(IterationStarted) in (result.iterations, result.iterations + 1)
-    proposed = log.of(CandidateProposed)
-    assert [e.candidate_id for e in proposed] == [c.id for c in result.candidates]
+    # the last iteration may have started and then found the budget too small; an
+    # iteration planned ahead is started again when an earlier one is accepted
+    started = log.of(IterationStarted)
+    assert len({e.iteration for e in started}) in (result.iterations, result.iterations + 1)
+    assert not started[0].ahead
+    proposed = [e.candidate_id for e in log.of(CandidateProposed)]
+    assert list(dict.fromkeys(proposed)) == [c.id for c in result.candidates]
     judged = {e.candidate_id for e in log.of(CandidateAccepted)} | {
         e.candidate_id for e in log.of(CandidateRejected) if e.candidate_id is not None}
     assert judged == {c.id for c in result.candidates if c.origin != "seed"
-                      and c.status != "proposed"}
+                      and c.status not in ("proposed", "superseded")}
     assert log.of(FrontChanged) and log.of(BudgetSpent)
     assert log.of(BudgetSpent)[-1].rollouts == result.totals.rollouts
 

@@ -116,6 +116,10 @@ def print_outcome(summary: dict[str, Any]) -> None:
 @click.option("--max-time", "max_seconds", type=click.FloatRange(min=1), default=None,
               metavar="SECONDS")
 @click.option("--workers", type=click.IntRange(min=1, max=64), default=4, show_default=True)
+@click.option("--lookahead", type=click.IntRange(min=1, max=64), default=4, show_default=True,
+              help="Reflection iterations run at once, each on the guess that the ones "
+                   "before it are rejected; the choices are those of the one-at-a-time "
+                   "loop, a wrong guess costs its rollouts. 1: one at a time.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--since", default=None, help="Only runs since then: 24h, 7d or an ISO date.")
 @click.option("--until", default=None, help="Only runs before then.")
@@ -139,7 +143,8 @@ def print_outcome(summary: dict[str, Any]) -> None:
 def optimize(agent: str, entrypoint: str | None, metric: str, reflection_lm: str,
              task_lm: str | None, judge_lm: str | None, rubric: str | None,
              budget_rollouts: int, max_llm_calls: int | None, max_cost: float | None,
-             max_seconds: float | None, workers: int, seed: int, since: str | None,
+             max_seconds: float | None, workers: int, lookahead: int, seed: int,
+             since: str | None,
              until: str | None, with_feedback: bool, sample: int | None,
              split: str | None, no_replay_cache: bool, patience: int | None, stop_file: str | None,
              resume: str | None, warm_start: bool, store: str | None, as_json: bool) -> None:
@@ -174,8 +179,8 @@ def optimize(agent: str, entrypoint: str | None, metric: str, reflection_lm: str
                               only_with_feedback=with_feedback, sample=sample))
     budget = Budget(max_rollouts=budget_rollouts, max_llm_calls=max_llm_calls,
                     max_cost_usd=max_cost, max_seconds=max_seconds)
-    config = OptimizerConfig(seed=seed, workers=workers, patience=patience,
-                             stop_file=stop_file)
+    config = OptimizerConfig(seed=seed, workers=workers, lookahead=lookahead,
+                             patience=patience, stop_file=stop_file)
     display = ProgressDisplay(budget_rollouts)
     progress(f"optimizing {agent} (budget {budget!r}, {workers} workers)")
     outcome = run_optimize(agent, reflection_lm=reflection_lm, entrypoint=entrypoint,

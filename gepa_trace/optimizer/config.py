@@ -43,6 +43,12 @@ class OptimizerConfig:
     """How the GEPA loop runs. Every field has a default; ``validate()`` names a bad one.
 
     - ``workers``: rollouts evaluated at once (results do not depend on it).
+    - ``lookahead``: reflection iterations run at once, each planned on the guess that
+      the ones before it in the window are rejected (most children are). The first
+      accepted child ends the window; the iterations after it are planned again from
+      the new state, reusing every rollout and proposal that still applies. The
+      choices are GEPA's one-at-a-time loop's; what lookahead costs is the rollouts of
+      guesses that turned out wrong. Results depend on it, not on ``workers``.
     - ``candidate_selection``: pareto | current_best | epsilon_greedy (``epsilon``).
     - ``component_selection``: round_robin | all.
     - ``acceptance``: strict_improvement (child's minibatch sum > parent's) |
@@ -60,6 +66,7 @@ class OptimizerConfig:
 
     seed: int = 0
     workers: int = 4
+    lookahead: int = 4
     minibatch_size: int = 3
     candidate_selection: str = "pareto"
     epsilon: float = 0.1
@@ -85,6 +92,8 @@ class OptimizerConfig:
 
         if not isinstance(self.workers, int) or self.workers < 1:
             raise bad("workers", f"must be an integer >= 1, got {self.workers!r}")
+        if not isinstance(self.lookahead, int) or self.lookahead < 1:
+            raise bad("lookahead", f"must be an integer >= 1, got {self.lookahead!r}")
         if not isinstance(self.minibatch_size, int) or self.minibatch_size < 1:
             raise bad("minibatch_size", f"must be an integer >= 1, got {self.minibatch_size!r}")
         if self.candidate_selection not in CANDIDATE_SELECTIONS:

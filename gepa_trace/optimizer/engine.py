@@ -23,7 +23,8 @@ import os
 import random
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 from gepa_trace.errors import BudgetExhausted, ConfigError, LMError
@@ -46,7 +47,7 @@ from gepa_trace.optimizer.persistence import RunLock, RunRecorder, StoredRun, lo
 from gepa_trace.optimizer.protocols import Evaluator, Example, ReflectionLM, Rollout
 from gepa_trace.optimizer.reflection import build_prompt, parse_reply, reflection_examples
 from gepa_trace.optimizer.result import HistoryPoint, OptimizationResult, Totals
-from gepa_trace.optimizer.rollouts import BatchEvaluator, BatchStopped
+from gepa_trace.optimizer.rollouts import BatchEvaluator, BatchStopped, Submitted
 from gepa_trace.optimizer.sampler import EpochSampler
 from gepa_trace.optimizer.selection import candidate_selector, component_selector
 from gepa_trace.optimizer.state import Candidate, RunState
@@ -107,6 +108,7 @@ class Optimizer:
         self.resumed: StoredRun | None = None
         self._signals = SignalWatch()
         self._wall_offset = 0.0
+        self._idle = 0  # iterations in a row that ran nothing new
         self._fronts: dict[str, tuple[str, ...]] = {}
         self._lock: RunLock | None = None
         self._started = time.monotonic()
@@ -196,6 +198,7 @@ class Optimizer:
                 self.recorder.reopen_run(self.resumed.last_seq)
             try:
                 reason, requested = self._loop()
+                self.batches.drain()
             except BaseException as exc:
                 self.recorder.finish("failed", f"{type(exc).__name__}: {exc}",
                                      self.state.iteration, self._snapshot(), self._best())
@@ -211,27 +214,28 @@ class Optimizer:
         try:
             if self.state.iteration == 0:
                 self._initialize()
-            idle = 0
             while True:
-                self._check_stop(idle)
+                self._check_stop()
                 iteration = self.state.iteration
                 rng = random.Random(f"gepa-trace:{self.config.seed}:{iteration}")
                 before = self.totals.rollouts
-                if not (self._merge_due(iteration) and self._merge(iteration, rng)):
-                    self._reflect_iteration(iteration, rng)
-                idle = idle + 1 if self.totals.rollouts == before else 0
-                self.state.iteration = iteration + 1
-                self._checkpoint()
+                if self._merge_due(iteration) and self._merge(iteration, rng):
+                    self._idle = self._idle + 1 if self.totals.rollouts == before else 0
+                    self.state.iteration = iteration + 1
+                    self._checkpoint()
+                else:
+                    self._reflect_window(iteration, rng)
         except StopRun as stop:
             return stop.reason, stop.requested
         except BatchStopped as stop:
             return stop.reason, False
 
     # ---------------------------------------------------------------- stopping
-    def _check_stop(self, idle: int = 0) -> None:
-        """Raise StopRun at a safe point if anything says the run should end. ``idle``:
-        iterations in a row that spent nothing (every pair cached, every minibatch
+    def _check_stop(self) -> None:
+        """Raise StopRun at a safe point if anything says the run should end. ``_idle``:
+        iterations in a row that ran nothing new (every pair cached, every minibatch
         solved), which would otherwise loop forever on a budget in rollouts."""
+        idle = self._idle
         if self._signals.received:
             raise StopRun(self._signals.received, requested=True)
         if self.config.stop_file and os.path.exists(self.config.stop_file):
@@ -265,9 +269,7 @@ class Optimizer:
                 for pv in versions:
                     state.add_version(pv)
                 self._propose(candidate, versions)
-        for candidate in list(state.candidates):
-            if candidate.iteration == 0:
-                self._validate(candidate)
+        self._validate([c for c in state.candidates if c.iteration == 0])
         state.iteration = 1
         self._checkpoint()
 
@@ -306,59 +308,180 @@ class Optimizer:
                               meta={"ancestor": plan.ancestor,
                                     "sources": {c: s for c, s in plan.sources.items()}})
             self._propose(child, [])
-        self._require(self.batches.missing(child, subsample + state.val_ids))
+        self._require(len(self.batches.missing(child, subsample + state.val_ids)))
         rollouts = self.batches.evaluate(child, subsample, "merge")
         child_sum = sum(r.score for r in rollouts)
         best_parent = max(sum(scores_a[e] for e in subsample), sum(scores_b[e] for e in subsample))
-        self._judge(child, iteration, best_parent, child_sum, child_sum >= best_parent,
-                    "merge scored below its better parent on the validation subsample")
+        if self._judge(child, iteration, best_parent, child_sum, child_sum >= best_parent,
+                       "merge scored below its better parent on the validation subsample"):
+            self._validate([child])
         return True
 
-    def _reflect_iteration(self, iteration: int, rng: random.Random) -> None:
-        state = self.state
-        components = self.select_components(self.components, iteration)
-        parent = state.candidates[self.select_parent(state, components[0], rng)]
-        self.callbacks.emit(IterationStarted(iteration, tuple(components), parent.id))
-        self.recorder.event("iteration", {"iteration": iteration, "kind": "reflection",
-                                          "components": components, "parent": parent.id})
-        batch = self.sampler.batch(iteration - 1)
-        rollouts = self.batches.evaluate(parent, batch, "minibatch")
-        parent_sum = sum(r.score for r in rollouts)
-        if self.config.skip_perfect_score and all(
-                r.score >= self.config.perfect_score for r in rollouts):
-            self.recorder.event("skipped", {"iteration": iteration, "parent": parent.id,
-                                            "reason": "parent is perfect on the minibatch"})
-            return
-        child = self._pending_reflection(iteration, parent.id, components)
-        if child is None:
-            child = self._propose_reflection(iteration, parent, components, batch, rollouts)
-            if child is None:
-                return
-        child.minibatch_parent_sum = parent_sum
-        self._require(self.batches.missing(child, batch + state.val_ids))
-        child_rollouts = self.batches.evaluate(child, batch, "minibatch")
-        child_sum = sum(r.score for r in child_rollouts)
-        better = (child_sum > parent_sum if self.config.acceptance == "strict_improvement"
-                  else child_sum >= parent_sum)
-        self._judge(child, iteration, parent_sum, child_sum, better,
-                    "no improvement on the minibatch")
+    def _reflect_window(self, start: int, rng: random.Random) -> None:
+        """Reflection iterations from ``start``, up to ``lookahead`` of them at once.
 
-    def _propose_reflection(self, iteration: int, parent: Candidate, components: list[str],
-                            batch: list[str], rollouts: list[Rollout]) -> Candidate | None:
-        """Ask the reflection LM for each component; the child, or None (recorded why)."""
+        Each is planned from the current state, as GEPA's loop would plan it if every
+        iteration before it in the window were rejected. Their parents' minibatches,
+        reflection calls and children's minibatches run together on the pool; then the
+        iterations are judged in order, and the first accepted child (once validated)
+        ends the window: later iterations were planned on a state that no longer holds,
+        so their children are marked superseded and those iterations are planned again
+        (a re-plan that picks the same parent reuses the child and its rollouts).
+        """
         state = self.state
-        examples = [self.examples[e] for e in batch]
-        new_versions, diagnoses, meta = [], [], {}
-        for component in components:
-            current = state.versions[(component, parent.prompts[component])]
+        slots = self._plan_window(start, rng)
+        for slot in slots:
+            slot.parent_batch = self.batches.submit([(slot.parent, slot.batch, "minibatch")])
+            if slot.child is not None:  # planned before (a resumed or re-planned iteration)
+                slot.child_batch = self.batches.submit([(slot.child, slot.batch, "minibatch")])
+        for slot in slots:
+            slot.rollouts = self.batches.collect(slot.parent_batch)[0]
+            slot.parent_sum = sum(r.score for r in slot.rollouts)
+            slot.skip = self.config.skip_perfect_score and all(
+                r.score >= self.config.perfect_score for r in slot.rollouts)
+            if not slot.skip and slot.child is None and slot.copy_of is None:
+                slot.calls = self._start_reflections(slot)
+        for slot in slots:  # children get their ids in iteration order
+            if not slot.skip and slot.child is None:
+                slot.child = (self._copy(slot.copy_of) if slot.copy_of is not None else
+                              self._proposal(slot, [(*call[:3], _outcome(call[3]))
+                                                    for call in slot.calls]))
+                if slot.child is not None:
+                    slot.child_batch = self.batches.submit(
+                        [(slot.child, slot.batch, "minibatch")])
+        for n, slot in enumerate(slots):
+            if n:
+                self._check_stop()
+            accepted = False
+            ran = slot.parent_batch.started + (slot.child_batch.started
+                                               if slot.child_batch is not None else 0)
+            if slot.skip:
+                self.recorder.event("skipped", {"iteration": slot.iteration,
+                                                "parent": slot.parent.id,
+                                                "reason": "parent is perfect on the minibatch"})
+            elif slot.child is not None:
+                rollouts = self.batches.collect(slot.child_batch)[0]
+                child_sum = sum(r.score for r in rollouts)
+                better = (child_sum > slot.parent_sum
+                          if self.config.acceptance == "strict_improvement"
+                          else child_sum >= slot.parent_sum)
+                accepted = self._judge(slot.child, slot.iteration, slot.parent_sum, child_sum,
+                                       better, "no improvement on the minibatch")
+                if accepted:
+                    self._validate([slot.child])
+            self._idle = 0 if ran or accepted else self._idle + 1
+            state.iteration = slot.iteration + 1
+            self._checkpoint()
+            if accepted:
+                self._supersede(slots[n + 1:], slot.child)
+                return
+
+    def _plan_window(self, start: int, rng: random.Random) -> list["_Slot"]:
+        """The iterations of the window, as many (up to ``lookahead``) as the rollout
+        budget covers with their parents' and children's minibatches plus one
+        validation; stop the run if not even one fits (no half candidates)."""
+        state = self.state
+        slots: list[_Slot] = []
+        remaining = self.budget.remaining_rollouts()
+        needed = len(state.val_ids)
+        for iteration in range(start, start + self._window_width(start)):
+            if iteration != start:
+                rng = random.Random(f"gepa-trace:{self.config.seed}:{iteration}")
+            components = self.select_components(self.components, iteration)
+            parent = state.candidates[self.select_parent(state, components[0], rng)]
+            batch = self.sampler.batch(iteration - 1)
+            child = self._pending_reflection(iteration, parent.id, components)
+            needed += len(self.batches.missing(parent, batch)) + (
+                len(batch) if child is None else len(self.batches.missing(child, batch)))
+            if not slots:
+                self._require(needed)
+            elif remaining is not None and needed > remaining:
+                break
+            self.callbacks.emit(IterationStarted(iteration, tuple(components), parent.id,
+                                                 ahead=bool(slots)))
+            self.recorder.event("iteration", {"iteration": iteration, "kind": "reflection",
+                                              "components": components, "parent": parent.id,
+                                              "ahead": bool(slots)})
+            if child is not None and child.status == "superseded":
+                slots.append(_Slot(iteration, components, parent, batch, copy_of=child))
+            else:
+                slots.append(_Slot(iteration, components, parent, batch, child=child))
+        return slots
+
+    def _window_width(self, start: int) -> int:
+        """How many iterations to run at once: 1 right after an accepted child, then
+        doubling with every window judged without one, up to ``lookahead``. Early in a
+        run most children are accepted and running ahead would mostly be wasted; later
+        most are rejected, and the window widens. It depends only on what was judged,
+        so a run (and a resumed run) makes the same windows at any ``workers``."""
+        last = max((c.iteration for c in self.state.candidates
+                    if c.status == "accepted" and c.origin != "seed" and c.iteration < start),
+                   default=0)
+        return min(self.config.lookahead, 2 ** min(start - 1 - last, 16))
+
+    def _copy(self, superseded: Candidate) -> Candidate:
+        """A superseded child proposed again by the same iteration from the same parent:
+        a new candidate (ids follow the iterations), sharing the earlier one's rollouts."""
+        child = Candidate(self.state.next_id(), dict(superseded.prompts),
+                          parents=superseded.parents, origin=superseded.origin,
+                          component=superseded.component, iteration=superseded.iteration,
+                          diagnosis=superseded.diagnosis, minibatch=superseded.minibatch,
+                          meta={**superseded.meta, "proposed_before_as": superseded.id})
+        self._propose(child, [])
+        return child
+
+    def _supersede(self, slots: list["_Slot"], accepted: Candidate) -> None:
+        """Children planned on the guess that ``accepted`` would be rejected: record
+        what their rollouts cost and mark those not yet judged as superseded."""
+        for slot in slots:
+            if slot.child is None:
+                continue
+            with contextlib.suppress(BatchStopped):
+                self.batches.collect(slot.child_batch)
+            if slot.child.status == "proposed":
+                self.totals.superseded += 1
+                self.totals.superseded_rollouts += slot.child_batch.started
+                slot.child.status = "superseded"
+                slot.child.reason = (f"planned before candidate {accepted.id} was accepted; "
+                                     f"iteration {slot.iteration} is planned again")
+                self.recorder.save_candidate(slot.child, new=False)
+
+    def _start_reflections(self, slot: "_Slot") -> list[tuple]:
+        """Build the slot's reflection prompts and start their calls."""
+        examples = [self.examples[e] for e in slot.batch]
+        calls = []
+        for component in slot.components:
+            current = self.state.versions[(component, slot.parent.prompts[component])]
             prompt = build_prompt(component, current.instruction,
-                                  reflection_examples(component, examples, rollouts),
+                                  reflection_examples(component, examples, slot.rollouts),
                                   self.config.reflection.max_tokens,
                                   self.config.reflection.templates.get(component))
+            calls.append((component, current, prompt, self._start_reflection(prompt)))
+        return calls
+
+    def _start_reflection(self, prompt: str) -> object:
+        """A future of the reflection reply to ``prompt`` (or the BudgetExhausted that
+        refused it), counted as one reflection call."""
+        try:
+            if getattr(self.reflection_lm, "budget", None) is not self.budget:
+                self.budget.start_llm_call("reflection")
+        except BudgetExhausted as exc:
+            return exc
+        roles = self.totals.llm_calls_by_role
+        roles["reflection"] = roles.get("reflection", 0) + 1
+        return self.batches.executor.submit(self.reflection_lm, prompt)
+
+    def _proposal(self, slot: "_Slot", replies: list) -> Candidate | None:
+        """The child built from one slot's reflection replies, or None (recorded why)."""
+        state = self.state
+        parent, iteration = slot.parent, slot.iteration
+        new_versions, diagnoses, meta = [], [], {}
+        for component, current, prompt, outcome in replies:
             meta[f"reflection_prompt_chars:{component}"] = len(prompt)
             try:
-                reply = self._call_reflection(prompt)
-                proposal = parse_reply(reply)
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                proposal = parse_reply(outcome)
                 version = current.with_instruction(proposal.instruction, run_id=self.run_id)
             except BudgetExhausted as exc:
                 raise StopRun(str(exc)) from exc
@@ -371,7 +494,7 @@ class Optimizer:
                                       f"unusable reflection reply for {component}: {exc}")
                 return None
             new_versions.append(version)
-            diagnoses.append(proposal.diagnosis if len(components) == 1
+            diagnoses.append(proposal.diagnosis if len(slot.components) == 1
                              else f"[{component}] {proposal.diagnosis}")
         prompts = dict(parent.prompts)
         prompts.update({pv.component: pv.version for pv in new_versions})
@@ -380,24 +503,19 @@ class Optimizer:
                                   "the reflection reply repeats the current instruction")
             return None
         existing = state.find(prompts)
-        if existing is not None:
+        if existing is not None and existing.status != "superseded":
             self._proposal_failed(iteration, parent, "reflection_reply",
                                   f"the proposal duplicates candidate {existing.id}")
             return None
         for pv in new_versions:
             state.add_version(pv)
         child = Candidate(state.next_id(), prompts, parents=(parent.id,), origin="reflection",
-                          component=",".join(components), iteration=iteration,
-                          diagnosis="\n\n".join(diagnoses), minibatch=tuple(batch), meta=meta)
+                          component=",".join(slot.components), iteration=iteration,
+                          diagnosis="\n\n".join(diagnoses), minibatch=tuple(slot.batch),
+                          meta=meta)
+        child.minibatch_parent_sum = slot.parent_sum
         self._propose(child, new_versions)
         return child
-
-    def _call_reflection(self, prompt: str) -> str:
-        if getattr(self.reflection_lm, "budget", None) is not self.budget:
-            self.budget.start_llm_call("reflection")
-        roles = self.totals.llm_calls_by_role
-        roles["reflection"] = roles.get("reflection", 0) + 1
-        return self.reflection_lm(prompt)
 
     def _proposal_failed(self, iteration: int, parent: Candidate, kind: str,
                          reason: str) -> None:
@@ -408,26 +526,34 @@ class Optimizer:
         self.callbacks.emit(CandidateRejected(iteration, None, reason))
 
     def _judge(self, child: Candidate, iteration: int, parent_sum: float, child_sum: float,
-               better: bool, why_not: str) -> None:
+               better: bool, why_not: str) -> bool:
+        """Record the child as accepted (True) or rejected on its minibatch sums."""
         child.minibatch_parent_sum, child.minibatch_child_sum = parent_sum, child_sum
         if better:
             child.status, child.reason = "accepted", None
             self.recorder.save_candidate(child, new=False)
             self.callbacks.emit(CandidateAccepted(iteration, child.id, parent_sum, child_sum))
-            self._validate(child)
-        else:
-            child.status = "rejected"
-            child.reason = f"{why_not} ({child_sum:g} vs {parent_sum:g})"
-            self.recorder.save_candidate(child, new=False)
-            self.callbacks.emit(CandidateRejected(iteration, child.id, child.reason,
-                                                  parent_sum, child_sum))
+            return True
+        child.status = "rejected"
+        child.reason = f"{why_not} ({child_sum:g} vs {parent_sum:g})"
+        self.recorder.save_candidate(child, new=False)
+        self.callbacks.emit(CandidateRejected(iteration, child.id, child.reason,
+                                              parent_sum, child_sum))
+        return False
 
-    def _validate(self, candidate: Candidate) -> None:
-        """Score on every validation example, join the pool, update fronts and best."""
+    def _validate(self, candidates: list[Candidate]) -> None:
+        """Score candidates on every validation example (all at once), then, in order,
+        let each join the pool and update the fronts and the best."""
+        if not candidates:
+            return
+        self.batches.evaluate_many([(c, self.state.val_ids, "val") for c in candidates])
+        for candidate in candidates:
+            self._admit(candidate)
+
+    def _admit(self, candidate: Candidate) -> None:
         state = self.state
         previous_best = state.best_id() if state.pool else None
         previous_score = state.mean_val(previous_best) if previous_best is not None else None
-        self.batches.evaluate(candidate, state.val_ids, "val")
         state.join_pool(candidate)
         self.recorder.save_candidate(candidate, new=False)
         best = state.best_id()
@@ -457,9 +583,9 @@ class Optimizer:
     def _front(self, component: str):
         return self.state.front(component, self.config.secondary_for(component))
 
-    def _require(self, missing: list[str]) -> None:
-        """Stop now unless the budget covers ``missing`` rollouts (no half candidates)."""
-        reason = self.batches.affordable(len(missing))
+    def _require(self, rollouts: int) -> None:
+        """Stop now unless the budget covers ``rollouts`` more (no half candidates)."""
+        reason = self.batches.affordable(rollouts)
         if reason:
             raise StopRun(reason)
 
@@ -467,24 +593,27 @@ class Optimizer:
         """A stored candidate with these prompts, unless it is this iteration's own
         pending proposal (a resumed run redoing its interrupted iteration)."""
         found = self.state.find(prompts)
-        if found is None or (found.iteration == iteration and found.origin == origin):
+        if found is None or found.status == "superseded" or (
+                found.iteration == iteration and found.origin == origin):
             return None
         return found
 
     def _pending(self, prompts: dict, iteration: int, origin: str) -> Candidate | None:
         found = self.state.find(prompts)
-        if found is not None and found.iteration == iteration and found.origin == origin:
+        if (found is not None and found.iteration == iteration and found.origin == origin
+                and found.status != "superseded"):
             return found
         return None
 
     def _pending_reflection(self, iteration: int, parent_id: int,
                             components: list[str]) -> Candidate | None:
-        for candidate in self.state.candidates:
-            if (candidate.iteration == iteration and candidate.origin == "reflection"
-                    and candidate.parents == (parent_id,)
-                    and candidate.component == ",".join(components)):
-                return candidate
-        return None
+        """This iteration's child of this parent if one was proposed already (by a run
+        that was killed, or ahead of an accepted child: then it is superseded)."""
+        found = [c for c in self.state.candidates
+                 if c.iteration == iteration and c.origin == "reflection"
+                 and c.parents == (parent_id,) and c.component == ",".join(components)]
+        return next((c for c in found if c.status != "superseded"),
+                    found[0] if found else None)
 
     def _propose(self, candidate: Candidate, versions: list[PromptVersion]) -> None:
         self.state.add_candidate(candidate)
@@ -565,3 +694,32 @@ class Optimizer:
             candidates=list(state.candidates), history=list(self.history),
             totals=Totals.from_dict(self.totals.to_dict()), stop_reason=reason,
             iterations=max(0, state.iteration - 1))
+
+
+@dataclass
+class _Slot:
+    """One reflection iteration of a window: its plan, then what it produced."""
+
+    iteration: int
+    components: list[str]
+    parent: Candidate
+    batch: list[str]
+    child: Candidate | None = None
+    copy_of: Candidate | None = None  # the superseded child this iteration proposed before
+    rollouts: list[Rollout] = field(default_factory=list)
+    parent_sum: float = 0.0
+    skip: bool = False
+    calls: list[tuple] = field(default_factory=list)
+    parent_batch: Submitted | None = None
+    child_batch: Submitted | None = None
+
+
+def _outcome(pending: object) -> object:
+    """A reflection reply, or the exception that took its place (BudgetExhausted, an
+    LMError, ...); any other exception of the reflection LM propagates."""
+    if not isinstance(pending, Future):
+        return pending
+    try:
+        return pending.result()
+    except (BudgetExhausted, LMError) as exc:
+        return exc

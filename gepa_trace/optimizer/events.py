@@ -19,9 +19,13 @@ log = logging.getLogger("gepa_trace.optimizer")
 
 @dataclass(frozen=True)
 class IterationStarted:
+    """``ahead``: planned before the iterations just before it were judged (lookahead);
+    if one of them is accepted, this iteration is planned, and started, again."""
+
     iteration: int
     components: tuple[str, ...]
     parent_id: int | None = None
+    ahead: bool = False
 
 
 @dataclass(frozen=True)

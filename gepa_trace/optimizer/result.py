@@ -17,7 +17,9 @@ class Totals:
     ``rollouts``: evaluator calls made; ``evaluation_cache_hits``: (prompts, example)
     pairs served from the run's evaluation cache instead; ``rollout_cache_hits``: LLM
     calls the evaluator served from its replay cache; ``llm_calls_by_role``: task calls
-    (reported by rollouts) and reflection calls (made by the engine).
+    (reported by rollouts) and reflection calls (made by the engine); ``superseded``:
+    children proposed ahead (lookahead) of an accepted child and so never judged, and
+    ``superseded_rollouts`` the rollouts they ran: what lookahead cost.
     """
 
     rollouts: int = 0
@@ -26,6 +28,8 @@ class Totals:
     llm_calls_by_role: dict[str, int] = field(default_factory=dict)
     reflection_errors: int = 0
     evaluator_errors: int = 0
+    superseded: int = 0
+    superseded_rollouts: int = 0
     tokens: int = 0
     cost_usd: float = 0.0
     wall_seconds: float = 0.0

@@ -15,7 +15,7 @@ evaluator) stops the batch: what finished is recorded, and ``BatchStopped`` is r
 from __future__ import annotations
 
 import traceback
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
@@ -77,6 +77,8 @@ class BatchEvaluator:
         self.on_stored = on_stored
         self.on_result = on_result
         self.on_cache_hit = on_cache_hit
+        self._running: dict[tuple[str, str], Future] = {}  # pairs started, not collected
+        self._outstanding: list[Submitted] = []
 
     def missing(self, candidate: Candidate, example_ids: Sequence[str]) -> list[str]:
         """The example ids of ``example_ids`` not yet evaluated with these prompts."""
@@ -113,32 +115,92 @@ class BatchEvaluator:
         Raises BatchStopped (after recording what finished) when the budget cannot
         cover the batch or runs out during it.
         """
-        todo = self.missing(candidate, example_ids)
-        for example_id in example_ids:
-            if example_id not in todo:
-                self.on_cache_hit()
+        return self.evaluate_many([(candidate, example_ids, purpose)])[0]
+
+    def evaluate_many(self, requests: Sequence[tuple[Candidate, Sequence[str], str]]
+                      ) -> list[list[Rollout]]:
+        """Several (candidate, example ids, purpose) batches at once, on one pool."""
+        return self.collect(self.submit(requests))
+
+    def submit(self, requests: Sequence[tuple[Candidate, Sequence[str], str]]) -> "Submitted":
+        """Start the rollouts of several (candidate, example ids, purpose) batches and
+        return at once; ``collect`` waits for them. A pair already evaluated, asked
+        twice, or still running for an earlier submission runs once. One rollout of
+        the budget is reserved per new pair before it starts; raises BatchStopped
+        (starting nothing) when the budget cannot cover them all."""
+        todo: list[tuple[Candidate, str, str]] = []
+        shared: list[tuple[Candidate, str, str, Future]] = []
+        queued: set[tuple[str, str]] = set()
+        for candidate, example_ids, purpose in requests:
+            for example_id in example_ids:
+                pair = (candidate.key, example_id)
+                if pair in queued or self.state.cached(candidate, example_id) is not None:
+                    self.on_cache_hit()
+                elif pair in self._running:
+                    self.on_cache_hit()
+                    shared.append((candidate, example_id, purpose, self._running[pair]))
+                else:
+                    todo.append((candidate, example_id, purpose))
+                queued.add(pair)
         reason = self.affordable(len(todo))
         if reason:
             raise BatchStopped(reason)
-        prompts = self.state.prompt_set(candidate, self.agent)
-        context = RolloutContext(self.run_id, candidate.id, purpose)
-        futures = []
-        stop: str | None = None
-        for example_id in todo:
+        submitted = Submitted([(c, list(ids), p) for c, ids, p in requests], shared)
+        prompt_sets: dict[int, PromptSet] = {}
+        for candidate, example_id, purpose in todo:
             try:
                 self.budget.start_rollout()
             except BudgetExhausted as exc:
-                stop = str(exc)
+                submitted.stop = str(exc)
                 break
-            futures.append((example_id, self.executor.submit(
-                self._run_and_store, candidate, prompts, example_id, context)))
-        for example_id, future in futures:
+            if candidate.id not in prompt_sets:
+                prompt_sets[candidate.id] = self.state.prompt_set(candidate, self.agent)
+            context = RolloutContext(self.run_id, candidate.id, purpose)
+            future = self.executor.submit(self._run_and_store, candidate,
+                                          prompt_sets[candidate.id], example_id, context)
+            self._running[(candidate.key, example_id)] = future
+            submitted.futures.append((candidate, example_id, purpose, future))
+            submitted.started += 1
+        self._outstanding.append(submitted)
+        return submitted
+
+    def collect(self, submitted: "Submitted") -> list[list[Rollout]]:
+        """Wait for a submission and record its results in request order, then example
+        order (never completion order): each pair once, by whichever collect comes
+        first. Raises BatchStopped (after recording what finished) when the budget
+        ran out during it."""
+        stop = submitted.stop
+        for candidate, example_id, purpose, future in submitted.futures:
             outcome = future.result()
+            self._running.pop((candidate.key, example_id), None)
             if isinstance(outcome, _Exhausted):
                 stop = stop or outcome.reason
-                continue
-            self.state.remember(candidate, example_id, outcome)
-            self.on_result(candidate, example_id, purpose, outcome)
+            elif self.state.cached(candidate, example_id) is None:
+                self.state.remember(candidate, example_id, outcome)
+                self.on_result(candidate, example_id, purpose, outcome)
+        if submitted in self._outstanding:
+            self._outstanding.remove(submitted)
         if stop:
             raise BatchStopped(stop)
-        return [self.state.cached(candidate, example_id) for example_id in example_ids]
+        return [[self.state.cached(candidate, example_id) for example_id in example_ids]
+                for candidate, example_ids, _purpose in submitted.requests]
+
+    def drain(self) -> None:
+        """Wait for every submission not yet collected and record what it ran (a run
+        that stops in the middle of a round still accounts for all it spent)."""
+        while self._outstanding:
+            try:
+                self.collect(self._outstanding[0])
+            except BatchStopped:
+                pass
+
+
+@dataclass
+class Submitted:
+    """Rollouts started by one ``BatchEvaluator.submit``: the requests, the futures
+    (including those shared with an earlier submission), ``started`` (new pairs)."""
+
+    requests: list[tuple[Candidate, list[str], str]]
+    futures: list[tuple[Candidate, str, str, Future]]
+    started: int = 0
+    stop: str | None = None

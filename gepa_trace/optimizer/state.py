@@ -80,7 +80,7 @@ class RunState:
         self.cache: dict[tuple[str, str], Rollout] = {}
         self.pool: list[int] = []
         self.iteration = 0
-        self.by_key: dict[str, int] = {}
+        self.by_key: dict[str, list[int]] = {}
 
     # versions and candidates
     def add_version(self, pv: PromptVersion) -> None:
@@ -95,15 +95,18 @@ class RunState:
             raise ValueError(f"candidate id {candidate.id} out of sequence "
                              f"(expected {len(self.candidates)})")
         self.candidates.append(candidate)
-        self.by_key.setdefault(candidate.key, candidate.id)
+        self.by_key.setdefault(candidate.key, []).append(candidate.id)
         return candidate
 
     def next_id(self) -> int:
         return len(self.candidates)
 
     def find(self, prompts: Mapping[str, str]) -> Candidate | None:
-        cid = self.by_key.get(prompts_key(prompts))
-        return None if cid is None else self.candidates[cid]
+        """The first candidate with these prompts that is not superseded (else the
+        first superseded one; a superseded child proposed again is a new candidate)."""
+        ids = self.by_key.get(prompts_key(prompts), [])
+        found = [self.candidates[cid] for cid in ids]
+        return next((c for c in found if c.status != "superseded"), found[0] if found else None)
 
     # evaluations
     def cached(self, candidate: Candidate, example_id: str) -> Rollout | None:
