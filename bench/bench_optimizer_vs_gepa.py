@@ -276,10 +276,16 @@ def main(argv=None) -> int:
         verdicts.append(
             f"{ours['name']} vs {row['name']}: test {ours['test']:.3f} vs {row['test']:.3f} "
             f"({'met' if ours['test'] >= row['test'] else 'NOT met'}), LLM calls "
-            f"{ours['llm_calls']} vs {row['llm_calls']} "
+            f"{ours['llm_calls']:.0f} vs {row['llm_calls']:.0f} "
             f"({'met' if ours['llm_calls'] <= row['llm_calls'] else 'NOT met'}), wall "
             f"{ours['wall']:.1f}s vs {row['wall']:.1f}s = {ours['wall'] / row['wall']:.2f}x "
             f"({'met' if ours['wall'] <= row['wall'] / 4 else 'NOT met'}, target <= 0.25x)")
+    for row in theirs[:1]:
+        verdicts.append(
+            f"CPU floor: {rows[0]['name']} used {rows[0]['cpu']:.1f} s of CPU, "
+            f"{rows[0]['cpu'] / row['wall']:.2f}x of {row['name']}'s wall time; its rollouts "
+            f"run on threads of one Python process, where the GIL lets about one core run "
+            f"Python at a time, so its wall time cannot go much below its CPU time")
     for verdict in verdicts:
         print(verdict)
     if not args.no_write:

@@ -6,9 +6,16 @@ parent on the next training minibatch, skip it if already perfect, ask the refle
 LM for a diagnosis and a new instruction, run the child on the same minibatch, accept it
 only if it does better there, then score it on the validation set and update the fronts.
 
+Lookahead: most children are rejected, and a rejection leaves the state the next
+iteration is planned from unchanged. So up to ``lookahead`` iterations are planned at
+once, each on the guess that those before it are rejected, and their rollouts and
+reflection calls share the pool; they are judged in order, and the first accepted child
+ends the window (the later ones are superseded and planned again). The decisions are
+those of the one-at-a-time loop; a wrong guess costs only its rollouts.
+
 Reproducibility: all randomness comes from ``random.Random`` objects seeded by the run's
 seed and the iteration number, consumed on the main thread in a fixed order; rollouts
-run on a thread pool but their results are recorded in example order. So the same seed
+run on a thread pool but their results are recorded in a fixed order. So the same seed
 gives the same run at any ``workers``, and a resumed run redoes its interrupted
 iteration with the same choices, reusing everything stored.
 
@@ -231,16 +238,18 @@ class Optimizer:
             return stop.reason, False
 
     # ---------------------------------------------------------------- stopping
-    def _check_stop(self) -> None:
+    def _check_stop(self, budget: bool = True) -> None:
         """Raise StopRun at a safe point if anything says the run should end. ``_idle``:
         iterations in a row that ran nothing new (every pair cached, every minibatch
-        solved), which would otherwise loop forever on a budget in rollouts."""
+        solved), which would otherwise loop forever on a budget in rollouts.
+        ``budget=False`` between the iterations of a window, whose rollouts are spent:
+        judging them costs nothing, and the window's validation was budgeted."""
         idle = self._idle
         if self._signals.received:
             raise StopRun(self._signals.received, requested=True)
         if self.config.stop_file and os.path.exists(self.config.stop_file):
             raise StopRun(f"stop file {self.config.stop_file} exists", requested=True)
-        reason = self.budget.exhausted()
+        reason = self.budget.exhausted() if budget else None
         if reason:
             raise StopRun(reason)
         if self.config.patience is not None and self.state.pool:
@@ -351,7 +360,7 @@ class Optimizer:
                         [(slot.child, slot.batch, "minibatch")])
         for n, slot in enumerate(slots):
             if n:
-                self._check_stop()
+                self._check_stop(budget=False)
             accepted = False
             ran = slot.parent_batch.started + (slot.child_batch.started
                                                if slot.child_batch is not None else 0)

@@ -1,11 +1,12 @@
-"""Evaluating a candidate on a list of examples: the cache, the budget, the thread pool.
+"""Evaluating candidates on lists of examples: the cache, the budget, the thread pool.
 
-``BatchEvaluator.evaluate`` is called on the main thread. It serves every (prompts,
-example) pair it has seen from the run's cache, reserves one rollout of the budget per
-remaining pair *before* submitting it (so the rollout limit is never overshot, not even
-by the rollouts in flight), runs them on up to ``workers`` threads, and then records the
-results in example order, never completion order — so results, ids and events do not
-depend on ``workers``.
+``BatchEvaluator.submit`` (main thread) starts the rollouts of one or more (candidate,
+examples) requests and returns at once; ``collect`` waits for them. A (prompts, example)
+pair already evaluated, or still running for an earlier submission, is never started
+again. One rollout of the budget is reserved per new pair *before* it starts, so the
+rollout limit is never overshot, not even by the rollouts in flight. Results are
+recorded in request and example order, never completion order — so results, ids and
+events do not depend on ``workers``. ``evaluate`` is submit-then-collect.
 
 An evaluator exception for one example becomes a rollout scored 0 with the error
 recorded. ``BudgetExhausted`` (from the reservation, or raised by an LLM call inside the
