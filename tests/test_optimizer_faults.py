@@ -40,16 +40,18 @@ def test_malformed_reflection_replies_are_recorded_and_the_run_goes_on(sqlite_ur
     failures = [e for e in replies if "no fenced block" in e.message]
     assert failures and len(failures) == lm.calls // 3
     rejected = [e for e in log.of(CandidateRejected) if e.candidate_id is None]
-    assert len(rejected) == len(replies)
+    with store.read() as conn:
+        stored = [json.loads(p) for (p,) in conn.execute(sa.text(
+            "SELECT payload FROM run_events WHERE run_id = :r AND kind = 'proposal_failed'"),
+            {"r": result.run_id}).all()]
+    # a failure in an iteration planned ahead and never judged is an error, not a verdict
+    assert len(rejected) == sum(1 for p in stored if not p.get("ahead")) <= len(replies)
     assert result.totals.reflection_errors == len(replies)
     # the run went on past the failures and still improved after the first one
     first = min(e.iteration for e in failures)
     assert any(c.iteration > first and c.status == "accepted" for c in result.candidates)
     assert result.best_val_score > result.seed_val_score
-    with store.read() as conn:
-        stored = conn.execute(sa.text("SELECT payload FROM run_events WHERE run_id = :r AND "
-                                      "kind = 'proposal_failed'"), {"r": result.run_id}).all()
-    reasons = [json.loads(p)["reason"] for (p,) in stored]
+    reasons = [p["reason"] for p in stored]
     assert sum("no fenced block" in r for r in reasons) == len(failures)
 
 

@@ -262,9 +262,15 @@ def runs_show(ctx: click.Context, run_id: str, store: str | None, as_json: bool)
     for component, versions in info["fronts"].items():
         click.echo(f"  {component:<20} {', '.join(versions)}")
     click.echo("diagnoses:")
+    ahead = [d for d in info["diagnoses"] if d["status"] == "superseded"]
     for d in info["diagnoses"]:
+        if d["status"] == "superseded":
+            continue
         status = d["status"]
         score = "" if d["val_score"] is None else f" val {d['val_score']:.3f}"
         click.echo(f"  [{d['iteration']}] candidate {d['id']} ({d['component']}, {status}{score})")
         for line in (d["diagnosis"] or "").strip().splitlines()[:6]:
             click.echo(f"      {line}")
+    if ahead:
+        click.echo(f"  ({len(ahead)} children proposed ahead of an accepted one were superseded "
+                   "and are not listed; --json has them)")

@@ -360,7 +360,11 @@ class Optimizer:
                         [(slot.child, slot.batch, "minibatch")])
         for n, slot in enumerate(slots):
             if n:
-                self._check_stop(budget=False)
+                try:
+                    self._check_stop(budget=False)
+                except StopRun:
+                    self._record_ahead_failures(slots[n:])
+                    raise
             accepted = False
             ran = slot.parent_batch.started + (slot.child_batch.started
                                                if slot.child_batch is not None else 0)
@@ -368,6 +372,8 @@ class Optimizer:
                 self.recorder.event("skipped", {"iteration": slot.iteration,
                                                 "parent": slot.parent.id,
                                                 "reason": "parent is perfect on the minibatch"})
+            elif slot.failure is not None:
+                self._proposal_failed(slot.iteration, slot.parent, *slot.failure)
             elif slot.child is not None:
                 rollouts = self.batches.collect(slot.child_batch)[0]
                 child_sum = sum(r.score for r in rollouts)
@@ -439,9 +445,17 @@ class Optimizer:
         self._propose(child, [])
         return child
 
+    def _record_ahead_failures(self, slots: list["_Slot"]) -> None:
+        """Proposals that failed in iterations never judged (planned ahead of an
+        accepted child, or the run stopped first): errors, not verdicts."""
+        for slot in slots:
+            if slot.failure is not None:
+                self._proposal_failed(slot.iteration, slot.parent, *slot.failure, ahead=True)
+
     def _supersede(self, slots: list["_Slot"], accepted: Candidate) -> None:
         """Children planned on the guess that ``accepted`` would be rejected: record
         what their rollouts cost and mark those not yet judged as superseded."""
+        self._record_ahead_failures(slots)
         for slot in slots:
             if slot.child is None:
                 continue
@@ -481,7 +495,8 @@ class Optimizer:
         return self.batches.executor.submit(self.reflection_lm, prompt)
 
     def _proposal(self, slot: "_Slot", replies: list) -> Candidate | None:
-        """The child built from one slot's reflection replies, or None (recorded why)."""
+        """The child built from one slot's reflection replies, or None (``slot.failure``
+        says why; it is recorded when the iteration is judged)."""
         state = self.state
         parent, iteration = slot.parent, slot.iteration
         new_versions, diagnoses, meta = [], [], {}
@@ -495,12 +510,12 @@ class Optimizer:
             except BudgetExhausted as exc:
                 raise StopRun(str(exc)) from exc
             except LMError as exc:
-                self._proposal_failed(iteration, parent, "reflection_lm",
-                                      f"reflection LM error on {component}: {exc}")
+                slot.failure = ("reflection_lm",
+                                f"reflection LM error on {component}: {exc}")
                 return None
             except ConfigError as exc:
-                self._proposal_failed(iteration, parent, "reflection_reply",
-                                      f"unusable reflection reply for {component}: {exc}")
+                slot.failure = ("reflection_reply",
+                                f"unusable reflection reply for {component}: {exc}")
                 return None
             new_versions.append(version)
             diagnoses.append(proposal.diagnosis if len(slot.components) == 1
@@ -508,13 +523,13 @@ class Optimizer:
         prompts = dict(parent.prompts)
         prompts.update({pv.component: pv.version for pv in new_versions})
         if prompts == parent.prompts:
-            self._proposal_failed(iteration, parent, "reflection_reply",
-                                  "the reflection reply repeats the current instruction")
+            slot.failure = ("reflection_reply",
+                            "the reflection reply repeats the current instruction")
             return None
         existing = state.find(prompts)
         if existing is not None and existing.status != "superseded":
-            self._proposal_failed(iteration, parent, "reflection_reply",
-                                  f"the proposal duplicates candidate {existing.id}")
+            slot.failure = ("reflection_reply",
+                            f"the proposal duplicates candidate {existing.id}")
             return None
         for pv in new_versions:
             state.add_version(pv)
@@ -527,12 +542,18 @@ class Optimizer:
         return child
 
     def _proposal_failed(self, iteration: int, parent: Candidate, kind: str,
-                         reason: str) -> None:
+                         reason: str, ahead: bool = False) -> None:
+        """Record a proposal that gave no child. ``ahead``: its iteration was planned
+        ahead and never judged (it is planned again, or the run stopped first), so the
+        failure is an error but not a verdict on the iteration."""
         self.totals.reflection_errors += 1
-        self.recorder.event("proposal_failed", {"iteration": iteration, "parent": parent.id,
-                                                "kind": kind, "reason": reason})
+        payload = {"iteration": iteration, "parent": parent.id, "kind": kind, "reason": reason}
+        if ahead:
+            payload["ahead"] = True
+        self.recorder.event("proposal_failed", payload)
         self.callbacks.emit(OptimizerErrorEvent(kind, reason, iteration=iteration))
-        self.callbacks.emit(CandidateRejected(iteration, None, reason))
+        if not ahead:
+            self.callbacks.emit(CandidateRejected(iteration, None, reason))
 
     def _judge(self, child: Candidate, iteration: int, parent_sum: float, child_sum: float,
                better: bool, why_not: str) -> bool:
@@ -715,6 +736,7 @@ class _Slot:
     batch: list[str]
     child: Candidate | None = None
     copy_of: Candidate | None = None  # the superseded child this iteration proposed before
+    failure: tuple[str, str] | None = None  # (kind, reason) when the proposal gave no child
     rollouts: list[Rollout] = field(default_factory=list)
     parent_sum: float = 0.0
     skip: bool = False

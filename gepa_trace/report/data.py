@@ -106,6 +106,7 @@ class ReportData:
     gate: GateResult | None
     gate_note: str
     components: list[str] = field(default_factory=list)
+    superseded: int = 0  # proposals made ahead (lookahead) and never judged: not listed
 
     @property
     def simulated(self) -> bool:
@@ -222,11 +223,14 @@ def load_report_data(store: Store, run_id: str, *, confidence: float = 0.95) -> 
     front_changes: dict[str, int] = {}
     failed: list[FailedProposal] = []
     skipped = 0
+    superseded = sum(1 for c in candidates if c.status == "superseded")
     for kind, payload_text in event_rows:
         payload = json.loads(payload_text or "{}")
         if kind == "front_changed":
             front_versions[payload["component"]] = list(payload.get("versions") or [])
             front_changes[payload["component"]] = front_changes.get(payload["component"], 0) + 1
+        elif kind == "proposal_failed" and payload.get("ahead"):
+            superseded += 1
         elif kind == "proposal_failed":
             failed.append(FailedProposal(payload.get("iteration"), payload.get("parent"),
                                          str(payload.get("kind", "")),
@@ -258,7 +262,8 @@ def load_report_data(store: Store, run_id: str, *, confidence: float = 0.95) -> 
     return ReportData(run=run, config=config, totals=totals, candidates=candidates,
                       best_id=best_id, seed_id=seed.id if seed else None, history=history,
                       rollouts=position, fronts=fronts, front_changes=front_changes,
-                      diffs=diffs, failed=failed, skipped=skipped, models=models,
+                      diffs=diffs, failed=failed, skipped=skipped, superseded=superseded,
+                      models=models,
                       gate=gate, gate_note=gate_note, components=components)
 
 

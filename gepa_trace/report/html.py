@@ -317,7 +317,7 @@ def _diffs_section(d: ReportData) -> str:
 def _diagnoses_section(d: ReportData) -> str:
     entries: list[tuple[int, int, str]] = []
     for c in d.candidates:
-        if c.origin in ("seed", "warm_start"):
+        if c.origin in ("seed", "warm_start") or c.status == "superseded":
             continue
         status = c.status
         sums = (f"minibatch {_sum(c.minibatch_parent_sum)} → {_sum(c.minibatch_child_sum)}"
@@ -351,8 +351,12 @@ def _diagnoses_section(d: ReportData) -> str:
     entries.sort(key=lambda e: (e[0], e[1]))
     skipped = (f" {d.skipped} iterations were skipped because the parent was already "
                "perfect on its minibatch." if d.skipped else "")
+    superseded = (f" {d.superseded} proposals made ahead (lookahead) were never judged, "
+                  "because an earlier child was accepted or the run stopped first, and are "
+                  "not listed." if d.superseded else "")
     note = ("What the reflection LM said was wrong, in the order it was asked, and whether "
-            "the child beat its parent on the same minibatch (sums of scores)." + skipped)
+            "the child beat its parent on the same minibatch (sums of scores)." + skipped
+            + superseded)
     return _section("diagnoses", f'<ol class="diag">{"".join(e[2] for e in entries)}</ol>',
                     esc(note))
 
