@@ -18,7 +18,6 @@ The layers, each in its own module: ``otlp_decode`` (bytes -> span dicts),
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import threading
 from contextlib import contextmanager

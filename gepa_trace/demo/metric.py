@@ -120,5 +120,5 @@ def _diagnose(w: World, kind: str, company: str, expected: str, answer: str,
         what = "the year" if kind == "year" else "the name"
         return head + (f"the answer is a full sentence, expected only {what} '{expected}'")
     if a == "unknown":
-        return head + f"the answer says 'unknown' although the evidence states it"
+        return head + "the answer says 'unknown' although the evidence states it"
     return head + f"the answer '{answer}' is wrong"

@@ -135,8 +135,7 @@ def _insert_span_rows(conn: Any, rows: Sequence[dict[str, Any]]) -> None:
     values.sort(key=_primary_key)
     head = f"INSERT INTO {_SPANS.name} ({', '.join(_SPAN_COLUMNS)}) VALUES "
     if conn.dialect.name != "sqlite":
-        group = f"({', '.join(['%s'] * len(_SPAN_COLUMNS))})"
-        conn.exec_driver_sql(f"{head}{group} ON CONFLICT DO NOTHING", values)
+        _copy_span_rows(conn, values)
         return
     # On SQLite, many rows per statement: sqlite3's executemany releases and retakes
     # the GIL for every row, and under a busy receiver each retake waits for the
@@ -146,6 +145,28 @@ def _insert_span_rows(conn: Any, rows: Sequence[dict[str, Any]]) -> None:
         chunk = values[start:start + _SQLITE_ROWS_PER_INSERT]
         sql = f"{head}{', '.join([group] * len(chunk))} ON CONFLICT DO NOTHING"
         conn.exec_driver_sql(sql, tuple(chain.from_iterable(chunk)))
+
+
+def _copy_span_rows(conn: Any, values: Sequence[tuple]) -> None:
+    """PostgreSQL: COPY the rows into a session-local staging table, then move them
+    with one INSERT ... SELECT ... ON CONFLICT DO NOTHING (COPY alone cannot skip the
+    spans already stored). The staging table empties itself at commit."""
+    columns = ", ".join(_SPAN_COLUMNS)
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_STAGING} (LIKE {_SPANS.name}) "
+                       "ON COMMIT DELETE ROWS")
+        with cursor.copy(f"COPY {_STAGING} ({columns}) FROM STDIN") as copy:
+            for row in values:
+                copy.write_row(row)
+        cursor.execute(f"INSERT INTO {_SPANS.name} ({columns}) SELECT {columns} "
+                       f"FROM {_STAGING} ON CONFLICT DO NOTHING")
+        cursor.execute(f"TRUNCATE {_STAGING}")
+    finally:
+        cursor.close()
+
+
+_STAGING = "gepa_trace_spans_staging"
 
 
 def write_prepared(store: Store, batches: Sequence[PreparedSpans]) -> int:

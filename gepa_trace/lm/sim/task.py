@@ -38,7 +38,6 @@ from __future__ import annotations
 import hashlib
 import random
 import re
-from dataclasses import dataclass
 from functools import lru_cache
 
 MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August",
