@@ -20,7 +20,7 @@ from test_optimizer_toys import SEED, RuleEvaluator, RuleReflectionLM, world  # 
 
 from gepa_trace.errors import LockHeld  # noqa: E402
 from gepa_trace.lm.budget import Budget  # noqa: E402
-from gepa_trace.optimizer import Optimizer, OptimizerConfig, load_run  # noqa: E402
+from gepa_trace.optimizer import Optimizer, load_run  # noqa: E402
 from gepa_trace.store import RunLockRow, open_store  # noqa: E402
 
 
@@ -128,3 +128,33 @@ def test_warm_start_seeds_a_new_run_with_the_earlier_fronts(store_url):
     assert second.best_val_score >= first.best_val_score
     row = load_run(store, second.run_id).row
     assert row.warm_start_from == "latest"
+
+
+def test_a_run_stopped_inside_a_lookahead_window_resumes_to_the_same_decisions(store_url,
+                                                                               tmp_path):
+    from test_optimizer_engine import decisions
+
+    store = open_store(store_url)
+    whole = run_toy(max_rollouts=400, evaluator=RuleEvaluator(capacity=1), lookahead=8,
+                    seed=2)[0]
+    stop = tmp_path / "STOP"
+
+    class StopWhileJudging:  # while a window has children not yet judged
+        def on_candidate_rejected(self, event):
+            if event.iteration >= 20 and not stop.exists():
+                stop.write_text("")
+
+    first = run_toy(max_rollouts=400, evaluator=RuleEvaluator(capacity=1), lookahead=8,
+                    seed=2, store=store, callbacks=[StopWhileJudging()],
+                    stop_file=str(stop))[0]
+    assert first.stop_reason.startswith("stop file")
+    assert any(c.status == "proposed" for c in first.candidates), \
+        "the stop left no child unjudged: not a mid-window stop"
+    stop.unlink()
+    train, val, _test = world()
+    evaluator = RuleEvaluator(capacity=1)
+    resumed = Optimizer.resume(first.run_id, evaluator=evaluator,
+                               reflection_lm=RuleReflectionLM(), train=train, val=val,
+                               budget=Budget(max_rollouts=400), store=store).run()
+    assert max(evaluator.calls.values(), default=1) == 1
+    assert decisions(resumed) == decisions(whole)
