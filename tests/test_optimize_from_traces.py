@@ -43,7 +43,7 @@ def optimized(recorded):
     result = CliRunner().invoke(main, [
         "optimize", "--agent", "demo-qa", "--entrypoint", "gepa_trace.demo:build_agent",
         "--metric", "gepa_trace.demo:metric", "--reflection-lm", "gepa-sim/reflect",
-        "--budget-rollouts", "600", "--store", recorded, "--json"])
+        "--budget-rollouts", "600", "--lookahead", "4", "--store", recorded, "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     summary["sim_calls"] = sim.call_counts()
@@ -57,6 +57,8 @@ def test_optimizing_from_production_traces_lifts_held_out_accuracy(optimized):
     assert held["best_test_score"] >= 0.8
     assert held["gate"]["significant"]
     assert optimized["totals"]["rollouts"] <= 600
+    # what running ahead cost is part of the record
+    assert 0 <= optimized["totals"]["superseded_rollouts"] <= 3 * optimized["totals"]["superseded"]
 
 
 def test_replay_cache_spares_at_least_30_percent_of_task_calls(optimized):
