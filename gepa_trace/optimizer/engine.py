@@ -30,7 +30,7 @@ import os
 import random
 import time
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -57,7 +57,7 @@ from gepa_trace.optimizer.result import HistoryPoint, OptimizationResult, Totals
 from gepa_trace.optimizer.rollouts import BatchEvaluator, BatchStopped, Submitted
 from gepa_trace.optimizer.sampler import EpochSampler
 from gepa_trace.optimizer.selection import candidate_selector, component_selector
-from gepa_trace.optimizer.state import Candidate, RunState
+from gepa_trace.optimizer.state import Candidate, RunState, first_live
 from gepa_trace.optimizer.stopping import SignalWatch, StopRun
 from gepa_trace.optimizer.warmstart import warm_start_candidates
 from gepa_trace.prompts import PromptSet, PromptVersion
@@ -244,7 +244,6 @@ class Optimizer:
         solved), which would otherwise loop forever on a budget in rollouts.
         ``budget=False`` between the iterations of a window, whose rollouts are spent:
         judging them costs nothing, and the window's validation was budgeted."""
-        idle = self._idle
         if self._signals.received:
             raise StopRun(self._signals.received, requested=True)
         if self.config.stop_file and os.path.exists(self.config.stop_file):
@@ -259,8 +258,8 @@ class Optimizer:
                 raise StopRun(f"patience: {waited} iterations without a new best")
         if self.state.pool and self.state.mean_val(self.state.best_id()) >= self.config.perfect_score:
             raise StopRun("every validation example is solved")
-        if idle >= self.config.max_idle_iterations:
-            raise StopRun(f"{idle} iterations in a row found nothing to run "
+        if self._idle >= self.config.max_idle_iterations:
+            raise StopRun(f"{self._idle} iterations in a row found nothing to run "
                         "(every minibatch solved or every proposal already tried)")
 
     # ---------------------------------------------------------------- setup
@@ -352,9 +351,8 @@ class Optimizer:
                 slot.calls = self._start_reflections(slot)
         for slot in slots:  # children get their ids in iteration order
             if not slot.skip and slot.child is None:
-                slot.child = (self._copy(slot.copy_of) if slot.copy_of is not None else
-                              self._proposal(slot, [(*call[:3], _outcome(call[3]))
-                                                    for call in slot.calls]))
+                slot.child = (self._copy(slot.copy_of) if slot.copy_of is not None
+                              else self._proposal(slot))
                 if slot.child is not None:
                     slot.child_batch = self.batches.submit(
                         [(slot.child, slot.batch, "minibatch")])
@@ -494,18 +492,19 @@ class Optimizer:
         roles["reflection"] = roles.get("reflection", 0) + 1
         return self.batches.executor.submit(self.reflection_lm, prompt)
 
-    def _proposal(self, slot: "_Slot", replies: list) -> Candidate | None:
-        """The child built from one slot's reflection replies, or None (``slot.failure``
-        says why; it is recorded when the iteration is judged)."""
+    def _proposal(self, slot: "_Slot") -> Candidate | None:
+        """The child built from the replies to the slot's reflection calls (waited for
+        here), or None (``slot.failure`` says why; it is recorded when the iteration is
+        judged). Any other exception of the reflection LM propagates."""
         state = self.state
         parent, iteration = slot.parent, slot.iteration
         new_versions, diagnoses, meta = [], [], {}
-        for component, current, prompt, outcome in replies:
+        for component, current, prompt, pending in slot.calls:
             meta[f"reflection_prompt_chars:{component}"] = len(prompt)
             try:
-                if isinstance(outcome, BaseException):
-                    raise outcome
-                proposal = parse_reply(outcome)
+                if isinstance(pending, BudgetExhausted):  # refused before it was sent
+                    raise pending
+                proposal = parse_reply(pending.result())
                 version = current.with_instruction(proposal.instruction, run_id=self.run_id)
             except BudgetExhausted as exc:
                 raise StopRun(str(exc)) from exc
@@ -527,7 +526,7 @@ class Optimizer:
                             "the reflection reply repeats the current instruction")
             return None
         existing = state.find(prompts)
-        if existing is not None and existing.status != "superseded":
+        if existing is not None:
             slot.failure = ("reflection_reply",
                             f"the proposal duplicates candidate {existing.id}")
             return None
@@ -623,15 +622,13 @@ class Optimizer:
         """A stored candidate with these prompts, unless it is this iteration's own
         pending proposal (a resumed run redoing its interrupted iteration)."""
         found = self.state.find(prompts)
-        if found is None or found.status == "superseded" or (
-                found.iteration == iteration and found.origin == origin):
+        if found is None or (found.iteration == iteration and found.origin == origin):
             return None
         return found
 
     def _pending(self, prompts: dict, iteration: int, origin: str) -> Candidate | None:
         found = self.state.find(prompts)
-        if (found is not None and found.iteration == iteration and found.origin == origin
-                and found.status != "superseded"):
+        if found is not None and found.iteration == iteration and found.origin == origin:
             return found
         return None
 
@@ -642,8 +639,7 @@ class Optimizer:
         found = [c for c in self.state.candidates
                  if c.iteration == iteration and c.origin == "reflection"
                  and c.parents == (parent_id,) and c.component == ",".join(components)]
-        return next((c for c in found if c.status != "superseded"),
-                    found[0] if found else None)
+        return first_live(found) or (found[0] if found else None)
 
     def _propose(self, candidate: Candidate, versions: list[PromptVersion]) -> None:
         self.state.add_candidate(candidate)
@@ -744,13 +740,3 @@ class _Slot:
     parent_batch: Submitted | None = None
     child_batch: Submitted | None = None
 
-
-def _outcome(pending: object) -> object:
-    """A reflection reply, or the exception that took its place (BudgetExhausted, an
-    LMError, ...); any other exception of the reflection LM propagates."""
-    if not isinstance(pending, Future):
-        return pending
-    try:
-        return pending.result()
-    except (BudgetExhausted, LMError) as exc:
-        return exc

@@ -35,6 +35,11 @@ def approx_tokens(text: str) -> int:
     return math.ceil(len(text) / 4)
 
 
+def first_live(candidates: Iterable["Candidate"]) -> "Candidate | None":
+    """The first of ``candidates`` that is not superseded, or None."""
+    return next((c for c in candidates if c.status != "superseded"), None)
+
+
 @dataclass
 class Candidate:
     """A candidate: one prompt version per component, with how it was born.
@@ -102,11 +107,10 @@ class RunState:
         return len(self.candidates)
 
     def find(self, prompts: Mapping[str, str]) -> Candidate | None:
-        """The first candidate with these prompts that is not superseded (else the
-        first superseded one; a superseded child proposed again is a new candidate)."""
-        ids = self.by_key.get(prompts_key(prompts), [])
-        found = [self.candidates[cid] for cid in ids]
-        return next((c for c in found if c.status != "superseded"), found[0] if found else None)
+        """The first candidate with these prompts that is not superseded (a superseded
+        child, never judged, does not count: proposed again, it is a new candidate)."""
+        return first_live(self.candidates[cid]
+                          for cid in self.by_key.get(prompts_key(prompts), ()))
 
     # evaluations
     def cached(self, candidate: Candidate, example_id: str) -> Rollout | None:
