@@ -113,12 +113,6 @@ def _mean_row(name: str, per_seed: list[dict]) -> dict:
                                     for row in per_seed)}
 
 
-def _statuses(result) -> dict:
-    from collections import Counter
-
-    return dict(Counter(c.status for c in result.candidates))
-
-
 class _Quiet:
     def log(self, *args, **kwargs):
         pass
@@ -148,6 +142,14 @@ def run_gepa(train, val, budget: int, latency_ms: float, threads: int, seed: int
             "calls_by_model": calls, "wall": wall}
 
 
+def _our_row(result, calls: dict, wall: float) -> dict:
+    return {"val": result.best_val_score, "prompts": result.best_prompts,
+            "rollouts": result.totals.rollouts, "llm_calls": sum(calls.values()),
+            "calls_by_model": calls, "wall": wall, "stop": result.stop_reason,
+            "superseded": result.totals.superseded,
+            "superseded_rollouts": result.totals.superseded_rollouts}
+
+
 def run_ours(train, val, budget: int, latency_ms: float, workers: int, seed: int,
              lookahead: int) -> dict:
     evaluator = AgentEvaluator(build_agent, metric, model=f"gepa-sim/task?latency_ms={latency_ms:g}")
@@ -160,11 +162,7 @@ def run_ours(train, val, budget: int, latency_ms: float, workers: int, seed: int
                                                       lookahead=lookahead)).run()
     wall = time.monotonic() - started
     calls = sim.call_counts()
-    return {"val": result.best_val_score, "prompts": result.best_prompts,
-            "rollouts": result.totals.rollouts, "llm_calls": sum(calls.values()),
-            "calls_by_model": calls, "wall": wall, "stop": result.stop_reason,
-            "statuses": _statuses(result), "superseded": result.totals.superseded,
-            "superseded_rollouts": result.totals.superseded_rollouts}
+    return _our_row(result, calls, wall)
 
 
 def run_ours_replayed(train, val, budget: int, latency_ms: float, workers: int,
@@ -203,11 +201,7 @@ def run_ours_replayed(train, val, budget: int, latency_ms: float, workers: int,
         wall = time.monotonic() - started
         calls = sim.call_counts()
         inst.shutdown()
-    return {"val": result.best_val_score, "prompts": result.best_prompts,
-            "rollouts": result.totals.rollouts, "llm_calls": sum(calls.values()),
-            "calls_by_model": calls, "wall": wall, "stop": result.stop_reason,
-            "statuses": _statuses(result), "superseded": result.totals.superseded,
-            "superseded_rollouts": result.totals.superseded_rollouts}
+    return _our_row(result, calls, wall)
 
 
 def main(argv=None) -> int:

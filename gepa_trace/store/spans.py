@@ -150,7 +150,9 @@ def _insert_span_rows(conn: Any, rows: Sequence[dict[str, Any]]) -> None:
 def _copy_span_rows(conn: Any, values: Sequence[tuple]) -> None:
     """PostgreSQL: COPY the rows into a session-local staging table, then move them
     with one INSERT ... SELECT ... ON CONFLICT DO NOTHING (COPY alone cannot skip the
-    spans already stored). The staging table empties itself at commit."""
+    spans already stored). The staging table empties itself at commit (a rollback
+    discards its rows too); it is created in the same transaction, so a rollback never
+    leaves a connection believing it has one."""
     columns = ", ".join(_SPAN_COLUMNS)
     cursor = conn.connection.driver_connection.cursor()
     try:
@@ -161,7 +163,6 @@ def _copy_span_rows(conn: Any, values: Sequence[tuple]) -> None:
                 copy.write_row(row)
         cursor.execute(f"INSERT INTO {_SPANS.name} ({columns}) SELECT {columns} "
                        f"FROM {_STAGING} ON CONFLICT DO NOTHING")
-        cursor.execute(f"TRUNCATE {_STAGING}")
     finally:
         cursor.close()
 
