@@ -276,6 +276,24 @@ def test_chunked_bodies_are_read_and_bounded(collector):
     assert count_spans(collector.store) == 3
 
 
+def test_an_oversized_chunked_body_is_read_to_its_end_and_the_connection_kept(collector):
+    """The client may still be sending when the limit is passed: it must read the 413,
+    not a broken pipe, and can go on using the connection."""
+    conn = http.client.HTTPConnection("127.0.0.1", collector.http_port, timeout=30)
+    conn.request("POST", "/v1/traces", iter([b"\0" * 150_000] * 8),
+                 {"Content-Type": PB}, encode_chunked=True)
+    response = conn.getresponse()
+    response.read()
+    assert response.status == 413
+    conn.request("POST", "/v1/traces", make_request(2).SerializeToString(),
+                 {"Content-Type": PB})
+    response = conn.getresponse()
+    response.read()
+    assert response.status == 200
+    conn.close()
+    assert count_spans(collector.store) == 2
+
+
 def test_a_stopping_collector_answers_503_with_retry_after(collector):
     collector.receiver.accepting = False  # what stop() sets first
     response, data = post(collector.http_port, make_request(1).SerializeToString())

@@ -152,15 +152,22 @@ class OTLPHandler(BaseHTTPRequestHandler):
         if remaining < 0 or remaining > _DRAIN_LIMIT:
             return False
         try:
-            while remaining > 0:
-                chunk = self.rfile.read(min(remaining, 1 << 16))
-                if not chunk:
-                    return False
-                remaining -= len(chunk)
+            if self._skip(remaining) != remaining:
+                return False
         except OSError:
             return False
         self._body_read = True
         return True
+
+    def _skip(self, n: int) -> int:
+        """Read and drop up to ``n`` bytes of the body; how many there were."""
+        done = 0
+        while done < n:
+            piece = self.rfile.read(min(n - done, 1 << 16))
+            if not piece:
+                break
+            done += len(piece)
+        return done
 
     def _read_body(self) -> bytes:
         self._body_read = True
@@ -186,6 +193,9 @@ class OTLPHandler(BaseHTTPRequestHandler):
         return body
 
     def _read_chunked(self, limit: int) -> bytes:
+        """The chunked body. One over ``limit`` is still read to its end (dropped past
+        the limit), up to ``_DRAIN_LIMIT``, so the client, still sending, reads the 413
+        instead of a broken pipe and may keep the connection."""
         parts, size = [], 0
         while True:
             line = self.rfile.readline(1024)
@@ -196,14 +206,22 @@ class OTLPHandler(BaseHTTPRequestHandler):
             if chunk == 0:
                 while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
                     pass  # trailers, ignored
+                if size > limit:
+                    raise _Refused(413, f"body of {size} bytes exceeds the limit of "
+                                   f"{limit} bytes")
                 return b"".join(parts)
             size += chunk
-            if size > limit:
+            if size > _DRAIN_LIMIT:
                 raise _Refused(413, f"body exceeds the limit of {limit} bytes", close=True)
-            data = self.rfile.read(chunk)
-            if len(data) != chunk:
+            if size <= limit:
+                data = self.rfile.read(chunk)
+                parts.append(data)
+                got = len(data)
+            else:  # refused already: read the rest and drop it
+                parts.clear()
+                got = self._skip(chunk)
+            if got != chunk:
                 raise _Refused(400, "truncated chunked body", close=True)
-            parts.append(data)
             self.rfile.readline(8)
 
     def _feedback(self) -> None:
