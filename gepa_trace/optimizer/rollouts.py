@@ -82,11 +82,13 @@ class BatchEvaluator:
         self._outstanding: list[Submitted] = []
 
     def missing(self, candidate: Candidate, example_ids: Sequence[str]) -> list[str]:
-        """The example ids of ``example_ids`` not yet evaluated with these prompts."""
+        """The example ids of ``example_ids`` not yet evaluated with these prompts nor
+        running (a running pair has its rollout of the budget already)."""
         seen: set[str] = set()
         out = []
         for example_id in example_ids:
-            if example_id not in seen and self.state.cached(candidate, example_id) is None:
+            if (example_id not in seen and self.state.cached(candidate, example_id) is None
+                    and (candidate.key, example_id) not in self._running):
                 out.append(example_id)
             seen.add(example_id)
         return out
