@@ -58,7 +58,8 @@ def test_optimizing_from_production_traces_lifts_held_out_accuracy(optimized):
     assert held["gate"]["significant"]
     assert optimized["totals"]["rollouts"] <= 600
     # what running ahead cost is part of the record
-    assert 0 <= optimized["totals"]["superseded_rollouts"] <= 3 * optimized["totals"]["superseded"]
+    # a superseded child ran its minibatch; one run on a wrong guess, its parent's too
+    assert 0 <= optimized["totals"]["superseded_rollouts"] <= 6 * optimized["totals"]["superseded"]
 
 
 def test_replay_cache_spares_at_least_30_percent_of_task_calls(optimized):

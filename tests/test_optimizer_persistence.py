@@ -158,3 +158,65 @@ def test_a_run_stopped_inside_a_lookahead_window_resumes_to_the_same_decisions(s
                                budget=Budget(max_rollouts=400), store=store).run()
     assert max(evaluator.calls.values(), default=1) == 1
     assert decisions(resumed) == decisions(whole)
+
+
+class _Crash(BaseException):
+    """Stands for the process dying: nothing in the optimizer catches it."""
+
+
+class CrashWhileGuessing(RuleEvaluator):
+    """Dies on the first validation rollout after a child was proposed while the
+    candidate of iteration ``during`` was being validated (so that child belongs to an
+    iteration run on the guess that this candidate would be its parent)."""
+
+    def __init__(self, during: int, **kw):
+        super().__init__(**kw)
+        self.during = during
+        self.validating = False
+        self.armed = False
+
+    def on_candidate_accepted(self, event):
+        self.validating = event.iteration == self.during
+
+    def on_candidate_validated(self, event):
+        self.validating = False
+
+    def on_candidate_proposed(self, event):
+        if event.iteration == 0 == self.during:
+            self.validating = True  # the seed is validated right after it is proposed
+        elif self.validating:
+            self.armed = True
+
+    def evaluate(self, prompts, example, context):
+        if self.armed and context.purpose == "val":
+            raise _Crash()
+        return super().evaluate(prompts, example, context)
+
+
+@pytest.mark.parametrize("during, fate", [(0, "adopted"), (1, "superseded")])
+def test_a_run_killed_while_a_guessed_iteration_runs_resumes_to_the_same_decisions(
+        store_url, during, fate):
+    from test_optimizer_engine import decisions
+
+    store = open_store(store_url)
+    whole = run_toy(max_rollouts=300, evaluator=RuleEvaluator(capacity=1), seed=2)[0]
+    crashing = CrashWhileGuessing(during, capacity=1, latency_s=0.002)
+    with pytest.raises(_Crash):
+        run_toy(max_rollouts=300, evaluator=crashing, seed=2, workers=1, store=store,
+                callbacks=[crashing])
+    (run_id,) = [r for (r,) in _rows(store, "SELECT id FROM optimization_runs")]
+    guessed = [c for c in load_run(store, run_id).candidates if c.status == "speculative"]
+    assert len(guessed) == 1, "no child was proposed on a guess before the crash"
+    train, val, _test = world()
+    evaluator = RuleEvaluator(capacity=1)
+    resumed = Optimizer.resume(run_id, evaluator=evaluator,
+                               reflection_lm=RuleReflectionLM(), train=train, val=val,
+                               budget=Budget(max_rollouts=300), store=store).run()
+    assert max(evaluator.calls.values(), default=1) == 1  # nothing stored is run again
+    # the same decisions; the resumed run may end a little earlier, as the crashed one
+    # counted the rollouts it had queued as spent
+    same = decisions(resumed)
+    assert len(same) >= 20 and same == decisions(whole)[:len(same)]
+    # the child proposed on the guess is judged if the guess held, else superseded
+    status = resumed.candidates[guessed[0].id].status
+    assert (status == "superseded") == (fate == "superseded"), status

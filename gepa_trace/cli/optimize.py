@@ -240,6 +240,7 @@ def runs_show(ctx: click.Context, run_id: str, store: str | None, as_json: bool)
 
     Example: gepa-trace runs show run-20261125-212120-249963
     """
+    from gepa_trace.optimizer.state import UNJUDGED
     from gepa_trace.replay.runs import describe_run
 
     info = describe_run(store or (ctx.obj or {}).get("store"), run_id)
@@ -262,9 +263,9 @@ def runs_show(ctx: click.Context, run_id: str, store: str | None, as_json: bool)
     for component, versions in info["fronts"].items():
         click.echo(f"  {component:<20} {', '.join(versions)}")
     click.echo("diagnoses:")
-    ahead = [d for d in info["diagnoses"] if d["status"] == "superseded"]
+    ahead = [d for d in info["diagnoses"] if d["status"] in UNJUDGED]
     for d in info["diagnoses"]:
-        if d["status"] == "superseded":
+        if d["status"] in UNJUDGED:
             continue
         status = d["status"]
         score = "" if d["val_score"] is None else f" val {d['val_score']:.3f}"
@@ -272,5 +273,5 @@ def runs_show(ctx: click.Context, run_id: str, store: str | None, as_json: bool)
         for line in (d["diagnosis"] or "").strip().splitlines()[:6]:
             click.echo(f"      {line}")
     if ahead:
-        click.echo(f"  ({len(ahead)} children proposed ahead of an accepted one were superseded "
-                   "and are not listed; --json has them)")
+        click.echo(f"  ({len(ahead)} children proposed ahead and never judged are not listed; "
+                   "--json has them)")

@@ -48,9 +48,13 @@ class OptimizerConfig:
       accepted child ends the window; the iterations after it are planned again from
       the new state, reusing every rollout and proposal that still applies. The
       choices are GEPA's one-at-a-time loop's; what lookahead costs is the rollouts of
-      guesses that turned out wrong. Results depend on it, not on ``workers``. The
-      reflection calls of a window run on the pool's threads, so the reflection LM must
-      be thread-safe (``gepa_trace.lm.LM`` is).
+      guesses that turned out wrong. With lookahead > 1, while an accepted child is
+      validated the next iteration runs on the guess that this child will be its parent
+      (adopted if the plan picks it, superseded if not; the run stops guessing while
+      the guess has failed more often than it held). Results depend on it, not on
+      ``workers``. Reflection calls run on threads of their own (up to
+      ``(lookahead + 1) * components``), so the reflection LM must be thread-safe
+      (``gepa_trace.lm.LM`` is).
     - ``candidate_selection``: pareto | current_best | epsilon_greedy (``epsilon``).
     - ``component_selection``: round_robin | all.
     - ``acceptance``: strict_improvement (child's minibatch sum > parent's) |

@@ -10,8 +10,11 @@ Lookahead: most children are rejected, and a rejection leaves the state the next
 iteration is planned from unchanged. So up to ``lookahead`` iterations are planned at
 once, each on the guess that those before it are rejected, and their rollouts and
 reflection calls share the pool; they are judged in order, and the first accepted child
-ends the window (the later ones are superseded and planned again). The decisions are
-those of the one-at-a-time loop; a wrong guess costs only its rollouts.
+ends the window (the later ones are superseded and planned again). While an accepted
+child is scored on the validation set, the next iteration already runs on the guess that
+this child will be its parent (the usual choice): if the plan made after validation picks
+it, that work is adopted, else it is superseded. The decisions are those of the
+one-at-a-time loop; a wrong guess costs only its rollouts and reflection calls.
 
 Reproducibility: all randomness comes from ``random.Random`` objects seeded by the run's
 seed and the iteration number, consumed on the main thread in a fixed order; rollouts
@@ -57,7 +60,7 @@ from gepa_trace.optimizer.result import HistoryPoint, OptimizationResult, Totals
 from gepa_trace.optimizer.rollouts import BatchEvaluator, BatchStopped, Submitted
 from gepa_trace.optimizer.sampler import EpochSampler
 from gepa_trace.optimizer.selection import candidate_selector, component_selector
-from gepa_trace.optimizer.state import Candidate, RunState, first_live
+from gepa_trace.optimizer.state import UNJUDGED, Candidate, RunState, first_live
 from gepa_trace.optimizer.stopping import SignalWatch, StopRun
 from gepa_trace.optimizer.warmstart import warm_start_candidates
 from gepa_trace.prompts import PromptSet, PromptVersion
@@ -116,6 +119,7 @@ class Optimizer:
         self._signals = SignalWatch()
         self._wall_offset = 0.0
         self._idle = 0  # iterations in a row that ran nothing new
+        self._spec: _Slot | None = None  # next iteration, run while its guessed parent validated
         self._fronts: dict[str, tuple[str, ...]] = {}
         self._lock: RunLock | None = None
         self._started = time.monotonic()
@@ -194,6 +198,11 @@ class Optimizer:
                 self._signals.install(stack)
             executor = stack.enter_context(ThreadPoolExecutor(
                 max_workers=self.config.workers, thread_name_prefix="gepa-rollout"))
+            # reflection calls have their own threads: queued behind rollouts, the
+            # reflection of one iteration would wait for the minibatches of the next
+            self._reflections = stack.enter_context(ThreadPoolExecutor(
+                max_workers=min(32, (self.config.lookahead + 1) * len(self.components)),
+                thread_name_prefix="gepa-reflect"))
             self.batches = BatchEvaluator(self.evaluator, self.state, self.budget, executor,
                                           self.examples, self.run_id, self.agent,
                                           self._store_rollout, self._on_rollout,
@@ -227,14 +236,17 @@ class Optimizer:
                 rng = random.Random(f"gepa-trace:{self.config.seed}:{iteration}")
                 before = self.totals.rollouts
                 if self._merge_due(iteration) and self._merge(iteration, rng):
+                    self._drop_spec()
                     self._idle = self._idle + 1 if self.totals.rollouts == before else 0
                     self.state.iteration = iteration + 1
                     self._checkpoint()
                 else:
                     self._reflect_window(iteration, rng)
         except StopRun as stop:
+            self._drop_spec("the run stopped first")
             return stop.reason, stop.requested
         except BatchStopped as stop:
+            self._drop_spec("the run stopped first")
             return stop.reason, False
 
     # ---------------------------------------------------------------- stopping
@@ -277,7 +289,8 @@ class Optimizer:
                 for pv in versions:
                     state.add_version(pv)
                 self._propose(candidate, versions)
-        self._validate([c for c in state.candidates if c.iteration == 0])
+        first = [c for c in state.candidates if c.iteration == 0]
+        self._validate(first, guess=first[0] if len(first) == 1 else None, iteration=1)
         state.iteration = 1
         self._checkpoint()
 
@@ -322,7 +335,7 @@ class Optimizer:
         best_parent = max(sum(scores_a[e] for e in subsample), sum(scores_b[e] for e in subsample))
         if self._judge(child, iteration, best_parent, child_sum, child_sum >= best_parent,
                        "merge scored below its better parent on the validation subsample"):
-            self._validate([child])
+            self._validate([child], guess=child, iteration=iteration + 1)
         return True
 
     def _reflect_window(self, start: int, rng: random.Random) -> None:
@@ -331,31 +344,20 @@ class Optimizer:
         Each is planned from the current state, as GEPA's loop would plan it if every
         iteration before it in the window were rejected. Their parents' minibatches,
         reflection calls and children's minibatches run together on the pool; then the
-        iterations are judged in order, and the first accepted child (once validated)
-        ends the window: later iterations were planned on a state that no longer holds,
-        so their children are marked superseded and those iterations are planned again
-        (a re-plan that picks the same parent reuses the child and its rollouts).
+        iterations are judged in order, and the first accepted child ends the window:
+        later iterations were planned on a state that no longer holds, so their children
+        are marked superseded and those iterations are planned again (a re-plan that
+        picks the same parent reuses the child and its rollouts). While the accepted
+        child is validated, the next iteration runs on the guess that it is the parent.
         """
         state = self.state
         slots = self._plan_window(start, rng)
         for slot in slots:
-            slot.parent_batch = self.batches.submit([(slot.parent, slot.batch, "minibatch")])
-            if slot.child is not None:  # planned before (a resumed or re-planned iteration)
-                slot.child_batch = self.batches.submit([(slot.child, slot.batch, "minibatch")])
+            self._submit_slot(slot)
         for slot in slots:
-            slot.rollouts = self.batches.collect(slot.parent_batch)[0]
-            slot.parent_sum = sum(r.score for r in slot.rollouts)
-            slot.skip = self.config.skip_perfect_score and all(
-                r.score >= self.config.perfect_score for r in slot.rollouts)
-            if not slot.skip and slot.child is None and slot.copy_of is None:
-                slot.calls = self._start_reflections(slot)
+            self._reflect_slot(slot)
         for slot in slots:  # children get their ids in iteration order
-            if not slot.skip and slot.child is None:
-                slot.child = (self._copy(slot.copy_of) if slot.copy_of is not None
-                              else self._proposal(slot))
-                if slot.child is not None:
-                    slot.child_batch = self.batches.submit(
-                        [(slot.child, slot.batch, "minibatch")])
+            self._propose_slot(slot)
         for n, slot in enumerate(slots):
             if n:
                 try:
@@ -381,18 +383,22 @@ class Optimizer:
                 accepted = self._judge(slot.child, slot.iteration, slot.parent_sum, child_sum,
                                        better, "no improvement on the minibatch")
                 if accepted:
-                    self._validate([slot.child])
+                    later = slots[n + 1:]
+                    self._supersede(later, slot.child)
+                    self._validate([slot.child], guess=slot.child, iteration=slot.iteration + 1)
+                    self._collect_superseded(later)
             self._idle = 0 if ran or accepted else self._idle + 1
             state.iteration = slot.iteration + 1
             self._checkpoint()
             if accepted:
-                self._supersede(slots[n + 1:], slot.child)
                 return
 
     def _plan_window(self, start: int, rng: random.Random) -> list["_Slot"]:
         """The iterations of the window, as many (up to ``lookahead``) as the rollout
         budget covers with their parents' and children's minibatches plus one
-        validation; stop the run if not even one fits (no half candidates)."""
+        validation; stop the run if not even one fits (no half candidates). The
+        iteration run ahead during the last validation is adopted if it is the first
+        one planned here, else superseded."""
         state = self.state
         slots: list[_Slot] = []
         remaining = self.budget.remaining_rollouts()
@@ -403,23 +409,165 @@ class Optimizer:
             components = self.select_components(self.components, iteration)
             parent = state.candidates[self.select_parent(state, components[0], rng)]
             batch = self.sampler.batch(iteration - 1)
-            child = self._pending_reflection(iteration, parent.id, components)
+            spec = self._spec
+            if not slots and spec is not None and (spec.iteration, spec.parent.id,
+                                                   spec.components) == (iteration, parent.id,
+                                                                        components):
+                slot = spec
+            else:
+                self._drop_spec()
+                slot = self._slot_for(iteration, components, parent, batch)
             needed += len(self.batches.missing(parent, batch)) + (
-                len(batch) if child is None else len(self.batches.missing(child, batch)))
+                len(batch) if slot.child is None and slot.copy_of is None
+                else len(self.batches.missing(slot.child or slot.copy_of, batch)))
             if not slots:
                 self._require(needed)
             elif remaining is not None and needed > remaining:
                 break
-            self.callbacks.emit(IterationStarted(iteration, tuple(components), parent.id,
-                                                 ahead=bool(slots)))
-            self.recorder.event("iteration", {"iteration": iteration, "kind": "reflection",
-                                              "components": components, "parent": parent.id,
-                                              "ahead": bool(slots)})
-            if child is not None and child.status == "superseded":
-                slots.append(_Slot(iteration, components, parent, batch, copy_of=child))
-            else:
-                slots.append(_Slot(iteration, components, parent, batch, child=child))
+            if slot is spec:
+                self._spec = None
+            self._adopt(slot, ahead=bool(slots))
+            slots.append(slot)
         return slots
+
+    def _slot_for(self, iteration: int, components: list[str], parent: Candidate,
+                  batch: list[str], speculative: bool = False) -> "_Slot":
+        """A planned iteration, with the child it proposed before if there is one."""
+        child = self._pending_reflection(iteration, parent.id, components)
+        if child is not None and child.status == "superseded":
+            return _Slot(iteration, components, parent, batch, copy_of=child,
+                         speculative=speculative)
+        return _Slot(iteration, components, parent, batch, child=child,
+                     speculative=speculative)
+
+    def _announce(self, slot: "_Slot", ahead: bool) -> None:
+        self.callbacks.emit(IterationStarted(slot.iteration, tuple(slot.components),
+                                             slot.parent.id, ahead=ahead))
+        event = {"iteration": slot.iteration, "kind": "reflection",
+                 "components": slot.components, "parent": slot.parent.id, "ahead": ahead}
+        if slot.speculative:
+            event["speculative"] = True
+        self.recorder.event("iteration", event)
+
+    def _submit_slot(self, slot: "_Slot") -> None:
+        """Start the parent's minibatch (and a child's already proposed)."""
+        if slot.parent_batch is None:
+            slot.parent_batch = self.batches.submit([(slot.parent, slot.batch, "minibatch")])
+        if slot.child is not None and slot.child_batch is None:
+            slot.child_batch = self.batches.submit([(slot.child, slot.batch, "minibatch")])
+
+    def _reflect_slot(self, slot: "_Slot") -> None:
+        """Wait for the parent's minibatch; unless it is perfect there, start the
+        reflection calls (once)."""
+        if slot.reflected:
+            return
+        slot.rollouts = self.batches.collect(slot.parent_batch)[0]
+        slot.parent_sum = sum(r.score for r in slot.rollouts)
+        slot.skip = self.config.skip_perfect_score and all(
+            r.score >= self.config.perfect_score for r in slot.rollouts)
+        if not slot.skip and slot.child is None and slot.copy_of is None:
+            slot.calls = self._start_reflections(slot)
+        slot.reflected = True
+
+    def _propose_slot(self, slot: "_Slot") -> None:
+        """The slot's child (waiting for its reflection replies), and its minibatch started."""
+        if not slot.skip and slot.child is None and slot.failure is None:
+            slot.child = (self._copy(slot.copy_of, slot.speculative)
+                          if slot.copy_of is not None else self._proposal(slot))
+        if slot.child is not None and slot.child_batch is None:
+            slot.child_batch = self.batches.submit([(slot.child, slot.batch, "minibatch")])
+
+    def _speculate(self, guess: Candidate, iteration: int) -> "_Slot | None":
+        """Plan ``iteration`` as if ``guess`` (being validated) were picked as its
+        parent, and start its parent minibatch. None when lookahead is off (GEPA's
+        one-at-a-time loop) or the budget cannot cover it as well as the validation
+        (its minibatches and one more validation, as a planned iteration needs)."""
+        if self.config.lookahead < 2 or not self._guess_holds(guess):
+            return None
+        components = self.select_components(self.components, iteration)
+        batch = self.sampler.batch(iteration - 1)
+        slot = self._slot_for(iteration, components, guess, batch, speculative=True)
+        remaining = self.budget.remaining_rollouts()
+        needed = (len(self.batches.missing(guess, self.state.val_ids))
+                  + len(self.batches.missing(guess, batch)) + len(batch)
+                  + len(self.state.val_ids))
+        if self.budget.exhausted() or (remaining is not None and needed > remaining):
+            return None
+        self._announce(slot, ahead=True)
+        self.totals.speculated += 1
+        try:
+            self._submit_slot(slot)
+        except BatchStopped:
+            return None
+        return slot
+
+    def _guess_holds(self, guess: Candidate) -> bool:
+        """Whether guessing that a validated candidate is the next iteration's parent
+        has held at least half the time so far in this run (always for a lone seed).
+        Read from the judged candidates, so it is the same at any ``workers`` and
+        after a resume: where Pareto selection or merges often pick otherwise, the
+        run stops spending rollouts on the guess."""
+        if guess.iteration == 0:
+            return True
+        first: dict[int, Candidate] = {}
+        for c in self.state.candidates:
+            if c.status not in UNJUDGED and c.origin in ("reflection", "merge"):
+                first.setdefault(c.iteration, c)
+        right = wrong = 0
+        for cid in self.state.pool:
+            c = self.state.candidates[cid]
+            after = first.get(c.iteration + 1) if c.iteration > 0 else None
+            if after is not None:
+                if after.origin == "reflection" and after.parents == (c.id,):
+                    right += 1
+                else:
+                    wrong += 1
+        return right >= wrong
+
+    def _advance_spec(self, slot: "_Slot") -> "_Slot | None":
+        """Take a guessed iteration as far as it goes without judging it: parent's
+        minibatch, reflection, child and its minibatch started. None if the budget
+        ran out on the way (the iteration is then planned normally, if at all)."""
+        try:
+            self._reflect_slot(slot)
+            self._propose_slot(slot)
+        except (StopRun, BatchStopped):
+            self._spec = slot
+            self._drop_spec("the budget ran out while it was proposed")
+            return None
+        return slot
+
+    def _adopt(self, slot: "_Slot", ahead: bool) -> None:
+        """A planned iteration; if it was run on a guess (now known right), or found a
+        child proposed that way by an earlier process, that child becomes its own."""
+        if slot.speculative:
+            self.totals.speculated_adopted += 1
+        slot.speculative = False
+        self._announce(slot, ahead=ahead)
+        if slot.child is not None and slot.child.status == "speculative":
+            slot.child.status = "proposed"
+            self.recorder.save_candidate(slot.child, new=False)
+
+    def _drop_spec(self, why: str = "its guessed parent was not picked") -> None:
+        """Supersede the iteration run on a guess that did not hold."""
+        slot, self._spec = self._spec, None
+        if slot is None:
+            return
+        self._record_ahead_failures([slot])
+        spent = 0
+        for batch in (slot.parent_batch, slot.child_batch):
+            if batch is not None:
+                spent += batch.started
+                with contextlib.suppress(BatchStopped):
+                    self.batches.collect(batch)
+        self.totals.superseded_rollouts += spent
+        if slot.child is not None and slot.child.status in ("speculative", "proposed"):
+            self.totals.superseded += 1
+            slot.child.status = "superseded"
+            slot.child.reason = (f"proposed while candidate {slot.parent.id} was validated, "
+                                 f"on the guess that it would be the parent of iteration "
+                                 f"{slot.iteration}; {why}")
+            self.recorder.save_candidate(slot.child, new=False)
 
     def _window_width(self, start: int) -> int:
         """How many iterations to run at once: 1 right after an accepted child, then
@@ -432,14 +580,15 @@ class Optimizer:
                    default=0)
         return min(self.config.lookahead, 2 ** min(start - 1 - last, 16))
 
-    def _copy(self, superseded: Candidate) -> Candidate:
+    def _copy(self, superseded: Candidate, speculative: bool = False) -> Candidate:
         """A superseded child proposed again by the same iteration from the same parent:
         a new candidate (ids follow the iterations), sharing the earlier one's rollouts."""
         child = Candidate(self.state.next_id(), dict(superseded.prompts),
                           parents=superseded.parents, origin=superseded.origin,
                           component=superseded.component, iteration=superseded.iteration,
                           diagnosis=superseded.diagnosis, minibatch=superseded.minibatch,
-                          meta={**superseded.meta, "proposed_before_as": superseded.id})
+                          meta={**superseded.meta, "proposed_before_as": superseded.id},
+                          status="speculative" if speculative else "proposed")
         self._propose(child, [])
         return child
 
@@ -451,14 +600,13 @@ class Optimizer:
                 self._proposal_failed(slot.iteration, slot.parent, *slot.failure, ahead=True)
 
     def _supersede(self, slots: list["_Slot"], accepted: Candidate) -> None:
-        """Children planned on the guess that ``accepted`` would be rejected: record
-        what their rollouts cost and mark those not yet judged as superseded."""
+        """Children planned on the guess that ``accepted`` would be rejected: mark
+        those not yet judged as superseded and count what their rollouts cost (their
+        results are recorded by ``_collect_superseded``)."""
         self._record_ahead_failures(slots)
         for slot in slots:
             if slot.child is None:
                 continue
-            with contextlib.suppress(BatchStopped):
-                self.batches.collect(slot.child_batch)
             if slot.child.status == "proposed":
                 self.totals.superseded += 1
                 self.totals.superseded_rollouts += slot.child_batch.started
@@ -466,6 +614,12 @@ class Optimizer:
                 slot.child.reason = (f"planned before candidate {accepted.id} was accepted; "
                                      f"iteration {slot.iteration} is planned again")
                 self.recorder.save_candidate(slot.child, new=False)
+
+    def _collect_superseded(self, slots: list["_Slot"]) -> None:
+        for slot in slots:
+            if slot.child_batch is not None:
+                with contextlib.suppress(BatchStopped):
+                    self.batches.collect(slot.child_batch)
 
     def _start_reflections(self, slot: "_Slot") -> list[tuple]:
         """Build the slot's reflection prompts and start their calls."""
@@ -490,7 +644,7 @@ class Optimizer:
             return exc
         roles = self.totals.llm_calls_by_role
         roles["reflection"] = roles.get("reflection", 0) + 1
-        return self.batches.executor.submit(self.reflection_lm, prompt)
+        return self._reflections.submit(self.reflection_lm, prompt)
 
     def _proposal(self, slot: "_Slot") -> Candidate | None:
         """The child built from the replies to the slot's reflection calls (waited for
@@ -535,7 +689,7 @@ class Optimizer:
         child = Candidate(state.next_id(), prompts, parents=(parent.id,), origin="reflection",
                           component=",".join(slot.components), iteration=iteration,
                           diagnosis="\n\n".join(diagnoses), minibatch=tuple(slot.batch),
-                          meta=meta)
+                          meta=meta, status="speculative" if slot.speculative else "proposed")
         child.minibatch_parent_sum = slot.parent_sum
         self._propose(child, new_versions)
         return child
@@ -570,14 +724,23 @@ class Optimizer:
                                               parent_sum, child_sum))
         return False
 
-    def _validate(self, candidates: list[Candidate]) -> None:
+    def _validate(self, candidates: list[Candidate], guess: Candidate | None = None,
+                  iteration: int | None = None) -> None:
         """Score candidates on every validation example (all at once), then, in order,
-        let each join the pool and update the fronts and the best."""
+        let each join the pool and update the fronts and the best. Meanwhile
+        (lookahead > 1) ``iteration`` runs as far as it can on the guess that ``guess``
+        will be its parent (``_plan_window`` adopts it or supersedes it)."""
         if not candidates:
             return
-        self.batches.evaluate_many([(c, self.state.val_ids, "val") for c in candidates])
+        self._drop_spec()
+        spec = self._speculate(guess, iteration) if guess is not None else None
+        submitted = self.batches.submit([(c, self.state.val_ids, "val") for c in candidates])
+        if spec is not None:
+            spec = self._advance_spec(spec)
+        self.batches.collect(submitted)
         for candidate in candidates:
             self._admit(candidate)
+        self._spec = spec
 
     def _admit(self, candidate: Candidate) -> None:
         state = self.state
@@ -635,11 +798,13 @@ class Optimizer:
     def _pending_reflection(self, iteration: int, parent_id: int,
                             components: list[str]) -> Candidate | None:
         """This iteration's child of this parent if one was proposed already (by a run
-        that was killed, or ahead of an accepted child: then it is superseded)."""
+        that was killed, while the parent was validated, or ahead of an accepted child:
+        then it is superseded)."""
         found = [c for c in self.state.candidates
                  if c.iteration == iteration and c.origin == "reflection"
                  and c.parents == (parent_id,) and c.component == ",".join(components)]
-        return first_live(found) or (found[0] if found else None)
+        return (first_live(found) or next((c for c in found if c.status == "speculative"), None)
+                or (found[0] if found else None))
 
     def _propose(self, candidate: Candidate, versions: list[PromptVersion]) -> None:
         self.state.add_candidate(candidate)
@@ -739,4 +904,6 @@ class _Slot:
     calls: list[tuple] = field(default_factory=list)
     parent_batch: Submitted | None = None
     child_batch: Submitted | None = None
+    speculative: bool = False  # run on the guess that ``parent`` would be picked
+    reflected: bool = False  # the parent's minibatch is in and the reflection started
 

@@ -18,8 +18,11 @@ class Totals:
     pairs served from the run's evaluation cache instead; ``rollout_cache_hits``: LLM
     calls the evaluator served from its replay cache; ``llm_calls_by_role``: task calls
     (reported by rollouts) and reflection calls (made by the engine); ``superseded``:
-    children proposed ahead (lookahead) of an accepted child and so never judged, and
-    ``superseded_rollouts`` the rollouts they ran: what lookahead cost.
+    children proposed ahead (lookahead) of an accepted child, or on a wrong guess of
+    the next parent, and so never judged, and ``superseded_rollouts`` the rollouts they
+    ran: what lookahead cost; ``speculated``: iterations run while an accepted child was
+    validated, on the guess that it would be their parent, ``speculated_adopted``: those
+    whose guess held (their work counted, not wasted).
     """
 
     rollouts: int = 0
@@ -30,6 +33,8 @@ class Totals:
     evaluator_errors: int = 0
     superseded: int = 0
     superseded_rollouts: int = 0
+    speculated: int = 0
+    speculated_adopted: int = 0
     tokens: int = 0
     cost_usd: float = 0.0
     wall_seconds: float = 0.0

@@ -35,9 +35,16 @@ def approx_tokens(text: str) -> int:
     return math.ceil(len(text) / 4)
 
 
+#: Statuses of children that were never judged and do not count as candidates (yet):
+#: "speculative", proposed while their parent was still being validated, on the guess
+#: that it would be the next iteration's parent; "superseded", proposed on a guess that
+#: turned out wrong (or the run stopped first).
+UNJUDGED = ("speculative", "superseded")
+
+
 def first_live(candidates: Iterable["Candidate"]) -> "Candidate | None":
-    """The first of ``candidates`` that is not superseded, or None."""
-    return next((c for c in candidates if c.status != "superseded"), None)
+    """The first of ``candidates`` that is neither superseded nor speculative, or None."""
+    return next((c for c in candidates if c.status not in UNJUDGED), None)
 
 
 @dataclass
@@ -55,7 +62,7 @@ class Candidate:
     origin: str = "seed"
     component: str | None = None
     iteration: int = 0
-    status: str = "proposed"  # proposed | accepted | rejected
+    status: str = "proposed"  # proposed | accepted | rejected | speculative | superseded
     diagnosis: str | None = None
     reason: str | None = None
     minibatch: tuple[str, ...] = ()
@@ -107,8 +114,9 @@ class RunState:
         return len(self.candidates)
 
     def find(self, prompts: Mapping[str, str]) -> Candidate | None:
-        """The first candidate with these prompts that is not superseded (a superseded
-        child, never judged, does not count: proposed again, it is a new candidate)."""
+        """The first candidate with these prompts that is neither superseded nor
+        speculative (a child never judged does not count: proposed again by a planned
+        iteration, it is a new candidate, or the speculative one adopted)."""
         return first_live(self.candidates[cid]
                           for cid in self.by_key.get(prompts_key(prompts), ()))
 

@@ -15,6 +15,7 @@ from sqlalchemy import select
 
 from gepa_trace.errors import NotFoundError
 from gepa_trace.optimizer.pareto import pareto_front, version_scores
+from gepa_trace.optimizer.state import UNJUDGED
 from gepa_trace.prompts.export import held_out_gate
 from gepa_trace.prompts.gate import GateResult
 from gepa_trace.store.engine import Store
@@ -223,7 +224,7 @@ def load_report_data(store: Store, run_id: str, *, confidence: float = 0.95) -> 
     front_changes: dict[str, int] = {}
     failed: list[FailedProposal] = []
     skipped = 0
-    superseded = sum(1 for c in candidates if c.status == "superseded")
+    superseded = sum(1 for c in candidates if c.status in UNJUDGED)
     for kind, payload_text in event_rows:
         payload = json.loads(payload_text or "{}")
         if kind == "front_changed":

@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
+from gepa_trace.optimizer.state import UNJUDGED
 from gepa_trace.report.data import ReportData
 from gepa_trace.report.diff import change_summary, side_by_side
 from gepa_trace.report.svg import (
@@ -317,7 +318,7 @@ def _diffs_section(d: ReportData) -> str:
 def _diagnoses_section(d: ReportData) -> str:
     entries: list[tuple[int, int, str]] = []
     for c in d.candidates:
-        if c.origin in ("seed", "warm_start") or c.status == "superseded":
+        if c.origin in ("seed", "warm_start") or c.status in UNJUDGED:
             continue
         status = c.status
         sums = (f"minibatch {_sum(c.minibatch_parent_sum)} → {_sum(c.minibatch_child_sum)}"
@@ -352,8 +353,9 @@ def _diagnoses_section(d: ReportData) -> str:
     skipped = (f" {d.skipped} iterations were skipped because the parent was already "
                "perfect on its minibatch." if d.skipped else "")
     superseded = (f" {d.superseded} proposals made ahead (lookahead) were never judged, "
-                  "because an earlier child was accepted or the run stopped first, and are "
-                  "not listed." if d.superseded else "")
+                  "because an earlier child was accepted, the parent they guessed was not "
+                  "picked, or the run stopped first, and are not listed."
+                  if d.superseded else "")
     note = ("What the reflection LM said was wrong, in the order it was asked, and whether "
             "the child beat its parent on the same minibatch (sums of scores)." + skipped
             + superseded)
