@@ -30,6 +30,7 @@ import datetime as dt
 import os
 import platform
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -96,6 +97,24 @@ class AgentAdapter:
         return out
 
 
+class _Timed:
+    """An evaluator that adds up how long its rollouts took (rollout-seconds): divided by
+    the workers, the least wall time those rollouts could have taken."""
+
+    def __init__(self, evaluator):
+        self.evaluator = evaluator
+        self.seconds = 0.0
+        self._lock = threading.Lock()
+
+    def evaluate(self, prompts, example, context):
+        started = time.monotonic()
+        try:
+            return self.evaluator.evaluate(prompts, example, context)
+        finally:
+            with self._lock:
+                self.seconds += time.monotonic() - started
+
+
 def _mean_row(name: str, per_seed: list[dict]) -> dict:
     def mean(key):
         return sum(row[key] for row in per_seed) / len(per_seed)
@@ -107,10 +126,13 @@ def _mean_row(name: str, per_seed: list[dict]) -> dict:
             "reflect": sum(r["calls_by_model"].get("reflect", 0) for r in per_seed)
             / len(per_seed),
             "wall": mean("wall"), "cpu": mean("cpu"),
+            "rollout_s": mean("rollout_s") if "rollout_s" in per_seed[0] else None,
             "stops": [str(row.get("stop")) for row in per_seed],
             "superseded": ", ".join(f"{row.get('superseded', 0)} "
                                     f"({row.get('superseded_rollouts', 0)} rollouts)"
-                                    for row in per_seed)}
+                                    for row in per_seed),
+            "speculated": ", ".join(f"{row.get('speculated_adopted', 0)} of "
+                                    f"{row.get('speculated', 0)}" for row in per_seed)}
 
 
 class _Quiet:
@@ -142,17 +164,21 @@ def run_gepa(train, val, budget: int, latency_ms: float, threads: int, seed: int
             "calls_by_model": calls, "wall": wall}
 
 
-def _our_row(result, calls: dict, wall: float) -> dict:
+def _our_row(result, calls: dict, wall: float, rollout_s: float) -> dict:
     return {"val": result.best_val_score, "prompts": result.best_prompts,
+            "rollout_s": rollout_s,
             "rollouts": result.totals.rollouts, "llm_calls": sum(calls.values()),
             "calls_by_model": calls, "wall": wall, "stop": result.stop_reason,
             "superseded": result.totals.superseded,
-            "superseded_rollouts": result.totals.superseded_rollouts}
+            "superseded_rollouts": result.totals.superseded_rollouts,
+            "speculated": result.totals.speculated,
+            "speculated_adopted": result.totals.speculated_adopted}
 
 
 def run_ours(train, val, budget: int, latency_ms: float, workers: int, seed: int,
              lookahead: int) -> dict:
-    evaluator = AgentEvaluator(build_agent, metric, model=f"gepa-sim/task?latency_ms={latency_ms:g}")
+    evaluator = _Timed(AgentEvaluator(build_agent, metric,
+                                      model=f"gepa-sim/task?latency_ms={latency_ms:g}"))
     limits = Budget(max_rollouts=budget)
     reflection = LM(f"gepa-sim/reflect?latency_ms={latency_ms:g}", budget=limits, role="reflection")
     sim.reset_call_counts()
@@ -162,7 +188,7 @@ def run_ours(train, val, budget: int, latency_ms: float, workers: int, seed: int
                                                       lookahead=lookahead)).run()
     wall = time.monotonic() - started
     calls = sim.call_counts()
-    return _our_row(result, calls, wall)
+    return _our_row(result, calls, wall, evaluator.seconds)
 
 
 def run_ours_replayed(train, val, budget: int, latency_ms: float, workers: int,
@@ -182,8 +208,8 @@ def run_ours_replayed(train, val, budget: int, latency_ms: float, workers: int,
     with tempfile.TemporaryDirectory() as tmp:
         store = gt.open_store(f"sqlite:///{tmp}/bench.db")
         inst = gt.instrument(store=store, service_name="demo-qa")
-        evaluator = AgentReplay(lambda prompts: build_agent(prompts, model=model), metric,
-                                agent="demo-qa", instrumentation=inst)
+        evaluator = _Timed(AgentReplay(lambda prompts: build_agent(prompts, model=model),
+                                       metric, agent="demo-qa", instrumentation=inst))
         limits = Budget(max_rollouts=budget)
         reflection = LM(f"gepa-sim/reflect?latency_ms={latency_ms:g}", budget=limits,
                         role="reflection")
@@ -201,7 +227,7 @@ def run_ours_replayed(train, val, budget: int, latency_ms: float, workers: int,
         wall = time.monotonic() - started
         calls = sim.call_counts()
         inst.shutdown()
-    return _our_row(result, calls, wall)
+    return _our_row(result, calls, wall, evaluator.seconds)
 
 
 def main(argv=None) -> int:
@@ -227,6 +253,12 @@ def main(argv=None) -> int:
     test = questions(args.test, seed=303)
     seed_test, _ = accuracy(SEED_PROMPTS, test, threads=4)
     seeds = [int(x) for x in args.seeds.split(",")]
+    # one tiny untimed run of each optimizer first: the first run in a process pays
+    # one-time costs (importing litellm alone takes seconds), which no row should carry
+    print("warming up ...", file=sys.stderr, flush=True)
+    run_ours_replayed(train[:3], val[:3], 6, 0.0, args.workers, 0, args.lookahead)
+    run_ours(train[:3], val[:3], 6, 0.0, args.workers, 0, args.lookahead)
+    run_gepa(train[:3], val[:3], 6, 0.0, args.workers, 0)
     runs = [("gepa-trace optimizer, agent replay + replay cache (as shipped)",
              lambda seed: run_ours_replayed(train, val, args.budget, args.latency_ms,
                                             args.workers, seed, args.lookahead)),
@@ -280,6 +312,13 @@ def main(argv=None) -> int:
             f"{rows[0]['cpu'] / row['wall']:.2f}x of {row['name']}'s wall time; its rollouts "
             f"run on threads of one Python process, where the GIL lets about one core run "
             f"Python at a time, so its wall time cannot go much below its CPU time")
+    for row in rows[:2]:
+        for other in theirs[:1]:
+            floor = row["rollout_s"] / args.workers
+            verdicts.append(
+                f"Rollout floor: {row['name']}'s rollouts took {row['rollout_s']:.0f} "
+                f"rollout-seconds; on {args.workers} workers they need at least {floor:.1f} s "
+                f"of wall time, {floor / other['wall']:.2f}x of {other['name']}'s")
     for verdict in verdicts:
         print(verdict)
     if not args.no_write:
@@ -298,7 +337,10 @@ def main(argv=None) -> int:
             f"questions scored afterwards; budget {args.budget} rollouts each (gepa: "
             f"max_metric_calls); our optimizer with {args.workers} workers and lookahead "
             f"{args.lookahead}, stop reasons (as shipped): {'; '.join(rows[0]['stops'])}; children "
-            f"proposed ahead and superseded (as shipped, per seed): {rows[0]['superseded']}. CPU s is the benchmark process's "
+            f"proposed ahead and superseded (as shipped, per seed): {rows[0]['superseded']}; "
+            f"iterations run while their guessed parent was validated, adopted of run (as "
+            f"shipped, per seed): {rows[0]['speculated']}. Each optimizer first does one tiny "
+            f"untimed run, so no row pays one-time imports. CPU s is the benchmark process's "
             f"CPU time during the run (all threads; 2 cores). LLM calls are the replies the simulated models served "
             f"during the optimization. The machine may have been shared with other jobs.\n\n"
             f"{table}\n\n" + "\n".join(f"- {v}" for v in verdicts) + "\n")
