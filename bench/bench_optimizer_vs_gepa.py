@@ -318,7 +318,8 @@ def main(argv=None) -> int:
             verdicts.append(
                 f"Rollout floor: {row['name']}'s rollouts took {row['rollout_s']:.0f} "
                 f"rollout-seconds; on {args.workers} workers they need at least {floor:.1f} s "
-                f"of wall time, {floor / other['wall']:.2f}x of {other['name']}'s")
+                f"of wall time, {floor / other['wall']:.2f}x of the wall time of "
+                f"{other['name']}")
     for verdict in verdicts:
         print(verdict)
     if not args.no_write:
@@ -326,8 +327,11 @@ def main(argv=None) -> int:
         when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         from importlib.metadata import version
 
+        heading = ("Optimizer vs gepa (bench/bench_optimizer_vs_gepa.py)" if args.workers == 8
+                   else f"Optimizer vs gepa at {args.workers} workers "
+                        f"(bench/bench_optimizer_vs_gepa.py --workers {args.workers})")
         section = (
-            f"\n## Optimizer vs gepa (bench/bench_optimizer_vs_gepa.py)\n\n"
+            f"\n## {heading}\n\n"
             f"`.venv/bin/python {command.strip()}` on {when}, {os.cpu_count()} CPUs, "
             f"Python {platform.python_version()}, gepa {version('gepa')}. "
             f"Simulated world: the demo QA agent (3 components) on `gepa-sim/task`, "
@@ -346,7 +350,7 @@ def main(argv=None) -> int:
             f"{table}\n\n" + "\n".join(f"- {v}" for v in verdicts) + "\n")
         from results import write_section  # bench/results.py, beside this file
 
-        write_section("Optimizer vs gepa (bench/bench_optimizer_vs_gepa.py)", section)
+        write_section(heading, section)
     return 0
 
 
