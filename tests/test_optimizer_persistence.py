@@ -193,16 +193,19 @@ class CrashWhileGuessing(RuleEvaluator):
         return super().evaluate(prompts, example, context)
 
 
-@pytest.mark.parametrize("during, fate", [(0, "adopted"), (1, "superseded")])
+# (seed, iteration whose accepted child is validated when the process dies, what
+# becomes of the child proposed on the guess that it is the next parent): with seed 2
+# the seed's guess holds; with seed 6 the guess after iteration 3 is wrong
+@pytest.mark.parametrize("seed, during, fate", [(2, 0, "adopted"), (6, 3, "superseded")])
 def test_a_run_killed_while_a_guessed_iteration_runs_resumes_to_the_same_decisions(
-        store_url, during, fate):
+        store_url, seed, during, fate):
     from test_optimizer_engine import decisions
 
     store = open_store(store_url)
-    whole = run_toy(max_rollouts=300, evaluator=RuleEvaluator(capacity=1), seed=2)[0]
+    whole = run_toy(max_rollouts=300, evaluator=RuleEvaluator(capacity=1), seed=seed)[0]
     crashing = CrashWhileGuessing(during, capacity=1, latency_s=0.002)
     with pytest.raises(_Crash):
-        run_toy(max_rollouts=300, evaluator=crashing, seed=2, workers=1, store=store,
+        run_toy(max_rollouts=300, evaluator=crashing, seed=seed, workers=1, store=store,
                 callbacks=[crashing])
     (run_id,) = [r for (r,) in _rows(store, "SELECT id FROM optimization_runs")]
     guessed = [c for c in load_run(store, run_id).candidates if c.status == "speculative"]
@@ -216,7 +219,7 @@ def test_a_run_killed_while_a_guessed_iteration_runs_resumes_to_the_same_decisio
     # the same decisions; the resumed run may end a little earlier, as the crashed one
     # counted the rollouts it had queued as spent
     same = decisions(resumed)
-    assert len(same) >= 20 and same == decisions(whole)[:len(same)]
+    assert len(same) >= 15 and same == decisions(whole)[:len(same)]
     # the child proposed on the guess is judged if the guess held, else superseded
     status = resumed.candidates[guessed[0].id].status
     assert (status == "superseded") == (fate == "superseded"), status

@@ -50,8 +50,8 @@ class OptimizerConfig:
       choices are GEPA's one-at-a-time loop's; what lookahead costs is the rollouts of
       guesses that turned out wrong. With lookahead > 1, while an accepted child is
       validated the next iteration runs on the guess that this child will be its parent
-      (adopted if the plan picks it, superseded if not; the run stops guessing while
-      the guess has failed more often than it held). Results depend on it, not on
+      (adopted if the plan picks it, superseded if not; the run guesses only while
+      the guess has held more often than not). Results depend on it, not on
       ``workers``. Reflection calls run on threads of their own (up to
       ``(lookahead + 1) * components``), so the reflection LM must be thread-safe
       (``gepa_trace.lm.LM`` is).

@@ -484,15 +484,15 @@ class Optimizer:
         (its minibatches and one more validation, as a planned iteration needs)."""
         if self.config.lookahead < 2 or not self._guess_holds(guess):
             return None
-        components = self.select_components(self.components, iteration)
         batch = self.sampler.batch(iteration - 1)
-        slot = self._slot_for(iteration, components, guess, batch, speculative=True)
         remaining = self.budget.remaining_rollouts()
         needed = (len(self.batches.missing(guess, self.state.val_ids))
                   + len(self.batches.missing(guess, batch)) + len(batch)
                   + len(self.state.val_ids))
         if self.budget.exhausted() or (remaining is not None and needed > remaining):
             return None
+        components = self.select_components(self.components, iteration)
+        slot = self._slot_for(iteration, components, guess, batch, speculative=True)
         self._announce(slot, ahead=True)
         self.totals.speculated += 1
         try:
@@ -503,7 +503,7 @@ class Optimizer:
 
     def _guess_holds(self, guess: Candidate) -> bool:
         """Whether guessing that a validated candidate is the next iteration's parent
-        has held at least half the time so far in this run (always for a lone seed).
+        has held more often than not so far in this run (always for a lone seed).
         Read from the judged candidates, so it is the same at any ``workers`` and
         after a resume: where Pareto selection or merges often pick otherwise, the
         run stops spending rollouts on the guess."""
@@ -522,7 +522,7 @@ class Optimizer:
                     right += 1
                 else:
                     wrong += 1
-        return right >= wrong
+        return right > wrong
 
     def _advance_spec(self, slot: "_Slot") -> "_Slot | None":
         """Take a guessed iteration as far as it goes without judging it: parent's
