@@ -272,7 +272,6 @@ def test_prompt_length_as_secondary_objective_keeps_short_versions_on_the_front(
 def test_callbacks_see_each_step_in_order():
     log = EventLog()
     result, *_ = run_toy(max_rollouts=120, callbacks=[log])
-    kinds = [type(e) for e in log.events]
     # the last iteration may have started and then found the budget too small; an
     # iteration planned ahead is started again when an earlier one is accepted, and
     # iteration 1 starts ahead while the seed is validated (its only possible parent)

@@ -2,7 +2,6 @@ import json
 import time
 
 import pytest
-import sqlalchemy as sa
 
 from gepa_trace.replay.dataset import ExampleFilter, NotEnoughExamples, load_examples
 from gepa_trace.store import FeedbackRow, open_store
