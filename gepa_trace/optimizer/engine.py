@@ -236,7 +236,6 @@ class Optimizer:
                 rng = random.Random(f"gepa-trace:{self.config.seed}:{iteration}")
                 before = self.totals.rollouts
                 if self._merge_due(iteration) and self._merge(iteration, rng):
-                    self._drop_spec()
                     self._idle = self._idle + 1 if self.totals.rollouts == before else 0
                     self.state.iteration = iteration + 1
                     self._checkpoint()
@@ -315,6 +314,7 @@ class Optimizer:
                           exists=lambda p: self._existing(p, iteration, "merge") is not None)
         if plan is None:
             return False
+        self._drop_spec("a merge took the iteration")
         first, second = state.candidates[plan.first], state.candidates[plan.second]
         scores_a, scores_b = state.val_scores(first), state.val_scores(second)
         subsample = stratified_subsample(scores_a, scores_b, state.val_ids,
