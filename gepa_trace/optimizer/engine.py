@@ -386,7 +386,7 @@ class Optimizer:
                     later = slots[n + 1:]
                     self._supersede(later, slot.child)
                     self._validate([slot.child], guess=slot.child, iteration=slot.iteration + 1)
-                    self._collect_superseded(later)
+                    self._collect_quietly(s.child_batch for s in later)
             self._idle = 0 if ran or accepted else self._idle + 1
             state.iteration = slot.iteration + 1
             self._checkpoint()
@@ -554,20 +554,13 @@ class Optimizer:
         if slot is None:
             return
         self._record_ahead_failures([slot])
-        spent = 0
-        for batch in (slot.parent_batch, slot.child_batch):
-            if batch is not None:
-                spent += batch.started
-                with contextlib.suppress(BatchStopped):
-                    self.batches.collect(batch)
-        self.totals.superseded_rollouts += spent
+        batches = [b for b in (slot.parent_batch, slot.child_batch) if b is not None]
+        self.totals.superseded_rollouts += sum(b.started for b in batches)
+        self._collect_quietly(batches)
         if slot.child is not None and slot.child.status in ("speculative", "proposed"):
-            self.totals.superseded += 1
-            slot.child.status = "superseded"
-            slot.child.reason = (f"proposed while candidate {slot.parent.id} was validated, "
-                                 f"on the guess that it would be the parent of iteration "
-                                 f"{slot.iteration}; {why}")
-            self.recorder.save_candidate(slot.child, new=False)
+            self._mark_superseded(slot.child, f"proposed while candidate {slot.parent.id} was "
+                                              f"validated, on the guess that it would be the "
+                                              f"parent of iteration {slot.iteration}; {why}")
 
     def _window_width(self, start: int) -> int:
         """How many iterations to run at once: 1 right after an accepted child, then
@@ -602,24 +595,29 @@ class Optimizer:
     def _supersede(self, slots: list["_Slot"], accepted: Candidate) -> None:
         """Children planned on the guess that ``accepted`` would be rejected: mark
         those not yet judged as superseded and count what their rollouts cost (their
-        results are recorded by ``_collect_superseded``)."""
+        results are recorded by ``_collect_quietly``)."""
         self._record_ahead_failures(slots)
         for slot in slots:
             if slot.child is None:
                 continue
             if slot.child.status == "proposed":
-                self.totals.superseded += 1
                 self.totals.superseded_rollouts += slot.child_batch.started
-                slot.child.status = "superseded"
-                slot.child.reason = (f"planned before candidate {accepted.id} was accepted; "
-                                     f"iteration {slot.iteration} is planned again")
-                self.recorder.save_candidate(slot.child, new=False)
+                self._mark_superseded(slot.child, f"planned before candidate {accepted.id} was "
+                                                  f"accepted; iteration {slot.iteration} is "
+                                                  f"planned again")
 
-    def _collect_superseded(self, slots: list["_Slot"]) -> None:
-        for slot in slots:
-            if slot.child_batch is not None:
+    def _mark_superseded(self, child: Candidate, reason: str) -> None:
+        """A child never judged: superseded (saying why) and counted in the totals."""
+        self.totals.superseded += 1
+        child.status, child.reason = "superseded", reason
+        self.recorder.save_candidate(child, new=False)
+
+    def _collect_quietly(self, batches: Iterable["Submitted | None"]) -> None:
+        """Record what these submissions ran; their results decide nothing any more."""
+        for batch in batches:
+            if batch is not None:
                 with contextlib.suppress(BatchStopped):
-                    self.batches.collect(slot.child_batch)
+                    self.batches.collect(batch)
 
     def _start_reflections(self, slot: "_Slot") -> list[tuple]:
         """Build the slot's reflection prompts and start their calls."""
