@@ -69,3 +69,27 @@ def test_unknown_agent_and_no_signal_are_clear_errors(store_url):
     write_spans(store, [_root(i) for i in range(10)])
     with pytest.raises(NotEnoughExamples, match="10 without feedback"):
         load_examples(store, "qa")
+
+
+def test_a_question_asked_again_keeps_its_split_and_the_dataset_its_order(store_url):
+    """Splits and order follow the inputs: the same questions recorded again under new
+    trace ids give the same dataset, and a repeated question is never both trained on
+    and held out."""
+    store = open_store(store_url)
+    old = int((time.time() - 3 * 86400) * 1e9)
+    write_spans(store, [_root(i, start=old, question=f"question {i}") for i in range(60)])
+    tonight = load_examples(store, "qa", need_signal=False)
+    write_spans(store, [_root(1000 + i, question=f"question {i}") for i in range(60)])
+    everything = load_examples(store, "qa", filters=ExampleFilter(dedupe_inputs=False),
+                               need_signal=False)
+    for split in ("train", "val", "test"):
+        first = [e.inputs["question"] for e in getattr(tonight, split)]
+        assert first, split
+        both = [e.inputs["question"] for e in getattr(everything, split)]
+        assert sorted(both) == sorted(first * 2), f"{split} holds the same questions"
+    tomorrow = load_examples(store, "qa", filters=ExampleFilter(since=time.time() - 86400),
+                             need_signal=False)
+    for split in ("train", "val", "test"):
+        assert [e.inputs for e in getattr(tomorrow, split)] == \
+            [e.inputs for e in getattr(tonight, split)]
+        assert all(int(e.id, 16) >= 1000 for e in getattr(tomorrow, split))

@@ -2,7 +2,12 @@ import pytest
 
 from gepa_trace.errors import ConfigError
 from gepa_trace.optimizer.protocols import Example, Score
-from gepa_trace.replay.dataset import SplitFractions, expected_from_comment, split_of
+from gepa_trace.replay.dataset import (
+    SplitFractions,
+    expected_from_comment,
+    inputs_key,
+    split_of,
+)
 from gepa_trace.replay.metrics import (
     Judge, contains, exact_match, feedback, parse_judgement, resolve_metric)
 
@@ -19,8 +24,8 @@ def test_correction_comments_give_the_expected_answer():
     assert expected_from_comment("wrong country") is None
 
 
-def test_split_depends_only_on_the_trace_id():
-    ids = [f"{i:032x}" for i in range(2000)]
+def test_split_depends_only_on_the_inputs():
+    ids = [inputs_key({"question": f"question {i}?"}) for i in range(2000)]
     splits = [split_of(t) for t in ids]
     assert splits == [split_of(t) for t in ids]
     share = splits.count("test") / len(ids)

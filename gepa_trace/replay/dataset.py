@@ -5,9 +5,11 @@ the expected answer when the feedback tells it (a correction comment, or a posit
 verdict on the recorded output). Optimizer rollouts are traces too, but they are never
 examples: only spans with no optimization run id are read.
 
-The split into train / validation / held-out test is a function of the trace id alone
-(a hash), so a run that was held out tonight is still held out tomorrow, whatever
-other runs arrive.
+The split into train / validation / held-out test is a function of the run's inputs
+alone (a hash of their JSON), so a question held out tonight is still held out
+tomorrow, whatever other runs arrive, and the same question asked twice never lands in
+training and in the held-out test at once. Examples come in the order of that hash too,
+so the same recorded questions give the same dataset, whatever their trace ids.
 """
 
 from __future__ import annotations
@@ -92,8 +94,14 @@ def unit_hash(text: str, salt: str = "split") -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def split_of(trace_id: str, fractions: SplitFractions = SplitFractions()) -> str:
-    u = unit_hash(trace_id)
+def inputs_key(inputs: Any) -> str:
+    """The text a run's split is drawn from: its inputs as canonical JSON."""
+    return json.dumps(inputs, sort_keys=True, default=str, ensure_ascii=False)
+
+
+def split_of(key: str, fractions: SplitFractions = SplitFractions()) -> str:
+    """train | val | test for a run whose inputs have ``inputs_key`` ``key``."""
+    u = unit_hash(key)
     if u < fractions.test:
         return "test"
     if u < fractions.test + fractions.val:
@@ -177,6 +185,7 @@ def load_examples(store: Store, agent: str, *, filters: ExampleFilter = ExampleF
     dataset = Dataset(agent=agent)
     seen_inputs: set[str] = set()
     candidates: list[Example] = []
+    keys: dict[str, str] = {}
     for root in roots:  # newest first, so de-duplication keeps the latest run
         attributes = json.loads(root.attributes)
         inputs = _inputs_of(attributes)
@@ -191,8 +200,8 @@ def load_examples(store: Store, agent: str, *, filters: ExampleFilter = ExampleF
             continue
         if filters.max_score is not None and (mean is None or mean > filters.max_score):
             continue
+        key = inputs_key(inputs)
         if filters.dedupe_inputs:
-            key = json.dumps(inputs, sort_keys=True, default=str)
             if key in seen_inputs:
                 continue
             seen_inputs.add(key)
@@ -203,11 +212,14 @@ def load_examples(store: Store, agent: str, *, filters: ExampleFilter = ExampleF
             continue
         candidates.append(Example(id=root.trace_id, inputs=inputs, expected=expected,
                                   output=output, feedback=tuple(fb), trace_id=root.trace_id,
-                                  split=split_of(root.trace_id, fractions),
+                                  split=split_of(key, fractions),
                                   meta={"feedback_score": mean}))
+        keys[root.trace_id] = key
     if filters.sample is not None and len(candidates) > filters.sample:
-        candidates = sorted(candidates, key=lambda e: unit_hash(e.id, "sample"))[:filters.sample]
-    candidates.sort(key=lambda e: e.id)  # a stable order, independent of arrival
+        candidates = sorted(candidates, key=lambda e: (unit_hash(keys[e.id], "sample"),
+                                                       e.id))[:filters.sample]
+    # a stable order, independent of arrival and of the (random) trace ids
+    candidates.sort(key=lambda e: (unit_hash(keys[e.id], "order"), e.id))
     for example in candidates:
         getattr(dataset, example.split).append(example)
     total = len(candidates)
