@@ -14,7 +14,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from test_optimizer_toys import SEED, RuleEvaluator, RuleReflectionLM, world  # noqa: E402
+from test_optimizer_toys import (  # noqa: E402
+    SEED,
+    RuleEvaluator,
+    RuleReflectionLM,
+    make_examples,
+    world,
+)
 
 from gepa_trace.lm.budget import Budget  # noqa: E402
 from gepa_trace.optimizer import (  # noqa: E402
@@ -29,6 +35,7 @@ from gepa_trace.optimizer import (  # noqa: E402
     Optimizer,
     OptimizerConfig,
     ReflectionConfig,
+    ValidationGrown,
 )
 from gepa_trace.optimizer.merge import find_merge  # noqa: E402
 from gepa_trace.optimizer.protocols import Rollout  # noqa: E402
@@ -58,16 +65,68 @@ def fingerprint(result):
 
 
 def test_optimizer_raises_the_validation_score_of_the_rule_world():
-    result, _ev, _lm, _b = run_toy(max_rollouts=300)
+    result, _ev, _lm, _b = run_toy(max_rollouts=300, grow_val=False)
     assert result.seed_val_score < 0.3
     assert result.best_val_score >= 0.9
     scores = [p.best_score for p in result.history]
     assert scores == sorted(scores) and len(set(scores)) == len(scores)
+    assert {p.val_size for p in result.history} == {12}
     assert result.history[0].candidate_id == 0
     best = result.best_prompts
     assert "{question}" in best.instruction("answerer")
     lineage = result.lineage()
     assert lineage[-1].origin == "seed" and lineage[0].id == result.best_candidate_id
+
+
+def narrow_world():
+    """Validation that needs only rules P1-P2 and A1-A2; training and test need all."""
+    pool = make_examples(120, "v", "val")
+    val = [e for e in pool if e.expected["planner"] in ("P1", "P2")
+           and e.expected["answerer"] in ("A1", "A2")][:8]
+    return make_examples(30, "t", "train"), val, make_examples(40, "x", "test")
+
+
+def run_narrow(seed=2, workers=4, evaluator=None, store=None, callbacks=(), **config):
+    train, val, _test = narrow_world()
+    opt = Optimizer(evaluator or RuleEvaluator(), RuleReflectionLM(), SEED, train, val,
+                    Budget(max_rollouts=400), store=store, agent="toy-agent",
+                    config=OptimizerConfig(seed=seed, workers=workers, **config),
+                    callbacks=callbacks)
+    return opt.run()
+
+
+def test_solved_validation_grows_with_training_examples_and_catches_what_it_missed():
+    _train, val, test = narrow_world()
+
+    def held_out(result):
+        evaluator = RuleEvaluator()
+        return sum(evaluator.evaluate(result.best_prompts, e, None).score
+                   for e in test) / len(test)
+
+    stopped = run_narrow(grow_val=False)
+    assert stopped.stop_reason == "every validation example is solved"
+    assert stopped.val_size == len(val) and held_out(stopped) < 0.7
+    log = EventLog()
+    grown = run_narrow(callbacks=[log])
+    growths = log.of(ValidationGrown)
+    assert [g.size for g in growths] == [16, 24, 32, 38]  # 8 at a time, then the rest
+    assert growths[0].best_score < 1.0, "the added examples caught what the best missed"
+    assert grown.val_size == 38 and grown.val_grown_by == 30
+    assert held_out(grown) == 1.0
+    sizes = [p.val_size for p in grown.history]
+    assert sizes == sorted(sizes) and sizes[0] == len(val)
+    for size in set(sizes):  # the best only improves while validation stays the same
+        scores = [p.best_score for p in grown.history if p.val_size == size]
+        assert scores == sorted(scores)
+    # the seed's score stays its score on the validation the run started with
+    assert grown.seed_val_score == stopped.seed_val_score
+    assert grown.totals.rollouts <= 400
+
+
+def test_growing_validation_gives_the_same_run_at_1_and_8_workers():
+    runs = [run_narrow(workers=w, evaluator=RuleEvaluator(latency_s=0.0005)) for w in (1, 8)]
+    assert runs[0].val_grown_by > 0
+    assert fingerprint(runs[0]) == fingerprint(runs[1])
 
 
 def test_same_seed_gives_the_same_run_at_1_and_8_workers():

@@ -223,3 +223,61 @@ def test_a_run_killed_while_a_guessed_iteration_runs_resumes_to_the_same_decisio
     # the child proposed on the guess is judged if the guess held, else superseded
     status = resumed.candidates[guessed[0].id].status
     assert (status == "superseded") == (fate == "superseded"), status
+
+
+class CrashWhileGrowing(RuleEvaluator):
+    """Dies on the first validation rollout of a training example once validation has
+    grown ``after`` times: inside the growth that follows."""
+
+    def __init__(self, after: int, **kw):
+        super().__init__(**kw)
+        self.after = after
+        self.grown = 0
+
+    def on_validation_grown(self, event):
+        self.grown += 1
+
+    def evaluate(self, prompts, example, context):
+        if (context.purpose == "val" and example.id.startswith("t")
+                and self.grown == self.after):
+            raise _Crash()
+        return super().evaluate(prompts, example, context)
+
+
+# killed inside the first growth (nothing of it recorded yet), and inside the second
+# (the first is part of the stored run and must be restored)
+@pytest.mark.parametrize("after", [0, 1])
+def test_a_run_killed_while_validation_grows_resumes_to_the_same_run(store_url, after):
+    from test_optimizer_engine import decisions, narrow_world, run_narrow
+
+    store = open_store(store_url)
+    whole = run_narrow()
+    crashing = CrashWhileGrowing(after)
+    with pytest.raises(_Crash):
+        run_narrow(evaluator=crashing, workers=1, store=store, callbacks=[crashing])
+    (run_id,) = [r for (r,) in _rows(store, "SELECT id FROM optimization_runs")]
+    train, val, _test = narrow_world()
+    evaluator = RuleEvaluator()
+    resumed = Optimizer.resume(run_id, evaluator=evaluator, reflection_lm=RuleReflectionLM(),
+                               train=train, val=val, budget=Budget(max_rollouts=400),
+                               store=store).run()
+    assert max(evaluator.calls.values(), default=1) == 1  # nothing stored is run again
+    assert resumed.val_size == whole.val_size
+    assert decisions(resumed) == decisions(whole)
+    assert resumed.best_prompts.versions() == whole.best_prompts.versions()
+
+
+def test_resuming_a_grown_run_on_a_dataset_without_its_examples_is_refused(store_url):
+    from test_optimizer_engine import narrow_world, run_narrow
+
+    from gepa_trace.errors import ConfigError
+
+    store = open_store(store_url)
+    first = run_narrow(store=store)
+    assert first.val_grown_by > 0
+    train, val, _test = narrow_world()
+    with pytest.raises(ConfigError, match="grew its validation set with examples this "
+                                          "dataset lacks: t"):
+        Optimizer.resume(first.run_id, evaluator=RuleEvaluator(),
+                         reflection_lm=RuleReflectionLM(), train=train[:5], val=val,
+                         budget=Budget(max_rollouts=400), store=store)

@@ -99,7 +99,8 @@ class RuleReflectionLM:
         return f"Diagnosis: the {component} fails because {why}.\n\n```\n{new}\n```\n"
 
 
-def run_engine(url: str, *, with_test: bool = True, lookahead: int = 4) -> tuple[str, object]:
+def run_engine(url: str, *, with_test: bool = True, lookahead: int = 4,
+               grow_val: bool = True) -> tuple[str, object]:
     """Run the real engine on the rule world into the store at ``url``; optionally score
     the seed and the best on held-out examples the way export does (test evaluations)."""
     store = open_store(url)
@@ -108,7 +109,7 @@ def run_engine(url: str, *, with_test: bool = True, lookahead: int = 4) -> tuple
     result = Optimizer(RuleEvaluator(), RuleReflectionLM(), SEED, train, val,
                        Budget(max_rollouts=220), store=store, agent="report-agent",
                        config=OptimizerConfig(seed=3, workers=2, patience=6,
-                                              lookahead=lookahead,
+                                              lookahead=lookahead, grow_val=grow_val,
                                               handle_signals=False)).run()
     if with_test:
         recorder = RunRecorder(store, result.run_id, result.agent)
@@ -216,6 +217,19 @@ def test_score_points_are_placed_at_the_rollouts_spent_when_validation_finished(
     assert 8 <= seed.scored_at <= 8 + 6
     assert data.history[-1][1] == pytest.approx(result.best_val_score)
     assert [h[2] for h in data.history] == [p.candidate_id for p in result.history]
+
+
+def test_score_chart_marks_where_validation_grew(engine_run, page):
+    _url, _run_id, result = engine_run
+    sizes = [p.val_size for p in result.history]
+    grew = [(p.rollouts, p.val_size) for prev, p in zip(result.history, result.history[1:])
+            if p.val_size > prev.val_size]
+    assert grew and sizes[0] == 8, "the run never grew validation: not a growth test"
+    chart = section(page, "score-vs-rollouts")
+    titles = re.findall(r'<line class="grown"[^>]*><title>validation grew to (\d+) examples '
+                        r'after (\d+) rollouts</title>', chart)
+    assert [(int(r), int(n)) for n, r in titles] == grew
+    assert "validation grew by training examples" in chart
 
 
 def test_fronts_are_the_engines_fronts(engine_run):
@@ -369,8 +383,9 @@ def test_ticks_cover_the_range_in_increasing_steps(low, span):
 
 def test_best_so_far_is_derived_from_evaluations_when_totals_carry_no_history(tmp_path):
     url = f"sqlite:///{tmp_path / 'store.db'}"
-    # such runs predate lookahead: their evaluations are stored in the order they count
-    run_id, result = run_engine(url, with_test=False, lookahead=1)
+    # such runs predate lookahead and growing validation: their evaluations are stored
+    # in the order they count
+    run_id, result = run_engine(url, with_test=False, lookahead=1, grow_val=False)
     store = open_store(url)
     with store.write() as conn:  # a run written before the engine kept its history
         table = OptimizationRunRow.__table__

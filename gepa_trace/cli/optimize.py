@@ -55,6 +55,15 @@ class ProgressDisplay:
         self.best = event.best_score
         self._show(force=changed)
 
+    def on_validation_grown(self, event) -> None:
+        self.best = event.best_score
+        if self.tty:
+            self.stream.write("\n")
+        self.stream.write(f"validation solved by candidate {event.solved_by}: grew by "
+                          f"{event.added} training examples to {event.size}, best "
+                          f"{event.best_score:.3f}\n")
+        self._show(force=True)
+
     def on_budget_spent(self, event) -> None:
         self.spent = {"rollouts": event.rollouts, "llm_calls": event.llm_calls,
                       "cost_usd": event.cost_usd, "seconds": event.seconds}
@@ -133,6 +142,9 @@ def print_outcome(summary: dict[str, Any]) -> None:
 @click.option("--patience", type=click.IntRange(min=1), default=None,
               help="Stop after this many iterations without a new best.")
 @click.option("--stop-file", default=None, help="Stop cleanly once this file exists.")
+@click.option("--no-grow-val", is_flag=True,
+              help="Stop once validation is solved, instead of growing it with training "
+                   "examples while budget is left.")
 @click.option("--resume", "resume", default=None, metavar="RUN_ID",
               help="Continue a stored run that was stopped or killed.")
 @click.option("--warm-start", is_flag=True,
@@ -147,7 +159,7 @@ def optimize(agent: str, entrypoint: str | None, metric: str, reflection_lm: str
              since: str | None,
              until: str | None, with_feedback: bool, sample: int | None,
              split: str | None, no_replay_cache: bool, patience: int | None, stop_file: str | None,
-             resume: str | None, warm_start: bool, store: str | None, as_json: bool) -> None:
+             no_grow_val: bool, resume: str | None, warm_start: bool, store: str | None, as_json: bool) -> None:
     """Optimize an agent's prompts from its recorded runs with GEPA.
 
     Examples are the agent's production runs and their feedback; each rollout replays
@@ -180,7 +192,7 @@ def optimize(agent: str, entrypoint: str | None, metric: str, reflection_lm: str
     budget = Budget(max_rollouts=budget_rollouts, max_llm_calls=max_llm_calls,
                     max_cost_usd=max_cost, max_seconds=max_seconds)
     config = OptimizerConfig(seed=seed, workers=workers, lookahead=lookahead,
-                             patience=patience, stop_file=stop_file)
+                             patience=patience, stop_file=stop_file, grow_val=not no_grow_val)
     display = ProgressDisplay(budget_rollouts)
     progress(f"optimizing {agent} (budget {budget!r}, {workers} workers)")
     outcome = run_optimize(agent, reflection_lm=reflection_lm, entrypoint=entrypoint,

@@ -26,6 +26,7 @@ from gepa_trace.optimizer.events import (
     OptimizerCallback,
     OptimizerErrorEvent,
     RunStopped,
+    ValidationGrown,
 )
 from gepa_trace.optimizer.pareto import ComponentFront, FrontMember
 from gepa_trace.optimizer.persistence import load_run
@@ -49,4 +50,5 @@ __all__ = [
     "Score", "DEFAULT_TEMPLATE", "OptimizerCallback", "Callbacks", "EventLog",
     "IterationStarted", "CandidateProposed", "CandidateAccepted", "CandidateRejected",
     "CandidateValidated", "FrontChanged", "BudgetSpent", "OptimizerErrorEvent", "RunStopped",
+    "ValidationGrown",
 ]

@@ -68,6 +68,12 @@ class OptimizerConfig:
     - ``max_idle_iterations``: stop after this many iterations in a row that ran
       nothing new (all pairs cached, all minibatches solved, all proposals duplicates).
     - ``lock_stale_seconds``: a lock whose heartbeat is older than this can be taken over.
+    - ``grow_val``: once the best candidate solves every validation example and budget
+      is left, add as many training examples to validation as it started with (in a
+      fixed order drawn from ``seed``), score the solved candidates and the seed on
+      them, and go on; the other candidates leave the pool. A small validation set
+      can miss a kind of input the agent still gets wrong; without this the run
+      stops as soon as it is solved.
     """
 
     seed: int = 0
@@ -90,6 +96,7 @@ class OptimizerConfig:
     lock_stale_seconds: float = 300.0
     max_idle_iterations: int = 30
     handle_signals: bool = True
+    grow_val: bool = True
 
     def validate(self) -> "OptimizerConfig":
         """Return self, or raise ConfigError naming the first invalid field."""

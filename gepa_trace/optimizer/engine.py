@@ -51,6 +51,7 @@ from gepa_trace.optimizer.events import (
     IterationStarted,
     OptimizerErrorEvent,
     RunStopped,
+    ValidationGrown,
 )
 from gepa_trace.optimizer.merge import find_merge, front_candidates, stratified_subsample
 from gepa_trace.optimizer.persistence import RunLock, RunRecorder, StoredRun, load_run
@@ -148,6 +149,13 @@ class Optimizer:
 
     def _restore(self, stored: StoredRun) -> None:
         state = self.state
+        added = list(stored.totals.get("val_added") or [])
+        unknown = [i for i in added if i not in self.examples]
+        if unknown:
+            raise ConfigError(f"run {self.run_id!r} grew its validation set with examples "
+                              f"this dataset lacks: {', '.join(unknown[:5])}; resume it on "
+                              "the dataset it started with")
+        state.val_ids.extend(added)
         for pv in stored.versions.values():
             state.add_version(pv)
         for candidate in stored.candidates:
@@ -267,11 +275,60 @@ class Optimizer:
             waited = self.state.iteration - 1 - best.iteration
             if waited >= self.config.patience:
                 raise StopRun(f"patience: {waited} iterations without a new best")
-        if self.state.pool and self.state.mean_val(self.state.best_id()) >= self.config.perfect_score:
-            raise StopRun("every validation example is solved")
+        state = self.state
+        while state.pool and state.mean_val(state.best_id()) >= self.config.perfect_score:
+            if not (budget and self._grow_val()):
+                raise StopRun("every validation example is solved")
         if self._idle >= self.config.max_idle_iterations:
             raise StopRun(f"{self._idle} iterations in a row found nothing to run "
                         "(every minibatch solved or every proposal already tried)")
+
+    def _grow_val(self) -> bool:
+        """Validation is solved: add as many training examples to it as it started with
+        (``grow_val``), score the seed and the candidates that solved it on them, and
+        keep only those in the pool. A training example a candidate already ran costs
+        nothing. False (the run stops as solved) when growing is off, no training
+        example is left, or the budget cannot cover the new scores and one more
+        iteration after them."""
+        state = self.state
+        if not self.config.grow_val:
+            return False
+        taken = set(state.val_ids)
+        added = [i for i in self._reserve() if i not in taken][:len(self.val)]
+        if not added:
+            return False
+        perfect = self.config.perfect_score
+        rescored = [state.candidates[cid] for cid in state.pool
+                    if state.mean_val(cid) >= perfect]
+        needed = sum(len(self.batches.missing(c, added)) for c in rescored)
+        if self.batches.affordable(needed + 2 * self.config.minibatch_size
+                                   + len(taken) + len(added)):
+            return False
+        solved_by = state.best_id()
+        self.batches.collect(self.batches.submit([(c, added, "val") for c in rescored]))
+        state.val_ids.extend(added)
+        state.pool = [cid for cid in state.pool
+                      if state.val_scores(state.candidates[cid]) is not None]
+        for candidate in rescored:
+            state.join_pool(candidate)
+            self.recorder.save_candidate(candidate, new=False)
+        best = state.best_id()
+        score = state.mean_val(best)
+        self.history.append(HistoryPoint(self.totals.rollouts, score, best, len(state.val_ids)))
+        self.recorder.event("val_grown", {"added": added, "val_size": len(state.val_ids),
+                                          "solved_by": solved_by, "kept": list(state.pool),
+                                          "best": best, "score": score})
+        self.callbacks.emit(ValidationGrown(state.iteration, len(added), len(state.val_ids),
+                                            solved_by, best, score))
+        self._update_fronts()
+        self._checkpoint()
+        return True
+
+    def _reserve(self) -> list[str]:
+        """Training example ids in the order ``grow_val`` adds them (fixed by the seed)."""
+        order = [e.id for e in self.train]
+        random.Random(f"gepa-trace:{self.config.seed}:grow-val").shuffle(order)
+        return order
 
     # ---------------------------------------------------------------- setup
     def _initialize(self) -> None:
@@ -749,12 +806,18 @@ class Optimizer:
         best = state.best_id()
         new_best = previous_score is None or state.mean_val(best) > previous_score
         if new_best:
-            self.history.append(HistoryPoint(self.totals.rollouts, state.mean_val(best), best))
+            self.history.append(HistoryPoint(self.totals.rollouts, state.mean_val(best), best,
+                                            len(state.val_ids)))
             self.recorder.event("new_best", {"candidate": best, "score": state.mean_val(best),
                                              "rollouts": self.totals.rollouts})
         self.callbacks.emit(CandidateValidated(candidate.iteration, candidate.id,
                                                candidate.val_score, best, state.mean_val(best),
                                                new_best))
+        self._update_fronts()
+        self._checkpoint()
+
+    def _update_fronts(self) -> None:
+        """Record and announce every component front that changed."""
         for component in self.components:
             versions = tuple(self._front(component).versions())
             before = self._fronts.get(component, ())
@@ -767,7 +830,6 @@ class Optimizer:
                                                       "added": list(added),
                                                       "removed": list(removed)})
                 self.callbacks.emit(FrontChanged(component, versions, added, removed))
-        self._checkpoint()
 
     # ---------------------------------------------------------------- helpers
     def _front(self, component: str):
@@ -858,7 +920,8 @@ class Optimizer:
                             for m in self._front(c).members}) if self.state.pool else []
         return {**self.totals.to_dict(),
                 "history": [vars(p) for p in self.history],
-                "front_candidates": front_ids}
+                "front_candidates": front_ids,
+                "val_added": self.state.val_ids[len(self.val):]}
 
     def _checkpoint(self) -> None:
         snapshot = self._snapshot()
@@ -878,11 +941,25 @@ class Optimizer:
             best_prompts=state.prompt_set(state.candidates[best], self.agent),
             best_candidate_id=best,
             best_val_score=state.mean_val(best) if state.pool else None,
-            seed_val_score=state.mean_val(0) if 0 in state.pool else None,
+            seed_val_score=self._seed_val_score(),
             fronts={c: self._front(c) for c in self.components} if state.pool else {},
             candidates=list(state.candidates), history=list(self.history),
             totals=Totals.from_dict(self.totals.to_dict()), stop_reason=reason,
-            iterations=max(0, state.iteration - 1))
+            iterations=max(0, state.iteration - 1), val_size=len(state.val_ids),
+            val_grown_by=len(state.val_ids) - len(self.val))
+
+    def _seed_val_score(self) -> float | None:
+        """The seed's mean validation score; once validation grew (which does not rerun
+        the seed), its mean on the examples validation started with."""
+        state = self.state
+        if 0 in state.pool:
+            return state.mean_val(0)
+        if not state.candidates:
+            return None
+        rollouts = [state.cached(state.candidates[0], e) for e in state.val_ids[:len(self.val)]]
+        if any(r is None for r in rollouts):
+            return None
+        return sum(r.score for r in rollouts) / len(rollouts)
 
 
 @dataclass

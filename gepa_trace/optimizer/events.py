@@ -77,6 +77,19 @@ class FrontChanged:
 
 
 @dataclass(frozen=True)
+class ValidationGrown:
+    """Validation was solved by ``solved_by`` and grew by ``added`` training examples
+    to ``size``; ``best_score`` is the best candidate's mean on all of them."""
+
+    iteration: int
+    added: int
+    size: int
+    solved_by: int
+    best_id: int
+    best_score: float
+
+
+@dataclass(frozen=True)
 class BudgetSpent:
     rollouts: int
     llm_calls: int
@@ -114,6 +127,7 @@ class OptimizerCallback(Protocol):
     def on_candidate_rejected(self, event: CandidateRejected) -> None: ...
     def on_candidate_validated(self, event: CandidateValidated) -> None: ...
     def on_front_changed(self, event: FrontChanged) -> None: ...
+    def on_validation_grown(self, event: ValidationGrown) -> None: ...
     def on_budget_spent(self, event: BudgetSpent) -> None: ...
     def on_error(self, event: OptimizerErrorEvent) -> None: ...
     def on_run_stopped(self, event: RunStopped) -> None: ...
@@ -126,6 +140,7 @@ _METHOD = {
     CandidateRejected: "on_candidate_rejected",
     CandidateValidated: "on_candidate_validated",
     FrontChanged: "on_front_changed",
+    ValidationGrown: "on_validation_grown",
     BudgetSpent: "on_budget_spent",
     OptimizerErrorEvent: "on_error",
     RunStopped: "on_run_stopped",

@@ -55,11 +55,14 @@ class Totals:
 
 @dataclass(frozen=True)
 class HistoryPoint:
-    """The best mean validation score known after ``rollouts`` rollouts."""
+    """The best mean validation score known after ``rollouts`` rollouts, over
+    ``val_size`` validation examples (validation grows once solved, see
+    ``OptimizerConfig.grow_val``; 0 in runs recorded before it could)."""
 
     rollouts: int
     best_score: float
     candidate_id: int
+    val_size: int = 0
 
 
 @dataclass
@@ -76,6 +79,8 @@ class OptimizationResult:
     totals: Totals
     stop_reason: str
     iterations: int
+    val_size: int = 0
+    val_grown_by: int = 0
 
     def lineage(self, candidate_id: int | None = None) -> list[Candidate]:
         """The candidate (default: the best) and its ancestors, nearest first."""
@@ -96,6 +101,7 @@ class OptimizationResult:
             "run_id": self.run_id, "agent": self.agent, "stop_reason": self.stop_reason,
             "iterations": self.iterations, "best_candidate_id": self.best_candidate_id,
             "best_val_score": self.best_val_score, "seed_val_score": self.seed_val_score,
+            "val_size": self.val_size, "val_grown_by": self.val_grown_by,
             "best_prompts": self.best_prompts.versions(),
             "fronts": {c: [asdict(m) for m in f.members] for c, f in self.fronts.items()},
             "candidates": len(self.candidates),

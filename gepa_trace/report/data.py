@@ -108,6 +108,7 @@ class ReportData:
     gate_note: str
     components: list[str] = field(default_factory=list)
     superseded: int = 0  # proposals made ahead (lookahead) and never judged: not listed
+    growths: list[tuple[int, int]] = field(default_factory=list)  # (rollouts, val size)
 
     @property
     def simulated(self) -> bool:
@@ -219,6 +220,11 @@ def load_report_data(store: Store, run_id: str, *, confidence: float = 0.95) -> 
                for p in totals.get("history") or []]
     if not history:
         history = _history_from(candidates)
+    growths, size = [], None
+    for point in totals.get("history") or []:  # where validation grew (it was solved)
+        if size and point.get("val_size", 0) > size:
+            growths.append((int(point["rollouts"]), int(point["val_size"])))
+        size = point.get("val_size") or size
 
     front_versions: dict[str, list[str]] = {}
     front_changes: dict[str, int] = {}
@@ -264,7 +270,7 @@ def load_report_data(store: Store, run_id: str, *, confidence: float = 0.95) -> 
                       best_id=best_id, seed_id=seed.id if seed else None, history=history,
                       rollouts=position, fronts=fronts, front_changes=front_changes,
                       diffs=diffs, failed=failed, skipped=skipped, superseded=superseded,
-                      models=models,
+                      models=models, growths=growths,
                       gate=gate, gate_note=gate_note, components=components)
 
 

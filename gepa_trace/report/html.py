@@ -75,6 +75,7 @@ pre { white-space:pre-wrap; word-break:break-word; margin:4px 0; background:#f8f
 .chart .grid { stroke:#edf0f5; } .chart .axis { stroke:#9aa3b5; }
 .chart text { fill:var(--muted); font-size:11px; } .chart .label { font-size:12px; fill:var(--fg); }
 .chart .best-line { fill:none; stroke:var(--good); stroke-width:2.2; }
+.chart .grown { stroke:var(--muted); stroke-dasharray:3 4; }
 .chart .pt { stroke:#fff; stroke-width:1.2; fill-opacity:.9; }
 .chart .o-seed { fill:var(--seed); } .chart .o-refl { fill:var(--refl); }
 .chart .o-merge { fill:var(--merge); } .chart .o-warm { fill:var(--warm); }
@@ -217,11 +218,15 @@ def _score_section(d: ReportData) -> str:
     if not points:
         return _section("score-vs-rollouts", "<p>No candidate has a validation score yet.</p>")
     chart = score_chart(points, [(r, s) for r, s, _c in d.history],
-                        int(d.totals.get("rollouts") or d.rollouts))
+                        int(d.totals.get("rollouts") or d.rollouts), growths=d.growths)
     extra = ('<span><i style="background:var(--good);border-radius:0;height:3px">'
              '</i>best so far</span>')
     note = ("Each dot is a candidate's mean validation score, placed at the number of "
             "rollouts the run had spent when its validation finished.")
+    if d.growths:
+        note += (" Dashed lines: the best candidate solved every validation example, so "
+                 "validation grew by training examples (to the size shown) and the "
+                 "solved candidates were scored on them; the others left the pool.")
     return _section("score-vs-rollouts",
                     _LEGEND.format(extra=extra) + f'<div class="scroll">{chart}</div>', note)
 

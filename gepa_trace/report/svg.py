@@ -122,13 +122,22 @@ class ScorePoint:
 
 
 def score_chart(points: Sequence[ScorePoint], best_steps: Sequence[tuple[int, float]],
-                total_rollouts: int, width: int = 1100, height: int = 320) -> str:
+                total_rollouts: int, width: int = 1100, height: int = 320,
+                growths: Sequence[tuple[int, int]] = ()) -> str:
     """Validation score of each scored candidate at the rollout count it was scored at,
-    with the best-so-far as a step line running to ``total_rollouts``."""
+    with the best-so-far as a step line running to ``total_rollouts``; a dashed line
+    where validation grew, labelled with its new size."""
     x_max = max([total_rollouts, 1, *(p.rollouts for p in points)])
     low, high = _score_range([p.score for p in points] + [s for _r, s in best_steps])
     axes = Axes(width, height, nice_ticks(0, x_max), nice_ticks(low, high))
     body = axes.frame("rollouts spent", "validation score (mean)")
+    for rollouts, size in growths:
+        x = axes.x(rollouts)
+        body.append(f'<line class="grown" x1="{x:.1f}" x2="{x:.1f}" y1="{axes.top}" '
+                    f'y2="{axes.height - axes.bottom}"><title>validation grew to {size} '
+                    f'examples after {rollouts} rollouts</title></line>')
+        body.append(f'<text class="pt-label" x="{x + 4:.1f}" y="{axes.top + 12}">'
+                    f'val {size}</text>')
     if best_steps:
         coords = []
         for i, (rollouts, score) in enumerate(best_steps):
