@@ -181,8 +181,11 @@ class Optimizer:
         self._wall_offset = totals.wall_seconds
         self.history = [HistoryPoint(**p) for p in snapshot.get("history", [])]
         spent = totals.budget or {}
+        # rollouts: the stored ones. The snapshot's count also holds rollouts reserved
+        # for the queue when the process died, which never ran (or ran and were lost
+        # with it, as the rollouts in flight at a kill are)
         self.budget.restore(Spent(
-            rollouts=max(totals.rollouts, int(spent.get("rollouts", 0))),
+            rollouts=totals.rollouts,
             llm_calls=int(spent.get("llm_calls", 0)), tokens=int(spent.get("tokens", 0)),
             cost_usd=float(spent.get("cost_usd", 0.0)),
             seconds=float(spent.get("seconds", 0.0)),
