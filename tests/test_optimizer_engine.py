@@ -22,6 +22,7 @@ from test_optimizer_toys import (  # noqa: E402
     world,
 )
 
+from gepa_trace.errors import ConfigError  # noqa: E402
 from gepa_trace.lm.budget import Budget  # noqa: E402
 from gepa_trace.optimizer import (  # noqa: E402
     BudgetSpent,
@@ -121,6 +122,24 @@ def test_solved_validation_grows_with_training_examples_and_catches_what_it_miss
     # the seed's score stays its score on the validation the run started with
     assert grown.seed_val_score == stopped.seed_val_score
     assert grown.totals.rollouts <= 400
+
+
+def test_val_start_validates_on_part_first_and_adds_the_rest_before_training_examples():
+    train, val, _test = narrow_world()
+    log = EventLog()
+    opt = Optimizer(RuleEvaluator(), RuleReflectionLM(), SEED, train, val,
+                    Budget(max_rollouts=400), agent="toy-agent",
+                    config=OptimizerConfig(seed=2, val_start=3), callbacks=[log])
+    result = opt.run()
+    assert result.history[0].val_size == 3
+    assert [g.size for g in log.of(ValidationGrown)][:2] == [6, 9]  # 3 at a time
+    grown = opt.state.val_ids
+    assert grown[:len(val)] == [e.id for e in val]  # the held-back ones join first
+    assert set(grown[len(val):]) <= {e.id for e in train}
+    assert result.val_grown_by == len(grown) - 3 > len(val)
+    assert result.seed_val_score is not None  # on the 3 it started with
+    with pytest.raises(ConfigError, match="val_start"):
+        OptimizerConfig(val_start=0).validate()
 
 
 def test_growing_validation_gives_the_same_run_at_1_and_8_workers():
@@ -349,7 +368,6 @@ def test_callbacks_see_each_step_in_order():
 
 
 def test_invalid_config_names_the_field():
-    from gepa_trace.errors import ConfigError
 
     with pytest.raises(ConfigError, match="workers"):
         OptimizerConfig(workers=0).validate()

@@ -143,8 +143,11 @@ def print_outcome(summary: dict[str, Any]) -> None:
               help="Stop after this many iterations without a new best.")
 @click.option("--stop-file", default=None, help="Stop cleanly once this file exists.")
 @click.option("--no-grow-val", is_flag=True,
-              help="Stop once validation is solved, instead of growing it with training "
-                   "examples while budget is left.")
+              help="Stop once validation is solved, instead of growing it with "
+                   "training examples while budget is left.")
+@click.option("--val-start", type=click.IntRange(min=1), default=None,
+              help="Validate on only this many validation examples at first; the "
+                   "rest join when they are solved (default: all).")
 @click.option("--resume", "resume", default=None, metavar="RUN_ID",
               help="Continue a stored run that was stopped or killed.")
 @click.option("--warm-start", is_flag=True,
@@ -156,10 +159,10 @@ def optimize(agent: str, entrypoint: str | None, metric: str, reflection_lm: str
              task_lm: str | None, judge_lm: str | None, rubric: str | None,
              budget_rollouts: int, max_llm_calls: int | None, max_cost: float | None,
              max_seconds: float | None, workers: int, lookahead: int, seed: int,
-             since: str | None,
-             until: str | None, with_feedback: bool, sample: int | None,
-             split: str | None, no_replay_cache: bool, patience: int | None, stop_file: str | None,
-             no_grow_val: bool, resume: str | None, warm_start: bool, store: str | None, as_json: bool) -> None:
+             since: str | None, until: str | None, with_feedback: bool, sample: int | None,
+             split: str | None, no_replay_cache: bool, patience: int | None,
+             stop_file: str | None, no_grow_val: bool, val_start: int | None,
+             resume: str | None, warm_start: bool, store: str | None, as_json: bool) -> None:
     """Optimize an agent's prompts from its recorded runs with GEPA.
 
     Examples are the agent's production runs and their feedback; each rollout replays
@@ -192,7 +195,8 @@ def optimize(agent: str, entrypoint: str | None, metric: str, reflection_lm: str
     budget = Budget(max_rollouts=budget_rollouts, max_llm_calls=max_llm_calls,
                     max_cost_usd=max_cost, max_seconds=max_seconds)
     config = OptimizerConfig(seed=seed, workers=workers, lookahead=lookahead,
-                             patience=patience, stop_file=stop_file, grow_val=not no_grow_val)
+                             patience=patience, stop_file=stop_file, grow_val=not no_grow_val,
+                             val_start=val_start)
     display = ProgressDisplay(budget_rollouts)
     progress(f"optimizing {agent} (budget {budget!r}, {workers} workers)")
     outcome = run_optimize(agent, reflection_lm=reflection_lm, entrypoint=entrypoint,

@@ -69,11 +69,15 @@ class OptimizerConfig:
       nothing new (all pairs cached, all minibatches solved, all proposals duplicates).
     - ``lock_stale_seconds``: a lock whose heartbeat is older than this can be taken over.
     - ``grow_val``: once the best candidate solves every validation example and budget
-      is left, add as many training examples to validation as it started with (in a
-      fixed order drawn from ``seed``), score the solved candidates and the seed on
-      them, and go on; the other candidates leave the pool. A small validation set
-      can miss a kind of input the agent still gets wrong; without this the run
-      stops as soon as it is solved.
+      is left, grow validation by as many examples as it started with (validation
+      examples held back by ``val_start`` first, then training examples in an order
+      drawn from ``seed``), score the candidates that solved it on them, and go on;
+      the other candidates leave the pool. A small validation set can miss a kind of
+      input the agent still gets wrong; without this the run stops once it is solved.
+    - ``val_start``: validate on only the first this-many validation examples at first
+      (None: all of them; ignored without ``grow_val``). A smaller set affords more
+      candidates; on the demo (12 runs: 6 traffic seeds x 2 seeds, 600 rollouts)
+      starting on half of a 10% set gave no clear gain (held-out 0.87 against 0.87).
     """
 
     seed: int = 0
@@ -97,6 +101,7 @@ class OptimizerConfig:
     max_idle_iterations: int = 30
     handle_signals: bool = True
     grow_val: bool = True
+    val_start: int | None = None
 
     def validate(self) -> "OptimizerConfig":
         """Return self, or raise ConfigError naming the first invalid field."""
@@ -136,9 +141,18 @@ class OptimizerConfig:
             missing = [p for p in ("<curr_param>", "<side_info>") if p not in template]
             if missing:
                 raise bad("reflection.templates", f"[{name!r}] lacks the placeholders {missing}")
+        if self.val_start is not None and (not isinstance(self.val_start, int)
+                                           or self.val_start < 1):
+            raise bad("val_start", f"must be None or an integer >= 1, got {self.val_start!r}")
         if self.warm_start_max < 1:
             raise bad("warm_start_max", f"must be >= 1, got {self.warm_start_max}")
         return self
+
+    def starting_val_size(self, val_size: int) -> int:
+        """How many of ``val_size`` validation examples the run validates on first."""
+        if not self.grow_val:
+            return val_size
+        return val_size if self.val_start is None else min(val_size, self.val_start)
 
     def secondary_for(self, component: str) -> str | None:
         """The secondary objective of ``component``'s front, or None."""

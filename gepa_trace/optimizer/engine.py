@@ -104,7 +104,8 @@ class Optimizer:
         self.callbacks = Callbacks(callbacks)
         self.run_id = run_id or f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         self.components = list(seed_prompts)
-        self.state = RunState(self.components, [e.id for e in self.val])
+        self.val_start = self.config.starting_val_size(len(self.val))
+        self.state = RunState(self.components, [e.id for e in self.val[:self.val_start]])
         self.examples = {e.id: e for e in self.train}
         self.examples.update({e.id: e for e in self.val})
         self.sampler = EpochSampler([e.id for e in self.train], self.config.minibatch_size,
@@ -287,17 +288,17 @@ class Optimizer:
                         "(every minibatch solved or every proposal already tried)")
 
     def _grow_val(self) -> bool:
-        """Validation is solved: add as many training examples to it as it started with
-        (``grow_val``), score the seed and the candidates that solved it on them, and
-        keep only those in the pool. A training example a candidate already ran costs
-        nothing. False (the run stops as solved) when growing is off, no training
-        example is left, or the budget cannot cover the new scores and one more
-        iteration after them."""
+        """Validation is solved: add as many examples to it as it started with
+        (``grow_val``: the validation examples held back, then training examples),
+        score the candidates that solved it on them, and keep only those in the pool.
+        A training example a candidate already ran costs nothing. False (the run stops
+        as solved) when growing is off, no example is left, or the budget cannot cover
+        the new scores and one more iteration after them."""
         state = self.state
         if not self.config.grow_val:
             return False
         taken = set(state.val_ids)
-        added = [i for i in self._reserve() if i not in taken][:len(self.val)]
+        added = [i for i in self._reserve() if i not in taken][:self.val_start]
         if not added:
             return False
         perfect = self.config.perfect_score
@@ -328,10 +329,12 @@ class Optimizer:
         return True
 
     def _reserve(self) -> list[str]:
-        """Training example ids in the order ``grow_val`` adds them (fixed by the seed)."""
-        order = [e.id for e in self.train]
-        random.Random(f"gepa-trace:{self.config.seed}:grow-val").shuffle(order)
-        return order
+        """Example ids in the order ``grow_val`` adds them: the validation examples the
+        run did not start with, then the training examples (in an order fixed by the
+        seed)."""
+        train = [e.id for e in self.train]
+        random.Random(f"gepa-trace:{self.config.seed}:grow-val").shuffle(train)
+        return list(dict.fromkeys([e.id for e in self.val[self.val_start:]] + train))
 
     # ---------------------------------------------------------------- setup
     def _initialize(self) -> None:
@@ -924,7 +927,7 @@ class Optimizer:
         return {**self.totals.to_dict(),
                 "history": [vars(p) for p in self.history],
                 "front_candidates": front_ids,
-                "val_added": self.state.val_ids[len(self.val):]}
+                "val_added": self.state.val_ids[self.val_start:]}
 
     def _checkpoint(self) -> None:
         snapshot = self._snapshot()
@@ -949,7 +952,7 @@ class Optimizer:
             candidates=list(state.candidates), history=list(self.history),
             totals=Totals.from_dict(self.totals.to_dict()), stop_reason=reason,
             iterations=max(0, state.iteration - 1), val_size=len(state.val_ids),
-            val_grown_by=len(state.val_ids) - len(self.val))
+            val_grown_by=len(state.val_ids) - self.val_start)
 
     def _seed_val_score(self) -> float | None:
         """The seed's mean validation score; once validation grew (which does not rerun
@@ -959,7 +962,7 @@ class Optimizer:
             return state.mean_val(0)
         if not state.candidates:
             return None
-        rollouts = [state.cached(state.candidates[0], e) for e in state.val_ids[:len(self.val)]]
+        rollouts = [state.cached(state.candidates[0], e) for e in state.val_ids[:self.val_start]]
         if any(r is None for r in rollouts):
             return None
         return sum(r.score for r in rollouts) / len(rollouts)
