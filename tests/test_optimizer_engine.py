@@ -368,7 +368,6 @@ def test_callbacks_see_each_step_in_order():
 
 
 def test_invalid_config_names_the_field():
-
     with pytest.raises(ConfigError, match="workers"):
         OptimizerConfig(workers=0).validate()
     with pytest.raises(ConfigError, match="secondary_objective"):
