@@ -372,3 +372,14 @@ def test_invalid_config_names_the_field():
         OptimizerConfig(workers=0).validate()
     with pytest.raises(ConfigError, match="secondary_objective"):
         replace(OptimizerConfig(), secondary_objective="latency").validate()
+
+
+def test_the_cli_summary_says_when_validation_grew(capsys):
+    from gepa_trace.cli.optimize import print_outcome
+
+    print_outcome(run_narrow().summary())
+    out = capsys.readouterr().out
+    assert "validation grew from 8 to 38 examples once solved" in out
+    assert "the seed's score is on the first 8" in out
+    print_outcome(run_narrow(grow_val=False).summary())
+    assert "grew" not in capsys.readouterr().out

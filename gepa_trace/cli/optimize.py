@@ -88,9 +88,15 @@ def print_outcome(summary: dict[str, Any]) -> None:
     gate = held.get("gate")
     click.echo(f"run {summary['run_id']}  agent {summary['agent']}  "
                f"({summary['stop_reason']})")
-    click.echo(f"validation  seed {summary['seed_val_score']:.3f} -> best "
+    grown = summary.get("val_grown_by") or 0
+    seed = summary["seed_val_score"]
+    click.echo(f"validation  seed {'-' if seed is None else f'{seed:.3f}'} -> best "
                f"{summary['best_val_score']:.3f} (candidate {summary['best_candidate_id']} of "
                f"{summary['candidates']}, {summary['iterations']} iterations)")
+    if grown:
+        size = summary["val_size"]
+        click.echo(f"            validation grew from {size - grown} to {size} examples once "
+                   f"solved; the seed's score is on the first {size - grown}")
     if gate:
         click.echo(f"held-out    seed {gate['seed_mean']:.3f} -> best {gate['best_mean']:.3f}  "
                    f"gain {gate['gain']:+.3f}  {gate['confidence']:.0%} interval "

@@ -113,6 +113,7 @@ def run_demo(settings: DemoSettings, callbacks: list[object] = ()) -> dict[str, 
         "run_id": result.run_id, "agent": AGENT_NAME, "store": str(store.url),
         "simulated": simulated,
         "seed_val_score": result.seed_val_score, "best_val_score": result.best_val_score,
+        "val_size": result.val_size, "val_grown_by": result.val_grown_by,
         "seed_test_score": held.to_dict()["seed_test_score"],
         "best_test_score": held.to_dict()["best_test_score"],
         "ci_low": gate.ci_low if gate else None, "ci_high": gate.ci_high if gate else None,
@@ -131,7 +132,10 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
              f"{summary['best_test_score']:.1%}"
              + (f"  gain 95% interval [{summary['ci_low']:+.1%}, {summary['ci_high']:+.1%}]"
                 if summary["ci_low"] is not None else ""),
-             f"validation: {summary['seed_val_score']:.1%} -> {summary['best_val_score']:.1%}",
+             f"validation: {summary['seed_val_score']:.1%} -> {summary['best_val_score']:.1%}"
+             + (f" (grew from {summary['val_size'] - summary['val_grown_by']} to "
+                f"{summary['val_size']} examples once solved)"
+                if summary.get("val_grown_by") else ""),
              f"run {summary['run_id']}: {summary['rollouts']} rollouts, "
              f"{summary['llm_calls']} LLM calls sent, {summary['replay_cache_hits']} served by "
              f"the replay cache, ${summary['cost_usd']:.4f}, {summary['elapsed_s']:.0f}s",
