@@ -156,7 +156,7 @@ class Optimizer:
             raise ConfigError(f"run {self.run_id!r} grew its validation set with examples "
                               f"this dataset lacks: {', '.join(unknown[:5])}; resume it on "
                               "the dataset it started with")
-        state.val_ids.extend(added)
+        state.extend_val(added)
         for pv in stored.versions.values():
             state.add_version(pv)
         for candidate in stored.candidates:
@@ -310,9 +310,7 @@ class Optimizer:
             return False
         solved_by = state.best_id()
         self.batches.collect(self.batches.submit([(c, added, "val") for c in rescored]))
-        state.val_ids.extend(added)
-        state.pool = [cid for cid in state.pool
-                      if state.val_scores(state.candidates[cid]) is not None]
+        state.extend_val(added)
         for candidate in rescored:
             state.join_pool(candidate)
             self.recorder.save_candidate(candidate, new=False)
@@ -955,11 +953,9 @@ class Optimizer:
             val_grown_by=len(state.val_ids) - self.val_start)
 
     def _seed_val_score(self) -> float | None:
-        """The seed's mean validation score; once validation grew (which does not rerun
-        the seed), its mean on the examples validation started with."""
+        """The seed's mean on the validation examples the run started with (growing
+        validation does not rerun it), or None before they are all scored."""
         state = self.state
-        if 0 in state.pool:
-            return state.mean_val(0)
         if not state.candidates:
             return None
         rollouts = [state.cached(state.candidates[0], e) for e in state.val_ids[:self.val_start]]

@@ -137,6 +137,13 @@ class RunState:
             out[example_id] = rollout.score
         return out
 
+    def extend_val(self, example_ids: Sequence[str]) -> None:
+        """Add validation examples; pool candidates not yet scored on all of them
+        leave the pool."""
+        self.val_ids.extend(example_ids)
+        self.pool = [cid for cid in self.pool
+                     if self.val_scores(self.candidates[cid]) is not None]
+
     def mean_val(self, candidate_id: int) -> float:
         scores = self.val_scores(self.candidates[candidate_id]) or {}
         return sum(scores.values()) / len(scores) if scores else 0.0
