@@ -127,6 +127,17 @@ class Budget:
             self._spent.tokens += int(tokens)
             self._spent.cost_usd += float(cost_usd)
 
+    def add_spent(self, llm_calls_by_role: dict[str, int], tokens: int = 0,
+                  cost_usd: float = 0.0) -> None:
+        """Add calls metered elsewhere (another process of the run) after the fact."""
+        with self._lock:
+            s = self._spent
+            for role, n in llm_calls_by_role.items():
+                s.llm_calls += int(n)
+                s.llm_calls_by_role[role] = s.llm_calls_by_role.get(role, 0) + int(n)
+            s.tokens += int(tokens)
+            s.cost_usd += float(cost_usd)
+
     def spent(self) -> Spent:
         with self._lock:
             s = self._spent
