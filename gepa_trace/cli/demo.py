@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -18,6 +19,9 @@ from gepa_trace.cli.common import handles_errors, json_option, print_json, progr
               help="Production runs to record before optimizing.")
 @click.option("--budget-rollouts", type=click.IntRange(min=10), default=600, show_default=True)
 @click.option("--workers", type=click.IntRange(min=1, max=64), default=4, show_default=True)
+@click.option("--processes", type=click.IntRange(min=1, max=64), default=None,
+              help="Run rollouts in this many worker processes [default: 2 on a machine "
+                   "with 2 or more cores, else 1].")
 @click.option("--task-lm", default="gepa-sim/task", show_default=True, metavar="MODEL",
               help="The agent's model (a litellm model string).")
 @click.option("--reflection-lm", default="gepa-sim/reflect", show_default=True,
@@ -27,7 +31,8 @@ from gepa_trace.cli.common import handles_errors, json_option, print_json, progr
 @json_option
 @handles_errors
 def demo(store: str | None, out_dir: str, runs: int, budget_rollouts: int, workers: int,
-         task_lm: str, reflection_lm: str, seed: int, warm_start: bool, as_json: bool) -> None:
+         processes: int | None, task_lm: str, reflection_lm: str, seed: int, warm_start: bool,
+         as_json: bool) -> None:
     """Run the whole cycle on the example agent, offline, on SQLite.
 
     Records production traffic of a multi-hop QA agent with user feedback, optimizes
@@ -43,10 +48,13 @@ def demo(store: str | None, out_dir: str, runs: int, budget_rollouts: int, worke
     from gepa_trace.cli.optimize import ProgressDisplay
     from gepa_trace.demo.cycle import DemoSettings, run_demo, summary_lines
 
+    if processes is None:
+        processes = 2 if (os.cpu_count() or 1) >= 2 else 1
     settings = DemoSettings(store=store, out_dir=Path(out_dir), runs=runs,
                             task_lm=task_lm, reflection_lm=reflection_lm,
-                            budget_rollouts=budget_rollouts, workers=workers, seed=seed,
-                            warm_start=warm_start, progress=progress)
+                            budget_rollouts=budget_rollouts, workers=workers,
+                            processes=processes, seed=seed, warm_start=warm_start,
+                            progress=progress)
     summary = run_demo(settings, callbacks=[ProgressDisplay(budget_rollouts)])
     if as_json:
         print_json(summary)

@@ -131,6 +131,10 @@ def print_outcome(summary: dict[str, Any]) -> None:
 @click.option("--max-time", "max_seconds", type=click.FloatRange(min=1), default=None,
               metavar="SECONDS")
 @click.option("--workers", type=click.IntRange(min=1, max=64), default=4, show_default=True)
+@click.option("--processes", type=click.IntRange(min=1, max=64), default=1, show_default=True,
+              help="Run rollouts in this many worker processes, each with --workers "
+                   "threads (an agent's Python runs on more than one core); needs "
+                   "--entrypoint.")
 @click.option("--lookahead", type=click.IntRange(min=1, max=64), default=4, show_default=True,
               help="Reflection iterations run at once, each on the guess that the ones "
                    "before it are rejected; the choices are those of the one-at-a-time "
@@ -164,7 +168,8 @@ def print_outcome(summary: dict[str, Any]) -> None:
 def optimize(agent: str, entrypoint: str | None, metric: str, reflection_lm: str,
              task_lm: str | None, judge_lm: str | None, rubric: str | None,
              budget_rollouts: int, max_llm_calls: int | None, max_cost: float | None,
-             max_seconds: float | None, workers: int, lookahead: int, seed: int,
+             max_seconds: float | None, workers: int, processes: int,
+             lookahead: int, seed: int,
              since: str | None, until: str | None, with_feedback: bool, sample: int | None,
              split: str | None, no_replay_cache: bool, patience: int | None,
              stop_file: str | None, no_grow_val: bool, val_start: int | None,
@@ -196,6 +201,7 @@ def optimize(agent: str, entrypoint: str | None, metric: str, reflection_lm: str
     settings = ReplaySettings(
         entrypoint=entrypoint, metric=metric, task_lm=task_lm, judge_lm=judge_lm,
         rubric=rubric, replay_cache=not no_replay_cache, fractions=fractions,
+        processes=processes,
         filters=ExampleFilter(since=parse_since(since), until=parse_since(until),
                               only_with_feedback=with_feedback, sample=sample))
     budget = Budget(max_rollouts=budget_rollouts, max_llm_calls=max_llm_calls,
@@ -204,7 +210,8 @@ def optimize(agent: str, entrypoint: str | None, metric: str, reflection_lm: str
                              patience=patience, stop_file=stop_file, grow_val=not no_grow_val,
                              val_start=val_start)
     display = ProgressDisplay(budget_rollouts)
-    progress(f"optimizing {agent} (budget {budget!r}, {workers} workers)")
+    progress(f"optimizing {agent} (budget {budget!r}, {workers} workers"
+             + (f" in {processes} processes)" if processes > 1 else ")"))
     outcome = run_optimize(agent, reflection_lm=reflection_lm, entrypoint=entrypoint,
                            metric=metric, budget=budget, store=store, settings=settings,
                            config=config, resume=resume, warm_start=warm_start,

@@ -32,6 +32,7 @@ class DemoSettings:
     reflection_lm: str = "gepa-sim/reflect"
     budget_rollouts: int = 600
     workers: int = 4
+    processes: int = 1
     seed: int = 0
     warm_start: bool = False
     progress: Callable[[str], None] = field(default=lambda _msg: None)
@@ -76,9 +77,11 @@ def run_demo(settings: DemoSettings, callbacks: list[object] = ()) -> dict[str, 
     say(f"      {settings.runs} traces stored in {time.time() - started:.0f}s")
 
     say(f"[2/4] nightly optimization with {settings.reflection_lm}, "
-        f"{settings.budget_rollouts} rollouts, {settings.workers} workers")
+        f"{settings.budget_rollouts} rollouts, {settings.workers} workers"
+        + (f" in {settings.processes} processes" if settings.processes > 1 else ""))
     replay = ReplaySettings(entrypoint=build_agent, metric=metric, task_lm=settings.task_lm,
-                            filters=ExampleFilter(since=window_start))
+                            filters=ExampleFilter(since=window_start),
+                            processes=settings.processes)
     outcome = gt.optimize(AGENT_NAME, reflection_lm=settings.reflection_lm,
                           entrypoint=build_agent, metric=metric,
                           budget=gt.Budget(max_rollouts=settings.budget_rollouts),

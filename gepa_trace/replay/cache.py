@@ -223,6 +223,20 @@ class ReplayCache(BaseCache):
         with self._lock:
             return sum(self.hits.values()) + sum(self._unattributed.values())
 
+    def counts(self) -> dict[str, Any]:
+        """Hits (per component, and on entries learnt during the run) and misses, for
+        ``absorb`` in another process's cache."""
+        with self._lock:
+            return {"hits": dict(self.hits), "unattributed": dict(self._unattributed),
+                    "misses": self.misses}
+
+    def absorb(self, counts: Mapping[str, Any]) -> None:
+        """Add another cache's ``counts()`` (a worker process's) to this one's."""
+        with self._lock:
+            self.hits.update(counts.get("hits", {}))
+            self._unattributed.update(counts.get("unattributed", {}))
+            self.misses += int(counts.get("misses", 0))
+
     def resolve_components(self, store: Store, run_id: str) -> dict[str, int]:
         """Hits per component, attributing hits on entries learnt during run ``run_id``
         through that run's stored LLM spans (hits still unknown stay "unknown")."""

@@ -46,6 +46,7 @@ class ReplaySettings:
     filters: ExampleFilter = field(default_factory=ExampleFilter)
     fractions: SplitFractions = field(default_factory=SplitFractions)
     min_examples: int = 6
+    processes: int = 1  # >1: rollouts run in that many worker processes (replay only)
 
 
 @dataclass
@@ -208,13 +209,17 @@ def optimize(agent: str, *, reflection_lm: "str | Callable[[str], str]",
         else:
             config = OptimizerConfig(**{**config.__dict__, "warm_start_from": previous})
 
+    in_processes = settings.processes > 1 and not log_only
     inst, owned = _instrumentation(store, agent)
-    cache = ReplayCache.from_store(store, agent) if settings.replay_cache else None
+    cache = None
+    if settings.replay_cache:  # with worker processes, each has its own; this one counts
+        cache = ReplayCache() if in_processes else ReplayCache.from_store(store, agent)
     from langchain_core.globals import get_llm_cache, set_llm_cache
 
     previous_cache = get_llm_cache()
     if cache is not None:
         set_llm_cache(cache)
+    evaluator: Any = None
     try:
         if log_only:
             from gepa_trace.lm import LM
@@ -233,8 +238,17 @@ def optimize(agent: str, *, reflection_lm: "str | Callable[[str], str]",
                     task_lms[name] = LM(name, budget=budget, role="task")
                 return task_lms[name]
 
-            evaluator: Any = LogOnlyReplay(store, agent, dataset.all(), judge_lm=judge,
-                                           lm_for_model=lm_for_model, rubric=settings.rubric)
+            evaluator = LogOnlyReplay(store, agent, dataset.all(), judge_lm=judge,
+                                      lm_for_model=lm_for_model, rubric=settings.rubric)
+        elif in_processes:
+            from gepa_trace.optimizer.processes import ProcessEvaluator
+            from gepa_trace.replay.workers import ReplayWorker
+
+            evaluator = ProcessEvaluator(
+                ReplayWorker(store.url, agent, settings.entrypoint, settings.metric,
+                             settings.task_lm, settings.judge_lm, settings.rubric,
+                             settings.replay_cache),
+                processes=settings.processes, threads=config.workers, budget=budget)
         else:
             from gepa_trace.replay.harness import AgentReplay
 
@@ -253,6 +267,11 @@ def optimize(agent: str, *, reflection_lm: "str | Callable[[str], str]",
         held_out = evaluate_held_out(evaluator, result, opt.seed_prompts, dataset.test, store,
                                      opt.config.workers, seed=opt.config.seed)
     finally:
+        close = getattr(evaluator, "close", None)
+        if in_processes and close is not None:  # the children flush their spans
+            for counts in close():
+                if cache is not None and counts:
+                    cache.absorb(counts)
         set_llm_cache(previous_cache)
         inst.force_flush()
         if owned:
