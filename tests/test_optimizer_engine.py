@@ -199,6 +199,34 @@ def test_lookahead_gives_the_same_run_at_1_and_8_workers():
     assert fingerprint(runs[0]) == fingerprint(runs[1])
 
 
+
+def test_the_next_window_runs_ahead_while_a_window_is_judged(sqlite_url):
+    import json
+
+    import sqlalchemy as sa
+
+    from gepa_trace.store import open_store
+
+    store = open_store(sqlite_url)
+    one = run_toy(max_rollouts=800, evaluator=RuleEvaluator(capacity=1, latency_s=0.0005),
+                  lookahead=1, workers=8, seed=2)[0]
+    ahead = run_toy(max_rollouts=400, evaluator=RuleEvaluator(capacity=1, latency_s=0.0005),
+                    lookahead=4, workers=8, seed=2, store=store)[0]
+    with store.read() as conn:
+        events = [json.loads(p) for (p,) in conn.execute(sa.text(
+            "SELECT payload FROM run_events WHERE run_id = :r AND kind = 'iteration' ORDER BY seq"),
+            {"r": ahead.run_id})]
+    guessed = [e for e in events if e.get("guess") == "the window before it is rejected"]
+    assert len(guessed) >= 5, "no window ran ahead: not a test of it"
+    # a guess that held: the same iteration announced again, now planned, same parent
+    planned = {(e["iteration"], e["parent"]) for e in events
+               if e["kind"] == "reflection" and not e.get("speculative")}
+    assert sum((e["iteration"], e["parent"]) in planned for e in guessed) >= 3
+    # running ahead changes when rollouts start, never what the loop decides
+    judged = [d for d in decisions(ahead) if d[4] != "proposed"]
+    assert len(judged) >= 20
+    assert judged == decisions(one)[:len(judged)]
+
 def test_different_seeds_explore_differently():
     a = run_toy(max_rollouts=150, evaluator=RuleEvaluator(capacity=2), seed=1)[0]
     b = run_toy(max_rollouts=150, evaluator=RuleEvaluator(capacity=2), seed=2)[0]

@@ -121,7 +121,9 @@ class Optimizer:
         self._signals = SignalWatch()
         self._wall_offset = 0.0
         self._idle = 0  # iterations in a row that ran nothing new
-        self._spec: _Slot | None = None  # next iteration, run while its guessed parent validated
+        # iterations run ahead on a guess (that a validated child is the next parent, or
+        # that a window's children are all rejected), in iteration order
+        self._ahead: list[_Slot] = []
         self._fronts: dict[str, tuple[str, ...]] = {}
         self._lock: RunLock | None = None
         self._started = time.monotonic()
@@ -419,6 +421,7 @@ class Optimizer:
             self._reflect_slot(slot)
         for slot in slots:  # children get their ids in iteration order
             self._propose_slot(slot)
+        self._run_ahead(slots[-1].iteration + 1, len(slots))
         for n, slot in enumerate(slots):
             if n:
                 try:
@@ -444,6 +447,8 @@ class Optimizer:
                 accepted = self._judge(slot.child, slot.iteration, slot.parent_sum, child_sum,
                                        better, "no improvement on the minibatch")
                 if accepted:
+                    self._drop_spec(f"candidate {slot.child.id} of iteration "
+                                    f"{slot.iteration} was accepted first")
                     later = slots[n + 1:]
                     self._supersede(later, slot.child)
                     self._validate([slot.child], guess=slot.child, iteration=slot.iteration + 1)
@@ -470,10 +475,9 @@ class Optimizer:
             components = self.select_components(self.components, iteration)
             parent = state.candidates[self.select_parent(state, components[0], rng)]
             batch = self.sampler.batch(iteration - 1)
-            spec = self._spec
-            if not slots and spec is not None and (spec.iteration, spec.parent.id,
-                                                   spec.components) == (iteration, parent.id,
-                                                                        components):
+            spec = self._ahead[0] if self._ahead else None
+            if spec is not None and (spec.iteration, spec.parent.id,
+                                     spec.components) == (iteration, parent.id, components):
                 slot = spec
             else:
                 self._drop_spec()
@@ -486,9 +490,10 @@ class Optimizer:
             elif remaining is not None and needed > remaining:
                 break
             if slot is spec:
-                self._spec = None
+                self._ahead.pop(0)
             self._adopt(slot, ahead=bool(slots))
             slots.append(slot)
+        self._drop_spec("the budget did not cover it in the window")
         return slots
 
     def _slot_for(self, iteration: int, components: list[str], parent: Candidate,
@@ -508,6 +513,8 @@ class Optimizer:
                  "components": slot.components, "parent": slot.parent.id, "ahead": ahead}
         if slot.speculative:
             event["speculative"] = True
+            event["guess"] = ("the window before it is rejected" if slot.guess == "rejected"
+                              else f"candidate {slot.parent.id} is its parent")
         self.recorder.event("iteration", event)
 
     def _submit_slot(self, slot: "_Slot") -> None:
@@ -562,6 +569,46 @@ class Optimizer:
             return None
         return slot
 
+    def _run_ahead(self, iteration: int, width: int) -> None:
+        """While a window's children are judged, start the parent minibatch of the
+        iteration after it, planned on the guess that they are all rejected (the state
+        its plan reads is then unchanged). ``_plan_window`` adopts it, or it is
+        superseded when a child is accepted; a wrong guess costs at most a minibatch.
+        Only when the run's rejection rate makes that guess likelier than not for a
+        window of ``width``; not when lookahead is off, when a merge would take that
+        iteration, or when the budget cannot also cover the children's minibatches and
+        one validation."""
+        if (self.config.lookahead < 2 or self._ahead or self._merge_due(iteration)
+                or self._rejection_rate() ** width < 0.5):
+            return
+        remaining = self.budget.remaining_rollouts()
+        needed = len(self.state.val_ids)
+        for it in range(iteration, iteration + self._window_width(iteration)):
+            batch = self.sampler.batch(it - 1)
+            components = self.select_components(self.components, it)
+            rng = random.Random(f"gepa-trace:{self.config.seed}:{it}")
+            parent = self.state.candidates[self.select_parent(self.state, components[0], rng)]
+            needed += len(self.batches.missing(parent, batch)) + len(batch)
+            if self.budget.exhausted() or (remaining is not None and needed > remaining):
+                return
+            slot = self._slot_for(it, components, parent, batch, speculative=True)
+            slot.guess = "rejected"
+            self._announce(slot, ahead=True)
+            self.totals.speculated += 1
+            try:
+                self._submit_slot(slot)
+            except BatchStopped:
+                return
+            self._ahead.append(slot)
+
+    def _rejection_rate(self) -> float:
+        """The share of this run's judged reflection children that were rejected
+        (0 before any): how likely a window's children are all rejected. Read from the
+        judged candidates, so it is the same at any ``workers`` and after a resume."""
+        judged = [c.status for c in self.state.candidates
+                  if c.origin == "reflection" and c.status in ("accepted", "rejected")]
+        return judged.count("rejected") / len(judged) if judged else 0.0
+
     def _guess_holds(self, guess: Candidate) -> bool:
         """Whether guessing that a validated candidate is the next iteration's parent
         has held more often than not so far in this run (always for a lone seed).
@@ -593,7 +640,7 @@ class Optimizer:
             self._reflect_slot(slot)
             self._propose_slot(slot)
         except (StopRun, BatchStopped):
-            self._spec = slot
+            self._ahead = [slot]
             self._drop_spec("the budget ran out while it was proposed")
             return None
         return slot
@@ -610,18 +657,20 @@ class Optimizer:
             self.recorder.save_candidate(slot.child, new=False)
 
     def _drop_spec(self, why: str = "its guessed parent was not picked") -> None:
-        """Supersede the iteration run on a guess that did not hold."""
-        slot, self._spec = self._spec, None
-        if slot is None:
-            return
-        self._record_ahead_failures([slot])
-        batches = [b for b in (slot.parent_batch, slot.child_batch) if b is not None]
-        self.totals.superseded_rollouts += sum(b.started for b in batches)
-        self._collect_quietly(batches)
-        if slot.child is not None and slot.child.status in ("speculative", "proposed"):
-            self._mark_superseded(slot.child, f"proposed while candidate {slot.parent.id} was "
-                                              f"validated, on the guess that it would be the "
-                                              f"parent of iteration {slot.iteration}; {why}")
+        """Supersede the iterations run on a guess that did not hold."""
+        slots, self._ahead = self._ahead, []
+        for slot in slots:
+            self._record_ahead_failures([slot])
+            batches = [b for b in (slot.parent_batch, slot.child_batch) if b is not None]
+            self.totals.superseded_rollouts += sum(b.started for b in batches)
+            self._collect_quietly(batches)
+            if slot.child is not None and slot.child.status in ("speculative", "proposed"):
+                self._mark_superseded(slot.child, (
+                    f"proposed for iteration {slot.iteration} on the guess that the "
+                    f"children of the window before it would all be rejected"
+                    if slot.guess == "rejected" else
+                    f"proposed while candidate {slot.parent.id} was validated, on the guess "
+                    f"that it would be the parent of iteration {slot.iteration}") + f"; {why}")
 
     def _window_width(self, start: int) -> int:
         """How many iterations to run at once: 1 right after an accepted child, then
@@ -799,7 +848,7 @@ class Optimizer:
         self.batches.collect(submitted)
         for candidate in candidates:
             self._admit(candidate)
-        self._spec = spec
+        self._ahead = [spec] if spec is not None else []
 
     def _admit(self, candidate: Candidate) -> None:
         state = self.state
@@ -983,4 +1032,7 @@ class _Slot:
     child_batch: Submitted | None = None
     speculative: bool = False  # run on the guess that ``parent`` would be picked
     reflected: bool = False  # the parent's minibatch is in and the reflection started
+    # what a slot run ahead was planned on: None, that ``parent`` (being validated) is
+    # picked; "rejected", that the children of the window before it are all rejected
+    guess: str | None = None
 
