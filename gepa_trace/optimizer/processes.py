@@ -272,6 +272,7 @@ class ProcessEvaluator:
                               f"pickled (a module-level function, a 'module:function' "
                               f"entry point): {exc}") from None
         self.workers = _take_workers(processes)
+        self._replacing = [threading.Lock() for _ in self.workers]
         try:
             for future in [self._setup(w) for w in self.workers]:
                 future.result()
@@ -289,22 +290,22 @@ class ProcessEvaluator:
             self.budget.add_spent(spend["llm_calls_by_role"], spend["tokens"],
                                   spend["cost_usd"])
 
-    def _worker_for(self, example: Example) -> tuple[int, _Worker]:
+    def _worker_for(self, example: Example) -> _Worker:
         with self._lock:
             index = self._home.get(example.id)
             if index is None:  # in order of first sight: examples evaluated together
                 index = self._home[example.id] = len(self._home) % len(self.workers)
+        with self._replacing[index]:  # the other children keep serving meanwhile
             worker = self.workers[index]
             if worker.dead and not self._closed:  # start a new one in its place
                 worker.stop(timeout=1.0)
                 worker = self.workers[index] = _Worker()
                 self._setup(worker).result()
-        return index, worker
+        return worker
 
     def evaluate(self, prompts: PromptSet, example: Example,
                  context: RolloutContext) -> Rollout:
-        _, worker = self._worker_for(example)
-        return worker.call("eval", (prompts, example, context)).result()
+        return self._worker_for(example).call("eval", (prompts, example, context)).result()
 
     def close(self) -> list[Any]:
         """Wait for the children's rollouts, close their evaluators (flushing what they

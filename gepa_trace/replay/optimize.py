@@ -209,7 +209,12 @@ def optimize(agent: str, *, reflection_lm: "str | Callable[[str], str]",
         else:
             config = OptimizerConfig(**{**config.__dict__, "warm_start_from": previous})
 
+    if not isinstance(settings.processes, int) or settings.processes < 1:
+        raise ConfigError(f"processes must be an integer >= 1, got {settings.processes!r}")
     in_processes = settings.processes > 1 and not log_only
+    if settings.processes > 1 and log_only:
+        log.warning("log-only replay runs in this process; --processes applies to agent "
+                    "replay (--entrypoint)")
     inst, owned = _instrumentation(store, agent)
     cache = None
     if settings.replay_cache:  # with worker processes, each has its own; this one counts
