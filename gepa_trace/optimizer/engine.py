@@ -600,6 +600,14 @@ class Optimizer:
             except BatchStopped:
                 return
             self._ahead.append(slot)
+        # their reflections too, while this window's children are still being scored
+        # (their calls are wasted, like the minibatches, if a child is accepted)
+        for slot in self._ahead:
+            try:
+                self._reflect_slot(slot)
+            except (StopRun, BatchStopped):
+                self._drop_spec("the budget ran out while it was run ahead")
+                return
 
     def _rejection_rate(self) -> float:
         """The share of this run's judged reflection children that were rejected
