@@ -570,14 +570,15 @@ class Optimizer:
         return slot
 
     def _run_ahead(self, iteration: int, width: int) -> None:
-        """While a window's children are judged, start the parent minibatch of the
-        iteration after it, planned on the guess that they are all rejected (the state
-        its plan reads is then unchanged). ``_plan_window`` adopts it, or it is
-        superseded when a child is accepted; a wrong guess costs at most a minibatch.
-        Only when the run's rejection rate makes that guess likelier than not for a
-        window of ``width``; not when lookahead is off, when a merge would take that
-        iteration, or when the budget cannot also cover the children's minibatches and
-        one validation."""
+        """While a window (of ``width``) is judged, run the next window, from
+        ``iteration``, as far as its reflection calls, planned on the guess that the
+        window's children are all rejected (the state its plan reads is then
+        unchanged). ``_plan_window`` adopts its slots, or they are superseded when a
+        child is accepted: a wrong guess costs their parents' minibatches and their
+        reflection calls. Only when the run's rejection rate makes that guess likelier
+        than not; not when lookahead is off, when a merge would take that iteration, or
+        when the budget cannot also cover the children's minibatches and one
+        validation."""
         if (self.config.lookahead < 2 or self._ahead or self._merge_due(iteration)
                 or self._rejection_rate() ** width < 0.5):
             return

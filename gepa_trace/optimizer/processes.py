@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import logging
 import multiprocessing
 import os
 import signal
@@ -38,6 +39,7 @@ from gepa_trace.optimizer.protocols import Evaluator, Example, Rollout, RolloutC
 from gepa_trace.prompts import PromptSet
 
 EvaluatorFactory = Callable[[Budget], Evaluator]
+log = logging.getLogger(__name__)
 
 
 class WorkerDied(RuntimeError):
@@ -45,7 +47,13 @@ class WorkerDied(RuntimeError):
 
 
 class RemoteError(RuntimeError):
-    """An exception raised in a worker process, with the child's traceback as text."""
+    """An exception raised in a worker process: its last line (``ValueError: ...``) as
+    the message, the child's whole traceback in ``traceback``."""
+
+    def __init__(self, traceback_text: str):
+        lines = [line for line in traceback_text.strip().splitlines() if line.strip()]
+        super().__init__(lines[-1].strip() if lines else "unknown error in a worker process")
+        self.traceback = traceback_text
 
 
 # ----------------------------------------------------------------------------- child
@@ -278,7 +286,8 @@ class ProcessEvaluator:
                 future.result()
         except RemoteError as exc:
             self._discard()
-            raise ConfigError(f"a rollout worker process could not build the evaluator:\n"
+            log.debug("worker process setup failed:\n%s", exc.traceback)
+            raise ConfigError(f"a rollout worker process could not build the evaluator: "
                               f"{exc}") from None
 
     def _setup(self, worker: _Worker) -> Future:
