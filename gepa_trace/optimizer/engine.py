@@ -669,6 +669,11 @@ class Optimizer:
         """Supersede the iterations run on a guess that did not hold."""
         slots, self._ahead = self._ahead, []
         for slot in slots:
+            if slot.calls and slot.child is None and slot.failure is None:
+                # its reflection replies are read all the same (usually in by now): a
+                # diagnosis is kept and a malformed reply or LM error is recorded
+                with contextlib.suppress(StopRun):
+                    slot.child = self._proposal(slot)
             self._record_ahead_failures([slot])
             batches = [b for b in (slot.parent_batch, slot.child_batch) if b is not None]
             self.totals.superseded_rollouts += sum(b.started for b in batches)
