@@ -247,7 +247,7 @@ class Optimizer:
             while True:
                 self._check_stop()
                 iteration = self.state.iteration
-                rng = random.Random(f"gepa-trace:{self.config.seed}:{iteration}")
+                rng = self._rng(iteration)
                 before = self.totals.rollouts
                 if self._merge_due(iteration) and self._merge(iteration, rng):
                     self._idle = self._idle + 1 if self.totals.rollouts == before else 0
@@ -463,18 +463,15 @@ class Optimizer:
         """The iterations of the window, as many (up to ``lookahead``) as the rollout
         budget covers with their parents' and children's minibatches plus one
         validation; stop the run if not even one fits (no half candidates). The
-        iteration run ahead during the last validation is adopted if it is the first
-        one planned here, else superseded."""
+        iterations run ahead (during the last validation, or while the last window
+        was judged) are adopted where they match the plan, else superseded."""
         state = self.state
         slots: list[_Slot] = []
         remaining = self.budget.remaining_rollouts()
         needed = len(state.val_ids)
         for iteration in range(start, start + self._window_width(start)):
-            if iteration != start:
-                rng = random.Random(f"gepa-trace:{self.config.seed}:{iteration}")
-            components = self.select_components(self.components, iteration)
-            parent = state.candidates[self.select_parent(state, components[0], rng)]
-            batch = self.sampler.batch(iteration - 1)
+            components, parent, batch = self._pick(
+                iteration, rng if iteration == start else self._rng(iteration))
             spec = self._ahead[0] if self._ahead else None
             if spec is not None and (spec.iteration, spec.parent.id,
                                      spec.components) == (iteration, parent.id, components):
@@ -561,13 +558,7 @@ class Optimizer:
             return None
         components = self.select_components(self.components, iteration)
         slot = self._slot_for(iteration, components, guess, batch, speculative=True)
-        self._announce(slot, ahead=True)
-        self.totals.speculated += 1
-        try:
-            self._submit_slot(slot)
-        except BatchStopped:
-            return None
-        return slot
+        return slot if self._start_ahead(slot) else None
 
     def _run_ahead(self, iteration: int, width: int) -> None:
         """While a window (of ``width``) is judged, run the next window, from
@@ -585,20 +576,13 @@ class Optimizer:
         remaining = self.budget.remaining_rollouts()
         needed = len(self.state.val_ids)
         for it in range(iteration, iteration + self._window_width(iteration)):
-            batch = self.sampler.batch(it - 1)
-            components = self.select_components(self.components, it)
-            rng = random.Random(f"gepa-trace:{self.config.seed}:{it}")
-            parent = self.state.candidates[self.select_parent(self.state, components[0], rng)]
+            components, parent, batch = self._pick(it, self._rng(it))
             needed += len(self.batches.missing(parent, batch)) + len(batch)
             if self.budget.exhausted() or (remaining is not None and needed > remaining):
                 return
             slot = self._slot_for(it, components, parent, batch, speculative=True)
             slot.guess = "rejected"
-            self._announce(slot, ahead=True)
-            self.totals.speculated += 1
-            try:
-                self._submit_slot(slot)
-            except BatchStopped:
+            if not self._start_ahead(slot):
                 return
             self._ahead.append(slot)
         # their reflections too, while this window's children are still being scored
@@ -609,6 +593,30 @@ class Optimizer:
             except (StopRun, BatchStopped):
                 self._drop_spec("the budget ran out while it was run ahead")
                 return
+
+    def _rng(self, iteration: int) -> random.Random:
+        """The random source of ``iteration``'s choices (the same in every process)."""
+        return random.Random(f"gepa-trace:{self.config.seed}:{iteration}")
+
+    def _pick(self, iteration: int, rng: random.Random
+              ) -> tuple[list[str], Candidate, list[str]]:
+        """What GEPA's loop picks for ``iteration`` from the current state: the
+        components to improve, the parent and the minibatch. Planning and running
+        ahead both pick through here, so a guess that holds plans the same slot."""
+        components = self.select_components(self.components, iteration)
+        parent = self.state.candidates[self.select_parent(self.state, components[0], rng)]
+        return components, parent, self.sampler.batch(iteration - 1)
+
+    def _start_ahead(self, slot: "_Slot") -> bool:
+        """Announce a slot run on a guess and start its minibatches (False: the budget
+        refused them)."""
+        self._announce(slot, ahead=True)
+        self.totals.speculated += 1
+        try:
+            self._submit_slot(slot)
+        except BatchStopped:
+            return False
+        return True
 
     def _rejection_rate(self) -> float:
         """The share of this run's judged reflection children that were rejected
