@@ -27,6 +27,7 @@ import itertools
 import logging
 import multiprocessing
 import os
+import pickle
 import signal
 import threading
 import traceback
@@ -174,7 +175,7 @@ class _Worker:
             self._pending[req] = future
             try:
                 self.conn.send((req, kind, args))
-            except (OSError, EOFError, BrokenPipeError):
+            except (OSError, EOFError):
                 self._pending.pop(req, None)
                 future.set_exception(WorkerDied(self._death()))
         return future
@@ -272,8 +273,6 @@ class ProcessEvaluator:
         self._closed = False
         self._home: dict[str, int] = {}  # example id -> the child that runs it
         try:
-            import pickle
-
             pickle.dumps(factory)
         except Exception as exc:
             raise ConfigError(f"rollouts in worker processes need a factory that can be "

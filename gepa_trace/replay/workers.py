@@ -30,7 +30,6 @@ class ReplayWorker:
     judge_lm: str | None = None
     rubric: str | None = None
     replay_cache: bool = True
-    preload_cache: bool = True  # index the agent's recorded calls (production traffic)
 
     def __call__(self, budget: Budget) -> "_ChildReplay":
         from langchain_core.globals import set_llm_cache
@@ -46,10 +45,7 @@ class ReplayWorker:
         judge = _as_lm(self.judge_lm or self.task_lm, budget, "judge")
         metric = resolve_metric(self.metric, judge_lm=judge, rubric=self.rubric)
         build = _builder(load_entrypoint(self.entrypoint), self.task_lm)
-        cache = None
-        if self.replay_cache:
-            cache = (ReplayCache.from_store(store, self.agent) if self.preload_cache
-                     else ReplayCache())
+        cache = ReplayCache.from_store(store, self.agent) if self.replay_cache else None
         set_llm_cache(cache)
         inst = instrument(store=store, service_name=self.agent)
         return _ChildReplay(AgentReplay(build, metric, agent=self.agent, instrumentation=inst),
