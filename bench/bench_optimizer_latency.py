@@ -26,8 +26,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_optimizer_vs_gepa import (LM, SEED_PROMPTS, OptimizerConfig,  # noqa: E402
-                                     accuracy, questions, run_ours_processes)
+from bench_optimizer_vs_gepa import run_ours_processes  # noqa: E402  (sets up sys.path)
+
+from gepa_trace.demo import SEED_PROMPTS, questions  # noqa: E402
+from gepa_trace.demo.evaluator import accuracy  # noqa: E402
+from gepa_trace.lm import LM  # noqa: E402
+from gepa_trace.optimizer import OptimizerConfig  # noqa: E402
 
 
 def fit(points: list[tuple[float, float]]) -> tuple[float, float]:
