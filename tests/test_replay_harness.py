@@ -92,3 +92,54 @@ def test_a_changed_prompt_changes_the_rollout(inst):
                               RolloutContext("run-1", 1, "minibatch"))
     assert rollout.score == 0.0 and "must start with Answer:" in rollout.feedback
     assert "Reply: be brief." in rollout.records["answerer"][0].inputs
+
+
+def test_rollouts_of_a_new_candidate_started_together_build_its_agent_once(inst):
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    builds, lock = [], threading.Lock()
+
+    def slow_build(prompts):
+        with lock:
+            builds.append(prompts.versions())
+        time.sleep(0.05)  # long enough for every rollout to ask while it builds
+        return build_agent(prompts)
+
+    replay = AgentReplay(slow_build, metric, agent="shout", instrumentation=inst)
+    examples = [Example(id=f"e{i}", inputs={"question": f"q{i}"}) for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        rollouts = list(pool.map(lambda e: replay.evaluate(
+            SEED, e, RolloutContext("run-1", 0, "val")), examples))
+    assert [r.score for r in rollouts] == [1.0] * 8
+    assert len(builds) == 1
+
+
+def test_a_failed_agent_build_fails_the_rollouts_waiting_for_it_and_is_tried_again(inst):
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    attempts = []
+    gate = threading.Event()
+
+    def flaky_build(prompts):
+        attempts.append(1)
+        if len(attempts) == 1:
+            gate.wait(1.0)
+            raise ValueError("no such tool")
+        return build_agent(prompts)
+
+    replay = AgentReplay(flaky_build, metric, agent="shout", instrumentation=inst)
+    examples = [Example(id=f"e{i}", inputs={"question": f"q{i}"}) for i in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(replay.evaluate, SEED, e, RolloutContext("run-1", 0, "val"))
+                   for e in examples]
+        time.sleep(0.1)
+        gate.set()
+        failed = [f.result() for f in futures]
+    assert all(r.score == 0.0 and "no such tool" in r.error for r in failed)
+    assert len(attempts) == 1
+    again = replay.evaluate(SEED, examples[0], RolloutContext("run-1", 0, "val"))
+    assert again.score == 1.0 and len(attempts) == 2

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -158,21 +159,35 @@ class AgentReplay:
         self.instrumentation = instrumentation
         self.spans = RolloutSpans()
         instrumentation.tracer_provider.add_span_processor(self.spans)
-        self._agents: OrderedDict[tuple, Any] = OrderedDict()
+        self._agents: OrderedDict[tuple, Future] = OrderedDict()
         self._agents_lock = threading.Lock()
         self.keep_agents = keep_agents
 
     def _runnable(self, prompts: PromptSet) -> Any:
+        """The agent built for these prompt versions, built once: rollouts of a new
+        candidate start together (a validation starts dozens), and the others wait
+        for the first one's build instead of each building its own."""
         key = tuple(sorted(prompts.versions().items()))
         with self._agents_lock:
-            if key in self._agents:
+            built = self._agents.get(key)
+            mine = built is None
+            if mine:
+                built = self._agents[key] = Future()
+                while len(self._agents) > self.keep_agents:
+                    self._agents.popitem(last=False)
+            else:
                 self._agents.move_to_end(key)
-                return self._agents[key]
-        runnable = self.build_agent(prompts)
-        with self._agents_lock:
-            self._agents[key] = runnable
-            while len(self._agents) > self.keep_agents:
-                self._agents.popitem(last=False)
+        if not mine:
+            return built.result()
+        try:
+            runnable = self.build_agent(prompts)
+        except BaseException as exc:  # the waiting rollouts fail alike; the next one retries
+            with self._agents_lock:
+                if self._agents.get(key) is built:
+                    del self._agents[key]
+            built.set_exception(exc)
+            raise
+        built.set_result(runnable)
         return runnable
 
     def evaluate(self, prompts: PromptSet, example: Example,
