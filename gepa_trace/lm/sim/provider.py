@@ -51,6 +51,11 @@ def _fill(response: ModelResponse, reply: sim.SimReply) -> ModelResponse:
     response.usage = litellm.Usage(  # type: ignore[attr-defined]
         prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
         total_tokens=reply.prompt_tokens + reply.completion_tokens)
+    # The provider states what the reply cost, as some gateways do; litellm then takes
+    # that figure instead of looking the model up in its price map on every call.
+    response._hidden_params["response_cost"] = (
+        reply.prompt_tokens * sim.PRICE_PER_TOKEN["input"]
+        + reply.completion_tokens * sim.PRICE_PER_TOKEN["output"])
     return response
 
 
