@@ -6,6 +6,7 @@ unpickles its factory by reference.
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -31,7 +32,8 @@ class _Echo:
         if self.judge is not None:
             self.judge("Is this answer right? yes")
         return Rollout(score=1.0, feedback=f"pid {os.getpid()}",
-                       output={"example": example.id, "pid": os.getpid()})
+                       output={"example": example.id, "pid": os.getpid(),
+                               "frozen": gc.get_freeze_count()})
 
     def close(self) -> dict:
         return {"pid": os.getpid()}

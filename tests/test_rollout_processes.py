@@ -49,6 +49,13 @@ def test_examples_are_dealt_to_worker_processes_and_each_keeps_its_own():
     assert [r.output["pid"] for r in again] == pids  # an example stays where it went
 
 
+def test_worker_processes_keep_the_agents_libraries_out_of_garbage_collection():
+    # a full collection over them would stop every rollout of the process meanwhile
+    with ProcessEvaluator(EchoFactory(), processes=2, threads=2) as remote:
+        rollouts = [remote.evaluate(PROMPTS, _example(f"q{i}"), CONTEXT) for i in range(2)]
+    assert all(r.output["frozen"] > 10_000 for r in rollouts)
+
+
 def test_a_worker_that_dies_fails_its_rollout_and_is_replaced():
     with ProcessEvaluator(EchoFactory(), processes=2, threads=2) as remote:
         dying = _example("dies", die=True)
