@@ -19,8 +19,10 @@ log = logging.getLogger("gepa_trace.optimizer")
 
 @dataclass(frozen=True)
 class IterationStarted:
-    """``ahead``: planned before the iterations just before it were judged (lookahead);
-    if one of them is accepted, this iteration is planned, and started, again."""
+    """``ahead``: planned before the iterations just before it were judged (lookahead).
+    Such an iteration is announced again when it is planned for real: with
+    ``ahead=False`` when its guess held and it is the first of its window, and started
+    afresh when an iteration before it was accepted (its guess failed)."""
 
     iteration: int
     components: tuple[str, ...]
