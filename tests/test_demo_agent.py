@@ -135,3 +135,25 @@ def test_build_agent_refuses_a_prompt_set_without_its_components():
 
     with pytest.raises(ConfigError, match="answerer"):
         build_agent(PromptSet({"query_writer": "x", "evidence_selector": "y"}))
+
+
+def test_rollouts_of_one_candidate_run_together_share_one_build_of_its_agent():
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    builds, lock = [], threading.Lock()
+
+    def counted(prompts, **kwargs):
+        with lock:
+            builds.append(1)
+        time.sleep(0.05)
+        return build_agent(prompts, **kwargs)
+
+    evaluator = AgentEvaluator(counted, metric)
+    examples = questions(6, seed=5)
+    with ThreadPoolExecutor(6) as pool:
+        rollouts = list(pool.map(lambda q: evaluator.evaluate(BEST_PROMPTS, q), examples))
+    assert all(r.error is None for r in rollouts) and len(builds) == 1
+    evaluator.evaluate(SEED_PROMPTS, examples[0])
+    assert len(builds) == 2  # another candidate, another agent

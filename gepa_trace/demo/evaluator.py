@@ -9,12 +9,12 @@ error scores 0 and is reported in ``Rollout.error`` and the feedback.
 
 from __future__ import annotations
 
-import threading
 import traceback
 from typing import Any, Callable
 
 from gepa_trace.demo.records import ComponentRecorder
 from gepa_trace.optimizer.protocols import Example, Rollout, RolloutContext, Score
+from gepa_trace.optimizer.rollouts import BuiltOnce
 from gepa_trace.prompts import PromptSet
 
 
@@ -34,26 +34,18 @@ class AgentEvaluator:
         self.model = model
         self.chat_model = chat_model
         self.config = dict(config or {})
-        self._agents: dict[tuple, Any] = {}
-        self._lock = threading.Lock()
-        self._max_cached = max_cached_agents
+        self._agents = BuiltOnce(self._build, max_cached_agents)  # per prompt versions
+
+    def _build(self, prompts: PromptSet) -> Any:
+        kwargs = {}
+        if self.model is not None:
+            kwargs["model"] = self.model
+        if self.chat_model is not None:
+            kwargs["chat_model"] = self.chat_model
+        return self.build_agent(prompts, **kwargs)
 
     def agent_for(self, prompts: PromptSet) -> Any:
-        key = tuple(sorted(prompts.versions().items()))
-        with self._lock:
-            agent = self._agents.get(key)
-        if agent is None:
-            kwargs = {}
-            if self.model is not None:
-                kwargs["model"] = self.model
-            if self.chat_model is not None:
-                kwargs["chat_model"] = self.chat_model
-            agent = self.build_agent(prompts, **kwargs)
-            with self._lock:
-                if len(self._agents) >= self._max_cached:
-                    self._agents.pop(next(iter(self._agents)))
-                self._agents[key] = agent
-        return agent
+        return self._agents.get(tuple(sorted(prompts.versions().items())), prompts)
 
     def evaluate(self, prompts: PromptSet, example: Example,
                  context: RolloutContext | None = None) -> Rollout:

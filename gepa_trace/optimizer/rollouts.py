@@ -15,10 +15,12 @@ evaluator) stops the batch: what finished is recorded, and ``BatchStopped`` is r
 
 from __future__ import annotations
 
+import threading
 import traceback
+from collections import OrderedDict
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Hashable, Mapping, Sequence
 
 from gepa_trace.errors import BudgetExhausted
 from gepa_trace.lm.budget import Budget
@@ -38,6 +40,44 @@ class BatchStopped(Exception):
 @dataclass
 class _Exhausted:
     reason: str
+
+
+class BuiltOnce:
+    """What an evaluator builds per candidate (its agent), built once per key and kept
+    for the ``keep`` most recently used keys. Rollouts of a new candidate start
+    together (a validation starts dozens): the first one builds and the others wait
+    for it instead of each building its own. A failed build fails those waiting for
+    it alike, and the next request tries again."""
+
+    def __init__(self, build: Callable[[Any], Any], keep: int):
+        self.build = build
+        self.keep = keep
+        self._lock = threading.Lock()
+        self._built: OrderedDict[Hashable, Future] = OrderedDict()
+
+    def get(self, key: Hashable, *args: Any, **kwargs: Any) -> Any:
+        """``build(*args, **kwargs)`` for ``key``, built at most once while kept."""
+        with self._lock:
+            built = self._built.get(key)
+            mine = built is None
+            if mine:
+                built = self._built[key] = Future()
+                while len(self._built) > self.keep:
+                    self._built.popitem(last=False)
+            else:
+                self._built.move_to_end(key)
+        if not mine:
+            return built.result()
+        try:
+            value = self.build(*args, **kwargs)
+        except BaseException as exc:
+            with self._lock:
+                if self._built.get(key) is built:
+                    del self._built[key]
+            built.set_exception(exc)
+            raise
+        built.set_result(value)
+        return value
 
 
 def run_one(evaluator: Evaluator, prompts: PromptSet, example: Example,

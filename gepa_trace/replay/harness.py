@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import OrderedDict
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -28,6 +26,7 @@ from gepa_trace.collectors.views import llm_view
 from gepa_trace.lm.client import price
 from gepa_trace.optimizer.protocols import (
     ComponentRecord, Example, Rollout, RolloutContext, Score)
+from gepa_trace.optimizer.rollouts import BuiltOnce
 from gepa_trace.prompts import PromptSet
 from gepa_trace.replay.cache import HIT_MARKER
 
@@ -159,36 +158,10 @@ class AgentReplay:
         self.instrumentation = instrumentation
         self.spans = RolloutSpans()
         instrumentation.tracer_provider.add_span_processor(self.spans)
-        self._agents: OrderedDict[tuple, Future] = OrderedDict()
-        self._agents_lock = threading.Lock()
-        self.keep_agents = keep_agents
+        self._agents = BuiltOnce(build_agent, keep_agents)  # per prompt versions
 
     def _runnable(self, prompts: PromptSet) -> Any:
-        """The agent built for these prompt versions, built once: rollouts of a new
-        candidate start together (a validation starts dozens), and the others wait
-        for the first one's build instead of each building its own."""
-        key = tuple(sorted(prompts.versions().items()))
-        with self._agents_lock:
-            built = self._agents.get(key)
-            mine = built is None
-            if mine:
-                built = self._agents[key] = Future()
-                while len(self._agents) > self.keep_agents:
-                    self._agents.popitem(last=False)
-            else:
-                self._agents.move_to_end(key)
-        if not mine:
-            return built.result()
-        try:
-            runnable = self.build_agent(prompts)
-        except BaseException as exc:  # the waiting rollouts fail alike; the next one retries
-            with self._agents_lock:
-                if self._agents.get(key) is built:
-                    del self._agents[key]
-            built.set_exception(exc)
-            raise
-        built.set_result(runnable)
-        return runnable
+        return self._agents.get(tuple(sorted(prompts.versions().items())), prompts)
 
     def evaluate(self, prompts: PromptSet, example: Example,
                  context: RolloutContext) -> Rollout:
