@@ -176,7 +176,7 @@ def test_unimportable_entry_point_stops_before_spending_anything(recorded):
 def test_log_only_replay_raises_the_judges_score_of_a_component(recorded):
     """No entry point: recorded calls re-rendered and judged; the judged score of the
     components the best candidate rewrote rises from the seed's. (Which components
-    those are depends on the split, which hashes the recorded runs' random trace ids.)"""
+    those are is the optimizer's outcome on the recorded traffic, not fixed here.)"""
     from gepa_trace.demo import SEED_PROMPTS
     from gepa_trace.lm import LM
     from gepa_trace.optimizer.protocols import RolloutContext
