@@ -260,17 +260,30 @@ def test_rollout_budget_is_never_overshot_under_concurrency(limit, lookahead):
 def test_stop_file_stops_the_run_at_the_next_safe_point(tmp_path):
     stop = tmp_path / "STOP"
 
-    class TouchAtIteration3:  # while iteration 3 is judged (lookahead has planned more)
+    class TouchAtIteration3:  # when iteration 3's verdict is recorded
+        started = 0  # the last iteration planned for real (not run ahead on a guess)
+        touched_during = None
+
+        def on_iteration_started(self, event):
+            if not event.ahead:
+                self.started = event.iteration
+
         def on_candidate_rejected(self, event):
             if event.iteration == 3:
                 stop.write_text("")
+                self.touched_during = self.started
 
         on_candidate_accepted = on_candidate_rejected
 
+    touch = TouchAtIteration3()
     result, *_ = run_toy(max_rollouts=1000, evaluator=RuleEvaluator(capacity=2),
-                         callbacks=[TouchAtIteration3()], stop_file=str(stop))
+                         callbacks=[touch], stop_file=str(stop))
     assert result.stop_reason == f"stop file {stop} exists"
-    assert result.iterations == 3
+    # the iterations under way finish (a verdict is recorded once the child's last
+    # rollouts are in, by then a later iteration may be judged); no new one starts
+    assert touch.touched_during >= 3
+    assert result.iterations == touch.touched_during
+    assert all(c.status != "proposed" for c in result.candidates)
     assert result.best_val_score is not None
 
 

@@ -139,14 +139,18 @@ def test_a_run_stopped_inside_a_lookahead_window_resumes_to_the_same_decisions(s
                     seed=2)[0]
     stop = tmp_path / "STOP"
 
-    class StopWhileJudging:  # while a window has children not yet judged
-        def on_candidate_rejected(self, event):
-            if event.iteration >= 20 and not stop.exists():
-                stop.write_text("")
+    class StopWhileJudging(RuleEvaluator):
+        """Creates the stop file during a child's minibatch late in the run: the
+        window's iterations are judged after their children's minibatches, so the run
+        stops between two of them, with children not yet judged."""
 
-    first = run_toy(max_rollouts=400, evaluator=RuleEvaluator(capacity=1), lookahead=8,
-                    seed=2, store=store, callbacks=[StopWhileJudging()],
-                    stop_file=str(stop))[0]
+        def evaluate(self, prompts, example, context):
+            if context.purpose == "minibatch" and context.candidate_id >= 16:
+                stop.touch()
+            return super().evaluate(prompts, example, context)
+
+    first = run_toy(max_rollouts=400, evaluator=StopWhileJudging(capacity=1), lookahead=8,
+                    seed=2, store=store, stop_file=str(stop))[0]
     assert first.stop_reason.startswith("stop file")
     assert any(c.status == "proposed" for c in first.candidates), \
         "the stop left no child unjudged: not a mid-window stop"

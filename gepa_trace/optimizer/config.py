@@ -6,6 +6,7 @@ run continues with the settings it started with.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
@@ -59,6 +60,12 @@ class OptimizerConfig:
     - ``component_selection``: round_robin | all.
     - ``acceptance``: strict_improvement (child's minibatch sum > parent's) |
       improvement_or_equal.
+    - ``min_score``, ``perfect_score``: the range of the metric's scores. A child's
+      minibatch verdict is taken as soon as its finished rollouts fix it (each one
+      still running can only add between the two), so a rollout scored outside the
+      range is recorded as an evaluator error and its score clamped into it.
+      ``perfect_score`` also marks a minibatch the parent solves
+      (``skip_perfect_score``) and a solved validation set.
     - ``patience``: stop after this many iterations without a new best (None: never).
     - ``stop_file``: stop at the next safe point once this path exists.
     - ``secondary_objective``: None, one of ``SECONDARY_OBJECTIVES`` for every front,
@@ -90,6 +97,7 @@ class OptimizerConfig:
     acceptance: str = "strict_improvement"
     skip_perfect_score: bool = True
     perfect_score: float = 1.0
+    min_score: float = 0.0
     patience: int | None = None
     stop_file: str | None = None
     secondary_objective: str | Mapping[str, str] | None = None
@@ -122,6 +130,10 @@ class OptimizerConfig:
                       f"got {self.component_selection!r}")
         if self.acceptance not in ACCEPTANCES:
             raise bad("acceptance", f"must be one of {ACCEPTANCES}, got {self.acceptance!r}")
+        if not (math.isfinite(self.min_score) and math.isfinite(self.perfect_score)
+                and self.min_score < self.perfect_score):
+            raise bad("min_score", f"must be finite and below perfect_score "
+                      f"({self.perfect_score!r}), got {self.min_score!r}")
         if not 0.0 <= self.epsilon <= 1.0:
             raise bad("epsilon", f"must be in [0, 1], got {self.epsilon!r}")
         if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):

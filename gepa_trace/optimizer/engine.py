@@ -16,6 +16,12 @@ this child will be its parent (the usual choice): if the plan made after validat
 it, that work is adopted, else it is superseded. The decisions are those of the
 one-at-a-time loop; a wrong guess costs only its rollouts and reflection calls.
 
+Verdicts: a child's minibatch verdict is acted on as soon as its finished rollouts fix
+it (each one still running can add only between ``min_score`` and ``perfect_score``);
+it is recorded, with the whole sum, once the rest are in, at a fixed point before the
+next checkpoint. Iterations run ahead start their reflection calls as their parents'
+minibatches come in, without holding up the verdicts of the window being judged.
+
 Reproducibility: all randomness comes from ``random.Random`` objects seeded by the run's
 seed and the iteration number, consumed on the main thread in a fixed order; rollouts
 run on a thread pool but their results are recorded in a fixed order. So the same seed
@@ -29,13 +35,14 @@ points (between iterations and before each batch); the run then returns a result
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from gepa_trace.errors import BudgetExhausted, ConfigError, LMError
 from gepa_trace.lm.budget import Budget, Spent
@@ -124,6 +131,13 @@ class Optimizer:
         # iterations run ahead on a guess (that a validated child is the next parent, or
         # that a window's children are all rejected), in iteration order
         self._ahead: list[_Slot] = []
+        # (slot, why) of iterations run ahead on a guess that failed when a child was
+        # accepted: recorded as superseded once that child's validation is in
+        self._dropping: list[tuple[_Slot, str]] = []
+        # what judged iterations still have to record, in iteration order: a child's
+        # verdict is acted on as soon as its finished rollouts fix it, and recorded
+        # (with its minibatch sum) once the rest are in; see ``_settle``
+        self._unjudged: list[Callable[[], None]] = []
         self._fronts: dict[str, tuple[str, ...]] = {}
         self._lock: RunLock | None = None
         self._started = time.monotonic()
@@ -220,7 +234,8 @@ class Optimizer:
             self.batches = BatchEvaluator(self.evaluator, self.state, self.budget, executor,
                                           self.examples, self.run_id, self.agent,
                                           self._store_rollout, self._on_rollout,
-                                          self._on_cache_hit)
+                                          self._on_cache_hit,
+                                          (self.config.min_score, self.config.perfect_score))
             if self.resumed is None:
                 self.recorder.create_run(self.config.to_dict(), self.config.seed,
                                          self.config.warm_start_from)
@@ -256,9 +271,11 @@ class Optimizer:
                 else:
                     self._reflect_window(iteration, rng)
         except StopRun as stop:
+            self._settle()
             self._drop_spec("the run stopped first")
             return stop.reason, stop.requested
         except BatchStopped as stop:
+            self._settle()
             self._drop_spec("the run stopped first")
             return stop.reason, False
 
@@ -377,6 +394,7 @@ class Optimizer:
                           exists=lambda p: self._existing(p, iteration, "merge") is not None)
         if plan is None:
             return False
+        self._settle()
         self._drop_spec("a merge took the iteration")
         first, second = state.candidates[plan.first], state.candidates[plan.second]
         scores_a, scores_b = state.val_scores(first), state.val_scores(second)
@@ -422,42 +440,102 @@ class Optimizer:
         for slot in slots:  # children get their ids in iteration order
             self._propose_slot(slot)
         self._run_ahead(slots[-1].iteration + 1, len(slots))
+        self._settle()  # the window before: its last rollouts ran while this one started
         for n, slot in enumerate(slots):
             if n:
                 try:
                     self._check_stop(budget=False)
                 except StopRun:
+                    self._settle()
                     self._record_ahead_failures(slots[n:])
                     raise
             accepted = False
             ran = slot.parent_batch.started + (slot.child_batch.started
                                                if slot.child_batch is not None else 0)
             if slot.skip:
-                self.recorder.event("skipped", {"iteration": slot.iteration,
-                                                "parent": slot.parent.id,
-                                                "reason": "parent is perfect on the minibatch"})
+                self._later(functools.partial(
+                    self.recorder.event, "skipped",
+                    {"iteration": slot.iteration, "parent": slot.parent.id,
+                     "reason": "parent is perfect on the minibatch"}))
             elif slot.failure is not None:
-                self._proposal_failed(slot.iteration, slot.parent, *slot.failure)
+                self._later(functools.partial(self._proposal_failed, slot.iteration,
+                                              slot.parent, *slot.failure))
             elif slot.child is not None:
-                rollouts = self.batches.collect(slot.child_batch)[0]
-                child_sum = sum(r.score for r in rollouts)
-                better = (child_sum > slot.parent_sum
-                          if self.config.acceptance == "strict_improvement"
-                          else child_sum >= slot.parent_sum)
-                accepted = self._judge(slot.child, slot.iteration, slot.parent_sum, child_sum,
-                                       better, "no improvement on the minibatch")
+                accepted = self._verdict(slot)
+                # known now, stored by ``_settle``: what reads statuses to decide how
+                # far to run ahead sees it at once
+                slot.child.status = "accepted" if accepted else "rejected"
+                self._unjudged.append(functools.partial(self._judge_minibatch, slot, accepted))
                 if accepted:
                     self._drop_spec(f"candidate {slot.child.id} of iteration "
-                                    f"{slot.iteration} was accepted first")
+                                    f"{slot.iteration} was accepted first", lazily=True)
                     later = slots[n + 1:]
                     self._supersede(later, slot.child)
                     self._validate([slot.child], guess=slot.child, iteration=slot.iteration + 1)
                     self._collect_quietly(s.child_batch for s in later)
             self._idle = 0 if ran or accepted else self._idle + 1
             state.iteration = slot.iteration + 1
-            self._checkpoint()
+            if not self._unjudged:  # else the checkpoint waits for them (``_settle``)
+                self._checkpoint()
             if accepted:
                 return
+
+    def _later(self, record: Callable[[], None]) -> None:
+        """Record a judged iteration's outcome now, or after those still unrecorded."""
+        if self._unjudged:
+            self._unjudged.append(record)
+        else:
+            record()
+
+    def _better(self, child_sum: float, parent_sum: float) -> bool:
+        return (child_sum > parent_sum if self.config.acceptance == "strict_improvement"
+                else child_sum >= parent_sum)
+
+    def _verdict(self, slot: "_Slot") -> bool:
+        """Whether the slot's child beats its parent on the minibatch, as soon as the
+        finished rollouts fix it: each one still running adds between ``min_score``
+        and ``perfect_score`` (scores are clamped into that range), so the verdict is
+        the one the whole sum gives, at any ``workers``. Its recording waits
+        (``_judge_minibatch``). Raises BatchStopped when a rollout could not finish."""
+        for bounds in self.batches.score_bounds(slot.child_batch,
+                                                wake=self._start_ready_reflections):
+            if bounds is None:
+                break
+            low, high = bounds
+            if self._better(low, slot.parent_sum):
+                return True
+            if not self._better(high, slot.parent_sum):
+                return False
+        self._settle()
+        rollouts = self.batches.collect(slot.child_batch)[0]  # raises BatchStopped
+        return self._better(sum(r.score for r in rollouts), slot.parent_sum)
+
+    def _judge_minibatch(self, slot: "_Slot", accepted: bool) -> None:
+        """Record the verdict ``_verdict`` gave, with the child's minibatch sum. If the
+        budget stopped one of its rollouts after the verdict was fixed, the sum is of
+        those that finished, and the reason says so."""
+        stopped = None
+        try:
+            self.batches.collect(slot.child_batch)
+        except BatchStopped as stop:
+            stopped = stop.reason
+        scores = [r.score for r in (self.state.cached(slot.child, e) for e in slot.batch)
+                  if r is not None]
+        why = "no improvement on the minibatch"
+        if stopped is not None:
+            why += (f"; {len(slot.batch) - len(scores)} of its {len(slot.batch)} rollouts "
+                    f"did not finish ({stopped}), the sum is of the others")
+        self._judge(slot.child, slot.iteration, slot.parent_sum, sum(scores), accepted, why)
+
+    def _settle(self) -> None:
+        """Record the outcomes of judged iterations waiting for their last rollouts (in
+        iteration order), then checkpoint: a checkpoint never moves past a verdict the
+        store does not hold, so a resumed run judges that iteration again, the same."""
+        if not self._unjudged:
+            return
+        while self._unjudged:
+            self._unjudged.pop(0)()
+        self._checkpoint()
 
     def _plan_window(self, start: int, rng: random.Random) -> list["_Slot"]:
         """The iterations of the window, as many (up to ``lookahead``) as the rollout
@@ -522,17 +600,40 @@ class Optimizer:
             slot.child_batch = self.batches.submit([(slot.child, slot.batch, "minibatch")])
 
     def _reflect_slot(self, slot: "_Slot") -> None:
-        """Wait for the parent's minibatch; unless it is perfect there, start the
-        reflection calls (once)."""
+        """Wait for the parent's minibatch and record it; unless it is perfect there,
+        start the reflection calls (once: ``_start_ready_reflections`` may have)."""
         if slot.reflected:
             return
-        slot.rollouts = self.batches.collect(slot.parent_batch)[0]
-        slot.parent_sum = sum(r.score for r in slot.rollouts)
+        rollouts = self.batches.collect(slot.parent_batch)[0]
+        if not slot.started:
+            self._begin_reflection(slot, rollouts)
+        slot.reflected = True
+
+    def _begin_reflection(self, slot: "_Slot", rollouts: list[Rollout]) -> None:
+        slot.rollouts = rollouts
+        slot.parent_sum = sum(r.score for r in rollouts)
         slot.skip = self.config.skip_perfect_score and all(
-            r.score >= self.config.perfect_score for r in slot.rollouts)
+            r.score >= self.config.perfect_score for r in rollouts)
         if not slot.skip and slot.child is None and slot.copy_of is None:
             slot.calls = self._start_reflections(slot)
-        slot.reflected = True
+        slot.started = True
+
+    def _start_ready_reflections(self) -> list[Future]:
+        """Start the reflection calls of the iterations run ahead (or being dropped)
+        whose parents' minibatches are in, reading the rollouts without recording them
+        (``_reflect_slot`` records them where a run at any ``workers`` does); return
+        the rollouts still running for the others, to wake up on. The calls and their
+        prompts are the same whenever they start."""
+        running: list[Future] = []
+        for slot in [slot for slot, _why in self._dropping] + self._ahead:
+            if slot.started or slot.parent_batch is None:
+                continue
+            rollouts = self.batches.peek(slot.parent_batch)
+            if rollouts is None:
+                running.extend(self.batches.running(slot.parent_batch))
+            else:
+                self._begin_reflection(slot, rollouts[0])
+        return running
 
     def _propose_slot(self, slot: "_Slot") -> None:
         """The slot's child (waiting for its reflection replies), and its minibatch started."""
@@ -585,14 +686,10 @@ class Optimizer:
             if not self._start_ahead(slot):
                 return
             self._ahead.append(slot)
-        # their reflections too, while this window's children are still being scored
-        # (their calls are wasted, like the minibatches, if a child is accepted)
-        for slot in self._ahead:
-            try:
-                self._reflect_slot(slot)
-            except (StopRun, BatchStopped):
-                self._drop_spec("the budget ran out while it was run ahead")
-                return
+        # their reflections too, each as soon as its parent's minibatch is in, while
+        # this window's children are judged (``_verdict`` wakes up for them); their
+        # calls are wasted, like the minibatches, if a child is accepted
+        self._start_ready_reflections()
 
     def _rng(self, iteration: int) -> random.Random:
         """The random source of ``iteration``'s choices (the same in every process)."""
@@ -673,13 +770,25 @@ class Optimizer:
             slot.child.status = "proposed"
             self.recorder.save_candidate(slot.child, new=False)
 
-    def _drop_spec(self, why: str = "its guessed parent was not picked") -> None:
-        """Supersede the iterations run on a guess that did not hold."""
-        slots, self._ahead = self._ahead, []
-        for slot in slots:
+    def _drop_spec(self, why: str = "its guessed parent was not picked", lazily: bool = False,
+                   dropping_only: bool = False) -> None:
+        """Supersede the iterations run on a guess that did not hold. ``lazily``: only
+        set them aside (their reflections still start as their parents' minibatches
+        come in), to be recorded by the next call that is not lazy, as they would be
+        now: each one's reflection is started if it was not yet and its replies are
+        read (a diagnosis is kept, a malformed reply or LM error recorded), so what
+        is recorded does not depend on when. ``dropping_only``: record those set
+        aside, leave the iterations run ahead since."""
+        ahead, self._ahead = ([], self._ahead) if dropping_only else (self._ahead, [])
+        if lazily:
+            self._dropping.extend((slot, why) for slot in ahead)
+            return
+        dropping, self._dropping = self._dropping, []
+        for slot, reason in dropping + [(slot, why) for slot in ahead]:
+            if not slot.reflected and slot.parent_batch is not None:
+                with contextlib.suppress(BatchStopped):
+                    self._reflect_slot(slot)
             if slot.calls and slot.child is None and slot.failure is None:
-                # its reflection replies are read all the same (usually in by now): a
-                # diagnosis is kept and a malformed reply or LM error is recorded
                 with contextlib.suppress(StopRun):
                     slot.child = self._proposal(slot)
             self._record_ahead_failures([slot])
@@ -692,7 +801,8 @@ class Optimizer:
                     f"children of the window before it would all be rejected"
                     if slot.guess == "rejected" else
                     f"proposed while candidate {slot.parent.id} was validated, on the guess "
-                    f"that it would be the parent of iteration {slot.iteration}") + f"; {why}")
+                    f"that it would be the parent of iteration {slot.iteration}")
+                    + f"; {reason}")
 
     def _window_width(self, start: int) -> int:
         """How many iterations to run at once: 1 right after an accepted child, then
@@ -862,12 +972,15 @@ class Optimizer:
         will be its parent (``_plan_window`` adopts it or supersedes it)."""
         if not candidates:
             return
-        self._drop_spec()
+        self._drop_spec(lazily=True)
         spec = self._speculate(guess, iteration) if guess is not None else None
         submitted = self.batches.submit([(c, self.state.val_ids, "val") for c in candidates])
+        self._settle()  # the verdicts before (the validated child's too)
         if spec is not None:
             spec = self._advance_spec(spec)
+        self.batches.wait(submitted, wake=self._start_ready_reflections)
         self.batches.collect(submitted)
+        self._drop_spec(dropping_only=True)
         for candidate in candidates:
             self._admit(candidate)
         self._ahead = [spec] if spec is not None else []
@@ -999,6 +1112,9 @@ class Optimizer:
                 "val_added": self.state.val_ids[self.val_start:]}
 
     def _checkpoint(self) -> None:
+        if self._unjudged:
+            self._settle()  # which checkpoints
+            return
         snapshot = self._snapshot()
         budget = snapshot["budget"]
         self.callbacks.emit(BudgetSpent(budget["rollouts"], budget["llm_calls"],
@@ -1053,7 +1169,8 @@ class _Slot:
     parent_batch: Submitted | None = None
     child_batch: Submitted | None = None
     speculative: bool = False  # run on the guess that ``parent`` would be picked
-    reflected: bool = False  # the parent's minibatch is in and the reflection started
+    started: bool = False  # the parent's minibatch is in and the reflection started
+    reflected: bool = False  # ... and that minibatch is recorded
     # what a slot run ahead was planned on: None, that ``parent`` (being validated) is
     # picked; "rejected", that the children of the window before it are all rejected
     guess: str | None = None

@@ -18,7 +18,10 @@ from gepa_trace.prompts import PromptSet
 
 @dataclass(frozen=True)
 class Score:
-    """A metric's verdict on one output: higher is better (0..1 by convention)."""
+    """A metric's verdict on one output: higher is better, within
+    [``OptimizerConfig.min_score``, ``perfect_score``] (0..1 unless configured). The
+    optimizer records a score outside that range as an evaluator error and counts the
+    nearest end of it."""
 
     score: float
     feedback: str = ""

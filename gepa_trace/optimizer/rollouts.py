@@ -15,12 +15,14 @@ evaluator) stops the batch: what finished is recorded, and ``BatchStopped`` is r
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import threading
 import traceback
 from collections import OrderedDict
-from concurrent.futures import Executor, Future
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable, Mapping, Sequence
+from typing import Any, Callable, Hashable, Iterator, Mapping, Sequence
 
 from gepa_trace.errors import BudgetExhausted
 from gepa_trace.lm.budget import Budget
@@ -97,18 +99,35 @@ def run_one(evaluator: Evaluator, prompts: PromptSet, example: Example,
     return rollout
 
 
+def clamp_score(rollout: Rollout, low: float, high: float) -> Rollout:
+    """The rollout, or a copy scored within [low, high] that records the out-of-range
+    score as an error (NaN counts as ``low``)."""
+    score = rollout.score
+    if low <= score <= high:
+        return rollout
+    clamped = low if math.isnan(score) or score < low else high
+    detail = (f"score {score!r} is outside the score range [{low:g}, {high:g}] "
+              f"(OptimizerConfig.min_score, perfect_score); counted as {clamped:g}")
+    error = f"{rollout.error}; {detail}" if rollout.error else detail
+    return dataclasses.replace(rollout, score=clamped, error=error)
+
+
 class BatchEvaluator:
     """Runs batches for one run. For each new rollout: ``on_stored(candidate,
     example_id, purpose, rollout)`` on the worker thread as it completes (it must be
-    thread-safe), then ``on_result(...)`` on the main thread in example order."""
+    thread-safe), then ``on_result(...)`` on the main thread in example order. Scores
+    are clamped into ``score_range`` (the clamp recorded as the rollout's error), so
+    ``score_bounds`` holds."""
 
     def __init__(self, evaluator: Evaluator, state: RunState, budget: Budget,
                  executor: Executor, examples: Mapping[str, Example], run_id: str,
                  agent: str | None,
                  on_stored: Callable[[Candidate, str, str, Rollout], None],
                  on_result: Callable[[Candidate, str, str, Rollout], None],
-                 on_cache_hit: Callable[[], None]):
+                 on_cache_hit: Callable[[], None],
+                 score_range: tuple[float, float] = (0.0, 1.0)):
         self.evaluator = evaluator
+        self.score_range = score_range
         self.state = state
         self.budget = budget
         self.executor = executor
@@ -148,6 +167,7 @@ class BatchEvaluator:
                        context: RolloutContext) -> "Rollout | _Exhausted":
         outcome = run_one(self.evaluator, prompts, self.examples[example_id], context)
         if not isinstance(outcome, _Exhausted):
+            outcome = clamp_score(outcome, *self.score_range)
             self.on_stored(candidate, example_id, context.purpose, outcome)
         return outcome
 
@@ -227,6 +247,81 @@ class BatchEvaluator:
             raise BatchStopped(stop)
         return [[self.state.cached(candidate, example_id) for example_id in example_ids]
                 for candidate, example_ids, _purpose in submitted.requests]
+
+    def peek(self, submitted: "Submitted") -> list[list[Rollout]] | None:
+        """What ``collect`` would return if every rollout of the submission is in (and
+        none was stopped), without recording anything; else None."""
+        if submitted.stop:
+            return None
+        futures = {(c.key, e): f for c, e, _p, f in submitted.futures}
+        out = []
+        for candidate, example_ids, _purpose in submitted.requests:
+            row = []
+            for example_id in example_ids:
+                rollout = self.state.cached(candidate, example_id)
+                if rollout is None:
+                    future = futures.get((candidate.key, example_id))
+                    if future is None or not future.done():
+                        return None
+                    rollout = future.result()
+                    if isinstance(rollout, _Exhausted):
+                        return None
+                row.append(rollout)
+            out.append(row)
+        return out
+
+    @staticmethod
+    def running(submitted: "Submitted") -> list[Future]:
+        """The submission's rollouts not finished yet."""
+        return [f for _c, _e, _p, f in submitted.futures if not f.done()]
+
+    def wait(self, submitted: "Submitted",
+             wake: Callable[[], list[Future]] = list) -> None:
+        """Wait until every rollout of the submission is in; ``wake()`` is called first
+        and again whenever one of the futures it returned, or a rollout, finishes."""
+        while True:
+            extra = wake()
+            running = self.running(submitted)
+            if not running:
+                return
+            wait(running + extra, return_when=FIRST_COMPLETED)
+
+    def score_bounds(self, submitted: "Submitted", wake: Callable[[], list[Future]] = list
+                     ) -> Iterator[tuple[float, float] | None]:
+        """Bounds (low, high) of the sum of the scores of a one-request submission, in
+        example order, yielded again each time one of its rollouts finishes (it waits
+        for that); the last ones are exact (low == high). Each rollout still running
+        counts as the bottom of ``score_range`` in ``low`` and the top in ``high``
+        (float addition is monotone, so the final sum lies between them). Yields None
+        and ends when a rollout could not finish (``collect`` then raises
+        BatchStopped). Records nothing: ``collect`` does, later. ``wake`` as in ``wait``."""
+        low_score, high_score = self.score_range
+        (candidate, example_ids, _purpose), = submitted.requests
+        futures = {example_id: future for _c, example_id, _p, future in submitted.futures}
+        while True:
+            low = high = 0.0
+            running = []
+            for example_id in example_ids:
+                cached = self.state.cached(candidate, example_id)
+                future = futures.get(example_id)
+                if cached is not None:
+                    low, high = low + cached.score, high + cached.score
+                elif future is None:  # never started: the budget stopped the submission
+                    yield None
+                    return
+                elif future.done():
+                    outcome = future.result()
+                    if isinstance(outcome, _Exhausted):
+                        yield None
+                        return
+                    low, high = low + outcome.score, high + outcome.score
+                else:
+                    low, high = low + low_score, high + high_score
+                    running.append(future)
+            yield low, high
+            if not running:
+                return
+            wait(running + wake(), return_when=FIRST_COMPLETED)
 
     def drain(self) -> None:
         """Wait for every submission not yet collected and record what it ran (a run
