@@ -140,28 +140,35 @@ def test_a_run_stopped_inside_a_lookahead_window_resumes_to_the_same_decisions(s
     stop = tmp_path / "STOP"
 
     class StopWhileJudging(RuleEvaluator):
-        """Creates the stop file during a child's minibatch late in the run: the
-        window's iterations are judged after their children's minibatches, so the run
-        stops between two of them, with children not yet judged."""
+        """Creates the stop file during the minibatch of a child (id >= ``from_id``):
+        a window's iterations are judged after their children's minibatches, so in a
+        window of several the run stops between two of them, children not yet judged."""
+
+        def __init__(self, from_id: int, **kw):
+            super().__init__(**kw)
+            self.from_id = from_id
 
         def evaluate(self, prompts, example, context):
-            if context.purpose == "minibatch" and context.candidate_id >= 16:
+            if context.purpose == "minibatch" and context.candidate_id >= self.from_id:
                 stop.touch()
             return super().evaluate(prompts, example, context)
 
-    first = run_toy(max_rollouts=400, evaluator=StopWhileJudging(capacity=1), lookahead=8,
-                    seed=2, store=store, stop_file=str(stop))[0]
-    assert first.stop_reason.startswith("stop file")
-    assert any(c.status == "proposed" for c in first.candidates), \
-        "the stop left no child unjudged: not a mid-window stop"
-    stop.unlink()
-    train, val, _test = world()
-    evaluator = RuleEvaluator(capacity=1)
-    resumed = Optimizer.resume(first.run_id, evaluator=evaluator,
-                               reflection_lm=RuleReflectionLM(), train=train, val=val,
-                               budget=Budget(max_rollouts=400), store=store).run()
-    assert max(evaluator.calls.values(), default=1) == 1
-    assert decisions(resumed) == decisions(whole)
+    mid_window = set()
+    for from_id in range(8, 30, 3):  # stops at many points, merges tried before some
+        first = run_toy(max_rollouts=400, evaluator=StopWhileJudging(from_id, capacity=1),
+                        lookahead=8, seed=2, store=store, stop_file=str(stop))[0]
+        assert first.stop_reason.startswith("stop file")
+        stop.unlink()
+        if any(c.status == "proposed" for c in first.candidates):
+            mid_window.add(first.iterations)
+        train, val, _test = world()
+        evaluator = RuleEvaluator(capacity=1)
+        resumed = Optimizer.resume(first.run_id, evaluator=evaluator,
+                                   reflection_lm=RuleReflectionLM(), train=train, val=val,
+                                   budget=Budget(max_rollouts=400), store=store).run()
+        assert max(evaluator.calls.values(), default=1) == 1
+        assert decisions(resumed) == decisions(whole), f"stopped at {first.iterations}"
+    assert len(mid_window) >= 2, "too few stops left a child unjudged"
 
 
 class _Crash(BaseException):

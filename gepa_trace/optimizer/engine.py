@@ -124,6 +124,8 @@ class Optimizer:
         self.history: list[HistoryPoint] = []
         self.tried_triplets: set[tuple[int, int, int]] = set()
         self.tried_results: set[str] = set()
+        # (iteration, tried triplets, tried results) before that iteration's merge attempt
+        self._merge_memory: tuple[int, list, list] | None = None
         self.resumed: StoredRun | None = None
         self._signals = SignalWatch()
         self._wall_offset = 0.0
@@ -188,6 +190,10 @@ class Optimizer:
                 self.tried_triplets.add((*candidate.parents, candidate.meta.get("ancestor", -1)))
                 self.tried_results.add(candidate.key)
         snapshot = stored.totals
+        tried = snapshot.get("merges_tried")
+        if tried is not None:  # else (a run stored before it was kept) as rebuilt above
+            self.tried_triplets = {tuple(t) for t in tried["triplets"]}
+            self.tried_results = set(tried["results"])
         totals = Totals.from_dict(snapshot)
         rollouts = [r for _c, _e, r in stored.evaluations]
         totals.rollouts = len(rollouts)
@@ -264,6 +270,9 @@ class Optimizer:
                 iteration = self.state.iteration
                 rng = self._rng(iteration)
                 before = self.totals.rollouts
+                if self._merge_due(iteration):  # what a resume of this iteration starts from
+                    self._merge_memory = (iteration, sorted(self.tried_triplets),
+                                          sorted(self.tried_results))
                 if self._merge_due(iteration) and self._merge(iteration, rng):
                     self._idle = self._idle + 1 if self.totals.rollouts == before else 0
                     self.state.iteration = iteration + 1
@@ -1106,10 +1115,18 @@ class Optimizer:
                               "limits": self.budget.limits()}
         front_ids = sorted({m.candidate_id for c in self.components
                             for m in self._front(c).members}) if self.state.pool else []
+        # the merges tried as of the start of the checkpoint's iteration (attempts that
+        # found only duplicates leave no candidate to rebuild them from)
+        memory = self._merge_memory
+        triplets, results = ((memory[1], memory[2])
+                             if memory is not None and memory[0] == self.state.iteration
+                             else (sorted(self.tried_triplets), sorted(self.tried_results)))
         return {**self.totals.to_dict(),
                 "history": [vars(p) for p in self.history],
                 "front_candidates": front_ids,
-                "val_added": self.state.val_ids[self.val_start:]}
+                "val_added": self.state.val_ids[self.val_start:],
+                "merges_tried": {"triplets": [list(t) for t in triplets],
+                                 "results": list(results)}}
 
     def _checkpoint(self) -> None:
         if self._unjudged:
