@@ -734,7 +734,8 @@ class Optimizer:
 
     def _guess_holds(self, guess: Candidate) -> bool:
         """Whether guessing that a validated candidate is the next iteration's parent
-        has held more often than not so far in this run (always for a lone seed).
+        has held at least as often as not so far in this run (so also before there is
+        any evidence: GEPA's selection usually picks the newest candidate).
         Read from the judged candidates, so it is the same at any ``workers`` and
         after a resume: where Pareto selection or merges often pick otherwise, the
         run stops spending rollouts on the guess."""
@@ -753,7 +754,7 @@ class Optimizer:
                     right += 1
                 else:
                     wrong += 1
-        return right > wrong
+        return right >= wrong
 
     def _advance_spec(self, slot: "_Slot") -> "_Slot | None":
         """Take a guessed iteration as far as it goes without judging it: parent's
