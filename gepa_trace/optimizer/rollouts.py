@@ -6,7 +6,9 @@ pair already evaluated, or still running for an earlier submission, is never sta
 again. One rollout of the budget is reserved per new pair *before* it starts, so the
 rollout limit is never overshot, not even by the rollouts in flight. Results are
 recorded in request and example order, never completion order — so results, ids and
-events do not depend on ``workers``. ``evaluate`` is submit-then-collect.
+events do not depend on ``workers``. ``evaluate`` is submit-then-collect. ``peek`` and
+``score_bounds`` read results as they come in, recording nothing, for decisions that
+need not wait for the recording order.
 
 An evaluator exception for one example becomes a rollout scored 0 with the error
 recorded. ``BudgetExhausted`` (from the reservation, or raised by an LLM call inside the
@@ -20,7 +22,8 @@ import math
 import threading
 import traceback
 from collections import OrderedDict
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
+from concurrent.futures import FIRST_COMPLETED, Executor, Future
+from concurrent.futures import wait as wait_for_any
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Iterator, Mapping, Sequence
 
@@ -284,7 +287,7 @@ class BatchEvaluator:
             running = self.running(submitted)
             if not running:
                 return
-            wait(running + extra, return_when=FIRST_COMPLETED)
+            wait_for_any(running + extra, return_when=FIRST_COMPLETED)
 
     def score_bounds(self, submitted: "Submitted", wake: Callable[[], list[Future]] = list
                      ) -> Iterator[tuple[float, float] | None]:
@@ -321,7 +324,7 @@ class BatchEvaluator:
             yield low, high
             if not running:
                 return
-            wait(running + wake(), return_when=FIRST_COMPLETED)
+            wait_for_any(running + wake(), return_when=FIRST_COMPLETED)
 
     def drain(self) -> None:
         """Wait for every submission not yet collected and record what it ran (a run
