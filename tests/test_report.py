@@ -100,7 +100,7 @@ class RuleReflectionLM:
 
 
 def run_engine(url: str, *, with_test: bool = True, lookahead: int = 4,
-               grow_val: bool = True) -> tuple[str, object]:
+               grow_val: bool = True, workers: int = 2) -> tuple[str, object]:
     """Run the real engine on the rule world into the store at ``url``; optionally score
     the seed and the best on held-out examples the way export does (test evaluations)."""
     store = open_store(url)
@@ -108,7 +108,7 @@ def run_engine(url: str, *, with_test: bool = True, lookahead: int = 4,
         examples(10, "x", "test")
     result = Optimizer(RuleEvaluator(), RuleReflectionLM(), SEED, train, val,
                        Budget(max_rollouts=220), store=store, agent="report-agent",
-                       config=OptimizerConfig(seed=3, workers=2, patience=6,
+                       config=OptimizerConfig(seed=3, workers=workers, patience=6,
                                               lookahead=lookahead, grow_val=grow_val,
                                               handle_signals=False)).run()
     if with_test:
@@ -383,9 +383,11 @@ def test_ticks_cover_the_range_in_increasing_steps(low, span):
 
 def test_best_so_far_is_derived_from_evaluations_when_totals_carry_no_history(tmp_path):
     url = f"sqlite:///{tmp_path / 'store.db'}"
-    # such runs predate lookahead and growing validation: their evaluations are stored
-    # in the order they count
-    run_id, result = run_engine(url, with_test=False, lookahead=1, grow_val=False)
+    # such runs predate lookahead, growing validation and verdicts taken before a
+    # child's last rollout: their evaluations are stored in the order they count (one
+    # worker: a child's last minibatch rollout cannot finish after its validation's)
+    run_id, result = run_engine(url, with_test=False, lookahead=1, grow_val=False,
+                                workers=1)
     store = open_store(url)
     with store.write() as conn:  # a run written before the engine kept its history
         table = OptimizationRunRow.__table__
