@@ -34,7 +34,7 @@ class AgentEvaluator:
         self.model = model
         self.chat_model = chat_model
         self.config = dict(config or {})
-        self._agents = BuiltOnce(self._build, max_cached_agents)  # per prompt versions
+        self._agents = BuiltOnce(self._build, max_cached_agents)  # per prompt versions (PromptSet equality)
 
     def _build(self, prompts: PromptSet) -> Any:
         kwargs = {}
@@ -45,7 +45,7 @@ class AgentEvaluator:
         return self.build_agent(prompts, **kwargs)
 
     def agent_for(self, prompts: PromptSet) -> Any:
-        return self._agents.get(tuple(sorted(prompts.versions().items())), prompts)
+        return self._agents.get(prompts, prompts)
 
     def evaluate(self, prompts: PromptSet, example: Example,
                  context: RolloutContext | None = None) -> Rollout:

@@ -158,10 +158,10 @@ class AgentReplay:
         self.instrumentation = instrumentation
         self.spans = RolloutSpans()
         instrumentation.tracer_provider.add_span_processor(self.spans)
-        self._agents = BuiltOnce(build_agent, keep_agents)  # per prompt versions
+        self._agents = BuiltOnce(build_agent, keep_agents)  # per prompt versions (PromptSet equality)
 
     def _runnable(self, prompts: PromptSet) -> Any:
-        return self._agents.get(tuple(sorted(prompts.versions().items())), prompts)
+        return self._agents.get(prompts, prompts)
 
     def evaluate(self, prompts: PromptSet, example: Example,
                  context: RolloutContext) -> Rollout:
