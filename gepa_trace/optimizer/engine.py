@@ -270,10 +270,11 @@ class Optimizer:
                 iteration = self.state.iteration
                 rng = self._rng(iteration)
                 before = self.totals.rollouts
-                if self._merge_due(iteration):  # what a resume of this iteration starts from
+                merge_due = self._merge_due(iteration)
+                if merge_due:  # what a resume of this iteration starts from
                     self._merge_memory = (iteration, sorted(self.tried_triplets),
                                           sorted(self.tried_results))
-                if self._merge_due(iteration) and self._merge(iteration, rng):
+                if merge_due and self._merge(iteration, rng):
                     self._idle = self._idle + 1 if self.totals.rollouts == before else 0
                     self.state.iteration = iteration + 1
                     self._checkpoint()
@@ -476,8 +477,8 @@ class Optimizer:
                 slot.child.status = "accepted" if accepted else "rejected"
                 self._unjudged.append(functools.partial(self._judge_minibatch, slot, accepted))
                 if accepted:
-                    self._drop_spec(f"candidate {slot.child.id} of iteration "
-                                    f"{slot.iteration} was accepted first", lazily=True)
+                    self._set_aside(f"candidate {slot.child.id} of iteration "
+                                    f"{slot.iteration} was accepted first")
                     later = slots[n + 1:]
                     self._supersede(later, slot.child)
                     self._validate([slot.child], guess=slot.child, iteration=slot.iteration + 1)
@@ -780,20 +781,20 @@ class Optimizer:
             slot.child.status = "proposed"
             self.recorder.save_candidate(slot.child, new=False)
 
-    def _drop_spec(self, why: str = "its guessed parent was not picked", lazily: bool = False,
-                   dropping_only: bool = False) -> None:
-        """Supersede the iterations run on a guess that did not hold. ``lazily``: only
-        set them aside (their reflections still start as their parents' minibatches
-        come in), to be recorded by the next call that is not lazy, as they would be
-        now: each one's reflection is started if it was not yet and its replies are
-        read (a diagnosis is kept, a malformed reply or LM error recorded), so what
-        is recorded does not depend on when. ``dropping_only``: record those set
-        aside, leave the iterations run ahead since."""
-        ahead, self._ahead = ([], self._ahead) if dropping_only else (self._ahead, [])
-        if lazily:
-            self._dropping.extend((slot, why) for slot in ahead)
-            return
+    def _set_aside(self, why: str = "its guessed parent was not picked") -> None:
+        """Drop the iterations run on a guess that did not hold without waiting for
+        them: their reflections still start as their parents' minibatches come in, and
+        the next ``_drop_spec`` records them as it would have now."""
+        self._dropping.extend((slot, why) for slot in self._ahead)
+        self._ahead = []
+
+    def _drop_spec(self, why: str = "its guessed parent was not picked") -> None:
+        """Supersede the iterations run on a guess that did not hold (and those set
+        aside before): each one's reflection is started if it was not yet and its
+        replies are read (a diagnosis is kept, a malformed reply or LM error
+        recorded), so what is recorded does not depend on when."""
         dropping, self._dropping = self._dropping, []
+        ahead, self._ahead = self._ahead, []
         for slot, reason in dropping + [(slot, why) for slot in ahead]:
             if not slot.reflected and slot.parent_batch is not None:
                 with contextlib.suppress(BatchStopped):
@@ -982,7 +983,7 @@ class Optimizer:
         will be its parent (``_plan_window`` adopts it or supersedes it)."""
         if not candidates:
             return
-        self._drop_spec(lazily=True)
+        self._set_aside()
         spec = self._speculate(guess, iteration) if guess is not None else None
         submitted = self.batches.submit([(c, self.state.val_ids, "val") for c in candidates])
         self._settle()  # the verdicts before (the validated child's too)
@@ -990,7 +991,7 @@ class Optimizer:
             spec = self._advance_spec(spec)
         self.batches.wait(submitted, wake=self._start_ready_reflections)
         self.batches.collect(submitted)
-        self._drop_spec(dropping_only=True)
+        self._drop_spec()  # those set aside (nothing has run ahead since)
         for candidate in candidates:
             self._admit(candidate)
         self._ahead = [spec] if spec is not None else []
