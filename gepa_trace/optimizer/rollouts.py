@@ -251,27 +251,34 @@ class BatchEvaluator:
         return [[self.state.cached(candidate, example_id) for example_id in example_ids]
                 for candidate, example_ids, _purpose in submitted.requests]
 
+    def _outcomes(self, submitted: "Submitted") -> list[list["Rollout | Future | None"]]:
+        """Per request and example of a submission: its rollout if it is in (recorded
+        or not), its future if still running, None if it cannot finish (never started,
+        or stopped by the budget)."""
+        futures = {(c.key, e): f for c, e, _p, f in submitted.futures}
+        out = []
+        for candidate, example_ids, _purpose in submitted.requests:
+            row: list[Rollout | Future | None] = []
+            for example_id in example_ids:
+                known: Rollout | Future | None = self.state.cached(candidate, example_id)
+                if known is None:
+                    known = futures.get((candidate.key, example_id))
+                    if known is not None and known.done():
+                        outcome = known.result()
+                        known = None if isinstance(outcome, _Exhausted) else outcome
+                row.append(known)
+            out.append(row)
+        return out
+
     def peek(self, submitted: "Submitted") -> list[list[Rollout]] | None:
         """What ``collect`` would return if every rollout of the submission is in (and
         none was stopped), without recording anything; else None."""
         if submitted.stop:
             return None
-        futures = {(c.key, e): f for c, e, _p, f in submitted.futures}
-        out = []
-        for candidate, example_ids, _purpose in submitted.requests:
-            row = []
-            for example_id in example_ids:
-                rollout = self.state.cached(candidate, example_id)
-                if rollout is None:
-                    future = futures.get((candidate.key, example_id))
-                    if future is None or not future.done():
-                        return None
-                    rollout = future.result()
-                    if isinstance(rollout, _Exhausted):
-                        return None
-                row.append(rollout)
-            out.append(row)
-        return out
+        rows = self._outcomes(submitted)
+        if all(isinstance(known, Rollout) for row in rows for known in row):
+            return rows
+        return None
 
     @staticmethod
     def running(submitted: "Submitted") -> list[Future]:
@@ -299,28 +306,19 @@ class BatchEvaluator:
         and ends when a rollout could not finish (``collect`` then raises
         BatchStopped). Records nothing: ``collect`` does, later. ``wake`` as in ``wait``."""
         low_score, high_score = self.score_range
-        (candidate, example_ids, _purpose), = submitted.requests
-        futures = {example_id: future for _c, example_id, _p, future in submitted.futures}
         while True:
+            (row,) = self._outcomes(submitted)
+            if any(known is None for known in row):
+                yield None
+                return
             low = high = 0.0
             running = []
-            for example_id in example_ids:
-                cached = self.state.cached(candidate, example_id)
-                future = futures.get(example_id)
-                if cached is not None:
-                    low, high = low + cached.score, high + cached.score
-                elif future is None:  # never started: the budget stopped the submission
-                    yield None
-                    return
-                elif future.done():
-                    outcome = future.result()
-                    if isinstance(outcome, _Exhausted):
-                        yield None
-                        return
-                    low, high = low + outcome.score, high + outcome.score
-                else:
+            for known in row:  # in example order, as ``collect``'s sum adds them
+                if isinstance(known, Future):
                     low, high = low + low_score, high + high_score
-                    running.append(future)
+                    running.append(known)
+                else:
+                    low, high = low + known.score, high + known.score
             yield low, high
             if not running:
                 return
