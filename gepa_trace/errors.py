@@ -1,4 +1,18 @@
-"""Errors a user can act on. The CLI prints their message as one line."""
+"""Errors a user can act on. The CLI prints their message as one line.
+
+Exit codes of the CLI (each error class carries its own):
+
+| code | meaning |
+|---|---|
+| 0 | done |
+| 1 | any other error (a bad setting, the store cannot be written, ...) |
+| 2 | bad command-line usage (click) |
+| 3 | not found: a trace, run, prompt version, or no store at that path |
+| 4 | export refused: the held-out gain is not significant |
+| 5 | another optimization of the same agent is running |
+| 6 | preflight failed: the entry point, metric or a model does not work |
+| 7 | the run stopped because rollouts kept failing; what it had is kept |
+"""
 
 from __future__ import annotations
 
@@ -27,12 +41,34 @@ class NotFoundError(GepaTraceError, LookupError):
     exit_code = 3
 
 
+class StoreMissing(NotFoundError, StoreError):
+    """No store at that path (only commands meant to create a store create one)."""
+
+
 class FeedbackError(GepaTraceError, ValueError):
     """Feedback that cannot be recorded (unknown trace, empty, non-finite score)."""
 
 
 class LMError(GepaTraceError):
     """An LLM call failed after its retries."""
+
+
+class MetricContractError(GepaTraceError, ValueError):
+    """A metric returned something other than a float or Score in the score range."""
+
+
+class PreflightFailed(GepaTraceError):
+    """Before the loop, the entry point, the metric or a configured model failed on
+    one try; the message names the cause."""
+
+    exit_code = 6
+
+
+class RolloutsFailed(GepaTraceError):
+    """The run stopped because rollouts kept failing (after their retries); the
+    message carries the first error. What the run had is kept and it can resume."""
+
+    exit_code = 7
 
 
 class BudgetExhausted(GepaTraceError):

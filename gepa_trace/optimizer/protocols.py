@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
@@ -25,6 +26,29 @@ class Score:
 
     score: float
     feedback: str = ""
+
+    @staticmethod
+    def checked(value: Any, low: float = 0.0, high: float = 1.0) -> "Score":
+        """The metric contract, checked the same way everywhere (preflight, the loop,
+        the held-out test): a number (a bool counts as 0 or 1), a ``Score`` or ``(score, feedback)``,
+        finite and within ``[low, high]``. Anything else raises ``MetricContractError``
+        naming what came back."""
+        from gepa_trace.errors import MetricContractError
+
+        raw = value.score if isinstance(value, Score) else (
+            value[0] if isinstance(value, tuple) and len(value) == 2 else value)
+        if not isinstance(raw, (int, float)):
+            shown = repr(value)
+            shown = shown if len(shown) <= 80 else shown[:77] + "..."
+            raise MetricContractError(
+                f"the metric returned {type(value).__name__} {shown}; expected a float or "
+                f"Score(score, feedback) in [{low:g}, {high:g}]")
+        score = float(raw)
+        if not (math.isfinite(score) and low <= score <= high):
+            raise MetricContractError(
+                f"the metric returned score {score!r}, outside the score range "
+                f"[{low:g}, {high:g}] (OptimizerConfig.min_score, perfect_score)")
+        return Score.of(value)
 
     @staticmethod
     def of(value: "float | int | bool | Score | tuple") -> "Score":
