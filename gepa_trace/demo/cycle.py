@@ -65,7 +65,7 @@ def run_demo(settings: DemoSettings, callbacks: list[object] = ()) -> dict[str, 
     out_dir = Path(settings.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     url = settings.store or f"sqlite:///{(out_dir / 'demo.db').resolve()}"
-    store = open_store(url)
+    store = open_store(url, create=True)  # the demo records its own traffic
     simulated = settings.task_lm.startswith("gepa-sim/")
     say(f"[1/4] production traffic: {settings.runs} runs of {AGENT_NAME} on "
         f"{settings.task_lm}{' (simulated)' if simulated else ''} -> {store}")
