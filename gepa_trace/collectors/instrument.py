@@ -24,6 +24,13 @@ Decisions, and why:
 - Spans are exported by ``BatchSpanProcessor`` (``GEPA_TRACE_EXPORT_BATCH``,
   ``GEPA_TRACE_EXPORT_DELAY_MS``) on its own thread; the agent never waits for the store.
   ``shutdown()`` (also run at interpreter exit) flushes what is queued.
+- The store given to ``instrument()`` becomes the process's default store for every
+  later call that takes ``store=`` (``record_feedback``, ``optimize``, ``load_prompts``,
+  ``open_store``): feedback must land where the runs are. It stays the default after
+  ``shutdown()``, until the next ``instrument()`` call; the full order of precedence is
+  in ``gepa_trace.store.engine``.
+- The exporter is what creates the store (on its first write), so an agent that never
+  finishes a run leaves no file behind, and an unavailable store never stops the agent.
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ from gepa_trace.collectors.exporter import SqlSpanExporter
 from gepa_trace.collectors.langchain import Parent, SpanRecorder, current_parent
 from gepa_trace.config import setting
 from gepa_trace.errors import ConfigError, MissingDependency
-from gepa_trace.store.engine import Store, resolve_url
+from gepa_trace.store.engine import Store, resolve_url, set_instrumented_store
 
 logger = logging.getLogger("gepa_trace.capture")
 
@@ -154,9 +161,11 @@ def instrument(store: "str | Store | None" = None, service_name: str | None = No
                otlp_endpoint: str | None = None) -> Instrumentation:
     """Record every LangChain run of this process into ``store`` as OTel spans.
 
-    ``store``: a store URL (default: ``GEPA_TRACE_STORE``, else ``sqlite:///gepa_trace.db``)
-    or an open ``Store``; it is opened on the first export, so an unavailable store never
-    stops the agent. ``service_name``: the agent name of root runs (default
+    ``store``: a store URL (default: the previous ``instrument()``'s, else
+    ``GEPA_TRACE_STORE``, else ``sqlite:///gepa_trace.db``) or an open ``Store``; it is
+    opened, and created if missing, on the first export, so an unavailable store never
+    stops the agent. It becomes the default store of every later call in this process
+    that takes ``store=`` (see the module docstring). ``service_name``: the agent name of root runs (default
     ``OTEL_SERVICE_NAME``, else ``langchain-agent``). ``capture_content=False`` records
     structure only (roles, names, counts, tokens, templates) without message text, inputs
     or outputs. ``redact(str) -> str`` is applied to every string value recorded.
@@ -175,6 +184,7 @@ def instrument(store: "str | Store | None" = None, service_name: str | None = No
     with _lock:
         if _active is not None and not _active._shut:
             if _active._settings() == settings:
+                set_instrumented_store(url)
                 return _active
             _active.shutdown()
         inst = Instrumentation(store_url=url, store=store_obj, service_name=settings[1],
@@ -190,6 +200,7 @@ def instrument(store: "str | Store | None" = None, service_name: str | None = No
             _atexit_registered = True
         _slot.recorder = inst.recorder
         _active = inst
+        set_instrumented_store(url)
         return inst
 
 
