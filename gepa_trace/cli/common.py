@@ -13,11 +13,33 @@ import click
 
 from gepa_trace.errors import GepaTraceError
 
-store_option = click.option(
-    "--store", "store", default=None, metavar="URL", envvar="GEPA_TRACE_STORE",
-    help="Store URL (default: $GEPA_TRACE_STORE or sqlite:///gepa_trace.db).")
+STORE_HELP = ("Store URL: sqlite:///path or postgresql+psycopg://... (default: the "
+              "--store given before the command, else $GEPA_TRACE_STORE, else "
+              "sqlite:///gepa_trace.db).")
+
+
+def inherit_store(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """A command's own --store wins; else the nearest enclosing group's
+    (`gepa-trace --store URL traces`, `traces --store URL show ID`); else None, which
+    ``gepa_trace.store.resolve_url`` turns into $GEPA_TRACE_STORE or the default.
+
+    No click ``envvar`` here on purpose: it would make the environment look like an
+    explicit --store and beat the one given to the group."""
+    if value is not None:
+        return value
+    parent = ctx.parent
+    while parent is not None:
+        inherited = parent.params.get("store")
+        if inherited is not None:
+            return inherited
+        parent = parent.parent
+    return None
+
+
+store_option = click.option("--store", "store", default=None, metavar="URL",
+                            callback=inherit_store, help=STORE_HELP)
 json_option = click.option("--json", "as_json", is_flag=True,
-                           help="Print machine-readable JSON on stdout.")
+                           help="Print the result as one line of JSON on stdout.")
 
 
 class CommandError(click.ClickException):
@@ -58,7 +80,8 @@ def handles_errors(fn: Callable) -> Callable:
 
 
 def print_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str, ensure_ascii=False))
+    """One compact line (JSON Lines), so `--json >> runs.jsonl` appends one record per run."""
+    click.echo(json.dumps(data, separators=(",", ":"), default=str, ensure_ascii=False))
 
 
 def progress(message: str) -> None:
