@@ -87,8 +87,8 @@ def test_without_instrument_the_environment_then_the_builtin_default_apply(workd
 
 
 def test_load_prompts_reads_the_instrumented_store(my_store, workdir):
-    from gepa_trace.prompts.registry import promote, record_versions
     from gepa_trace.prompts.promptset import PromptSet, PromptVersion
+    from gepa_trace.prompts.registry import promote, record_versions
 
     inst = gt.instrument(store=my_store, service_name="my-agent")
     _one_run()
