@@ -7,7 +7,13 @@ from pathlib import Path
 
 import click
 
-from gepa_trace.cli.common import handles_errors, inherit_store, json_option, print_json, progress
+from gepa_trace.cli.common import (
+    handles_errors,
+    inherit_store,
+    json_option,
+    print_json,
+    progress,
+)
 
 
 @click.command()

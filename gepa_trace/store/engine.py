@@ -25,10 +25,13 @@ included: we never add our tables to someone else's database.
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 import threading
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from sqlalchemy import Table, create_engine, event
 from sqlalchemy.engine import Connection, Engine, make_url
@@ -37,6 +40,8 @@ from sqlmodel import Session
 
 from gepa_trace.config import setting
 from gepa_trace.errors import ConfigError, StoreError, StoreMissing
+
+logger = logging.getLogger(__name__)
 
 
 class Store:
@@ -115,7 +120,7 @@ def set_instrumented_store(url: str | None) -> None:
     _instrumented_url = url
 
 
-def open_store(url: "str | Store | None" = None, *, create: bool = False) -> Store:
+def open_store(url: str | Store | None = None, *, create: bool = False) -> Store:
     """The store at ``url`` (resolved by ``resolve_url``), schema brought up to date.
 
     ``create=True`` (only for what records traces) creates a missing SQLite file and
@@ -149,7 +154,7 @@ def open_store(url: "str | Store | None" = None, *, create: bool = False) -> Sto
         return store
 
 
-def sqlite_path(url: str) -> "Path | None":
+def sqlite_path(url: str) -> Path | None:
     """The absolute path of a SQLite store's file; None for other databases, in-memory
     SQLite and ``file:`` URIs (whose existence is not ours to judge)."""
     try:
@@ -249,13 +254,20 @@ def _use_wal(engine: Engine) -> None:
         cur = raw.cursor()
         try:
             cur.execute("PRAGMA journal_mode=WAL")
-        except Exception:
-            pass  # a read-only database keeps its journal mode; reads still work
+        except sqlite3.Error as exc:  # a read-only database keeps its journal mode
+            logger.debug("store stays in its journal mode: %s", exc)  # reads still work
         finally:
             cur.close()
     finally:
         raw.close()
 
 
-__all__ = ["Store", "open_store", "forget_store", "resolve_url", "safe_url", "sqlite_path",
-           "set_instrumented_store"]
+__all__ = [
+    "Store",
+    "forget_store",
+    "open_store",
+    "resolve_url",
+    "safe_url",
+    "set_instrumented_store",
+    "sqlite_path",
+]
