@@ -107,3 +107,24 @@ def test_a_missing_default_store_is_reported_not_created(workdir):
     with pytest.raises(StoreMissing, match=f"no store at {workdir / 'gepa_trace.db'}"):
         gt.record_feedback("a" * 32, score=1)
     assert list(workdir.iterdir()) == []
+
+
+def test_instrumenting_someone_elses_database_never_breaks_the_agent(workdir, caplog):
+    import hashlib
+    import sqlite3
+
+    path = workdir / "app.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY)")
+    conn.commit()
+    conn.close()
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    inst = gt.instrument(store=f"sqlite:///{path}", service_name="my-agent")
+    try:
+        _one_run()  # the agent's own work goes on
+        assert inst.force_flush() is False  # the store refused the spans
+    finally:
+        inst.shutdown()
+    assert "is not a gepa-trace store" in caplog.text
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+    forget_store(f"sqlite:///{path}")
