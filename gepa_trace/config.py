@@ -9,8 +9,9 @@ to ``gt.instrument()`` in this process, between the argument and the environment
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,14 @@ import threading
 
 import click
 
-from gepa_trace.cli.common import fail, handles_errors, json_option, print_json, progress, store_option
+from gepa_trace.cli.common import (
+    fail,
+    handles_errors,
+    json_option,
+    print_json,
+    progress,
+    store_option,
+)
 
 
 @click.command()

@@ -7,7 +7,9 @@ import json
 import re
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC
+from typing import Any
 
 import click
 
@@ -101,7 +103,7 @@ def parse_since(text: str | None, *, now: float | None = None) -> float | None:
     match = _DURATION.match(text)
     if match:
         return now - float(match.group(1)) * _UNIT_S[match.group(2)]
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     try:
         when = datetime.fromisoformat(text)
@@ -109,7 +111,7 @@ def parse_since(text: str | None, *, now: float | None = None) -> float | None:
         raise click.BadParameter(f"{text!r} is neither a duration like 24h/7d nor an ISO "
                                  "date like 2026-11-01") from None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
+        when = when.replace(tzinfo=UTC)
     return when.timestamp()
 
 

@@ -7,18 +7,24 @@ Thin: parse the options, call ``gepa_trace.store.queries``, print. ``--json`` pr
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import click
 
-from gepa_trace.cli.common import handles_errors, json_option, parse_since, print_json, store_option
+from gepa_trace.cli.common import (
+    handles_errors,
+    json_option,
+    parse_since,
+    print_json,
+    store_option,
+)
 
 
 def _when(epoch_s: float | None) -> str:
     if epoch_s is None:
         return "-"
-    return datetime.fromtimestamp(epoch_s, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    return datetime.fromtimestamp(epoch_s, tz=UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def _duration(ms: float) -> str:

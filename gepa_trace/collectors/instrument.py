@@ -39,7 +39,8 @@ import atexit
 import logging
 import secrets
 import threading
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any, Self
 from uuid import UUID
 
 from opentelemetry import context as otel_context
@@ -71,7 +72,7 @@ class _RecorderSlot:
 
 _slot = _RecorderSlot()
 _lock = threading.RLock()
-_active: "Instrumentation | None" = None
+_active: Instrumentation | None = None
 _hook_registered = False
 _atexit_registered = False
 
@@ -155,7 +156,7 @@ class Instrumentation:
         return f"Instrumentation({self.service_name!r} -> {self.exporter.url!r}, {state})"
 
 
-def instrument(store: "str | Store | None" = None, service_name: str | None = None,
+def instrument(store: str | Store | None = None, service_name: str | None = None,
                capture_content: bool | None = None,
                redact: Callable[[str], str] | None = None,
                otlp_endpoint: str | None = None) -> Instrumentation:
@@ -229,11 +230,15 @@ def _otlp_exporter(endpoint: str):
     grpc = endpoint.startswith("grpc://") or endpoint.rstrip("/").endswith(":4317")
     try:
         if grpc:
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+                OTLPSpanExporter,
+            )
 
             target = endpoint.removeprefix("grpc://")
             return OTLPSpanExporter(endpoint=target, insecure=not endpoint.startswith("https"))
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+            OTLPSpanExporter,
+        )
     except ImportError as exc:
         raise MissingDependency("otlp_endpoint needs the OTLP exporter: "
                                 "pip install opentelemetry-exporter-otlp") from exc
@@ -272,7 +277,7 @@ class AgentRun:
     def set_outputs(self, outputs: Any) -> None:
         self.outputs = outputs
 
-    def __enter__(self) -> "AgentRun":
+    def __enter__(self) -> Self:
         inst = _active
         if inst is None or not inst.active:
             logger.warning("gepa_trace.agent_run(%r) outside instrument(): nothing is "
@@ -291,7 +296,7 @@ class AgentRun:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if self._parent is None or self._recorder is None:
-            return None
+            return
         parent_token, otel_token = self._tokens  # type: ignore[misc]
         try:
             otel_context.detach(otel_token)
@@ -302,11 +307,11 @@ class AgentRun:
             pass
         try:
             self._recorder.end_agent_span(self._parent, self.outputs, exc)
-        except Exception as error:  # recording must not mask the block's own outcome
+        except Exception as error:  # noqa: BLE001 - recording must not mask the block's outcome
             self._recorder.internal_error(error, "agent_run")
-        return None
+        return
 
-    async def __aenter__(self) -> "AgentRun":
+    async def __aenter__(self) -> Self:
         return self.__enter__()
 
     async def __aexit__(self, exc_type, exc, tb) -> None:
@@ -321,4 +326,4 @@ def agent_run(agent: str, inputs: Any = None, *,
     return AgentRun(agent, inputs, metadata)
 
 
-__all__ = ["instrument", "Instrumentation", "agent_run", "AgentRun", "active_instrumentation"]
+__all__ = ["AgentRun", "Instrumentation", "active_instrumentation", "agent_run", "instrument"]

@@ -13,9 +13,10 @@ strings the same cycle runs against real providers.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from sqlalchemy import and_, func, select
 
@@ -139,9 +140,9 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
              + (f" (grew from {summary['val_size'] - summary['val_grown_by']} to "
                 f"{summary['val_size']} examples once solved)"
                 if summary.get("val_grown_by") else ""),
-             f"run {summary['run_id']}: {summary['rollouts']} rollouts, "
-             f"{summary['llm_calls']} LLM calls sent, {summary['replay_cache_hits']} served by "
-             f"the replay cache, ${summary['cost_usd']:.4f}, {summary['elapsed_s']:.0f}s",
+             (f"run {summary['run_id']}: {summary['rollouts']} rollouts, "
+              f"{summary['llm_calls']} LLM calls sent, {summary['replay_cache_hits']} served by "
+              f"the replay cache, ${summary['cost_usd']:.4f}, {summary['elapsed_s']:.0f}s"),
              f"prompts: {summary['exported'] or 'not exported (gain not significant)'}",
              f"report:  {summary['report']}"]
     return lines

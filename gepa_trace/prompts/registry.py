@@ -155,9 +155,9 @@ def prompts_for_alias(store: Store, alias: str = "production",
     return PromptSet(versions, agent=agent or rows[0].agent)
 
 
-def load_prompts(alias: str = "production", store: "str | Store | None" = None, *,
+def load_prompts(alias: str = "production", store: str | Store | None = None, *,
                  agent: str | None = None,
-                 fallback: "str | Path | None" = None) -> PromptSet:
+                 fallback: str | Path | None = None) -> PromptSet:
     """The prompts a deployed agent should use: the ``alias`` versions from the store.
 
     Each successful load is also written to ``fallback`` (default

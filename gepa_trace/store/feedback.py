@@ -17,9 +17,10 @@ import numbers
 import re
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from sqlalchemy import insert, select, tuple_
 
@@ -357,5 +358,13 @@ def import_feedback(store: Store | str | None, path: str | Path) -> ImportReport
     return report
 
 
-__all__ = ["record_feedback", "import_feedback", "register_flush_hook", "checked_feedback",
-           "ImportReport", "RejectedRow", "UnknownTraceError", "Feedback"]
+__all__ = [
+    "Feedback",
+    "ImportReport",
+    "RejectedRow",
+    "UnknownTraceError",
+    "checked_feedback",
+    "import_feedback",
+    "record_feedback",
+    "register_flush_hook",
+]

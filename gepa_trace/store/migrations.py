@@ -13,7 +13,7 @@ database with other tables is refused, never added to (see ``store.engine``).
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from sqlalchemy import Column, Float, MetaData, String, Table, inspect, select, text
 from sqlalchemy.engine import Connection
