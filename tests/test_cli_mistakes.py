@@ -166,3 +166,31 @@ def test_a_mistake_is_one_line_an_exit_code_and_no_change(case, tmp_path):
               if line.strip() and not line.startswith(mistake.preamble)]
     assert others == [], done.stderr
     assert _snapshot(folder) == before  # nothing created, nothing changed
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("foreign", [False, True], ids=["empty schema", "someone else's"])
+def test_a_postgres_schema_without_our_store_is_one_line_and_left_alone(foreign, empty_pg_url,
+                                                                        tmp_path):
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(empty_pg_url)
+    if foreign:
+        with engine.begin() as conn:
+            conn.execute(sa.text("CREATE TABLE invoices (id integer primary key)"))
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("GEPA_TRACE_", "PYTEST_"))}
+    done = subprocess.run([sys.executable, "-m", "gepa_trace.cli", "traces",
+                           "--store", empty_pg_url], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert "Traceback" not in done.stderr and len(done.stderr.splitlines()) == 1, done.stderr
+    if foreign:
+        assert done.returncode == 1
+        assert "(it has tables: invoices); refusing to add ours" in done.stderr
+    else:
+        assert done.returncode == 3
+        assert done.stderr.startswith("Error: no store at postgresql")
+    with engine.connect() as conn:
+        assert sa.inspect(conn).get_table_names() == (["invoices"] if foreign else [])
+    engine.dispose()
+    assert list(tmp_path.iterdir()) == []
