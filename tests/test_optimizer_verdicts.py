@@ -1,7 +1,7 @@
 """A child's minibatch verdict is acted on as soon as its finished rollouts fix it: each
 rollout still running can add only between ``min_score`` and ``perfect_score``. The
 verdict is recorded, with the whole minibatch sum, once the rest are in. A score outside
-that range is an evaluator error, counted as the nearest end of the range.
+that range is a failed rollout, never a score.
 """
 
 from __future__ import annotations
