@@ -133,20 +133,20 @@ class RunRecorder:
         if self.store is None:
             return
         now = time.time()
-        with self.store.write() as conn:
-            conn.execute(_RUNS.insert().values(
+        write_retrying(self.store, "create the run", lambda conn: conn.execute(
+            _RUNS.insert().values(
                 id=self.run_id, agent=self.agent, status="running", config=_dumps(config),
                 seed=seed, iteration=0, started_at=now, heartbeat_at=now,
-                warm_start_from=warm_start_from))
+                warm_start_from=warm_start_from)))
 
     def reopen_run(self, last_seq: int) -> None:
         self.seq = last_seq
         if self.store is None:
             return
-        with self.store.write() as conn:
-            conn.execute(update(_RUNS).where(_RUNS.c.id == self.run_id).values(
-                status="running", finished_at=None, stop_reason=None,
-                heartbeat_at=time.time()))
+        now = time.time()
+        write_retrying(self.store, "reopen the run", lambda conn: conn.execute(
+            update(_RUNS).where(_RUNS.c.id == self.run_id).values(
+                status="running", finished_at=None, stop_reason=None, heartbeat_at=now)))
 
     def save_versions(self, versions: list[PromptVersion], candidate_id: int) -> None:
         if self.store is None or not versions:
@@ -157,8 +157,8 @@ class RunRecorder:
                  "run_id": self.run_id, "candidate_id": candidate_id,
                  "parent_version": pv.parent_version, "first_seen": now, "last_seen": now}
                 for pv in versions]
-        with self.store.write() as conn:
-            self.store.insert_ignoring_duplicates(conn, _VERSIONS, rows)
+        write_retrying(self.store, "save prompt versions",
+                       lambda conn: self.store.insert_ignoring_duplicates(conn, _VERSIONS, rows))
 
     def save_candidate(self, candidate: Candidate, new: bool) -> None:
         """Insert a new candidate, or update a stored one's status and scores."""
@@ -331,13 +331,13 @@ class RunLock:
                            "optimization run") from exc
 
     def heartbeat(self) -> None:
-        with self.store.write() as conn:
-            conn.execute(update(_LOCKS).where((_LOCKS.c.agent == self.agent)
-                                              & (_LOCKS.c.run_id == self.run_id))
-                         .values(heartbeat_at=time.time()))
+        now = time.time()
+        write_retrying(self.store, "renew the run lock", lambda conn: conn.execute(
+            update(_LOCKS).where((_LOCKS.c.agent == self.agent)
+                                 & (_LOCKS.c.run_id == self.run_id)).values(heartbeat_at=now)))
 
     def release(self) -> None:
-        with self.store.write() as conn:
-            conn.execute(delete(_LOCKS).where((_LOCKS.c.agent == self.agent)
-                                              & (_LOCKS.c.run_id == self.run_id)
-                                              & (_LOCKS.c.pid == self.pid)))
+        write_retrying(self.store, "release the run lock", lambda conn: conn.execute(
+            delete(_LOCKS).where((_LOCKS.c.agent == self.agent)
+                                 & (_LOCKS.c.run_id == self.run_id)
+                                 & (_LOCKS.c.pid == self.pid))))
