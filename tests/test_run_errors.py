@@ -350,3 +350,72 @@ def test_a_database_locked_while_evaluations_are_saved_does_not_stop_the_run(tmp
         assert len(load_run(store, result.run_id).evaluations) == result.totals.rollouts
     finally:
         forget_store(url)
+
+
+# ---------------------------------------------------------------- the demo agent, offline
+
+class TaskModelGoesDown:
+    """A callback that turns on the simulated provider's fault injection for every
+    later task call (HTTP 500 each time) once ``after`` candidates are validated."""
+
+    def __init__(self, monkeypatch, after: int):
+        self.monkeypatch = monkeypatch
+        self.after = after
+        self.validated = 0
+
+    def on_candidate_validated(self, event):
+        self.validated += 1
+        if self.validated == self.after:
+            self.monkeypatch.setenv("GEPA_SIM_FAULTS", "server_error=1")
+
+
+def _demo(store, monkeypatch=None, down_after=None, resume=None):
+    from gepa_trace.demo import SEED_PROMPTS, build_agent, metric, questions
+    from gepa_trace.demo.evaluator import AgentEvaluator
+    from gepa_trace.lm import LM
+    from gepa_trace.lm.chat_model import LiteLLMChatModel
+
+    budget = Budget(max_rollouts=110)
+    # the task model's own retries off, so an outage costs no backoff pauses here
+    task = LiteLLMChatModel(model="gepa-sim/task",
+                            lm=LM("gepa-sim/task", max_retries=0, backoff_s=0.0))
+    evaluator = AgentEvaluator(build_agent, metric, chat_model=task)
+    reflection = LM("gepa-sim/reflect", budget=budget, role="reflection")
+    train, val = questions(15, seed=11), questions(8, seed=12)
+    if resume is not None:
+        return Optimizer.resume(resume, evaluator=evaluator, reflection_lm=reflection,
+                                train=train, val=val, budget=budget, store=store).run()
+    callbacks = [TaskModelGoesDown(monkeypatch, down_after)] if down_after else []
+    return Optimizer(evaluator, reflection, SEED_PROMPTS, train, val, budget, store=store,
+                     agent="demo-qa", config=OptimizerConfig(seed=0, workers=4),
+                     callbacks=callbacks).run()
+
+
+@pytest.mark.parametrize("down_after", [1, 2, 3])
+def test_the_demo_agents_task_model_going_down_mid_run_stops_it_and_resume_finishes_it(
+        tmp_path, monkeypatch, down_after):
+    pytest.importorskip("langgraph")
+    monkeypatch.delenv("GEPA_SIM_FAULTS", raising=False)
+    clean_url, url = f"sqlite:///{tmp_path / 'clean.db'}", f"sqlite:///{tmp_path / 'down.db'}"
+    try:
+        clean_store, store = open_store(clean_url), open_store(url)
+        whole = _demo(clean_store)
+        assert whole.failed_with is None and whole.best_val_score > whole.seed_val_score
+
+        first = _demo(store, monkeypatch, down_after=down_after)
+        assert first.failed_with and "InternalServerError" in first.failed_with
+        assert first.stop_reason.startswith("rollouts kept failing: candidate ")
+        assert all(r.error is None for _c, _e, r in load_run(store, first.run_id).evaluations)
+
+        monkeypatch.delenv("GEPA_SIM_FAULTS")  # the provider is back
+        resumed = _demo(store, resume=first.run_id)
+        assert resumed.failed_with is None
+        assert decisions(resumed) == decisions(whole)
+        assert resumed.best_prompts.versions() == whole.best_prompts.versions()
+        whole_best = whole.candidates[whole.best_candidate_id]
+        best = {c.key: c.id for c in resumed.candidates}[whole_best.key]
+        assert _val_scores(store, resumed.run_id, best) == \
+            _val_scores(clean_store, whole.run_id, whole.best_candidate_id)
+    finally:
+        forget_store(clean_url)
+        forget_store(url)

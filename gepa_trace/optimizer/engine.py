@@ -151,6 +151,8 @@ class Optimizer:
         # the first iteration of the window (or merge) being run: where a run stopped
         # by a failed rollout resumes, so that it plans the same windows
         self._window_start = 0
+        # (window start, child) of children superseded by a child accepted in that window
+        self._superseded_by_window: list[tuple[int, Candidate]] = []
         self.failed_with: str | None = None  # why rollouts kept failing, when they stopped the run
         self._fronts: dict[str, tuple[str, ...]] = {}
         self._lock: RunLock | None = None
@@ -324,14 +326,14 @@ class Optimizer:
             start = min(start, self._unjudged[0][0])
             self._unjudged = []
         self.state.iteration = start
+        # superseded by a child accepted in a window taken again: that verdict is too
+        replanned = {child.id for window, child in self._superseded_by_window
+                     if window >= start and child.status == "superseded"}
         for child in self.state.candidates:
             if child.iteration < start or child.origin not in ("reflection", "merge"):
                 continue
             judged = child.status in ("accepted", "rejected") and child.id not in self.state.pool
-            # superseded by an accepted child of the window: that verdict is taken again
-            replanned = (child.status == "superseded"
-                         and (child.reason or "").startswith("planned before candidate"))
-            if judged or replanned:
+            if judged or child.id in replanned:
                 child.status, child.reason = "proposed", None
                 self.recorder.save_candidate(child, new=False)
         self._ahead, self._dropping = [], []
@@ -919,6 +921,7 @@ class Optimizer:
             if slot.child is None:
                 continue
             if slot.child.status == "proposed":
+                self._superseded_by_window.append((self._window_start, slot.child))
                 self.totals.superseded_rollouts += slot.child_batch.started
                 self._mark_superseded(slot.child, f"planned before candidate {accepted.id} was "
                                                   f"accepted; iteration {slot.iteration} is "
