@@ -123,6 +123,51 @@ def test_a_run_whose_task_model_goes_down_stops_and_resumes_to_the_run_that_neve
     forget_store(clean_url)
 
 
+class FailWhileGuessing(RuleEvaluator):
+    """Fails every minibatch rollout run while the child of iteration ``during`` is
+    validated: the minibatch of the iteration run meanwhile on the guess that this
+    child will be its parent."""
+
+    def __init__(self, during: int, **kw):
+        super().__init__(**kw)
+        self.during = during
+        self.validating = False
+
+    def on_candidate_proposed(self, event):
+        if event.iteration == 0 == self.during:
+            self.validating = True  # the seed is validated right after it is proposed
+
+    def on_candidate_accepted(self, event):
+        self.validating = event.iteration == self.during
+
+    def on_candidate_validated(self, event):
+        self.validating = False
+
+    def evaluate(self, prompts, example, context):
+        if self.validating and context.purpose == "minibatch":
+            raise RuntimeError("task model down")
+        return super().evaluate(prompts, example, context)
+
+
+# with seed 6 the guess made while iteration 3's child is validated is wrong: no decision
+# needs its failed minibatch, and the run goes on; with seed 2 the seed's guess holds
+@pytest.mark.parametrize("seed, during, stops", [(6, 3, False), (2, 0, True)])
+def test_a_failure_in_work_run_on_a_guess_stops_the_run_only_if_a_decision_needs_it(
+        sqlite_url, seed, during, stops):
+    whole = run_toy(max_rollouts=BUDGET, evaluator=RuleEvaluator(capacity=1), seed=seed)[0]
+    store = open_store(sqlite_url)
+    failing = FailWhileGuessing(during, capacity=1)
+    first = run_toy(max_rollouts=BUDGET, evaluator=failing, seed=seed, workers=1,
+                    store=store, callbacks=[failing])[0]
+    assert first.totals.evaluator_errors >= 1
+    assert (first.failed_with is not None) == stops
+    if stops:
+        first = _resume(store, first.run_id, RuleEvaluator(capacity=1))
+    assert first.failed_with is None
+    assert decisions(first) == decisions(whole)
+    assert first.best_prompts.versions() == whole.best_prompts.versions()
+
+
 def test_a_run_whose_every_rollout_fails_stops_at_the_seeds_validation(sqlite_url):
     store = open_store(sqlite_url)
     evaluator = Outage(0)

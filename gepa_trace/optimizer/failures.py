@@ -19,15 +19,22 @@ outside ``[min_score, perfect_score]``. The policy:
 - **No decision without it.** A decision that needs a failed rollout (a minibatch
   verdict and its recorded sums, a validation, a merge's subsample, a parent's
   minibatch the next reflection reads) is not taken: ``BatchEvaluator.collect`` raises
-  ``RolloutFailed`` and the run stops there with ``failed_with`` set. Everything
-  recorded before stays; verdicts not yet recorded are not recorded, and the run's
-  checkpoint is the iteration whose decision could not be taken, so ``--resume``
-  redoes it with the same choices, re-running only what failed. A minibatch verdict
+  ``RolloutFailed`` and the run stops there with ``failed_with`` set (run status
+  "failed"). Everything recorded before stays; verdicts not yet recorded are not
+  recorded, and the run goes back to the start of the window (lookahead) whose
+  decision could not be taken: its checkpoint names that iteration and the window's
+  children are "proposed" again, so ``--resume`` plans the same window, judges them
+  again from the stored rollouts and re-runs only what failed; it ends as the run
+  that never failed would have (same candidates, verdicts, scores, best). A minibatch verdict
   fixed by the other rollouts counts the failed one as unknown (between ``min_score``
   and ``perfect_score``), so whether the run stops does not depend on ``workers``.
 - **Run-ahead work is not a decision.** A failure in work run on a guess (lookahead,
   an iteration run while a child is validated) that no decision ends up reading does
-  not stop the run; if a decision later needs that pair, it is run again then.
+  not stop the run; if a decision later needs that pair, it is run again then (a new
+  rollout of the budget, so near the budget's end such a run may stop a little earlier
+  than one without the failure).
+- **A store that stays busy** (``persistence.write_retrying`` gave up) turns the
+  rollout whose evaluation could not be saved into a failure, with that error.
 
 ``BudgetExhausted`` is not a failure: it stops the batch as before (``BatchStopped``).
 """
