@@ -215,7 +215,9 @@ class Optimizer:
         rollouts = [r for _c, _e, r in usable]
         totals.rollouts = len(rollouts)
         totals.rollout_cache_hits = sum(r.cache_hits for r in rollouts)
-        totals.llm_calls_by_role["task"] = sum(r.llm_calls for r in rollouts)
+        # the stored rollouts' calls, and those of failed ones (stored only as events)
+        totals.llm_calls_by_role["task"] = (sum(r.llm_calls for r in rollouts)
+                                            + totals.failed_rollout_llm_calls)
         self.totals = totals
         self._wall_offset = totals.wall_seconds
         self.history = [HistoryPoint(**p) for p in snapshot.get("history", [])]
@@ -1162,6 +1164,7 @@ class Optimizer:
         totals.rollout_retries += rollout.attempts - 1
         where = f"candidate {candidate.id} on example {example_id}"
         totals.first_error = totals.first_error or f"{where}: {rollout.error}"
+        totals.failed_rollout_llm_calls += rollout.llm_calls
         self._charge(rollout)
         self.recorder.event("rollout_failed", {
             "candidate": candidate.id, "example": example_id, "purpose": purpose,

@@ -25,7 +25,8 @@ class Totals:
     whose guess held (their work counted, not wasted). ``evaluator_errors``: rollouts
     that still failed after their retries (never scores), ``rollout_retries``: attempts
     run again after a failure (healed or not), ``first_error``: the first failed
-    rollout, as "candidate C on example E: error".
+    rollout, as "candidate C on example E: error"; ``failed_rollout_llm_calls``: task
+    calls those failed rollouts made (in ``llm_calls_by_role["task"]`` too).
     """
 
     rollouts: int = 0
@@ -36,6 +37,7 @@ class Totals:
     evaluator_errors: int = 0
     rollout_retries: int = 0
     first_error: str | None = None
+    failed_rollout_llm_calls: int = 0
     superseded: int = 0
     superseded_rollouts: int = 0
     speculated: int = 0
