@@ -34,8 +34,9 @@ points (between iterations and before each batch); the run then returns a result
 Failed rollouts (``optimizer.failures``): a rollout that still fails after its retries
 is never a score. The first decision that needs one is not taken: the run stops there
 (``OptimizationResult.failed_with``, status "failed"), keeps everything recorded, and
-checkpoints the iteration of that decision, so ``resume`` redoes it with the same
-choices once the failure is gone, and ends as a run that never failed would have.
+goes back to the start of that decision's window, so ``resume`` plans that window again
+with the same choices once the failure is gone, and ends as a run that never failed
+would have.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ from gepa_trace.optimizer.events import (
     RunStopped,
     ValidationGrown,
 )
-from gepa_trace.optimizer.failures import RolloutFailed
+from gepa_trace.optimizer.failures import RolloutFailed, reopen_window
 from gepa_trace.optimizer.merge import find_merge, front_candidates, stratified_subsample
 from gepa_trace.optimizer.persistence import RunLock, RunRecorder, StoredRun, load_run
 from gepa_trace.optimizer.protocols import Evaluator, Example, ReflectionLM, Rollout
@@ -143,11 +144,11 @@ class Optimizer:
         # (slot, why) of iterations run ahead on a guess that failed when a child was
         # accepted: recorded as superseded once that child's validation is in
         self._dropping: list[tuple[_Slot, str]] = []
-        # (window start, record, child) of what judged iterations still have to record,
-        # in iteration order: a child's verdict is acted on as soon as its finished
+        # (window start, record) of what judged iterations still have to record, in
+        # iteration order: a child's verdict is acted on as soon as its finished
         # rollouts fix it, and recorded (with its minibatch sum) once the rest are in;
         # see ``_settle``
-        self._unjudged: list[tuple[int, Callable[[], None], Candidate | None]] = []
+        self._unjudged: list[tuple[int, Callable[[], None]]] = []
         # the first iteration of the window (or merge) being run: where a run stopped
         # by a failed rollout resumes, so that it plans the same windows
         self._window_start = 0
@@ -328,16 +329,9 @@ class Optimizer:
             start = min(start, self._unjudged[0][0])
             self._unjudged = []
         self.state.iteration = start
-        # superseded by a child accepted in a window taken again: that verdict is too
-        replanned = {child.id for window, child in self._superseded_by_window
-                     if window >= start and child.status == "superseded"}
-        for child in self.state.candidates:
-            if child.iteration < start or child.origin not in ("reflection", "merge"):
-                continue
-            judged = child.status in ("accepted", "rejected") and child.id not in self.state.pool
-            if judged or child.id in replanned:
-                child.status, child.reason = "proposed", None
-                self.recorder.save_candidate(child, new=False)
+        superseded = [child for window, child in self._superseded_by_window if window >= start]
+        for child in reopen_window(self.state, start, superseded):
+            self.recorder.save_candidate(child, new=False)
         self._ahead, self._dropping = [], []
         self.failed_with = failure.message
         self.recorder.event("rollouts_failed", {"iteration": self.state.iteration,
@@ -533,7 +527,7 @@ class Optimizer:
                 # far to run ahead sees it at once
                 slot.child.status = "accepted" if accepted else "rejected"
                 self._unjudged.append((self._window_start, functools.partial(
-                    self._judge_minibatch, slot, accepted), slot.child))
+                    self._judge_minibatch, slot, accepted)))
                 if accepted:
                     self._set_aside(f"candidate {slot.child.id} of iteration "
                                     f"{slot.iteration} was accepted first")
@@ -551,7 +545,7 @@ class Optimizer:
     def _later(self, record: Callable[[], None]) -> None:
         """Record a judged iteration's outcome now, or after those still unrecorded."""
         if self._unjudged:
-            self._unjudged.append((self._window_start, record, None))
+            self._unjudged.append((self._window_start, record))
         else:
             record()
 

@@ -46,6 +46,7 @@ import traceback
 from gepa_trace.errors import MetricContractError
 from gepa_trace.lm.retry import is_retryable, status_of
 from gepa_trace.optimizer.protocols import Rollout
+from gepa_trace.optimizer.state import Candidate, RunState
 
 #: HTTP statuses that fail the same way on every try: never retried.
 PERMANENT_STATUS = frozenset({401, 403, 404})
@@ -130,3 +131,23 @@ def retry_pause_s(attempt: int) -> float:
     """Seconds to wait before retry number ``attempt`` (1-based) of a failed rollout:
     short, since the LLM client already backs off on rate limits and outages."""
     return min(2.0, 0.05 * 2 ** (attempt - 1))
+
+
+def reopen_window(state: RunState, start: int,
+                  superseded: list[Candidate]) -> list[Candidate]:
+    """Make the children of the windows from iteration ``start`` on unjudged again, as
+    a run stopped by a failure goes back there: judged but not in the pool (a verdict
+    a resumed run takes again, the same, from the stored rollouts), or in
+    ``superseded`` (superseded by a child accepted in those windows). Their status
+    becomes "proposed" so the resumed run finds and reuses them, with their ids, where
+    its plan meets them. Returns the children changed (to be saved)."""
+    again = {c.id for c in superseded if c.status == "superseded"}
+    changed = []
+    for child in state.candidates:
+        if child.iteration < start or child.origin not in ("reflection", "merge"):
+            continue
+        judged = child.status in ("accepted", "rejected") and child.id not in state.pool
+        if judged or child.id in again:
+            child.status, child.reason = "proposed", None
+            changed.append(child)
+    return changed
