@@ -90,8 +90,10 @@ class Optimizer:
     prompt to a reply (a ``gepa_trace.lm.LM`` whose ``budget`` is this run's budget
     meters itself; any other callable is metered here, as role "reflection").
     ``store`` (optional) receives every step as it happens; ``resume`` continues a
-    stored run. ``run()`` returns an ``OptimizationResult`` however the run stops;
-    it raises only for errors of the setup (``ConfigError``, ``LockHeld``, store errors).
+    stored run. ``run()`` returns an ``OptimizationResult`` however the run stops (one
+    stopped by rollouts that kept failing has ``failed_with`` set and can be resumed);
+    it raises only for errors of the setup (``ConfigError``, ``LockHeld``) and a store
+    that stays unwritable (``StoreError``).
     """
 
     def __init__(self, evaluator: Evaluator, reflection_lm: ReflectionLM,
