@@ -464,3 +464,23 @@ def test_the_demo_agents_task_model_going_down_mid_run_stops_it_and_resume_finis
     finally:
         forget_store(clean_url)
         forget_store(url)
+
+
+def test_a_budget_spent_inside_the_agent_stops_the_run_and_is_no_error():
+    from langchain_core.runnables import RunnableLambda
+
+    from gepa_trace.demo.evaluator import AgentEvaluator
+    from gepa_trace.lm import LM
+
+    budget = Budget(max_rollouts=BUDGET, max_llm_calls=20)
+    judge = LM("gepa-sim/echo", budget=budget, role="judge")
+
+    def agent(prompts):
+        return RunnableLambda(lambda inputs: judge(inputs["question"]))
+
+    evaluator = AgentEvaluator(agent, lambda example, output, trace: 1.0)
+    train, val, _test = world()
+    result = Optimizer(evaluator, RuleReflectionLM(), SEED, train, val, budget,
+                       config=OptimizerConfig(seed=1)).run()
+    assert result.failed_with is None and result.totals.evaluator_errors == 0
+    assert "max_llm_calls=20" in result.stop_reason

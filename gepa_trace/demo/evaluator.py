@@ -15,7 +15,7 @@ import dataclasses
 from typing import Any, Callable
 
 from gepa_trace.demo.records import ComponentRecorder
-from gepa_trace.errors import MetricContractError
+from gepa_trace.errors import BudgetExhausted, MetricContractError
 from gepa_trace.optimizer.failures import failed_rollout
 from gepa_trace.optimizer.protocols import Example, Rollout, RolloutContext, Score
 from gepa_trace.optimizer.rollouts import BuiltOnce
@@ -65,12 +65,16 @@ class AgentEvaluator:
         try:
             agent = self.agent_for(prompts)
             output = agent.invoke(dict(example.inputs), config=config)
+        except BudgetExhausted:
+            raise  # the run's budget, not this example: the engine stops the batch
         except Exception as exc:  # one example's failure is an error, not a score
             return dataclasses.replace(failed_rollout(exc, "the agent raised"),
                                        records=recorder.records, llm_calls=recorder.llm_calls)
         low, high = context.score_range if context is not None else (0.0, 1.0)
         try:
             score = Score.checked(self.metric(example, output, recorder.records), low, high)
+        except BudgetExhausted:
+            raise
         except MetricContractError as exc:
             failure = failed_rollout(exc)
         except Exception as exc:  # the metric's bug is not the agent's score

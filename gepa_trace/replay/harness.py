@@ -31,7 +31,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from gepa_trace.collectors.conventions import derive
 from gepa_trace.collectors.exporter import span_to_dict
 from gepa_trace.collectors.views import llm_view
-from gepa_trace.errors import MetricContractError
+from gepa_trace.errors import BudgetExhausted, MetricContractError
 from gepa_trace.lm.client import price
 from gepa_trace.optimizer.failures import failed_rollout
 from gepa_trace.optimizer.protocols import (
@@ -189,6 +189,8 @@ class AgentReplay:
                 runnable = self._runnable(prompts)
                 output = runnable.invoke(dict(example.inputs), config={"metadata": dict(tags)})
                 run.set_outputs(output)
+        except BudgetExhausted:
+            raise  # the run's budget, not this example: the engine stops the batch
         except Exception as exc:  # the agent failing on one input: an error, not a score
             failure = failed_rollout(exc, "the agent raised")
         spans = self.spans.take(run.trace_id)
@@ -199,6 +201,8 @@ class AgentReplay:
             try:
                 value = self.metric(example, output, RolloutTrace(run.trace_id, tuple(spans)))
                 score = Score.checked(value, low, high)
+            except BudgetExhausted:
+                raise  # a judge metric's LLM call found the budget spent
             except MetricContractError as exc:
                 failure = failed_rollout(exc)
             except Exception as exc:  # the metric's bug is not the agent's score
