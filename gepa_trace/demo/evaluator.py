@@ -89,7 +89,8 @@ class AgentEvaluator:
 def accuracy(prompts: PromptSet, examples: list[Example], *, model: Any = None,
              chat_model: Any = None, threads: int = 1) -> tuple[float, list[Rollout]]:
     """Mean metric score of the demo agent with ``prompts`` on ``examples``, and the
-    rollouts (in the order of ``examples``)."""
+    rollouts (in the order of ``examples``). Raises ``RolloutsFailed`` naming the first
+    failed rollout: a failure is not a score of 0 here either."""
     from concurrent.futures import ThreadPoolExecutor
 
     from gepa_trace.demo.agent import build_agent
@@ -101,5 +102,10 @@ def accuracy(prompts: PromptSet, examples: list[Example], *, model: Any = None,
     else:
         with ThreadPoolExecutor(threads) as pool:
             rollouts = list(pool.map(lambda ex: evaluator.evaluate(prompts, ex), examples))
+    failed = next(((ex, r) for ex, r in zip(examples, rollouts) if r.error), None)
+    if failed is not None:
+        from gepa_trace.errors import RolloutsFailed
+
+        raise RolloutsFailed(f"example {failed[0].id}: {failed[1].error}")
     mean = sum(r.score for r in rollouts) / len(rollouts) if rollouts else 0.0
     return mean, rollouts
