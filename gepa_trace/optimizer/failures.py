@@ -33,6 +33,10 @@ outside ``[min_score, perfect_score]``. The policy:
   not stop the run; if a decision later needs that pair, it is run again then (a new
   rollout of the budget, so near the budget's end such a run may stop a little earlier
   than one without the failure).
+- **Budget.** A failed rollout took its rollout of the budget in the process that ran
+  it; a resumed run counts only stored evaluations as rollouts spent (so it ends as
+  the run that never failed), while the tokens and dollars of failed attempts stay
+  spent and their task calls stay counted (``Totals.failed_rollout_llm_calls``).
 - **A store that stays busy** (``persistence.write_retrying`` gave up) turns the
   rollout whose evaluation could not be saved into a failure, with that error.
 
