@@ -20,6 +20,7 @@ rollout does not wait for the exporter; the exporter still writes them to the st
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -157,13 +158,15 @@ class AgentReplay:
     never a score. Built agents are kept per prompt versions (a small LRU), since
     building one may be costly. The tokens and dollars of the agent's own LLM calls
     are read from its spans (priced from litellm's map) and reported on the Rollout;
-    the engine charges them to the run's budget.
+    the engine charges them to the run's budget. ``cache`` (a ``ReplayCache``) answers
+    the LLM calls of this evaluator's rollouts, and no others (``ReplayCache.serving``).
     """
 
     def __init__(self, build_agent: Callable[[PromptSet], Any],
                  metric: Callable[[Example, Any, Any], "float | Score"], *, agent: str,
-                 instrumentation: Any, keep_agents: int = 16):
+                 instrumentation: Any, keep_agents: int = 16, cache: Any = None):
         self.build_agent = build_agent
+        self.cache = cache
         self.metric = metric
         self.agent = agent
         self.instrumentation = instrumentation
@@ -183,8 +186,9 @@ class AgentReplay:
         output: Any = None
         failure: Rollout | None = None
         run = agent_run(self.agent, inputs=dict(example.inputs), metadata=tags)
+        serving = self.cache.serving() if self.cache is not None else contextlib.nullcontext()
         try:
-            with run:
+            with serving, run:
                 self.spans.watch(run.trace_id)
                 runnable = self._runnable(prompts)
                 output = runnable.invoke(dict(example.inputs), config={"metadata": dict(tags)})
