@@ -78,6 +78,8 @@ class OptimizerConfig:
     - ``max_idle_iterations``: stop after this many iterations in a row that ran
       nothing new (all pairs cached, all minibatches solved, all proposals duplicates).
     - ``lock_stale_seconds``: a lock whose heartbeat is older than this can be taken over.
+      The holder renews it on its own thread every tenth of it (at most every 30 s), so
+      a live run keeps it however long its steps take (``optimizer.lock``).
     - ``grow_val``: once the best candidate solves every validation example and budget
       is left, grow validation by as many examples as it started with (validation
       examples held back by ``val_start`` first, then training examples in an order
@@ -162,6 +164,10 @@ class OptimizerConfig:
         if self.val_start is not None and (not isinstance(self.val_start, int)
                                            or self.val_start < 1):
             raise bad("val_start", f"must be None or an integer >= 1, got {self.val_start!r}")
+        if not (isinstance(self.lock_stale_seconds, (int, float))
+                and math.isfinite(self.lock_stale_seconds) and self.lock_stale_seconds > 0):
+            raise bad("lock_stale_seconds",
+                      f"must be a number > 0, got {self.lock_stale_seconds!r}")
         if self.warm_start_max < 1:
             raise bad("warm_start_max", f"must be >= 1, got {self.warm_start_max}")
         return self

@@ -69,7 +69,8 @@ from gepa_trace.optimizer.events import (
 )
 from gepa_trace.optimizer.failures import RolloutFailed, reopen_window
 from gepa_trace.optimizer.merge import find_merge, front_candidates, stratified_subsample
-from gepa_trace.optimizer.persistence import RunLock, RunRecorder, StoredRun, load_run
+from gepa_trace.optimizer.lock import RunLock
+from gepa_trace.optimizer.persistence import RunRecorder, StoredRun, load_run
 from gepa_trace.optimizer.protocols import Evaluator, Example, ReflectionLM, Rollout
 from gepa_trace.optimizer.reflection import build_prompt, parse_reply, reflection_examples
 from gepa_trace.optimizer.result import HistoryPoint, OptimizationResult, Totals
@@ -1225,8 +1226,6 @@ class Optimizer:
                                         budget["tokens"], budget["cost_usd"],
                                         budget["seconds"], budget["limits"]))
         self.recorder.checkpoint(self.state.iteration, snapshot, self._best())
-        if self._lock is not None:
-            self._lock.heartbeat()
 
     def _result(self, reason: str) -> OptimizationResult:
         state = self.state

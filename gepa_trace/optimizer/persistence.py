@@ -3,7 +3,7 @@ snapshot is committed as it happens, and read back to resume or warm-start.
 
 ``RunRecorder`` writes (each call is its own transaction); with no store it does
 nothing, so the engine never asks whether it has one. ``load_run`` reads a run back.
-``RunLock`` keeps two optimizations of one agent from running at once.
+``optimizer.lock.RunLock`` keeps two optimizations of one agent from running at once.
 
 Writes happen on the run's main thread, except ``save_evaluation``, which rollout workers
 call as each rollout completes (every call is its own transaction).
@@ -20,16 +20,14 @@ traceback (``optimizer.failures``).
 from __future__ import annotations
 
 import json
-import os
-import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from sqlalchemy import delete, select, update
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
 
-from gepa_trace.errors import LockHeld, NotFoundError, StoreError
+from gepa_trace.errors import NotFoundError, StoreError
 from gepa_trace.optimizer.protocols import ComponentRecord, Rollout
 from gepa_trace.optimizer.state import Candidate
 from gepa_trace.prompts import PromptVersion
@@ -40,14 +38,12 @@ from gepa_trace.store.tables import (
     OptimizationRunRow,
     PromptVersionRow,
     RunEventRow,
-    RunLockRow,
 )
 
 _RUNS = OptimizationRunRow.__table__
 _CANDIDATES = CandidateRow.__table__
 _EVALS = EvaluationRow.__table__
 _EVENTS = RunEventRow.__table__
-_LOCKS = RunLockRow.__table__
 _VERSIONS = PromptVersionRow.__table__
 
 
@@ -276,68 +272,3 @@ def latest_run_id(store: Store, agent: str, exclude: str | None = None) -> str |
             if run_id != exclude:
                 return run_id
     return None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class RunLock:
-    """The lock row of one agent: held by one run at a time.
-
-    A lock is free when there is no row, when its heartbeat is older than
-    ``stale_seconds``, or when its process is gone (same host, pid not alive). Taking a
-    held lock raises ``LockHeld`` naming the run, process and heartbeat age.
-    """
-
-    def __init__(self, store: Store, agent: str, run_id: str, stale_seconds: float):
-        self.store = store
-        self.agent = agent
-        self.run_id = run_id
-        self.stale_seconds = stale_seconds
-        self.pid = os.getpid()
-        self.host = socket.gethostname()
-
-    def acquire(self) -> None:
-        now = time.time()
-        try:
-            with self.store.write() as conn:
-                query = select(_LOCKS).where(_LOCKS.c.agent == self.agent)
-                if self.store.dialect == "postgresql":
-                    query = query.with_for_update()
-                held = conn.execute(query).first()
-                if held is not None:
-                    age = now - held.heartbeat_at
-                    ours = held.pid == self.pid and held.host == self.host
-                    gone = held.host == self.host and not _pid_alive(held.pid)
-                    if not ours and not gone and age < self.stale_seconds:
-                        raise LockHeld(
-                            f"agent {self.agent!r} is already being optimized by run "
-                            f"{held.run_id} (pid {held.pid} on {held.host}, last heartbeat "
-                            f"{age:.0f}s ago); wait for it to finish, stop it, or retry once "
-                            f"its heartbeat is older than {self.stale_seconds:.0f}s")
-                    conn.execute(delete(_LOCKS).where(_LOCKS.c.agent == self.agent))
-                conn.execute(_LOCKS.insert().values(
-                    agent=self.agent, run_id=self.run_id, pid=self.pid, host=self.host,
-                    acquired_at=now, heartbeat_at=now))
-        except IntegrityError as exc:  # another process inserted first
-            raise LockHeld(f"agent {self.agent!r} was just locked by another "
-                           "optimization run") from exc
-
-    def heartbeat(self) -> None:
-        now = time.time()
-        write_retrying(self.store, "renew the run lock", lambda conn: conn.execute(
-            update(_LOCKS).where((_LOCKS.c.agent == self.agent)
-                                 & (_LOCKS.c.run_id == self.run_id)).values(heartbeat_at=now)))
-
-    def release(self) -> None:
-        write_retrying(self.store, "release the run lock", lambda conn: conn.execute(
-            delete(_LOCKS).where((_LOCKS.c.agent == self.agent)
-                                 & (_LOCKS.c.run_id == self.run_id)
-                                 & (_LOCKS.c.pid == self.pid))))
