@@ -28,8 +28,9 @@ run on a thread pool but their results are recorded in a fixed order. So the sam
 gives the same run at any ``workers``, and a resumed run redoes its interrupted
 iteration with the same choices, reusing everything stored.
 
-Stopping: budget limits, patience, a stop file and SIGINT/SIGTERM are checked at safe
-points (between iterations and before each batch); the run then returns a result.
+Stopping: budget limits, patience, a stop file, SIGINT/SIGTERM and a lost run lock
+(``optimizer.lock``) are checked at safe points (between iterations and before each
+batch); the run then returns a result.
 
 Failed rollouts (``optimizer.failures``): a rollout that still fails after its retries
 is never a score. The first decision that needs one is not taken: the run stops there
@@ -344,12 +345,20 @@ class Optimizer:
         return f"rollouts kept failing: {failure.message}"
 
     # ---------------------------------------------------------------- stopping
+    @property
+    def lock_lost(self) -> str | None:
+        """Why this run lost its agent's lock (another run took it over), or None;
+        once set, the run stops at its next safe point with this reason."""
+        return self._lock.lost if self._lock is not None else None
+
     def _check_stop(self, budget: bool = True) -> None:
         """Raise StopRun at a safe point if anything says the run should end. ``_idle``:
         iterations in a row that ran nothing new (every pair cached, every minibatch
         solved), which would otherwise loop forever on a budget in rollouts.
         ``budget=False`` between the iterations of a window, whose rollouts are spent:
         judging them costs nothing, and the window's validation was budgeted."""
+        if self.lock_lost:  # "stopped", not "finished": it can be resumed
+            raise StopRun(self.lock_lost, requested=True)
         if self._signals.received:
             raise StopRun(self._signals.received, requested=True)
         if self.config.stop_file and os.path.exists(self.config.stop_file):
