@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_optimizer_engine import decisions, run_toy  # noqa: E402
 from test_optimizer_toys import SEED, RuleEvaluator, RuleReflectionLM, world  # noqa: E402
 
-from gepa_trace.errors import LockHeld  # noqa: E402
+from gepa_trace.errors import ConfigError, LockHeld  # noqa: E402
 from gepa_trace.lm.budget import Budget  # noqa: E402
 from gepa_trace.optimizer import Optimizer, OptimizerConfig, load_run  # noqa: E402
 from gepa_trace.optimizer.lock import RunLock, renew_every  # noqa: E402
@@ -261,3 +261,9 @@ def test_the_heartbeat_period_follows_stale_seconds_within_bounds():
     assert renew_every(100.0) == 10.0
     assert renew_every(3600.0) == 30.0  # a renewal is cheap; losing the lock is learnt soon
     assert renew_every(0.1) == 0.05  # a tiny test value does not spin on the database
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), "300"])
+def test_a_lock_stale_time_that_is_not_a_positive_number_is_refused(bad):
+    with pytest.raises(ConfigError, match="lock_stale_seconds must be a number > 0"):
+        OptimizerConfig(lock_stale_seconds=bad).validate()

@@ -215,6 +215,8 @@ class RunLock:
         """Stop renewing (joining the thread) and delete the row if it is still ours.
         Never raises: a row left behind is taken over once its process is gone or its
         heartbeat is stale, so a failed delete is logged, not fatal to the run."""
+        if os.getpid() != self.pid:
+            return  # a forked child (atexit is inherited) must not free its parent's lock
         atexit.unregister(self.release)
         self._stop.set()
         thread, self._thread = self._thread, None
