@@ -9,7 +9,7 @@ Exit codes of the CLI (each error class carries its own):
 | 2 | bad command-line usage (click) |
 | 3 | not found: a trace, run, prompt version, or no store at that path |
 | 4 | export refused: the held-out gain is not significant |
-| 5 | another optimization of the same agent is running |
+| 5 | another optimization of the same agent is running (or took this one's lock over) |
 | 6 | preflight failed: the entry point, metric or a model does not work |
 | 7 | the run stopped because rollouts kept failing; what it had is kept |
 """
@@ -89,3 +89,8 @@ class LockHeld(GepaTraceError):
     """Another optimization of the same agent is running."""
 
     exit_code = 5
+
+
+class LockLost(LockHeld):
+    """This run's lock was taken over by another run of the same agent; it stopped at
+    a safe point, kept what it recorded, and can be resumed."""

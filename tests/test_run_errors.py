@@ -79,7 +79,7 @@ def _resume(store, run_id, evaluator):
 def test_a_run_whose_task_model_goes_down_stops_and_resumes_to_the_run_that_never_failed(
         store_url, tmp_path, after, lookahead):
     clean_url = f"sqlite:///{tmp_path / 'clean.db'}"
-    clean_store = open_store(clean_url)
+    clean_store = open_store(clean_url, create=True)
     whole = run_toy(max_rollouts=BUDGET, evaluator=RuleEvaluator(capacity=1), seed=2,
                     store=clean_store, lookahead=lookahead)[0]
     assert whole.failed_with is None
@@ -352,7 +352,7 @@ def test_a_write_that_finds_the_database_locked_is_retried_then_named(tmp_path, 
     monkeypatch.setenv("GEPA_TRACE_SQLITE_BUSY_MS", "20")
     path = tmp_path / "busy.db"
     url = f"sqlite:///{path}"
-    store = open_store(url)
+    store = open_store(url, create=True)
     try:
         rows = []
         holder = _hold_lock(str(path), 0.4)  # shorter than the retries' pauses
@@ -375,7 +375,7 @@ def test_a_database_locked_while_evaluations_are_saved_does_not_stop_the_run(tmp
     monkeypatch.setenv("GEPA_TRACE_SQLITE_BUSY_MS", "20")
     path = tmp_path / "busy.db"
     url = f"sqlite:///{path}"
-    store = open_store(url)
+    store = open_store(url, create=True)
 
     class LocksTheStore(RuleEvaluator):
         """Another writer takes the database for a moment, three times in the run."""
@@ -443,7 +443,7 @@ def test_the_demo_agents_task_model_going_down_mid_run_stops_it_and_resume_finis
     monkeypatch.delenv("GEPA_SIM_FAULTS", raising=False)
     clean_url, url = f"sqlite:///{tmp_path / 'clean.db'}", f"sqlite:///{tmp_path / 'down.db'}"
     try:
-        clean_store, store = open_store(clean_url), open_store(url)
+        clean_store, store = open_store(clean_url, create=True), open_store(url, create=True)
         whole = _demo(clean_store)
         assert whole.failed_with is None and whole.best_val_score > whole.seed_val_score
 
