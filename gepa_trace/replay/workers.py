@@ -6,6 +6,11 @@ models, and whether the replay cache is on. Each child records its rollouts' spa
 the same store as the parent (SQLite in WAL mode, or PostgreSQL) and keeps its own
 replay cache; since an example always goes to the same child, the cache serves all of
 that example's rollouts as it would in one process.
+
+A child imports ``module:function`` entry points and metrics from ``app_dir`` first,
+as the parent does (spawned children do not inherit the parent's later ``sys.path``
+changes reliably, since idle children are reused across runs), and checks the metric
+contract with the same ``score_range``.
 """
 
 from __future__ import annotations
@@ -30,21 +35,29 @@ class ReplayWorker:
     judge_lm: str | None = None
     rubric: str | None = None
     replay_cache: bool = True
+    app_dir: str | None = None  # absolute; None: the child's working directory
+    task_lm_base: str | None = None
+    judge_lm_base: str | None = None
+    score_range: tuple[float, float] = (0.0, 1.0)
 
     def __call__(self, budget: Budget) -> "_ChildReplay":
         from langchain_core.globals import set_llm_cache
 
         from gepa_trace.collectors.instrument import instrument
+        from gepa_trace.replay import preflight
         from gepa_trace.replay.cache import ReplayCache
         from gepa_trace.replay.harness import AgentReplay
-        from gepa_trace.replay.metrics import resolve_metric
-        from gepa_trace.replay.optimize import _as_lm, _builder, load_entrypoint
+        from gepa_trace.replay.optimize import _as_lm, _builder, checked_metric, load_entrypoint
         from gepa_trace.store import open_store
 
+        preflight.put_on_path(self.app_dir)
         store = open_store(self.store_url)
-        judge = _as_lm(self.judge_lm or self.task_lm, budget, "judge")
-        metric = resolve_metric(self.metric, judge_lm=judge, rubric=self.rubric)
-        build = _builder(load_entrypoint(self.entrypoint), self.task_lm)
+        judge = _as_lm(self.judge_lm or self.task_lm, budget, "judge",
+                       self.judge_lm_base if self.judge_lm else self.task_lm_base)
+        metric = checked_metric(self.metric, judge, self.rubric, self.app_dir,
+                                self.score_range)
+        build = _builder(load_entrypoint(self.entrypoint, self.app_dir), self.task_lm,
+                         self.task_lm_base)
         cache = ReplayCache.from_store(store, self.agent) if self.replay_cache else None
         set_llm_cache(cache)
         inst = instrument(store=store, service_name=self.agent)
