@@ -252,10 +252,17 @@ def optimize(agent: str, entrypoint: str | None, metric: str, app_dir: str | Non
     display = ProgressDisplay(budget_rollouts)
     progress(f"optimizing {agent} (budget {budget!r}, {workers} workers"
              + (f" in {processes} processes)" if processes > 1 else ")"))
-    outcome = run_optimize(agent, reflection_lm=reflection_lm, entrypoint=entrypoint,
-                           metric=metric, budget=budget, store=store, settings=settings,
-                           config=config, resume=resume, warm_start=warm_start,
-                           callbacks=[display])
+    from gepa_trace.store.engine import forget_store, resolve_url
+
+    try:
+        outcome = run_optimize(agent, reflection_lm=reflection_lm, entrypoint=entrypoint,
+                               metric=metric, budget=budget, store=store, settings=settings,
+                               config=config, resume=resume, warm_start=warm_start,
+                               callbacks=[display])
+    finally:
+        # Closing every connection lets SQLite fold its -wal file back into the database
+        # and remove it (and -shm): a command leaves no new file beside the store.
+        forget_store(resolve_url(store))
     summary = outcome.summary()
     if as_json:
         print_json(summary)
