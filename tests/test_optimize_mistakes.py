@@ -234,3 +234,68 @@ def test_each_mistake_stops_the_command_with_one_line_naming_its_cause(
         assert after[table] == before[table], f"{table} changed by a failed preflight"
     assert after["spans"] >= before["spans"]  # only the preflight rollout's, if any
     assert elapsed < 60, f"took {elapsed:.0f}s to fail"
+
+
+# ------------------------------------------------------------------ the same app, no mistake
+
+def _project(tmp_path: Path, recorded: Path, app: str = APP) -> Path:
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "app.py").write_text(app)
+    shutil.copy(recorded, folder / "store.db")
+    return folder
+
+
+def _run(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(SCRIPT), "optimize", "--agent", AGENT,
+                           "--reflection-lm", "gepa-sim/reflect", "--budget-rollouts", "12",
+                           *args], cwd=cwd, env=_env(**env), capture_output=True, text=True,
+                          timeout=180)
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_optimize_imports_the_app_from_the_working_directory(processes, recorded, tmp_path):
+    """The README's line, run from the folder of app.py, with no PYTHONPATH."""
+    folder = _project(tmp_path, recorded)
+    result = _run(folder, "--entrypoint", "app:build_agent", "--metric", "app:metric",
+                  "--store", "sqlite:///store.db", "--processes", processes)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("run run-")
+    assert _files(folder) == {"app.py", "store.db"}
+
+
+def test_app_dir_imports_the_app_from_another_folder(recorded, tmp_path):
+    folder = _project(tmp_path, recorded)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = _run(elsewhere, "--entrypoint", "app:build_agent", "--metric", "app:metric",
+                  "--app-dir", str(folder), "--store", f"sqlite:///{folder / 'store.db'}")
+    assert result.returncode == 0, result.stderr
+    without = _run(elsewhere, "--entrypoint", "app:build_agent", "--metric", "app:metric",
+                   "--store", f"sqlite:///{folder / 'store.db'}")
+    assert without.returncode == 6 and "No module named 'app'" in without.stderr
+
+
+def test_an_agent_that_breaks_after_the_preflight_exits_7_with_no_held_out_scores(
+        recorded, tmp_path):
+    """The preflight rollout works, every later one raises: the command must not end in
+    exit 0 with scores of 0; whether the loop or the held-out test notices first, it
+    exits 7 naming the error, and no held-out evaluation is stored."""
+    breaks = APP.replace("    return inputs  # STEP", textwrap.dedent('''
+        global CALLS
+        CALLS = globals().get("CALLS", 0) + 1
+        if CALLS > 1:
+            raise ConnectionError("the search backend went away")
+        return inputs''').replace("\n", "\n    "))
+    folder = _project(tmp_path, recorded, breaks)
+    result = _run(folder, "--entrypoint", "app:build_agent", "--metric", "app:metric",
+                  "--store", "sqlite:///store.db", "--workers", "1")
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert result.returncode == 7, result.stderr
+    assert len(errors) == 1 and "the search backend went away" in errors[0], errors
+    assert "Traceback" not in result.stderr
+    with closing(sqlite3.connect(folder / "store.db")) as conn:
+        tests = conn.execute("SELECT count(*) FROM evaluations WHERE purpose = 'test'")
+        assert tests.fetchone()[0] == 0
+        runs = conn.execute("SELECT totals FROM optimization_runs").fetchall()
+    assert len(runs) == 1, "the run is kept, to resume once fixed"

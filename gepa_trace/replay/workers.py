@@ -62,15 +62,15 @@ class ReplayWorker:
         set_llm_cache(cache)
         inst = instrument(store=store, service_name=self.agent)
         return _ChildReplay(AgentReplay(build, metric, agent=self.agent, instrumentation=inst),
-                            inst, cache)
+                            inst, cache, store.url)
 
 
 class _ChildReplay:
-    """The evaluator a worker process runs; ``close`` flushes its spans to the store and
-    reports its replay cache's counts."""
+    """The evaluator a worker process runs; ``close`` flushes its spans to the store,
+    closes its connections and reports its replay cache's counts."""
 
-    def __init__(self, replay: Any, inst: Any, cache: Any):
-        self.replay, self.inst, self.cache = replay, inst, cache
+    def __init__(self, replay: Any, inst: Any, cache: Any, store_url: str):
+        self.replay, self.inst, self.cache, self.store_url = replay, inst, cache, store_url
 
     def evaluate(self, prompts: PromptSet, example: Example,
                  context: RolloutContext) -> Rollout:
@@ -79,7 +79,13 @@ class _ChildReplay:
     def close(self) -> dict[str, Any]:
         from langchain_core.globals import set_llm_cache
 
+        from gepa_trace.store import forget_store
+
         self.inst.force_flush()
         self.inst.shutdown()
         set_llm_cache(None)
+        # An idle child lives on (reused by the next run) and exits with os._exit: its
+        # SQLite connections must close now, or the parent's close is not the last one
+        # and SQLite leaves the -wal and -shm files beside the store.
+        forget_store(self.store_url)
         return self.cache.counts() if self.cache is not None else {}
