@@ -129,8 +129,8 @@ class Mistake:
     edits: dict[str, str] = field(default_factory=dict)  # app.py: old -> new text
     args: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
-    entrypoint: str = "app:build_agent"
-    metric: str = "app:metric"
+    entrypoint: str | None = "app:build_agent"  # None: log-only replay
+    metric: str | None = "app:metric"
     reflection_lm: str = "gepa-sim/reflect"
     exit_code: int = 6
 
@@ -179,6 +179,12 @@ MISTAKES = [
             env={"OPENAI_API_KEY": "right-key"}),
     Mistake("missing API key", "no API key",
             args=("--task-lm", "openai/task", "--task-lm-base", SERVER)),
+    Mistake("log-only replay: unknown judge model", "gepa-sim/judje is not a simulated model",
+            entrypoint=None, metric=None, args=("--judge-lm", "gepa-sim/judje")),
+    Mistake("log-only replay: the task model's endpoint is down", "connection refused",
+            entrypoint=None, metric=None,
+            args=("--judge-lm", "gepa-sim/judge", "--task-lm", "openai/task",
+                  "--task-lm-base", CLOSED), env={"OPENAI_API_KEY": "right-key"}),
 ]
 
 
@@ -197,9 +203,12 @@ def _counts(store: Path) -> dict[str, int]:
 def _optimize(folder: Path, mistake: Mistake, server_url: str,
               closed_url: str) -> subprocess.CompletedProcess:
     args = [a.replace(SERVER, server_url).replace(CLOSED, closed_url) for a in mistake.args]
+    if mistake.entrypoint:
+        args += ["--entrypoint", mistake.entrypoint]
+    if mistake.metric:
+        args += ["--metric", mistake.metric]
     return subprocess.run(
-        [str(SCRIPT), "optimize", "--agent", AGENT, "--entrypoint", mistake.entrypoint,
-         "--metric", mistake.metric, "--reflection-lm", mistake.reflection_lm,
+        [str(SCRIPT), "optimize", "--agent", AGENT, "--reflection-lm", mistake.reflection_lm,
          "--budget-rollouts", "12", "--store", "sqlite:///store.db", *args],
         cwd=folder, env=_env(**mistake.env), capture_output=True, text=True, timeout=120)
 
