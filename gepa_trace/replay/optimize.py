@@ -196,7 +196,9 @@ def _held_out_rollout(evaluator: Any, prompts: PromptSet, example: Example,
                 Score.checked(rollout.score, low, high)
                 return rollout
             except GepaTraceError as exc:  # the metric contract, as in the loop
-                rollout = dataclasses.replace(rollout, error=str(exc))
+                return dataclasses.replace(rollout, error=str(exc))  # the same every time
+        if getattr(rollout, "permanent", False):  # auth, not found: a retry cannot help
+            return rollout
     return rollout
 
 
@@ -236,7 +238,8 @@ def evaluate_held_out(evaluator: Any, result: OptimizationResult, seed_prompts: 
         for candidate_id, prompts in jobs:
             if candidate_id in scores:
                 continue
-            context = RolloutContext(result.run_id, candidate_id, "test")
+            context = preflight.rollout_context(result.run_id, candidate_id, "test",
+                                                score_range)
             outcomes = list(pool.map(lambda e: one(prompts, e, context), test))
             done = [o for o in outcomes if isinstance(o, Rollout)]
             llm_calls += sum(r.llm_calls for r in done)
