@@ -308,3 +308,24 @@ def test_an_agent_that_breaks_after_the_preflight_exits_7_with_no_held_out_score
         assert tests.fetchone()[0] == 0
         runs = conn.execute("SELECT totals FROM optimization_runs").fetchall()
     assert len(runs) == 1, "the run is kept, to resume once fixed"
+
+
+def test_resume_runs_the_preflight_too(recorded, tmp_path):
+    """A run resumed after the app broke stops at the preflight and leaves the run as it was."""
+    import json
+
+    folder = _project(tmp_path, recorded)
+    first = _run(folder, "--entrypoint", "app:build_agent", "--metric", "app:metric",
+                 "--store", "sqlite:///store.db", "--json")
+    assert first.returncode == 0, first.stderr
+    run_id = json.loads(first.stdout)["run_id"]
+    (folder / "app.py").write_text(APP.replace(METRIC, "    return 'good'\n"))
+    before = _counts(folder / "store.db")
+    resumed = _run(folder, "--entrypoint", "app:build_agent", "--metric", "app:metric",
+                   "--store", "sqlite:///store.db", "--resume", run_id)
+    errors = [line for line in resumed.stderr.splitlines() if line.startswith("Error:")]
+    assert resumed.returncode == 6, resumed.stderr
+    assert len(errors) == 1 and "the metric returned str 'good'" in errors[0]
+    after = _counts(folder / "store.db")
+    assert {k: after[k] for k in ("optimization_runs", "candidates", "evaluations")} == \
+        {k: before[k] for k in ("optimization_runs", "candidates", "evaluations")}
