@@ -376,9 +376,14 @@ def optimize(agent: str, *, reflection_lm: "str | Callable[[str], str]",
     evaluator: Any = None
     try:
         if log_only:
-            evaluator = _log_only(store, agent, dataset, judge, budget, settings)
+            from gepa_trace.replay.logonly import log_only_evaluator
+
+            evaluator = log_only_evaluator(store, agent, dataset.all(), judge, budget,
+                                           settings)
         elif in_processes:
-            evaluator = _in_processes(store, agent, settings, config, budget)
+            from gepa_trace.replay.workers import process_evaluator
+
+            evaluator = process_evaluator(store.url, agent, settings, config, budget)
         else:
             from gepa_trace.replay.harness import AgentReplay
 
@@ -434,58 +439,6 @@ def optimize(agent: str, *, reflection_lm: "str | Callable[[str], str]",
     return OptimizeOutcome(result=result, dataset=dataset, held_out=held_out,
                            replay_cache_hits=hits, task_calls_sent=sent,
                            task_calls_made=sent + sum(hits.values()))
-
-
-def _log_only(store: Store, agent: str, dataset: Dataset, judge: Any, budget: Budget,
-              settings: ReplaySettings) -> Any:
-    """The log-only evaluator, after the preflight has called each model it will use
-    (the judge was checked with the reflection LM)."""
-    from gepa_trace.lm import LM
-    from gepa_trace.replay.logonly import LogOnlyReplay
-
-    if judge is None:
-        raise ConfigError("log-only replay (no --entrypoint) needs a judge: give "
-                          "--judge-lm or --task-lm")
-    task_lms: dict[str | None, Any] = {}
-
-    def lm_for_model(model: str | None):
-        name = settings.task_lm or model
-        if name is None:
-            raise ConfigError("a recorded call has no model; give --task-lm")
-        if name not in task_lms:
-            base = settings.task_lm_base if settings.task_lm else None
-            try:
-                task_lms[name] = LM(name, budget=budget, role="task", api_base=base)
-            except ConfigError as exc:
-                raise preflight.failed(f"the task LM {name!r}: {exc}") from exc
-        return task_lms[name]
-
-    evaluator = LogOnlyReplay(store, agent, dataset.all(), judge_lm=judge,
-                              lm_for_model=lm_for_model, rubric=settings.rubric)
-    models = {c.model for calls in evaluator.calls.values() for c in calls if c.model}
-    if settings.task_lm:
-        models = {settings.task_lm}
-    preflight.check_models({f"task LM for recorded model {m}": lm_for_model(m)
-                            for m in sorted(models)})
-    return evaluator
-
-
-def _in_processes(store: Store, agent: str, settings: ReplaySettings,
-                  config: OptimizerConfig, budget: Budget) -> Any:
-    from gepa_trace.optimizer.processes import ProcessEvaluator
-    from gepa_trace.replay.workers import ReplayWorker
-
-    worker = ReplayWorker(store.url, agent, settings.entrypoint, settings.metric,
-                          settings.task_lm, settings.judge_lm, settings.rubric,
-                          settings.replay_cache, app_dir=preflight.app_path(settings.app_dir),
-                          task_lm_base=settings.task_lm_base,
-                          judge_lm_base=settings.judge_lm_base,
-                          score_range=(config.min_score, config.perfect_score))
-    try:
-        return ProcessEvaluator(worker, processes=settings.processes, threads=config.workers,
-                                budget=budget)
-    except ConfigError as exc:  # a child could not import or build the agent
-        raise preflight.failed(str(exc)) from exc
 
 
 def _save_held_out(store: Store, run_id: str, held_out: HeldOut, hits: dict[str, int]) -> None:

@@ -89,3 +89,25 @@ class _ChildReplay:
         # and SQLite leaves the -wal and -shm files beside the store.
         forget_store(self.store_url)
         return self.cache.counts() if self.cache is not None else {}
+
+
+def process_evaluator(store_url: str, agent: str, settings: Any, config: Any,
+                      budget: Budget) -> Any:
+    """The ``ProcessEvaluator`` of ``gepa_trace.optimize`` (``settings``: its
+    ``ReplaySettings``; ``config``: its ``OptimizerConfig``). A child that cannot import
+    or build the agent is a ``PreflightFailed``."""
+    from gepa_trace.errors import ConfigError
+    from gepa_trace.optimizer.processes import ProcessEvaluator
+    from gepa_trace.replay import preflight
+
+    worker = ReplayWorker(store_url, agent, settings.entrypoint, settings.metric,
+                          settings.task_lm, settings.judge_lm, settings.rubric,
+                          settings.replay_cache, app_dir=preflight.app_path(settings.app_dir),
+                          task_lm_base=settings.task_lm_base,
+                          judge_lm_base=settings.judge_lm_base,
+                          score_range=(config.min_score, config.perfect_score))
+    try:
+        return ProcessEvaluator(worker, processes=settings.processes, threads=config.workers,
+                                budget=budget)
+    except ConfigError as exc:  # a child could not import or build the agent
+        raise preflight.failed(str(exc)) from exc
