@@ -174,7 +174,7 @@ def _ours_once(spans: list, url: str) -> float:
     from gepa_trace.collectors.exporter import SqlSpanExporter
     from gepa_trace.store import forget_store, open_store
 
-    open_store(url)  # schema creation is not part of the rate
+    open_store(url, create=True)  # schema creation is not part of the rate
     exporter = SqlSpanExporter(url)
     started = time.perf_counter()
     for i in range(0, len(spans), BATCH):
@@ -189,7 +189,7 @@ def _raw_once(columns: list[str], tuples: list[tuple], url: str) -> float:
 
     from gepa_trace.store import forget_store, open_store
 
-    open_store(url)
+    open_store(url, create=True)
     forget_store(url)
     sql = (f"INSERT INTO spans ({', '.join(columns)}) "
            f"VALUES ({', '.join('?' for _ in columns)})")

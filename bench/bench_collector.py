@@ -219,7 +219,7 @@ def run(transport: str, url: str, spans: int, exporters: int, batch: int, seed: 
     from gepa_trace.collectors.otlp import Collector, CollectorConfig
     from gepa_trace.store import open_store
 
-    store = open_store(url)
+    store = open_store(url, create=True)  # as `gepa-trace collect` does
     bodies, ids = make_requests(spans, batch, seed=seed)
     sys.setswitchinterval(0.001)  # as `gepa-trace collect` does (see cli/collect.py)
     collector = Collector(store, CollectorConfig(http_port=0, grpc_port=0)).start()

@@ -207,7 +207,7 @@ def run_ours_replayed(train, val, budget: int, latency_ms: float, workers: int,
 
     model = f"gepa-sim/task?latency_ms={latency_ms:g}"
     with tempfile.TemporaryDirectory() as tmp:
-        store = gt.open_store(f"sqlite:///{tmp}/bench.db")
+        store = gt.open_store(f"sqlite:///{tmp}/bench.db", create=True)
         inst = gt.instrument(store=store, service_name="demo-qa")
         evaluator = _Timed(AgentReplay(lambda prompts: build_agent(prompts, model=model),
                                        metric, agent="demo-qa", instrumentation=inst))
@@ -251,7 +251,7 @@ def run_ours_processes(train, val, budget: int, latency_ms: float, workers: int,
 
     model = f"gepa-sim/task?latency_ms={latency_ms:g}"
     with tempfile.TemporaryDirectory() as tmp:
-        store = gt.open_store(f"sqlite:///{tmp}/bench.db")
+        store = gt.open_store(f"sqlite:///{tmp}/bench.db", create=True)
         limits = Budget(max_rollouts=budget)
         factory = ReplayWorker(store.url, "demo-qa", functools.partial(build_agent, model=model),
                                metric)

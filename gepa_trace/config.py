@@ -1,14 +1,17 @@
 """One table of settings: each has an environment variable, a default and a type.
 
-Read a setting with ``setting("store")``; explicit arguments (``--store``, ``store=``)
-always win over the environment, which wins over the default.
+Read a setting with ``setting("name")``; explicit arguments always win over the
+environment, which wins over the default. The store has one more step (the store given
+to ``gt.instrument()`` in this process, between the argument and the environment): use
+``gepa_trace.store.resolve_url``, whose module docstring is where that order is written.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 
 @dataclass(frozen=True)

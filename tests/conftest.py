@@ -1,5 +1,9 @@
 """Shared fixtures: a store on a temp SQLite file, and one in a fresh PostgreSQL schema.
 
+Both stores already exist when the test starts (created as ``gt.instrument()`` would),
+since only creators create one and most tests read or write a store rather than test
+its creation; tests of creation and of missing stores use their own paths.
+
 PostgreSQL tests use ``GEPA_TRACE_TEST_PG`` (default: the local server that ``.ci/run``
 starts). When no server answers they are skipped, unless ``GEPA_TRACE_REQUIRE_PG=1``
 (set by ``.ci/run``), where that is a failure.
@@ -8,6 +12,7 @@ starts). When no server answers they are skipped, unless ``GEPA_TRACE_REQUIRE_PG
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 
 import pytest
@@ -18,11 +23,22 @@ PG_URL = os.environ.get("GEPA_TRACE_TEST_PG",
                         "postgresql+psycopg://gepa:gepa@127.0.0.1:5432/gepa_test")
 
 
+@pytest.fixture(autouse=True)
+def _instrumented_store_stays_in_its_test():
+    """``gt.instrument(store=X)`` makes X the process's default store until the next
+    instrument() call; a test must not hand its temp store to the tests after it."""
+    yield
+    engine = sys.modules.get("gepa_trace.store.engine")
+    if engine is not None:
+        engine.set_instrumented_store(None)
+
+
 @pytest.fixture
 def sqlite_url(tmp_path):
-    from gepa_trace.store import forget_store
+    from gepa_trace.store import forget_store, open_store
 
     url = f"sqlite:///{tmp_path / 'store.db'}"
+    open_store(url, create=True)
     yield url
     forget_store(url)
 
@@ -34,8 +50,9 @@ def _pg_admin():
 
 
 @pytest.fixture
-def pg_url():
-    """A PostgreSQL URL whose search_path is a fresh schema, dropped afterwards."""
+def empty_pg_url():
+    """A PostgreSQL URL whose search_path is a fresh schema with no tables (no store
+    yet), dropped afterwards."""
     import sqlalchemy as sa
 
     from gepa_trace.store import forget_store
@@ -60,7 +77,16 @@ def pg_url():
     admin.dispose()
 
 
+@pytest.fixture
+def pg_url(empty_pg_url):
+    """A store in a fresh PostgreSQL schema, dropped afterwards."""
+    from gepa_trace.store import open_store
+
+    open_store(empty_pg_url, create=True)
+    return empty_pg_url
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def store_url(request):
-    """A fresh store URL; the test runs once on SQLite and once on PostgreSQL."""
+    """A fresh, empty store; the test runs once on SQLite and once on PostgreSQL."""
     return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")

@@ -29,6 +29,11 @@ class _Echo:
             os._exit(3)  # the worker process dies in the middle of a rollout
         if example.inputs.get("raise"):
             raise ValueError(f"cannot answer {example.id}")
+        if example.inputs.get("bad_key"):  # what litellm raises for a wrong API key
+            import litellm
+
+            raise litellm.AuthenticationError(message="Missing credentials",
+                                              llm_provider="openai", model="gpt-4.1")
         if self.judge is not None:
             self.judge("Is this answer right? yes")
         return Rollout(score=1.0, feedback=f"pid {os.getpid()}",

@@ -80,3 +80,56 @@ def test_debug_shows_the_traceback():
     result = CliRunner().invoke(main, ["--debug", "traces", "--store", BAD_STORE])
     assert result.exit_code != 0
     assert result.exception is not None
+
+
+READ_COMMANDS = [["traces"], ["components"], ["runs"], ["prompts", "ls"]]
+
+
+@pytest.mark.parametrize("args", READ_COMMANDS)
+def test_a_store_given_before_the_command_is_used(args, sqlite_url, tmp_path, monkeypatch):
+    """`gepa-trace --store URL traces`: the group's --store reaches the command, and
+    beats $GEPA_TRACE_STORE (here a store that does not exist)."""
+    monkeypatch.setenv("GEPA_TRACE_STORE", f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    result = CliRunner().invoke(main, ["--store", sqlite_url, *args, "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == []
+    assert not (tmp_path / "elsewhere.db").exists()
+
+
+@pytest.mark.parametrize("args", READ_COMMANDS)
+def test_a_commands_own_store_beats_the_one_before_it(args, sqlite_url, tmp_path):
+    missing = tmp_path / "typo.db"
+    result = CliRunner().invoke(main, ["--store", sqlite_url, *args,
+                                       "--store", f"sqlite:///{missing}"])
+    _one_line_error(result, exit_code=3)
+    assert f"no store at {missing}" in result.output
+
+
+def test_a_store_given_before_a_subcommand_group_reaches_the_subcommand(sqlite_url):
+    from test_cli_traces import write_run
+
+    from gepa_trace.store import open_store
+
+    trace_id = write_run(open_store(sqlite_url), 1)
+    for args in (["--store", sqlite_url, "traces", "show", trace_id],
+                 ["traces", "--store", sqlite_url, "show", trace_id]):
+        result = CliRunner().invoke(main, [*args, "--json"])
+        assert result.exit_code == 0, (args, result.output)
+        assert json.loads(result.stdout)["trace_id"] == trace_id
+
+
+def test_json_output_is_one_line_per_command(sqlite_url):
+    """`--json >> nightly.jsonl` appends one line per run (JSON Lines)."""
+    from test_cli_traces import write_run
+
+    from gepa_trace.store import open_store
+
+    store = open_store(sqlite_url)
+    trace_id = write_run(store, 1)
+    write_run(store, 2)
+    for args in (["traces"], ["traces", "show", trace_id], ["components"],
+                 ["feedback", "add", trace_id, "--score", "1", "--comment", "two\nlines"]):
+        result = CliRunner().invoke(main, [*args, "--store", sqlite_url, "--json"])
+        assert result.exit_code == 0, (args, result.output)
+        assert result.stdout.count("\n") == 1 and result.stdout.endswith("\n"), args
+        assert json.loads(result.stdout), args

@@ -66,3 +66,40 @@ def test_every_command_has_help_with_an_example(name):
         runs_itself = not isinstance(sub, click.Group) or sub.invoke_without_command
         if runs_itself:
             assert "--store" in result.output, f"`{example}` has no --store option"
+
+
+def _options_without_help(command: click.Command, path: Path) -> list[str]:
+    """`command path --option` for each option of the command (or any subcommand) whose
+    help text is empty; click's own --help is left out."""
+    missing = []
+    for sub_path, sub in _paths(command, path):
+        for param in sub.params:
+            if isinstance(param, click.Option) and not (param.help or "").strip():
+                missing.append(" ".join(["gepa-trace", *sub_path, param.opts[-1]]))
+    return missing
+
+
+# The commands of cli/optimize.py (optimize, runs) have options without help and belong
+# to another change; their cases stay visible (xfail lists the offenders) until then.
+_OPTIMIZE_PENDING = pytest.mark.xfail(
+    strict=False, reason="options of cli/optimize.py without help text (another change)")
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=_OPTIMIZE_PENDING)
+    if COMMANDS[n].startswith("gepa_trace.cli.optimize:") else n for n in _listed()])
+def test_every_option_has_help_text(name):
+    with click.Context(main) as ctx:
+        command = main.get_command(ctx, name)
+    missing = _options_without_help(command, (name,))
+    assert not missing, "options without help text:\n  " + "\n  ".join(missing)
+
+
+def test_every_option_of_the_group_itself_has_help_text():
+    assert [p.opts[-1] for p in main.params
+            if isinstance(p, click.Option) and not (p.help or "").strip()] == []
+
+
+def test_the_group_help_says_store_may_come_before_the_command():
+    result = CliRunner().invoke(main, ["--help"])
+    assert "gepa-trace --store URL traces" in " ".join(result.output.split())

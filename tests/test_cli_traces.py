@@ -317,13 +317,17 @@ def test_unknown_trace_id_exits_3_with_one_line(store_url, runner):
     assert f"no trace {'f' * 32}" in result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("url", ["not a url", "mysql://u@h/db", "sqlite:////no/such/dir/x.db"])
-def test_bad_store_url_is_one_line(runner, url):
+@pytest.mark.parametrize("url, exit_code, message", [
+    ("not a url", 1, "Error: store URL"), ("mysql://u@h/db", 1, "Error: store URL"),
+    # a file in a directory that does not exist is a missing store like any other
+    ("sqlite:////no/such/dir/x.db", 3, "Error: no store at /no/such/dir/x.db"),
+])
+def test_bad_store_url_is_one_line(runner, url, exit_code, message):
     for args in (["traces"], ["components"], ["traces", "show", "a" * 32],
                  ["feedback", "add", "a" * 32, "--score", "1"]):
         result = runner.invoke(main, [*args, "--store", url])
-        assert result.exit_code == 1, (args, result.output)
-        assert result.stderr.startswith("Error: store URL")
+        assert result.exit_code == exit_code, (args, result.output)
+        assert result.stderr.startswith(message)
         assert result.stderr.strip().count("\n") == 0
         assert "Traceback" not in result.output
 

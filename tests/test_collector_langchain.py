@@ -70,7 +70,7 @@ def test_openinference_langgraph_app_exports_over_http_and_grpc_and_shows_compon
 
     http_url, grpc_url = (f"sqlite:///{tmp_path / 'http.db'}", f"sqlite:///{tmp_path / 'grpc.db'}")
     process = CollectorProcess(http_url, "--token", "t0k")
-    grpc_store = open_store(grpc_url)
+    grpc_store = open_store(grpc_url, create=True)  # as `gepa-trace collect` does
     in_process = Collector(grpc_store, CollectorConfig(http_port=None, grpc_port=0)).start()
     provider = TracerProvider(resource=Resource.create({"service.name": "trip-agent"}))
     sent = InMemorySpanExporter()

@@ -102,19 +102,20 @@ def test_seed_and_best_prompts_give_different_answers_to_the_same_question():
     assert best["answer"] == q.expected != seed["answer"]
 
 
-def test_evaluator_never_raises_for_one_example():
+def test_evaluator_never_raises_for_one_example_and_never_scores_a_failure():
     def broken_agent(prompts, **kwargs):
         raise RuntimeError("cannot build")
 
     rollout = AgentEvaluator(broken_agent, metric).evaluate(SEED_PROMPTS, _country_question())
-    assert rollout.score == 0.0 and "cannot build" in rollout.error
-    assert "cannot build" in rollout.feedback
+    assert rollout.error == "the agent raised RuntimeError: cannot build"
+    assert rollout.feedback == ""  # an exception is not the metric's feedback
 
     def bad_metric(example, output, trace):
         raise ValueError("metric bug")
 
     rollout = AgentEvaluator(build_agent, bad_metric).evaluate(SEED_PROMPTS, _country_question())
-    assert rollout.score == 0.0 and "metric bug" in rollout.feedback
+    assert rollout.error == "the metric raised ValueError: metric bug"
+    assert rollout.feedback == ""
     assert set(rollout.records) == set(COMPONENTS)  # the run itself was recorded
 
 

@@ -66,26 +66,28 @@ def test_a_reply_that_drops_a_template_variable_is_rejected_with_the_reason():
     assert result.best_val_score > result.seed_val_score
 
 
-def test_evaluator_exceptions_score_zero_with_the_error_recorded(sqlite_url):
+def test_evaluator_exceptions_are_errors_that_stop_the_run_not_scores(sqlite_url):
     train, val, _test = world()
-    broken = {val[1].id, val[4].id, train[0].id, train[5].id}
+    broken = {train[0].id, train[5].id}
     log = EventLog()
     store = open_store(sqlite_url)
-    result, evaluator, *_ = run_toy(max_rollouts=300, evaluator=RuleEvaluator(fail_ids=broken),
-                                    callbacks=[log], store=store)
+    evaluator = RuleEvaluator(fail_ids=broken)
+    result, *_ = run_toy(max_rollouts=300, evaluator=evaluator, callbacks=[log], store=store)
     errors = _failures(log, "evaluator")
     assert errors and {e.example_id for e in errors} <= broken
     assert all("retriever crashed" in e.message for e in errors)
     assert result.totals.evaluator_errors == len(errors)
-    # the broken validation examples cap the score, but the run still optimizes the rest
-    assert result.best_val_score <= 1 - 2 / len(val) + 1e-9
-    assert result.best_val_score > result.seed_val_score
+    # retried twice, then the first minibatch that needs it stops the run, loudly
+    assert all(n == 3 for (_p, ex), n in evaluator.calls.items() if ex in broken)
+    assert result.failed_with and "retriever crashed" in result.failed_with
+    assert result.stop_reason.startswith("rollouts kept failing: candidate ")
     with store.read() as conn:
-        rows = conn.execute(sa.text("SELECT example_id, score, error FROM evaluations "
-                                    "WHERE run_id = :r AND error IS NOT NULL"),
-                            {"r": result.run_id}).all()
-    assert rows and all(score == 0.0 and ex in broken and "RuntimeError" in err
-                        for ex, score, err in rows)
+        rows = conn.execute(sa.text("SELECT count(*) FROM evaluations WHERE run_id = :r AND "
+                                    "(error IS NOT NULL OR example_id IN (:a, :b))"),
+                            {"r": result.run_id, "a": train[0].id, "b": train[5].id}).all()
+        status = conn.execute(sa.text("SELECT status FROM optimization_runs WHERE id = :r"),
+                              {"r": result.run_id}).scalar()
+    assert rows == [(0,)] and status == "failed"
 
 
 def test_llm_errors_in_reflection_are_recorded_and_the_run_goes_on():

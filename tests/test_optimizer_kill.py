@@ -62,7 +62,7 @@ def _snapshot(store):
 def test_sigkilled_run_resumes_without_losing_or_repeating_work(tmp_path):
     url = f"sqlite:///{tmp_path / 'store.db'}"
     started = tmp_path / "started.txt"
-    store = open_store(url)  # creates the schema before the child starts
+    store = open_store(url, create=True)  # creates the schema before the child starts
     script = SCRIPT.format(tests=str(TESTS), started=str(started), budget=BUDGET, url=url,
                            workers=WORKERS)
     child = subprocess.Popen([sys.executable, "-c", script], env={**os.environ},

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
 from gepa_trace.errors import ConfigError
@@ -11,6 +14,10 @@ from gepa_trace.optimizer.reflection import (
     parse_reply,
     reflection_examples,
 )
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from test_sim_reflect import COUNTRY_FEEDBACK, INSTRUCTION, our_prompt  # noqa: E402
 
 
 def test_reply_gives_the_diagnosis_first_and_the_instruction_in_the_last_block():
@@ -64,3 +71,39 @@ def test_a_custom_template_needs_its_placeholders():
     text = build_prompt("c", "Do it.", [], max_tokens=500,
                         template="[<component>] <curr_param> | <side_info>")
     assert text.startswith("[c] Do it. | ")
+
+
+@pytest.mark.parametrize("heading", [
+    "New instruction:", "Instruction:", "New prompt:", "**New instruction:**",
+    "## Proposed prompt", "### Updated system prompt", "Here is the new instruction:",
+    "The new instruction is:", "> Revised instruction:", "New instruction:\n\nInstruction:"])
+def test_the_diagnosis_never_ends_with_the_heading_of_the_instruction_block(heading):
+    reply = (f"The answerer names the city when asked for the country.\n\n{heading}\n"
+             "```\nAnswer {question} with the country.\n```\n")
+    proposal = parse_reply(reply)
+    assert proposal.diagnosis == "The answerer names the city when asked for the country."
+    assert proposal.instruction == "Answer {question} with the country."
+    inline = parse_reply("The answerer names the city. Here is the new instruction:\n"
+                         "```\nAnswer {question}.\n```")
+    assert inline.diagnosis == "The answerer names the city."
+
+
+def test_a_diagnosis_that_only_mentions_the_prompt_is_kept_whole():
+    for diagnosis in ["The planner ignores a rule of its prompt:",
+                      "Fix the instruction.", "The answerer follows its instruction."]:
+        assert parse_reply(f"{diagnosis}\n```\nAnswer {{question}}.\n```").diagnosis == \
+            diagnosis
+
+
+def test_the_simulated_reflection_models_diagnoses_end_in_a_sentence():
+    import random
+
+    from gepa_trace.lm.sim import reflect
+
+    for seed in range(20):
+        reply = reflect.reply([{"role": "user", "content": our_prompt(
+            INSTRUCTION, [COUNTRY_FEEDBACK] * 3)}], random.Random(seed))
+        assert "New instruction:" in reply  # as real models write it
+        diagnosis = parse_reply(reply).diagnosis
+        assert diagnosis.startswith("Diagnosis:") and diagnosis.rstrip()[-1] in ".!?\")", \
+            diagnosis

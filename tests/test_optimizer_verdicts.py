@@ -1,7 +1,7 @@
 """A child's minibatch verdict is acted on as soon as its finished rollouts fix it: each
 rollout still running can add only between ``min_score`` and ``perfect_score``. The
 verdict is recorded, with the whole minibatch sum, once the rest are in. A score outside
-that range is an evaluator error, counted as the nearest end of the range.
+that range is a failed rollout, never a score.
 """
 
 from __future__ import annotations
@@ -105,18 +105,19 @@ def test_the_verdict_is_the_whole_minibatch_sums_when_the_last_rollout_decides_i
     assert (children[0].minibatch_parent_sum, children[0].minibatch_child_sum) == (2.0, 2.0)
 
 
-@pytest.mark.parametrize("bad, counted", [(1.5, 1.0), (-2.0, 0.0), (float("nan"), 0.0)])
-def test_a_score_outside_the_score_range_is_an_evaluator_error_counted_at_its_edge(bad,
-                                                                                   counted):
+@pytest.mark.parametrize("bad", [1.5, -2.0, float("nan")])
+def test_a_score_outside_the_score_range_is_an_error_never_a_score(bad):
     log = EventLog()
-    result = optimize(Timed(scores={"v1": bad, "v2": 0.0}), max_rollouts=8, callbacks=[log])
-    seed = result.candidates[0]
-    assert seed.val_score == pytest.approx(counted / 2)
+    evaluator = Timed(scores={"v1": bad, "v2": 0.0})
+    result = optimize(evaluator, max_rollouts=8, callbacks=[log])
+    assert result.candidates[0].val_score is None  # the seed's validation was not judged
     errors = [e for e in log.of(OptimizerErrorEvent) if e.kind == "evaluator"]
     assert errors and all(e.example_id == "v1" for e in errors)
     assert "outside the score range [0, 1]" in errors[0].message
-    assert f"counted as {counted:g}" in errors[0].message
     assert result.totals.evaluator_errors == len(errors)
+    assert result.failed_with.startswith("candidate 0 on example v1: the score")
+    # the same metric would score it so again: not retried
+    assert sum(1 for _c, p, e, *_ in evaluator.log if (p, e) == ("val", "v1")) == 1
 
 
 def test_a_metric_on_another_scale_sets_the_score_range():

@@ -97,3 +97,74 @@ def test_replay_cache_serves_concurrent_lookups(store_url):
     with ThreadPoolExecutor(8) as pool:
         assert list(pool.map(lookup, [i % 16 for i in range(800)])) == \
             [f"out{i % 16}" for i in range(800)]
+
+
+def test_replay_cache_answers_only_calls_inside_its_rollouts(store_url):
+    """Live traffic in the same process (or a second optimization) is never answered
+    from a run's cache: only calls made inside ``serving()`` are."""
+    from langchain_core.globals import get_llm_cache
+
+    store = open_store(store_url)
+    model = CountingModel(responses=["live answer"])
+    params = model._get_invocation_params(stop=None)
+    write_spans(store, [_llm_span(40, "S", "Capital of France?", "Paris", params)])
+    cache = ReplayCache.from_store(store, "qa")
+    request = [SystemMessage("S"), HumanMessage("Capital of France?")]
+    CountingModel.calls = 0
+    with cache.serving():
+        assert model.invoke(request).content == "Paris"
+        assert CountingModel.calls == 0
+    assert get_llm_cache() is None, "the dispatcher is gone once the rollout ends"
+    assert model.invoke(request).content == "live answer" and CountingModel.calls == 1
+
+    # a rollout on a worker thread while the main thread serves live traffic
+    import threading
+
+    inside, outside = threading.Event(), threading.Event()
+    seen = {}
+
+    def rollout():
+        with cache.serving():
+            inside.set()
+            seen["rollout"] = model.invoke(request).content
+            outside.wait(5)
+
+    worker = threading.Thread(target=rollout)
+    worker.start()
+    inside.wait(5)
+    seen["live"] = model.invoke(request).content
+    outside.set()
+    worker.join(5)
+    assert seen == {"rollout": "Paris", "live": "live answer"}
+
+
+def test_replay_cache_leaves_the_users_own_cache_in_place(store_url):
+    from langchain_core.caches import InMemoryCache
+    from langchain_core.globals import get_llm_cache
+
+    store = open_store(store_url)
+    model = CountingModel(responses=["live answer"])
+    params = model._get_invocation_params(stop=None)
+    write_spans(store, [_llm_span(41, "S", "U", "recorded", params)])
+    cache = ReplayCache.from_store(store, "qa")
+    theirs = InMemoryCache()
+    set_llm_cache(theirs)
+    try:
+        with cache.serving():
+            assert model.invoke([SystemMessage("S"), HumanMessage("U")]).content == "recorded"
+            assert model.invoke([SystemMessage("S"), HumanMessage("other")]).content \
+                == "live answer"
+        assert get_llm_cache() is theirs
+        assert len(theirs._cache) == 0, "a rollout's calls do not fill the user's cache"
+    finally:
+        set_llm_cache(None)
+
+
+def test_replay_cache_loads_only_the_traces_of_the_examples_in_use(store_url):
+    store = open_store(store_url)
+    params = CountingModel(responses=["x"])._get_invocation_params(stop=None)
+    write_spans(store, [_llm_span(50 + i, "S", f"U{i}", f"out{i}", params) for i in range(5)])
+    wanted = [f"{50:032x}", f"{52:032x}"]
+    assert len(ReplayCache.from_store(store, "qa", trace_ids=wanted)) == 2
+    assert len(ReplayCache.from_store(store, "qa", trace_ids=[])) == 0
+    assert len(ReplayCache.from_store(store, "qa")) >= 5

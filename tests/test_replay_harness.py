@@ -77,12 +77,36 @@ def test_rollout_records_each_component_from_its_own_spans(inst, sqlite_url):
     assert tagged >= 5, "every span of the rollout is stored, tagged with the run"
 
 
-def test_agent_failure_is_a_zero_score_with_the_error_in_feedback(inst):
+def test_an_agent_failure_is_an_error_never_feedback(inst):
     replay = AgentReplay(build_agent, metric, agent="shout", instrumentation=inst)
     rollout = replay.evaluate(SEED, Example(id="e2", inputs={"question": "EXPLODE"}),
                               RolloutContext("run-1", 0, "val"))
-    assert rollout.score == 0.0
-    assert "model refused" in rollout.feedback and "RuntimeError" in rollout.error
+    assert rollout.error == "the agent raised RuntimeError: model refused"
+    assert rollout.feedback == ""  # the reflection LM never reads it as the metric's verdict
+    assert rollout.trace_id and rollout.records  # what the run did is still there
+
+
+@pytest.mark.parametrize("value, says", [
+    ("x", "MetricContractError: the metric returned str 'x'"),
+    (7.0, "MetricContractError: the metric returned score 7.0, outside the score range"),
+    (KeyError("expected"), "the metric raised KeyError: 'expected'")])
+def test_a_metric_that_raises_or_breaks_its_contract_gives_an_error_not_a_score(inst, value,
+                                                                              says):
+    def bad_metric(example, output, trace):
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+    replay = AgentReplay(build_agent, bad_metric, agent="shout", instrumentation=inst)
+    rollout = replay.evaluate(SEED, Example(id="e4", inputs={"question": "hi"}),
+                              RolloutContext("run-1", 0, "val"))
+    assert says in rollout.error and rollout.feedback == ""
+    assert rollout.permanent == (not isinstance(value, Exception))
+    # on the run's own scale, 7.0 is a score
+    if value == 7.0:
+        scaled = replay.evaluate(SEED, Example(id="e4", inputs={"question": "hi"}),
+                                 RolloutContext("run-1", 0, "val", (0.0, 10.0)))
+        assert scaled.error is None and scaled.score == 7.0
 
 
 def test_a_changed_prompt_changes_the_rollout(inst):
@@ -139,7 +163,7 @@ def test_a_failed_agent_build_fails_the_rollouts_waiting_for_it_and_is_tried_aga
         time.sleep(0.1)
         gate.set()
         failed = [f.result() for f in futures]
-    assert all(r.score == 0.0 and "no such tool" in r.error for r in failed)
+    assert all("no such tool" in r.error and r.feedback == "" for r in failed)
     assert len(attempts) == 1
     again = replay.evaluate(SEED, examples[0], RolloutContext("run-1", 0, "val"))
     assert again.score == 1.0 and len(attempts) == 2

@@ -103,7 +103,7 @@ def run_engine(url: str, *, with_test: bool = True, lookahead: int = 4,
                grow_val: bool = True, workers: int = 2) -> tuple[str, object]:
     """Run the real engine on the rule world into the store at ``url``; optionally score
     the seed and the best on held-out examples the way export does (test evaluations)."""
-    store = open_store(url)
+    store = open_store(url, create=True)
     train, val, test = examples(15, "t", "train"), examples(8, "v", "val"), \
         examples(10, "x", "test")
     result = Optimizer(RuleEvaluator(), RuleReflectionLM(), SEED, train, val,
@@ -307,7 +307,7 @@ def test_gate_is_not_measured_without_test_evaluations(tmp_path):
 
 
 def test_report_of_a_run_with_no_candidates_yet_still_renders(tmp_path):
-    store = open_store(f"sqlite:///{tmp_path / 'store.db'}")
+    store = open_store(f"sqlite:///{tmp_path / 'store.db'}", create=True)
     with store.write() as conn:
         conn.execute(OptimizationRunRow.__table__.insert().values(
             id="run-empty", agent="a<b>", status="running", config=json.dumps(

@@ -76,6 +76,14 @@ def test_an_evaluator_exception_in_a_worker_is_one_failed_rollout():
         assert remote.evaluate(PROMPTS, _example("good"), CONTEXT).score == 1.0
 
 
+def test_whether_a_retry_can_help_is_judged_in_the_worker_where_the_type_is_known():
+    with ProcessEvaluator(EchoFactory(), processes=1, threads=2) as remote:
+        auth = run_one(remote, PROMPTS, _example("key", bad_key=True), CONTEXT)
+        flaky = run_one(remote, PROMPTS, _example("bad", **{"raise": True}), CONTEXT)
+    assert "AuthenticationError" in auth.error and auth.permanent  # never retried
+    assert not flaky.permanent
+
+
 def test_a_factory_that_cannot_be_pickled_is_refused_before_any_process_starts():
     with pytest.raises(ConfigError, match="pickled"):
         ProcessEvaluator(lambda budget: None, processes=2, threads=2)

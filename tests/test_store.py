@@ -57,7 +57,7 @@ def test_bad_store_urls_name_what_is_wrong(tmp_path):
     with pytest.raises(ConfigError, match="unsupported database"):
         open_store("mysql://u@h/db")
     with pytest.raises(ConfigError, match="does not exist"):
-        open_store(f"sqlite:///{tmp_path}/missing/dir/x.db")
+        open_store(f"sqlite:///{tmp_path}/missing/dir/x.db", create=True)
 
 
 def test_unreachable_postgres_is_a_store_error_without_password():

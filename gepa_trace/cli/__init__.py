@@ -9,7 +9,10 @@ Quick start:
       --metric app:metric --reflection-lm openai/gpt-4.1
   gepa-trace export RUN_ID --out prompts.json
 
-Every command takes --store URL (default $GEPA_TRACE_STORE or sqlite:///gepa_trace.db).
+Every command takes --store URL, here before the command (gepa-trace --store URL
+traces) or after it (gepa-trace traces --store URL; that one wins). Default:
+$GEPA_TRACE_STORE, else sqlite:///gepa_trace.db. Only collect, ingest and demo create
+a store; the others exit 3 with "no store at PATH". --json prints one line.
 """
 
 from __future__ import annotations
@@ -59,7 +62,10 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, help=__doc__, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.option("--store", default=None, metavar="URL",
+              help="Store URL for the command that follows (its own --store wins).")
 @click.version_option(package_name="gepa-trace")
-def main(debug: bool) -> None:
+def main(debug: bool, store: str | None) -> None:
+    # --store is read by each command's own --store option (cli.common.inherit_store).
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

@@ -8,7 +8,14 @@ import threading
 
 import click
 
-from gepa_trace.cli.common import fail, handles_errors, json_option, print_json, progress, store_option
+from gepa_trace.cli.common import (
+    fail,
+    handles_errors,
+    json_option,
+    print_json,
+    progress,
+    store_option,
+)
 
 
 @click.command()
@@ -44,7 +51,7 @@ def collect(store, host, http_port, grpc_port, token, max_body_mb, max_pending_s
     from gepa_trace.collectors.otlp import Collector, CollectorConfig
     from gepa_trace.store import open_store, safe_url
 
-    db = open_store(store)
+    db = open_store(store, create=True)  # a collector is what creates a store
     config = CollectorConfig(host=host, http_port=http_port,
                              grpc_port=None if grpc_port == -1 else grpc_port, token=token,
                              max_body_bytes=int(max_body_mb * 1024 * 1024),
@@ -92,7 +99,7 @@ def ingest(files, store, as_json):
     from gepa_trace.collectors.otlp import ingest_files
     from gepa_trace.store import open_store
 
-    report = ingest_files(open_store(store), list(files))
+    report = ingest_files(open_store(store, create=True), list(files))
     for error in report.errors:
         click.echo(f"error: {error}", err=True)
     if as_json:

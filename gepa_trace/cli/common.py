@@ -7,17 +7,41 @@ import json
 import re
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC
+from typing import Any
 
 import click
 
 from gepa_trace.errors import GepaTraceError
 
-store_option = click.option(
-    "--store", "store", default=None, metavar="URL", envvar="GEPA_TRACE_STORE",
-    help="Store URL (default: $GEPA_TRACE_STORE or sqlite:///gepa_trace.db).")
+STORE_HELP = ("Store URL: sqlite:///path or postgresql+psycopg://... (default: the "
+              "--store given before the command, else $GEPA_TRACE_STORE, else "
+              "sqlite:///gepa_trace.db).")
+
+
+def inherit_store(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """A command's own --store wins; else the nearest enclosing group's
+    (`gepa-trace --store URL traces`, `traces --store URL show ID`); else None, which
+    ``gepa_trace.store.resolve_url`` turns into $GEPA_TRACE_STORE or the default.
+
+    No click ``envvar`` here on purpose: it would make the environment look like an
+    explicit --store and beat the one given to the group."""
+    if value is not None:
+        return value
+    parent = ctx.parent
+    while parent is not None:
+        inherited = parent.params.get("store")
+        if inherited is not None:
+            return inherited
+        parent = parent.parent
+    return None
+
+
+store_option = click.option("--store", "store", default=None, metavar="URL",
+                            callback=inherit_store, help=STORE_HELP)
 json_option = click.option("--json", "as_json", is_flag=True,
-                           help="Print machine-readable JSON on stdout.")
+                           help="Print the result as one line of JSON on stdout.")
 
 
 class CommandError(click.ClickException):
@@ -58,7 +82,8 @@ def handles_errors(fn: Callable) -> Callable:
 
 
 def print_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str, ensure_ascii=False))
+    """One compact line (JSON Lines), so `--json >> runs.jsonl` appends one record per run."""
+    click.echo(json.dumps(data, separators=(",", ":"), default=str, ensure_ascii=False))
 
 
 def progress(message: str) -> None:
@@ -78,7 +103,7 @@ def parse_since(text: str | None, *, now: float | None = None) -> float | None:
     match = _DURATION.match(text)
     if match:
         return now - float(match.group(1)) * _UNIT_S[match.group(2)]
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     try:
         when = datetime.fromisoformat(text)
@@ -86,7 +111,7 @@ def parse_since(text: str | None, *, now: float | None = None) -> float | None:
         raise click.BadParameter(f"{text!r} is neither a duration like 24h/7d nor an ISO "
                                  "date like 2026-11-01") from None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
+        when = when.replace(tzinfo=UTC)
     return when.timestamp()
 
 

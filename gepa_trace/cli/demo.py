@@ -7,18 +7,26 @@ from pathlib import Path
 
 import click
 
-from gepa_trace.cli.common import handles_errors, json_option, print_json, progress
+from gepa_trace.cli.common import (
+    handles_errors,
+    inherit_store,
+    json_option,
+    print_json,
+    progress,
+)
 
 
 @click.command()
-@click.option("--store", default=None, metavar="URL",
-              help="Store URL (default: sqlite:///<out>/demo.db).")
+@click.option("--store", default=None, metavar="URL", callback=inherit_store,
+              help="Store URL, created if missing (default: sqlite:///<out>/demo.db).")
 @click.option("--out", "out_dir", default="gepa-demo", show_default=True,
               type=click.Path(file_okay=False), help="Where prompts.json and report.html go.")
 @click.option("--runs", type=click.IntRange(min=20), default=300, show_default=True,
               help="Production runs to record before optimizing.")
-@click.option("--budget-rollouts", type=click.IntRange(min=10), default=600, show_default=True)
-@click.option("--workers", type=click.IntRange(min=1, max=64), default=4, show_default=True)
+@click.option("--budget-rollouts", type=click.IntRange(min=10), default=600, show_default=True,
+              help="Rollouts (agent runs on one example) the optimization may spend.")
+@click.option("--workers", type=click.IntRange(min=1, max=64), default=4, show_default=True,
+              help="Rollouts evaluated at once (threads in each process).")
 @click.option("--processes", type=click.IntRange(min=1, max=64), default=None,
               help="Run rollouts in this many worker processes [default: 2 on a machine "
                    "with 2 or more cores, else 1].")
@@ -26,7 +34,8 @@ from gepa_trace.cli.common import handles_errors, json_option, print_json, progr
               help="The agent's model (a litellm model string).")
 @click.option("--reflection-lm", default="gepa-sim/reflect", show_default=True,
               metavar="MODEL", help="The reflection model.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the recorded traffic and of the optimizer.")
 @click.option("--warm-start", is_flag=True, help="Start from the latest run's fronts.")
 @json_option
 @handles_errors

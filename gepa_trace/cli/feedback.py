@@ -10,8 +10,14 @@ from __future__ import annotations
 
 import click
 
-from gepa_trace.cli.common import (fail, handles_errors, json_option, print_json, progress,
-                                   store_option)
+from gepa_trace.cli.common import (
+    fail,
+    handles_errors,
+    json_option,
+    print_json,
+    progress,
+    store_option,
+)
 
 
 @click.group()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import click
 
@@ -10,7 +10,7 @@ from gepa_trace.cli.common import handles_errors, json_option, print_json, store
 
 
 def _when(epoch_s: float) -> str:
-    return datetime.fromtimestamp(epoch_s, tz=timezone.utc).strftime("%Y-%m-%d %H:%M")
+    return datetime.fromtimestamp(epoch_s, tz=UTC).strftime("%Y-%m-%d %H:%M")
 
 
 @click.group()
@@ -117,12 +117,14 @@ def report(run_id: str, out: str, confidence: float, store: str | None,
 
     Example: gepa-trace report run-20261125-211856-2d8923 --out report.html
     """
-    from gepa_trace.cli.common import progress
+    from gepa_trace.cli.common import progress, stderr_is_tty
     from gepa_trace.report import write_report
     from gepa_trace.store import open_store
 
-    progress(f"reading run {run_id} ...")
-    path = write_report(open_store(store), run_id, out, confidence=confidence)
+    st = open_store(store)
+    if stderr_is_tty():  # a wait indicator for a person; a script's stderr gets the outcome
+        progress(f"reading run {run_id} ...")
+    path = write_report(st, run_id, out, confidence=confidence)
     size = path.stat().st_size
     progress(f"wrote {path} ({size:,} bytes)")
     if as_json:

@@ -7,19 +7,24 @@ Thin: parse the options, call ``gepa_trace.store.queries``, print. ``--json`` pr
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
-from pathlib import Path
+from datetime import UTC, datetime
 from typing import Any
 
 import click
 
-from gepa_trace.cli.common import handles_errors, json_option, parse_since, print_json, store_option
+from gepa_trace.cli.common import (
+    handles_errors,
+    json_option,
+    parse_since,
+    print_json,
+    store_option,
+)
 
 
 def _when(epoch_s: float | None) -> str:
     if epoch_s is None:
         return "-"
-    return datetime.fromtimestamp(epoch_s, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    return datetime.fromtimestamp(epoch_s, tz=UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def _duration(ms: float) -> str:
@@ -46,30 +51,6 @@ def _table(headers: list[str], rows: list[list[str]]) -> None:
     for row in [headers, *rows]:
         cells = [cell.ljust(width) for cell, width in zip(row, widths)]
         click.echo("  ".join(cells).rstrip())
-
-
-def _open(store: str | None):
-    """The store to read. A SQLite file that does not exist is an error here, not a new
-    empty database: reading from the wrong directory should say so, not print nothing."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    from gepa_trace.errors import NotFoundError
-    from gepa_trace.store import open_store, resolve_url
-
-    url = resolve_url(store)
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        parsed = None  # open_store says what is wrong with it
-    if parsed is not None and parsed.get_backend_name() == "sqlite":
-        database = parsed.database or ""
-        if database and database != ":memory:" and not database.startswith("file:"):
-            path = Path(database).expanduser()
-            if path.parent.is_dir() and not path.exists():
-                raise NotFoundError(f"no store at {path.resolve()} (record some runs first, "
-                                    "or pass --store URL / set GEPA_TRACE_STORE)")
-    return open_store(url)
 
 
 @click.group(invoke_without_command=True)
@@ -103,15 +84,14 @@ def traces(ctx: click.Context, agent: str | None, since: str | None, until: str 
       gepa-trace traces --with-feedback --limit 100 --json
       gepa-trace traces show 4bf92f3577b34da6a3ce929d0e0e4736
     """
-    ctx.ensure_object(dict)
-    if ctx.get_parameter_source("store") == click.core.ParameterSource.COMMANDLINE:
-        ctx.obj["store"] = store  # `traces --store URL show ID`: show uses it
     if ctx.invoked_subcommand is not None:
-        return
+        return  # `traces --store URL show ID`: show inherits this --store
+    from gepa_trace.store import open_store
     from gepa_trace.store.queries import list_runs
 
-    runs = list_runs(_open(store), agent=agent, since=parse_since(since),
-                     until=parse_since(until), only_with_feedback=only_with_feedback,
+    start, end = parse_since(since), parse_since(until)  # a bad date fails before any I/O
+    runs = list_runs(open_store(store), agent=agent, since=start,
+                     until=end, only_with_feedback=only_with_feedback,
                      limit=limit or None, include_rollouts=include_rollouts,
                      # the table shows a one-line preview; JSON is for scripts: all of it
                      preview_chars=None if as_json else 60)
@@ -133,9 +113,8 @@ def traces(ctx: click.Context, agent: str | None, since: str | None, until: str 
 @click.argument("trace_id")
 @store_option
 @json_option
-@click.pass_context
 @handles_errors
-def show(ctx: click.Context, trace_id: str, store: str | None, as_json: bool) -> None:
+def show(trace_id: str, store: str | None, as_json: bool) -> None:
     """Print one run as a span tree, then its feedback.
 
     Each line: span name (indented under its parent), span type, component and prompt
@@ -146,12 +125,10 @@ def show(ctx: click.Context, trace_id: str, store: str | None, as_json: bool) ->
       gepa-trace traces show 4bf92f3577b34da6a3ce929d0e0e4736
       gepa-trace traces show 4bf92f3577b34da6a3ce929d0e0e4736 --json
     """
+    from gepa_trace.store import open_store
     from gepa_trace.store.queries import get_trace
 
-    # `traces --store URL show ID`: a --store given to the group beats the environment.
-    if ctx.get_parameter_source("store") != click.core.ParameterSource.COMMANDLINE:
-        store = (ctx.obj or {}).get("store") or store
-    trace = get_trace(_open(store), trace_id)
+    trace = get_trace(open_store(store), trace_id)
     if as_json:
         print_json(trace.to_dict())
         return
@@ -225,9 +202,10 @@ def components(agent: str | None, include_candidates: bool, store: str | None,
       gepa-trace components --agent support-agent
       gepa-trace components --json
     """
+    from gepa_trace.store import open_store
     from gepa_trace.store.queries import list_components
 
-    found = list_components(_open(store), agent=agent, include_candidates=include_candidates)
+    found = list_components(open_store(store), agent=agent, include_candidates=include_candidates)
     if as_json:
         print_json([c.to_dict() for c in found])
         return

@@ -111,7 +111,7 @@ class SqlSpanExporter(SpanExporter):
 
     def _open(self) -> Store:
         if self._store is None:
-            self._store = open_store(self.url)
+            self._store = open_store(self.url, create=True)  # recording creates the store
         return self._store
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:

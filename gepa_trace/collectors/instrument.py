@@ -24,6 +24,13 @@ Decisions, and why:
 - Spans are exported by ``BatchSpanProcessor`` (``GEPA_TRACE_EXPORT_BATCH``,
   ``GEPA_TRACE_EXPORT_DELAY_MS``) on its own thread; the agent never waits for the store.
   ``shutdown()`` (also run at interpreter exit) flushes what is queued.
+- The store given to ``instrument()`` becomes the process's default store for every
+  later call that takes ``store=`` (``record_feedback``, ``optimize``, ``load_prompts``,
+  ``open_store``): feedback must land where the runs are. It stays the default after
+  ``shutdown()``, until the next ``instrument()`` call; the full order of precedence is
+  in ``gepa_trace.store.engine``.
+- The exporter is what creates the store (on its first write), so an agent that never
+  finishes a run leaves no file behind, and an unavailable store never stops the agent.
 """
 
 from __future__ import annotations
@@ -32,7 +39,8 @@ import atexit
 import logging
 import secrets
 import threading
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any, Self
 from uuid import UUID
 
 from opentelemetry import context as otel_context
@@ -45,7 +53,7 @@ from gepa_trace.collectors.exporter import SqlSpanExporter
 from gepa_trace.collectors.langchain import Parent, SpanRecorder, current_parent
 from gepa_trace.config import setting
 from gepa_trace.errors import ConfigError, MissingDependency
-from gepa_trace.store.engine import Store, resolve_url
+from gepa_trace.store.engine import Store, resolve_url, set_instrumented_store
 
 logger = logging.getLogger("gepa_trace.capture")
 
@@ -64,7 +72,7 @@ class _RecorderSlot:
 
 _slot = _RecorderSlot()
 _lock = threading.RLock()
-_active: "Instrumentation | None" = None
+_active: Instrumentation | None = None
 _hook_registered = False
 _atexit_registered = False
 
@@ -148,15 +156,17 @@ class Instrumentation:
         return f"Instrumentation({self.service_name!r} -> {self.exporter.url!r}, {state})"
 
 
-def instrument(store: "str | Store | None" = None, service_name: str | None = None,
+def instrument(store: str | Store | None = None, service_name: str | None = None,
                capture_content: bool | None = None,
                redact: Callable[[str], str] | None = None,
                otlp_endpoint: str | None = None) -> Instrumentation:
     """Record every LangChain run of this process into ``store`` as OTel spans.
 
-    ``store``: a store URL (default: ``GEPA_TRACE_STORE``, else ``sqlite:///gepa_trace.db``)
-    or an open ``Store``; it is opened on the first export, so an unavailable store never
-    stops the agent. ``service_name``: the agent name of root runs (default
+    ``store``: a store URL (default: the previous ``instrument()``'s, else
+    ``GEPA_TRACE_STORE``, else ``sqlite:///gepa_trace.db``) or an open ``Store``; it is
+    opened, and created if missing, on the first export, so an unavailable store never
+    stops the agent. It becomes the default store of every later call in this process
+    that takes ``store=`` (see the module docstring). ``service_name``: the agent name of root runs (default
     ``OTEL_SERVICE_NAME``, else ``langchain-agent``). ``capture_content=False`` records
     structure only (roles, names, counts, tokens, templates) without message text, inputs
     or outputs. ``redact(str) -> str`` is applied to every string value recorded.
@@ -175,6 +185,7 @@ def instrument(store: "str | Store | None" = None, service_name: str | None = No
     with _lock:
         if _active is not None and not _active._shut:
             if _active._settings() == settings:
+                set_instrumented_store(url)
                 return _active
             _active.shutdown()
         inst = Instrumentation(store_url=url, store=store_obj, service_name=settings[1],
@@ -190,6 +201,7 @@ def instrument(store: "str | Store | None" = None, service_name: str | None = No
             _atexit_registered = True
         _slot.recorder = inst.recorder
         _active = inst
+        set_instrumented_store(url)
         return inst
 
 
@@ -218,11 +230,15 @@ def _otlp_exporter(endpoint: str):
     grpc = endpoint.startswith("grpc://") or endpoint.rstrip("/").endswith(":4317")
     try:
         if grpc:
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+                OTLPSpanExporter,
+            )
 
             target = endpoint.removeprefix("grpc://")
             return OTLPSpanExporter(endpoint=target, insecure=not endpoint.startswith("https"))
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+            OTLPSpanExporter,
+        )
     except ImportError as exc:
         raise MissingDependency("otlp_endpoint needs the OTLP exporter: "
                                 "pip install opentelemetry-exporter-otlp") from exc
@@ -261,7 +277,7 @@ class AgentRun:
     def set_outputs(self, outputs: Any) -> None:
         self.outputs = outputs
 
-    def __enter__(self) -> "AgentRun":
+    def __enter__(self) -> Self:
         inst = _active
         if inst is None or not inst.active:
             logger.warning("gepa_trace.agent_run(%r) outside instrument(): nothing is "
@@ -280,7 +296,7 @@ class AgentRun:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if self._parent is None or self._recorder is None:
-            return None
+            return
         parent_token, otel_token = self._tokens  # type: ignore[misc]
         try:
             otel_context.detach(otel_token)
@@ -291,11 +307,11 @@ class AgentRun:
             pass
         try:
             self._recorder.end_agent_span(self._parent, self.outputs, exc)
-        except Exception as error:  # recording must not mask the block's own outcome
+        except Exception as error:  # noqa: BLE001 - recording must not mask the block's outcome
             self._recorder.internal_error(error, "agent_run")
-        return None
+        return
 
-    async def __aenter__(self) -> "AgentRun":
+    async def __aenter__(self) -> Self:
         return self.__enter__()
 
     async def __aexit__(self, exc_type, exc, tb) -> None:
@@ -310,4 +326,4 @@ def agent_run(agent: str, inputs: Any = None, *,
     return AgentRun(agent, inputs, metadata)
 
 
-__all__ = ["instrument", "Instrumentation", "agent_run", "AgentRun", "active_instrumentation"]
+__all__ = ["AgentRun", "Instrumentation", "active_instrumentation", "agent_run", "instrument"]

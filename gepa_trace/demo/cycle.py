@@ -13,9 +13,10 @@ strings the same cycle runs against real providers.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from sqlalchemy import and_, func, select
 
@@ -65,7 +66,7 @@ def run_demo(settings: DemoSettings, callbacks: list[object] = ()) -> dict[str, 
     out_dir = Path(settings.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     url = settings.store or f"sqlite:///{(out_dir / 'demo.db').resolve()}"
-    store = open_store(url)
+    store = open_store(url, create=True)  # the demo records its own traffic
     simulated = settings.task_lm.startswith("gepa-sim/")
     say(f"[1/4] production traffic: {settings.runs} runs of {AGENT_NAME} on "
         f"{settings.task_lm}{' (simulated)' if simulated else ''} -> {store}")
@@ -139,9 +140,9 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
              + (f" (grew from {summary['val_size'] - summary['val_grown_by']} to "
                 f"{summary['val_size']} examples once solved)"
                 if summary.get("val_grown_by") else ""),
-             f"run {summary['run_id']}: {summary['rollouts']} rollouts, "
-             f"{summary['llm_calls']} LLM calls sent, {summary['replay_cache_hits']} served by "
-             f"the replay cache, ${summary['cost_usd']:.4f}, {summary['elapsed_s']:.0f}s",
+             (f"run {summary['run_id']}: {summary['rollouts']} rollouts, "
+              f"{summary['llm_calls']} LLM calls sent, {summary['replay_cache_hits']} served by "
+              f"the replay cache, ${summary['cost_usd']:.4f}, {summary['elapsed_s']:.0f}s"),
              f"prompts: {summary['exported'] or 'not exported (gain not significant)'}",
              f"report:  {summary['report']}"]
     return lines

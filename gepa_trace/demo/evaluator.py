@@ -4,15 +4,19 @@ It builds the agent for a candidate's prompts (``build_agent(prompts, model=...)
 once per distinct prompt set and reused), invokes it on one example, scores the output
 with the metric and returns a ``Rollout`` with the per-component records that
 ``ComponentRecorder`` collected. It never raises for one example: an agent or metric
-error scores 0 and is reported in ``Rollout.error`` and the feedback.
+exception, or a metric value that breaks the contract (``Score.checked`` against
+``RolloutContext.score_range``), is a failed rollout, ``Rollout.error`` set and no
+feedback, which the optimizer retries and never scores (``optimizer.failures``).
 """
 
 from __future__ import annotations
 
-import traceback
+import dataclasses
 from typing import Any, Callable
 
 from gepa_trace.demo.records import ComponentRecorder
+from gepa_trace.errors import BudgetExhausted, MetricContractError
+from gepa_trace.optimizer.failures import failed_rollout
 from gepa_trace.optimizer.protocols import Example, Rollout, RolloutContext, Score
 from gepa_trace.optimizer.rollouts import BuiltOnce
 from gepa_trace.prompts import PromptSet
@@ -61,26 +65,32 @@ class AgentEvaluator:
         try:
             agent = self.agent_for(prompts)
             output = agent.invoke(dict(example.inputs), config=config)
-        except Exception as exc:  # one example's failure is a score, not a crash
-            error = f"{type(exc).__name__}: {exc}"
-            return Rollout(score=0.0, feedback=f"the agent raised {error}", output=None,
-                           records=recorder.records, error=error,
-                           llm_calls=recorder.llm_calls)
+        except BudgetExhausted:
+            raise  # the run's budget, not this example: the engine stops the batch
+        except Exception as exc:  # one example's failure is an error, not a score
+            return dataclasses.replace(failed_rollout(exc, "the agent raised"),
+                                       records=recorder.records, llm_calls=recorder.llm_calls)
+        low, high = context.score_range if context is not None else (0.0, 1.0)
         try:
-            score = Score.of(self.metric(example, output, recorder.records))
-        except Exception as exc:
-            error = f"metric raised {type(exc).__name__}: {exc}"
-            return Rollout(score=0.0, feedback=error, output=output, records=recorder.records,
-                           error=error + "\n" + traceback.format_exc(limit=3),
-                           llm_calls=recorder.llm_calls)
-        return Rollout(score=score.score, feedback=score.feedback, output=output,
-                       records=recorder.records, llm_calls=recorder.llm_calls)
+            score = Score.checked(self.metric(example, output, recorder.records), low, high)
+        except BudgetExhausted:
+            raise
+        except MetricContractError as exc:
+            failure = failed_rollout(exc)
+        except Exception as exc:  # the metric's bug is not the agent's score
+            failure = failed_rollout(exc, "the metric raised")
+        else:
+            return Rollout(score=score.score, feedback=score.feedback, output=output,
+                           records=recorder.records, llm_calls=recorder.llm_calls)
+        return dataclasses.replace(failure, output=output, records=recorder.records,
+                                   llm_calls=recorder.llm_calls)
 
 
 def accuracy(prompts: PromptSet, examples: list[Example], *, model: Any = None,
              chat_model: Any = None, threads: int = 1) -> tuple[float, list[Rollout]]:
     """Mean metric score of the demo agent with ``prompts`` on ``examples``, and the
-    rollouts (in the order of ``examples``)."""
+    rollouts (in the order of ``examples``). Raises ``RolloutsFailed`` naming the first
+    failed rollout: a failure is not a score of 0 here either."""
     from concurrent.futures import ThreadPoolExecutor
 
     from gepa_trace.demo.agent import build_agent
@@ -92,5 +102,10 @@ def accuracy(prompts: PromptSet, examples: list[Example], *, model: Any = None,
     else:
         with ThreadPoolExecutor(threads) as pool:
             rollouts = list(pool.map(lambda ex: evaluator.evaluate(prompts, ex), examples))
+    failed = next(((ex, r) for ex, r in zip(examples, rollouts) if r.error), None)
+    if failed is not None:
+        from gepa_trace.errors import RolloutsFailed
+
+        raise RolloutsFailed(f"example {failed[0].id}: {failed[1].error}")
     mean = sum(r.score for r in rollouts) / len(rollouts) if rollouts else 0.0
     return mean, rollouts

@@ -66,6 +66,9 @@ class OptimizerConfig:
       range is recorded as an evaluator error and its score clamped into it.
       ``perfect_score`` also marks a minibatch the parent solves
       (``skip_perfect_score``) and a solved validation set.
+    - ``rollout_retries``: how many more times a failed rollout is run before it counts
+      as failed (never as a score); a run stops at the first decision that needs one
+      (``optimizer.failures`` has the whole policy).
     - ``patience``: stop after this many iterations without a new best (None: never).
     - ``stop_file``: stop at the next safe point once this path exists.
     - ``secondary_objective``: None, one of ``SECONDARY_OBJECTIVES`` for every front,
@@ -98,6 +101,7 @@ class OptimizerConfig:
     skip_perfect_score: bool = True
     perfect_score: float = 1.0
     min_score: float = 0.0
+    rollout_retries: int = 2
     patience: int | None = None
     stop_file: str | None = None
     secondary_objective: str | Mapping[str, str] | None = None
@@ -134,6 +138,8 @@ class OptimizerConfig:
                 and self.min_score < self.perfect_score):
             raise bad("min_score", f"must be finite and below perfect_score "
                       f"({self.perfect_score!r}), got {self.min_score!r}")
+        if not isinstance(self.rollout_retries, int) or self.rollout_retries < 0:
+            raise bad("rollout_retries", f"must be an integer >= 0, got {self.rollout_retries!r}")
         if not 0.0 <= self.epsilon <= 1.0:
             raise bad("epsilon", f"must be in [0, 1], got {self.epsilon!r}")
         if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):

@@ -30,6 +30,13 @@ iteration with the same choices, reusing everything stored.
 
 Stopping: budget limits, patience, a stop file and SIGINT/SIGTERM are checked at safe
 points (between iterations and before each batch); the run then returns a result.
+
+Failed rollouts (``optimizer.failures``): a rollout that still fails after its retries
+is never a score. The first decision that needs one is not taken: the run stops there
+(``OptimizationResult.failed_with``, status "failed"), keeps everything recorded, and
+goes back to the start of that decision's window, so ``resume`` plans that window again
+with the same choices once the failure is gone, and ends as a run that never failed
+would have.
 """
 
 from __future__ import annotations
@@ -60,6 +67,7 @@ from gepa_trace.optimizer.events import (
     RunStopped,
     ValidationGrown,
 )
+from gepa_trace.optimizer.failures import RolloutFailed, reopen_window
 from gepa_trace.optimizer.merge import find_merge, front_candidates, stratified_subsample
 from gepa_trace.optimizer.persistence import RunLock, RunRecorder, StoredRun, load_run
 from gepa_trace.optimizer.protocols import Evaluator, Example, ReflectionLM, Rollout
@@ -82,8 +90,10 @@ class Optimizer:
     prompt to a reply (a ``gepa_trace.lm.LM`` whose ``budget`` is this run's budget
     meters itself; any other callable is metered here, as role "reflection").
     ``store`` (optional) receives every step as it happens; ``resume`` continues a
-    stored run. ``run()`` returns an ``OptimizationResult`` however the run stops;
-    it raises only for errors of the setup (``ConfigError``, ``LockHeld``, store errors).
+    stored run. ``run()`` returns an ``OptimizationResult`` however the run stops (one
+    stopped by rollouts that kept failing has ``failed_with`` set and can be resumed);
+    it raises only for errors of the setup (``ConfigError``, ``LockHeld``) and a store
+    that stays unwritable (``StoreError``).
     """
 
     def __init__(self, evaluator: Evaluator, reflection_lm: ReflectionLM,
@@ -136,10 +146,17 @@ class Optimizer:
         # (slot, why) of iterations run ahead on a guess that failed when a child was
         # accepted: recorded as superseded once that child's validation is in
         self._dropping: list[tuple[_Slot, str]] = []
-        # what judged iterations still have to record, in iteration order: a child's
-        # verdict is acted on as soon as its finished rollouts fix it, and recorded
-        # (with its minibatch sum) once the rest are in; see ``_settle``
-        self._unjudged: list[Callable[[], None]] = []
+        # (window start, record) of what judged iterations still have to record, in
+        # iteration order: a child's verdict is acted on as soon as its finished
+        # rollouts fix it, and recorded (with its minibatch sum) once the rest are in;
+        # see ``_settle``
+        self._unjudged: list[tuple[int, Callable[[], None]]] = []
+        # the first iteration of the window (or merge) being run: where a run stopped
+        # by a failed rollout resumes, so that it plans the same windows
+        self._window_start = 0
+        # (window start, child) of children superseded by a child accepted in that window
+        self._superseded_by_window: list[tuple[int, Candidate]] = []
+        self.failed_with: str | None = None  # why rollouts kept failing, when they stopped the run
         self._fronts: dict[str, tuple[str, ...]] = {}
         self._lock: RunLock | None = None
         self._started = time.monotonic()
@@ -179,7 +196,10 @@ class Optimizer:
             state.add_version(pv)
         for candidate in stored.candidates:
             state.add_candidate(candidate)
-        for candidate_id, example_id, rollout in stored.evaluations:
+        # a row with an error is a failed rollout of a run recorded before errors stopped
+        # being scores (its 0 was never a real score): left out, so it runs again
+        usable = [(c, e, r) for c, e, r in stored.evaluations if not r.error]
+        for candidate_id, example_id, rollout in usable:
             state.remember(state.candidates[candidate_id], example_id, rollout)
         state.iteration = stored.row.iteration
         for candidate in state.candidates:
@@ -195,11 +215,12 @@ class Optimizer:
             self.tried_triplets = {tuple(t) for t in tried["triplets"]}
             self.tried_results = set(tried["results"])
         totals = Totals.from_dict(snapshot)
-        rollouts = [r for _c, _e, r in stored.evaluations]
+        rollouts = [r for _c, _e, r in usable]
         totals.rollouts = len(rollouts)
         totals.rollout_cache_hits = sum(r.cache_hits for r in rollouts)
-        totals.evaluator_errors = sum(1 for r in rollouts if r.error)
-        totals.llm_calls_by_role["task"] = sum(r.llm_calls for r in rollouts)
+        # the stored rollouts' calls, and those of failed ones (stored only as events)
+        totals.llm_calls_by_role["task"] = (sum(r.llm_calls for r in rollouts)
+                                            + totals.failed_rollout_llm_calls)
         self.totals = totals
         self._wall_offset = totals.wall_seconds
         self.history = [HistoryPoint(**p) for p in snapshot.get("history", [])]
@@ -241,7 +262,9 @@ class Optimizer:
                                           self.examples, self.run_id, self.agent,
                                           self._store_rollout, self._on_rollout,
                                           self._on_cache_hit,
-                                          (self.config.min_score, self.config.perfect_score))
+                                          (self.config.min_score, self.config.perfect_score),
+                                          on_failed=self._on_failed,
+                                          retries=self.config.rollout_retries)
             if self.resumed is None:
                 self.recorder.create_run(self.config.to_dict(), self.config.seed,
                                          self.config.warm_start_from)
@@ -256,9 +279,11 @@ class Optimizer:
                 raise
             self._checkpoint()
             self.callbacks.emit(RunStopped(reason, self.state.iteration))
-            self.recorder.event("stopped", {"reason": reason})
-            self.recorder.finish("stopped" if requested else "finished", reason,
-                                 self.state.iteration, self._snapshot(), self._best())
+            self.recorder.event("stopped", {"reason": reason, "failed_with": self.failed_with})
+            status = ("failed" if self.failed_with is not None
+                      else "stopped" if requested else "finished")
+            self.recorder.finish(status, reason, self.state.iteration, self._snapshot(),
+                                 self._best())
         return self._result(reason)
 
     def _loop(self) -> tuple[str, bool]:
@@ -266,6 +291,7 @@ class Optimizer:
             if self.state.iteration == 0:
                 self._initialize()
             while True:
+                self._window_start = self.state.iteration
                 self._check_stop()
                 iteration = self.state.iteration
                 rng = self._rng(iteration)
@@ -288,6 +314,33 @@ class Optimizer:
             self._settle()
             self._drop_spec("the run stopped first")
             return stop.reason, False
+        except RolloutFailed as failure:
+            return self._stop_on_failure(failure), False
+
+    def _stop_on_failure(self, failure: RolloutFailed) -> str:
+        """The run stops: a decision needs a rollout that kept failing. Verdicts not yet
+        recorded stay unrecorded, and the run goes back to the start of the window whose
+        decision was not taken (or of the earlier one with verdicts unrecorded): the
+        checkpoint names that iteration and the window's children are proposed again,
+        so a resumed run plans the same window, judges its children again from the
+        stored rollouts (the same verdicts) and reuses every child and rollout. Work
+        run ahead is left as a killed process leaves it (``drain`` records the rollouts
+        it finished)."""
+        start = self._window_start
+        if self._unjudged:
+            start = min(start, self._unjudged[0][0])
+            self._unjudged = []
+        self.state.iteration = start
+        superseded = [child for window, child in self._superseded_by_window if window >= start]
+        for child in reopen_window(self.state, start, superseded):
+            self.recorder.save_candidate(child, new=False)
+        self._ahead, self._dropping = [], []
+        self.failed_with = failure.message
+        self.recorder.event("rollouts_failed", {"iteration": self.state.iteration,
+                                                "candidate": failure.candidate_id,
+                                                "example": failure.example_id,
+                                                "error": failure.error})
+        return f"rollouts kept failing: {failure.message}"
 
     # ---------------------------------------------------------------- stopping
     def _check_stop(self, budget: bool = True) -> None:
@@ -475,7 +528,8 @@ class Optimizer:
                 # known now, stored by ``_settle``: what reads statuses to decide how
                 # far to run ahead sees it at once
                 slot.child.status = "accepted" if accepted else "rejected"
-                self._unjudged.append(functools.partial(self._judge_minibatch, slot, accepted))
+                self._unjudged.append((self._window_start, functools.partial(
+                    self._judge_minibatch, slot, accepted)))
                 if accepted:
                     self._set_aside(f"candidate {slot.child.id} of iteration "
                                     f"{slot.iteration} was accepted first")
@@ -493,7 +547,7 @@ class Optimizer:
     def _later(self, record: Callable[[], None]) -> None:
         """Record a judged iteration's outcome now, or after those still unrecorded."""
         if self._unjudged:
-            self._unjudged.append(record)
+            self._unjudged.append((self._window_start, record))
         else:
             record()
 
@@ -505,8 +559,10 @@ class Optimizer:
         """Whether the slot's child beats its parent on the minibatch, as soon as the
         finished rollouts fix it: each one still running adds between ``min_score``
         and ``perfect_score`` (scores are clamped into that range), so the verdict is
-        the one the whole sum gives, at any ``workers``. Its recording waits
-        (``_judge_minibatch``). Raises BatchStopped when a rollout could not finish."""
+        the one the whole sum gives, at any ``workers``; a rollout that failed counts as
+        one still running, so only the others can fix it. Its recording waits
+        (``_judge_minibatch``). Raises BatchStopped when a rollout could not finish,
+        RolloutFailed when the verdict needs one that failed."""
         for bounds in self.batches.score_bounds(slot.child_batch,
                                                 wake=self._start_ready_reflections):
             if bounds is None:
@@ -517,13 +573,15 @@ class Optimizer:
             if not self._better(high, slot.parent_sum):
                 return False
         self._settle()
-        rollouts = self.batches.collect(slot.child_batch)[0]  # raises BatchStopped
+        rollouts = self.batches.collect(slot.child_batch)[0]  # raises BatchStopped, RolloutFailed
         return self._better(sum(r.score for r in rollouts), slot.parent_sum)
 
     def _judge_minibatch(self, slot: "_Slot", accepted: bool) -> None:
         """Record the verdict ``_verdict`` gave, with the child's minibatch sum. If the
         budget stopped one of its rollouts after the verdict was fixed, the sum is of
-        those that finished, and the reason says so."""
+        those that finished, and the reason says so. A rollout that failed raises
+        RolloutFailed: the record needs the whole sum, so the verdict is not recorded
+        (a resumed run takes it again)."""
         stopped = None
         try:
             self.batches.collect(slot.child_batch)
@@ -544,7 +602,10 @@ class Optimizer:
         if not self._unjudged:
             return
         while self._unjudged:
-            self._unjudged.pop(0)()
+            # taken off once recorded: a record that raises (RolloutFailed) stays first,
+            # and ``_stop_on_failure`` goes back to its iteration
+            self._unjudged[0][1]()
+            self._unjudged.pop(0)
         self._checkpoint()
 
     def _plan_window(self, start: int, rng: random.Random) -> list["_Slot"]:
@@ -768,6 +829,10 @@ class Optimizer:
             self._ahead = [slot]
             self._drop_spec("the budget ran out while it was proposed")
             return None
+        except RolloutFailed:
+            # its parent's minibatch failed: no decision needs it unless the guess holds
+            # (then ``_plan_window`` adopts the slot and its collect stops the run)
+            return slot
         return slot
 
     def _adopt(self, slot: "_Slot", ahead: bool) -> None:
@@ -797,7 +862,7 @@ class Optimizer:
         ahead, self._ahead = self._ahead, []
         for slot, reason in dropping + [(slot, why) for slot in ahead]:
             if not slot.reflected and slot.parent_batch is not None:
-                with contextlib.suppress(BatchStopped):
+                with contextlib.suppress(BatchStopped, RolloutFailed):  # decides nothing
                     self._reflect_slot(slot)
             if slot.calls and slot.child is None and slot.failure is None:
                 with contextlib.suppress(StopRun):
@@ -854,6 +919,7 @@ class Optimizer:
             if slot.child is None:
                 continue
             if slot.child.status == "proposed":
+                self._superseded_by_window.append((self._window_start, slot.child))
                 self.totals.superseded_rollouts += slot.child_batch.started
                 self._mark_superseded(slot.child, f"planned before candidate {accepted.id} was "
                                                   f"accepted; iteration {slot.iteration} is "
@@ -869,7 +935,7 @@ class Optimizer:
         """Record what these submissions ran; their results decide nothing any more."""
         for batch in batches:
             if batch is not None:
-                with contextlib.suppress(BatchStopped):
+                with contextlib.suppress(BatchStopped, RolloutFailed):
                     self.batches.collect(batch)
 
     def _start_reflections(self, slot: "_Slot") -> list[tuple]:
@@ -1082,6 +1148,33 @@ class Optimizer:
         totals = self.totals
         totals.rollouts += 1
         totals.rollout_cache_hits += rollout.cache_hits
+        totals.rollout_retries += rollout.attempts - 1  # failed attempts a retry healed
+        self._charge(rollout)
+
+    def _on_failed(self, candidate: Candidate, example_id: str, purpose: str,
+                   rollout: Rollout) -> None:
+        """A rollout still failing after its retries: counted and recorded as an error
+        (never as an evaluation); what its attempts cost was spent all the same."""
+        totals = self.totals
+        totals.evaluator_errors += 1
+        totals.rollout_retries += rollout.attempts - 1
+        where = f"candidate {candidate.id} on example {example_id}"
+        totals.first_error = totals.first_error or f"{where}: {rollout.error}"
+        totals.failed_rollout_llm_calls += rollout.llm_calls
+        self._charge(rollout)
+        self.recorder.event("rollout_failed", {
+            "candidate": candidate.id, "example": example_id, "purpose": purpose,
+            "error": rollout.error, "attempts": rollout.attempts,
+            "retryable": not rollout.permanent, "trace_id": rollout.trace_id,
+            "llm_calls": rollout.llm_calls, "tokens": rollout.tokens,
+            "cost_usd": rollout.cost_usd})
+        self.callbacks.emit(OptimizerErrorEvent("evaluator", rollout.error,
+                                                candidate_id=candidate.id,
+                                                example_id=example_id))
+
+    def _charge(self, rollout: Rollout) -> None:
+        """Count a rollout's own LLM calls, tokens and dollars (failed attempts too)."""
+        totals = self.totals
         roles = totals.llm_calls_by_role
         roles["task"] = roles.get("task", 0) + rollout.llm_calls
         totals.tokens += rollout.tokens
@@ -1089,14 +1182,6 @@ class Optimizer:
         if rollout.tokens or rollout.cost_usd:
             # what the evaluator's own calls cost counts against the dollar/token limits
             self.budget.record_llm_call(rollout.tokens, rollout.cost_usd)
-        if rollout.error:
-            totals.evaluator_errors += 1
-            self.recorder.event("evaluator_error", {"candidate": candidate.id,
-                                                    "example": example_id,
-                                                    "error": rollout.error})
-            self.callbacks.emit(OptimizerErrorEvent("evaluator", rollout.error,
-                                                    candidate_id=candidate.id,
-                                                    example_id=example_id))
 
     def _on_cache_hit(self) -> None:
         self.totals.evaluation_cache_hits += 1
@@ -1155,6 +1240,7 @@ class Optimizer:
             fronts={c: self._front(c) for c in self.components} if state.pool else {},
             candidates=list(state.candidates), history=list(self.history),
             totals=Totals.from_dict(self.totals.to_dict()), stop_reason=reason,
+            failed_with=self.failed_with,
             iterations=max(0, state.iteration - 1), val_size=len(state.val_ids),
             val_grown_by=len(state.val_ids) - self.val_start)
 

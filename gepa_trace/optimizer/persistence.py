@@ -7,6 +7,14 @@ nothing, so the engine never asks whether it has one. ``load_run`` reads a run b
 
 Writes happen on the run's main thread, except ``save_evaluation``, which rollout workers
 call as each rollout completes (every call is its own transaction).
+
+A write that finds the database busy or briefly unreachable (SQLAlchemy's
+``OperationalError``: SQLite's "database is locked" past its busy timeout, a dropped
+PostgreSQL connection) is tried again, ``WRITE_ATTEMPTS`` times in all with a growing
+pause, since each write is one whole transaction. If it still fails, ``StoreError``
+names the write and the cause; the engine turns a failed ``save_evaluation`` into a
+failed rollout, so the run stops at the decision that needed it with the error, not a
+traceback (``optimizer.failures``).
 """
 
 from __future__ import annotations
@@ -16,12 +24,12 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from sqlalchemy import delete, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
-from gepa_trace.errors import LockHeld, NotFoundError
+from gepa_trace.errors import LockHeld, NotFoundError, StoreError
 from gepa_trace.optimizer.protocols import ComponentRecord, Rollout
 from gepa_trace.optimizer.state import Candidate
 from gepa_trace.prompts import PromptVersion
@@ -41,6 +49,27 @@ _EVALS = EvaluationRow.__table__
 _EVENTS = RunEventRow.__table__
 _LOCKS = RunLockRow.__table__
 _VERSIONS = PromptVersionRow.__table__
+
+
+#: Tries of one write that finds the database busy, and the pause before the first retry
+#: (doubled each time: 0.1 + 0.2 + 0.4 + 0.8 s, on top of SQLite's own busy timeout).
+WRITE_ATTEMPTS = 5
+WRITE_PAUSE_S = 0.1
+
+
+def write_retrying(store: Store, what: str, write: Callable[[Any], None]) -> None:
+    """``write(conn)`` in one transaction of ``store``, tried again while the database
+    is busy (see the module docstring); StoreError naming ``what`` when it stays so."""
+    for attempt in range(1, WRITE_ATTEMPTS + 1):
+        try:
+            with store.write() as conn:
+                write(conn)
+            return
+        except OperationalError as exc:
+            if attempt == WRITE_ATTEMPTS:
+                first = str(exc.orig if exc.orig is not None else exc).splitlines()[0]
+                raise StoreError(f"cannot {what} after {attempt} tries: {first}") from exc
+            time.sleep(WRITE_PAUSE_S * 2 ** (attempt - 1))
 
 
 def _dumps(value: Any) -> str:
@@ -104,20 +133,20 @@ class RunRecorder:
         if self.store is None:
             return
         now = time.time()
-        with self.store.write() as conn:
-            conn.execute(_RUNS.insert().values(
+        write_retrying(self.store, "create the run", lambda conn: conn.execute(
+            _RUNS.insert().values(
                 id=self.run_id, agent=self.agent, status="running", config=_dumps(config),
                 seed=seed, iteration=0, started_at=now, heartbeat_at=now,
-                warm_start_from=warm_start_from))
+                warm_start_from=warm_start_from)))
 
     def reopen_run(self, last_seq: int) -> None:
         self.seq = last_seq
         if self.store is None:
             return
-        with self.store.write() as conn:
-            conn.execute(update(_RUNS).where(_RUNS.c.id == self.run_id).values(
-                status="running", finished_at=None, stop_reason=None,
-                heartbeat_at=time.time()))
+        now = time.time()
+        write_retrying(self.store, "reopen the run", lambda conn: conn.execute(
+            update(_RUNS).where(_RUNS.c.id == self.run_id).values(
+                status="running", finished_at=None, stop_reason=None, heartbeat_at=now)))
 
     def save_versions(self, versions: list[PromptVersion], candidate_id: int) -> None:
         if self.store is None or not versions:
@@ -128,39 +157,43 @@ class RunRecorder:
                  "run_id": self.run_id, "candidate_id": candidate_id,
                  "parent_version": pv.parent_version, "first_seen": now, "last_seen": now}
                 for pv in versions]
-        with self.store.write() as conn:
-            self.store.insert_ignoring_duplicates(conn, _VERSIONS, rows)
+        write_retrying(self.store, "save prompt versions",
+                       lambda conn: self.store.insert_ignoring_duplicates(conn, _VERSIONS, rows))
 
     def save_candidate(self, candidate: Candidate, new: bool) -> None:
         """Insert a new candidate, or update a stored one's status and scores."""
         if self.store is None:
             return
         row = _candidate_row(self.run_id, candidate)
-        with self.store.write() as conn:
+        created = time.time()
+
+        def write(conn: Any) -> None:
             if new:
-                conn.execute(_CANDIDATES.insert().values(created_at=time.time(), **row))
+                conn.execute(_CANDIDATES.insert().values(created_at=created, **row))
             else:
                 conn.execute(update(_CANDIDATES).where(
                     (_CANDIDATES.c.run_id == self.run_id) & (_CANDIDATES.c.id == candidate.id)
                 ).values(**row))
 
+        write_retrying(self.store, f"save candidate {candidate.id}", write)
+
     def save_evaluation(self, candidate_id: int, example_id: str, purpose: str,
                         rollout: Rollout) -> None:
         if self.store is None:
             return
-        with self.store.write() as conn:
-            conn.execute(_EVALS.insert().values(
-                run_id=self.run_id, candidate_id=candidate_id, example_id=example_id,
-                purpose=purpose, created_at=time.time(), **rollout_to_row(rollout)))
+        row = {"run_id": self.run_id, "candidate_id": candidate_id, "example_id": example_id,
+               "purpose": purpose, "created_at": time.time(), **rollout_to_row(rollout)}
+        write_retrying(self.store, "save an evaluation",
+                       lambda conn: conn.execute(_EVALS.insert().values(**row)))
 
     def event(self, kind: str, payload: Mapping[str, Any]) -> None:
         self.seq += 1
         if self.store is None:
             return
-        with self.store.write() as conn:
-            conn.execute(_EVENTS.insert().values(run_id=self.run_id, seq=self.seq, kind=kind,
-                                                 payload=_dumps(payload),
-                                                 created_at=time.time()))
+        row = {"run_id": self.run_id, "seq": self.seq, "kind": kind,
+               "payload": _dumps(payload), "created_at": time.time()}
+        write_retrying(self.store, f"record a {kind} event",
+                       lambda conn: conn.execute(_EVENTS.insert().values(**row)))
 
     def checkpoint(self, iteration: int, totals: Mapping[str, Any],
                    best: tuple[int, float] | None) -> None:
@@ -171,17 +204,18 @@ class RunRecorder:
                                   "heartbeat_at": time.time()}
         if best is not None:
             values["best_candidate_id"], values["best_val_score"] = best
-        with self.store.write() as conn:
-            conn.execute(update(_RUNS).where(_RUNS.c.id == self.run_id).values(**values))
+        write_retrying(self.store, "checkpoint the run", lambda conn: conn.execute(
+            update(_RUNS).where(_RUNS.c.id == self.run_id).values(**values)))
 
     def finish(self, status: str, stop_reason: str, iteration: int,
                totals: Mapping[str, Any], best: tuple[int, float] | None) -> None:
         if self.store is None:
             return
         self.checkpoint(iteration, totals, best)
-        with self.store.write() as conn:
-            conn.execute(update(_RUNS).where(_RUNS.c.id == self.run_id).values(
-                status=status, stop_reason=stop_reason, finished_at=time.time()))
+        finished = time.time()
+        write_retrying(self.store, "finish the run", lambda conn: conn.execute(
+            update(_RUNS).where(_RUNS.c.id == self.run_id).values(
+                status=status, stop_reason=stop_reason, finished_at=finished)))
 
 
 @dataclass
@@ -297,13 +331,13 @@ class RunLock:
                            "optimization run") from exc
 
     def heartbeat(self) -> None:
-        with self.store.write() as conn:
-            conn.execute(update(_LOCKS).where((_LOCKS.c.agent == self.agent)
-                                              & (_LOCKS.c.run_id == self.run_id))
-                         .values(heartbeat_at=time.time()))
+        now = time.time()
+        write_retrying(self.store, "renew the run lock", lambda conn: conn.execute(
+            update(_LOCKS).where((_LOCKS.c.agent == self.agent)
+                                 & (_LOCKS.c.run_id == self.run_id)).values(heartbeat_at=now)))
 
     def release(self) -> None:
-        with self.store.write() as conn:
-            conn.execute(delete(_LOCKS).where((_LOCKS.c.agent == self.agent)
-                                              & (_LOCKS.c.run_id == self.run_id)
-                                              & (_LOCKS.c.pid == self.pid)))
+        write_retrying(self.store, "release the run lock", lambda conn: conn.execute(
+            delete(_LOCKS).where((_LOCKS.c.agent == self.agent)
+                                 & (_LOCKS.c.run_id == self.run_id)
+                                 & (_LOCKS.c.pid == self.pid))))

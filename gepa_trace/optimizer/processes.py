@@ -15,7 +15,11 @@ Evaluator, and its results do not depend on where rollouts ran.
 - Children are started with ``spawn`` (never ``fork``: the parent has threads), ignore
   SIGINT (the parent decides when to stop) and exit when the parent's end of the pipe
   closes, so a killed parent leaves none behind. A child that dies fails its rollouts
-  in flight (each recorded as an error, scored 0) and is started again.
+  in flight (each a failed rollout, retried by the engine, never a score) and is
+  started again.
+- An evaluator exception in a child comes back as ``RemoteError``, with whether a
+  retry can help (``failures.is_permanent``, judged in the child where the exception's
+  type and status code are known).
 - Idle children are kept for the next ``ProcessEvaluator`` of this process (importing
   an agent's libraries takes seconds); they are stopped at exit.
 """
@@ -50,12 +54,14 @@ class WorkerDied(RuntimeError):
 
 class RemoteError(RuntimeError):
     """An exception raised in a worker process: its last line (``ValueError: ...``) as
-    the message, the child's whole traceback in ``traceback``."""
+    the message, the child's whole traceback in ``traceback``; ``permanent``: a retry
+    would fail the same way (auth, not found, a metric contract)."""
 
-    def __init__(self, traceback_text: str):
+    def __init__(self, traceback_text: str, permanent: bool = False):
         lines = [line for line in traceback_text.strip().splitlines() if line.strip()]
         super().__init__(lines[-1].strip() if lines else "unknown error in a worker process")
         self.traceback = traceback_text
+        self.permanent = permanent
 
 
 # ----------------------------------------------------------------------------- child
@@ -105,7 +111,9 @@ def _child_main(conn: Any) -> None:
         try:
             reply(req, True, evaluator.evaluate(prompts, example, context))
         except BaseException as exc:  # the parent turns it into a failed rollout
-            reply(req, False, _describe(exc))
+            from gepa_trace.optimizer.failures import is_permanent
+
+            reply(req, False, (_describe(exc), is_permanent(exc)))
 
     while True:
         try:
@@ -209,7 +217,8 @@ class _Worker:
             if ok:
                 future.set_result(payload)
             else:
-                future.set_exception(RemoteError(payload))
+                future.set_exception(RemoteError(*payload) if isinstance(payload, tuple)
+                                     else RemoteError(payload))
         with self._lock:
             self.dead = True
             pending, self._pending = self._pending, {}

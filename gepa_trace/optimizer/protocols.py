@@ -2,8 +2,10 @@
 
 - An ``Evaluator`` runs a candidate's prompts on one example and returns a ``Rollout``:
   the score, a feedback sentence, and per-component ``ComponentRecord``s for reflection.
-  It never raises for one example's failure: it scores it (usually 0) and puts the error
-  in ``Rollout.error`` and the feedback.
+  When the example fails (the agent or the metric raised, the metric broke its
+  contract) it raises, or returns a ``Rollout`` with ``error`` set and no exception
+  text in the feedback. Either way the failure is not a score: the optimizer retries
+  it and never records, caches or reflects on it (``optimizer.failures``).
 - A reflection LM is any ``Callable[[str], str]``; ``gepa_trace.lm.LM`` is one.
 - A metric is ``metric(example, output, trace) -> float | Score``.
 """
@@ -96,6 +98,11 @@ class Rollout:
     ``tokens`` and ``cost_usd`` are what the rollout's own LLM calls cost when they were
     not made through an LM that meters the run's budget itself; the engine charges
     them to the budget (so dollar limits cover the agent's calls too).
+
+    ``error`` set means the rollout failed: ``score`` and ``feedback`` then mean nothing
+    and the optimizer reads neither. ``permanent``: a retry would fail the same way
+    (auth, not found, the metric's contract), so it is not retried. ``attempts``: how
+    many times the optimizer ran it (set by the optimizer; 1 without retries).
     """
 
     score: float
@@ -108,15 +115,19 @@ class Rollout:
     cache_hits: int = 0
     tokens: int = 0
     cost_usd: float = 0.0
+    permanent: bool = False
+    attempts: int = 1
 
 
 @dataclass(frozen=True)
 class RolloutContext:
-    """Who is asking: lets an evaluator tag the rollout's trace."""
+    """Who is asking: lets an evaluator tag the rollout's trace. ``score_range`` is the
+    run's [min_score, perfect_score], the range ``Score.checked`` holds a metric to."""
 
     run_id: str
     candidate_id: int
     purpose: str  # minibatch | val | test | merge
+    score_range: tuple[float, float] = (0.0, 1.0)
 
 
 @runtime_checkable

@@ -169,4 +169,29 @@ def parse_reply(reply: str) -> Proposal:
     at = reply.find(instruction)
     before = reply[:at] if at >= 0 else reply[:reply.find("```")]
     diagnosis = re.sub(r"`{3,}[^\n`]*\s*$", "", before.rstrip()).strip()
+    diagnosis = strip_trailing_heading(diagnosis)
     return Proposal(diagnosis=diagnosis or "(no diagnosis given)", instruction=instruction)
+
+
+# A last line that only announces the block cut off after it: "New instruction:",
+# "**Updated prompt**", "## Proposed instruction", "Here is the new instruction:",
+# "The new system prompt is:" (a line, or the last sentence of one). Kept, it would end
+# every stored diagnosis dangling.
+_HEADING = re.compile(
+    r"(?:^|\n|(?<=[.!?])[ \t]+)[ \t>]*(?:#{1,6}[ \t]*)?[*_]*[ \t]*"
+    r"(?:(?:here\s+is|here's|below\s+is|this\s+is)\s+)?(?:(?:the|my|a)\s+)?"
+    r"(?:(?:new|updated|improved|revised|proposed|rewritten|final|complete|full)\s+)*"
+    r"(?:(?:system|component)\s+)?(?:instruction|prompt)s?(?:\s+text)?"
+    r"(?:\s+(?:is|follows|would\s+be))?[ \t]*[*_]*[ \t]*[:.\-]?[ \t]*[*_]*[ \t]*$",
+    re.IGNORECASE)
+
+
+def strip_trailing_heading(diagnosis: str) -> str:
+    """``diagnosis`` without the heading(s) at its end that introduced the instruction
+    block (the block itself is not part of the diagnosis)."""
+    text = diagnosis.rstrip()
+    while True:
+        match = _HEADING.search(text)
+        if match is None:
+            return text
+        text = text[:match.start()].rstrip()

@@ -22,7 +22,11 @@ class Totals:
     the next parent, and so never judged, and ``superseded_rollouts`` the rollouts they
     ran: what lookahead cost; ``speculated``: iterations run while an accepted child was
     validated, on the guess that it would be their parent, ``speculated_adopted``: those
-    whose guess held (their work counted, not wasted).
+    whose guess held (their work counted, not wasted). ``evaluator_errors``: rollouts
+    that still failed after their retries (never scores), ``rollout_retries``: attempts
+    run again after a failure (healed or not), ``first_error``: the first failed
+    rollout, as "candidate C on example E: error"; ``failed_rollout_llm_calls``: task
+    calls those failed rollouts made (in ``llm_calls_by_role["task"]`` too).
     """
 
     rollouts: int = 0
@@ -31,6 +35,9 @@ class Totals:
     llm_calls_by_role: dict[str, int] = field(default_factory=dict)
     reflection_errors: int = 0
     evaluator_errors: int = 0
+    rollout_retries: int = 0
+    first_error: str | None = None
+    failed_rollout_llm_calls: int = 0
     superseded: int = 0
     superseded_rollouts: int = 0
     speculated: int = 0
@@ -67,12 +74,16 @@ class HistoryPoint:
 
 @dataclass
 class OptimizationResult:
+    """What a run returns. ``failed_with``: None, or the failed rollout that stopped the
+    run ("candidate 3 on example ab12: RuntimeError: task model down"); the run is then
+    incomplete (resume it once the cause is fixed) and the CLI exits with code 7."""
+
     run_id: str
     agent: str
     best_prompts: PromptSet
     best_candidate_id: int
-    best_val_score: float
-    seed_val_score: float
+    best_val_score: float | None  # None: no candidate was validated (the run failed first)
+    seed_val_score: float | None
     fronts: dict[str, ComponentFront]
     candidates: list[Candidate]
     history: list[HistoryPoint]
@@ -81,6 +92,7 @@ class OptimizationResult:
     iterations: int
     val_size: int = 0
     val_grown_by: int = 0
+    failed_with: str | None = None
 
     def lineage(self, candidate_id: int | None = None) -> list[Candidate]:
         """The candidate (default: the best) and its ancestors, nearest first."""
@@ -99,6 +111,11 @@ class OptimizationResult:
         """A JSON-able digest (what ``--json`` prints)."""
         return {
             "run_id": self.run_id, "agent": self.agent, "stop_reason": self.stop_reason,
+            "failed_with": self.failed_with,
+            "errors": {"evaluator_errors": self.totals.evaluator_errors,
+                       "rollout_retries": self.totals.rollout_retries,
+                       "reflection_errors": self.totals.reflection_errors,
+                       "first_error": self.totals.first_error},
             "iterations": self.iterations, "best_candidate_id": self.best_candidate_id,
             "best_val_score": self.best_val_score, "seed_val_score": self.seed_val_score,
             "val_size": self.val_size, "val_grown_by": self.val_grown_by,

@@ -10,25 +10,33 @@ events do not depend on ``workers``. ``evaluate`` is submit-then-collect. ``peek
 ``score_bounds`` read results as they come in, recording nothing, for decisions that
 need not wait for the recording order.
 
-An evaluator exception for one example becomes a rollout scored 0 with the error
-recorded. ``BudgetExhausted`` (from the reservation, or raised by an LLM call inside the
-evaluator) stops the batch: what finished is recorded, and ``BatchStopped`` is raised.
+A rollout that fails (the evaluator raised, returned ``Rollout.error``, or a score
+outside the score range) is retried on its reservation and, if it still fails, is never
+recorded as a score: ``collect`` reports it and raises ``RolloutFailed`` after recording
+the rest (the policy: ``optimizer.failures``). ``BudgetExhausted`` (from the
+reservation, or raised by an LLM call inside the evaluator) stops the batch: what
+finished is recorded, and ``BatchStopped`` is raised.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import threading
-import traceback
+import time
 from collections import OrderedDict
 from concurrent.futures import FIRST_COMPLETED, Executor, Future
 from concurrent.futures import wait as wait_for_any
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Iterator, Mapping, Sequence
 
-from gepa_trace.errors import BudgetExhausted
+from gepa_trace.errors import BudgetExhausted, StoreError
 from gepa_trace.lm.budget import Budget
+from gepa_trace.optimizer.failures import (
+    RolloutFailed,
+    failed_rollout,
+    out_of_range,
+    retry_pause_s,
+)
 from gepa_trace.optimizer.protocols import Evaluator, Example, Rollout, RolloutContext
 from gepa_trace.optimizer.state import Candidate, RunState
 from gepa_trace.prompts import PromptSet
@@ -87,40 +95,53 @@ class BuiltOnce:
 
 def run_one(evaluator: Evaluator, prompts: PromptSet, example: Example,
             context: RolloutContext) -> "Rollout | _Exhausted":
-    """One rollout; never raises (worker threads must not lose an example)."""
+    """One attempt of one rollout; never raises (worker threads must not lose an
+    example). An exception becomes a failed Rollout (``error`` set), never a score."""
     try:
         rollout = evaluator.evaluate(prompts, example, context)
     except BudgetExhausted as exc:
         return _Exhausted(str(exc))
-    except Exception as exc:  # the evaluator's failure on one example: score it 0
-        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        return Rollout(score=0.0, feedback=f"The agent failed with an error: {detail}",
-                       error=detail)
+    except Exception as exc:  # the evaluator's failure on one example: an error, not a 0
+        return failed_rollout(exc)
     if not isinstance(rollout, Rollout):
-        detail = f"evaluator returned {type(rollout).__name__}, not a Rollout"
-        return Rollout(score=0.0, feedback=detail, error=detail)
+        return Rollout(score=0.0, error=f"the evaluator returned {type(rollout).__name__}, "
+                                        "not a Rollout", permanent=True)
     return rollout
 
 
-def clamp_score(rollout: Rollout, low: float, high: float) -> Rollout:
-    """The rollout, or a copy scored within [low, high] that records the out-of-range
-    score as an error (NaN counts as ``low``)."""
-    score = rollout.score
-    if low <= score <= high:
-        return rollout
-    clamped = low if math.isnan(score) or score < low else high
-    detail = (f"score {score!r} is outside the score range [{low:g}, {high:g}] "
-              f"(OptimizerConfig.min_score, perfect_score); counted as {clamped:g}")
-    error = f"{rollout.error}; {detail}" if rollout.error else detail
-    return dataclasses.replace(rollout, score=clamped, error=error)
+def run_with_retries(evaluator: Evaluator, prompts: PromptSet, example: Example,
+                     context: RolloutContext, retries: int,
+                     score_range: tuple[float, float]) -> "Rollout | _Exhausted":
+    """A rollout, run again up to ``retries`` more times while it fails (unless its
+    failure is permanent). Returns the first good one or the last failure, with
+    ``attempts`` set; what the failed attempts cost is added to it, since it was spent."""
+    spent_calls = spent_tokens = 0
+    spent_cost = 0.0
+    attempt = 0
+    while True:
+        attempt += 1
+        outcome = run_one(evaluator, prompts, example, context)
+        if isinstance(outcome, _Exhausted):
+            return outcome
+        if not outcome.error:
+            outcome = out_of_range(outcome, *score_range)
+        if not outcome.error or outcome.permanent or attempt > retries:
+            return dataclasses.replace(
+                outcome, attempts=attempt, llm_calls=outcome.llm_calls + spent_calls,
+                tokens=outcome.tokens + spent_tokens, cost_usd=outcome.cost_usd + spent_cost)
+        spent_calls += outcome.llm_calls
+        spent_tokens += outcome.tokens
+        spent_cost += outcome.cost_usd
+        time.sleep(retry_pause_s(attempt))
 
 
 class BatchEvaluator:
-    """Runs batches for one run. For each new rollout: ``on_stored(candidate,
-    example_id, purpose, rollout)`` on the worker thread as it completes (it must be
-    thread-safe), then ``on_result(...)`` on the main thread in example order. Scores
-    are clamped into ``score_range`` (the clamp recorded as the rollout's error), so
-    ``score_bounds`` holds."""
+    """Runs batches for one run. For each new rollout that succeeded (after its
+    ``retries``): ``on_stored(candidate, example_id, purpose, rollout)`` on the worker
+    thread as it completes (it must be thread-safe), then ``on_result(...)`` on the
+    main thread in example order. For one that still failed: ``on_failed(...)`` on the
+    main thread, once, when a collect first meets it. A score outside ``score_range``
+    is a failure, so ``score_bounds`` holds."""
 
     def __init__(self, evaluator: Evaluator, state: RunState, budget: Budget,
                  executor: Executor, examples: Mapping[str, Example], run_id: str,
@@ -128,9 +149,14 @@ class BatchEvaluator:
                  on_stored: Callable[[Candidate, str, str, Rollout], None],
                  on_result: Callable[[Candidate, str, str, Rollout], None],
                  on_cache_hit: Callable[[], None],
-                 score_range: tuple[float, float] = (0.0, 1.0)):
+                 score_range: tuple[float, float] = (0.0, 1.0),
+                 on_failed: Callable[[Candidate, str, str, Rollout], None] | None = None,
+                 retries: int = 0):
         self.evaluator = evaluator
         self.score_range = score_range
+        self.on_failed = on_failed or (lambda *_args: None)
+        self.retries = retries
+        self._reported: set[Future] = set()  # failed rollouts already given to on_failed
         self.state = state
         self.budget = budget
         self.executor = executor
@@ -168,10 +194,18 @@ class BatchEvaluator:
 
     def _run_and_store(self, candidate: Candidate, prompts: PromptSet, example_id: str,
                        context: RolloutContext) -> "Rollout | _Exhausted":
-        outcome = run_one(self.evaluator, prompts, self.examples[example_id], context)
-        if not isinstance(outcome, _Exhausted):
-            outcome = clamp_score(outcome, *self.score_range)
-            self.on_stored(candidate, example_id, context.purpose, outcome)
+        outcome = run_with_retries(self.evaluator, prompts, self.examples[example_id],
+                                   context, self.retries, self.score_range)
+        if not isinstance(outcome, _Exhausted) and not outcome.error:
+            try:
+                self.on_stored(candidate, example_id, context.purpose, outcome)
+            except StoreError as exc:
+                # unsaved, it would be lost to a resumed run: a failure (retrying the
+                # agent would not help; the write was retried), so the run stops at the
+                # decision that needs it, with this error
+                outcome = dataclasses.replace(
+                    outcome, error=f"the evaluation could not be stored: {exc}",
+                    permanent=True)
         return outcome
 
     def evaluate(self, candidate: Candidate, example_ids: Sequence[str],
@@ -179,7 +213,7 @@ class BatchEvaluator:
         """The candidate's rollouts on ``example_ids``, in that order.
 
         Raises BatchStopped (after recording what finished) when the budget cannot
-        cover the batch or runs out during it.
+        cover the batch or runs out during it, RolloutFailed when a rollout failed.
         """
         return self.evaluate_many([(candidate, example_ids, purpose)])[0]
 
@@ -221,7 +255,7 @@ class BatchEvaluator:
                 break
             if candidate.id not in prompt_sets:
                 prompt_sets[candidate.id] = self.state.prompt_set(candidate, self.agent)
-            context = RolloutContext(self.run_id, candidate.id, purpose)
+            context = RolloutContext(self.run_id, candidate.id, purpose, self.score_range)
             future = self.executor.submit(self._run_and_store, candidate,
                                           prompt_sets[candidate.id], example_id, context)
             self._running[(candidate.key, example_id)] = future
@@ -233,19 +267,29 @@ class BatchEvaluator:
     def collect(self, submitted: "Submitted") -> list[list[Rollout]]:
         """Wait for a submission and record its results in request order, then example
         order (never completion order): each pair once, by whichever collect comes
-        first. Raises BatchStopped (after recording what finished) when the budget
-        ran out during it."""
+        first. A failed rollout is reported (``on_failed``) and never recorded: a pair
+        asked again after this collect runs again. Raises, after recording what
+        finished, RolloutFailed (the first failure, in that order) when a rollout
+        failed, else BatchStopped when the budget ran out during it."""
         stop = submitted.stop
+        failure: RolloutFailed | None = None
         for candidate, example_id, purpose, future in submitted.futures:
             outcome = future.result()
             self._running.pop((candidate.key, example_id), None)
             if isinstance(outcome, _Exhausted):
                 stop = stop or outcome.reason
+            elif outcome.error:
+                if future not in self._reported:
+                    self._reported.add(future)
+                    self.on_failed(candidate, example_id, purpose, outcome)
+                failure = failure or RolloutFailed(candidate.id, example_id, outcome.error)
             elif self.state.cached(candidate, example_id) is None:
                 self.state.remember(candidate, example_id, outcome)
                 self.on_result(candidate, example_id, purpose, outcome)
         if submitted in self._outstanding:
             self._outstanding.remove(submitted)
+        if failure is not None:
+            raise failure
         if stop:
             raise BatchStopped(stop)
         return [[self.state.cached(candidate, example_id) for example_id in example_ids]
@@ -253,8 +297,8 @@ class BatchEvaluator:
 
     def _outcomes(self, submitted: "Submitted") -> list[list["Rollout | Future | None"]]:
         """Per request and example of a submission: its rollout if it is in (recorded
-        or not), its future if still running, None if it cannot finish (never started,
-        or stopped by the budget)."""
+        or not; a failed one too, ``error`` set), its future if still running, None if
+        it cannot finish (never started, or stopped by the budget)."""
         futures = {(c.key, e): f for c, e, _p, f in submitted.futures}
         out = []
         for candidate, example_ids, _purpose in submitted.requests:
@@ -272,11 +316,11 @@ class BatchEvaluator:
 
     def peek(self, submitted: "Submitted") -> list[list[Rollout]] | None:
         """What ``collect`` would return if every rollout of the submission is in (and
-        none was stopped), without recording anything; else None."""
+        none was stopped or failed), without recording anything; else None."""
         if submitted.stop:
             return None
         rows = self._outcomes(submitted)
-        if all(isinstance(known, Rollout) for row in rows for known in row):
+        if all(isinstance(known, Rollout) and not known.error for row in rows for known in row):
             return rows
         return None
 
@@ -302,8 +346,10 @@ class BatchEvaluator:
         example order, yielded again each time one of its rollouts finishes (it waits
         for that); the last ones are exact (low == high). Each rollout still running
         counts as the bottom of ``score_range`` in ``low`` and the top in ``high``
-        (float addition is monotone, so the final sum lies between them). Yields None
-        and ends when a rollout could not finish (``collect`` then raises
+        (float addition is monotone, so the final sum lies between them), and so does
+        one that failed, which is not waited for: the bounds then end apart unless the
+        others fix the verdict, and whether they do does not depend on timing. Yields
+        None and ends when a rollout could not finish (``collect`` then raises
         BatchStopped). Records nothing: ``collect`` does, later. ``wake`` as in ``wait``."""
         low_score, high_score = self.score_range
         while True:
@@ -314,9 +360,10 @@ class BatchEvaluator:
             low = high = 0.0
             running = []
             for known in row:  # in example order, as ``collect``'s sum adds them
-                if isinstance(known, Future):
+                if isinstance(known, Future) or known.error:
                     low, high = low + low_score, high + high_score
-                    running.append(known)
+                    if isinstance(known, Future):
+                        running.append(known)
                 else:
                     low, high = low + known.score, high + known.score
             yield low, high
@@ -330,7 +377,7 @@ class BatchEvaluator:
         while self._outstanding:
             try:
                 self.collect(self._outstanding[0])
-            except BatchStopped:
+            except (BatchStopped, RolloutFailed):
                 pass
 
 

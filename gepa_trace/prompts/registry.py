@@ -16,7 +16,7 @@ from sqlalchemy import and_, select
 from sqlalchemy import func as sa_func
 from sqlalchemy.exc import SQLAlchemyError
 
-from gepa_trace.errors import ConfigError, NotFoundError, StoreError
+from gepa_trace.errors import ConfigError, NotFoundError, StoreError, StoreMissing
 from gepa_trace.prompts.promptset import PromptSet, PromptVersion
 from gepa_trace.store import PromptAliasRow, PromptVersionRow, Store, open_store
 
@@ -155,14 +155,16 @@ def prompts_for_alias(store: Store, alias: str = "production",
     return PromptSet(versions, agent=agent or rows[0].agent)
 
 
-def load_prompts(alias: str = "production", store: "str | Store | None" = None, *,
+def load_prompts(alias: str = "production", store: str | Store | None = None, *,
                  agent: str | None = None,
-                 fallback: "str | Path | None" = None) -> PromptSet:
+                 fallback: str | Path | None = None) -> PromptSet:
     """The prompts a deployed agent should use: the ``alias`` versions from the store.
 
     Each successful load is also written to ``fallback`` (default
     ``prompts.<alias>.json`` in the working directory); when the store cannot be
-    reached, that last good file is loaded instead and a warning is logged.
+    reached or is missing, that last good file is loaded instead and a warning is
+    logged. ``store`` defaults to the one ``gt.instrument()`` records into (see
+    ``store.engine``); a missing store is never created here.
     """
     path = Path(fallback) if fallback is not None else Path(f"prompts.{alias}.json")
     try:
@@ -172,6 +174,8 @@ def load_prompts(alias: str = "production", store: "str | Store | None" = None, 
             log.warning("prompt store unreachable (%s); using the last good file %s",
                         str(exc).splitlines()[0], path)
             return PromptSet.load(path)
+        if isinstance(exc, StoreMissing):  # keeps its type: a wrong path is "not found"
+            raise StoreMissing(f"{exc} and no fallback file at {path}") from exc
         raise StoreError(f"prompt store unreachable ({str(exc).splitlines()[0]}) and no "
                          f"fallback file at {path}") from exc
     try:

@@ -1,7 +1,13 @@
 """The replay cache: recorded LLM calls answer identical calls during a replay.
 
-It is a langchain-core ``BaseCache``. During an optimization it is installed as the
-global LLM cache, so any chat model of the user's agent that does not opt out
+It is a langchain-core ``BaseCache``, and it answers only the rollouts of its own run:
+each rollout runs its agent inside ``cache.serving()``. While any rollout is being
+served, langchain's global cache is a small dispatcher that sends a call made inside
+``serving()`` (in that context: threads and tasks that LangChain starts copy it) to
+that run's cache, and every other call to whatever cache was installed before (or
+none). So live traffic in the same process, or a second optimization beside the
+first, is never answered from a run's cache, and the dispatcher is gone again once
+the last rollout ends. Any chat model of the agent that does not opt out
 (``cache=False``) asks it first. A call whose model, generation parameters and rendered
 messages equal a recorded call (production, or an earlier rollout of this run) is
 answered with the recorded output, costs nothing, and is counted as a hit for the
@@ -21,7 +27,10 @@ import hashlib
 import json
 import threading
 from collections import Counter
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
 
 from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
 from langchain_core.messages import AIMessage
@@ -183,15 +192,37 @@ class ReplayCache(BaseCache):
         return added
 
     @classmethod
-    def from_store(cls, store: Store, agent: str) -> "ReplayCache":
-        """A cache of every successful recorded LLM call of ``agent``."""
+    def from_store(cls, store: Store, agent: str,
+                   trace_ids: Iterable[str] | None = None) -> ReplayCache:
+        """A cache of the successful recorded LLM calls of ``agent``: those of the traces
+        ``trace_ids`` (the examples a run uses), or every one when None. Past nights'
+        rollouts are other traces, so a run that names its examples loads none of them."""
         cache = cls()
-        query = select(_SPANS.c.attributes, _SPANS.c.component).where(and_(
-            _SPANS.c.agent == agent, _SPANS.c.span_type == "llm",
-            _SPANS.c.status_code != "ERROR"))
+        where = and_(_SPANS.c.agent == agent, _SPANS.c.span_type == "llm",
+                     _SPANS.c.status_code != "ERROR")
         with store.read() as conn:
-            cache.load_spans(conn.execute(query))
+            if trace_ids is None:
+                cache.load_spans(conn.execute(
+                    select(_SPANS.c.attributes, _SPANS.c.component).where(where)))
+                return cache
+            wanted = sorted({t for t in trace_ids if t})
+            for start in range(0, len(wanted), 500):  # bound the IN list per query
+                chunk = wanted[start:start + 500]
+                cache.load_spans(conn.execute(
+                    select(_SPANS.c.attributes, _SPANS.c.component)
+                    .where(where, _SPANS.c.trace_id.in_(chunk))))
         return cache
+
+    @contextmanager
+    def serving(self) -> Iterator[ReplayCache]:
+        """Answer the LLM calls made in this context (one rollout) from this cache."""
+        _dispatcher_enter()
+        token = _serving.set(self)
+        try:
+            yield self
+        finally:
+            _serving.reset(token)
+            _dispatcher_exit()
 
     def lookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
         key = key_of_request(prompt, llm_string)
@@ -256,3 +287,61 @@ class ReplayCache(BaseCache):
         for key, count in pending.items():
             out[found.get(key, "unknown")] += count
         return dict(out)
+
+
+# The cache serving the current context (a rollout), if any.
+_serving: ContextVar[ReplayCache | None] = ContextVar("gepa_trace_replay_cache", default=None)
+
+
+class _RunScoped(BaseCache):
+    """langchain's global cache while rollouts are served: a call inside ``serving()``
+    goes to that run's cache, any other call to the cache installed before (if any)."""
+
+    def __init__(self, previous: BaseCache | None):
+        self.previous = previous
+
+    def _target(self) -> BaseCache | None:
+        return _serving.get() or self.previous
+
+    def lookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
+        target = self._target()
+        return target.lookup(prompt, llm_string) if target is not None else None
+
+    def update(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
+        target = self._target()
+        if target is not None:
+            target.update(prompt, llm_string, return_val)
+
+    def clear(self, **kwargs: Any) -> None:
+        if self.previous is not None:
+            self.previous.clear(**kwargs)
+
+
+_dispatch_lock = threading.Lock()
+_dispatch: _RunScoped | None = None
+_dispatch_users = 0
+
+
+def _dispatcher_enter() -> None:
+    from langchain_core.globals import get_llm_cache, set_llm_cache
+
+    global _dispatch, _dispatch_users
+    with _dispatch_lock:
+        current = get_llm_cache()
+        if _dispatch is None or current is not _dispatch:
+            # first rollout, or someone replaced the global cache meanwhile: wrap theirs
+            _dispatch = _RunScoped(current)
+            set_llm_cache(_dispatch)
+        _dispatch_users += 1
+
+
+def _dispatcher_exit() -> None:
+    from langchain_core.globals import get_llm_cache, set_llm_cache
+
+    global _dispatch, _dispatch_users
+    with _dispatch_lock:
+        _dispatch_users -= 1
+        if _dispatch_users == 0 and _dispatch is not None:
+            if get_llm_cache() is _dispatch:
+                set_llm_cache(_dispatch.previous)
+            _dispatch = None

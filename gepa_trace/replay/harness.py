@@ -7,12 +7,21 @@ spans, with the same readers as production traces (``collectors.views.llm_view``
 for each component, its LLM calls (rendered messages and output), plus the errors and
 failed tool calls of the trace and the metric's feedback.
 
+A rollout whose agent raised, or whose metric raised or broke its contract
+(``Score.checked`` against ``RolloutContext.score_range``), is a failed rollout: its
+``error`` says which and why, its feedback is empty (an exception is never shown to the
+reflection LM as the metric's verdict), and the optimizer retries it and never scores
+it (``optimizer.failures``). Failed tool calls inside a run that finished are data
+about that run, and stay in its feedback as trace errors.
+
 The spans are taken as they end, by a span processor on our tracer provider, so a
 rollout does not wait for the exporter; the exporter still writes them to the store.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import threading
 from dataclasses import dataclass
@@ -23,7 +32,9 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from gepa_trace.collectors.conventions import derive
 from gepa_trace.collectors.exporter import span_to_dict
 from gepa_trace.collectors.views import llm_view
+from gepa_trace.errors import BudgetExhausted, MetricContractError
 from gepa_trace.lm.client import price
+from gepa_trace.optimizer.failures import failed_rollout
 from gepa_trace.optimizer.protocols import (
     ComponentRecord, Example, Rollout, RolloutContext, Score)
 from gepa_trace.optimizer.rollouts import BuiltOnce
@@ -142,17 +153,20 @@ class RolloutTrace:
 class AgentReplay:
     """An Evaluator that invokes ``build_agent(prompts)`` on each example's input.
 
-    Never raises for one example: an agent or metric exception scores 0 with the error
-    in the feedback. Built agents are kept per prompt versions (a small LRU), since
+    Never raises for one example: an agent or metric exception, or a metric value that
+    breaks the contract, is a failed rollout (``error`` set, see the module docstring),
+    never a score. Built agents are kept per prompt versions (a small LRU), since
     building one may be costly. The tokens and dollars of the agent's own LLM calls
     are read from its spans (priced from litellm's map) and reported on the Rollout;
-    the engine charges them to the run's budget.
+    the engine charges them to the run's budget. ``cache`` (a ``ReplayCache``) answers
+    the LLM calls of this evaluator's rollouts, and no others (``ReplayCache.serving``).
     """
 
     def __init__(self, build_agent: Callable[[PromptSet], Any],
                  metric: Callable[[Example, Any, Any], "float | Score"], *, agent: str,
-                 instrumentation: Any, keep_agents: int = 16):
+                 instrumentation: Any, keep_agents: int = 16, cache: Any = None):
         self.build_agent = build_agent
+        self.cache = cache
         self.metric = metric
         self.agent = agent
         self.instrumentation = instrumentation
@@ -170,31 +184,39 @@ class AgentReplay:
         tags = {"gepa.run.id": context.run_id, "gepa.candidate.id": context.candidate_id,
                 "gepa.example.id": example.id, "gepa.rollout.purpose": context.purpose}
         output: Any = None
-        error: str | None = None
+        failure: Rollout | None = None
         run = agent_run(self.agent, inputs=dict(example.inputs), metadata=tags)
+        serving = self.cache.serving() if self.cache is not None else contextlib.nullcontext()
         try:
-            with run:
+            with serving, run:
                 self.spans.watch(run.trace_id)
                 runnable = self._runnable(prompts)
                 output = runnable.invoke(dict(example.inputs), config={"metadata": dict(tags)})
                 run.set_outputs(output)
-        except Exception as exc:  # the agent failing on one input is a score, not a crash
-            error = f"{type(exc).__name__}: {exc}"
+        except BudgetExhausted:
+            raise  # the run's budget, not this example: the engine stops the batch
+        except Exception as exc:  # the agent failing on one input: an error, not a score
+            failure = failed_rollout(exc, "the agent raised")
         spans = self.spans.take(run.trace_id)
         reading = read_rollout(spans)
-        if error is not None:
-            score = Score(0.0, f"the agent raised {error}")
-        else:
+        score = Score(0.0)
+        if failure is None:
+            low, high = context.score_range if context is not None else (0.0, 1.0)
             try:
-                score = Score.of(self.metric(example, output,
-                                             RolloutTrace(run.trace_id, tuple(spans))))
-            except Exception as exc:
-                error = f"metric failed: {type(exc).__name__}: {exc}"
-                score = Score(0.0, error)
+                value = self.metric(example, output, RolloutTrace(run.trace_id, tuple(spans)))
+                score = Score.checked(value, low, high)
+            except BudgetExhausted:
+                raise  # a judge metric's LLM call found the budget spent
+            except MetricContractError as exc:
+                failure = failed_rollout(exc)
+            except Exception as exc:  # the metric's bug is not the agent's score
+                failure = failed_rollout(exc, "the metric raised")
+        spent = {"output": output, "records": reading.records, "trace_id": run.trace_id,
+                 "llm_calls": reading.llm_calls, "cache_hits": reading.cache_hits,
+                 "tokens": reading.tokens, "cost_usd": reading.cost_usd}
+        if failure is not None:
+            return dataclasses.replace(failure, **spent)
         feedback = score.feedback
-        if reading.errors and error is None:
+        if reading.errors:
             feedback = (feedback + " | errors in the trace: " + "; ".join(reading.errors)).strip(" |")
-        return Rollout(score=score.score, feedback=feedback, output=output,
-                       records=reading.records, error=error, trace_id=run.trace_id,
-                       llm_calls=reading.llm_calls, cache_hits=reading.cache_hits,
-                       tokens=reading.tokens, cost_usd=reading.cost_usd)
+        return Rollout(score=score.score, feedback=feedback, **spent)

@@ -1,6 +1,12 @@
 """The SQL store: tables, engine, migrations and the queries the rest of the package uses."""
 
-from gepa_trace.store.engine import Store, forget_store, open_store, resolve_url, safe_url
+from gepa_trace.store.engine import (
+    Store,
+    forget_store,
+    open_store,
+    resolve_url,
+    safe_url,
+)
 from gepa_trace.store.migrations import SCHEMA_VERSION
 from gepa_trace.store.tables import (
     CandidateRow,
@@ -15,7 +21,19 @@ from gepa_trace.store.tables import (
 )
 
 __all__ = [
-    "Store", "open_store", "forget_store", "resolve_url", "safe_url", "SCHEMA_VERSION",
-    "SpanRow", "FeedbackRow", "PromptVersionRow", "PromptAliasRow", "OptimizationRunRow",
-    "CandidateRow", "EvaluationRow", "RunEventRow", "RunLockRow",
+    "SCHEMA_VERSION",
+    "CandidateRow",
+    "EvaluationRow",
+    "FeedbackRow",
+    "OptimizationRunRow",
+    "PromptAliasRow",
+    "PromptVersionRow",
+    "RunEventRow",
+    "RunLockRow",
+    "SpanRow",
+    "Store",
+    "forget_store",
+    "open_store",
+    "resolve_url",
+    "safe_url",
 ]

@@ -1,15 +1,37 @@
 """Opening a store: the URL, the engine (SQLite in WAL mode or PostgreSQL), migrations.
 
-``open_store()`` is the one way in. It resolves the URL (argument, then
-``GEPA_TRACE_STORE``, then ``sqlite:///gepa_trace.db``), builds one engine per URL
-per process, and brings the schema forward before handing the store out.
+``open_store()`` is the one way in. It builds one engine per URL per process and brings
+the schema forward before handing the store out.
+
+Which store (the one place this order is written; ``resolve_url`` implements it):
+
+1. an explicit argument: ``--store URL`` (on the command, else on ``gepa-trace`` itself)
+   or ``store=`` of a library call;
+2. the store given to the latest ``gt.instrument()`` of this process, so that
+   ``record_feedback``, ``optimize`` and ``load_prompts`` find the runs it records. It
+   stays the default after ``inst.shutdown()`` (feedback and optimization often come
+   after the recording has stopped) until another ``instrument()`` call replaces it;
+3. ``$GEPA_TRACE_STORE``;
+4. ``sqlite:///gepa_trace.db`` in the working directory.
+
+Who creates a store: only ``open_store(url, create=True)``, used by what records traces
+(``instrument()``'s exporter, ``gepa-trace collect``, ``ingest`` and ``demo``). Every other
+caller gets ``StoreMissing`` ("no store at PATH", exit code 3) for a SQLite file that
+does not exist, or a database (SQLite file, PostgreSQL schema) with no tables at all;
+nothing is created, not even SQLite's -wal/-shm files. A database that has tables but
+not ours (no ``gepa_migrations`` table) is refused by name for every caller, creators
+included: we never add our tables to someone else's database.
 """
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 import threading
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Table, create_engine, event
 from sqlalchemy.engine import Connection, Engine, make_url
@@ -17,7 +39,9 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlmodel import Session
 
 from gepa_trace.config import setting
-from gepa_trace.errors import ConfigError, StoreError
+from gepa_trace.errors import ConfigError, StoreError, StoreMissing
+
+logger = logging.getLogger(__name__)
 
 
 class Store:
@@ -73,15 +97,37 @@ _stores: dict[str, Store] = {}
 _stores_lock = threading.Lock()
 
 
+# The store of the latest instrument() call in this process (see the module docstring).
+_instrumented_url: str | None = None
+
+MISSING_HINT = ("check --store / store= / $GEPA_TRACE_STORE; only gt.instrument() and "
+                "the commands that record traces (collect, ingest, demo) create one")
+
+
 def resolve_url(url: str | None = None) -> str:
-    return str(setting("store", url))
+    """The URL of the store to use, in the order of the module docstring."""
+    if url:
+        return str(url)
+    if _instrumented_url is not None:
+        return _instrumented_url
+    return str(setting("store"))
 
 
-def open_store(url: "str | Store | None" = None, *, migrate: bool = True) -> Store:
-    """The store at ``url`` (or the configured one), schema brought up to date.
+def set_instrumented_store(url: str | None) -> None:
+    """Make ``url`` the process's default store (``instrument()`` calls this); None
+    forgets it, so the environment and the built-in default apply again."""
+    global _instrumented_url
+    _instrumented_url = url
 
-    Raises ``ConfigError`` for a URL that is not a supported database and ``StoreError``
-    (``SchemaTooNewError``) when the database cannot be opened or is from a newer version.
+
+def open_store(url: str | Store | None = None, *, create: bool = False) -> Store:
+    """The store at ``url`` (resolved by ``resolve_url``), schema brought up to date.
+
+    ``create=True`` (only for what records traces) creates a missing SQLite file and
+    initialises a database with no tables. Raises ``StoreMissing`` when there is no
+    store and ``create`` is false (nothing is created), ``StoreError`` for a database
+    that is not ours or cannot be opened (``SchemaTooNewError``: from a newer version),
+    and ``ConfigError`` for a URL that is not a supported database.
     """
     if isinstance(url, Store):
         return url
@@ -89,18 +135,37 @@ def open_store(url: "str | Store | None" = None, *, migrate: bool = True) -> Sto
     with _stores_lock:
         store = _stores.get(url)
         if store is None:
-            store = Store(url, _make_engine(url))
-            if migrate:
-                from gepa_trace.store.migrations import migrate_forward
+            engine = _make_engine(url, create=create)
+            store = Store(url, engine)
+            from gepa_trace.store.migrations import migrate_forward
 
-                try:
-                    migrate_forward(store)
-                except SQLAlchemyError as exc:
-                    store.dispose()
-                    raise StoreError(f"cannot open store {safe_url(url)}: "
-                                     f"{_first_line(exc)}") from exc
+            try:
+                migrate_forward(store, create=create)
+                if store.dialect == "sqlite":
+                    _use_wal(engine)
+            except SQLAlchemyError as exc:
+                store.dispose()
+                raise StoreError(f"cannot open store {safe_url(url)}: "
+                                 f"{_first_line(exc)}") from exc
+            except BaseException:
+                store.dispose()  # closing our connections also removes -wal/-shm files
+                raise
             _stores[url] = store
         return store
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The absolute path of a SQLite store's file; None for other databases, in-memory
+    SQLite and ``file:`` URIs (whose existence is not ours to judge)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    database = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:" \
+            or database.startswith("file:"):
+        return None
+    return Path(database).expanduser().resolve()
 
 
 def forget_store(url: str) -> None:
@@ -124,7 +189,7 @@ def _first_line(exc: BaseException) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
 
 
-def _make_engine(url: str) -> Engine:
+def _make_engine(url: str, *, create: bool) -> Engine:
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
@@ -132,7 +197,7 @@ def _make_engine(url: str) -> Engine:
                           "(expected sqlite:///path or postgresql+psycopg://...)") from exc
     backend = parsed.get_backend_name()
     if backend == "sqlite":
-        return _sqlite_engine(url, parsed)
+        return _sqlite_engine(url, parsed, create=create)
     if backend in ("postgresql", "postgres"):
         if parsed.drivername in ("postgresql", "postgres"):
             parsed = parsed.set(drivername="postgresql+psycopg")
@@ -147,14 +212,15 @@ def _make_engine(url: str) -> Engine:
                       "(use sqlite:/// or postgresql+psycopg://)")
 
 
-def _sqlite_engine(url: str, parsed) -> Engine:
-    from pathlib import Path
-
-    database = parsed.database
-    if database and database != ":memory:" and not database.startswith("file:"):
-        parent = Path(database).expanduser().resolve().parent
-        if not parent.is_dir():
-            raise ConfigError(f"store URL {url!r}: directory {parent} does not exist")
+def _sqlite_engine(url: str, parsed, *, create: bool) -> Engine:
+    path = sqlite_path(url)
+    # Checked before any connection: connecting is what would create the file.
+    if path is not None and not path.exists():
+        if not create:
+            where = "" if path.parent.is_dir() else f"directory {path.parent} does not exist; "
+            raise StoreMissing(f"no store at {path} ({where}{MISSING_HINT})")
+        if not path.parent.is_dir():
+            raise ConfigError(f"store URL {url!r}: directory {path.parent} does not exist")
     busy_ms = int(setting("sqlite_busy_timeout_ms"))
     engine = create_engine(parsed, connect_args={"check_same_thread": False,
                                                  "timeout": busy_ms / 1000})
@@ -165,11 +231,9 @@ def _sqlite_engine(url: str, parsed) -> Engine:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         try:
+            # Only settings of this connection here: the file is not known to be ours yet
+            # (WAL mode, which is written into the file, is set by _use_wal once it is).
             cur.execute(f"PRAGMA busy_timeout={busy_ms}")
-            try:
-                cur.execute("PRAGMA journal_mode=WAL")
-            except Exception:
-                pass  # a read-only database keeps its journal mode; reads still work
             cur.execute("PRAGMA synchronous=NORMAL")
         finally:
             cur.close()
@@ -182,4 +246,28 @@ def _sqlite_engine(url: str, parsed) -> Engine:
     return engine
 
 
-__all__ = ["Store", "open_store", "forget_store", "resolve_url", "safe_url"]
+def _use_wal(engine: Engine) -> None:
+    """Switch a store of ours to WAL (persistent in the file; a no-op when it already is),
+    so that a collector, an optimizer and readers can share it."""
+    raw = engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.Error as exc:  # a read-only database keeps its journal mode
+            logger.debug("store stays in its journal mode: %s", exc)  # reads still work
+        finally:
+            cur.close()
+    finally:
+        raw.close()
+
+
+__all__ = [
+    "Store",
+    "forget_store",
+    "open_store",
+    "resolve_url",
+    "safe_url",
+    "set_instrumented_store",
+    "sqlite_path",
+]

@@ -17,13 +17,14 @@ import numbers
 import re
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from sqlalchemy import insert, select, tuple_
 
-from gepa_trace.errors import FeedbackError, NotFoundError
+from gepa_trace.errors import FeedbackError, NotFoundError, StoreMissing
 from gepa_trace.store.engine import Store, open_store, safe_url
 from gepa_trace.store.queries import Feedback
 from gepa_trace.store.tables import FeedbackRow, SpanRow
@@ -194,14 +195,22 @@ def record_feedback(trace_id: str, score: float | None = None, label: str | None
     Refused with ``FeedbackError`` (message naming the problem): a malformed trace or
     span id, a score that is not a finite number, no score/label/comment at all, and a
     trace or span the store has no span of (``UnknownTraceError``, also a
-    ``NotFoundError``). ``store`` defaults to the configured store. Before refusing an
-    unknown trace it flushes the spans still buffered in this process (see
+    ``NotFoundError``); ``StoreMissing`` when there is no store. ``store`` defaults to
+    the one ``gt.instrument()`` records into (see ``store.engine``). Before refusing an
+    unknown trace (or a store not created yet) it flushes the spans still buffered in this process (see
     ``register_flush_hook``), so feedback right after a run works.
     """
     row = checked_feedback(trace_id, score=score, label=label, comment=comment, name=name,
                            source=source, span_id=span_id)
     row["created_at"] = time.time()
-    store = open_store(store)
+    try:
+        store = open_store(store)
+    except StoreMissing:
+        # instrument()'s store is created by its first export, which may still be
+        # queued in this process: flush, then look once more.
+        if not _flush_pending_spans():
+            raise
+        store = open_store(store)
     feedback_id = _insert_if_known(store, row)
     # Not found: the run may have just ended with its spans still buffered in this
     # process. Flush outside any transaction (the exporter needs the write lock).
@@ -349,5 +358,13 @@ def import_feedback(store: Store | str | None, path: str | Path) -> ImportReport
     return report
 
 
-__all__ = ["record_feedback", "import_feedback", "register_flush_hook", "checked_feedback",
-           "ImportReport", "RejectedRow", "UnknownTraceError", "Feedback"]
+__all__ = [
+    "Feedback",
+    "ImportReport",
+    "RejectedRow",
+    "UnknownTraceError",
+    "checked_feedback",
+    "import_feedback",
+    "record_feedback",
+    "register_flush_hook",
+]

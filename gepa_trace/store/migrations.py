@@ -4,18 +4,22 @@ A migration is a function of a connection inside the migration transaction. Appe
 ones to ``MIGRATIONS``; never edit or reorder one that has shipped. ``SCHEMA_VERSION``
 is the number of migrations this code knows; a database that records more was written
 by a newer gepa-trace and is refused rather than guessed at.
+
+The ``gepa_migrations`` table is what makes a database ours. One without it is
+initialised only when it has no tables at all and the caller may create a store; a
+database with other tables is refused, never added to (see ``store.engine``).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
-from sqlalchemy import Column, Float, MetaData, String, Table, select, text
+from sqlalchemy import Column, Float, MetaData, String, Table, inspect, select, text
 from sqlalchemy.engine import Connection
 
-from gepa_trace.errors import SchemaTooNewError
-from gepa_trace.store.engine import safe_url
+from gepa_trace.errors import SchemaTooNewError, StoreError, StoreMissing
+from gepa_trace.store.engine import MISSING_HINT, safe_url, sqlite_path
 
 _meta = MetaData()
 migrations_table = Table(
@@ -46,12 +50,22 @@ def applied(conn: Connection) -> list[str]:
     return [name for _seq, name in rows]
 
 
-def migrate_forward(store) -> list[str]:
-    """Apply the migrations the database lacks; return their names."""
+def migrate_forward(store, *, create: bool = False) -> list[str]:
+    """Apply the migrations the database lacks; return their names.
+
+    A database without ``gepa_migrations`` is initialised only if it has no tables and
+    ``create`` is true; otherwise ``StoreMissing`` (no tables) or ``StoreError`` (other
+    tables), and nothing is written.
+    """
     with store.write() as conn:
         if store.dialect == "postgresql":
             # Two processes opening a new database at once: one migrates, one waits.
             conn.execute(text("SELECT pg_advisory_xact_lock(743201)"))
+        # Checked inside the write transaction, so two creators racing on one new
+        # database see each other's tables rather than both deciding it is empty.
+        tables = inspect(conn).get_table_names()
+        if migrations_table.name not in tables:
+            _refuse_unless_creatable(store, tables, create)
         _meta.create_all(conn, checkfirst=True)
         done = applied(conn)
         if len(done) > SCHEMA_VERSION:
@@ -72,3 +86,17 @@ def migrate_forward(store) -> list[str]:
                 seq=f"{index + 1:04d}", name=name, applied_at=time.time()))
             new.append(name)
         return new
+
+
+def _refuse_unless_creatable(store, tables: list[str], create: bool) -> None:
+    url = safe_url(store.url)
+    if tables:
+        names = sorted(tables)
+        shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+        raise StoreError(f"store {url} is not a gepa-trace store (it has tables: {shown}); "
+                         "refusing to add ours")
+    if not create:
+        path = sqlite_path(store.url)
+        where = f"{path} (the file has no tables" if path is not None else \
+            f"{url} (the database schema has no tables"
+        raise StoreMissing(f"no store at {where}; {MISSING_HINT})")

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from sqlalchemy import case, exists, func, or_, select
 
@@ -243,7 +244,7 @@ def _feedback_row(row: Any) -> Feedback:
 
 
 def _ns(epoch_s: float) -> int:
-    return int(round(epoch_s * 1e9))
+    return round(epoch_s * 1e9)
 
 
 # ---------------------------------------------------------------- feedback
@@ -504,7 +505,16 @@ def list_components(store: Store | str | None = None, *, agent: str | None = Non
 
 
 __all__ = [
-    "Feedback", "Run", "SpanNode", "Trace", "Component", "ComponentVersion",
-    "feedback_for_traces", "list_runs", "resolve_trace_id", "get_trace", "trace_exists",
+    "Component",
+    "ComponentVersion",
+    "Feedback",
+    "Run",
+    "SpanNode",
+    "Trace",
+    "feedback_for_traces",
+    "get_trace",
     "list_components",
+    "list_runs",
+    "resolve_trace_id",
+    "trace_exists",
 ]

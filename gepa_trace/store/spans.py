@@ -16,10 +16,11 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from operator import itemgetter
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from sqlalchemy import and_, update
 

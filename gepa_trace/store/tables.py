@@ -9,8 +9,6 @@ Changing a table means adding a named migration in ``migrations.py``.
 
 from __future__ import annotations
 
-from typing import Optional
-
 from sqlalchemy import BigInteger, Column, Index, Text, text
 from sqlmodel import Field, SQLModel
 
@@ -29,38 +27,38 @@ class SpanRow(SQLModel, table=True):
 
     trace_id: str = Field(primary_key=True, max_length=32)
     span_id: str = Field(primary_key=True, max_length=16)
-    parent_span_id: Optional[str] = Field(default=None, max_length=16)
+    parent_span_id: str | None = Field(default=None, max_length=16)
     name: str = Field(sa_column=Column(Text, nullable=False))
     kind: str = Field(default="INTERNAL", max_length=16)
     start_ns: int = Field(sa_column=Column(BigInteger, nullable=False))
     end_ns: int = Field(sa_column=Column(BigInteger, nullable=False))
     status_code: str = Field(default="UNSET", max_length=8)
-    status_message: Optional[str] = Field(default=None, sa_column=Column(Text))
+    status_message: str | None = Field(default=None, sa_column=Column(Text))
     attributes: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))
     events: str = Field(default="[]", sa_column=Column(Text, nullable=False, default="[]"))
     resource: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))
-    service_name: Optional[str] = Field(default=None, max_length=255)
+    service_name: str | None = Field(default=None, max_length=255)
     # derived, indexed
-    agent: Optional[str] = Field(default=None, max_length=255)
-    component: Optional[str] = Field(default=None, max_length=255)
-    span_type: Optional[str] = Field(default=None, max_length=16)
-    run_id: Optional[str] = Field(default=None, max_length=64)
-    prompt_version: Optional[str] = Field(default=None, max_length=64)
-    model: Optional[str] = Field(default=None, max_length=255)
-    input_tokens: Optional[int] = None
-    output_tokens: Optional[int] = None
+    agent: str | None = Field(default=None, max_length=255)
+    component: str | None = Field(default=None, max_length=255)
+    span_type: str | None = Field(default=None, max_length=16)
+    run_id: str | None = Field(default=None, max_length=64)
+    prompt_version: str | None = Field(default=None, max_length=64)
+    model: str | None = Field(default=None, max_length=255)
+    input_tokens: int | None = None
+    output_tokens: int | None = None
 
 
 class FeedbackRow(SQLModel, table=True):
     __tablename__ = "feedback"
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     trace_id: str = Field(index=True, max_length=32)
-    span_id: Optional[str] = Field(default=None, max_length=16)
+    span_id: str | None = Field(default=None, max_length=16)
     name: str = Field(default="user", max_length=255)
-    score: Optional[float] = None
-    label: Optional[str] = Field(default=None, max_length=255)
-    comment: Optional[str] = Field(default=None, sa_column=Column(Text))
+    score: float | None = None
+    label: str | None = Field(default=None, max_length=255)
+    comment: str | None = Field(default=None, sa_column=Column(Text))
     source: str = Field(default="human", max_length=64)
     created_at: float
 
@@ -70,12 +68,12 @@ class PromptVersionRow(SQLModel, table=True):
 
     component: str = Field(primary_key=True, max_length=255)
     version: str = Field(primary_key=True, max_length=64)
-    agent: Optional[str] = Field(default=None, max_length=255)
+    agent: str | None = Field(default=None, max_length=255)
     template: str = Field(sa_column=Column(Text, nullable=False))  # messages JSON
     origin: str = Field(default="observed", max_length=32)  # observed | optimization | file
-    run_id: Optional[str] = Field(default=None, max_length=64)
-    candidate_id: Optional[int] = None
-    parent_version: Optional[str] = Field(default=None, max_length=64)
+    run_id: str | None = Field(default=None, max_length=64)
+    candidate_id: int | None = None
+    parent_version: str | None = Field(default=None, max_length=64)
     first_seen: float
     last_seen: float
 
@@ -102,13 +100,13 @@ class OptimizationRunRow(SQLModel, table=True):
     seed: int = 0
     iteration: int = 0
     started_at: float
-    finished_at: Optional[float] = None
-    heartbeat_at: Optional[float] = None
-    best_candidate_id: Optional[int] = None
-    best_val_score: Optional[float] = None
-    stop_reason: Optional[str] = Field(default=None, sa_column=Column(Text))
+    finished_at: float | None = None
+    heartbeat_at: float | None = None
+    best_candidate_id: int | None = None
+    best_val_score: float | None = None
+    stop_reason: str | None = Field(default=None, sa_column=Column(Text))
     totals: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))  # JSON
-    warm_start_from: Optional[str] = Field(default=None, max_length=64)
+    warm_start_from: str | None = Field(default=None, max_length=64)
 
 
 class CandidateRow(SQLModel, table=True):
@@ -125,14 +123,14 @@ class CandidateRow(SQLModel, table=True):
     prompts: str = Field(sa_column=Column(Text, nullable=False))  # JSON {component: version}
     parents: str = Field(default="[]", sa_column=Column(Text, nullable=False, default="[]"))  # JSON [ids]
     origin: str = Field(max_length=32)  # seed | reflection | merge | warm_start
-    component: Optional[str] = Field(default=None, max_length=255)  # the one(s) reflected on
-    diagnosis: Optional[str] = Field(default=None, sa_column=Column(Text))
+    component: str | None = Field(default=None, max_length=255)  # the one(s) reflected on
+    diagnosis: str | None = Field(default=None, sa_column=Column(Text))
     status: str = Field(default="proposed", max_length=16)  # proposed | accepted | rejected
-    reason: Optional[str] = Field(default=None, sa_column=Column(Text))
+    reason: str | None = Field(default=None, sa_column=Column(Text))
     minibatch: str = Field(default="[]", sa_column=Column(Text, nullable=False, default="[]"))  # JSON [example ids]
-    minibatch_parent_sum: Optional[float] = None
-    minibatch_child_sum: Optional[float] = None
-    val_score: Optional[float] = None
+    minibatch_parent_sum: float | None = None
+    minibatch_child_sum: float | None = None
+    val_score: float | None = None
     meta: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))  # JSON
     iteration: int = 0
     created_at: float
@@ -146,17 +144,17 @@ class EvaluationRow(SQLModel, table=True):
     __tablename__ = "evaluations"
     __table_args__ = (Index("ix_evaluations_candidate", "run_id", "candidate_id"),)
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     run_id: str = Field(max_length=64)
     candidate_id: int
     example_id: str = Field(max_length=255)
     purpose: str = Field(default="val", max_length=16)  # minibatch | val | test | merge
     score: float
-    feedback: Optional[str] = Field(default=None, sa_column=Column(Text))
-    output: Optional[str] = Field(default=None, sa_column=Column(Text))  # JSON
+    feedback: str | None = Field(default=None, sa_column=Column(Text))
+    output: str | None = Field(default=None, sa_column=Column(Text))  # JSON
     records: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))  # JSON
-    trace_id: Optional[str] = Field(default=None, max_length=32)
-    error: Optional[str] = Field(default=None, sa_column=Column(Text))
+    trace_id: str | None = Field(default=None, max_length=32)
+    error: str | None = Field(default=None, sa_column=Column(Text))
     llm_calls: int = 0
     cache_hits: int = 0
     tokens: int = 0
@@ -170,7 +168,7 @@ class RunEventRow(SQLModel, table=True):
     __tablename__ = "run_events"
     __table_args__ = (Index("ix_run_events_run", "run_id", "seq"),)
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     run_id: str = Field(max_length=64)
     seq: int
     kind: str = Field(max_length=32)
