@@ -366,13 +366,13 @@ def optimize(agent: str, *, reflection_lm: "str | Callable[[str], str]",
                     "replay (--entrypoint)")
     inst, owned = _instrumentation(store, agent)
     cache = None
-    if settings.replay_cache:  # with worker processes, each has its own; this one counts
-        cache = ReplayCache() if in_processes else ReplayCache.from_store(store, agent)
-    from langchain_core.globals import get_llm_cache, set_llm_cache
-
-    previous_cache = get_llm_cache()
-    if cache is not None:
-        set_llm_cache(cache)
+    # The cache answers only this run's rollouts (AgentReplay serves it around each one),
+    # from the recorded calls of the examples in use. With worker processes, each child
+    # has its own and this one only adds up their counts.
+    trace_ids = tuple(e.trace_id for e in dataset.all() if e.trace_id)
+    if settings.replay_cache and not log_only:
+        cache = ReplayCache() if in_processes else ReplayCache.from_store(store, agent,
+                                                                          trace_ids)
     evaluator: Any = None
     try:
         if log_only:
@@ -383,11 +383,13 @@ def optimize(agent: str, *, reflection_lm: "str | Callable[[str], str]",
         elif in_processes:
             from gepa_trace.replay.workers import process_evaluator
 
-            evaluator = process_evaluator(store.url, agent, settings, config, budget)
+            evaluator = process_evaluator(store.url, agent, settings, config, budget,
+                                          trace_ids)
         else:
             from gepa_trace.replay.harness import AgentReplay
 
-            evaluator = AgentReplay(builder, metric_fn, agent=agent, instrumentation=inst)
+            evaluator = AgentReplay(builder, metric_fn, agent=agent, instrumentation=inst,
+                                    cache=cache)
         if not log_only:
             probe = preflight.check_rollout(evaluator, seed_prompts, dataset.train[0],
                                             low=config.min_score, high=config.perfect_score)
@@ -421,7 +423,6 @@ def optimize(agent: str, *, reflection_lm: "str | Callable[[str], str]",
             for counts in close():
                 if cache is not None and counts:
                     cache.absorb(counts)
-        set_llm_cache(previous_cache)
         inst.force_flush()
         if owned:
             inst.shutdown()

@@ -39,10 +39,9 @@ class ReplayWorker:
     task_lm_base: str | None = None
     judge_lm_base: str | None = None
     score_range: tuple[float, float] = (0.0, 1.0)
+    trace_ids: tuple[str, ...] | None = None  # the examples' traces: what the cache loads
 
     def __call__(self, budget: Budget) -> "_ChildReplay":
-        from langchain_core.globals import set_llm_cache
-
         from gepa_trace.collectors.instrument import instrument
         from gepa_trace.replay import preflight
         from gepa_trace.replay.cache import ReplayCache
@@ -58,11 +57,11 @@ class ReplayWorker:
                                 self.score_range)
         build = _builder(load_entrypoint(self.entrypoint, self.app_dir), self.task_lm,
                          self.task_lm_base)
-        cache = ReplayCache.from_store(store, self.agent) if self.replay_cache else None
-        set_llm_cache(cache)
+        cache = (ReplayCache.from_store(store, self.agent, self.trace_ids)
+                 if self.replay_cache else None)
         inst = instrument(store=store, service_name=self.agent)
-        return _ChildReplay(AgentReplay(build, metric, agent=self.agent, instrumentation=inst),
-                            inst, cache, store.url)
+        return _ChildReplay(AgentReplay(build, metric, agent=self.agent, instrumentation=inst,
+                                        cache=cache), inst, cache, store.url)
 
 
 class _ChildReplay:
@@ -77,13 +76,10 @@ class _ChildReplay:
         return self.replay.evaluate(prompts, example, context)
 
     def close(self) -> dict[str, Any]:
-        from langchain_core.globals import set_llm_cache
-
         from gepa_trace.store import forget_store
 
         self.inst.force_flush()
         self.inst.shutdown()
-        set_llm_cache(None)
         # An idle child lives on (reused by the next run) and exits with os._exit: its
         # SQLite connections must close now, or the parent's close is not the last one
         # and SQLite leaves the -wal and -shm files beside the store.
@@ -92,7 +88,7 @@ class _ChildReplay:
 
 
 def process_evaluator(store_url: str, agent: str, settings: Any, config: Any,
-                      budget: Budget) -> Any:
+                      budget: Budget, trace_ids: tuple[str, ...] | None = None) -> Any:
     """The ``ProcessEvaluator`` of ``gepa_trace.optimize`` (``settings``: its
     ``ReplaySettings``; ``config``: its ``OptimizerConfig``). A child that cannot import
     or build the agent is a ``PreflightFailed``."""
@@ -105,7 +101,8 @@ def process_evaluator(store_url: str, agent: str, settings: Any, config: Any,
                           settings.replay_cache, app_dir=preflight.app_path(settings.app_dir),
                           task_lm_base=settings.task_lm_base,
                           judge_lm_base=settings.judge_lm_base,
-                          score_range=(config.min_score, config.perfect_score))
+                          score_range=(config.min_score, config.perfect_score),
+                          trace_ids=trace_ids)
     try:
         return ProcessEvaluator(worker, processes=settings.processes, threads=config.workers,
                                 budget=budget)
