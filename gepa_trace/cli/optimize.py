@@ -97,6 +97,10 @@ def print_outcome(summary: dict[str, Any]) -> None:
         size = summary["val_size"]
         click.echo(f"            validation grew from {size - grown} to {size} examples once "
                    f"solved; the seed's score is on the first {size - grown}")
+    if held.get("failed") or held.get("skipped"):
+        what = "FAILED" if held.get("failed") else "skipped"
+        click.echo(f"held-out    {what}: {held.get('failed') or held.get('skipped')} "
+                   "(no verdict; export has no gate to pass)")
     if gate:
         click.echo(f"held-out    seed {gate['seed_mean']:.3f} -> best {gate['best_mean']:.3f}  "
                    f"gain {gate['gain']:+.3f}  {gate['confidence']:.0%} interval "
@@ -115,22 +119,45 @@ def print_outcome(summary: dict[str, Any]) -> None:
 @click.command()
 @click.option("--agent", required=True, help="The agent whose recorded runs to learn from.")
 @click.option("--entrypoint", default=None, metavar="MODULE:FUNCTION",
-              help="build_agent(prompts) -> Runnable; without it, log-only replay.")
+              help="build_agent(prompts) -> Runnable; without it, log-only replay. The "
+                   "module is imported from the working directory first (see --app-dir).")
 @click.option("--metric", default="feedback", show_default=True, metavar="NAME|MODULE:FN",
-              help="feedback, exact_match, contains, judge, or metric(example, output, trace).")
+              help="feedback, exact_match, contains, judge, or metric(example, output, "
+                   "trace) -> float | Score in [0, 1].")
+@click.option("--app-dir", default=None, metavar="DIR",
+              type=click.Path(exists=True, file_okay=False),
+              help="Import --entrypoint and --metric modules from DIR first (default: the "
+                   "working directory), here and in worker processes.")
 @click.option("--reflection-lm", required=True, metavar="MODEL",
               help="litellm model string of the reflection LM (gepa-sim/reflect offline).")
+@click.option("--reflection-lm-base", default=None, metavar="URL",
+              help="api_base of an OpenAI-compatible server for --reflection-lm (e.g. "
+                   "http://127.0.0.1:8000/v1 with openai/MODEL); the key comes from the "
+                   "provider's variable (OPENAI_API_KEY for openai/...).")
 @click.option("--task-lm", default=None, metavar="MODEL",
-              help="Model the agent (or log-only replay) calls instead of the recorded one.")
-@click.option("--judge-lm", default=None, metavar="MODEL", help="Model of the judge metric.")
+              help="Model the agent (build_agent(prompts, model=...)) or log-only replay "
+                   "calls instead of the recorded one.")
+@click.option("--task-lm-base", default=None, metavar="URL",
+              help="api_base for --task-lm (passed to build_agent as api_base= when it takes "
+                   "that keyword); key from the provider's variable (OPENAI_API_KEY for "
+                   "openai/...).")
+@click.option("--judge-lm", default=None, metavar="MODEL",
+              help="Model of the judge (--metric judge, and log-only replay); default "
+                   "--task-lm.")
+@click.option("--judge-lm-base", default=None, metavar="URL",
+              help="api_base for --judge-lm; key from the provider's variable "
+                   "(OPENAI_API_KEY for openai/...).")
 @click.option("--rubric", default=None, help="The judge's rubric.")
-@click.option("--budget-rollouts", type=click.IntRange(min=1), default=300, show_default=True)
-@click.option("--max-llm-calls", type=click.IntRange(min=1), default=None)
+@click.option("--budget-rollouts", type=click.IntRange(min=1), default=300, show_default=True,
+              help="Stop after this many rollouts (agent runs on one example).")
+@click.option("--max-llm-calls", type=click.IntRange(min=1), default=None,
+              help="Stop after this many LLM calls (task, judge and reflection).")
 @click.option("--max-cost", "max_cost", type=click.FloatRange(min=0), default=None,
-              metavar="USD")
+              metavar="USD", help="Stop once this many dollars are spent (litellm prices).")
 @click.option("--max-time", "max_seconds", type=click.FloatRange(min=1), default=None,
-              metavar="SECONDS")
-@click.option("--workers", type=click.IntRange(min=1, max=64), default=4, show_default=True)
+              metavar="SECONDS", help="Stop after this much wall time.")
+@click.option("--workers", type=click.IntRange(min=1, max=64), default=4, show_default=True,
+              help="Rollouts run at once (results do not depend on it).")
 @click.option("--processes", type=click.IntRange(min=1, max=64), default=1, show_default=True,
               help="Run rollouts in this many worker processes, each with --workers "
                    "threads (an agent's Python runs on more than one core); needs "
@@ -139,7 +166,8 @@ def print_outcome(summary: dict[str, Any]) -> None:
               help="Reflection iterations run at once, each on the guess that the ones "
                    "before it are rejected; the choices are those of the one-at-a-time "
                    "loop, a wrong guess costs its rollouts. 1: one at a time.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of every random choice (runs with the same seed choose the same).")
 @click.option("--since", default=None, help="Only runs since then: 24h, 7d or an ISO date.")
 @click.option("--until", default=None, help="Only runs before then.")
 @click.option("--with-feedback", is_flag=True, help="Only runs that have feedback.")
@@ -165,8 +193,10 @@ def print_outcome(summary: dict[str, Any]) -> None:
 @store_option
 @json_option
 @handles_errors
-def optimize(agent: str, entrypoint: str | None, metric: str, reflection_lm: str,
-             task_lm: str | None, judge_lm: str | None, rubric: str | None,
+def optimize(agent: str, entrypoint: str | None, metric: str, app_dir: str | None,
+             reflection_lm: str, reflection_lm_base: str | None, task_lm: str | None,
+             task_lm_base: str | None, judge_lm: str | None, judge_lm_base: str | None,
+             rubric: str | None,
              budget_rollouts: int, max_llm_calls: int | None, max_cost: float | None,
              max_seconds: float | None, workers: int, processes: int,
              lookahead: int, seed: int,
@@ -179,6 +209,14 @@ def optimize(agent: str, entrypoint: str | None, metric: str, reflection_lm: str
     Examples are the agent's production runs and their feedback; each rollout replays
     the agent (--entrypoint) with candidate prompts, and recorded LLM calls are served
     from the store. Progress goes to stderr, the summary to stdout.
+
+    Before the loop, a preflight runs one seed rollout and one call to each model; if
+    one fails the command stops at once with one line naming the cause.
+
+    \b
+    Exit codes: 0 done; 6 preflight failed (entry point, metric or a model does not
+    work); 7 rollouts kept failing (the run is kept: fix it, then --resume RUN_ID) or
+    the held-out test failed; see `gepa-trace --help` for the others.
 
     \b
     Example:
@@ -200,6 +238,8 @@ def optimize(agent: str, entrypoint: str | None, metric: str, reflection_lm: str
                                      f"({exc})", param_hint="--split") from None
     settings = ReplaySettings(
         entrypoint=entrypoint, metric=metric, task_lm=task_lm, judge_lm=judge_lm,
+        task_lm_base=task_lm_base, judge_lm_base=judge_lm_base,
+        reflection_lm_base=reflection_lm_base, app_dir=app_dir,
         rubric=rubric, replay_cache=not no_replay_cache, fractions=fractions,
         processes=processes,
         filters=ExampleFilter(since=parse_since(since), until=parse_since(until),
@@ -212,20 +252,33 @@ def optimize(agent: str, entrypoint: str | None, metric: str, reflection_lm: str
     display = ProgressDisplay(budget_rollouts)
     progress(f"optimizing {agent} (budget {budget!r}, {workers} workers"
              + (f" in {processes} processes)" if processes > 1 else ")"))
-    outcome = run_optimize(agent, reflection_lm=reflection_lm, entrypoint=entrypoint,
-                           metric=metric, budget=budget, store=store, settings=settings,
-                           config=config, resume=resume, warm_start=warm_start,
-                           callbacks=[display])
+    from gepa_trace.store.engine import forget_store, resolve_url
+
+    try:
+        outcome = run_optimize(agent, reflection_lm=reflection_lm, entrypoint=entrypoint,
+                               metric=metric, budget=budget, store=store, settings=settings,
+                               config=config, resume=resume, warm_start=warm_start,
+                               callbacks=[display])
+    finally:
+        # Closing every connection lets SQLite fold its -wal file back into the database
+        # and remove it (and -shm): a command leaves no new file beside the store.
+        forget_store(resolve_url(store))
     summary = outcome.summary()
     if as_json:
         print_json(summary)
     else:
         print_outcome(summary)
+    if outcome.held_out.failed:
+        from gepa_trace.errors import RolloutsFailed
+
+        raise RolloutsFailed(f"run {outcome.run_id}: the held-out test failed: "
+                             f"{outcome.held_out.failed}")
 
 
 @click.group(invoke_without_command=True)
 @click.option("--agent", default=None, help="Only this agent's runs.")
-@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Show at most this many runs.")
 @store_option
 @json_option
 @click.pass_context

@@ -13,9 +13,14 @@ A logical call (``complete``) is: wait for a free slot of this LM's semaphore, r
 one call from the budget (``BudgetExhausted`` if spent; nothing is sent), then send, retrying
 transient failures (429, 5xx, timeouts, broken connections) with exponential backoff and
 jitter, never sooner than a server's Retry-After. Retries are attempts of the same
-logical call: the budget counts one call. Errors that retrying cannot fix (auth, bad
-request, unknown model) raise ``LMError`` at once, naming the model; so does the last
-transient failure once ``max_retries`` retries are used up.
+logical call: the budget counts one call. Errors that retrying cannot fix (auth or a
+missing API key, permission, bad request, unknown model: ``lm.retry.error_kind``) raise
+``LMError`` at once, naming the model and the cause; so does the last transient failure
+once ``max_retries`` retries are used up. The ``LMError`` is raised from the provider's
+exception, so ``error_kind(err.__cause__)`` tells the cause to code that needs it.
+
+``lm.probe()`` is the preflight's question "does this model answer at all?": one tiny
+call, ONE attempt, a short timeout, so a dead endpoint or a bad key fails in seconds.
 
 The semaphore belongs to the LM object: code that shares one LM (the optimizer's
 workers, every ``LiteLLMChatModel(lm=...)``) shares its limit; two LM objects for the
@@ -35,12 +40,13 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 from gepa_trace.errors import ConfigError, LMError
 from gepa_trace.lm.budget import Budget
 from gepa_trace.lm.fenced import extract_fenced
-from gepa_trace.lm.retry import backoff_s, is_retryable, retry_after_s, status_of
+from gepa_trace.lm.retry import (
+    RETRYABLE_KINDS, backoff_s, connection_refused, error_kind, retry_after_s, status_of)
 
 log = logging.getLogger("gepa_trace.lm")
 
@@ -234,6 +240,21 @@ class LM:
         second = self.complete(retry, **params)
         return second.text, extract_fenced(second.text)
 
+    def probe(self, timeout: float = 10.0) -> Completion:
+        """One tiny call, sent once (no retries) with at most ``timeout`` seconds to answer.
+
+        Raises ``LMError`` naming the cause (unknown model, auth or missing key,
+        connection refused, ...) at once. The call counts in the budget like any other.
+        """
+        msgs = as_messages("Reply with the single word OK.")
+        with self._slots:
+            self._enter()
+            try:
+                return self._call(msgs, {**self.default_params, "max_tokens": 16},
+                                  max_retries=0, timeout=min(self.timeout, timeout))
+            finally:
+                self._leave()
+
     def usage(self) -> Usage:
         """A snapshot of this LM's running totals."""
         with self._lock:
@@ -262,8 +283,9 @@ class LM:
         with self._lock:
             self._in_flight -= 1
 
-    def _request(self, msgs: list[dict[str, Any]], params: dict[str, Any]) -> dict[str, Any]:
-        request = {**params, "model": self.model, "messages": msgs, "timeout": self.timeout,
+    def _request(self, msgs: list[dict[str, Any]], params: dict[str, Any],
+                 timeout: float) -> dict[str, Any]:
+        request = {**params, "model": self.model, "messages": msgs, "timeout": timeout,
                    # We retry ourselves; litellm and the OpenAI SDK must not retry underneath.
                    "max_retries": 0, "num_retries": 0}
         if self.api_base:
@@ -272,7 +294,9 @@ class LM:
             request["api_key"] = self.api_key
         return request
 
-    def _call(self, msgs: list[dict[str, Any]], params: dict[str, Any]) -> Completion:
+    def _call(self, msgs: list[dict[str, Any]], params: dict[str, Any], *,
+              max_retries: int | None = None, timeout: float | None = None) -> Completion:
+        retries = self.max_retries if max_retries is None else max_retries
         litellm = _litellm()
         if self._sim_model is not None:
             from gepa_trace.lm import sim
@@ -280,7 +304,7 @@ class LM:
             sim.register()
         if self.budget is not None:
             self.budget.start_llm_call(self.role)  # raises BudgetExhausted: nothing is sent
-        request = self._request(msgs, params)
+        request = self._request(msgs, params, self.timeout if timeout is None else timeout)
         started = time.monotonic()
         attempt = 0
         while True:
@@ -289,10 +313,10 @@ class LM:
                 response = litellm.completion(**request)
                 break
             except Exception as exc:  # every failure is classified below, none swallowed
-                retryable = is_retryable(exc)
-                if not retryable or attempt > self.max_retries:
+                kind = error_kind(exc)
+                if kind not in RETRYABLE_KINDS or attempt > retries:
                     self._failed(attempt)
-                    raise self._error(exc, attempt, retryable) from exc
+                    raise self._error(exc, attempt, kind) from exc
                 pause = backoff_s(attempt, self.backoff_s, self.backoff_max_s,
                                   retry_after_s(exc), self._jitter)
                 log.info("%s: %s on attempt %d; retrying in %.2fs", self.model,
@@ -300,17 +324,31 @@ class LM:
                 time.sleep(pause)
         return self._account(response, started, attempt)
 
-    def _error(self, exc: Exception, attempts: int, retryable: bool) -> LMError:
+    def _error(self, exc: Exception, attempts: int, kind: str) -> LMError:
         status = status_of(exc)
         what = type(exc).__name__ + (f" (HTTP {status})" if status else "")
-        detail = str(exc).replace("litellm.", "", 1).strip()
-        while detail.startswith(type(exc).__name__ + ": "):  # litellm repeats the class name
+        # litellm's messages repeat the class name and may run over several lines; the
+        # CLI prints an LMError as one line.
+        detail = " ".join(str(exc).replace("litellm.", "", 1).split())
+        while detail.startswith(type(exc).__name__ + ": "):
             detail = detail[len(type(exc).__name__) + 2:]
-        if retryable:
-            return LMError(f"LLM call to {self.model} failed after {attempts} attempts: "
-                           f"{what}: {detail}")
+        if len(detail) > 300:
+            detail = detail[:297] + "..."
+        at = f" (endpoint {self.api_base})" if self.api_base else ""
+        if kind == "auth" and status != 401:
+            return LMError(f"LLM call to {self.model} failed: no API key{at}: {detail} (set the "
+                           "provider's key variable, e.g. OPENAI_API_KEY, or pass api_key)")
+        if kind == "connection" and connection_refused(exc):
+            return LMError(f"LLM call to {self.model} failed: connection refused{at}: nothing "
+                           "listens there; is the server running?")
+        cause = {"auth": "authentication failed", "permission": "permission denied",
+                 "not_found": "unknown model or endpoint",
+                 "bad_request": "bad request"}.get(kind, "not a transient error")
+        if kind in RETRYABLE_KINDS:
+            return LMError(f"LLM call to {self.model} failed after {attempts} "
+                           f"attempt{'s' if attempts != 1 else ''}: {what}: {detail}{at}")
         return LMError(f"LLM call to {self.model} failed with {what}, which retrying cannot "
-                       f"fix: {detail}")
+                       f"fix ({cause}): {detail}{at}")
 
     def _failed(self, attempts: int) -> None:
         with self._lock:

@@ -147,3 +147,40 @@ class LogOnlyReplay:
                        "recorded_output": call.output}))
         return Rollout(score=sum(scores) / len(scores), feedback="; ".join(reasons),
                        output=None, records=records, llm_calls=llm_calls)
+
+
+def log_only_evaluator(store: Store, agent: str, examples: list[Example], judge: Any,
+                       budget: Any, settings: Any) -> LogOnlyReplay:
+    """The log-only evaluator of ``gepa_trace.optimize`` (``settings``: its
+    ``ReplaySettings``), after the preflight has called each model it will use: the
+    recorded calls' models, or ``settings.task_lm`` (the judge is checked with the
+    reflection LM)."""
+    from gepa_trace.errors import ConfigError
+    from gepa_trace.lm import LM
+    from gepa_trace.replay import preflight
+
+    if judge is None:
+        raise ConfigError("log-only replay (no --entrypoint) needs a judge: give "
+                          "--judge-lm or --task-lm")
+    task_lms: dict[str | None, Any] = {}
+
+    def lm_for_model(model: str | None):
+        name = settings.task_lm or model
+        if name is None:
+            raise ConfigError("a recorded call has no model; give --task-lm")
+        if name not in task_lms:
+            base = settings.task_lm_base if settings.task_lm else None
+            try:
+                task_lms[name] = LM(name, budget=budget, role="task", api_base=base)
+            except ConfigError as exc:
+                raise preflight.failed(f"the task LM {name!r}: {exc}") from exc
+        return task_lms[name]
+
+    evaluator = LogOnlyReplay(store, agent, examples, judge_lm=judge,
+                              lm_for_model=lm_for_model, rubric=settings.rubric)
+    models = {c.model for calls in evaluator.calls.values() for c in calls if c.model}
+    if settings.task_lm:
+        models = {settings.task_lm}
+    preflight.check_models({f"task LM for recorded model {m}": lm_for_model(m)
+                            for m in sorted(models)})
+    return evaluator

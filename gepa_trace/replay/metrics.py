@@ -142,6 +142,19 @@ def load_object(spec: str, what: str) -> Any:
     return obj
 
 
+class CheckedMetric:
+    """A metric whose every result goes through ``Score.checked`` (the one contract
+    check): a string, None, NaN or a score outside ``[low, high]`` raises
+    ``MetricContractError``, which the evaluator records as the rollout's error, never
+    as a score. Picklable when the metric is (worker processes rebuild it anyway)."""
+
+    def __init__(self, metric: MetricFn, low: float = 0.0, high: float = 1.0):
+        self.metric, self.low, self.high = metric, low, high
+
+    def __call__(self, example: Example, output: Any, trace: Any = None) -> Score:
+        return Score.checked(self.metric(example, output, trace), self.low, self.high)
+
+
 def resolve_metric(spec: "str | MetricFn", *, judge_lm: Callable[[str], str] | None = None,
                    rubric: str | None = None) -> MetricFn:
     """A metric from a builtin name, ``judge``, ``module:function`` or a callable."""

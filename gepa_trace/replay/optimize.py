@@ -2,32 +2,42 @@
 
 Examples are the agent's recorded runs and their feedback; rollouts replay the agent
 through its entry point (or, with none, re-render its recorded calls: log-only); the
-replay cache answers every LLM call that was already recorded. After the loop, the seed
-and the best candidate are both scored on the held-out test runs, and the paired
-bootstrap of that difference is what ``gepa-trace export`` gates on.
+replay cache answers every LLM call that was already recorded. Before the loop, the
+preflight (``replay.preflight``) tries the entry point, the metric and every configured
+model once, and stops with ``PreflightFailed`` when one does not work. After the loop,
+the seed and the best candidate are both scored on the held-out test runs, and the
+paired bootstrap of that difference is what ``gepa-trace export`` gates on.
+
+Errors are not scores: a run the engine stopped because rollouts kept failing raises
+``RolloutsFailed`` (what it had is kept; ``--resume`` continues it), and a held-out
+rollout that still fails after its retries leaves the held-out test without a verdict
+(``HeldOut.failed``), never a zero in the gate.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from gepa_trace.errors import ConfigError
+from gepa_trace.errors import BudgetExhausted, ConfigError, GepaTraceError, RolloutsFailed
 from gepa_trace.lm.budget import Budget
 from gepa_trace.optimizer import Optimizer, OptimizerConfig
-from gepa_trace.optimizer.protocols import Example, RolloutContext
+from gepa_trace.optimizer.protocols import Example, Rollout, RolloutContext, Score
 from gepa_trace.optimizer.result import OptimizationResult
 from gepa_trace.prompts import PromptSet
 from gepa_trace.prompts.gate import GateResult, paired_bootstrap
 from gepa_trace.prompts.registry import current_prompts, record_versions
 from gepa_trace.replay.cache import ReplayCache
 from gepa_trace.replay.dataset import Dataset, ExampleFilter, SplitFractions, load_examples
-from gepa_trace.replay.metrics import load_object, resolve_metric
+from gepa_trace.replay import preflight
+from gepa_trace.replay.metrics import CheckedMetric, resolve_metric
 from gepa_trace.store import EvaluationRow, OptimizationRunRow, Store, open_store
 
 log = logging.getLogger(__name__)
@@ -35,12 +45,24 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ReplaySettings:
-    """Where examples come from and how rollouts are made."""
+    """Where examples come from and how rollouts are made.
+
+    ``app_dir``: the folder ``module:function`` entry points and metrics are imported
+    from first (default: the working directory), in this process and in worker
+    processes. ``*_lm_base``: the ``api_base`` of an OpenAI-compatible server for that
+    model (its key comes from the provider's usual variable, e.g. ``OPENAI_API_KEY``
+    for ``openai/...`` models); ``task_lm_base`` reaches ``build_agent`` as ``api_base=``
+    when it takes that keyword.
+    """
 
     entrypoint: "str | Callable[[PromptSet], Any] | None" = None
     metric: "str | Callable" = "feedback"
     task_lm: str | None = None
     judge_lm: str | None = None
+    task_lm_base: str | None = None
+    judge_lm_base: str | None = None
+    reflection_lm_base: str | None = None
+    app_dir: str | None = None
     rubric: str | None = None
     replay_cache: bool = True
     filters: ExampleFilter = field(default_factory=ExampleFilter)
@@ -51,18 +73,27 @@ class ReplaySettings:
 
 @dataclass
 class HeldOut:
-    """Seed and best scored on the held-out test runs, and the gate's verdict."""
+    """Seed and best scored on the held-out test runs, and the gate's verdict.
+
+    ``failed``: why there is no verdict although there were test runs (a rollout still
+    failing after its retries; the run stopped on errors); ``skipped``: why the test was
+    not run to the end (the budget was spent). Either way ``gate`` is None and no
+    scores are kept: an error is never counted as a score.
+    """
 
     seed_scores: list[float]
     best_scores: list[float]
     gate: GateResult | None
     llm_calls: int = 0  # task-model calls the held-out rollouts sent
+    failed: str | None = None
+    skipped: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"n": len(self.seed_scores),
                 "seed_test_score": _mean(self.seed_scores),
                 "best_test_score": _mean(self.best_scores),
-                "gate": self.gate.to_dict() if self.gate else None}
+                "gate": self.gate.to_dict() if self.gate else None,
+                "failed": self.failed, "skipped": self.skipped}
 
 
 @dataclass
@@ -98,32 +129,38 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _as_lm(model: "str | Callable[[str], str] | None", budget: Budget, role: str):
+def _as_lm(model: "str | Callable[[str], str] | None", budget: Budget, role: str,
+           api_base: str | None = None):
     if model is None or callable(model):
         return model
     from gepa_trace.lm import LM
 
-    return LM(model, budget=budget, role=role)
+    return LM(model, budget=budget, role=role, api_base=api_base)
 
 
-def load_entrypoint(entrypoint: "str | Callable | None") -> Callable | None:
-    """The ``build_agent`` function, loaded before anything is spent."""
-    if entrypoint is None or callable(entrypoint):
-        return entrypoint
-    return load_object(entrypoint, "entry point")
+def load_entrypoint(entrypoint: "str | Callable | None",
+                    app_dir: str | None = None) -> Callable | None:
+    """The ``build_agent`` function, loaded before anything is spent (``PreflightFailed``
+    when it cannot be imported; ``app_dir``, default the working directory, first)."""
+    return preflight.import_user_object(entrypoint, "entry point", app_dir)
 
 
-def _builder(build_agent: Callable, task_lm: str | None) -> Callable[[PromptSet], Any]:
+def _accepts(fn: Callable, name: str) -> bool:
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _builder(build_agent: Callable, task_lm: str | None,
+             api_base: str | None = None) -> Callable[[PromptSet], Any]:
     if task_lm is None:
         return build_agent
-    try:
-        accepts_model = "model" in inspect.signature(build_agent).parameters
-    except (TypeError, ValueError):
-        accepts_model = False
-    if not accepts_model:
+    if not _accepts(build_agent, "model"):
         raise ConfigError("--task-lm needs an entry point that accepts a `model` keyword "
                           "(build_agent(prompts, model=...))")
-    return lambda prompts: build_agent(prompts, model=task_lm)
+    extra = {"api_base": api_base} if api_base and _accepts(build_agent, "api_base") else {}
+    return lambda prompts: build_agent(prompts, model=task_lm, **extra)
 
 
 def _instrumentation(store: Store, agent: str):
@@ -135,30 +172,94 @@ def _instrumentation(store: Store, agent: str):
     return instrument(store=store, service_name=agent), True
 
 
+#: A held-out rollout that errs is tried this many times in all before the held-out
+#: test is reported as failed (transient errors pass; a broken agent does not).
+HELD_OUT_ATTEMPTS = 3
+
+
+def _held_out_rollout(evaluator: Any, prompts: PromptSet, example: Example,
+                      context: RolloutContext, low: float, high: float) -> Rollout:
+    """A scored rollout, or the last failed one (``error`` set) after HELD_OUT_ATTEMPTS.
+    ``BudgetExhausted`` propagates: no budget is not the agent's error."""
+    rollout = Rollout(score=0.0)
+    for _ in range(HELD_OUT_ATTEMPTS):
+        try:
+            rollout = evaluator.evaluate(prompts, example, context)
+        except BudgetExhausted:
+            raise
+        except Exception as exc:  # the evaluator's failure: an error, never a score
+            rollout = Rollout(score=0.0, error=f"{type(exc).__name__}: {exc}")
+        if rollout.error and rollout.error.startswith("BudgetExhausted"):
+            raise BudgetExhausted(rollout.error)  # an agent's LM refused by the budget
+        if not rollout.error:
+            try:
+                Score.checked(rollout.score, low, high)
+                return rollout
+            except GepaTraceError as exc:  # the metric contract, as in the loop
+                return dataclasses.replace(rollout, error=str(exc))  # the same every time
+        if getattr(rollout, "permanent", False):  # auth, not found: a retry cannot help
+            return rollout
+    return rollout
+
+
 def evaluate_held_out(evaluator: Any, result: OptimizationResult, seed_prompts: PromptSet,
                       test: list[Example], store: Store | None, workers: int,
-                      seed: int = 0) -> HeldOut:
-    """Score the seed and the best candidate on ``test``; store each as purpose 'test'."""
+                      seed: int = 0, score_range: tuple[float, float] = (0.0, 1.0)) -> HeldOut:
+    """Score the seed and the best candidate on ``test``; store each as purpose 'test'.
+
+    The metric contract is the loop's (``Score.checked`` within ``score_range``). A
+    rollout with an error is retried (HELD_OUT_ATTEMPTS in all); if one still fails,
+    the held-out test stops there and has no verdict (``HeldOut.failed`` says why) and
+    nothing is stored for it. A spent budget ends it as ``skipped``.
+    """
     if not test:
         return HeldOut([], [], None)
+    low, high = score_range
     seed_candidate = next(c for c in result.candidates if c.origin == "seed")
     jobs = [(seed_candidate.id, seed_prompts), (result.best_candidate_id, result.best_prompts)]
     scores: dict[int, list[float]] = {}
     rows = []
     llm_calls = 0
+    stop = threading.Event()  # the first failure spares the rollouts not yet started
+
+    def one(prompts: PromptSet, example: Example, context: RolloutContext) -> Any:
+        if stop.is_set():
+            return None
+        try:
+            rollout = _held_out_rollout(evaluator, prompts, example, context, low, high)
+        except BudgetExhausted as exc:
+            stop.set()
+            return exc
+        if rollout.error:
+            stop.set()
+        return rollout
+
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for candidate_id, prompts in jobs:
             if candidate_id in scores:
                 continue
-            context = RolloutContext(result.run_id, candidate_id, "test")
-            rollouts = list(pool.map(lambda e: evaluator.evaluate(prompts, e, context), test))
-            scores[candidate_id] = [r.score for r in rollouts]
-            llm_calls += sum(r.llm_calls for r in rollouts)
+            context = preflight.rollout_context(result.run_id, candidate_id, "test",
+                                                score_range)
+            outcomes = list(pool.map(lambda e: one(prompts, e, context), test))
+            done = [o for o in outcomes if isinstance(o, Rollout)]
+            llm_calls += sum(r.llm_calls for r in done)
+            spent = next((o for o in outcomes if isinstance(o, BudgetExhausted)), None)
+            failed = next(((e, o) for e, o in zip(test, outcomes)
+                           if isinstance(o, Rollout) and o.error), None)
+            if failed is not None:
+                example, rollout = failed
+                return HeldOut([], [], None, llm_calls, failed=(
+                    f"candidate {candidate_id} on example {example.id} failed "
+                    f"{HELD_OUT_ATTEMPTS} times: {rollout.error}"))
+            if spent is not None:
+                return HeldOut([], [], None, llm_calls,
+                               skipped=f"the budget was spent ({spent})")
+            scores[candidate_id] = [r.score for r in done]
             rows += [dict(run_id=result.run_id, candidate_id=candidate_id, example_id=e.id,
                           purpose="test", score=r.score, feedback=r.feedback,
                           trace_id=r.trace_id, error=r.error, llm_calls=r.llm_calls,
                           cache_hits=r.cache_hits, tokens=r.tokens, cost_usd=r.cost_usd,
-                          created_at=time.time()) for e, r in zip(test, rollouts)]
+                          created_at=time.time()) for e, r in zip(test, done)]
     if store is not None:
         with store.write() as conn:
             conn.execute(EvaluationRow.__table__.insert(), rows)
@@ -168,37 +269,85 @@ def evaluate_held_out(evaluator: Any, result: OptimizationResult, seed_prompts: 
     return HeldOut(seed_scores, best_scores, gate, llm_calls)
 
 
+def _model(model: "str | Callable[[str], str] | None", budget: Budget, role: str,
+           api_base: str | None) -> Any:
+    """``_as_lm``, with a model litellm or the simulator rejects by name (an unknown
+    ``gepa-sim/...`` model) reported as a preflight failure."""
+    try:
+        return _as_lm(model, budget, role, api_base)
+    except ConfigError as exc:
+        raise preflight.failed(f"the {role} LM {model!r}: {exc}") from exc
+
+
+def checked_metric(spec: "str | Callable", judge: Any, rubric: str | None,
+                   app_dir: str | None, score_range: tuple[float, float]) -> Callable:
+    """The metric (imported from ``app_dir`` first), checked against its contract on
+    every call; this process and worker processes build it the same way."""
+    if isinstance(spec, str) and ":" in spec:
+        spec = preflight.import_user_object(spec, "metric", app_dir)
+    return CheckedMetric(resolve_metric(spec, judge_lm=judge, rubric=rubric), *score_range)
+
+
+def _settings(settings: ReplaySettings | None, entrypoint: Any, metric: Any,
+              app_dir: Any) -> ReplaySettings:
+    """The settings, with what was passed as arguments of ``optimize`` on top."""
+    settings = settings or ReplaySettings()
+    given = {"entrypoint": entrypoint, "app_dir": None if app_dir is None else str(app_dir)}
+    given = {k: v for k, v in given.items() if v is not None}
+    if metric != "feedback":
+        given["metric"] = metric
+    settings = dataclasses.replace(settings, **given)
+    if settings.app_dir is not None:  # absolute: worker processes resolve it too
+        settings = dataclasses.replace(settings, app_dir=preflight.app_path(settings.app_dir))
+    return settings
+
+
 def optimize(agent: str, *, reflection_lm: "str | Callable[[str], str]",
              entrypoint: "str | Callable | None" = None, metric: "str | Callable" = "feedback",
              budget: Budget | None = None, store: "str | Store | None" = None,
              seed_prompts: PromptSet | None = None, settings: ReplaySettings | None = None,
              config: OptimizerConfig | None = None, resume: str | None = None,
-             warm_start: bool = False, callbacks: Iterable[object] = ()) -> OptimizeOutcome:
+             warm_start: bool = False, callbacks: Iterable[object] = (),
+             app_dir: str | None = None) -> OptimizeOutcome:
     """Optimize ``agent``'s prompts from its recorded runs (see the module docstring).
 
     ``entrypoint``: ``build_agent(prompts) -> Runnable`` or ``"pkg.module:build_agent"``;
     None means log-only replay. ``metric``: a builtin name (feedback, exact_match,
-    contains, judge), ``"pkg.module:fn"`` or a callable. ``budget`` defaults to 300
+    contains, judge), ``"pkg.module:fn"`` or a callable. Modules are imported from
+    ``app_dir`` (default: the working directory) first. ``budget`` defaults to 300
     rollouts. Everything is recorded in ``store``; ``resume`` continues a stored run.
+
+    Raises ``PreflightFailed`` before anything is written when the entry point, the
+    metric or a model does not work (``replay.preflight``), and ``RolloutsFailed`` after
+    saving what the run had when it stopped because rollouts kept failing. A held-out
+    test that failed is in ``outcome.held_out.failed`` (the CLI exits 7 on it).
     """
-    settings = settings or ReplaySettings(entrypoint=entrypoint, metric=metric)
-    if entrypoint is not None or metric != "feedback":
-        settings = ReplaySettings(**{**settings.__dict__, "entrypoint": entrypoint or
-                                     settings.entrypoint, "metric": metric})
-    build_agent = load_entrypoint(settings.entrypoint)  # fail before spending anything
+    settings = _settings(settings, entrypoint, metric, app_dir)
+    config = config or OptimizerConfig()
+    build_agent = load_entrypoint(settings.entrypoint, settings.app_dir)  # before spending
     budget = budget or Budget(max_rollouts=300)
     store = open_store(store)
-    reflection = _as_lm(reflection_lm, budget, "reflection")
-    judge = _as_lm(settings.judge_lm or settings.task_lm, budget, "judge")
-    metric_fn = resolve_metric(settings.metric, judge_lm=judge, rubric=settings.rubric)
+    reflection = _model(reflection_lm, budget, "reflection", settings.reflection_lm_base)
+    judge = _model(settings.judge_lm or settings.task_lm, budget, "judge",
+                   settings.judge_lm_base if settings.judge_lm else settings.task_lm_base)
+    metric_fn = checked_metric(settings.metric, judge, settings.rubric, settings.app_dir,
+                               (config.min_score, config.perfect_score))
     log_only = build_agent is None
     dataset = load_examples(store, agent, filters=settings.filters,
                             fractions=settings.fractions, min_examples=settings.min_examples,
                             need_signal=log_only or settings.metric == "feedback")
     if seed_prompts is None:
         seed_prompts = current_prompts(store, agent)
-    record_versions(store, seed_prompts, origin="observed")
-    config = config or OptimizerConfig()
+    checked = {"reflection LM": reflection}
+    if settings.metric == "judge" or log_only:
+        checked["judge LM"] = judge
+    if settings.task_lm and not log_only:  # log-only checks the models it will call below
+        checked["task LM"] = _model(settings.task_lm, budget, "task", settings.task_lm_base)
+    preflight.check_models(checked)
+    builder = None if log_only else _builder(build_agent, settings.task_lm,
+                                             settings.task_lm_base)
+    if builder is not None:
+        preflight.check_agent(builder, seed_prompts)
     if warm_start and config.warm_start_from is None:
         from gepa_trace.optimizer.persistence import latest_run_id
 
@@ -217,48 +366,36 @@ def optimize(agent: str, *, reflection_lm: "str | Callable[[str], str]",
                     "replay (--entrypoint)")
     inst, owned = _instrumentation(store, agent)
     cache = None
-    if settings.replay_cache:  # with worker processes, each has its own; this one counts
-        cache = ReplayCache() if in_processes else ReplayCache.from_store(store, agent)
-    from langchain_core.globals import get_llm_cache, set_llm_cache
-
-    previous_cache = get_llm_cache()
-    if cache is not None:
-        set_llm_cache(cache)
+    # The cache answers only this run's rollouts (AgentReplay serves it around each one),
+    # from the recorded calls of the examples in use. With worker processes, each child
+    # has its own and this one only adds up their counts.
+    trace_ids = tuple(e.trace_id for e in dataset.all() if e.trace_id)
+    if settings.replay_cache and not log_only:
+        cache = ReplayCache() if in_processes else ReplayCache.from_store(store, agent,
+                                                                          trace_ids)
     evaluator: Any = None
     try:
         if log_only:
-            from gepa_trace.lm import LM
-            from gepa_trace.replay.logonly import LogOnlyReplay
+            from gepa_trace.replay.logonly import log_only_evaluator
 
-            if judge is None:
-                raise ConfigError("log-only replay (no --entrypoint) needs a judge: give "
-                                  "--judge-lm or --task-lm")
-            task_lms: dict[str | None, Any] = {}
-
-            def lm_for_model(model: str | None):
-                name = settings.task_lm or model
-                if name is None:
-                    raise ConfigError("a recorded call has no model; give --task-lm")
-                if name not in task_lms:
-                    task_lms[name] = LM(name, budget=budget, role="task")
-                return task_lms[name]
-
-            evaluator = LogOnlyReplay(store, agent, dataset.all(), judge_lm=judge,
-                                      lm_for_model=lm_for_model, rubric=settings.rubric)
+            evaluator = log_only_evaluator(store, agent, dataset.all(), judge, budget,
+                                           settings)
         elif in_processes:
-            from gepa_trace.optimizer.processes import ProcessEvaluator
-            from gepa_trace.replay.workers import ReplayWorker
+            from gepa_trace.replay.workers import process_evaluator
 
-            evaluator = ProcessEvaluator(
-                ReplayWorker(store.url, agent, settings.entrypoint, settings.metric,
-                             settings.task_lm, settings.judge_lm, settings.rubric,
-                             settings.replay_cache),
-                processes=settings.processes, threads=config.workers, budget=budget)
+            evaluator = process_evaluator(store.url, agent, settings, config, budget,
+                                          trace_ids)
         else:
             from gepa_trace.replay.harness import AgentReplay
 
-            evaluator = AgentReplay(_builder(build_agent, settings.task_lm), metric_fn,
-                                    agent=agent, instrumentation=inst)
+            evaluator = AgentReplay(builder, metric_fn, agent=agent, instrumentation=inst,
+                                    cache=cache)
+        if not log_only:
+            probe = preflight.check_rollout(evaluator, seed_prompts, dataset.train[0],
+                                            low=config.min_score, high=config.perfect_score)
+            if probe.tokens or probe.cost_usd:  # the preflight spends from the budget
+                budget.record_llm_call(probe.tokens, probe.cost_usd)
+        record_versions(store, seed_prompts, origin="observed")
         if resume:
             opt = Optimizer.resume(resume, evaluator=evaluator, reflection_lm=reflection,
                                    train=dataset.train, val=dataset.val, budget=budget,
@@ -269,15 +406,23 @@ def optimize(agent: str, *, reflection_lm: "str | Callable[[str], str]",
                             budget, store=store, agent=agent, config=config,
                             callbacks=callbacks)
         result = opt.run()
-        held_out = evaluate_held_out(evaluator, result, opt.seed_prompts, dataset.test, store,
-                                     opt.config.workers, seed=opt.config.seed)
+        # The engine stops a run whose rollouts keep failing (after their retries) and
+        # says why; before that change lands, the attribute is absent.
+        failed_with = getattr(result, "failed_with", None)
+        if failed_with:
+            held_out = HeldOut([], [], None, failed="not run: the run stopped because "
+                                                    "rollouts kept failing")
+        else:
+            held_out = evaluate_held_out(
+                evaluator, result, opt.seed_prompts, dataset.test, store, opt.config.workers,
+                seed=opt.config.seed,
+                score_range=(opt.config.min_score, opt.config.perfect_score))
     finally:
         close = getattr(evaluator, "close", None)
         if in_processes and close is not None:  # the children flush their spans
             for counts in close():
                 if cache is not None and counts:
                     cache.absorb(counts)
-        set_llm_cache(previous_cache)
         inst.force_flush()
         if owned:
             inst.shutdown()
@@ -288,6 +433,10 @@ def optimize(agent: str, *, reflection_lm: "str | Callable[[str], str]",
     # included) and as they reached the model.
     sent = result.totals.llm_calls_by_role.get("task", 0) + held_out.llm_calls
     _save_held_out(store, result.run_id, held_out, hits)
+    if failed_with:
+        raise RolloutsFailed(f"run {result.run_id} stopped: rollouts kept failing: "
+                             f"{failed_with} (fix it, then: gepa-trace optimize --resume "
+                             f"{result.run_id})")
     return OptimizeOutcome(result=result, dataset=dataset, held_out=held_out,
                            replay_cache_hits=hits, task_calls_sent=sent,
                            task_calls_made=sent + sum(hits.values()))
