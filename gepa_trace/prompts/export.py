@@ -51,7 +51,7 @@ def _candidate(conn, run_id: str, candidate_id: int) -> Any:
 def _test_scores(conn, run_id: str, candidate_id: int) -> dict[str, float]:
     rows = conn.execute(select(_EVALS.c.example_id, _EVALS.c.score).where(and_(
         _EVALS.c.run_id == run_id, _EVALS.c.candidate_id == candidate_id,
-        _EVALS.c.purpose == "test")).order_by(_EVALS.c.id)).all()
+        _EVALS.c.purpose == "test", _EVALS.c.error.is_(None))).order_by(_EVALS.c.id)).all()
     return {example_id: score for example_id, score in rows}
 
 

@@ -136,8 +136,10 @@ class LogOnlyReplay:
                 output, verdict, made, rendered = self._judged(call, prompts, example)
             except BudgetExhausted:
                 raise
-            except Exception as exc:  # one call failing is a zero, not a crash
-                output, verdict, made, rendered = "", Score(0.0, f"{type(exc).__name__}: {exc}"), 0, ""
+            except Exception as exc:  # a model or judge failing is an error, never a zero
+                from gepa_trace.optimizer.failures import failed_rollout
+
+                return failed_rollout(exc, f"log-only replay of {call.component} failed:")
             llm_calls += made
             scores.append(verdict.score)
             reasons.append(f"{call.component}: {verdict.feedback}")

@@ -26,7 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from gepa_trace.errors import BudgetExhausted, ConfigError, GepaTraceError, RolloutsFailed
+from gepa_trace.errors import (
+    BudgetExhausted, ConfigError, GepaTraceError, LockLost, RolloutsFailed)
 from gepa_trace.lm.budget import Budget
 from gepa_trace.optimizer import Optimizer, OptimizerConfig
 from gepa_trace.optimizer.protocols import Example, Rollout, RolloutContext, Score
@@ -406,6 +407,9 @@ def optimize(agent: str, *, reflection_lm: "str | Callable[[str], str]",
                             budget, store=store, agent=agent, config=config,
                             callbacks=callbacks)
         result = opt.run()
+        if opt.lock_lost:  # another run owns the agent now: no held-out, no versions
+            raise LockLost(f"{opt.lock_lost} (run {result.run_id} can be resumed later "
+                           "with --resume)")
         # The engine stops a run whose rollouts keep failing (after their retries) and
         # says why; before that change lands, the attribute is absent.
         failed_with = getattr(result, "failed_with", None)
