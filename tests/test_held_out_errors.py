@@ -16,7 +16,7 @@ from gepa_trace.optimizer.protocols import Example, Rollout, RolloutContext
 from gepa_trace.optimizer.result import OptimizationResult, Totals
 from gepa_trace.optimizer.state import Candidate
 from gepa_trace.prompts import PromptSet
-from gepa_trace.replay.optimize import HELD_OUT_ATTEMPTS, evaluate_held_out
+from gepa_trace.replay.heldout import HELD_OUT_ATTEMPTS, evaluate_held_out
 
 SEED = PromptSet({"answerer": "Answer the question."}, agent="toy")
 BEST = PromptSet({"answerer": "Answer the question with the city's name only."}, agent="toy")

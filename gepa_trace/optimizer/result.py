@@ -1,4 +1,11 @@
-"""What a run returns: the best prompts, the fronts, the lineage, the history, the totals."""
+"""What a run returns: the best prompts, the fronts, the lineage, the history, the totals.
+
+A run's totals are stored as one JSON object (``optimization_runs.totals``): the loop's
+``Totals`` fields, and, once the command that ran it has finished, a ``"command"`` block
+with what each phase of the command spent (``command_spend``). Everything that prints a
+run's numbers reads them through ``run_spend``, so the summary, ``--json``, ``runs
+show``, the report and the demo print the same figures.
+"""
 
 from __future__ import annotations
 
@@ -58,6 +65,153 @@ class Totals:
     def from_dict(cls, data: dict[str, Any]) -> "Totals":
         known = cls.__dataclass_fields__
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+#: The phases of an ``optimize`` command, in the order they run: one seed rollout and
+#: one call to each model before the loop, the GEPA loop, the held-out test.
+PHASES = ("preflight", "search", "held_out")
+
+
+@dataclass
+class PhaseSpend:
+    """What one phase of a command spent.
+
+    ``rollouts``: agent runs on one example (failed ones included); ``llm_calls_by_role``:
+    calls that reached a model (task calls as the rollouts reported them; reflection and
+    judge calls as the budget metered them), never the ones the replay cache answered,
+    which are ``replay_cache_hits``; ``tokens`` and ``cost_usd``: of all those calls;
+    ``errors``: rollouts that still failed after their retries.
+    """
+
+    rollouts: int = 0
+    llm_calls_by_role: dict[str, int] = field(default_factory=dict)
+    replay_cache_hits: int = 0
+    tokens: int = 0
+    cost_usd: float = 0.0
+    seconds: float = 0.0
+    errors: int = 0
+
+    @property
+    def llm_calls(self) -> int:
+        return sum(self.llm_calls_by_role.values())
+
+    def __add__(self, other: "PhaseSpend") -> "PhaseSpend":
+        roles = dict(self.llm_calls_by_role)
+        for role, n in other.llm_calls_by_role.items():
+            roles[role] = roles.get(role, 0) + n
+        return PhaseSpend(self.rollouts + other.rollouts, roles,
+                          self.replay_cache_hits + other.replay_cache_hits,
+                          self.tokens + other.tokens, self.cost_usd + other.cost_usd,
+                          self.seconds + other.seconds, self.errors + other.errors)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["llm_calls_by_role"] = {r: n for r, n in sorted(self.llm_calls_by_role.items())
+                                    if n}
+        out["llm_calls"] = self.llm_calls
+        out["cost_usd"] = round(self.cost_usd, 8)  # float sums differ in the 17th digit
+        out["seconds"] = round(self.seconds, 3)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "PhaseSpend":
+        data = data or {}
+        return cls(int(data.get("rollouts", 0)),
+                   {r: int(n) for r, n in (data.get("llm_calls_by_role") or {}).items()},
+                   int(data.get("replay_cache_hits", 0)), int(data.get("tokens", 0)),
+                   float(data.get("cost_usd", 0.0)), float(data.get("seconds", 0.0)),
+                   int(data.get("errors", 0)))
+
+    @classmethod
+    def from_budget(cls, spent: dict[str, Any] | None) -> "PhaseSpend":
+        """What a budget snapshot (``Totals.budget``, or ``Spent`` as a dict) metered."""
+        spent = spent or {}
+        return cls(0, {r: int(n) for r, n in (spent.get("llm_calls_by_role") or {}).items()},
+                   0, int(spent.get("tokens", 0)), float(spent.get("cost_usd", 0.0)),
+                   float(spent.get("seconds", 0.0)))
+
+    def minus_budget(self, other: "PhaseSpend") -> "PhaseSpend":
+        """This budget figure less ``other``'s calls, tokens and dollars (never below 0)."""
+        roles = {r: max(0, n - other.llm_calls_by_role.get(r, 0))
+                 for r, n in self.llm_calls_by_role.items()}
+        return PhaseSpend(self.rollouts, roles, self.replay_cache_hits,
+                          max(0, self.tokens - other.tokens),
+                          max(0.0, self.cost_usd - other.cost_usd), self.seconds, self.errors)
+
+
+def search_spend(totals: "Totals", charged_before: PhaseSpend) -> PhaseSpend:
+    """The loop's spend from its ``Totals``: rollouts, task calls, cache hits and errors
+    as the rollouts reported them; reflection and judge calls, tokens and dollars from
+    the budget's snapshot, less ``charged_before`` (what the preflight had charged to
+    the same budget before the loop)."""
+    metered = PhaseSpend.from_budget(totals.budget).minus_budget(charged_before)
+    roles = dict(totals.llm_calls_by_role)
+    for role, n in metered.llm_calls_by_role.items():
+        if role != "task":  # the budget meters no agent calls but the preflight's probe
+            roles[role] = n
+    tokens, cost = ((metered.tokens, metered.cost_usd) if totals.budget
+                    else (totals.tokens, totals.cost_usd))  # a callable-only run: no meter
+    return PhaseSpend(totals.rollouts + totals.evaluator_errors, roles,
+                      totals.rollout_cache_hits, tokens, cost, totals.wall_seconds,
+                      totals.evaluator_errors)
+
+
+def command_spend(phases: dict[str, PhaseSpend],
+                  budget_before_search: PhaseSpend | None = None) -> dict[str, Any]:
+    """The ``"command"`` block of a run's stored totals: each phase (``PHASES``) and
+    ``all``, their sum. ``budget_before_search``: what the first command's preflight had
+    charged to the budget, which a resumed command takes out of the budget's snapshot
+    again (``search_spend``)."""
+    total = PhaseSpend()
+    for name in PHASES:
+        total = total + phases.get(name, PhaseSpend())
+    block: dict[str, Any] = {
+        "phases": {name: phases.get(name, PhaseSpend()).to_dict() for name in PHASES},
+        "all": total.to_dict(), "complete": True}
+    if budget_before_search is not None:
+        block["budget_before_search"] = budget_before_search.to_dict()
+    return block
+
+
+def run_spend(totals: dict[str, Any] | None) -> dict[str, Any]:
+    """What a run spent, as stored ``totals`` (JSON) say: the ``"command"`` block when
+    the command finished (``complete`` True), else, for runs still running and runs
+    stored before the block existed, the loop's own figures as the one phase
+    ``search`` (``complete`` False). Every printer of a run's numbers reads this."""
+    totals = totals or {}
+    block = totals.get("command")
+    if block:
+        return block
+    budget = totals.get("budget") or {}
+    search = PhaseSpend(
+        int(totals.get("rollouts", 0)),
+        dict(totals.get("llm_calls_by_role") or budget.get("llm_calls_by_role") or {}),
+        int(totals.get("rollout_cache_hits", 0)),
+        int(budget.get("tokens", totals.get("tokens", 0))),
+        float(budget.get("cost_usd", totals.get("cost_usd", 0.0)) or 0.0),
+        float(totals.get("wall_seconds", 0.0) or 0.0), int(totals.get("evaluator_errors", 0)))
+    return {"phases": {"search": search.to_dict()}, "all": search.to_dict(),
+            "complete": False}
+
+
+def _phase_line(spend: dict[str, Any]) -> str:
+    roles = ", ".join(f"{role} {n}" for role, n in sorted(spend["llm_calls_by_role"].items()))
+    errors = f", {spend['errors']} failed" if spend.get("errors") else ""
+    plural = "" if spend["rollouts"] == 1 else "s"
+    return (f"{spend['rollouts']} rollout{plural}{errors}, {spend['llm_calls']} LLM calls"
+            + (f" ({roles})" if roles else "") + f", {spend['replay_cache_hits']} "
+            f"replay-cache hits, {spend['tokens']} tokens, ${spend['cost_usd']:.4f}, "
+            f"{spend['seconds']:.0f}s")
+
+
+def spend_lines(spent: dict[str, Any]) -> list[str]:
+    """``run_spend``'s block as text: the whole command first, then each phase."""
+    if not spent.get("complete"):
+        return [f"search only: {_phase_line(spent['all'])} (per-phase totals are stored "
+                "when the command finishes)"]
+    return [f"all: {_phase_line(spent['all'])}"] + [
+        f"  {name.replace('_', '-')}: {_phase_line(spent['phases'][name])}"
+        for name in PHASES if name in spent["phases"]]
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,9 @@
     outcome.best_prompts.save("prompts.json")
 """
 
+from gepa_trace.replay.heldout import HeldOut, evaluate_held_out
 from gepa_trace.replay.optimize import (
-    HeldOut, OptimizeOutcome, ReplaySettings, evaluate_held_out, load_entrypoint, optimize)
+    OptimizeOutcome, ReplaySettings, load_entrypoint, optimize)
 
 __all__ = ["optimize", "OptimizeOutcome", "ReplaySettings", "HeldOut", "evaluate_held_out",
            "load_entrypoint"]

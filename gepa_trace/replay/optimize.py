@@ -5,8 +5,10 @@ through its entry point (or, with none, re-render its recorded calls: log-only);
 replay cache answers every LLM call that was already recorded. Before the loop, the
 preflight (``replay.preflight``) tries the entry point, the metric and every configured
 model once, and stops with ``PreflightFailed`` when one does not work. After the loop,
-the seed and the best candidate are both scored on the held-out test runs, and the
-paired bootstrap of that difference is what ``gepa-trace export`` gates on.
+the seed and the best candidate are both scored on the held-out test runs
+(``replay.heldout``), and the paired bootstrap of that difference is what ``gepa-trace
+export`` gates on. Last, what each phase spent (preflight, search, held-out) is stored
+once in the run's totals (``OptimizeOutcome.spent``).
 
 Errors are not scores: a run the engine stopped because rollouts kept failing raises
 ``RolloutsFailed`` (what it had is kept; ``--resume`` continues it), and a held-out
@@ -18,28 +20,25 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
 import logging
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from gepa_trace.errors import (
-    BudgetExhausted, ConfigError, GepaTraceError, LockLost, RolloutsFailed)
+from gepa_trace.errors import ConfigError, LockLost, RolloutsFailed
 from gepa_trace.lm.budget import Budget
 from gepa_trace.optimizer import Optimizer, OptimizerConfig
-from gepa_trace.optimizer.protocols import Example, Rollout, RolloutContext, Score
-from gepa_trace.optimizer.result import OptimizationResult
+from gepa_trace.optimizer.result import (
+    OptimizationResult, PhaseSpend, command_spend, search_spend)
 from gepa_trace.prompts import PromptSet
-from gepa_trace.prompts.gate import GateResult, paired_bootstrap
 from gepa_trace.prompts.registry import current_prompts, record_versions
 from gepa_trace.replay.cache import ReplayCache
 from gepa_trace.replay.dataset import Dataset, ExampleFilter, SplitFractions, load_examples
 from gepa_trace.replay import preflight
+from gepa_trace.replay.heldout import (
+    HeldOut, evaluate_held_out, save_run_totals, stored_totals)
 from gepa_trace.replay.metrics import CheckedMetric, resolve_metric
-from gepa_trace.store import EvaluationRow, OptimizationRunRow, Store, open_store
+from gepa_trace.store import Store, open_store
 
 log = logging.getLogger(__name__)
 
@@ -73,33 +72,13 @@ class ReplaySettings:
 
 
 @dataclass
-class HeldOut:
-    """Seed and best scored on the held-out test runs, and the gate's verdict.
-
-    ``failed``: why there is no verdict although there were test runs (a rollout still
-    failing after its retries; the run stopped on errors); ``skipped``: why the test was
-    not run to the end (the budget was spent). Either way ``gate`` is None and no
-    scores are kept: an error is never counted as a score.
-    """
-
-    seed_scores: list[float]
-    best_scores: list[float]
-    gate: GateResult | None
-    llm_calls: int = 0  # task-model calls the held-out rollouts sent
-    failed: str | None = None
-    skipped: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"n": len(self.seed_scores),
-                "seed_test_score": _mean(self.seed_scores),
-                "best_test_score": _mean(self.best_scores),
-                "gate": self.gate.to_dict() if self.gate else None,
-                "failed": self.failed, "skipped": self.skipped}
-
-
-@dataclass
 class OptimizeOutcome:
-    """What ``optimize`` returns: the engine's result, the data it used, the held-out test."""
+    """What ``optimize`` returns: the engine's result, the data it used, the held-out test.
+
+    ``spent``: what the command spent, by phase and in all (``command_spend``), exactly
+    as stored in the run's totals; ``task_calls_sent`` / ``task_calls_made``: the task
+    calls of every phase that reached the model, and those plus the replay-cache hits.
+    """
 
     result: OptimizationResult
     dataset: Dataset
@@ -107,6 +86,7 @@ class OptimizeOutcome:
     replay_cache_hits: dict[str, int]
     task_calls_sent: int
     task_calls_made: int
+    spent: dict[str, Any] = field(default_factory=dict)
 
     @property
     def best_prompts(self) -> PromptSet:
@@ -123,11 +103,8 @@ class OptimizeOutcome:
         out["replay_cache_hits"] = dict(self.replay_cache_hits)
         out["task_calls_made"] = self.task_calls_made
         out["task_calls_sent"] = self.task_calls_sent
+        out["spent"] = self.spent
         return out
-
-
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
 
 
 def _as_lm(model: "str | Callable[[str], str] | None", budget: Budget, role: str,
@@ -171,103 +148,6 @@ def _instrumentation(store: Store, agent: str):
     if active is not None and active.active and active.store_url == store.url:
         return active, False
     return instrument(store=store, service_name=agent), True
-
-
-#: A held-out rollout that errs is tried this many times in all before the held-out
-#: test is reported as failed (transient errors pass; a broken agent does not).
-HELD_OUT_ATTEMPTS = 3
-
-
-def _held_out_rollout(evaluator: Any, prompts: PromptSet, example: Example,
-                      context: RolloutContext, low: float, high: float) -> Rollout:
-    """A scored rollout, or the last failed one (``error`` set) after HELD_OUT_ATTEMPTS.
-    ``BudgetExhausted`` propagates: no budget is not the agent's error."""
-    rollout = Rollout(score=0.0)
-    for _ in range(HELD_OUT_ATTEMPTS):
-        try:
-            rollout = evaluator.evaluate(prompts, example, context)
-        except BudgetExhausted:
-            raise
-        except Exception as exc:  # the evaluator's failure: an error, never a score
-            rollout = Rollout(score=0.0, error=f"{type(exc).__name__}: {exc}")
-        if rollout.error and rollout.error.startswith("BudgetExhausted"):
-            raise BudgetExhausted(rollout.error)  # an agent's LM refused by the budget
-        if not rollout.error:
-            try:
-                Score.checked(rollout.score, low, high)
-                return rollout
-            except GepaTraceError as exc:  # the metric contract, as in the loop
-                return dataclasses.replace(rollout, error=str(exc))  # the same every time
-        if getattr(rollout, "permanent", False):  # auth, not found: a retry cannot help
-            return rollout
-    return rollout
-
-
-def evaluate_held_out(evaluator: Any, result: OptimizationResult, seed_prompts: PromptSet,
-                      test: list[Example], store: Store | None, workers: int,
-                      seed: int = 0, score_range: tuple[float, float] = (0.0, 1.0)) -> HeldOut:
-    """Score the seed and the best candidate on ``test``; store each as purpose 'test'.
-
-    The metric contract is the loop's (``Score.checked`` within ``score_range``). A
-    rollout with an error is retried (HELD_OUT_ATTEMPTS in all); if one still fails,
-    the held-out test stops there and has no verdict (``HeldOut.failed`` says why) and
-    nothing is stored for it. A spent budget ends it as ``skipped``.
-    """
-    if not test:
-        return HeldOut([], [], None)
-    low, high = score_range
-    seed_candidate = next(c for c in result.candidates if c.origin == "seed")
-    jobs = [(seed_candidate.id, seed_prompts), (result.best_candidate_id, result.best_prompts)]
-    scores: dict[int, list[float]] = {}
-    rows = []
-    llm_calls = 0
-    stop = threading.Event()  # the first failure spares the rollouts not yet started
-
-    def one(prompts: PromptSet, example: Example, context: RolloutContext) -> Any:
-        if stop.is_set():
-            return None
-        try:
-            rollout = _held_out_rollout(evaluator, prompts, example, context, low, high)
-        except BudgetExhausted as exc:
-            stop.set()
-            return exc
-        if rollout.error:
-            stop.set()
-        return rollout
-
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for candidate_id, prompts in jobs:
-            if candidate_id in scores:
-                continue
-            context = preflight.rollout_context(result.run_id, candidate_id, "test",
-                                                score_range)
-            outcomes = list(pool.map(lambda e: one(prompts, e, context), test))
-            done = [o for o in outcomes if isinstance(o, Rollout)]
-            llm_calls += sum(r.llm_calls for r in done)
-            spent = next((o for o in outcomes if isinstance(o, BudgetExhausted)), None)
-            failed = next(((e, o) for e, o in zip(test, outcomes)
-                           if isinstance(o, Rollout) and o.error), None)
-            if failed is not None:
-                example, rollout = failed
-                return HeldOut([], [], None, llm_calls, failed=(
-                    f"candidate {candidate_id} on example {example.id} failed "
-                    f"{HELD_OUT_ATTEMPTS} times: {rollout.error}"))
-            if spent is not None:
-                return HeldOut([], [], None, llm_calls,
-                               skipped=f"the budget was spent ({spent})")
-            scores[candidate_id] = [r.score for r in done]
-            rows += [dict(run_id=result.run_id, candidate_id=candidate_id, example_id=e.id,
-                          purpose="test", score=r.score, feedback=r.feedback,
-                          trace_id=r.trace_id, error=r.error, llm_calls=r.llm_calls,
-                          cache_hits=r.cache_hits, tokens=r.tokens, cost_usd=r.cost_usd,
-                          created_at=time.time()) for e, r in zip(test, done)]
-    if store is not None:
-        with store.write() as conn:
-            conn.execute(EvaluationRow.__table__.insert(), rows)
-    seed_scores = scores[seed_candidate.id]
-    best_scores = scores[result.best_candidate_id]
-    gate = paired_bootstrap(seed_scores, best_scores, seed=seed)
-    return HeldOut(seed_scores, best_scores, gate, llm_calls)
 
 
 def _model(model: "str | Callable[[str], str] | None", budget: Budget, role: str,
@@ -324,6 +204,7 @@ def optimize(agent: str, *, reflection_lm: "str | Callable[[str], str]",
     test that failed is in ``outcome.held_out.failed`` (the CLI exits 7 on it).
     """
     settings = _settings(settings, entrypoint, metric, app_dir)
+    started = time.monotonic()
     config = config or OptimizerConfig()
     build_agent = load_entrypoint(settings.entrypoint, settings.app_dir)  # before spending
     budget = budget or Budget(max_rollouts=300)
@@ -391,11 +272,17 @@ def optimize(agent: str, *, reflection_lm: "str | Callable[[str], str]",
 
             evaluator = AgentReplay(builder, metric_fn, agent=agent, instrumentation=inst,
                                     cache=cache)
+        probe = None
         if not log_only:
             probe = preflight.check_rollout(evaluator, seed_prompts, dataset.train[0],
                                             low=config.min_score, high=config.perfect_score)
             if probe.tokens or probe.cost_usd:  # the preflight spends from the budget
                 budget.record_llm_call(probe.tokens, probe.cost_usd)
+        # Everything the budget metered so far is the preflight's (the model probes and
+        # the seed rollout's tokens); the loop's snapshot includes it, so it is taken
+        # out of the search phase again.
+        charged = PhaseSpend.from_budget(dataclasses.asdict(budget.spent()))
+        preflight_spend = _preflight_spend(charged, probe, time.monotonic() - started)
         record_versions(store, seed_prompts, origin="observed")
         if resume:
             opt = Optimizer.resume(resume, evaluator=evaluator, reflection_lm=reflection,
@@ -413,6 +300,7 @@ def optimize(agent: str, *, reflection_lm: "str | Callable[[str], str]",
         # The engine stops a run whose rollouts keep failing (after their retries) and
         # says why; before that change lands, the attribute is absent.
         failed_with = getattr(result, "failed_with", None)
+        before_held_out = PhaseSpend.from_budget(dataclasses.asdict(budget.spent()))
         if failed_with:
             held_out = HeldOut([], [], None, failed="not run: the run stopped because "
                                                     "rollouts kept failing")
@@ -421,6 +309,10 @@ def optimize(agent: str, *, reflection_lm: "str | Callable[[str], str]",
                 evaluator, result, opt.seed_prompts, dataset.test, store, opt.config.workers,
                 seed=opt.config.seed,
                 score_range=(opt.config.min_score, opt.config.perfect_score))
+        # a judge metric's calls are metered by the budget, not reported by the rollouts
+        judged = PhaseSpend.from_budget(dataclasses.asdict(budget.spent())).minus_budget(
+            before_held_out)
+        held_out.spend = _with_metered(held_out.spend, judged)
     finally:
         close = getattr(evaluator, "close", None)
         if in_processes and close is not None:  # the children flush their spans
@@ -433,27 +325,65 @@ def optimize(agent: str, *, reflection_lm: "str | Callable[[str], str]",
     record_versions(store, result.best_prompts, run_id=result.run_id,
                     candidate_id=result.best_candidate_id)
     hits = cache.resolve_components(store, result.run_id) if cache is not None else {}
-    # Rollouts of the loop and of the held-out test, as the agent made them (cache hits
-    # included) and as they reached the model.
-    sent = result.totals.llm_calls_by_role.get("task", 0) + held_out.llm_calls
-    _save_held_out(store, result.run_id, held_out, hits)
+    spent = _command_spent(store, result, preflight_spend, charged, held_out.spend,
+                           resumed=bool(resume))
+    save_run_totals(store, result.run_id, held_out, hits, spent)
+    sent = int(spent["all"]["llm_calls_by_role"].get("task", 0))
+    outcome = OptimizeOutcome(result=result, dataset=dataset, held_out=held_out,
+                              replay_cache_hits=hits, task_calls_sent=sent,
+                              task_calls_made=sent + int(spent["all"]["replay_cache_hits"]),
+                              spent=spent)
     if failed_with:
-        raise RolloutsFailed(f"run {result.run_id} stopped: rollouts kept failing: "
-                             f"{failed_with} (fix it, then: gepa-trace optimize --resume "
-                             f"{result.run_id})")
-    return OptimizeOutcome(result=result, dataset=dataset, held_out=held_out,
-                           replay_cache_hits=hits, task_calls_sent=sent,
-                           task_calls_made=sent + sum(hits.values()))
+        error = RolloutsFailed(f"run {result.run_id} stopped: rollouts kept failing: "
+                               f"{failed_with} (fix it, then: gepa-trace optimize --resume "
+                               f"{result.run_id})")
+        error.outcome = outcome  # what it had and spent, for the CLI's summary
+        raise error
+    return outcome
 
 
-def _save_held_out(store: Store, run_id: str, held_out: HeldOut, hits: dict[str, int]) -> None:
-    from sqlalchemy import select, update
+def _preflight_spend(charged: PhaseSpend, probe: Any, seconds: float) -> PhaseSpend:
+    """The preflight's spend: the model probes (metered by the budget) and the seed
+    rollout (its task calls and cache hits as it reported them; its tokens and dollars
+    were charged to the budget, so they are in ``charged`` already)."""
+    spend = dataclasses.replace(charged, llm_calls_by_role=dict(charged.llm_calls_by_role),
+                                seconds=seconds)
+    if probe is not None:
+        spend.rollouts = 1
+        spend.llm_calls_by_role["task"] = (spend.llm_calls_by_role.get("task", 0)
+                                           + probe.llm_calls)
+        spend.replay_cache_hits = probe.cache_hits
+    return spend
 
-    table = OptimizationRunRow.__table__
-    with store.write() as conn:
-        raw = conn.execute(select(table.c.totals).where(table.c.id == run_id)).scalar()
-        totals = json.loads(raw or "{}")
-        totals["held_out"] = held_out.to_dict()
-        totals["replay_cache_hits_by_component"] = hits
-        conn.execute(update(table).where(table.c.id == run_id)
-                     .values(totals=json.dumps(totals)))
+
+def _with_metered(own: PhaseSpend, metered: PhaseSpend) -> PhaseSpend:
+    """The rollouts' own spend plus the calls the budget metered meanwhile (a judge's,
+    never the agent's task calls, which the rollouts report)."""
+    roles = dict(own.llm_calls_by_role)
+    for role, n in metered.llm_calls_by_role.items():
+        if role != "task":
+            roles[role] = roles.get(role, 0) + n
+    return dataclasses.replace(own, llm_calls_by_role=roles,
+                               tokens=own.tokens + metered.tokens,
+                               cost_usd=own.cost_usd + metered.cost_usd)
+
+
+def _command_spent(store: Store, result: OptimizationResult, preflight_spend: PhaseSpend,
+                   charged: PhaseSpend, held_out: PhaseSpend, resumed: bool) -> dict[str, Any]:
+    """The run's ``command_spend`` block, computed once, here. The search phase is the
+    loop's (across resumes); the preflight and held-out phases add this command's to
+    those of the run's earlier commands. A resumed run's budget snapshot carries what
+    the first command's preflight charged (this one's was charged before the budget was
+    restored), so that is what the search phase leaves out."""
+    earlier = stored_totals(store, result.run_id).get("command") or {}
+    phases = earlier.get("phases") or {}
+    if resumed:
+        before = PhaseSpend.from_dict(earlier.get("budget_before_search"))
+    else:
+        before, phases = charged, {}
+    return command_spend(
+        {"preflight": PhaseSpend.from_dict(phases.get("preflight")) + preflight_spend,
+         "search": search_spend(result.totals, before),
+         "held_out": PhaseSpend.from_dict(phases.get("held_out")) + held_out},
+        budget_before_search=before)
+
