@@ -82,17 +82,43 @@ def _when(epoch_s: float | None) -> str:
     return datetime.fromtimestamp(epoch_s, tz=timezone.utc).strftime("%Y-%m-%d %H:%M")
 
 
+def _score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _errors_line(errors: dict[str, Any]) -> str:
+    """Failed rollouts, retries and the first error: printed for every run, so a run
+    whose rollouts failed never reads as a clean one."""
+    line = (f"errors      {errors.get('evaluator_errors', 0)} failed rollouts, "
+            f"{errors.get('rollout_retries', 0)} retries, "
+            f"{errors.get('reflection_errors', 0)} failed reflections")
+    first = errors.get("first_error")
+    return line + (f"; first: {first}" if first else "")
+
+
+def print_spent(spent: dict[str, Any]) -> None:
+    """What the command spent (``run_spend``'s block), as `optimize` and `runs show`
+    print it."""
+    from gepa_trace.optimizer.result import spend_lines
+
+    for i, line in enumerate(spend_lines(spent)):
+        click.echo(("spent       " if i == 0 else "            ") + line)
+
+
 def print_outcome(summary: dict[str, Any]) -> None:
-    """The human summary of an optimization (stdout)."""
+    """The human summary of an optimization (stdout). Works for a run that failed
+    before any candidate was validated (scores None), and always shows its errors."""
     held = summary.get("held_out") or {}
     gate = held.get("gate")
     click.echo(f"run {summary['run_id']}  agent {summary['agent']}  "
                f"({summary['stop_reason']})")
+    if summary.get("failed_with"):
+        click.echo(f"FAILED      {summary['failed_with']}")
     grown = summary.get("val_grown_by") or 0
-    seed = summary["seed_val_score"]
-    click.echo(f"validation  seed {'-' if seed is None else f'{seed:.3f}'} -> best "
-               f"{summary['best_val_score']:.3f} (candidate {summary['best_candidate_id']} of "
-               f"{summary['candidates']}, {summary['iterations']} iterations)")
+    click.echo(f"validation  seed {_score(summary['seed_val_score'])} -> best "
+               f"{_score(summary['best_val_score'])} (candidate "
+               f"{summary['best_candidate_id']} of {summary['candidates']}, "
+               f"{summary['iterations']} iterations)")
     if grown:
         size = summary["val_size"]
         click.echo(f"            validation grew from {size - grown} to {size} examples once "
@@ -106,12 +132,10 @@ def print_outcome(summary: dict[str, Any]) -> None:
                    f"gain {gate['gain']:+.3f}  {gate['confidence']:.0%} interval "
                    f"[{gate['ci_low']:+.3f}, {gate['ci_high']:+.3f}]  n={gate['n']}  "
                    + ("significant" if gate["significant"] else "NOT significant"))
-    totals = summary["totals"]
-    hits = sum((summary.get("replay_cache_hits") or {}).values())
-    click.echo(f"spent       {totals['rollouts']} rollouts, LLM calls "
-               f"{json.dumps(totals['llm_calls_by_role'])}, {hits} replay-cache hits, "
-               f"{totals['tokens']} tokens, ${totals['budget'].get('cost_usd', 0):.4f}, "
-               f"{totals['wall_seconds']:.0f}s")
+    click.echo(_errors_line(summary.get("errors") or {}))
+    from gepa_trace.optimizer.result import run_spend
+
+    print_spent(summary.get("spent") or run_spend(summary.get("totals")))
     for component, version in summary["best_prompts"].items():
         click.echo(f"  {component:<20} {version}")
 
@@ -254,11 +278,22 @@ def optimize(agent: str, entrypoint: str | None, metric: str, app_dir: str | Non
              + (f" in {processes} processes)" if processes > 1 else ")"))
     from gepa_trace.store.engine import forget_store, resolve_url
 
+    from gepa_trace.errors import RolloutsFailed
+
     try:
         outcome = run_optimize(agent, reflection_lm=reflection_lm, entrypoint=entrypoint,
                                metric=metric, budget=budget, store=store, settings=settings,
                                config=config, resume=resume, warm_start=warm_start,
                                callbacks=[display])
+    except RolloutsFailed as exc:
+        # a failed run still says what it had, its errors and what it spent, on stdout
+        # as a finished one does; then the error line on stderr and exit code 7
+        stopped = getattr(exc, "outcome", None)
+        if stopped is not None and as_json:
+            print_json(stopped.summary())
+        elif stopped is not None:
+            print_outcome(stopped.summary())
+        raise
     finally:
         # Closing every connection lets SQLite fold its -wal file back into the database
         # and remove it (and -shm): a command leaves no new file beside the store.
@@ -269,8 +304,6 @@ def optimize(agent: str, entrypoint: str | None, metric: str, app_dir: str | Non
     else:
         print_outcome(summary)
     if outcome.held_out.failed:
-        from gepa_trace.errors import RolloutsFailed
-
         raise RolloutsFailed(f"run {outcome.run_id}: the held-out test failed: "
                              f"{outcome.held_out.failed}")
 
@@ -331,12 +364,20 @@ def runs_show(ctx: click.Context, run_id: str, store: str | None, as_json: bool)
         return
     click.echo(f"run {info['id']}  agent {info['agent']}  {info['status']}  "
                f"({info['stop_reason'] or 'running'})")
+    totals = info.get("totals") or {}
+    if info["status"] == "failed" or totals.get("evaluator_errors") or totals.get(
+            "first_error"):
+        click.echo(_errors_line(totals))
+    print_spent(info["spent"])
     best = info["best"]
     if best:
-        click.echo(f"best candidate {best['id']}  val {best['val_score']:.3f}")
+        click.echo(f"best candidate {best['id']}  val {_score(best['val_score'])}")
         for component, version in best["prompts"].items():
             click.echo(f"  {component:<20} {version}")
-    held = (info.get("totals") or {}).get("held_out") or {}
+    held = totals.get("held_out") or {}
+    if held.get("failed") or held.get("skipped"):
+        click.echo(f"held-out {'FAILED' if held.get('failed') else 'skipped'}: "
+                   f"{held.get('failed') or held.get('skipped')}")
     if held.get("gate"):
         g = held["gate"]
         click.echo(f"held-out gain {g['gain']:+.3f}  interval [{g['ci_low']:+.3f}, "

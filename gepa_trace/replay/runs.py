@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import select
 
 from gepa_trace.errors import NotFoundError
+from gepa_trace.optimizer.result import run_spend
 from gepa_trace.store import (
     CandidateRow, OptimizationRunRow, RunEventRow, Store, open_store)
 
@@ -17,11 +18,13 @@ _EVENTS = RunEventRow.__table__
 
 
 def _run_dict(row: Any) -> dict[str, Any]:
-    totals = json.loads(row.totals or "{}")
+    """A run row for people. ``rollouts``: every phase's of the command (``run_spend``);
+    ``status``: running, finished, stopped, or failed (rollouts kept failing)."""
+    spent = run_spend(json.loads(row.totals or "{}"))
     return {"id": row.id, "agent": row.agent, "status": row.status,
             "started_at": row.started_at, "finished_at": row.finished_at,
             "best_candidate_id": row.best_candidate_id, "best_val_score": row.best_val_score,
-            "stop_reason": row.stop_reason, "rollouts": totals.get("rollouts", 0),
+            "stop_reason": row.stop_reason, "rollouts": spent["all"]["rollouts"],
             "warm_start_from": row.warm_start_from}
 
 
@@ -35,7 +38,8 @@ def list_runs(store: "str | Store | None", *, agent: str | None = None,
 
 
 def describe_run(store: "str | Store | None", run_id: str) -> dict[str, Any]:
-    """A run with its best candidate, latest front per component, and every diagnosis."""
+    """A run with its best candidate, latest front per component, every diagnosis, its
+    stored ``totals`` and ``spent`` (``run_spend``: by phase and in all)."""
     store = open_store(store)
     with store.read() as conn:
         row = conn.execute(select(_RUNS).where(_RUNS.c.id == run_id)).first()
@@ -54,6 +58,7 @@ def describe_run(store: "str | Store | None", run_id: str) -> dict[str, Any]:
     best = next((c for c in candidates if c.id == row.best_candidate_id), None)
     info = _run_dict(row)
     info["totals"] = json.loads(row.totals or "{}")
+    info["spent"] = run_spend(info["totals"])  # what every printer of the run shows
     info["config"] = json.loads(row.config or "{}")
     info["best"] = None if best is None else {
         "id": best.id, "val_score": best.val_score, "prompts": json.loads(best.prompts)}
