@@ -15,6 +15,7 @@ from sqlalchemy import select
 
 from gepa_trace.errors import NotFoundError
 from gepa_trace.optimizer.pareto import pareto_front, version_scores
+from gepa_trace.optimizer.result import run_spend
 from gepa_trace.optimizer.state import UNJUDGED
 from gepa_trace.prompts.export import held_out_gate
 from gepa_trace.prompts.gate import GateResult
@@ -90,9 +91,14 @@ class FailedProposal:
 
 @dataclass
 class ReportData:
+    """What the report of one run shows. ``spent``: what the command spent, by phase
+    and in all (``optimizer.result.run_spend``), the numbers the summary cards and the
+    budget table print, the same as ``runs show`` and ``optimize`` print."""
+
     run: OptimizationRunRow
     config: dict[str, Any]
     totals: dict[str, Any]
+    spent: dict[str, Any]
     candidates: list[CandidateView]
     best_id: int | None
     seed_id: int | None
@@ -266,7 +272,8 @@ def load_report_data(store: Store, run_id: str, *, confidence: float = 0.95) -> 
     gate_note = "" if gate is not None else (
         "not measured: no held-out test evaluations of the seed and the best candidate")
     models = sorted(set(span_models) | set(_models_in(config)))
-    return ReportData(run=run, config=config, totals=totals, candidates=candidates,
+    return ReportData(run=run, config=config, totals=totals, spent=run_spend(totals),
+                      candidates=candidates,
                       best_id=best_id, seed_id=seed.id if seed else None, history=history,
                       rollouts=position, fronts=fronts, front_changes=front_changes,
                       diffs=diffs, failed=failed, skipped=skipped, superseded=superseded,

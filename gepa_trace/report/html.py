@@ -198,10 +198,10 @@ def _summary(d: ReportData) -> str:
               else ("not significant" if d.gate else "")),
         _card("candidates", str(len(statuses)),
               f"{statuses.count('accepted')} accepted, {statuses.count('rejected')} rejected"),
-        _card("rollouts", f"{d.totals.get('rollouts', d.rollouts):,}",
+        _card("rollouts", f"{d.spent['all']['rollouts']:,}",
               f"{d.run.iteration} iterations"),
-        _card("cost", f"${_dollars(d.totals):.4f}",
-              _duration(d.totals.get("wall_seconds"))),
+        _card("cost", f"${d.spent['all']['cost_usd']:.4f}",
+              _duration(d.spent["all"]["seconds"])),
     ]
     return _section("summary", f'<div class="cards">{"".join(cards)}</div>')
 
@@ -370,37 +370,54 @@ def _diagnoses_section(d: ReportData) -> str:
 
 def _limit(limits: dict[str, Any], key: str) -> str:
     value = limits.get(key)
-    return "" if value is None else f" of {value:g}"
+    return "" if value is None else f"{value:g}"
 
 
 def _budget_section(d: ReportData) -> str:
-    t = d.totals
-    budget = t.get("budget") or {}
-    limits = budget.get("limits") or {}
-    roles = dict(t.get("llm_calls_by_role") or budget.get("llm_calls_by_role") or {})
-    rows = [
-        ("rollouts (evaluator calls)", f"{int(t.get('rollouts', d.rollouts)):,}"
-         + _limit(limits, "max_rollouts")),
-        ("evaluation cache hits (pairs not re-run)", f"{int(t.get('evaluation_cache_hits', 0)):,}"),
-        ("replay cache hits (LLM calls served from the store)",
-         f"{int(t.get('rollout_cache_hits', 0)):,}"),
-    ]
-    for role in sorted(roles):
-        rows.append((f"LLM calls: {role}", f"{int(roles[role]):,}"))
-    rows += [
-        ("LLM calls: total", f"{sum(int(v) for v in roles.values()):,}"
-         + _limit(limits, "max_llm_calls")),
-        ("tokens", f"{int(t.get('tokens', 0)):,}" + _limit(limits, "max_tokens")),
-        ("dollars", f"${_dollars(t):.4f}" + _limit(limits, "max_cost_usd")),
-        ("wall time", _duration(t.get("wall_seconds"))
-         + (f" of {_duration(limits['max_seconds'])}" if limits.get("max_seconds") else "")),
-        ("reflection errors", str(int(t.get("reflection_errors", 0)))),
-        ("evaluator errors", str(int(t.get("evaluator_errors", 0)))),
-    ]
-    body = "".join(f"<tr><td>{esc(k)}</td><td class=\"num\">{esc(v)}</td></tr>" for k, v in rows)
-    note = "From the run's last totals snapshot" + (
-        "; dollars are zero for simulated models." if d.simulated else ".")
-    return _section("budget", f"<table><tbody>{body}</tbody></table>", esc(note))
+    """What the command spent, by phase and in all (``d.spent``, the numbers `runs show`
+    and `optimize` print), against the budget's limits, which cover the whole command."""
+    t, spent = d.totals, d.spent
+    limits = (t.get("budget") or {}).get("limits") or {}
+    names = [n for n in ("preflight", "search", "held_out") if n in spent["phases"]]
+    columns = [(n.replace("_", "-"), spent["phases"][n]) for n in names]
+    if spent.get("complete"):
+        columns.append(("all", spent["all"]))
+    roles = sorted({r for _n, p in columns for r in p["llm_calls_by_role"]})
+
+    def row(label: str, cell, limit: str = "") -> str:
+        cells = "".join(f'<td class="num">{esc(cell(p))}</td>' for _n, p in columns)
+        return (f"<tr><td>{esc(label)}</td>{cells}"
+                f'<td class="num">{esc(limit)}</td></tr>')
+
+    rows = [row("rollouts (evaluator calls)", lambda p: f"{p['rollouts']:,}",
+                _limit(limits, "max_rollouts")),
+            row("failed rollouts", lambda p: f"{p['errors']:,}"),
+            row("replay cache hits (LLM calls served from the store)",
+                lambda p: f"{p['replay_cache_hits']:,}")]
+    rows += [row(f"LLM calls: {role}",
+                 lambda p, role=role: f"{p['llm_calls_by_role'].get(role, 0):,}")
+             for role in roles]
+    rows += [row("LLM calls: total", lambda p: f"{p['llm_calls']:,}",
+                 _limit(limits, "max_llm_calls")),
+             row("tokens", lambda p: f"{p['tokens']:,}", _limit(limits, "max_tokens")),
+             row("dollars", lambda p: f"${p['cost_usd']:.4f}", _limit(limits, "max_cost_usd")),
+             row("wall time", lambda p: _duration(p["seconds"]),
+                 _duration(limits["max_seconds"]) if limits.get("max_seconds") else "")]
+    head = "".join(f'<th class="num">{esc(n)}</th>' for n, _p in columns)
+    table = (f"<table><thead><tr><th></th>{head}<th class=\"num\">limit</th></tr></thead>"
+             f"<tbody>{''.join(rows)}</tbody></table>")
+    loop = [("evaluation cache hits (pairs not re-run)", t.get("evaluation_cache_hits", 0)),
+            ("rollout retries", t.get("rollout_retries", 0)),
+            ("reflection errors", t.get("reflection_errors", 0))]
+    table += ("<table><tbody>" + "".join(
+        f'<tr><td>{esc(k)}</td><td class="num">{int(v or 0):,}</td></tr>' for k, v in loop)
+        + "</tbody></table>")
+    note = ("What the command spent: the preflight (one seed rollout, one call to each "
+            "model), the search, the held-out test, and all." if spent.get("complete") else
+            "The search only: per-phase totals are stored when the command finishes.")
+    if t.get("first_error"):
+        note += f" First failed rollout: {t['first_error']}."
+    return _section("budget", table, esc(note))
 
 
 def _significance_section(d: ReportData) -> str:
@@ -445,11 +462,3 @@ def _now() -> float:
     import time
 
     return time.time()
-
-
-def _dollars(totals: dict) -> float:
-    """Dollars of the run: the budget's figure covers every metered call (reflection,
-    judge, and the agent's own calls charged by the replay harness); runs without one
-    fall back to what the rollouts reported."""
-    budget = totals.get("budget") or {}
-    return float(budget.get("cost_usd", totals.get("cost_usd", 0.0)) or 0.0)
