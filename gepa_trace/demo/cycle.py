@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, func, select
-
 from gepa_trace.errors import GateRefused
+from gepa_trace.optimizer.result import spend_lines
 
 
 @dataclass(frozen=True)
@@ -39,25 +38,20 @@ class DemoSettings:
     progress: Callable[[str], None] = field(default=lambda _msg: None)
 
 
-def _test_cost(store, run_id: str) -> float:
-    from gepa_trace.store import EvaluationRow
-
-    evals = EvaluationRow.__table__
-    with store.read() as conn:
-        return float(conn.execute(select(func.coalesce(func.sum(evals.c.cost_usd), 0.0))
-                                  .where(and_(evals.c.run_id == run_id,
-                                              evals.c.purpose == "test"))).scalar())
-
-
 def run_demo(settings: DemoSettings, callbacks: list[object] = ()) -> dict[str, Any]:
-    """Run the cycle; returns the summary ``gepa-trace demo --json`` prints."""
+    """Run the cycle; returns the summary ``gepa-trace demo --json`` prints. Its
+    ``rollouts``, ``llm_calls``, ``replay_cache_hits``, ``tokens`` and ``cost_usd`` are
+    the ``all`` of the run's stored spend block (``spent``), as every other printer of
+    the run shows them."""
     import gepa_trace as gt
     from gepa_trace.demo import AGENT_NAME, build_agent, metric
     from gepa_trace.demo.traffic import run_traffic
     from gepa_trace.optimizer import OptimizerConfig
+    from gepa_trace.optimizer.result import run_spend
     from gepa_trace.prompts.export import export_run
     from gepa_trace.replay import ReplaySettings
     from gepa_trace.replay.dataset import ExampleFilter
+    from gepa_trace.replay.heldout import stored_totals
     from gepa_trace.report import write_report
     from gepa_trace.store import open_store
 
@@ -105,13 +99,10 @@ def run_demo(settings: DemoSettings, callbacks: list[object] = ()) -> dict[str, 
     report = write_report(store, result.run_id, out_dir / "report.html")
     say(f"      report {report}")
 
-    totals = result.totals
-    hits = sum(outcome.replay_cache_hits.values())
-    llm_calls = outcome.task_calls_sent + sum(
-        n for role, n in totals.llm_calls_by_role.items() if role != "task")
-    # the budget holds reflection calls and the rollouts' own calls (charged by the
-    # harness); the held-out test rollouts come after the loop and are priced here
-    cost = float(totals.budget.get("cost_usd", 0.0)) + _test_cost(store, result.run_id)
+    # The run's stored spend block, the one `runs show`, the report and `optimize` print:
+    # every phase of the command (preflight, search, held-out), not the loop alone.
+    spent = run_spend(stored_totals(store, result.run_id))
+    every = spent["all"]
     held = outcome.held_out
     return {
         "run_id": result.run_id, "agent": AGENT_NAME, "store": str(store.url),
@@ -123,26 +114,34 @@ def run_demo(settings: DemoSettings, callbacks: list[object] = ()) -> dict[str, 
         "ci_low": gate.ci_low if gate else None, "ci_high": gate.ci_high if gate else None,
         "significant": bool(gate and gate.significant), "test_examples": len(held.seed_scores),
         "exported": exported, "report": str(report),
-        "rollouts": totals.rollouts, "llm_calls": llm_calls,
+        "rollouts": every["rollouts"], "llm_calls": every["llm_calls"],
         "task_calls_made": outcome.task_calls_made,
-        "replay_cache_hits": hits, "cost_usd": round(cost, 6),
+        "replay_cache_hits": every["replay_cache_hits"], "tokens": every["tokens"],
+        "cost_usd": every["cost_usd"], "spent": spent,
         "elapsed_s": round(time.time() - started, 1),
     }
 
 
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
 def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """The demo's summary as text; its numbers are those of ``summary["spent"]``."""
     label = " (simulated models)" if summary["simulated"] else ""
-    lines = [f"held-out accuracy{label}: {summary['seed_test_score']:.1%} -> "
-             f"{summary['best_test_score']:.1%}"
+    lines = [f"held-out accuracy{label}: {_pct(summary['seed_test_score'])} -> "
+             f"{_pct(summary['best_test_score'])}"
              + (f"  gain 95% interval [{summary['ci_low']:+.1%}, {summary['ci_high']:+.1%}]"
                 if summary["ci_low"] is not None else ""),
-             f"validation: {summary['seed_val_score']:.1%} -> {summary['best_val_score']:.1%}"
+             f"validation: {_pct(summary['seed_val_score'])} -> "
+             f"{_pct(summary['best_val_score'])}"
              + (f" (grew from {summary['val_size'] - summary['val_grown_by']} to "
                 f"{summary['val_size']} examples once solved)"
                 if summary.get("val_grown_by") else ""),
              (f"run {summary['run_id']}: {summary['rollouts']} rollouts, "
               f"{summary['llm_calls']} LLM calls sent, {summary['replay_cache_hits']} served by "
               f"the replay cache, ${summary['cost_usd']:.4f}, {summary['elapsed_s']:.0f}s"),
+             *(f"  {line}" for line in spend_lines(summary["spent"])[1:]),
              f"prompts: {summary['exported'] or 'not exported (gain not significant)'}",
              f"report:  {summary['report']}"]
     return lines
