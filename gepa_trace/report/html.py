@@ -404,7 +404,7 @@ def _budget_section(d: ReportData) -> str:
              row("wall time", lambda p: _duration(p["seconds"]),
                  _duration(limits["max_seconds"]) if limits.get("max_seconds") else "")]
     head = "".join(f'<th class="num">{esc(n)}</th>' for n, _p in columns)
-    table = (f"<table><thead><tr><th></th>{head}<th class=\"num\">limit</th></tr></thead>"
+    table = (f"<table><thead><tr><th></th>{head}<th class=\"num\">budget limit</th></tr></thead>"
              f"<tbody>{''.join(rows)}</tbody></table>")
     loop = [("evaluation cache hits (pairs not re-run)", t.get("evaluation_cache_hits", 0)),
             ("rollout retries", t.get("rollout_retries", 0)),
