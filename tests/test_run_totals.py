@@ -121,12 +121,15 @@ def _assert_consistent_with_records(url: str, run_id: str, totals: dict) -> None
     assert held["cost_usd"] == pytest.approx(cost)
     search = phases["search"]
     n, calls, hits, _tokens, _cost = recorded[False]
-    assert (search["rollouts"], search["llm_calls_by_role"]["task"],
-            search["replay_cache_hits"]) == (n, calls, hits)
+    # failed rollouts are never evaluations, but they were run (and paid for)
+    assert search["rollouts"] - search["errors"] == n
+    assert search["replay_cache_hits"] == hits
+    if not search["errors"]:
+        assert search["llm_calls_by_role"]["task"] == calls
     assert search["llm_calls_by_role"]["reflection"] >= 1
-    assert phases["preflight"]["rollouts"] == 1  # the seed rollout of the preflight
-    # the preflight called the reflection and task models once each
-    assert phases["preflight"]["llm_calls_by_role"].get("reflection") == 1
+    # each command's preflight: one seed rollout, one call to the reflection model
+    commands = phases["preflight"]["rollouts"]
+    assert commands >= 1 and phases["preflight"]["llm_calls_by_role"]["reflection"] == commands
     assert sum(totals["replay_cache_hits_by_component"].values()) == every["replay_cache_hits"]
     assert every["llm_calls_by_role"]["reflection"] == (
         totals["budget"]["llm_calls_by_role"]["reflection"])
@@ -234,17 +237,28 @@ def build_agent(prompts):
 '''
 
 
-def test_a_run_that_failed_at_the_seeds_validation_prints_its_errors_and_spend(demo, tmp_path):
+OPTIMIZE = ["optimize", "--agent", "demo-qa", "--metric", "gepa_trace.demo:metric",
+            "--reflection-lm", "gepa-sim/reflect", "--budget-rollouts", "16"]
+
+
+@pytest.fixture(scope="module")
+def failed(demo, tmp_path_factory):
+    """A run whose agent goes down after the preflight: it stops at the seed's
+    validation (exit 7)."""
     url, _summary = demo
-    (tmp_path / "down_app.py").write_text(APP)
+    app_dir = tmp_path_factory.mktemp("app")
+    (app_dir / "down_app.py").write_text(APP)
     try:
         result = CliRunner().invoke(main, [
-            "optimize", "--agent", "demo-qa", "--entrypoint", "down_app:build_agent",
-            "--app-dir", str(tmp_path), "--metric", "gepa_trace.demo:metric",
-            "--reflection-lm", "gepa-sim/reflect", "--budget-rollouts", "16",
+            *OPTIMIZE, "--entrypoint", "down_app:build_agent", "--app-dir", str(app_dir),
             "--store", url])
     finally:
         _shutdown_instrumentation()
+    return url, result
+
+
+def test_a_run_that_failed_at_the_seeds_validation_prints_its_errors_and_spend(failed):
+    url, result = failed
     assert result.exit_code == 7, result.output
     out = result.stdout
     run_id = re.search(r"^run (\S+)", out, re.MULTILINE).group(1)
@@ -264,3 +278,26 @@ def test_a_run_that_failed_at_the_seeds_validation_prints_its_errors_and_spend(d
     assert f"run {run_id}  agent demo-qa  failed" in shown
     assert f"errors      {errors.group(1)} failed rollouts" in shown
     _assert_printed(shown, stored)
+
+
+def test_a_resumed_run_adds_each_commands_spend_and_still_agrees(failed):
+    url, first = failed
+    run_id = re.search(r"^run (\S+)", first.stdout, re.MULTILINE).group(1)
+    before = _stored(url, run_id)["command"]
+    try:
+        summary = _cli_json(*OPTIMIZE, "--entrypoint", "gepa_trace.demo:build_agent",
+                            "--resume", run_id, "--store", url)
+    finally:
+        _shutdown_instrumentation()
+    assert summary["run_id"] == run_id and summary["failed_with"] is None
+    totals = _stored(url, run_id)
+    stored = totals["command"]
+    _assert_consistent_with_records(url, run_id, totals)
+    _assert_same(summary["spent"], stored)
+    # two commands, two preflights; the failed command's errors stay in the search
+    assert stored["phases"]["preflight"]["rollouts"] == 2
+    assert stored["phases"]["search"]["errors"] == before["phases"]["search"]["errors"] > 0
+    # the budget holds both preflights' calls too (its limits cover every command)
+    assert stored["phases"]["search"]["llm_calls_by_role"]["reflection"] == (
+        totals["budget"]["llm_calls_by_role"]["reflection"] - 2)
+    _assert_report_agrees(url, run_id, stored)

@@ -159,7 +159,7 @@ def search_spend(totals: "Totals", charged_before: PhaseSpend) -> PhaseSpend:
 def command_spend(phases: dict[str, PhaseSpend],
                   budget_before_search: PhaseSpend | None = None) -> dict[str, Any]:
     """The ``"command"`` block of a run's stored totals: each phase (``PHASES``) and
-    ``all``, their sum. ``budget_before_search``: what the first command's preflight had
+    ``all``, their sum. ``budget_before_search``: what the preflights of the run's commands
     charged to the budget, which a resumed command takes out of the budget's snapshot
     again (``search_spend``)."""
     total = PhaseSpend()

@@ -285,10 +285,18 @@ def optimize(agent: str, *, reflection_lm: "str | Callable[[str], str]",
         preflight_spend = _preflight_spend(charged, probe, time.monotonic() - started)
         record_versions(store, seed_prompts, origin="observed")
         if resume:
+            # the engine's checkpoints rewrite the stored totals: earlier commands'
+            # spend is read before it starts
+            stored = stored_totals(store, resume)
+            earlier = stored.get("command") or {}
+            earlier_hits = stored.get("replay_cache_hits_by_component") or {}
             opt = Optimizer.resume(resume, evaluator=evaluator, reflection_lm=reflection,
                                    train=dataset.train, val=dataset.val, budget=budget,
                                    store=store, callbacks=callbacks, config=config if
                                    config != OptimizerConfig() else None)
+            # Optimizer.resume set the budget to the run's snapshot, which does not hold
+            # this command's preflight: charged again, so the limits cover it
+            budget.add_spent(charged.llm_calls_by_role, charged.tokens, charged.cost_usd)
         else:
             opt = Optimizer(evaluator, reflection, seed_prompts, dataset.train, dataset.val,
                             budget, store=store, agent=agent, config=config,
@@ -325,8 +333,11 @@ def optimize(agent: str, *, reflection_lm: "str | Callable[[str], str]",
     record_versions(store, result.best_prompts, run_id=result.run_id,
                     candidate_id=result.best_candidate_id)
     hits = cache.resolve_components(store, result.run_id) if cache is not None else {}
-    spent = _command_spent(store, result, preflight_spend, charged, held_out.spend,
-                           resumed=bool(resume))
+    if resume:  # the run's hits across its commands, as its spend is
+        hits = {c: hits.get(c, 0) + earlier_hits.get(c, 0)
+                for c in sorted(set(hits) | set(earlier_hits))}
+    spent = _command_spent(result, preflight_spend, charged, held_out.spend,
+                           earlier if resume else None)
     save_run_totals(store, result.run_id, held_out, hits, spent)
     sent = int(spent["all"]["llm_calls_by_role"].get("task", 0))
     outcome = OptimizeOutcome(result=result, dataset=dataset, held_out=held_out,
@@ -368,19 +379,19 @@ def _with_metered(own: PhaseSpend, metered: PhaseSpend) -> PhaseSpend:
                                cost_usd=own.cost_usd + metered.cost_usd)
 
 
-def _command_spent(store: Store, result: OptimizationResult, preflight_spend: PhaseSpend,
-                   charged: PhaseSpend, held_out: PhaseSpend, resumed: bool) -> dict[str, Any]:
+def _command_spent(result: OptimizationResult, preflight_spend: PhaseSpend,
+                   charged: PhaseSpend, held_out: PhaseSpend,
+                   earlier: dict[str, Any] | None) -> dict[str, Any]:
     """The run's ``command_spend`` block, computed once, here. The search phase is the
     loop's (across resumes); the preflight and held-out phases add this command's to
-    those of the run's earlier commands. A resumed run's budget snapshot carries what
-    the first command's preflight charged (this one's was charged before the budget was
-    restored), so that is what the search phase leaves out."""
-    earlier = stored_totals(store, result.run_id).get("command") or {}
-    phases = earlier.get("phases") or {}
-    if resumed:
-        before = PhaseSpend.from_dict(earlier.get("budget_before_search"))
-    else:
-        before, phases = charged, {}
+    those of the run's earlier commands. The budget's snapshot holds what every
+    command's preflight charged (a resumed command's is charged again once the budget
+    is restored), so those are what the search phase leaves out. ``earlier``: the
+    run's stored block before a resumed command started (None: a new run)."""
+    phases = (earlier or {}).get("phases") or {}
+    before = charged
+    if earlier is not None:
+        before = PhaseSpend.from_dict(earlier.get("budget_before_search")) + charged
     return command_spend(
         {"preflight": PhaseSpend.from_dict(phases.get("preflight")) + preflight_spend,
          "search": search_spend(result.totals, before),
