@@ -208,6 +208,8 @@ def optimize(agent: str, *, reflection_lm: "str | Callable[[str], str]",
     config = config or OptimizerConfig()
     build_agent = load_entrypoint(settings.entrypoint, settings.app_dir)  # before spending
     budget = budget or Budget(max_rollouts=300)
+    # a budget passed in may have been spent from before: only this command's counts
+    at_start = PhaseSpend.from_budget(dataclasses.asdict(budget.spent()))
     store = open_store(store)
     reflection = _model(reflection_lm, budget, "reflection", settings.reflection_lm_base)
     judge = _model(settings.judge_lm or settings.task_lm, budget, "judge",
@@ -278,10 +280,11 @@ def optimize(agent: str, *, reflection_lm: "str | Callable[[str], str]",
                                             low=config.min_score, high=config.perfect_score)
             if probe.tokens or probe.cost_usd:  # the preflight spends from the budget
                 budget.record_llm_call(probe.tokens, probe.cost_usd)
-        # Everything the budget metered so far is the preflight's (the model probes and
-        # the seed rollout's tokens); the loop's snapshot includes it, so it is taken
-        # out of the search phase again.
-        charged = PhaseSpend.from_budget(dataclasses.asdict(budget.spent()))
+        # What the budget metered since the start is the preflight's (the model probes
+        # and the seed rollout's tokens); the loop's snapshot includes it, so it is
+        # taken out of the search phase again.
+        charged = PhaseSpend.from_budget(dataclasses.asdict(budget.spent())).minus_budget(
+            at_start)
         preflight_spend = _preflight_spend(charged, probe, time.monotonic() - started)
         record_versions(store, seed_prompts, origin="observed")
         if resume:
