@@ -1189,9 +1189,7 @@ class Optimizer:
         roles["task"] = roles.get("task", 0) + rollout.llm_calls
         totals.tokens += rollout.tokens
         totals.cost_usd += rollout.cost_usd
-        if rollout.tokens or rollout.cost_usd:
-            # what the evaluator's own calls cost counts against the dollar/token limits
-            self.budget.record_llm_call(rollout.tokens, rollout.cost_usd)
+        # the budget was charged as the rollout ended (BatchEvaluator._run_and_store)
 
     def _on_cache_hit(self) -> None:
         self.totals.evaluation_cache_hits += 1

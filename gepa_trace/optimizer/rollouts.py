@@ -194,8 +194,18 @@ class BatchEvaluator:
 
     def _run_and_store(self, candidate: Candidate, prompts: PromptSet, example_id: str,
                        context: RolloutContext) -> "Rollout | _Exhausted":
-        outcome = run_with_retries(self.evaluator, prompts, self.examples[example_id],
-                                   context, self.retries, self.score_range)
+        outcome: Rollout | _Exhausted | None = None
+        try:
+            outcome = run_with_retries(self.evaluator, prompts, self.examples[example_id],
+                                       context, self.retries, self.score_range)
+        finally:
+            # what the rollout's own calls cost, failed attempts included, as it ends:
+            # it stops holding budget (see lm/budget.py) and counts as spent
+            if isinstance(outcome, Rollout):
+                self.budget.settle_rollout(outcome.llm_calls, outcome.tokens,
+                                           outcome.cost_usd)
+            else:
+                self.budget.settle_rollout(measured=False)
         if not isinstance(outcome, _Exhausted) and not outcome.error:
             try:
                 self.on_stored(candidate, example_id, context.purpose, outcome)

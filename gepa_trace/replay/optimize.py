@@ -394,8 +394,10 @@ def optimize(agent: str, *, reflection_lm: "str | Callable[[str], str]",
         if not log_only:
             probe = preflight.check_rollout(evaluator, seed_prompts, dataset.train[0],
                                             low=config.min_score, high=config.perfect_score)
-            if probe.tokens or probe.cost_usd:  # the preflight spends from the budget
-                budget.record_llm_call(probe.tokens, probe.cost_usd)
+            # the preflight spends from the budget, and is the first measure of what
+            # one rollout may cost (rollouts in flight hold that much: lm/budget.py)
+            budget.settle_rollout(probe.llm_calls, probe.tokens, probe.cost_usd,
+                                  started=False)
         record_versions(store, seed_prompts, origin="observed")
         if resume:
             opt = Optimizer.resume(resume, evaluator=evaluator, reflection_lm=reflection,
