@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from results import write_section  # noqa: E402  (bench/results.py, beside this file)
+from results import write_section
 
 BATCH = 512
 
@@ -138,11 +138,11 @@ def realistic_spans(count: int) -> list:
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
     from opentelemetry.trace import SpanContext, TraceFlags
+    from test_capture_agent import build_agent, case
 
     import gepa_trace as gt
     from gepa_trace.collectors.instrument import _slot
     from gepa_trace.collectors.langchain import SpanRecorder
-    from test_capture_agent import build_agent, case
 
     memory = InMemorySpanExporter()
     provider = TracerProvider()
@@ -211,9 +211,8 @@ def exporter_rate(spans: list, tmp: str, rounds: int = 3) -> dict:
     """Best of ``rounds`` alternating runs of each writer, each into a fresh file: on a
     shared machine the best run is the one least disturbed by other processes."""
     from gepa_trace.collectors.exporter import span_to_dict
-    from gepa_trace.store.spans import span_row
-
     from gepa_trace.store import SpanRow
+    from gepa_trace.store.spans import span_row
 
     rows = [span_row(span_to_dict(s)) for s in spans]
     columns = [c.name for c in SpanRow.__table__.columns]
@@ -240,8 +239,9 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    import langchain_core
     import sqlite3
+
+    import langchain_core
 
     return (f"{cpu}, {os.cpu_count()} CPUs, {platform.platform()}, Python "
             f"{platform.python_version()}, langchain-core {langchain_core.__version__}, "

@@ -119,7 +119,7 @@ def test_list_runs_filters_by_agent_feedback_time_limit_and_rollouts(store_url):
     write_run(store, 3, hours_ago=1, agent="other-agent")
     rollout = write_run(store, 4, hours_ago=0.5, run_id="run-1")
     record_feedback(a, label="bad", store=store)
-    ids = lambda runs: [r.trace_id for r in runs]  # noqa: E731
+    ids = lambda runs: [r.trace_id for r in runs]
     assert ids(list_runs(store, agent=AGENT)) == [b, a]
     assert ids(list_runs(store, agent=AGENT, since=NOW - 24 * 3600)) == [b]
     assert ids(list_runs(store, agent=AGENT, until=NOW - 24 * 3600)) == [a]

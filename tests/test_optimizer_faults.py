@@ -13,18 +13,18 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from test_optimizer_engine import run_toy  # noqa: E402
-from test_optimizer_toys import SEED, RuleEvaluator, RuleReflectionLM, world  # noqa: E402
+from test_optimizer_engine import run_toy
+from test_optimizer_toys import SEED, RuleEvaluator, RuleReflectionLM, world
 
-from gepa_trace.lm.budget import Budget  # noqa: E402
-from gepa_trace.optimizer import (  # noqa: E402
+from gepa_trace.lm.budget import Budget
+from gepa_trace.optimizer import (
     CandidateRejected,
     EventLog,
     Optimizer,
     OptimizerConfig,
     OptimizerErrorEvent,
 )
-from gepa_trace.store import open_store  # noqa: E402
+from gepa_trace.store import open_store
 
 
 def _failures(log, kind):

@@ -15,13 +15,13 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from test_optimizer_engine import fingerprint, run_toy  # noqa: E402
-from test_optimizer_toys import SEED, RuleEvaluator, RuleReflectionLM, world  # noqa: E402
+from test_optimizer_engine import fingerprint, run_toy
+from test_optimizer_toys import SEED, RuleEvaluator, RuleReflectionLM, world
 
-from gepa_trace.errors import LockHeld  # noqa: E402
-from gepa_trace.lm.budget import Budget  # noqa: E402
-from gepa_trace.optimizer import Optimizer, load_run  # noqa: E402
-from gepa_trace.store import RunLockRow, open_store  # noqa: E402
+from gepa_trace.errors import LockHeld
+from gepa_trace.lm.budget import Budget
+from gepa_trace.optimizer import Optimizer, load_run
+from gepa_trace.store import RunLockRow, open_store
 
 
 def _rows(store, sql, **params):

@@ -54,7 +54,7 @@ def test_different_feedback_gives_a_different_proposal():
     assert sum("year_only" in b for b in year) >= 25
     assert not any("year_only" in b for b in country)
     assert not any("country_not_city" in b for b in year)
-    msgs = lambda fb: [{"role": "user", "content": our_prompt(INSTRUCTION, [fb] * 2)}]  # noqa
+    msgs = lambda fb: [{"role": "user", "content": our_prompt(INSTRUCTION, [fb] * 2)}]
     assert generate("gepa-sim/reflect", msgs(COUNTRY_FEEDBACK)).text != \
         generate("gepa-sim/reflect", msgs(YEAR_FEEDBACK)).text
 

@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from functools import lru_cache
-from typing import Any, Mapping
+from typing import Any
 
 SPAN_TYPES = ("agent", "chain", "llm", "tool", "retriever", "prompt", "embedding")
 

@@ -24,7 +24,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace import ReadableSpan
@@ -88,7 +89,7 @@ def _transient(exc: BaseException) -> bool:
 class SqlSpanExporter(SpanExporter):
     """Writes batches of finished spans into the store (see the module docstring)."""
 
-    def __init__(self, store: "str | Store | None" = None, *, max_pending: int = 10_000,
+    def __init__(self, store: str | Store | None = None, *, max_pending: int = 10_000,
                  raise_internal_errors: bool | None = None):
         if max_pending < 0:
             raise ValueError("max_pending must be >= 0")

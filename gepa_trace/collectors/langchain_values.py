@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from threading import Lock
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from gepa_trace.prompts.templates import Messages, template_version
 

@@ -12,7 +12,8 @@ feedback, which the optimizer retries and never scores (``optimizer.failures``).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from gepa_trace.demo.records import ComponentRecorder
 from gepa_trace.errors import BudgetExhausted, MetricContractError

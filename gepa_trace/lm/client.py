@@ -38,15 +38,22 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any, Mapping
+from typing import Any
 
 from gepa_trace.errors import ConfigError, LMError
 from gepa_trace.lm.budget import Budget
 from gepa_trace.lm.fenced import extract_fenced
 from gepa_trace.lm.retry import (
-    RETRYABLE_KINDS, backoff_s, connection_refused, error_kind, retry_after_s, status_of)
+    RETRYABLE_KINDS,
+    backoff_s,
+    connection_refused,
+    error_kind,
+    retry_after_s,
+    status_of,
+)
 
 log = logging.getLogger("gepa_trace.lm")
 
@@ -189,10 +196,10 @@ class LM:
         return f"LM({self.model!r}, role={self.role!r}, max_concurrency={self.max_concurrency})"
 
     # An LM is a shared door (its slots, totals and budget are the point): copies share it.
-    def __copy__(self) -> "LM":
+    def __copy__(self) -> LM:
         return self
 
-    def __deepcopy__(self, memo: dict) -> "LM":
+    def __deepcopy__(self, memo: dict) -> LM:
         return self
 
     # ----------------------------------------------------------------- public calls

@@ -36,8 +36,9 @@ import pickle
 import signal
 import threading
 import traceback
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 from gepa_trace.errors import ConfigError
 from gepa_trace.lm.budget import Budget, Spent
@@ -356,8 +357,8 @@ class ProcessEvaluator:
         for worker in self.workers:
             worker.stop(timeout=2.0)
 
-    def __enter__(self) -> "ProcessEvaluator":
+    def __enter__(self) -> ProcessEvaluator:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()

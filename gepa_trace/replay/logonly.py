@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from sqlalchemy import and_, select
 
 from gepa_trace.collectors.views import llm_view
 from gepa_trace.errors import BudgetExhausted
-from gepa_trace.optimizer.protocols import (
-    ComponentRecord, Example, Rollout, RolloutContext, Score)
+from gepa_trace.optimizer.protocols import ComponentRecord, Example, Rollout, RolloutContext, Score
 from gepa_trace.prompts import PromptSet, to_chat_prompt
 from gepa_trace.replay.harness import render_messages
 from gepa_trace.replay.metrics import Judge

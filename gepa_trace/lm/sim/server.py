@@ -41,7 +41,7 @@ _FAULT_STATUS = {"rate_limit": (429, "rate_limit_error", "rate_limit_exceeded"),
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: "_Server"
+    server: _Server
     protocol_version = "HTTP/1.1"  # keep-alive, as the OpenAI SDK's httpx client expects
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet: tests read stderr
@@ -202,10 +202,10 @@ class SimServer:
         self._server.server_close()
         self._thread.join(timeout=5)
 
-    def __enter__(self) -> "SimServer":
+    def __enter__(self) -> SimServer:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
