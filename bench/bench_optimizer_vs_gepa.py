@@ -316,8 +316,8 @@ def main(argv=None) -> int:
     run_ours_replayed(train[:3], val[:3], 6, 0.0, args.workers, 0, args.lookahead)
     run_ours(train[:3], val[:3], 6, 0.0, args.workers, 0, args.lookahead)
     run_gepa(train[:3], val[:3], 6, 0.0, args.workers, 0)
-    runs = [(f"gepa-trace optimizer, agent replay + replay cache in {args.processes} "
-             f"worker processes (as shipped, --processes {args.processes})",
+    runs = [((f"gepa-trace optimizer, agent replay + replay cache in {args.processes} "
+              f"worker processes (as shipped, --processes {args.processes})"),
              lambda seed: run_ours_processes(train, val, args.budget, args.latency_ms,
                                              args.workers, seed, args.lookahead,
                                              args.processes)),

@@ -123,7 +123,7 @@ def test_agent_run_is_the_root_of_the_runs_inside_it(instrumented, sqlite_url):
 
 def test_agent_run_works_async_and_records_errors(instrumented, sqlite_url):
     async def main():
-        async with gt.agent_run(AGENT, inputs="q") as run:
+        async with gt.agent_run(AGENT, inputs="q"):
             model = GenericFakeChatModel(messages=iter(["a"]))
             await model.ainvoke("hi")
             raise KeyError("lost")

@@ -67,7 +67,7 @@ def test_a_reply_that_drops_a_template_variable_is_rejected_with_the_reason():
 
 
 def test_evaluator_exceptions_are_errors_that_stop_the_run_not_scores(sqlite_url):
-    train, val, _test = world()
+    train, _val, _test = world()
     broken = {train[0].id, train[5].id}
     log = EventLog()
     store = open_store(sqlite_url)

@@ -67,7 +67,7 @@ def test_every_candidate_evaluation_and_front_change_is_stored(store_url):
 
 def test_resume_continues_without_rerunning_anything_stored(store_url):
     store = open_store(store_url)
-    first, ev1, *_ = run_toy(max_rollouts=110, evaluator=RuleEvaluator(capacity=2), store=store)
+    first, _ev1, *_ = run_toy(max_rollouts=110, evaluator=RuleEvaluator(capacity=2), store=store)
     assert "max_rollouts" in first.stop_reason
     before = load_run(store, first.run_id)
     stored_pairs = {(before.candidates[c].key, e) for c, e, _r in before.evaluations}

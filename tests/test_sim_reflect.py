@@ -15,8 +15,8 @@ YEAR_FEEDBACK = "expected '1987'. expected only the year 1987, the answer gives 
 
 def our_prompt(instruction: str, feedbacks: list[str], output: str = "Tarvik") -> str:
     """A reflection prompt in the layout of gepa-trace's own template."""
-    parts = ["You improve one prompt of an agent. The current prompt of component "
-             "`answerer`:", "```", instruction, "```", "",
+    parts = [("You improve one prompt of an agent. The current prompt of component "
+              "`answerer`:"), "```", instruction, "```", "",
              "Records of this component on a minibatch:"]
     for i, fb in enumerate(feedbacks, 1):
         parts += [f"### Example {i}", "Inputs:",

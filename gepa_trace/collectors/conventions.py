@@ -141,7 +141,7 @@ def _metadata(attributes: Mapping[str, Any]) -> dict[str, Any]:
 
 def _is_default_run_name(name: str) -> bool:
     # LangChain names a run after its class unless run_name is given.
-    return not name or name.endswith("PromptTemplate") or name.endswith("Template")
+    return not name or name.endswith("Template")  # PromptTemplate, ChatPromptTemplate, ...
 
 
 def foreign_template(attributes: Mapping[str, Any]) -> list[dict[str, str]] | None:

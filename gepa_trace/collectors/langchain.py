@@ -127,7 +127,7 @@ def _guarded(method: Callable) -> Callable:
     def call(self: SpanRecorder, *args: Any, **kwargs: Any) -> Any:
         try:
             return method(self, *args, **kwargs)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - capture must never break the agent
             self._keep_tree(kwargs.get("run_id"), kwargs.get("parent_run_id"))
             self.internal_error(exc, method.__name__)
             return None

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from gepa_trace.collectors.otlp_decode import (
     JSON,
@@ -216,7 +216,7 @@ class Collector:
         self.grpc_port: int | None = None
         self._stopped = False
 
-    def start(self) -> Collector:
+    def start(self) -> Self:
         from gepa_trace.collectors.otlp_http import OTLPHTTPServer
 
         cfg = self.config
@@ -257,7 +257,7 @@ class Collector:
             grpc_done.wait(grace)
         self.writer.close(timeout=grace)
 
-    def __enter__(self) -> Collector:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -294,7 +294,7 @@ def read_otlp_file(path: Path) -> list[Decoded]:
         except RequestError as whole_error:
             lines = [line for line in raw.splitlines() if line.strip()]
             if len(lines) < 2:
-                raise whole_error
+                raise
             out = []
             for number, line in enumerate(lines, 1):
                 try:

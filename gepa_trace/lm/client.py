@@ -374,7 +374,7 @@ class LM:
         model = self.model.split("?", 1)[0] if self._sim_model else self.model
         try:
             return float(litellm.completion_cost(completion_response=response, model=model))
-        except Exception:  # litellm raises for a model missing from its map
+        except Exception:  # noqa: BLE001, S110 - litellm raises for a model not in its map
             pass
         return price(model, prompt_tokens, completion_tokens)
 
@@ -425,5 +425,5 @@ def price(model: str, prompt_tokens: int, completion_tokens: int) -> float | Non
         cost_in, cost_out = litellm.cost_per_token(model=model, prompt_tokens=prompt_tokens,
                                                    completion_tokens=completion_tokens)
         return float(cost_in) + float(cost_out)
-    except Exception:  # a model missing from the map
+    except Exception:  # noqa: BLE001 - a model missing from the map
         return None

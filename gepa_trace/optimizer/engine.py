@@ -434,7 +434,7 @@ class Optimizer:
             for pv in (self.seed_prompts.version_of(c) for c in self.components):
                 state.add_version(pv)
             seed = Candidate(0, self.seed_prompts.versions(), origin="seed", status="accepted")
-            self._propose(seed, list(self.seed_prompts.version_of(c) for c in self.components))
+            self._propose(seed, [self.seed_prompts.version_of(c) for c in self.components])
             for candidate, versions in warm_start_candidates(
                     self.store, self.config.warm_start_from, self.agent, self.run_id, state,
                     self.seed_prompts, self.config.warm_start_max):

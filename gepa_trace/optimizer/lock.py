@@ -24,6 +24,7 @@ import os
 import socket
 import threading
 import time
+from typing import Self
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
@@ -237,7 +238,7 @@ class RunLock:
                         _first_line(exc))
         self.acquired_at = None
 
-    def __enter__(self) -> RunLock:
+    def __enter__(self) -> Self:
         self.acquire()
         return self
 

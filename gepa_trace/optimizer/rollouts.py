@@ -102,7 +102,7 @@ def run_one(evaluator: Evaluator, prompts: PromptSet, example: Example,
         rollout = evaluator.evaluate(prompts, example, context)
     except BudgetExhausted as exc:
         return _Exhausted(str(exc))
-    except Exception as exc:  # the evaluator's failure on one example: an error, not a 0
+    except Exception as exc:  # noqa: BLE001 - one example's failure: an error, not a 0
         return failed_rollout(exc)
     if not isinstance(rollout, Rollout):
         return Rollout(score=0.0, error=f"the evaluator returned {type(rollout).__name__}, "

@@ -195,7 +195,7 @@ class AgentReplay:
                 run.set_outputs(output)
         except BudgetExhausted:
             raise  # the run's budget, not this example: the engine stops the batch
-        except Exception as exc:  # the agent failing on one input: an error, not a score
+        except Exception as exc:  # noqa: BLE001 - the agent failing on one input: an error
             failure = failed_rollout(exc, "the agent raised")
         spans = self.spans.take(run.trace_id)
         reading = read_rollout(spans)
@@ -209,7 +209,7 @@ class AgentReplay:
                 raise  # a judge metric's LLM call found the budget spent
             except MetricContractError as exc:
                 failure = failed_rollout(exc)
-            except Exception as exc:  # the metric's bug is not the agent's score
+            except Exception as exc:  # noqa: BLE001 - the metric's bug is not the agent's score
                 failure = failed_rollout(exc, "the metric raised")
         spent = {"output": output, "records": reading.records, "trace_id": run.trace_id,
                  "llm_calls": reading.llm_calls, "cache_hits": reading.cache_hits,

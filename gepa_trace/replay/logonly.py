@@ -136,7 +136,7 @@ class LogOnlyReplay:
                 output, verdict, made, rendered = self._judged(call, prompts, example)
             except BudgetExhausted:
                 raise
-            except Exception as exc:  # a model or judge failing is an error, never a zero
+            except Exception as exc:  # noqa: BLE001 - a model or judge failing: an error, not a 0
                 from gepa_trace.optimizer.failures import failed_rollout
 
                 return failed_rollout(exc, f"log-only replay of {call.component} failed:")

@@ -31,7 +31,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 from gepa_trace.lm import sim
 
@@ -119,7 +119,7 @@ class _Handler(BaseHTTPRequestHandler):
                            "retry-after-ms": f"{exc.retry_after_s * 1000:g}"}
             self._send_error(status, str(exc), type_, code, headers)
             return
-        except Exception as exc:  # a bug in a behaviour: answer, as a real server would
+        except Exception as exc:  # noqa: BLE001 - a bug in a behaviour: answer, as servers do
             self._send_error(500, f"simulated model failed: {type(exc).__name__}: {exc}",
                              "server_error", "internal_error")
             return
@@ -202,7 +202,7 @@ class SimServer:
         self._server.server_close()
         self._thread.join(timeout=5)
 
-    def __enter__(self) -> SimServer:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
