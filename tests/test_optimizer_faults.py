@@ -14,18 +14,18 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from test_optimizer_engine import run_toy  # noqa: E402
-from test_optimizer_toys import SEED, RuleEvaluator, RuleReflectionLM, world  # noqa: E402
+from test_optimizer_engine import run_toy
+from test_optimizer_toys import SEED, RuleEvaluator, RuleReflectionLM, world
 
-from gepa_trace.lm.budget import Budget  # noqa: E402
-from gepa_trace.optimizer import (  # noqa: E402
+from gepa_trace.lm.budget import Budget
+from gepa_trace.optimizer import (
     CandidateRejected,
     EventLog,
     Optimizer,
     OptimizerConfig,
     OptimizerErrorEvent,
 )
-from gepa_trace.store import open_store  # noqa: E402
+from gepa_trace.store import open_store
 
 
 def _failures(log, kind):
@@ -68,7 +68,7 @@ def test_a_reply_that_drops_a_template_variable_is_rejected_with_the_reason():
 
 
 def test_evaluator_exceptions_are_errors_that_stop_the_run_not_scores(sqlite_url):
-    train, val, _test = world()
+    train, _val, _test = world()
     broken = {train[0].id, train[5].id}
     log = EventLog()
     store = open_store(sqlite_url)

@@ -7,7 +7,19 @@
 """
 
 from gepa_trace.replay.optimize import (
-    HeldOut, OptimizeOutcome, ReplaySettings, evaluate_held_out, load_entrypoint, optimize)
+    HeldOut,
+    OptimizeOutcome,
+    ReplaySettings,
+    evaluate_held_out,
+    load_entrypoint,
+    optimize,
+)
 
-__all__ = ["optimize", "OptimizeOutcome", "ReplaySettings", "HeldOut", "evaluate_held_out",
-           "load_entrypoint"]
+__all__ = [
+    "HeldOut",
+    "OptimizeOutcome",
+    "ReplaySettings",
+    "evaluate_held_out",
+    "load_entrypoint",
+    "optimize",
+]
