@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from results import write_section  # noqa: E402  (bench/results.py, beside this file)
+from results import write_section
 
 BATCH = 512
 
@@ -138,11 +138,11 @@ def realistic_spans(count: int) -> list:
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
     from opentelemetry.trace import SpanContext, TraceFlags
+    from test_capture_agent import build_agent, case
 
     import gepa_trace as gt
     from gepa_trace.collectors.instrument import _slot
     from gepa_trace.collectors.langchain import SpanRecorder
-    from test_capture_agent import build_agent, case
 
     memory = InMemorySpanExporter()
     provider = TracerProvider()
@@ -211,9 +211,8 @@ def exporter_rate(spans: list, tmp: str, rounds: int = 3) -> dict:
     """Best of ``rounds`` alternating runs of each writer, each into a fresh file: on a
     shared machine the best run is the one least disturbed by other processes."""
     from gepa_trace.collectors.exporter import span_to_dict
-    from gepa_trace.store.spans import span_row
-
     from gepa_trace.store import SpanRow
+    from gepa_trace.store.spans import span_row
 
     rows = [span_row(span_to_dict(s)) for s in spans]
     columns = [c.name for c in SpanRow.__table__.columns]
@@ -240,8 +239,9 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    import langchain_core
     import sqlite3
+
+    import langchain_core
 
     return (f"{cpu}, {os.cpu_count()} CPUs, {platform.platform()}, Python "
             f"{platform.python_version()}, langchain-core {langchain_core.__version__}, "
@@ -254,16 +254,16 @@ def report(calls: list[dict], rate: dict, args: argparse.Namespace) -> str:
     n = len(base["cpu"])
     lines = [
         "## Capture (bench/bench_capture.py)", "",
-        f"`.venv/bin/python bench/bench_capture.py --calls {args.calls} --repeats "
-        f"{args.repeats} --rounds {args.rounds} --spans {args.spans}` on "
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {machine()}. The machine "
-        "was shared with other jobs while this ran.", "",
-        f"Chat-model call overhead: {args.calls} calls of a langchain-core fake chat model "
-        f"(system + user message) per repeat, {args.repeats} repeats in each of "
-        f"{args.rounds} fresh processes per mode, modes interleaved; medians over the {n} "
-        "repeats. CPU is the process's CPU time (all threads, the exporter's included).", "",
-        "| instrumentation | CPU us/call | overhead (CPU) | best CPU us/call | "
-        "wall us/call | overhead (wall) |",
+        (f"`.venv/bin/python bench/bench_capture.py --calls {args.calls} --repeats "
+         f"{args.repeats} --rounds {args.rounds} --spans {args.spans}` on "
+         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {machine()}. The machine "
+         "was shared with other jobs while this ran."), "",
+        (f"Chat-model call overhead: {args.calls} calls of a langchain-core fake chat model "
+         f"(system + user message) per repeat, {args.repeats} repeats in each of "
+         f"{args.rounds} fresh processes per mode, modes interleaved; medians over the {n} "
+         "repeats. CPU is the process's CPU time (all threads, the exporter's included)."), "",
+        ("| instrumentation | CPU us/call | overhead (CPU) | best CPU us/call | "
+         "wall us/call | overhead (wall) |"),
         "|---|---|---|---|---|---|",
     ]
     for c in (base, ours, oi):
@@ -273,23 +273,23 @@ def report(calls: list[dict], rate: dict, args: argparse.Namespace) -> str:
     flush_ms = 1000 * statistics.median(ours["flush_s"])
     ratio = rate["ours_per_s"] / rate["raw_per_s"]
     lines += [
-        "", "gepa-trace exports to SQLite on the BatchSpanProcessor's thread during the "
-        f"calls (the final flush of what remained took {flush_ms:.0f} ms, median); "
-        "OpenInference appends to an in-memory list.", "",
-        f"Exporter rate: {rate['spans']} spans copied from a recorded run of the test "
-        f"LangGraph agent (two prompts, two LLM calls, a tool; {rate['bytes_per_span']:.0f} "
-        f"bytes of attribute JSON per span on average), batches of {BATCH}, one "
-        "transaction each, fresh SQLite files in WAL mode, the two writers alternating:", "",
+        "", ("gepa-trace exports to SQLite on the BatchSpanProcessor's thread during the "
+             f"calls (the final flush of what remained took {flush_ms:.0f} ms, median); "
+             "OpenInference appends to an in-memory list."), "",
+        (f"Exporter rate: {rate['spans']} spans copied from a recorded run of the test "
+         f"LangGraph agent (two prompts, two LLM calls, a tool; {rate['bytes_per_span']:.0f} "
+         f"bytes of attribute JSON per span on average), batches of {BATCH}, one "
+         "transaction each, fresh SQLite files in WAL mode, the two writers alternating:"), "",
         f"| writer | spans/s (best of {rate['rounds']}) | each round |", "|---|---|---|",
-        f"| SqlSpanExporter.export (convert + derive + write_spans) | "
-        f"{rate['ours_per_s']:.0f} | {', '.join(map(str, rate['ours_all']))} |",
-        f"| raw sqlite3.executemany of the prepared rows | {rate['raw_per_s']:.0f} | "
-        f"{', '.join(map(str, rate['raw_all']))} |",
+        (f"| SqlSpanExporter.export (convert + derive + write_spans) | "
+         f"{rate['ours_per_s']:.0f} | {', '.join(map(str, rate['ours_all']))} |"),
+        (f"| raw sqlite3.executemany of the prepared rows | {rate['raw_per_s']:.0f} | "
+         f"{', '.join(map(str, rate['raw_all']))} |"),
         "",
-        f"Targets: overhead {ours['cpu_us'] - base['cpu_us']:.1f} us CPU per call vs "
-        f"OpenInference {oi['cpu_us'] - base['cpu_us']:.1f} us "
-        f"({'met' if ours['cpu_us'] <= oi['cpu_us'] else 'MISSED'}); exporter at "
-        f"{100 * ratio:.0f}% of raw ({'met' if ratio >= 0.4 else 'MISSED'}, target 40%).",
+        (f"Targets: overhead {ours['cpu_us'] - base['cpu_us']:.1f} us CPU per call vs "
+         f"OpenInference {oi['cpu_us'] - base['cpu_us']:.1f} us "
+         f"({'met' if ours['cpu_us'] <= oi['cpu_us'] else 'MISSED'}); exporter at "
+         f"{100 * ratio:.0f}% of raw ({'met' if ratio >= 0.4 else 'MISSED'}, target 40%)."),
     ]
     return "\n".join(lines) + "\n"
 

@@ -257,16 +257,16 @@ def write_results(results: list[dict], args: argparse.Namespace) -> None:
              else "SQLite store (WAL, synchronous=NORMAL)")
     store_flag = " --store postgresql+psycopg://..." if postgres else ""
     lines = [f"## {heading}", "",
-             f"`.venv/bin/python bench/bench_collector.py --spans {args.spans} "
-             f"--exporters {args.exporters} --batch {args.batch}"
-             f"{store_flag}` on "
-             f"{platform.platform()}, {os.cpu_count()} CPUs, Python "
-             f"{platform.python_version()}, {store}; "
-             "the exporters run in a separate process on the same machine; load average "
-             f"{args.load_before:.1f} before the run (the machine is shared with other "
-             "jobs).", "",
-             "| transport | spans | exporters | seconds | spans/s | collector CPU µs/span | "
-             "writer busy | transactions | stored exactly once |",
+             (f"`.venv/bin/python bench/bench_collector.py --spans {args.spans} "
+              f"--exporters {args.exporters} --batch {args.batch}"
+              f"{store_flag}` on "
+              f"{platform.platform()}, {os.cpu_count()} CPUs, Python "
+              f"{platform.python_version()}, {store}; "
+              "the exporters run in a separate process on the same machine; load average "
+              f"{args.load_before:.1f} before the run (the machine is shared with other "
+              "jobs)."), "",
+             ("| transport | spans | exporters | seconds | spans/s | collector CPU µs/span | "
+              "writer busy | transactions | stored exactly once |"),
              "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['transport']} | {r['spans']} | {args.exporters} | {r['seconds']} | "
@@ -275,12 +275,12 @@ def write_results(results: list[dict], args: argparse.Namespace) -> None:
                      f"requests | {'yes' if r['exactly_once'] else 'NO'} |")
     http = next((r for r in results if r["transport"] == "http"), None)
     database = "PostgreSQL" if postgres else "SQLite"
-    lines += ["", "Every reply was sent after its spans were committed (group commit: one "
-              "transaction for all requests waiting, never one per request). Writer busy is "
-              "the share of the run the single writer thread spent in transactions; near "
-              f"100% means {database} inserting into the spans table and its indexes "
-              "(primary key, agent, and partial component and run indexes) is the "
-              "limit, not decoding. Collector CPU counts all its threads."]
+    lines += ["", ("Every reply was sent after its spans were committed (group commit: one "
+                   "transaction for all requests waiting, never one per request). Writer busy is "
+                   "the share of the run the single writer thread spent in transactions; near "
+                   f"100% means {database} inserting into the spans table and its indexes "
+                   "(primary key, agent, and partial component and run indexes) is the "
+                   "limit, not decoding. Collector CPU counts all its threads.")]
     if http is not None:
         met = "met" if http["spans_per_s"] >= 20_000 else "NOT met on this run"
         lines.append(f"Target: at least 20,000 spans/s over HTTP: {http['spans_per_s']} ({met}).")

@@ -134,7 +134,7 @@ def main(argv=None) -> int:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from results import write_section  # bench/results.py, beside this file
 
-        when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
         heading = "Optimizer quality across demo datasets (bench/bench_demo_quality.py)"
         section = (
             f"`.venv/bin/python bench/bench_demo_quality.py` on {when}: {args.traffic} "

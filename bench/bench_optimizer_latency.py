@@ -26,12 +26,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_optimizer_vs_gepa import run_ours_processes  # noqa: E402  (sets up sys.path)
+from bench_optimizer_vs_gepa import run_ours_processes
 
-from gepa_trace.demo import SEED_PROMPTS, questions  # noqa: E402
-from gepa_trace.demo.evaluator import accuracy  # noqa: E402
-from gepa_trace.lm import LM  # noqa: E402
-from gepa_trace.optimizer import OptimizerConfig  # noqa: E402
+from gepa_trace.demo import SEED_PROMPTS, questions
+from gepa_trace.demo.evaluator import accuracy
+from gepa_trace.lm import LM
+from gepa_trace.optimizer import OptimizerConfig
 
 
 def fit(points: list[tuple[float, float]]) -> tuple[float, float]:
@@ -100,7 +100,7 @@ def main(argv=None) -> int:
 
         heading = "Optimizer wall time against LLM latency (bench/bench_optimizer_latency.py)"
         command = "bench/bench_optimizer_latency.py " + " ".join(argv or sys.argv[1:])
-        when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
         write_section(heading, (
             f"## {heading}\n\n`.venv/bin/python {command.strip()}` on {when}, "
             f"{os.cpu_count()} CPUs, Python {platform.python_version()}. The as-shipped row "

@@ -40,13 +40,16 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gepa_trace.demo import SEED_PROMPTS, build_agent, metric, questions  # noqa: E402
-from gepa_trace.demo.evaluator import AgentEvaluator, accuracy  # noqa: E402
-from gepa_trace.errors import ConfigError  # noqa: E402
-from gepa_trace.lm import LM, Budget  # noqa: E402
-from gepa_trace.lm import sim  # noqa: E402
-from gepa_trace.optimizer import Optimizer, OptimizerConfig  # noqa: E402
-from gepa_trace.optimizer.protocols import Rollout  # noqa: E402
+from gepa_trace.demo import SEED_PROMPTS, build_agent, metric, questions
+from gepa_trace.demo.evaluator import AgentEvaluator, accuracy
+from gepa_trace.errors import ConfigError
+from gepa_trace.lm import (
+    LM,
+    Budget,
+    sim,
+)
+from gepa_trace.optimizer import Optimizer, OptimizerConfig
+from gepa_trace.optimizer.protocols import Rollout
 
 
 class AgentAdapter:
@@ -313,8 +316,8 @@ def main(argv=None) -> int:
     run_ours_replayed(train[:3], val[:3], 6, 0.0, args.workers, 0, args.lookahead)
     run_ours(train[:3], val[:3], 6, 0.0, args.workers, 0, args.lookahead)
     run_gepa(train[:3], val[:3], 6, 0.0, args.workers, 0)
-    runs = [(f"gepa-trace optimizer, agent replay + replay cache in {args.processes} "
-             f"worker processes (as shipped, --processes {args.processes})",
+    runs = [((f"gepa-trace optimizer, agent replay + replay cache in {args.processes} "
+              f"worker processes (as shipped, --processes {args.processes})"),
              lambda seed: run_ours_processes(train, val, args.budget, args.latency_ms,
                                              args.workers, seed, args.lookahead,
                                              args.processes)),
@@ -386,7 +389,7 @@ def main(argv=None) -> int:
         print(verdict)
     if not args.no_write:
         command = "bench/bench_optimizer_vs_gepa.py " + " ".join(argv or sys.argv[1:])
-        when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
         from importlib.metadata import version
 
         heading = ("Optimizer vs gepa (bench/bench_optimizer_vs_gepa.py)" if args.workers == 16

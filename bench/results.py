@@ -14,7 +14,7 @@ def write_section(heading: str, section: str) -> None:
     body = section.strip("\n") + "\n"
     if not body.startswith("## "):
         body = f"## {heading}\n\n{body}"
-    pattern = re.compile(rf"## {re.escape(heading)}\n.*?(?=\n## |\Z)", re.S)
+    pattern = re.compile(rf"## {re.escape(heading)}\n.*?(?=\n## |\Z)", re.DOTALL)
     if pattern.search(text):
         text = pattern.sub(lambda _m: body, text)
     else:

@@ -38,7 +38,7 @@ _EXPORTS = {
     "BudgetExhausted": "gepa_trace.errors",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
+__all__ = sorted(_EXPORTS) + ["__version__"]  # noqa: PLE0605 - _EXPORTS is the one list of names
 
 
 def __getattr__(name: str) -> Any:

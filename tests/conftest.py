@@ -61,7 +61,7 @@ def empty_pg_url():
         admin = _pg_admin()
         with admin.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
-    except Exception as exc:  # no server here
+    except Exception as exc:  # noqa: BLE001 - no server here
         if os.environ.get("GEPA_TRACE_REQUIRE_PG") == "1":
             pytest.fail(f"PostgreSQL required but unreachable at {PG_URL}: {exc}")
         pytest.skip(f"no PostgreSQL at {PG_URL}")

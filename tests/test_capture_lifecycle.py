@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+from test_capture_agent import span_rows
 
 import gepa_trace as gt
-from test_capture_agent import span_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 

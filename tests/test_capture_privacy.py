@@ -11,10 +11,10 @@ from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage
 from langchain_core.runnables import RunnableLambda
 from langchain_core.tools import tool
+from test_capture_agent import build_agent, case, span_rows
 
 import gepa_trace as gt
 from gepa_trace.store import forget_store
-from test_capture_agent import build_agent, case, span_rows
 
 SECRET = "4111-1111-1111-1111"
 

@@ -18,10 +18,6 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import RunnableLambda
 from langchain_core.tools import tool
 from opentelemetry import trace as trace_api
-
-import gepa_trace as gt
-from gepa_trace.collectors.langchain_values import template_from_serialized
-from gepa_trace.prompts import messages_of_template, template_version
 from test_capture_agent import (
     ancestors,
     assert_well_formed,
@@ -30,6 +26,10 @@ from test_capture_agent import (
     case,
     span_rows,
 )
+
+import gepa_trace as gt
+from gepa_trace.collectors.langchain_values import template_from_serialized
+from gepa_trace.prompts import messages_of_template, template_version
 
 AGENT = "spans-agent"
 
@@ -123,7 +123,7 @@ def test_agent_run_is_the_root_of_the_runs_inside_it(instrumented, sqlite_url):
 
 def test_agent_run_works_async_and_records_errors(instrumented, sqlite_url):
     async def main():
-        async with gt.agent_run(AGENT, inputs="q") as run:
+        async with gt.agent_run(AGENT, inputs="q"):
             model = GenericFakeChatModel(messages=iter(["a"]))
             await model.ainvoke("hi")
             raise KeyError("lost")
@@ -137,9 +137,8 @@ def test_agent_run_works_async_and_records_errors(instrumented, sqlite_url):
 
 
 def test_nested_agent_runs_share_one_trace(instrumented, sqlite_url):
-    with gt.agent_run(AGENT) as outer:
-        with gt.agent_run("helper") as inner:
-            GenericFakeChatModel(messages=iter(["a"])).invoke("hi")
+    with gt.agent_run(AGENT) as outer, gt.agent_run("helper") as inner:
+        GenericFakeChatModel(messages=iter(["a"])).invoke("hi")
     assert inner.trace_id == outer.trace_id
     spans = stored(instrumented, sqlite_url)
     assert_well_formed(spans)
@@ -152,9 +151,8 @@ def test_app_spans_inside_agent_run_join_its_trace(instrumented):
     from opentelemetry.sdk.trace import TracerProvider
 
     app_tracer = TracerProvider().get_tracer("app")
-    with gt.agent_run(AGENT) as run:
-        with app_tracer.start_as_current_span("app work") as span:
-            app_trace = format(span.get_span_context().trace_id, "032x")
+    with gt.agent_run(AGENT) as run, app_tracer.start_as_current_span("app work") as span:
+        app_trace = format(span.get_span_context().trace_id, "032x")
     assert app_trace == run.trace_id
     # and our provider never became the global one
     assert trace_api.get_tracer_provider() is not instrumented.tracer_provider

@@ -81,13 +81,7 @@ def _options_without_help(command: click.Command, path: Path) -> list[str]:
 
 # The commands of cli/optimize.py (optimize, runs) have options without help and belong
 # to another change; their cases stay visible (xfail lists the offenders) until then.
-_OPTIMIZE_PENDING = pytest.mark.xfail(
-    strict=False, reason="options of cli/optimize.py without help text (another change)")
-
-
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=_OPTIMIZE_PENDING)
-    if COMMANDS[n].startswith("gepa_trace.cli.optimize:") else n for n in _listed()])
+@pytest.mark.parametrize("name", _listed())
 def test_every_option_has_help_text(name):
     with click.Context(main) as ctx:
         command = main.get_command(ctx, name)

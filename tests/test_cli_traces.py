@@ -53,11 +53,11 @@ def run_spans(n: int, *, agent: str = AGENT, hours_ago: float = 0.0,
         attributes = {"openinference.span.kind": kind, **attrs}
         if run_id:
             attributes["gepa.run.id"] = run_id
-        return dict(trace_id=trace_id, span_id=f"{n:08x}{k:08x}",
-                    parent_span_id=f"{n:08x}{parent:08x}" if parent else None, name=name,
-                    kind="INTERNAL", start_ns=t0 + start * ms, end_ns=t0 + end * ms,
-                    status_code=status if k == 1 else "OK", status_message=None,
-                    attributes=attributes, events=[], resource={"service.name": "svc"})
+        return {"trace_id": trace_id, "span_id": f"{n:08x}{k:08x}",
+                "parent_span_id": f"{n:08x}{parent:08x}" if parent else None, "name": name,
+                "kind": "INTERNAL", "start_ns": t0 + start * ms, "end_ns": t0 + end * ms,
+                "status_code": status if k == 1 else "OK", "status_message": None,
+                "attributes": attributes, "events": [], "resource": {"service.name": "svc"}}
 
     template = json.dumps(planner or PLANNER_V1)
     question = f"Which country is city {n} in?"
@@ -119,7 +119,7 @@ def test_list_runs_filters_by_agent_feedback_time_limit_and_rollouts(store_url):
     write_run(store, 3, hours_ago=1, agent="other-agent")
     rollout = write_run(store, 4, hours_ago=0.5, run_id="run-1")
     record_feedback(a, label="bad", store=store)
-    ids = lambda runs: [r.trace_id for r in runs]  # noqa: E731
+    ids = lambda runs: [r.trace_id for r in runs]
     assert ids(list_runs(store, agent=AGENT)) == [b, a]
     assert ids(list_runs(store, agent=AGENT, since=NOW - 24 * 3600)) == [b]
     assert ids(list_runs(store, agent=AGENT, until=NOW - 24 * 3600)) == [a]

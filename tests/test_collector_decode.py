@@ -41,8 +41,8 @@ def request_of(*spans, resource=None) -> ExportTraceServiceRequest:
 
 
 def span(**fields) -> Span:
-    base = dict(trace_id=TRACE, span_id=SPAN, name="s", kind=3, start_time_unix_nano=10,
-                end_time_unix_nano=20)
+    base = {"trace_id": TRACE, "span_id": SPAN, "name": "s", "kind": 3,
+            "start_time_unix_nano": 10, "end_time_unix_nano": 20}
     base.update(fields)
     return Span(**base)
 

@@ -31,13 +31,13 @@ PB = "application/x-protobuf"
 def make_request(n: int, seed: int = 0, **span_fields) -> ExportTraceServiceRequest:
     spans = []
     for i in range(n):
-        fields = dict(trace_id=(seed * 1_000_000 + i + 1).to_bytes(16, "big"),
-                      span_id=(i + 1).to_bytes(8, "big"), name=f"s{i}",
-                      start_time_unix_nano=1000 + i, end_time_unix_nano=2000 + i,
-                      attributes=[KeyValue(key="openinference.span.kind",
-                                           value=AnyValue(string_value="LLM")),
-                                  KeyValue(key="llm.model_name",
-                                           value=AnyValue(string_value="m"))])
+        fields = {"trace_id": (seed * 1_000_000 + i + 1).to_bytes(16, "big"),
+                  "span_id": (i + 1).to_bytes(8, "big"), "name": f"s{i}",
+                  "start_time_unix_nano": 1000 + i, "end_time_unix_nano": 2000 + i,
+                  "attributes": [KeyValue(key="openinference.span.kind",
+                                          value=AnyValue(string_value="LLM")),
+                                 KeyValue(key="llm.model_name",
+                                          value=AnyValue(string_value="m"))]}
         fields.update(span_fields)
         spans.append(Span(**fields))
     return ExportTraceServiceRequest(resource_spans=[ResourceSpans(

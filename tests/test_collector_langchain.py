@@ -11,8 +11,8 @@ from typing import TypedDict
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
-
 from collector_process import CollectorProcess
+
 from gepa_trace.cli import main
 from gepa_trace.collectors.otlp import Collector, CollectorConfig
 from gepa_trace.store import forget_store, open_store

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from collector_process import CollectorProcess
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from collector_process import CollectorProcess
 from gepa_trace.collectors.otlp import Collector, CollectorConfig
 from gepa_trace.store import forget_store, open_store
 

@@ -123,8 +123,8 @@ def test_component_identity_order_explicit_then_run_name_then_node_then_hash():
 
 
 def _oi_spans(trace: str, parent: str, prompt_id: str, llm_id: str) -> tuple[dict, dict]:
-    common = dict(trace_id=trace, parent_span_id=parent, kind="INTERNAL", status_code="OK",
-                  resource={"service.name": "trip-agent"})
+    common = {"trace_id": trace, "parent_span_id": parent, "kind": "INTERNAL", "status_code": "OK",
+              "resource": {"service.name": "trip-agent"}}
     prompt = dict(common, span_id=prompt_id, name="ChatPromptTemplate", start_ns=10, end_ns=20,
                   attributes={"openinference.span.kind": "PROMPT",
                               "llm.prompt_template.template": "You plan trips.",

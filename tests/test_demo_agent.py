@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from gepa_trace.demo import (AGENT_NAME, BEST_PROMPTS, COMPONENTS, SEED_PROMPTS, build_agent,
-                             metric, questions)
+from gepa_trace.demo import (
+    AGENT_NAME,
+    BEST_PROMPTS,
+    COMPONENTS,
+    SEED_PROMPTS,
+    build_agent,
+    metric,
+    questions,
+)
 from gepa_trace.demo.evaluator import AgentEvaluator
 from gepa_trace.demo.world import World, answer_of, world
 from gepa_trace.optimizer.protocols import Evaluator, Example, RolloutContext

@@ -64,7 +64,7 @@ def greedy_loop(iterations: int, seed: int = 0):
 
 
 def test_greedy_reflection_loop_climbs_well_above_the_seed():
-    history, accepted, prompts = greedy_loop(iterations=45)
+    history, accepted, _prompts = greedy_loop(iterations=45)
     assert history[0] <= 0.5
     assert max(history) >= history[0] + 0.35, history
     assert max(history) >= 0.75, history

@@ -20,12 +20,12 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Status, StatusCode
+from test_capture_agent import build_agent, case, count, span_rows
 
 import gepa_trace as gt
 from gepa_trace.collectors.exporter import SqlSpanExporter, span_to_dict
 from gepa_trace.collectors.langchain import SUPPRESS_KEY
 from gepa_trace.store import forget_store, open_store
-from test_capture_agent import build_agent, case, count, span_rows
 
 AGENT = "qa-agent"
 

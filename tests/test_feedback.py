@@ -11,15 +11,19 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_cli_traces import run_spans, trace_id_of, write_run
 
 from gepa_trace.cli import main
 from gepa_trace.errors import FeedbackError, NotFoundError
 from gepa_trace.store import forget_store, open_store
-from gepa_trace.store.feedback import (UnknownTraceError, import_feedback, record_feedback,
-                                       register_flush_hook)
+from gepa_trace.store.feedback import (
+    UnknownTraceError,
+    import_feedback,
+    record_feedback,
+    register_flush_hook,
+)
 from gepa_trace.store.queries import feedback_for_traces
 from gepa_trace.store.spans import write_spans
-from test_cli_traces import run_spans, trace_id_of, write_run
 
 
 def stored_feedback(store) -> list[tuple]:

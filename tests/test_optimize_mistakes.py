@@ -210,7 +210,8 @@ def _optimize(folder: Path, mistake: Mistake, server_url: str,
     return subprocess.run(
         [str(SCRIPT), "optimize", "--agent", AGENT, "--reflection-lm", mistake.reflection_lm,
          "--budget-rollouts", "12", "--store", "sqlite:///store.db", *args],
-        cwd=folder, env=_env(**mistake.env), capture_output=True, text=True, timeout=120)
+        cwd=folder, env=_env(**mistake.env), capture_output=True, text=True, timeout=120,
+        check=False)
 
 
 @pytest.mark.parametrize("mistake", MISTAKES, ids=[m.name for m in MISTAKES])
@@ -259,7 +260,7 @@ def _run(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(SCRIPT), "optimize", "--agent", AGENT,
                            "--reflection-lm", "gepa-sim/reflect", "--budget-rollouts", "12",
                            *args], cwd=cwd, env=_env(**env), capture_output=True, text=True,
-                          timeout=180)
+                          timeout=180, check=False)
 
 
 @pytest.mark.parametrize("processes", ["1", "2"])

@@ -14,7 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from test_optimizer_toys import (  # noqa: E402
+from test_optimizer_toys import (
     SEED,
     RuleEvaluator,
     RuleReflectionLM,
@@ -22,9 +22,9 @@ from test_optimizer_toys import (  # noqa: E402
     world,
 )
 
-from gepa_trace.errors import ConfigError  # noqa: E402
-from gepa_trace.lm.budget import Budget  # noqa: E402
-from gepa_trace.optimizer import (  # noqa: E402
+from gepa_trace.errors import ConfigError
+from gepa_trace.lm.budget import Budget
+from gepa_trace.optimizer import (
     BudgetSpent,
     CandidateAccepted,
     CandidateProposed,
@@ -38,10 +38,10 @@ from gepa_trace.optimizer import (  # noqa: E402
     ReflectionConfig,
     ValidationGrown,
 )
-from gepa_trace.optimizer.merge import find_merge  # noqa: E402
-from gepa_trace.optimizer.protocols import Rollout  # noqa: E402
-from gepa_trace.optimizer.state import Candidate, RunState  # noqa: E402
-from gepa_trace.prompts import PromptVersion  # noqa: E402
+from gepa_trace.optimizer.merge import find_merge
+from gepa_trace.optimizer.protocols import Rollout
+from gepa_trace.optimizer.state import Candidate, RunState
+from gepa_trace.prompts import PromptVersion
 
 
 def run_toy(max_rollouts=300, evaluator=None, lm=None, callbacks=(), store=None, **config):

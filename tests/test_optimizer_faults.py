@@ -9,22 +9,23 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from test_optimizer_engine import run_toy  # noqa: E402
-from test_optimizer_toys import SEED, RuleEvaluator, RuleReflectionLM, world  # noqa: E402
+from test_optimizer_engine import run_toy
+from test_optimizer_toys import SEED, RuleEvaluator, RuleReflectionLM, world
 
-from gepa_trace.lm.budget import Budget  # noqa: E402
-from gepa_trace.optimizer import (  # noqa: E402
+from gepa_trace.lm.budget import Budget
+from gepa_trace.optimizer import (
     CandidateRejected,
     EventLog,
     Optimizer,
     OptimizerConfig,
     OptimizerErrorEvent,
 )
-from gepa_trace.store import open_store  # noqa: E402
+from gepa_trace.store import open_store
 
 
 def _failures(log, kind):
@@ -67,7 +68,7 @@ def test_a_reply_that_drops_a_template_variable_is_rejected_with_the_reason():
 
 
 def test_evaluator_exceptions_are_errors_that_stop_the_run_not_scores(sqlite_url):
-    train, val, _test = world()
+    train, _val, _test = world()
     broken = {train[0].id, train[5].id}
     log = EventLog()
     store = open_store(sqlite_url)
@@ -108,7 +109,20 @@ def test_budget_running_out_during_reflection_stops_cleanly():
     budget = Budget(max_rollouts=1000, max_llm_calls=3)
     result = Optimizer(RuleEvaluator(), lm, SEED, train, val, budget,
                        config=OptimizerConfig(seed=1)).run()
-    assert lm.calls == 3
-    assert result.stop_reason == "max_llm_calls=3 reached"
-    assert result.totals.llm_calls_by_role["reflection"] == 3
-    assert result.best_val_score >= result.seed_val_score
+    assert result.stop_reason.startswith("max_llm_calls=3 reached")
+    assert budget.spent().llm_calls <= 3
+
+
+@pytest.mark.parametrize("limit", [40, 60, 80])
+def test_a_limit_of_llm_calls_covers_the_agents_own_calls_and_the_reflections(limit):
+    """The toy agent makes 2 LLM calls a rollout, reported when the rollout ends: the
+    rollouts in flight hold that much, so the run never passes the limit."""
+    train, val, _test = world()
+    lm = RuleReflectionLM()
+    budget = Budget(max_rollouts=1000, max_llm_calls=limit)
+    result = Optimizer(RuleEvaluator(), lm, SEED, train, val, budget,
+                       config=OptimizerConfig(seed=1, workers=8)).run()
+    assert result.stop_reason.startswith(f"max_llm_calls={limit} reached")
+    calls = result.totals.llm_calls_by_role
+    assert calls["task"] + calls.get("reflection", 0) == budget.spent().llm_calls <= limit
+    assert lm.calls >= 1 and result.best_val_score >= result.seed_val_score

@@ -17,11 +17,11 @@ import sqlalchemy as sa
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))
 
-from test_optimizer_toys import RuleEvaluator, RuleReflectionLM, world  # noqa: E402
+from test_optimizer_toys import RuleEvaluator, RuleReflectionLM, world
 
-from gepa_trace.lm.budget import Budget  # noqa: E402
-from gepa_trace.optimizer import Optimizer, load_run  # noqa: E402
-from gepa_trace.store import forget_store, open_store  # noqa: E402
+from gepa_trace.lm.budget import Budget
+from gepa_trace.optimizer import Optimizer, load_run
+from gepa_trace.store import forget_store, open_store
 
 BUDGET = 300
 WORKERS = 4

@@ -21,14 +21,14 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from test_optimizer_engine import decisions, run_toy  # noqa: E402
-from test_optimizer_toys import SEED, RuleEvaluator, RuleReflectionLM, world  # noqa: E402
+from test_optimizer_engine import decisions, run_toy
+from test_optimizer_toys import SEED, RuleEvaluator, RuleReflectionLM, world
 
-from gepa_trace.errors import ConfigError, LockHeld  # noqa: E402
-from gepa_trace.lm.budget import Budget  # noqa: E402
-from gepa_trace.optimizer import Optimizer, OptimizerConfig, load_run  # noqa: E402
-from gepa_trace.optimizer.lock import RunLock, renew_every  # noqa: E402
-from gepa_trace.store import RunLockRow, open_store  # noqa: E402
+from gepa_trace.errors import ConfigError, LockHeld
+from gepa_trace.lm.budget import Budget
+from gepa_trace.optimizer import Optimizer, OptimizerConfig, load_run
+from gepa_trace.optimizer.lock import RunLock, renew_every
+from gepa_trace.store import RunLockRow, open_store
 
 LOCKS = RunLockRow.__table__
 PATIENCE_S = 30.0  # how long a test waits for something that takes well under a second
@@ -97,7 +97,7 @@ def test_a_live_run_keeps_its_lock_past_stale_seconds_while_its_checkpoints_are_
                 print("TOOK THE LOCK")
         """)
         second = subprocess.run([sys.executable, "-c", script], capture_output=True,
-                                text=True, timeout=120,
+                                text=True, timeout=120, check=False,
                                 env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"})
         assert second.stdout.startswith("REFUSED"), second.stdout + second.stderr
         assert "already being optimized by run run-" in second.stdout
@@ -125,10 +125,9 @@ def test_the_heartbeat_thread_ends_when_the_run_ends(store_url):
         run_toy(max_rollouts=40, store=store, lock_stale_seconds=1.0, callbacks=[Crash()])
     assert not lock_threads()
     assert lock_row(store) is None
-    with pytest.raises(ValueError, match="inside"):
-        with RunLock(store, "toy-agent", "direct", 1.0):
-            assert len(lock_threads()) == 1
-            raise ValueError("inside")
+    with pytest.raises(ValueError, match="inside"), RunLock(store, "toy-agent", "direct", 1.0):
+        assert len(lock_threads()) == 1
+        raise ValueError("inside")
     assert not lock_threads() and lock_row(store) is None
 
 

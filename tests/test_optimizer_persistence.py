@@ -15,13 +15,13 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from test_optimizer_engine import fingerprint, run_toy  # noqa: E402
-from test_optimizer_toys import SEED, RuleEvaluator, RuleReflectionLM, world  # noqa: E402
+from test_optimizer_engine import fingerprint, run_toy
+from test_optimizer_toys import SEED, RuleEvaluator, RuleReflectionLM, world
 
-from gepa_trace.errors import LockHeld  # noqa: E402
-from gepa_trace.lm.budget import Budget  # noqa: E402
-from gepa_trace.optimizer import Optimizer, load_run  # noqa: E402
-from gepa_trace.store import RunLockRow, open_store  # noqa: E402
+from gepa_trace.errors import LockHeld
+from gepa_trace.lm.budget import Budget
+from gepa_trace.optimizer import Optimizer, load_run
+from gepa_trace.store import RunLockRow, open_store
 
 
 def _rows(store, sql, **params):
@@ -67,7 +67,7 @@ def test_every_candidate_evaluation_and_front_change_is_stored(store_url):
 
 def test_resume_continues_without_rerunning_anything_stored(store_url):
     store = open_store(store_url)
-    first, ev1, *_ = run_toy(max_rollouts=110, evaluator=RuleEvaluator(capacity=2), store=store)
+    first, _ev1, *_ = run_toy(max_rollouts=110, evaluator=RuleEvaluator(capacity=2), store=store)
     assert "max_rollouts" in first.stop_reason
     before = load_run(store, first.run_id)
     stored_pairs = {(before.candidates[c].key, e) for c, e, _r in before.evaluations}

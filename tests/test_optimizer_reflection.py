@@ -17,7 +17,7 @@ from gepa_trace.optimizer.reflection import (
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from test_sim_reflect import COUNTRY_FEEDBACK, INSTRUCTION, our_prompt  # noqa: E402
+from test_sim_reflect import COUNTRY_FEEDBACK, INSTRUCTION, our_prompt
 
 
 def test_reply_gives_the_diagnosis_first_and_the_instruction_in_the_last_block():

@@ -6,7 +6,12 @@ from langchain_core.prompts import ChatPromptTemplate
 from gepa_trace.errors import NotFoundError, StoreError
 from gepa_trace.prompts import PromptSet, component
 from gepa_trace.prompts.registry import (
-    diff_versions, list_versions, load_prompts, promote, record_versions)
+    diff_versions,
+    list_versions,
+    load_prompts,
+    promote,
+    record_versions,
+)
 from gepa_trace.store import open_store
 
 

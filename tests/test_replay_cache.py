@@ -20,8 +20,9 @@ def _llm_span(i, system, user, output, params, component="answerer", status="OK"
              "llm.output_messages.0.message.content": output,
              "llm.invocation_parameters": json.dumps(params)}
     now = int(time.time() * 1e9)
-    return dict(trace_id=f"{i:032x}", span_id=f"{i:016x}", parent_span_id="f" * 16, name="llm",
-                start_ns=now, end_ns=now + 5, status_code=status, attributes=attrs)
+    return {"trace_id": f"{i:032x}", "span_id": f"{i:016x}", "parent_span_id": "f" * 16,
+            "name": "llm", "start_ns": now, "end_ns": now + 5, "status_code": status,
+            "attributes": attrs}
 
 
 class CountingModel(FakeListChatModel):

@@ -15,9 +15,9 @@ def _root(i, agent="qa", run_id=None, start=None, question=None):
     if run_id:
         attrs["gepa.run.id"] = run_id
     start = start or int(time.time() * 1e9)
-    return dict(trace_id=f"{i:032x}", span_id=f"{i:016x}", parent_span_id=None, name=agent,
-                kind="INTERNAL", start_ns=start, end_ns=start + 1000, status_code="OK",
-                attributes=attrs, events=[], resource={"service.name": agent})
+    return {"trace_id": f"{i:032x}", "span_id": f"{i:016x}", "parent_span_id": None, "name": agent,
+            "kind": "INTERNAL", "start_ns": start, "end_ns": start + 1000, "status_code": "OK",
+            "attributes": attrs, "events": [], "resource": {"service.name": agent}}
 
 
 def _feedback(store, trace_id, score, comment=None):

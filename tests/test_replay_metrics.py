@@ -9,7 +9,13 @@ from gepa_trace.replay.dataset import (
     split_of,
 )
 from gepa_trace.replay.metrics import (
-    Judge, contains, exact_match, feedback, parse_judgement, resolve_metric)
+    Judge,
+    contains,
+    exact_match,
+    feedback,
+    parse_judgement,
+    resolve_metric,
+)
 
 
 def _example(expected=None, output=None, fb=()):

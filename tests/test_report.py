@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import html
+import itertools
 import json
 import re
 from collections import Counter
@@ -160,7 +161,7 @@ def test_report_contains_every_section_with_its_title(page):
 
 
 def test_report_header_names_agent_run_status_and_stop_reason(engine_run, page):
-    url, run_id, result = engine_run
+    _url, run_id, result = engine_run
     header = page.split("<main>")[0]
     assert "report-agent" in header and run_id in header
     assert "finished" in header
@@ -385,7 +386,7 @@ def test_side_by_side_diff_escapes_and_marks_changed_words():
 def test_ticks_cover_the_range_in_increasing_steps(low, span):
     ticks = nice_ticks(low, low + span)
     assert ticks[0] <= low + 1e-6 and ticks[-1] >= low + span - 1e-6
-    assert all(b > a for a, b in zip(ticks, ticks[1:]))
+    assert all(b > a for a, b in itertools.pairwise(ticks))
     assert len(ticks) <= 12
 
 

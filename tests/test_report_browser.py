@@ -9,11 +9,11 @@ from __future__ import annotations
 import struct
 
 import pytest
+from test_report import run_engine
 
 from gepa_trace.report import write_report
 from gepa_trace.report.browser import find_chromium, open_page
 from gepa_trace.report.screenshot import main as screenshot_main
-from test_report import run_engine
 
 pytestmark = pytest.mark.skipif(
     find_chromium() is None,

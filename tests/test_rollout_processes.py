@@ -13,6 +13,7 @@ import time
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
+from process_factories import BrokenFactory, EchoFactory
 
 from gepa_trace.cli import main
 from gepa_trace.collectors.instrument import active_instrumentation
@@ -23,7 +24,6 @@ from gepa_trace.optimizer.protocols import Example, RolloutContext
 from gepa_trace.optimizer.rollouts import run_one
 from gepa_trace.prompts import PromptSet
 from gepa_trace.store import forget_store, open_store
-from process_factories import BrokenFactory, EchoFactory
 
 CONTEXT = RolloutContext("run-test", 0, "val")
 PROMPTS = PromptSet.from_dict({"components": {"answerer": "Answer the question."}})

@@ -16,23 +16,23 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from test_optimizer_engine import decisions, run_toy  # noqa: E402
-from test_optimizer_toys import SEED, RuleEvaluator, RuleReflectionLM, world  # noqa: E402
+from test_optimizer_engine import decisions, run_toy
+from test_optimizer_toys import SEED, RuleEvaluator, RuleReflectionLM, world
 
-from gepa_trace.errors import LMError, MetricContractError, StoreError  # noqa: E402
-from gepa_trace.lm.budget import Budget  # noqa: E402
-from gepa_trace.optimizer import (  # noqa: E402
+from gepa_trace.errors import LMError, MetricContractError, StoreError
+from gepa_trace.lm.budget import Budget
+from gepa_trace.optimizer import (
     Example,
     Optimizer,
     OptimizerConfig,
     RolloutContext,
     load_run,
 )
-from gepa_trace.optimizer.failures import is_permanent  # noqa: E402
-from gepa_trace.optimizer.persistence import write_retrying  # noqa: E402
-from gepa_trace.optimizer.processes import RemoteError  # noqa: E402
-from gepa_trace.prompts import PromptSet  # noqa: E402
-from gepa_trace.store import forget_store, open_store  # noqa: E402
+from gepa_trace.optimizer.failures import is_permanent
+from gepa_trace.optimizer.persistence import write_retrying
+from gepa_trace.optimizer.processes import RemoteError
+from gepa_trace.prompts import PromptSet
+from gepa_trace.store import forget_store, open_store
 
 BUDGET = 300
 

@@ -57,7 +57,7 @@ def test_judge_reads_the_log_only_judge_prompt_of_gepa_trace():
     from gepa_trace.optimizer.protocols import Example
     from gepa_trace.replay.metrics import Judge
 
-    lm = lambda prompt: reply([{"role": "user", "content": prompt}], random.Random(0))  # noqa
+    lm = lambda prompt: reply([{"role": "user", "content": prompt}], random.Random(0))
     messages = ("system: Answer the question using the evidence.\n\nuser: Question: In which "
                 "country was the founder of Velora Works born?\nEvidence:\n- Marta Ilves was "
                 "born on 04/03/1961 in Tarvik, Norland.\nAnswer:")

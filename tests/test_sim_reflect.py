@@ -15,8 +15,8 @@ YEAR_FEEDBACK = "expected '1987'. expected only the year 1987, the answer gives 
 
 def our_prompt(instruction: str, feedbacks: list[str], output: str = "Tarvik") -> str:
     """A reflection prompt in the layout of gepa-trace's own template."""
-    parts = ["You improve one prompt of an agent. The current prompt of component "
-             "`answerer`:", "```", instruction, "```", "",
+    parts = [("You improve one prompt of an agent. The current prompt of component "
+              "`answerer`:"), "```", instruction, "```", "",
              "Records of this component on a minibatch:"]
     for i, fb in enumerate(feedbacks, 1):
         parts += [f"### Example {i}", "Inputs:",
@@ -54,7 +54,7 @@ def test_different_feedback_gives_a_different_proposal():
     assert sum("year_only" in b for b in year) >= 25
     assert not any("year_only" in b for b in country)
     assert not any("country_not_city" in b for b in year)
-    msgs = lambda fb: [{"role": "user", "content": our_prompt(INSTRUCTION, [fb] * 2)}]  # noqa
+    msgs = lambda fb: [{"role": "user", "content": our_prompt(INSTRUCTION, [fb] * 2)}]
     assert generate("gepa-sim/reflect", msgs(COUNTRY_FEEDBACK)).text != \
         generate("gepa-sim/reflect", msgs(YEAR_FEEDBACK)).text
 

@@ -42,7 +42,7 @@ def test_database_from_newer_version_is_refused(store_url):
 
 def test_duplicate_spans_are_ignored_not_errors(store_url):
     store = open_store(store_url)
-    row = dict(trace_id="a" * 32, span_id="b" * 16, name="x", start_ns=1, end_ns=2)
+    row = {"trace_id": "a" * 32, "span_id": "b" * 16, "name": "x", "start_ns": 1, "end_ns": 2}
     with store.write() as conn:
         store.insert_ignoring_duplicates(conn, SpanRow.__table__, [row, row])
     with store.write() as conn:
@@ -74,12 +74,12 @@ def test_write_spans_fills_derived_columns_and_records_prompt_versions(store_url
 
     store = open_store(store_url)
     template = json.dumps([{"role": "system", "content": "Plan."}])
-    span = dict(trace_id="1" * 32, span_id="2" * 16, parent_span_id=None, name="llm",
-                kind="INTERNAL", start_ns=10, end_ns=20, status_code="OK",
-                attributes={"openinference.span.kind": "LLM", "gepa.agent": "qa",
-                            "gepa.component": "planner", "gepa.prompt.version": "abc",
-                            "gepa.prompt.template": template, "llm.token_count.prompt": 7},
-                events=[], resource={"service.name": "svc"})
+    span = {"trace_id": "1" * 32, "span_id": "2" * 16, "parent_span_id": None, "name": "llm",
+            "kind": "INTERNAL", "start_ns": 10, "end_ns": 20, "status_code": "OK",
+            "attributes": {"openinference.span.kind": "LLM", "gepa.agent": "qa",
+                           "gepa.component": "planner", "gepa.prompt.version": "abc",
+                           "gepa.prompt.template": template, "llm.token_count.prompt": 7},
+            "events": [], "resource": {"service.name": "svc"}}
     write_spans(store, [span])
     write_spans(store, [span])  # a retry stores nothing twice
     with store.read() as conn:

@@ -141,7 +141,8 @@ def print_outcome(summary: dict[str, Any]) -> None:
 
 
 @click.command()
-@click.option("--agent", required=True, help="The agent whose recorded runs to learn from.")
+@click.option("--agent", default=None,
+              help="The agent whose recorded runs to learn from (required unless --resume).")
 @click.option("--entrypoint", default=None, metavar="MODULE:FUNCTION",
               help="build_agent(prompts) -> Runnable; without it, log-only replay. The "
                    "module is imported from the working directory first (see --app-dir).")
@@ -152,8 +153,9 @@ def print_outcome(summary: dict[str, Any]) -> None:
               type=click.Path(exists=True, file_okay=False),
               help="Import --entrypoint and --metric modules from DIR first (default: the "
                    "working directory), here and in worker processes.")
-@click.option("--reflection-lm", required=True, metavar="MODEL",
-              help="litellm model string of the reflection LM (gepa-sim/reflect offline).")
+@click.option("--reflection-lm", default=None, metavar="MODEL",
+              help="litellm model string of the reflection LM (gepa-sim/reflect offline); "
+                   "required unless --resume.")
 @click.option("--reflection-lm-base", default=None, metavar="URL",
               help="api_base of an OpenAI-compatible server for --reflection-lm (e.g. "
                    "http://127.0.0.1:8000/v1 with openai/MODEL); the key comes from the "
@@ -211,7 +213,9 @@ def print_outcome(summary: dict[str, Any]) -> None:
               help="Validate on only this many validation examples at first; the "
                    "rest join when they are solved (default: all).")
 @click.option("--resume", "resume", default=None, metavar="RUN_ID",
-              help="Continue a stored run that was stopped or killed.")
+              help="Continue a stored run that was stopped, failed or killed, with the "
+                   "options it was started with; options given again replace them (a "
+                   "note says so). A finished run is reported and left unchanged.")
 @click.option("--warm-start", is_flag=True,
               help="Start from the fronts of this agent's latest run (nightly runs).")
 @store_option
@@ -248,10 +252,50 @@ def optimize(agent: str, entrypoint: str | None, metric: str, app_dir: str | Non
           --metric gepa_trace.demo:metric --reflection-lm gepa-sim/reflect \\
           --budget-rollouts 600 --since 7d
     """
+    from gepa_trace.cli import resume as resuming
+
+    ctx = click.get_current_context()
+    if resume:
+        try:
+            params, notes = resuming.resumed_params(ctx, dict(ctx.params), store, resume)
+        except resuming.FinishedRun as finished:
+            progress(resuming.finished_message(finished.row))
+            if as_json:
+                print_json({"run_id": finished.row.id, "status": finished.row.status,
+                            "stop_reason": finished.row.stop_reason})
+            return
+        for note in notes:
+            progress(f"note: {note}")
+        params.pop("resume", None)
+        return ctx.invoke(_optimize, **params, resume=resume)
+    return ctx.invoke(_optimize, **ctx.params)
+
+
+def _optimize(agent: str | None, entrypoint: str | None, metric: str, app_dir: str | None,
+              reflection_lm: str | None, reflection_lm_base: str | None, task_lm: str | None,
+              task_lm_base: str | None, judge_lm: str | None, judge_lm_base: str | None,
+              rubric: str | None,
+              budget_rollouts: int, max_llm_calls: int | None, max_cost: float | None,
+              max_seconds: float | None, workers: int, processes: int,
+              lookahead: int, seed: int,
+              since: str | None, until: str | None, with_feedback: bool,
+              sample: int | None, split: str | None, no_replay_cache: bool,
+              patience: int | None, stop_file: str | None, no_grow_val: bool,
+              val_start: int | None, resume: str | None, warm_start: bool,
+              store: str | None, as_json: bool) -> None:
+    """The optimize command once its options are settled (given, or stored with the run)."""
+    from gepa_trace.cli.resume import recorded
+
+    command = recorded(dict(locals()))  # first, while locals() holds only the options
     from gepa_trace.lm.budget import Budget
     from gepa_trace.optimizer import OptimizerConfig
     from gepa_trace.replay import ReplaySettings, optimize as run_optimize
     from gepa_trace.replay.dataset import ExampleFilter, SplitFractions
+
+    for name, value in (("--agent", agent), ("--reflection-lm", reflection_lm)):
+        if not value:
+            raise click.UsageError(f"Missing option '{name}' (needed unless --resume "
+                                   "RUN_ID).")
 
     fractions = SplitFractions()
     if split:
@@ -272,7 +316,7 @@ def optimize(agent: str, entrypoint: str | None, metric: str, app_dir: str | Non
                     max_cost_usd=max_cost, max_seconds=max_seconds)
     config = OptimizerConfig(seed=seed, workers=workers, lookahead=lookahead,
                              patience=patience, stop_file=stop_file, grow_val=not no_grow_val,
-                             val_start=val_start)
+                             val_start=val_start, command=command)
     display = ProgressDisplay(budget_rollouts)
     progress(f"optimizing {agent} (budget {budget!r}, {workers} workers"
              + (f" in {processes} processes)" if processes > 1 else ")"))

@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from functools import lru_cache
-from typing import Any, Mapping
+from typing import Any
 
 SPAN_TYPES = ("agent", "chain", "llm", "tool", "retriever", "prompt", "embedding")
 
@@ -140,7 +141,7 @@ def _metadata(attributes: Mapping[str, Any]) -> dict[str, Any]:
 
 def _is_default_run_name(name: str) -> bool:
     # LangChain names a run after its class unless run_name is given.
-    return not name or name.endswith("PromptTemplate") or name.endswith("Template")
+    return not name or name.endswith("Template")  # PromptTemplate, ChatPromptTemplate, ...
 
 
 def foreign_template(attributes: Mapping[str, Any]) -> list[dict[str, str]] | None:

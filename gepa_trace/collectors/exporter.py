@@ -24,7 +24,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace import ReadableSpan
@@ -88,7 +89,7 @@ def _transient(exc: BaseException) -> bool:
 class SqlSpanExporter(SpanExporter):
     """Writes batches of finished spans into the store (see the module docstring)."""
 
-    def __init__(self, store: "str | Store | None" = None, *, max_pending: int = 10_000,
+    def __init__(self, store: str | Store | None = None, *, max_pending: int = 10_000,
                  raise_internal_errors: bool | None = None):
         if max_pending < 0:
             raise ValueError("max_pending must be >= 0")
@@ -130,7 +131,7 @@ class SqlSpanExporter(SpanExporter):
         try:
             resources: dict[int, dict[str, Any]] = {}
             batch = [span_to_dict(s, resources) for s in spans]
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - an exporter never raises into the app
             self.dropped += len(spans)
             self._warn(exc, len(spans), internal=True)
             return SpanExportResult.FAILURE
@@ -138,14 +139,14 @@ class SqlSpanExporter(SpanExporter):
             batch = list(self._pending) + batch
         try:
             store = self._open()
-        except Exception as exc:  # no store yet (missing, refused): keep the spans
+        except Exception as exc:  # noqa: BLE001 - no store yet (missing, refused): keep the spans
             if self.max_pending:
                 self._keep(batch)
             self._warn(exc, len(batch), internal=False)
             return SpanExportResult.FAILURE
         try:
             write_spans(store, batch)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - an exporter never raises into the app
             internal = not isinstance(exc, (SQLAlchemyError, GepaTraceError, OSError))
             if not internal and _transient(exc) and self.max_pending:
                 self._keep(batch)

@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import logging
 import traceback
+from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from functools import wraps
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
@@ -71,7 +72,7 @@ class Trace:
     """What spans of one trace share: the agent, the rollout tags, and the formatted
     output of each prompt run (for attributing LLM calls to components)."""
 
-    __slots__ = ("agent", "tags", "prompts", "prompt_lengths")
+    __slots__ = ("agent", "prompt_lengths", "prompts", "tags")
 
     def __init__(self, agent: str, tags: Mapping[str, str] | None = None):
         self.agent = agent
@@ -110,7 +111,7 @@ current_parent: ContextVar[Parent | None] = ContextVar("gepa_trace_agent_run", d
 
 
 class _Run:
-    __slots__ = ("span", "trace", "kind", "visible", "root", "component")
+    __slots__ = ("component", "kind", "root", "span", "trace", "visible")
 
     def __init__(self, span: Span | None, trace: Trace, kind: str, root: bool = False):
         self.span = span
@@ -123,10 +124,10 @@ class _Run:
 
 def _guarded(method: Callable) -> Callable:
     @wraps(method)
-    def call(self: "SpanRecorder", *args: Any, **kwargs: Any) -> Any:
+    def call(self: SpanRecorder, *args: Any, **kwargs: Any) -> Any:
         try:
             return method(self, *args, **kwargs)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - capture must never break the agent
             self._keep_tree(kwargs.get("run_id"), kwargs.get("parent_run_id"))
             self.internal_error(exc, method.__name__)
             return None

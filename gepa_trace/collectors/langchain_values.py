@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from threading import Lock
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from gepa_trace.prompts.templates import Messages, template_version
 
@@ -124,7 +125,7 @@ def jsonable(value: Any, depth: int = 0) -> Any:
     if callable(dump):
         try:
             return jsonable(dump(), depth + 1)
-        except Exception:  # a model that cannot dump itself is still recorded
+        except Exception:  # noqa: BLE001 - a model that cannot dump itself is still recorded
             return str(value)
     return str(value)
 
@@ -270,6 +271,6 @@ def redacted(attributes: dict[str, Any], redact: Callable[[str], str]) -> dict[s
         if isinstance(value, str):
             try:
                 attributes[key] = str(redact(value))
-            except Exception:
+            except Exception:  # noqa: BLE001 - a failed redactor must not leak
                 attributes[key] = "[redaction failed]"
     return attributes

@@ -20,10 +20,11 @@ from __future__ import annotations
 import hmac
 import logging
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Self
 
 from gepa_trace.collectors.otlp_decode import (
     JSON,
@@ -215,7 +216,7 @@ class Collector:
         self.grpc_port: int | None = None
         self._stopped = False
 
-    def start(self) -> "Collector":
+    def start(self) -> Self:
         from gepa_trace.collectors.otlp_http import OTLPHTTPServer
 
         cfg = self.config
@@ -256,10 +257,10 @@ class Collector:
             grpc_done.wait(grace)
         self.writer.close(timeout=grace)
 
-    def __enter__(self) -> "Collector":
+    def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
@@ -293,7 +294,7 @@ def read_otlp_file(path: Path) -> list[Decoded]:
         except RequestError as whole_error:
             lines = [line for line in raw.splitlines() if line.strip()]
             if len(lines) < 2:
-                raise whole_error
+                raise
             out = []
             for number, line in enumerate(lines, 1):
                 try:
@@ -355,5 +356,13 @@ def _kind_of(path: Path) -> str:
         return "file"
 
 
-__all__ = ["Collector", "CollectorConfig", "Receiver", "IngestReport", "ingest_files",
-           "read_otlp_file", "JSON", "PROTOBUF"]
+__all__ = [
+    "JSON",
+    "PROTOBUF",
+    "Collector",
+    "CollectorConfig",
+    "IngestReport",
+    "Receiver",
+    "ingest_files",
+    "read_otlp_file",
+]

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from gepa_trace.collectors.otlp import Receiver
 
 
-def _authorize(receiver: "Receiver", context: grpc.ServicerContext) -> None:
+def _authorize(receiver: Receiver, context: grpc.ServicerContext) -> None:
     if receiver.token is None:
         return
     header = next((v for k, v in context.invocation_metadata() if k == "authorization"), None)
@@ -42,10 +42,10 @@ def _authorize(receiver: "Receiver", context: grpc.ServicerContext) -> None:
 
 
 class _TraceService:
-    def __init__(self, receiver: "Receiver"):
+    def __init__(self, receiver: Receiver):
         self.receiver = receiver
 
-    def Export(self, body: bytes, context):  # noqa: N802 - gRPC method name
+    def Export(self, body: bytes, context):
         receiver = self.receiver
         with receiver.in_flight():
             _authorize(receiver, context)
@@ -74,24 +74,24 @@ class _TraceService:
 
 
 class _MetricsService(metrics_service_pb2_grpc.MetricsServiceServicer):
-    def __init__(self, receiver: "Receiver"):
+    def __init__(self, receiver: Receiver):
         self.receiver = receiver
 
-    def Export(self, request, context):  # noqa: N802
+    def Export(self, request, context):
         _authorize(self.receiver, context)
         return metrics_service_pb2.ExportMetricsServiceResponse()
 
 
 class _LogsService(logs_service_pb2_grpc.LogsServiceServicer):
-    def __init__(self, receiver: "Receiver"):
+    def __init__(self, receiver: Receiver):
         self.receiver = receiver
 
-    def Export(self, request, context):  # noqa: N802
+    def Export(self, request, context):
         _authorize(self.receiver, context)
         return logs_service_pb2.ExportLogsServiceResponse()
 
 
-def start_grpc_server(receiver: "Receiver", host: str, port: int,
+def start_grpc_server(receiver: Receiver, host: str, port: int,
                       workers: int = 16) -> tuple[grpc.Server, int]:
     """A started gRPC server and the port it bound (``port`` 0 picks a free one)."""
     limit = int(min(receiver.max_body_bytes, 2**31 - 1))

@@ -68,9 +68,9 @@ class OTLPHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive; every reply carries Content-Length
     server_version = "gepa-trace-collect"
     timeout = 60  # an idle keep-alive connection is closed after this many seconds
-    server: "OTLPHTTPServer"
+    server: OTLPHTTPServer
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)
 
     # -- routing -----------------------------------------------------------------------
@@ -271,7 +271,7 @@ class OTLPHTTPServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], receiver: "Receiver"):
+    def __init__(self, address: tuple[str, int], receiver: Receiver):
         self.receiver = receiver
         super().__init__(address, OTLPHandler)
 

@@ -21,7 +21,8 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from gepa_trace.store.engine import Store
 
@@ -52,7 +53,7 @@ class WriteFailed(Exception):
 
 
 class _Job:
-    __slots__ = ("prepared", "size", "done", "error")
+    __slots__ = ("done", "error", "prepared", "size")
 
     def __init__(self, prepared: Any, size: int):
         self.prepared = prepared

@@ -28,8 +28,9 @@ the LLM span's ``component`` / ``prompt_version`` columns, and ``prompt_versions
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from gepa_trace.collectors.conventions import foreign_template, json_value, model_of, token_counts
 

@@ -43,14 +43,14 @@ _SEED_INSTRUCTIONS = {
 
 _BEST_RULES = {
     "query_writer": [
-        "Once the notes name the founder, search for that person by name, not for the "
-        "company from the question again.",
+        ("Once the notes name the founder, search for that person by name, not for the "
+         "company from the question again."),
     ],
     "evidence_selector": [
-        "Pick the passage that states the fact being looked for (who founded the company, "
-        "or when and where the person was born); skip news passages that only mention the name.",
-        "Ignore passages about a cousin or other relative of the person: choose the passage "
-        "about the person themself.",
+        ("Pick the passage that states the fact being looked for (who founded the company, "
+         "or when and where the person was born); skip news passages that only mention the name."),
+        ("Ignore passages about a cousin or other relative of the person: choose the passage "
+         "about the person themself."),
     ],
     "answerer": [
         "Answer with only the name or value, never a full sentence.",

@@ -12,7 +12,8 @@ feedback, which the optimizer retries and never scores (``optimizer.failures``).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from gepa_trace.demo.records import ComponentRecorder
 from gepa_trace.errors import BudgetExhausted, MetricContractError
@@ -67,7 +68,7 @@ class AgentEvaluator:
             output = agent.invoke(dict(example.inputs), config=config)
         except BudgetExhausted:
             raise  # the run's budget, not this example: the engine stops the batch
-        except Exception as exc:  # one example's failure is an error, not a score
+        except Exception as exc:  # noqa: BLE001 - one example's failure is an error, not a score
             return dataclasses.replace(failed_rollout(exc, "the agent raised"),
                                        records=recorder.records, llm_calls=recorder.llm_calls)
         low, high = context.score_range if context is not None else (0.0, 1.0)
@@ -77,7 +78,7 @@ class AgentEvaluator:
             raise
         except MetricContractError as exc:
             failure = failed_rollout(exc)
-        except Exception as exc:  # the metric's bug is not the agent's score
+        except Exception as exc:  # noqa: BLE001 - the metric's bug is not the agent's score
             failure = failed_rollout(exc, "the metric raised")
         else:
             return Rollout(score=score.score, feedback=score.feedback, output=output,

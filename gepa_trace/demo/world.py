@@ -107,7 +107,7 @@ class World:
     _index: list[frozenset[str]] = field(default_factory=list, repr=False)  # passage words
 
     @staticmethod
-    def generate(seed: int = 0, n_companies: int = 150) -> "World":
+    def generate(seed: int = 0, n_companies: int = 150) -> World:
         rng = random.Random(f"gepa-trace-demo-world:{seed}")
         used: set[str] = set()
 

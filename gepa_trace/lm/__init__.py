@@ -25,7 +25,7 @@ _LAZY = {
     "LiteLLMChatModel": "gepa_trace.lm.chat_model",
 }
 
-__all__ = ["LM", "Completion", "Usage", "Budget", "Spent", "extract_fenced", "LiteLLMChatModel"]
+__all__ = ["LM", "Budget", "Completion", "LiteLLMChatModel", "Spent", "Usage", "extract_fenced"]
 
 
 def __getattr__(name: str) -> Any:

@@ -60,7 +60,7 @@ class LiteLLMChatModel(BaseChatModel):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     @model_validator(mode="after")
-    def _bind_lm(self) -> "LiteLLMChatModel":
+    def _bind_lm(self) -> LiteLLMChatModel:
         if self.lm is None:
             if not self.model:
                 raise ValueError("LiteLLMChatModel needs model= (a litellm model string) or lm=")

@@ -38,15 +38,22 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any, Mapping
+from typing import Any
 
 from gepa_trace.errors import ConfigError, LMError
 from gepa_trace.lm.budget import Budget
 from gepa_trace.lm.fenced import extract_fenced
 from gepa_trace.lm.retry import (
-    RETRYABLE_KINDS, backoff_s, connection_refused, error_kind, retry_after_s, status_of)
+    RETRYABLE_KINDS,
+    backoff_s,
+    connection_refused,
+    error_kind,
+    retry_after_s,
+    status_of,
+)
 
 log = logging.getLogger("gepa_trace.lm")
 
@@ -189,10 +196,10 @@ class LM:
         return f"LM({self.model!r}, role={self.role!r}, max_concurrency={self.max_concurrency})"
 
     # An LM is a shared door (its slots, totals and budget are the point): copies share it.
-    def __copy__(self) -> "LM":
+    def __copy__(self) -> LM:
         return self
 
-    def __deepcopy__(self, memo: dict) -> "LM":
+    def __deepcopy__(self, memo: dict) -> LM:
         return self
 
     # ----------------------------------------------------------------- public calls
@@ -367,7 +374,7 @@ class LM:
         model = self.model.split("?", 1)[0] if self._sim_model else self.model
         try:
             return float(litellm.completion_cost(completion_response=response, model=model))
-        except Exception:  # litellm raises for a model missing from its map
+        except Exception:  # noqa: BLE001, S110 - litellm raises for a model not in its map
             pass
         return price(model, prompt_tokens, completion_tokens)
 
@@ -418,5 +425,5 @@ def price(model: str, prompt_tokens: int, completion_tokens: int) -> float | Non
         cost_in, cost_out = litellm.cost_per_token(model=model, prompt_tokens=prompt_tokens,
                                                    completion_tokens=completion_tokens)
         return float(cost_in) + float(cost_out)
-    except Exception:  # a model missing from the map
+    except Exception:  # noqa: BLE001 - a model missing from the map
         return None

@@ -18,7 +18,8 @@ import email.utils
 import random
 import re
 import time
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429})
 #: A server asking for a longer pause than this is not waited for longer than this.

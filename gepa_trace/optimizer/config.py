@@ -90,6 +90,9 @@ class OptimizerConfig:
       (None: all of them; ignored without ``grow_val``). A smaller set affords more
       candidates; on the demo (12 runs: 6 traffic seeds x 2 seeds, 600 rollouts)
       starting on half of a 10% set gave no clear gain (held-out 0.87 against 0.87).
+    - ``command``: what the command that started the run was given (entry point,
+      metric, models, budget, filters), stored with the run so that ``--resume RUN_ID``
+      needs nothing else; the loop does not read it.
     """
 
     seed: int = 0
@@ -116,6 +119,7 @@ class OptimizerConfig:
     handle_signals: bool = True
     grow_val: bool = True
     val_start: int | None = None
+    command: Mapping[str, Any] | None = None
 
     def validate(self) -> "OptimizerConfig":
         """Return self, or raise ConfigError naming the first invalid field."""

@@ -48,20 +48,20 @@ import os
 import random
 import time
 import uuid
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
 
 from gepa_trace.errors import BudgetExhausted, ConfigError, LMError
 from gepa_trace.lm.budget import Budget, Spent
 from gepa_trace.optimizer.config import OptimizerConfig
 from gepa_trace.optimizer.events import (
     BudgetSpent,
+    Callbacks,
     CandidateAccepted,
     CandidateProposed,
     CandidateRejected,
     CandidateValidated,
-    Callbacks,
     FrontChanged,
     IterationStarted,
     OptimizerErrorEvent,
@@ -69,8 +69,8 @@ from gepa_trace.optimizer.events import (
     ValidationGrown,
 )
 from gepa_trace.optimizer.failures import RolloutFailed, reopen_window
-from gepa_trace.optimizer.merge import find_merge, front_candidates, stratified_subsample
 from gepa_trace.optimizer.lock import RunLock
+from gepa_trace.optimizer.merge import find_merge, front_candidates, stratified_subsample
 from gepa_trace.optimizer.persistence import RunRecorder, StoredRun, load_run
 from gepa_trace.optimizer.protocols import Evaluator, Example, ReflectionLM, Rollout
 from gepa_trace.optimizer.reflection import build_prompt, parse_reply, reflection_examples
@@ -168,7 +168,7 @@ class Optimizer:
     def resume(cls, run_id: str, *, evaluator: Evaluator, reflection_lm: ReflectionLM,
                train: Sequence[Example], val: Sequence[Example], budget: Budget,
                store: Store, callbacks: Iterable[object] = (),
-               config: OptimizerConfig | None = None) -> "Optimizer":
+               config: OptimizerConfig | None = None) -> Optimizer:
         """An Optimizer that continues stored run ``run_id`` (its config unless given):
         stored candidates and evaluations are reused, never re-run, and the budget
         carries over what the earlier process spent."""
@@ -434,7 +434,7 @@ class Optimizer:
             for pv in (self.seed_prompts.version_of(c) for c in self.components):
                 state.add_version(pv)
             seed = Candidate(0, self.seed_prompts.versions(), origin="seed", status="accepted")
-            self._propose(seed, list(self.seed_prompts.version_of(c) for c in self.components))
+            self._propose(seed, [self.seed_prompts.version_of(c) for c in self.components])
             for candidate, versions in warm_start_candidates(
                     self.store, self.config.warm_start_from, self.agent, self.run_id, state,
                     self.seed_prompts, self.config.warm_start_max):
@@ -565,7 +565,7 @@ class Optimizer:
         return (child_sum > parent_sum if self.config.acceptance == "strict_improvement"
                 else child_sum >= parent_sum)
 
-    def _verdict(self, slot: "_Slot") -> bool:
+    def _verdict(self, slot: _Slot) -> bool:
         """Whether the slot's child beats its parent on the minibatch, as soon as the
         finished rollouts fix it: each one still running adds between ``min_score``
         and ``perfect_score`` (scores are clamped into that range), so the verdict is
@@ -586,7 +586,7 @@ class Optimizer:
         rollouts = self.batches.collect(slot.child_batch)[0]  # raises BatchStopped, RolloutFailed
         return self._better(sum(r.score for r in rollouts), slot.parent_sum)
 
-    def _judge_minibatch(self, slot: "_Slot", accepted: bool) -> None:
+    def _judge_minibatch(self, slot: _Slot, accepted: bool) -> None:
         """Record the verdict ``_verdict`` gave, with the child's minibatch sum. If the
         budget stopped one of its rollouts after the verdict was fixed, the sum is of
         those that finished, and the reason says so. A rollout that failed raises
@@ -618,7 +618,7 @@ class Optimizer:
             self._unjudged.pop(0)
         self._checkpoint()
 
-    def _plan_window(self, start: int, rng: random.Random) -> list["_Slot"]:
+    def _plan_window(self, start: int, rng: random.Random) -> list[_Slot]:
         """The iterations of the window, as many (up to ``lookahead``) as the rollout
         budget covers with their parents' and children's minibatches plus one
         validation; stop the run if not even one fits (no half candidates). The
@@ -653,7 +653,7 @@ class Optimizer:
         return slots
 
     def _slot_for(self, iteration: int, components: list[str], parent: Candidate,
-                  batch: list[str], speculative: bool = False) -> "_Slot":
+                  batch: list[str], speculative: bool = False) -> _Slot:
         """A planned iteration, with the child it proposed before if there is one."""
         child = self._pending_reflection(iteration, parent.id, components)
         if child is not None and child.status == "superseded":
@@ -662,7 +662,7 @@ class Optimizer:
         return _Slot(iteration, components, parent, batch, child=child,
                      speculative=speculative)
 
-    def _announce(self, slot: "_Slot", ahead: bool) -> None:
+    def _announce(self, slot: _Slot, ahead: bool) -> None:
         self.callbacks.emit(IterationStarted(slot.iteration, tuple(slot.components),
                                              slot.parent.id, ahead=ahead))
         event = {"iteration": slot.iteration, "kind": "reflection",
@@ -673,14 +673,14 @@ class Optimizer:
                               else f"candidate {slot.parent.id} is its parent")
         self.recorder.event("iteration", event)
 
-    def _submit_slot(self, slot: "_Slot") -> None:
+    def _submit_slot(self, slot: _Slot) -> None:
         """Start the parent's minibatch (and a child's already proposed)."""
         if slot.parent_batch is None:
             slot.parent_batch = self.batches.submit([(slot.parent, slot.batch, "minibatch")])
         if slot.child is not None and slot.child_batch is None:
             slot.child_batch = self.batches.submit([(slot.child, slot.batch, "minibatch")])
 
-    def _reflect_slot(self, slot: "_Slot") -> None:
+    def _reflect_slot(self, slot: _Slot) -> None:
         """Wait for the parent's minibatch and record it; unless it is perfect there,
         start the reflection calls (once: ``_start_ready_reflections`` may have)."""
         if slot.reflected:
@@ -690,7 +690,7 @@ class Optimizer:
             self._begin_reflection(slot, rollouts)
         slot.reflected = True
 
-    def _begin_reflection(self, slot: "_Slot", rollouts: list[Rollout]) -> None:
+    def _begin_reflection(self, slot: _Slot, rollouts: list[Rollout]) -> None:
         slot.rollouts = rollouts
         slot.parent_sum = sum(r.score for r in rollouts)
         slot.skip = self.config.skip_perfect_score and all(
@@ -716,7 +716,7 @@ class Optimizer:
                 self._begin_reflection(slot, rollouts[0])
         return running
 
-    def _propose_slot(self, slot: "_Slot") -> None:
+    def _propose_slot(self, slot: _Slot) -> None:
         """The slot's child (waiting for its reflection replies), and its minibatch started."""
         if not slot.skip and slot.child is None and slot.failure is None:
             slot.child = (self._copy(slot.copy_of, slot.speculative)
@@ -724,7 +724,7 @@ class Optimizer:
         if slot.child is not None and slot.child_batch is None:
             slot.child_batch = self.batches.submit([(slot.child, slot.batch, "minibatch")])
 
-    def _speculate(self, guess: Candidate, iteration: int) -> "_Slot | None":
+    def _speculate(self, guess: Candidate, iteration: int) -> _Slot | None:
         """Plan ``iteration`` as if ``guess`` (being validated) were picked as its
         parent, and start its parent minibatch. None when lookahead is off (GEPA's
         one-at-a-time loop) or the budget cannot cover it as well as the validation
@@ -785,7 +785,7 @@ class Optimizer:
         parent = self.state.candidates[self.select_parent(self.state, components[0], rng)]
         return components, parent, self.sampler.batch(iteration - 1)
 
-    def _start_ahead(self, slot: "_Slot") -> bool:
+    def _start_ahead(self, slot: _Slot) -> bool:
         """Announce a slot run on a guess and start its minibatches (False: the budget
         refused them)."""
         self._announce(slot, ahead=True)
@@ -828,7 +828,7 @@ class Optimizer:
                     wrong += 1
         return right >= wrong
 
-    def _advance_spec(self, slot: "_Slot") -> "_Slot | None":
+    def _advance_spec(self, slot: _Slot) -> _Slot | None:
         """Take a guessed iteration as far as it goes without judging it: parent's
         minibatch, reflection, child and its minibatch started. None if the budget
         ran out on the way (the iteration is then planned normally, if at all)."""
@@ -845,7 +845,7 @@ class Optimizer:
             return slot
         return slot
 
-    def _adopt(self, slot: "_Slot", ahead: bool) -> None:
+    def _adopt(self, slot: _Slot, ahead: bool) -> None:
         """A planned iteration; if it was run on a guess (now known right), or found a
         child proposed that way by an earlier process, that child becomes its own."""
         if slot.speculative:
@@ -913,14 +913,14 @@ class Optimizer:
         self._propose(child, [])
         return child
 
-    def _record_ahead_failures(self, slots: list["_Slot"]) -> None:
+    def _record_ahead_failures(self, slots: list[_Slot]) -> None:
         """Proposals that failed in iterations never judged (planned ahead of an
         accepted child, or the run stopped first): errors, not verdicts."""
         for slot in slots:
             if slot.failure is not None:
                 self._proposal_failed(slot.iteration, slot.parent, *slot.failure, ahead=True)
 
-    def _supersede(self, slots: list["_Slot"], accepted: Candidate) -> None:
+    def _supersede(self, slots: list[_Slot], accepted: Candidate) -> None:
         """Children planned on the guess that ``accepted`` would be rejected: mark
         those not yet judged as superseded and count what their rollouts cost (their
         results are recorded by ``_collect_quietly``)."""
@@ -941,14 +941,14 @@ class Optimizer:
         child.status, child.reason = "superseded", reason
         self.recorder.save_candidate(child, new=False)
 
-    def _collect_quietly(self, batches: Iterable["Submitted | None"]) -> None:
+    def _collect_quietly(self, batches: Iterable[Submitted | None]) -> None:
         """Record what these submissions ran; their results decide nothing any more."""
         for batch in batches:
             if batch is not None:
                 with contextlib.suppress(BatchStopped, RolloutFailed):
                     self.batches.collect(batch)
 
-    def _start_reflections(self, slot: "_Slot") -> list[tuple]:
+    def _start_reflections(self, slot: _Slot) -> list[tuple]:
         """Build the slot's reflection prompts and start their calls."""
         examples = [self.examples[e] for e in slot.batch]
         calls = []
@@ -973,7 +973,7 @@ class Optimizer:
         roles["reflection"] = roles.get("reflection", 0) + 1
         return self._reflections.submit(self.reflection_lm, prompt)
 
-    def _proposal(self, slot: "_Slot") -> Candidate | None:
+    def _proposal(self, slot: _Slot) -> Candidate | None:
         """The child built from the replies to the slot's reflection calls (waited for
         here), or None (``slot.failure`` says why; it is recorded when the iteration is
         judged). Any other exception of the reflection LM propagates."""
@@ -1189,9 +1189,7 @@ class Optimizer:
         roles["task"] = roles.get("task", 0) + rollout.llm_calls
         totals.tokens += rollout.tokens
         totals.cost_usd += rollout.cost_usd
-        if rollout.tokens or rollout.cost_usd:
-            # what the evaluator's own calls cost counts against the dollar/token limits
-            self.budget.record_llm_call(rollout.tokens, rollout.cost_usd)
+        # the budget was charged as the rollout ended (BatchEvaluator._run_and_store)
 
     def _on_cache_hit(self) -> None:
         self.totals.evaluation_cache_hits += 1

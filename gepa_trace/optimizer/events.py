@@ -9,8 +9,9 @@ see it. Callbacks are called on the run's main thread, in a deterministic order.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from gepa_trace.config import under_pytest
 

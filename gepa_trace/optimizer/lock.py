@@ -24,6 +24,7 @@ import os
 import socket
 import threading
 import time
+from typing import Self
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
@@ -51,7 +52,7 @@ JOIN_TIMEOUT_S = 60.0
 # this process is otherwise taken back by a new run (it is left over from a run whose
 # release failed); one that a live RunLock still renews is refused instead, so that two
 # runs of one process do not optimize one agent either.
-_live: dict[tuple[str, str], "RunLock"] = {}
+_live: dict[tuple[str, str], RunLock] = {}
 _live_guard = threading.Lock()
 
 
@@ -121,7 +122,7 @@ class RunLock:
         # lock back first (a run that ends normally unregisters this in release)
         atexit.register(self.release)
 
-    def _take(self, now: float, live_here: "RunLock | None") -> None:
+    def _take(self, now: float, live_here: RunLock | None) -> None:
         try:
             with self.store.write() as conn:
                 query = select(_LOCKS).where(_LOCKS.c.agent == self.agent)
@@ -237,7 +238,7 @@ class RunLock:
                         _first_line(exc))
         self.acquired_at = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> Self:
         self.acquire()
         return self
 

@@ -12,8 +12,8 @@ identical score vectors do not dominate each other; both stay.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
 
 VersionScores = Mapping[str, Mapping[str, float]]  # version -> example id -> score
 

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError

@@ -36,8 +36,9 @@ import pickle
 import signal
 import threading
 import traceback
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any, Self
 
 from gepa_trace.errors import ConfigError
 from gepa_trace.lm.budget import Budget, Spent
@@ -100,7 +101,7 @@ def _child_main(conn: Any) -> None:
                 conn.send(message)
             except (OSError, EOFError):  # the parent is gone
                 os._exit(0)
-            except Exception:  # not picklable: keep what the engine needs
+            except Exception:  # noqa: BLE001 - not picklable: keep what the engine needs
                 if isinstance(payload, Rollout):
                     payload.output = repr(payload.output)
                     conn.send((req, ok, payload, message[3]))
@@ -110,7 +111,7 @@ def _child_main(conn: Any) -> None:
     def run(req: int, prompts: PromptSet, example: Example, context: RolloutContext) -> None:
         try:
             reply(req, True, evaluator.evaluate(prompts, example, context))
-        except BaseException as exc:  # the parent turns it into a failed rollout
+        except BaseException as exc:  # noqa: BLE001 - the parent turns it into a failed rollout
             from gepa_trace.optimizer.failures import is_permanent
 
             reply(req, False, (_describe(exc), is_permanent(exc)))
@@ -134,7 +135,7 @@ def _child_main(conn: Any) -> None:
                 pool = ThreadPoolExecutor(max_workers=threads,
                                           thread_name_prefix="gepa-rollout")
                 reply(req, True, os.getpid())
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 - any failure goes back to the parent
                 reply(req, False, _describe(exc))
         elif kind == "eval":
             if pool is None:
@@ -147,7 +148,7 @@ def _child_main(conn: Any) -> None:
                     pool.shutdown(wait=True)
                 close = getattr(evaluator, "close", None)
                 reply(req, True, close() if close is not None else None)
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 - any failure goes back to the parent
                 reply(req, False, _describe(exc))
             evaluator, pool, budget = None, None, None
             gc.unfreeze()  # what the run left behind can be collected again
@@ -206,7 +207,7 @@ class _Worker:
                 req, ok, payload, spend = self.conn.recv()
             except (EOFError, OSError):
                 break
-            except Exception as exc:  # a reply that does not unpickle here
+            except Exception as exc:  # noqa: BLE001 - a reply that does not unpickle here
                 req, ok, payload, spend = None, False, _describe(exc), None
             if spend and self.on_spend is not None:
                 self.on_spend(spend)
@@ -289,7 +290,7 @@ class ProcessEvaluator:
         self._home: dict[str, int] = {}  # example id -> the child that runs it
         try:
             pickle.dumps(factory)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - pickling fails in many ways
             raise ConfigError(f"rollouts in worker processes need a factory that can be "
                               f"pickled (a module-level function, a 'module:function' "
                               f"entry point): {exc}") from None
@@ -356,8 +357,8 @@ class ProcessEvaluator:
         for worker in self.workers:
             worker.stop(timeout=2.0)
 
-    def __enter__(self) -> "ProcessEvaluator":
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()

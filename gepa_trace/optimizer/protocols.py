@@ -13,8 +13,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from gepa_trace.prompts import PromptSet
 
@@ -30,7 +31,7 @@ class Score:
     feedback: str = ""
 
     @staticmethod
-    def checked(value: Any, low: float = 0.0, high: float = 1.0) -> "Score":
+    def checked(value: Any, low: float = 0.0, high: float = 1.0) -> Score:
         """The metric contract, checked the same way everywhere (preflight, the loop,
         the held-out test): a number (a bool counts as 0 or 1), a ``Score`` or ``(score, feedback)``,
         finite and within ``[low, high]``. Anything else raises ``MetricContractError``
@@ -53,7 +54,7 @@ class Score:
         return Score.of(value)
 
     @staticmethod
-    def of(value: "float | int | bool | Score | tuple") -> "Score":
+    def of(value: float | bool | Score | tuple) -> Score:
         """A Score from what a metric returned (a number, a Score, or (score, feedback))."""
         if isinstance(value, Score):
             return value

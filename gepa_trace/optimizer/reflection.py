@@ -15,8 +15,8 @@ backticks inside records are shown as three quotes so they cannot close the bloc
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 from gepa_trace.errors import ConfigError
 from gepa_trace.lm.fenced import extract_fenced

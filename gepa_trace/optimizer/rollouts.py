@@ -24,10 +24,11 @@ import dataclasses
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Executor, Future
 from concurrent.futures import wait as wait_for_any
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable, Iterator, Mapping, Sequence
+from typing import Any
 
 from gepa_trace.errors import BudgetExhausted, StoreError
 from gepa_trace.lm.budget import Budget
@@ -94,14 +95,14 @@ class BuiltOnce:
 
 
 def run_one(evaluator: Evaluator, prompts: PromptSet, example: Example,
-            context: RolloutContext) -> "Rollout | _Exhausted":
+            context: RolloutContext) -> Rollout | _Exhausted:
     """One attempt of one rollout; never raises (worker threads must not lose an
     example). An exception becomes a failed Rollout (``error`` set), never a score."""
     try:
         rollout = evaluator.evaluate(prompts, example, context)
     except BudgetExhausted as exc:
         return _Exhausted(str(exc))
-    except Exception as exc:  # the evaluator's failure on one example: an error, not a 0
+    except Exception as exc:  # noqa: BLE001 - one example's failure: an error, not a 0
         return failed_rollout(exc)
     if not isinstance(rollout, Rollout):
         return Rollout(score=0.0, error=f"the evaluator returned {type(rollout).__name__}, "
@@ -111,7 +112,7 @@ def run_one(evaluator: Evaluator, prompts: PromptSet, example: Example,
 
 def run_with_retries(evaluator: Evaluator, prompts: PromptSet, example: Example,
                      context: RolloutContext, retries: int,
-                     score_range: tuple[float, float]) -> "Rollout | _Exhausted":
+                     score_range: tuple[float, float]) -> Rollout | _Exhausted:
     """A rollout, run again up to ``retries`` more times while it fails (unless its
     failure is permanent). Returns the first good one or the last failure, with
     ``attempts`` set; what the failed attempts cost is added to it, since it was spent."""
@@ -193,9 +194,19 @@ class BatchEvaluator:
         return None
 
     def _run_and_store(self, candidate: Candidate, prompts: PromptSet, example_id: str,
-                       context: RolloutContext) -> "Rollout | _Exhausted":
-        outcome = run_with_retries(self.evaluator, prompts, self.examples[example_id],
-                                   context, self.retries, self.score_range)
+                       context: RolloutContext) -> Rollout | _Exhausted:
+        outcome: Rollout | _Exhausted | None = None
+        try:
+            outcome = run_with_retries(self.evaluator, prompts, self.examples[example_id],
+                                       context, self.retries, self.score_range)
+        finally:
+            # what the rollout's own calls cost, failed attempts included, as it ends:
+            # it stops holding budget (see lm/budget.py) and counts as spent
+            if isinstance(outcome, Rollout):
+                self.budget.settle_rollout(outcome.llm_calls, outcome.tokens,
+                                           outcome.cost_usd)
+            else:
+                self.budget.settle_rollout(measured=False)
         if not isinstance(outcome, _Exhausted) and not outcome.error:
             try:
                 self.on_stored(candidate, example_id, context.purpose, outcome)
@@ -222,7 +233,7 @@ class BatchEvaluator:
         """Several (candidate, example ids, purpose) batches at once, on one pool."""
         return self.collect(self.submit(requests))
 
-    def submit(self, requests: Sequence[tuple[Candidate, Sequence[str], str]]) -> "Submitted":
+    def submit(self, requests: Sequence[tuple[Candidate, Sequence[str], str]]) -> Submitted:
         """Start the rollouts of several (candidate, example ids, purpose) batches and
         return at once; ``collect`` waits for them. A pair already evaluated, asked
         twice, or still running for an earlier submission runs once. One rollout of
@@ -264,7 +275,7 @@ class BatchEvaluator:
         self._outstanding.append(submitted)
         return submitted
 
-    def collect(self, submitted: "Submitted") -> list[list[Rollout]]:
+    def collect(self, submitted: Submitted) -> list[list[Rollout]]:
         """Wait for a submission and record its results in request order, then example
         order (never completion order): each pair once, by whichever collect comes
         first. A failed rollout is reported (``on_failed``) and never recorded: a pair
@@ -295,7 +306,7 @@ class BatchEvaluator:
         return [[self.state.cached(candidate, example_id) for example_id in example_ids]
                 for candidate, example_ids, _purpose in submitted.requests]
 
-    def _outcomes(self, submitted: "Submitted") -> list[list["Rollout | Future | None"]]:
+    def _outcomes(self, submitted: Submitted) -> list[list[Rollout | Future | None]]:
         """Per request and example of a submission: its rollout if it is in (recorded
         or not; a failed one too, ``error`` set), its future if still running, None if
         it cannot finish (never started, or stopped by the budget)."""
@@ -314,7 +325,7 @@ class BatchEvaluator:
             out.append(row)
         return out
 
-    def peek(self, submitted: "Submitted") -> list[list[Rollout]] | None:
+    def peek(self, submitted: Submitted) -> list[list[Rollout]] | None:
         """What ``collect`` would return if every rollout of the submission is in (and
         none was stopped or failed), without recording anything; else None."""
         if submitted.stop:
@@ -325,11 +336,11 @@ class BatchEvaluator:
         return None
 
     @staticmethod
-    def running(submitted: "Submitted") -> list[Future]:
+    def running(submitted: Submitted) -> list[Future]:
         """The submission's rollouts not finished yet."""
         return [f for _c, _e, _p, f in submitted.futures if not f.done()]
 
-    def wait(self, submitted: "Submitted",
+    def wait(self, submitted: Submitted,
              wake: Callable[[], list[Future]] = list) -> None:
         """Wait until every rollout of the submission is in; ``wake()`` is called first
         and again whenever one of the futures it returned, or a rollout, finishes."""
@@ -340,7 +351,7 @@ class BatchEvaluator:
                 return
             wait_for_any(running + extra, return_when=FIRST_COMPLETED)
 
-    def score_bounds(self, submitted: "Submitted", wake: Callable[[], list[Future]] = list
+    def score_bounds(self, submitted: Submitted, wake: Callable[[], list[Future]] = list
                      ) -> Iterator[tuple[float, float] | None]:
         """Bounds (low, high) of the sum of the scores of a one-request submission, in
         example order, yielded again each time one of its rollouts finishes (it waits

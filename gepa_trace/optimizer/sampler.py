@@ -9,7 +9,7 @@ run draws exactly the minibatches the killed one would have.
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 from gepa_trace.errors import ConfigError
 

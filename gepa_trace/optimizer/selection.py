@@ -9,7 +9,8 @@ reproducible and a resumed run makes the same choices.
 from __future__ import annotations
 
 import random
-from typing import Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from gepa_trace.errors import ConfigError
 from gepa_trace.optimizer.config import OptimizerConfig

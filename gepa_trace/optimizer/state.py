@@ -9,8 +9,8 @@ candidates with the same prompts share their evaluations, and no pair is run twi
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
 
 from gepa_trace.optimizer.pareto import (
     ComponentFront,
@@ -42,7 +42,7 @@ def approx_tokens(text: str) -> int:
 UNJUDGED = ("speculative", "superseded")
 
 
-def first_live(candidates: Iterable["Candidate"]) -> "Candidate | None":
+def first_live(candidates: Iterable[Candidate]) -> Candidate | None:
     """The first of ``candidates`` that is neither superseded nor speculative, or None."""
     return next((c for c in candidates if c.status not in UNJUDGED), None)
 

@@ -14,7 +14,16 @@ from gepa_trace.prompts.templates import (
 )
 
 __all__ = [
-    "PromptSet", "PromptVersion", "FILE_FORMAT", "component", "bind_component",
-    "messages_of_template", "normalize_messages", "template_variables", "template_version",
-    "to_chat_prompt", "COMPONENT_KEY", "VERSION_KEY",
+    "COMPONENT_KEY",
+    "FILE_FORMAT",
+    "VERSION_KEY",
+    "PromptSet",
+    "PromptVersion",
+    "bind_component",
+    "component",
+    "messages_of_template",
+    "normalize_messages",
+    "template_variables",
+    "template_version",
+    "to_chat_prompt",
 ]

@@ -18,7 +18,12 @@ from gepa_trace.errors import ConfigError, GateRefused, NotFoundError
 from gepa_trace.prompts.gate import GateResult, paired_bootstrap
 from gepa_trace.prompts.promptset import PromptSet, PromptVersion
 from gepa_trace.store import (
-    CandidateRow, EvaluationRow, OptimizationRunRow, PromptVersionRow, Store)
+    CandidateRow,
+    EvaluationRow,
+    OptimizationRunRow,
+    PromptVersionRow,
+    Store,
+)
 
 _RUNS = OptimizationRunRow.__table__
 _CANDIDATES = CandidateRow.__table__
@@ -105,7 +110,7 @@ def run_prompts(store: Store, run_id: str, candidate_id: int | None = None) -> P
     return PromptSet(out, agent=run.agent)
 
 
-def export_run(store: Store, run_id: str, out: "str | Path", *, confidence: float = 0.95,
+def export_run(store: Store, run_id: str, out: str | Path, *, confidence: float = 0.95,
                force: bool = False) -> ExportResult:
     """Write the best prompts of ``run_id`` to ``out`` (.json/.yaml) if the gate passes.
 

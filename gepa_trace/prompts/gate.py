@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 from gepa_trace.errors import ConfigError
 
@@ -59,8 +59,8 @@ def paired_bootstrap(seed_scores: Sequence[float], best_scores: Sequence[float],
     rng = random.Random(seed)
     means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
     tail = (1 - confidence) / 2
-    low = means[max(0, int(math.floor(tail * resamples)))]
-    high = means[min(resamples - 1, int(math.ceil((1 - tail) * resamples)) - 1)]
+    low = means[max(0, math.floor(tail * resamples))]
+    high = means[min(resamples - 1, math.ceil((1 - tail) * resamples) - 1)]
     return GateResult(n=n, seed_mean=sum(seed_scores) / n, best_mean=sum(best_scores) / n,
                       gain=sum(diffs) / n, ci_low=low, ci_high=high, confidence=confidence,
                       resamples=resamples)

@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from gepa_trace.errors import ConfigError
 from gepa_trace.prompts.templates import (
@@ -55,7 +56,7 @@ class PromptVersion:
     def instruction(self) -> str:
         return self.messages[self.instruction_index]["content"]
 
-    def with_instruction(self, text: str, **provenance: Any) -> "PromptVersion":
+    def with_instruction(self, text: str, **provenance: Any) -> PromptVersion:
         """This template with its instruction replaced by ``text``.
 
         Variables the old instruction used must survive (else ``ConfigError``); stray
@@ -141,12 +142,12 @@ class PromptSet(Mapping[str, Any]):
     def instruction(self, name: str) -> str:
         return self._versions[name].instruction
 
-    def with_version(self, pv: PromptVersion) -> "PromptSet":
+    def with_version(self, pv: PromptVersion) -> PromptSet:
         versions = dict(self._versions)
         versions[pv.component] = pv
         return PromptSet(versions, agent=self.agent)
 
-    def with_instruction(self, name: str, text: str, **provenance: Any) -> "PromptSet":
+    def with_instruction(self, name: str, text: str, **provenance: Any) -> PromptSet:
         return self.with_version(self._versions[name].with_instruction(text, **provenance))
 
     # files
@@ -158,7 +159,7 @@ class PromptSet(Mapping[str, Any]):
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, source: str = "prompt set") -> "PromptSet":
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "prompt set") -> PromptSet:
         if not isinstance(data, Mapping) or not isinstance(data.get("components"), Mapping):
             raise ConfigError(f"{source}: expected an object with a 'components' mapping")
         fmt = data.get("format", FILE_FORMAT)
@@ -199,7 +200,7 @@ class PromptSet(Mapping[str, Any]):
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "PromptSet":
+    def load(cls, path: str | os.PathLike) -> PromptSet:
         path = Path(path)
         try:
             text = path.read_text(encoding="utf-8")

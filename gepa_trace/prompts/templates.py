@@ -13,7 +13,8 @@ import hashlib
 import json
 import re
 import string
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from gepa_trace.errors import ConfigError
 

@@ -8,7 +8,17 @@
 
 from gepa_trace.replay.heldout import HeldOut, evaluate_held_out
 from gepa_trace.replay.optimize import (
-    OptimizeOutcome, ReplaySettings, load_entrypoint, optimize)
+    OptimizeOutcome,
+    ReplaySettings,
+    load_entrypoint,
+    optimize,
+)
 
-__all__ = ["optimize", "OptimizeOutcome", "ReplaySettings", "HeldOut", "evaluate_held_out",
-           "load_entrypoint"]
+__all__ = [
+    "HeldOut",
+    "OptimizeOutcome",
+    "ReplaySettings",
+    "evaluate_held_out",
+    "load_entrypoint",
+    "optimize",
+]

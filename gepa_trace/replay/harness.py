@@ -24,8 +24,9 @@ import contextlib
 import dataclasses
 import logging
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 
@@ -35,8 +36,7 @@ from gepa_trace.collectors.views import llm_view
 from gepa_trace.errors import BudgetExhausted, MetricContractError
 from gepa_trace.lm.client import price
 from gepa_trace.optimizer.failures import failed_rollout
-from gepa_trace.optimizer.protocols import (
-    ComponentRecord, Example, Rollout, RolloutContext, Score)
+from gepa_trace.optimizer.protocols import ComponentRecord, Example, Rollout, RolloutContext, Score
 from gepa_trace.optimizer.rollouts import BuiltOnce
 from gepa_trace.prompts import PromptSet
 from gepa_trace.replay.cache import HIT_MARKER
@@ -59,7 +59,7 @@ class RolloutSpans(SpanProcessor):
         with self._lock:
             return self._watched.pop(int(trace_id, 16), [])
 
-    def on_start(self, span, parent_context=None) -> None:  # noqa: D401 - SDK hook
+    def on_start(self, span, parent_context=None) -> None:
         return None
 
     def on_end(self, span: ReadableSpan) -> None:
@@ -163,7 +163,7 @@ class AgentReplay:
     """
 
     def __init__(self, build_agent: Callable[[PromptSet], Any],
-                 metric: Callable[[Example, Any, Any], "float | Score"], *, agent: str,
+                 metric: Callable[[Example, Any, Any], float | Score], *, agent: str,
                  instrumentation: Any, keep_agents: int = 16, cache: Any = None):
         self.build_agent = build_agent
         self.cache = cache
@@ -195,7 +195,7 @@ class AgentReplay:
                 run.set_outputs(output)
         except BudgetExhausted:
             raise  # the run's budget, not this example: the engine stops the batch
-        except Exception as exc:  # the agent failing on one input: an error, not a score
+        except Exception as exc:  # noqa: BLE001 - the agent failing on one input: an error
             failure = failed_rollout(exc, "the agent raised")
         spans = self.spans.take(run.trace_id)
         reading = read_rollout(spans)
@@ -209,7 +209,7 @@ class AgentReplay:
                 raise  # a judge metric's LLM call found the budget spent
             except MetricContractError as exc:
                 failure = failed_rollout(exc)
-            except Exception as exc:  # the metric's bug is not the agent's score
+            except Exception as exc:  # noqa: BLE001 - the metric's bug is not the agent's score
                 failure = failed_rollout(exc, "the metric raised")
         spent = {"output": output, "records": reading.records, "trace_id": run.trace_id,
                  "llm_calls": reading.llm_calls, "cache_hits": reading.cache_hits,

@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from sqlalchemy import and_, select
 
 from gepa_trace.collectors.views import llm_view
 from gepa_trace.errors import BudgetExhausted
-from gepa_trace.optimizer.protocols import (
-    ComponentRecord, Example, Rollout, RolloutContext, Score)
+from gepa_trace.optimizer.protocols import ComponentRecord, Example, Rollout, RolloutContext, Score
 from gepa_trace.prompts import PromptSet, to_chat_prompt
 from gepa_trace.replay.harness import render_messages
 from gepa_trace.replay.metrics import Judge
@@ -136,7 +136,7 @@ class LogOnlyReplay:
                 output, verdict, made, rendered = self._judged(call, prompts, example)
             except BudgetExhausted:
                 raise
-            except Exception as exc:  # a model or judge failing is an error, never a zero
+            except Exception as exc:  # noqa: BLE001 - a model or judge failing: an error, not a 0
                 from gepa_trace.optimizer.failures import failed_rollout
 
                 return failed_rollout(exc, f"log-only replay of {call.component} failed:")

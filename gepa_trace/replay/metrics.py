@@ -10,7 +10,8 @@ from __future__ import annotations
 import importlib
 import re
 import unicodedata
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from gepa_trace.errors import ConfigError
 from gepa_trace.optimizer.protocols import Example, Score
@@ -155,7 +156,7 @@ class CheckedMetric:
         return Score.checked(self.metric(example, output, trace), self.low, self.high)
 
 
-def resolve_metric(spec: "str | MetricFn", *, judge_lm: Callable[[str], str] | None = None,
+def resolve_metric(spec: str | MetricFn, *, judge_lm: Callable[[str], str] | None = None,
                    rubric: str | None = None) -> MetricFn:
     """A metric from a builtin name, ``judge``, ``module:function`` or a callable."""
     if callable(spec):

@@ -274,18 +274,23 @@ def optimize(agent: str, *, reflection_lm: "str | Callable[[str], str]",
 
             evaluator = AgentReplay(builder, metric_fn, agent=agent, instrumentation=inst,
                                     cache=cache)
+        # The model probes are what the budget metered since the start; the seed
+        # rollout then adds its own calls, hits, tokens and dollars.
+        models = PhaseSpend.from_budget(dataclasses.asdict(budget.spent())).minus_budget(
+            at_start)
         probe = None
         if not log_only:
             probe = preflight.check_rollout(evaluator, seed_prompts, dataset.train[0],
                                             low=config.min_score, high=config.perfect_score)
-            if probe.tokens or probe.cost_usd:  # the preflight spends from the budget
-                budget.record_llm_call(probe.tokens, probe.cost_usd)
-        # What the budget metered since the start is the preflight's (the model probes
-        # and the seed rollout's tokens); the loop's snapshot includes it, so it is
-        # taken out of the search phase again.
+            # the preflight spends from the budget, and is the first measure of what
+            # one rollout may cost (rollouts in flight hold that much: lm/budget.py)
+            budget.settle_rollout(probe.llm_calls, probe.tokens, probe.cost_usd,
+                                  started=False)
+        # All the budget holds so far is the preflight's; the loop's snapshot includes
+        # it, so it is taken out of the search phase again.
         charged = PhaseSpend.from_budget(dataclasses.asdict(budget.spent())).minus_budget(
             at_start)
-        preflight_spend = _preflight_spend(charged, probe, time.monotonic() - started)
+        preflight_spend = _preflight_spend(models, probe, time.monotonic() - started)
         record_versions(store, seed_prompts, origin="observed")
         if resume:
             # the engine's checkpoints rewrite the stored totals: earlier commands'
@@ -356,18 +361,14 @@ def optimize(agent: str, *, reflection_lm: "str | Callable[[str], str]",
     return outcome
 
 
-def _preflight_spend(charged: PhaseSpend, probe: Any, seconds: float) -> PhaseSpend:
-    """The preflight's spend: the model probes (metered by the budget) and the seed
-    rollout (its task calls and cache hits as it reported them; its tokens and dollars
-    were charged to the budget, so they are in ``charged`` already)."""
-    spend = dataclasses.replace(charged, llm_calls_by_role=dict(charged.llm_calls_by_role),
-                                seconds=seconds)
-    if probe is not None:
-        spend.rollouts = 1
-        spend.llm_calls_by_role["task"] = (spend.llm_calls_by_role.get("task", 0)
-                                           + probe.llm_calls)
-        spend.replay_cache_hits = probe.cache_hits
-    return spend
+def _preflight_spend(models: PhaseSpend, probe: Any, seconds: float) -> PhaseSpend:
+    """The preflight's spend: the model probes (as the budget metered them) and the
+    seed rollout (its own calls, cache hits, tokens and dollars, as it reported them)."""
+    if probe is None:
+        return dataclasses.replace(models, seconds=seconds)
+    own = PhaseSpend(1, {"task": probe.llm_calls}, probe.cache_hits, probe.tokens,
+                     probe.cost_usd)
+    return dataclasses.replace(models + own, seconds=seconds)
 
 
 def _with_metered(own: PhaseSpend, metered: PhaseSpend) -> PhaseSpend:

@@ -15,8 +15,9 @@ contract with the same ``score_range``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from gepa_trace.lm.budget import Budget
 from gepa_trace.optimizer.protocols import Example, Rollout, RolloutContext
@@ -29,8 +30,8 @@ class ReplayWorker:
 
     store_url: str
     agent: str
-    entrypoint: "str | Callable[[PromptSet], Any]"
-    metric: "str | Callable" = "feedback"
+    entrypoint: str | Callable[[PromptSet], Any]
+    metric: str | Callable = "feedback"
     task_lm: str | None = None
     judge_lm: str | None = None
     rubric: str | None = None
@@ -41,7 +42,7 @@ class ReplayWorker:
     score_range: tuple[float, float] = (0.0, 1.0)
     trace_ids: tuple[str, ...] | None = None  # the examples' traces: what the cache loads
 
-    def __call__(self, budget: Budget) -> "_ChildReplay":
+    def __call__(self, budget: Budget) -> _ChildReplay:
         from gepa_trace.collectors.instrument import instrument
         from gepa_trace.replay import preflight
         from gepa_trace.replay.cache import ReplayCache

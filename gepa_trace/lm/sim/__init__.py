@@ -42,8 +42,9 @@ import random
 import re
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from gepa_trace.errors import ConfigError
 
@@ -89,13 +90,13 @@ class SimOptions:
     max_faults: int | None = None  # at most this many faults per prompt (None: no cap)
 
     @classmethod
-    def from_env(cls) -> "SimOptions":
+    def from_env(cls) -> SimOptions:
         from gepa_trace.config import setting
 
         base = cls(seed=setting("sim_seed"), latency_ms=setting("sim_latency_ms"))
         return base.updated(parse_faults(setting("sim_faults")), source="GEPA_SIM_FAULTS")
 
-    def updated(self, params: Mapping[str, Any], source: str = "model string") -> "SimOptions":
+    def updated(self, params: Mapping[str, Any], source: str = "model string") -> SimOptions:
         """A copy with ``params`` (strings or numbers) applied; unknown keys are an error."""
         known = {f.name: f.type for f in fields(self)}
         changes: dict[str, Any] = {}
@@ -150,7 +151,7 @@ def split_model(spec: str) -> tuple[str, dict[str, str]]:
     """``"gepa-sim/task?seed=3&latency_ms=5"`` (or without the prefix) -> ("task", params)."""
     from urllib.parse import parse_qsl
 
-    body = spec[len(PREFIX):] if spec.startswith(PREFIX) else spec
+    body = spec.removeprefix(PREFIX)
     name, _, query = body.partition("?")
     return name, dict(parse_qsl(query, keep_blank_values=True))
 
@@ -353,8 +354,29 @@ def is_sim_model(model: str) -> bool:
     return model.startswith(PREFIX)
 
 
-__all__ = ["PROVIDER", "PREFIX", "MODELS", "PRICE_PER_TOKEN", "FAULT_KINDS", "SimOptions",
-           "SimReply", "SimFault", "UnknownSimModel", "generate", "register", "resolve",
-           "split_model", "check_model", "reply_function", "call_counts", "fault_counts",
-           "peak_in_flight", "reset_call_counts", "parse_faults", "plain_messages",
-           "estimate_tokens", "is_sim_model", "malform"]
+__all__ = [
+    "FAULT_KINDS",
+    "MODELS",
+    "PREFIX",
+    "PRICE_PER_TOKEN",
+    "PROVIDER",
+    "SimFault",
+    "SimOptions",
+    "SimReply",
+    "UnknownSimModel",
+    "call_counts",
+    "check_model",
+    "estimate_tokens",
+    "fault_counts",
+    "generate",
+    "is_sim_model",
+    "malform",
+    "parse_faults",
+    "peak_in_flight",
+    "plain_messages",
+    "register",
+    "reply_function",
+    "reset_call_counts",
+    "resolve",
+    "split_model",
+]

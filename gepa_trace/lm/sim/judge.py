@@ -46,19 +46,20 @@ _HEAD = re.compile(
     r"(?im)^\s*(?:#+\s*|\*\*)?(?P<name>" + "|".join(f"(?:{v})" for v in _SECTION_NAMES.values())
     + r")(?:\*\*)?\s*(?::\s*(?P<rest>.*))?$")
 
-_RECORDED = re.compile(r"recorded (?:answer|output)\s*:?\s*['\"]([^'\"]+)['\"]", re.I)
+_RECORDED = re.compile(r"recorded (?:answer|output)\s*:?\s*['\"]([^'\"]+)['\"]", re.IGNORECASE)
 _ASK = re.compile(r"(?i)^\s*(reply|respond|return|score the|rate the|grade the)\b")
 _EXPECTED = [
-    re.compile(r"(?:answer|it) should (?:have been|be)\s*:?\s*['\"]?([^'\".\n]+)", re.I),
+    re.compile(r"(?:answer|it) should (?:have been|be)\s*:?\s*['\"]?([^'\".\n]+)", re.IGNORECASE),
     re.compile(r"(?:correct|right|true|expected) (?:answer|output)(?:\s*\([^)]*\))?(?: is| was)?"
-               r"\s*:?\s*['\"]?([^'\".\n]+)", re.I),
-    re.compile(r"^\s*expected(?: answer)?\s*:\s*['\"]?([^'\"\n]+?)['\"]?\s*$", re.I | re.M),
-    re.compile(r"\bexpected '([^']+)'", re.I),
+               r"\s*:?\s*['\"]?([^'\".\n]+)", re.IGNORECASE),
+    re.compile(r"^\s*expected(?: answer)?\s*:\s*['\"]?([^'\"\n]+?)['\"]?\s*$",
+               re.IGNORECASE | re.MULTILINE),
+    re.compile(r"\bexpected '([^']+)'", re.IGNORECASE),
 ]
 _NEGATIVE = re.compile(r"thumbs?[ -]?down|👎|\bscore\s*[:=]\s*0(?:\.0+)?\b|\bwrong\b|"
-                       r"\bincorrect\b|\bbad\b|not (?:right|correct|helpful)", re.I)
+                       r"\bincorrect\b|\bbad\b|not (?:right|correct|helpful)", re.IGNORECASE)
 _POSITIVE = re.compile(r"thumbs?[ -]?up|👍|\bscore\s*[:=]\s*1(?:\.0+)?\b|\bcorrect\b|"
-                       r"\bgreat\b|\bgood\b|\bhelpful\b", re.I)
+                       r"\bgreat\b|\bgood\b|\bhelpful\b", re.IGNORECASE)
 
 
 def sections(prompt: str) -> dict[str, str]:
@@ -71,7 +72,7 @@ def sections(prompt: str) -> dict[str, str]:
         if m:
             label = m.group("name").lower()
             current = next(k for k, v in _SECTION_NAMES.items()
-                           if re.fullmatch(v, label, re.I))
+                           if re.fullmatch(v, label, re.IGNORECASE))
             found.setdefault(current, [])
             inline = bool(m.group("rest"))
             if m.group("rest"):

@@ -10,7 +10,8 @@ chained), which no caller should retry.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import litellm
 from litellm import CustomLLM

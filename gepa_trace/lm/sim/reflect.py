@@ -72,17 +72,17 @@ PATTERNS: list[Pattern] = [
        "the question asks for a country but the answer names the city, an intermediate "
        "entity; the instruction never says to resolve the city to its country",
        ["If the question asks for a country, give the country, not the city.",
-        "When a country is asked for, resolve the city to its country and answer with the "
-        "country.",
-        "Answer with the country rather than the city whenever the question asks which "
-        "country."]),
+        ("When a country is asked for, resolve the city to its country and answer with the "
+         "country."),
+        ("Answer with the country rather than the city whenever the question asks which "
+         "country.")]),
     _p("country_for_city", "answer",
        r"expected the city.{0,80}names the country", "country_not_city",
        "a city was asked for but the answer names the country: a rule makes every answer a "
        "country",
        ["If the question asks for a country, give the country, not the city.",
-        "Answer with the country rather than the city only when the question asks which "
-        "country."],
+        ("Answer with the country rather than the city only when the question asks which "
+         "country.")],
        removes=["always_country"]),
     _p("full_date_for_year", "answer",
        r"full date|whole date|only the year", "year_only",
@@ -117,36 +117,36 @@ PATTERNS: list[Pattern] = [
        "search_new_entity",
        "the second search looked for the company from the question again instead of the "
        "person that the notes had just found, so the needed passage was never retrieved",
-       ["Once the notes name the founder, search for that person by name, not for the "
-        "company from the question again.",
+       [("Once the notes name the founder, search for that person by name, not for the "
+         "company from the question again."),
         "Resolve the founder first, then search for that person in the next query.",
-        "In the second search, look up the new person named in the notes rather than the "
-        "company."],
+        ("In the second search, look up the new person named in the notes rather than the "
+         "company.")],
        removes=["search_question_entity"]),
     _p("picked_cousin", "select",
        r"cousin|relative|not about .{0,60}themself|different person",
        "not_relatives",
        "the selected passage is about a relative (a cousin) of the person searched for, "
        "not about the person themself",
-       ["Ignore passages about a cousin or other relative of the person: choose the "
-        "passage about the person themself.",
-        "Skip passages that describe a relative of the searched person (for example a "
-        "cousin).",
-        "Choose the passage about the person themself, never one about their cousin or "
-        "relative."]),
+       [("Ignore passages about a cousin or other relative of the person: choose the "
+         "passage about the person themself."),
+        ("Skip passages that describe a relative of the searched person (for example a "
+         "cousin)."),
+        ("Choose the passage about the person themself, never one about their cousin or "
+         "relative.")]),
     _p("passage_without_fact", "select",
        r"selected passage.{0,120}does not say|does not say who founded|"
        r"retrieved passages included|irrelevant passage|wrong passage",
        "stated_fact",
        "the first passage was copied although it does not state the fact asked (who "
        "founded the company, or where and when the person was born)",
-       ["Pick the passage that states the fact being looked for (who founded the company, "
-        "or when and where the person was born); skip news passages that only mention the "
-        "name.",
-        "Choose the passage that mentions both the searched name and the fact asked "
-        "(founded or born), not one that merely mentions the name.",
-        "Ignore news passages; select the one that says who founded the company or where "
-        "and when the person was born."],
+       [("Pick the passage that states the fact being looked for (who founded the company, "
+         "or when and where the person was born); skip news passages that only mention the "
+         "name."),
+        ("Choose the passage that mentions both the searched name and the fact asked "
+         "(founded or born), not one that merely mentions the name."),
+        ("Ignore news passages; select the one that says who founded the company or where "
+         "and when the person was born.")],
        removes=["second_passage"]),
 ]
 

@@ -31,7 +31,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 from gepa_trace.lm import sim
 
@@ -41,7 +41,7 @@ _FAULT_STATUS = {"rate_limit": (429, "rate_limit_error", "rate_limit_exceeded"),
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: "_Server"
+    server: _Server
     protocol_version = "HTTP/1.1"  # keep-alive, as the OpenAI SDK's httpx client expects
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet: tests read stderr
@@ -119,7 +119,7 @@ class _Handler(BaseHTTPRequestHandler):
                            "retry-after-ms": f"{exc.retry_after_s * 1000:g}"}
             self._send_error(status, str(exc), type_, code, headers)
             return
-        except Exception as exc:  # a bug in a behaviour: answer, as a real server would
+        except Exception as exc:  # noqa: BLE001 - a bug in a behaviour: answer, as servers do
             self._send_error(500, f"simulated model failed: {type(exc).__name__}: {exc}",
                              "server_error", "internal_error")
             return
@@ -202,10 +202,10 @@ class SimServer:
         self._server.server_close()
         self._thread.join(timeout=5)
 
-    def __enter__(self) -> "SimServer":
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 

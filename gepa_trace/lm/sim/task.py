@@ -322,7 +322,7 @@ def _read_answer(rules: frozenset[str], kind: str, company: str, evidence: list[
     if born is None:
         return "unknown" if unknown_ok else _guess(company, evidence)
     passage, m = born
-    day, month, year, city, country = m.groups()
+    day, month, _year, city, country = m.groups()
     if kind == "month":
         d, mo = int(day), int(month)
         # Read month first unless told otherwise, as a US-trained reader would; a
