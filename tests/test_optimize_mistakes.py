@@ -316,10 +316,13 @@ def test_resume_runs_the_preflight_too(recorded, tmp_path):
     import json
 
     folder = _project(tmp_path, recorded)
+    stop = tmp_path / "stop"
+    stop.touch()  # the first command stops at its first safe point: a run to resume
     first = _run(folder, "--entrypoint", "app:build_agent", "--metric", "app:metric",
-                 "--store", "sqlite:///store.db", "--json")
+                 "--store", "sqlite:///store.db", "--stop-file", str(stop), "--json")
     assert first.returncode == 0, first.stderr
     run_id = json.loads(first.stdout)["run_id"]
+    stop.unlink()
     (folder / "app.py").write_text(APP.replace(METRIC, "    return 'good'\n"))
     before = _counts(folder / "store.db")
     resumed = _run(folder, "--entrypoint", "app:build_agent", "--metric", "app:metric",
