@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from datetime import datetime, timezone
@@ -182,6 +181,11 @@ def print_outcome(summary: dict[str, Any]) -> None:
               metavar="USD", help="Stop once this many dollars are spent (litellm prices).")
 @click.option("--max-time", "max_seconds", type=click.FloatRange(min=1), default=None,
               metavar="SECONDS", help="Stop after this much wall time.")
+@click.option("--held-out-share", type=click.FloatRange(min=0, max=0.9), default=0.3,
+              show_default=True,
+              help="Share of --max-llm-calls, --max-cost and --max-time the search leaves "
+                   "for the held-out test (--budget-rollouts counts the search alone); a "
+                   "test that would not fit is skipped before it spends anything.")
 @click.option("--workers", type=click.IntRange(min=1, max=64), default=4, show_default=True,
               help="Rollouts run at once (results do not depend on it).")
 @click.option("--processes", type=click.IntRange(min=1, max=64), default=1, show_default=True,
@@ -226,7 +230,7 @@ def optimize(agent: str, entrypoint: str | None, metric: str, app_dir: str | Non
              task_lm_base: str | None, judge_lm: str | None, judge_lm_base: str | None,
              rubric: str | None,
              budget_rollouts: int, max_llm_calls: int | None, max_cost: float | None,
-             max_seconds: float | None, workers: int, processes: int,
+             max_seconds: float | None, held_out_share: float, workers: int, processes: int,
              lookahead: int, seed: int,
              since: str | None, until: str | None, with_feedback: bool, sample: int | None,
              split: str | None, no_replay_cache: bool, patience: int | None,
@@ -276,7 +280,7 @@ def _optimize(agent: str | None, entrypoint: str | None, metric: str, app_dir: s
               task_lm_base: str | None, judge_lm: str | None, judge_lm_base: str | None,
               rubric: str | None,
               budget_rollouts: int, max_llm_calls: int | None, max_cost: float | None,
-              max_seconds: float | None, workers: int, processes: int,
+              max_seconds: float | None, held_out_share: float, workers: int, processes: int,
               lookahead: int, seed: int,
               since: str | None, until: str | None, with_feedback: bool,
               sample: int | None, split: str | None, no_replay_cache: bool,
@@ -309,7 +313,7 @@ def _optimize(agent: str | None, entrypoint: str | None, metric: str, app_dir: s
         task_lm_base=task_lm_base, judge_lm_base=judge_lm_base,
         reflection_lm_base=reflection_lm_base, app_dir=app_dir,
         rubric=rubric, replay_cache=not no_replay_cache, fractions=fractions,
-        processes=processes,
+        processes=processes, held_out_share=held_out_share,
         filters=ExampleFilter(since=parse_since(since), until=parse_since(until),
                               only_with_feedback=with_feedback, sample=sample))
     budget = Budget(max_rollouts=budget_rollouts, max_llm_calls=max_llm_calls,

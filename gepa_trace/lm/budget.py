@@ -171,6 +171,12 @@ class Budget:
             each.tokens = max(each.tokens, int(tokens))
             each.cost_usd = max(each.cost_usd, float(cost_usd))
 
+    def shortfall(self, rollouts: int) -> str | None:
+        """Why ``rollouts`` more rollouts (outside ``max_rollouts``), each as costly as
+        the costliest so far, would not fit now; None when they would."""
+        with self._lock:
+            return self._spend_reason_locked(starting=rollouts)
+
     def end_rollouts(self) -> None:
         """Forget rollouts started and never settled (a phase that ended with some
         abandoned), so they hold nothing in the next phase."""

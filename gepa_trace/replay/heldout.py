@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gepa_trace.errors import BudgetExhausted, GepaTraceError
+from gepa_trace.lm.budget import Budget
 from gepa_trace.optimizer.protocols import Example, Rollout, RolloutContext, Score
 from gepa_trace.optimizer.result import OptimizationResult, PhaseSpend
 from gepa_trace.prompts import PromptSet
@@ -68,19 +69,26 @@ HELD_OUT_ATTEMPTS = 3
 
 def _held_out_rollout(evaluator: Any, prompts: PromptSet, example: Example,
                       context: RolloutContext, low: float, high: float,
-                      spend: PhaseSpend, lock: threading.Lock) -> Rollout:
+                      spend: PhaseSpend, lock: threading.Lock,
+                      budget: Budget | None = None) -> Rollout:
     """A scored rollout, or the last failed one (``error`` set) after HELD_OUT_ATTEMPTS.
     Every attempt's calls, hits, tokens and dollars are added to ``spend``: a retried
     attempt was paid for too. ``BudgetExhausted`` propagates: no budget is not the
     agent's error."""
     rollout = Rollout(score=0.0)
     for _ in range(HELD_OUT_ATTEMPTS):
+        if budget is not None:  # every attempt is spend of the command (lm/budget.py)
+            budget.start_rollout(counted=False)
         try:
             rollout = evaluator.evaluate(prompts, example, context)
         except BudgetExhausted:
+            if budget is not None:
+                budget.settle_rollout(measured=False)
             raise
-        except Exception as exc:  # the evaluator's failure: an error, never a score
+        except Exception as exc:  # noqa: BLE001 - the evaluator's failure: an error, never a score
             rollout = Rollout(score=0.0, error=f"{type(exc).__name__}: {exc}")
+        if budget is not None:
+            budget.settle_rollout(rollout.llm_calls, rollout.tokens, rollout.cost_usd)
         with lock:
             spend.llm_calls_by_role["task"] = (spend.llm_calls_by_role.get("task", 0)
                                                + rollout.llm_calls)
@@ -102,8 +110,13 @@ def _held_out_rollout(evaluator: Any, prompts: PromptSet, example: Example,
 
 def evaluate_held_out(evaluator: Any, result: OptimizationResult, seed_prompts: PromptSet,
                       test: list[Example], store: Store | None, workers: int,
-                      seed: int = 0, score_range: tuple[float, float] = (0.0, 1.0)) -> HeldOut:
+                      seed: int = 0, score_range: tuple[float, float] = (0.0, 1.0),
+                      budget: Budget | None = None) -> HeldOut:
     """Score the seed and the best candidate on ``test``; store each as purpose 'test'.
+
+    With ``budget``, the test is the command's last spend: it starts only if all of
+    its rollouts fit, each as costly as the costliest rollout so far (else it is
+    ``skipped`` before anything is spent), and each attempt is charged as it ends.
 
     The metric contract is the loop's (``Score.checked`` within ``score_range``). A
     rollout with an error is retried (HELD_OUT_ATTEMPTS in all); if one still fails,
@@ -113,6 +126,12 @@ def evaluate_held_out(evaluator: Any, result: OptimizationResult, seed_prompts: 
     """
     if not test:
         return HeldOut([], [], None)
+    seed_id = next(c.id for c in result.candidates if c.origin == "seed")
+    needed = len(test) * (1 if result.best_candidate_id == seed_id else 2)
+    short = budget.shortfall(needed) if budget is not None else None
+    if short:
+        return HeldOut([], [], None, skipped=f"not run for lack of budget: its {needed} "
+                                             f"rollouts would pass it ({short})")
     started = time.monotonic()
     low, high = score_range
     seed_candidate = next(c for c in result.candidates if c.origin == "seed")
@@ -127,7 +146,7 @@ def evaluate_held_out(evaluator: Any, result: OptimizationResult, seed_prompts: 
             return None
         try:
             rollout = _held_out_rollout(evaluator, prompts, example, context, low, high,
-                                        spend, lock)
+                                        spend, lock, budget)
         except BudgetExhausted as exc:
             stop.set()
             return exc

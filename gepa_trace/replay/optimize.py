@@ -69,6 +69,9 @@ class ReplaySettings:
     fractions: SplitFractions = field(default_factory=SplitFractions)
     min_examples: int = 6
     processes: int = 1  # >1: rollouts run in that many worker processes (replay only)
+    #: share of the LLM-call, token, dollar and time limits the search leaves for the
+    #: held-out test (max_rollouts counts the search alone)
+    held_out_share: float = 0.3
 
 
 @dataclass
@@ -309,6 +312,8 @@ def optimize(agent: str, *, reflection_lm: "str | Callable[[str], str]",
             opt = Optimizer(evaluator, reflection, seed_prompts, dataset.train, dataset.val,
                             budget, store=store, agent=agent, config=config,
                             callbacks=callbacks)
+        if dataset.test and settings.held_out_share:
+            budget.hold_back(settings.held_out_share)  # kept for the held-out test
         result = opt.run()
         if opt.lock_lost:  # another run owns the agent now: no held-out, no versions
             raise LockLost(f"{opt.lock_lost} (run {result.run_id} can be resumed later "
@@ -321,10 +326,12 @@ def optimize(agent: str, *, reflection_lm: "str | Callable[[str], str]",
             held_out = HeldOut([], [], None, failed="not run: the run stopped because "
                                                     "rollouts kept failing")
         else:
+            budget.end_rollouts()  # the search's abandoned rollouts hold nothing now
+            budget.release_held_back()
             held_out = evaluate_held_out(
                 evaluator, result, opt.seed_prompts, dataset.test, store, opt.config.workers,
                 seed=opt.config.seed,
-                score_range=(opt.config.min_score, opt.config.perfect_score))
+                score_range=(opt.config.min_score, opt.config.perfect_score), budget=budget)
         # a judge metric's calls are metered by the budget, not reported by the rollouts
         judged = PhaseSpend.from_budget(dataclasses.asdict(budget.spent())).minus_budget(
             before_held_out)
@@ -372,15 +379,12 @@ def _preflight_spend(models: PhaseSpend, probe: Any, seconds: float) -> PhaseSpe
 
 
 def _with_metered(own: PhaseSpend, metered: PhaseSpend) -> PhaseSpend:
-    """The rollouts' own spend plus the calls the budget metered meanwhile (a judge's,
-    never the agent's task calls, which the rollouts report)."""
-    roles = dict(own.llm_calls_by_role)
-    for role, n in metered.llm_calls_by_role.items():
-        if role != "task":
-            roles[role] = roles.get(role, 0) + n
-    return dataclasses.replace(own, llm_calls_by_role=roles,
-                               tokens=own.tokens + metered.tokens,
-                               cost_usd=own.cost_usd + metered.cost_usd)
+    """The held-out test's spend: rollouts, cache hits and errors as its rollouts
+    reported them; calls, tokens and dollars as the budget metered them during the
+    test (each attempt is settled on the budget as it ends, a judge's calls as they are
+    made), so a judge metric's calls are in it too."""
+    return dataclasses.replace(own, llm_calls_by_role=dict(metered.llm_calls_by_role),
+                               tokens=metered.tokens, cost_usd=metered.cost_usd)
 
 
 def _command_spent(result: OptimizationResult, preflight_spend: PhaseSpend,
