@@ -66,6 +66,8 @@ class Budget:
         self._per_rollout = Spent()  # the costliest rollout's own calls, tokens, dollars
         self._measured = False  # whether any rollout has settled with what it cost
         self._settled = threading.Condition(self._lock)
+        self._calls_in_flight = 0  # metered LLM calls sent, not yet recorded
+        self._per_call = Spent()  # the costliest metered call's tokens and dollars
         self._held_back = 0.0
 
     def __repr__(self) -> str:
@@ -87,22 +89,25 @@ class Budget:
     def elapsed(self) -> float:
         return self._offset_s + time.monotonic() - self._started
 
-    def _spend_reason_locked(self, starting: int = 0) -> str | None:
-        """The first spend limit that what is spent, plus what the rollouts in flight
-        (and ``starting`` more) may still spend, reaches; None while all fit."""
-        s, each = self._spent, self._per_rollout
+    def _spend_reason_locked(self, starting: int = 0, calls_starting: int = 0) -> str | None:
+        """The first spend limit that what is spent, plus what the rollouts and metered
+        calls in flight (and ``starting`` / ``calls_starting`` more) may still spend,
+        reaches; None while all fit."""
+        s, each, call = self._spent, self._per_rollout, self._per_call
         held = self._in_flight + starting
+        calls = self._calls_in_flight + calls_starting
         share = 1.0 - self._held_back
         note = (f" (counting {held} rollout{'s' if held != 1 else ''} in flight)"
                 if held else "")
         kept = " of the search's share" if self._held_back else ""
-        for name, used, per in (("max_llm_calls", s.llm_calls, each.llm_calls),
-                                ("max_tokens", s.tokens, each.tokens),
-                                ("max_cost_usd", s.cost_usd, each.cost_usd)):
+        for name, used, per, per_call in (
+                ("max_llm_calls", s.llm_calls, each.llm_calls, 0),
+                ("max_tokens", s.tokens, each.tokens, call.tokens),
+                ("max_cost_usd", s.cost_usd, each.cost_usd, call.cost_usd)):
             limit = getattr(self, name)
             if limit is None:
                 continue
-            if used + held * per >= limit * share:
+            if used + held * per + calls * per_call >= limit * share:
                 return f"{name}={limit} reached{kept}{note}"
         if self.max_seconds is not None and self.elapsed() >= self.max_seconds * share:
             return f"max_seconds={self.max_seconds} reached{kept}"
@@ -200,17 +205,35 @@ class Budget:
         counting what the rollouts in flight may still spend)."""
         with self._lock:
             s = self._spent
-            reason = self._spend_reason_locked()
+            # with a token or dollar limit, the first call goes alone: its cost is the
+            # measure that calls sent together hold until they are recorded
+            while (self._calls_in_flight and not self._per_call.cost_usd
+                   and not self._per_call.tokens
+                   and (self.max_tokens is not None or self.max_cost_usd is not None)):
+                self._settled.wait(1.0)
+            if self.max_llm_calls is not None \
+                    and s.llm_calls >= self.max_llm_calls * (1.0 - self._held_back):
+                raise BudgetExhausted(self._spend_reason_locked()
+                                      or f"max_llm_calls={self.max_llm_calls} reached")
+            reason = self._spend_reason_locked(calls_starting=1) if (
+                self.max_tokens is not None or self.max_cost_usd is not None
+                or self.max_seconds is not None) else None
             if reason:
                 raise BudgetExhausted(reason)
             s.llm_calls += 1
             s.llm_calls_by_role[role] = s.llm_calls_by_role.get(role, 0) + 1
+            self._calls_in_flight += 1
 
     def record_llm_call(self, tokens: int = 0, cost_usd: float = 0.0) -> None:
-        """Add what a finished call cost (after ``start_llm_call``)."""
+        """Add what a finished call cost, ending its hold (after ``start_llm_call``; a
+        call that failed is recorded with nothing spent)."""
         with self._lock:
             self._spent.tokens += int(tokens)
             self._spent.cost_usd += float(cost_usd)
+            self._calls_in_flight = max(0, self._calls_in_flight - 1)
+            self._per_call.tokens = max(self._per_call.tokens, int(tokens))
+            self._per_call.cost_usd = max(self._per_call.cost_usd, float(cost_usd))
+            self._settled.notify_all()
 
     def add_spent(self, llm_calls_by_role: dict[str, int], tokens: int = 0,
                   cost_usd: float = 0.0) -> None:

@@ -323,6 +323,8 @@ class LM:
                 kind = error_kind(exc)
                 if kind not in RETRYABLE_KINDS or attempt > retries:
                     self._failed(attempt)
+                    if self.budget is not None:  # nothing spent; its hold ends
+                        self.budget.record_llm_call()
                     raise self._error(exc, attempt, kind) from exc
                 pause = backoff_s(attempt, self.backoff_s, self.backoff_max_s,
                                   retry_after_s(exc), self._jitter)
