@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import click
 
 from gepa_trace.cli.common import (
-    handles_errors, json_option, parse_since, print_json, progress, store_option)
+    handles_errors,
+    json_option,
+    parse_since,
+    print_json,
+    progress,
+    store_option,
+)
 
 
 class ProgressDisplay:
@@ -78,7 +84,7 @@ class ProgressDisplay:
 def _when(epoch_s: float | None) -> str:
     if epoch_s is None:
         return "-"
-    return datetime.fromtimestamp(epoch_s, tz=timezone.utc).strftime("%Y-%m-%d %H:%M")
+    return datetime.fromtimestamp(epoch_s, tz=UTC).strftime("%Y-%m-%d %H:%M")
 
 
 def _score(value: float | None) -> str:
@@ -293,7 +299,8 @@ def _optimize(agent: str | None, entrypoint: str | None, metric: str, app_dir: s
     command = recorded(dict(locals()))  # first, while locals() holds only the options
     from gepa_trace.lm.budget import Budget
     from gepa_trace.optimizer import OptimizerConfig
-    from gepa_trace.replay import ReplaySettings, optimize as run_optimize
+    from gepa_trace.replay import ReplaySettings
+    from gepa_trace.replay import optimize as run_optimize
     from gepa_trace.replay.dataset import ExampleFilter, SplitFractions
 
     for name, value in (("--agent", agent), ("--reflection-lm", reflection_lm)):
@@ -324,9 +331,8 @@ def _optimize(agent: str | None, entrypoint: str | None, metric: str, app_dir: s
     display = ProgressDisplay(budget_rollouts)
     progress(f"optimizing {agent} (budget {budget!r}, {workers} workers"
              + (f" in {processes} processes)" if processes > 1 else ")"))
-    from gepa_trace.store.engine import forget_store, resolve_url
-
     from gepa_trace.errors import RolloutsFailed
+    from gepa_trace.store.engine import forget_store, resolve_url
 
     try:
         outcome = run_optimize(agent, reflection_lm=reflection_lm, entrypoint=entrypoint,

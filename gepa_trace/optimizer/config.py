@@ -7,8 +7,9 @@ run continues with the settings it started with.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Mapping
+from typing import Any
 
 from gepa_trace.errors import ConfigError
 
@@ -121,7 +122,7 @@ class OptimizerConfig:
     val_start: int | None = None
     command: Mapping[str, Any] | None = None
 
-    def validate(self) -> "OptimizerConfig":
+    def validate(self) -> OptimizerConfig:
         """Return self, or raise ConfigError naming the first invalid field."""
         def bad(name: str, why: str) -> ConfigError:
             return ConfigError(f"OptimizerConfig.{name} {why}")
@@ -196,7 +197,7 @@ class OptimizerConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "OptimizerConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> OptimizerConfig:
         """The config stored with a run; unknown keys (from a newer version) are ignored."""
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}

@@ -62,7 +62,7 @@ class Totals:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Totals":
+    def from_dict(cls, data: dict[str, Any]) -> Totals:
         known = cls.__dataclass_fields__
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -95,7 +95,7 @@ class PhaseSpend:
     def llm_calls(self) -> int:
         return sum(self.llm_calls_by_role.values())
 
-    def __add__(self, other: "PhaseSpend") -> "PhaseSpend":
+    def __add__(self, other: PhaseSpend) -> PhaseSpend:
         roles = dict(self.llm_calls_by_role)
         for role, n in other.llm_calls_by_role.items():
             roles[role] = roles.get(role, 0) + n
@@ -114,7 +114,7 @@ class PhaseSpend:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> "PhaseSpend":
+    def from_dict(cls, data: dict[str, Any] | None) -> PhaseSpend:
         data = data or {}
         return cls(int(data.get("rollouts", 0)),
                    {r: int(n) for r, n in (data.get("llm_calls_by_role") or {}).items()},
@@ -123,14 +123,14 @@ class PhaseSpend:
                    int(data.get("errors", 0)))
 
     @classmethod
-    def from_budget(cls, spent: dict[str, Any] | None) -> "PhaseSpend":
+    def from_budget(cls, spent: dict[str, Any] | None) -> PhaseSpend:
         """What a budget snapshot (``Totals.budget``, or ``Spent`` as a dict) metered."""
         spent = spent or {}
         return cls(0, {r: int(n) for r, n in (spent.get("llm_calls_by_role") or {}).items()},
                    0, int(spent.get("tokens", 0)), float(spent.get("cost_usd", 0.0)),
                    float(spent.get("seconds", 0.0)))
 
-    def minus_budget(self, other: "PhaseSpend") -> "PhaseSpend":
+    def minus_budget(self, other: PhaseSpend) -> PhaseSpend:
         """This budget figure less ``other``'s calls, tokens and dollars (never below 0)."""
         roles = {r: max(0, n - other.llm_calls_by_role.get(r, 0))
                  for r, n in self.llm_calls_by_role.items()}
@@ -139,7 +139,7 @@ class PhaseSpend:
                           max(0.0, self.cost_usd - other.cost_usd), self.seconds, self.errors)
 
 
-def search_spend(totals: "Totals", charged_before: PhaseSpend) -> PhaseSpend:
+def search_spend(totals: Totals, charged_before: PhaseSpend) -> PhaseSpend:
     """The loop's spend from its ``Totals``: rollouts, task calls, cache hits and errors
     as the rollouts reported them; reflection and judge calls, tokens and dollars from
     the budget's snapshot, less ``charged_before`` (what the preflight had charged to
@@ -207,8 +207,8 @@ def _phase_line(spend: dict[str, Any]) -> str:
 def spend_lines(spent: dict[str, Any]) -> list[str]:
     """``run_spend``'s block as text: the whole command first, then each phase."""
     if not spent.get("complete"):
-        return [f"search only: {_phase_line(spent['all'])} (per-phase totals are stored "
-                "when the command finishes)"]
+        return [(f"search only: {_phase_line(spent['all'])} (per-phase totals are stored "
+                 "when the command finishes)")]
     return [f"all: {_phase_line(spent['all'])}"] + [
         f"  {name.replace('_', '-')}: {_phase_line(spent['phases'][name])}"
         for name in PHASES if name in spent["phases"]]

@@ -165,7 +165,8 @@ def evaluate_held_out(evaluator: Any, result: OptimizationResult, seed_prompts: 
                 continue
             context = preflight.rollout_context(result.run_id, candidate_id, "test",
                                                 score_range)
-            outcomes = list(pool.map(lambda e: one(prompts, e, context), test))
+            outcomes = list(pool.map(  # used up before the loop moves on
+                lambda e, p=prompts, c=context: one(p, e, c), test))
             done = [o for o in outcomes if isinstance(o, Rollout)]
             spend.rollouts += len(done)
             spend.errors += sum(1 for r in done if r.error)
@@ -179,11 +180,12 @@ def evaluate_held_out(evaluator: Any, result: OptimizationResult, seed_prompts: 
             if spent is not None:
                 return ended(skipped=f"the budget was spent ({spent})")
             scores[candidate_id] = [r.score for r in done]
-            rows += [dict(run_id=result.run_id, candidate_id=candidate_id, example_id=e.id,
-                          purpose="test", score=r.score, feedback=r.feedback,
-                          trace_id=r.trace_id, error=r.error, llm_calls=r.llm_calls,
-                          cache_hits=r.cache_hits, tokens=r.tokens, cost_usd=r.cost_usd,
-                          created_at=time.time()) for e, r in zip(test, done)]
+            rows += [{"run_id": result.run_id, "candidate_id": candidate_id,
+                      "example_id": e.id, "purpose": "test", "score": r.score,
+                      "feedback": r.feedback, "trace_id": r.trace_id, "error": r.error,
+                      "llm_calls": r.llm_calls, "cache_hits": r.cache_hits,
+                      "tokens": r.tokens, "cost_usd": r.cost_usd, "created_at": time.time()}
+                     for e, r in zip(test, done)]
     if store is not None:
         with store.write() as conn:
             conn.execute(EvaluationRow.__table__.insert(), rows)

@@ -22,21 +22,20 @@ import dataclasses
 import inspect
 import logging
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from gepa_trace.errors import ConfigError, LockLost, RolloutsFailed
 from gepa_trace.lm.budget import Budget
 from gepa_trace.optimizer import Optimizer, OptimizerConfig
-from gepa_trace.optimizer.result import (
-    OptimizationResult, PhaseSpend, command_spend, search_spend)
+from gepa_trace.optimizer.result import OptimizationResult, PhaseSpend, command_spend, search_spend
 from gepa_trace.prompts import PromptSet
 from gepa_trace.prompts.registry import current_prompts, record_versions
+from gepa_trace.replay import preflight
 from gepa_trace.replay.cache import ReplayCache
 from gepa_trace.replay.dataset import Dataset, ExampleFilter, SplitFractions, load_examples
-from gepa_trace.replay import preflight
-from gepa_trace.replay.heldout import (
-    HeldOut, evaluate_held_out, save_run_totals, stored_totals)
+from gepa_trace.replay.heldout import HeldOut, evaluate_held_out, save_run_totals, stored_totals
 from gepa_trace.replay.metrics import CheckedMetric, resolve_metric
 from gepa_trace.store import Store, open_store
 
@@ -55,8 +54,8 @@ class ReplaySettings:
     when it takes that keyword.
     """
 
-    entrypoint: "str | Callable[[PromptSet], Any] | None" = None
-    metric: "str | Callable" = "feedback"
+    entrypoint: str | Callable[[PromptSet], Any] | None = None
+    metric: str | Callable = "feedback"
     task_lm: str | None = None
     judge_lm: str | None = None
     task_lm_base: str | None = None
@@ -110,7 +109,7 @@ class OptimizeOutcome:
         return out
 
 
-def _as_lm(model: "str | Callable[[str], str] | None", budget: Budget, role: str,
+def _as_lm(model: str | Callable[[str], str] | None, budget: Budget, role: str,
            api_base: str | None = None):
     if model is None or callable(model):
         return model
@@ -119,7 +118,7 @@ def _as_lm(model: "str | Callable[[str], str] | None", budget: Budget, role: str
     return LM(model, budget=budget, role=role, api_base=api_base)
 
 
-def load_entrypoint(entrypoint: "str | Callable | None",
+def load_entrypoint(entrypoint: str | Callable | None,
                     app_dir: str | None = None) -> Callable | None:
     """The ``build_agent`` function, loaded before anything is spent (``PreflightFailed``
     when it cannot be imported; ``app_dir``, default the working directory, first)."""
@@ -153,7 +152,7 @@ def _instrumentation(store: Store, agent: str):
     return instrument(store=store, service_name=agent), True
 
 
-def _model(model: "str | Callable[[str], str] | None", budget: Budget, role: str,
+def _model(model: str | Callable[[str], str] | None, budget: Budget, role: str,
            api_base: str | None) -> Any:
     """``_as_lm``, with a model litellm or the simulator rejects by name (an unknown
     ``gepa-sim/...`` model) reported as a preflight failure."""
@@ -163,7 +162,7 @@ def _model(model: "str | Callable[[str], str] | None", budget: Budget, role: str
         raise preflight.failed(f"the {role} LM {model!r}: {exc}") from exc
 
 
-def checked_metric(spec: "str | Callable", judge: Any, rubric: str | None,
+def checked_metric(spec: str | Callable, judge: Any, rubric: str | None,
                    app_dir: str | None, score_range: tuple[float, float]) -> Callable:
     """The metric (imported from ``app_dir`` first), checked against its contract on
     every call; this process and worker processes build it the same way."""
@@ -186,9 +185,9 @@ def _settings(settings: ReplaySettings | None, entrypoint: Any, metric: Any,
     return settings
 
 
-def optimize(agent: str, *, reflection_lm: "str | Callable[[str], str]",
-             entrypoint: "str | Callable | None" = None, metric: "str | Callable" = "feedback",
-             budget: Budget | None = None, store: "str | Store | None" = None,
+def optimize(agent: str, *, reflection_lm: str | Callable[[str], str],
+             entrypoint: str | Callable | None = None, metric: str | Callable = "feedback",
+             budget: Budget | None = None, store: str | Store | None = None,
              seed_prompts: PromptSet | None = None, settings: ReplaySettings | None = None,
              config: OptimizerConfig | None = None, resume: str | None = None,
              warm_start: bool = False, callbacks: Iterable[object] = (),

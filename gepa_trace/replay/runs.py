@@ -9,8 +9,7 @@ from sqlalchemy import select
 
 from gepa_trace.errors import NotFoundError
 from gepa_trace.optimizer.result import run_spend
-from gepa_trace.store import (
-    CandidateRow, OptimizationRunRow, RunEventRow, Store, open_store)
+from gepa_trace.store import CandidateRow, OptimizationRunRow, RunEventRow, Store, open_store
 
 _RUNS = OptimizationRunRow.__table__
 _CANDIDATES = CandidateRow.__table__
@@ -28,7 +27,7 @@ def _run_dict(row: Any) -> dict[str, Any]:
             "warm_start_from": row.warm_start_from}
 
 
-def list_runs(store: "str | Store | None", *, agent: str | None = None,
+def list_runs(store: str | Store | None, *, agent: str | None = None,
               limit: int = 20) -> list[dict[str, Any]]:
     query = select(_RUNS).order_by(_RUNS.c.started_at.desc()).limit(limit)
     if agent:
@@ -37,7 +36,7 @@ def list_runs(store: "str | Store | None", *, agent: str | None = None,
         return [_run_dict(r) for r in conn.execute(query)]
 
 
-def describe_run(store: "str | Store | None", run_id: str) -> dict[str, Any]:
+def describe_run(store: str | Store | None, run_id: str) -> dict[str, Any]:
     """A run with its best candidate, latest front per component, every diagnosis, its
     stored ``totals`` and ``spent`` (``run_spend``: by phase and in all)."""
     store = open_store(store)

@@ -19,7 +19,7 @@ from gepa_trace.report.html import SECTIONS, render_page
 from gepa_trace.store.engine import Store, open_store
 
 
-def render_report(store: "Store | str | None", run_id: str, *, confidence: float = 0.95) -> str:
+def render_report(store: Store | str | None, run_id: str, *, confidence: float = 0.95) -> str:
     """The report of run ``run_id`` as an HTML string.
 
     ``store`` is a Store or a store URL. Raises ``NotFoundError`` for an unknown run.
@@ -28,7 +28,7 @@ def render_report(store: "Store | str | None", run_id: str, *, confidence: float
     return render_page(load_report_data(open_store(store), run_id, confidence=confidence))
 
 
-def write_report(store: "Store | str | None", run_id: str, path: "str | os.PathLike",
+def write_report(store: Store | str | None, run_id: str, path: str | os.PathLike,
                  *, confidence: float = 0.95) -> Path:
     """Write the report of run ``run_id`` to ``path`` (atomically: a reader never sees a
     half-written file) and return the path. Parent directories are created."""
@@ -45,4 +45,4 @@ def write_report(store: "Store | str | None", run_id: str, path: "str | os.PathL
     return target
 
 
-__all__ = ["render_report", "write_report", "load_report_data", "ReportData", "SECTIONS"]
+__all__ = ["SECTIONS", "ReportData", "load_report_data", "render_report", "write_report"]

@@ -172,7 +172,8 @@ def open_page(html_path: str | os.PathLike, screenshot: str | os.PathLike | None
         [binary, *_FLAGS, f"--user-data-dir={profile}", f"--window-size={width},900",
          "about:blank"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        preexec_fn=wire_fds, pass_fds=(3, 4), close_fds=True)
+        # Chrome's debugging pipe wants fds 3 and 4 in the child, moved there before exec
+        preexec_fn=wire_fds, pass_fds=(3, 4), close_fds=True)  # noqa: PLW1509
     os.close(to_chrome_r)
     os.close(from_chrome_w)
     pipe = _Pipe(proc, to_chrome_w, from_chrome_r)

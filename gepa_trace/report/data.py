@@ -149,7 +149,7 @@ def _models_in(value: Any) -> list[str]:
     out = []
     if isinstance(value, dict):
         for key, item in value.items():
-            if isinstance(item, str) and (key.endswith("lm") or key.endswith("model")):
+            if isinstance(item, str) and key.endswith(("lm", "model")):
                 out.append(item)
             else:
                 out.extend(_models_in(item))

@@ -7,7 +7,7 @@ with ``esc`` before it is placed, since prompts and diagnoses contain ``<``, ``>
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from gepa_trace.optimizer.state import UNJUDGED
@@ -123,7 +123,7 @@ footer { color:var(--muted); font-size:12px; text-align:center; padding:0 0 24px
 def _when(epoch_s: float | None) -> str:
     if epoch_s is None:
         return "—"
-    return datetime.fromtimestamp(epoch_s, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return datetime.fromtimestamp(epoch_s, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _duration(seconds: float | None) -> str:
@@ -132,7 +132,7 @@ def _duration(seconds: float | None) -> str:
     seconds = float(seconds)
     if seconds < 90:
         return f"{seconds:.1f} s"
-    minutes, sec = divmod(int(round(seconds)), 60)
+    minutes, sec = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {sec:02d} s"
 
@@ -332,8 +332,8 @@ def _diagnoses_section(d: ReportData) -> str:
         parts = [f'<span class="badge {esc(status)}">{esc(status)}</span>',
                  f"<b>iteration {c.iteration}</b>",
                  f'<span class="mono">{esc(c.component or c.origin)}</span>',
-                 f'<span class="muted">#{c.id} ({esc(c.origin)}) from '
-                 f'{esc(", ".join(f"#{p}" for p in c.parents))}</span>']
+                 (f'<span class="muted">#{c.id} ({esc(c.origin)}) from '
+                  f'{esc(", ".join(f"#{p}" for p in c.parents))}</span>')]
         if sums:
             parts.append(f"<span>{esc(sums)}</span>")
         if c.val_score is not None:

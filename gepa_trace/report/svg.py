@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 ORIGIN_CLASS = {"seed": "o-seed", "reflection": "o-refl", "merge": "o-merge",
                 "warm_start": "o-warm"}
