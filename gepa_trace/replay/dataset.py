@@ -79,13 +79,23 @@ class Dataset:
     val: list[Example] = field(default_factory=list)
     test: list[Example] = field(default_factory=list)
     skipped_without_signal: int = 0
+    skipped_not_replayable: int = 0  # log-only replay: no recorded call re-renders
+
+    def keep(self, usable: Any) -> None:
+        """Keep only the examples ``usable(example)`` accepts, counting the others."""
+        before = len(self.all())
+        self.train = [e for e in self.train if usable(e)]
+        self.val = [e for e in self.val if usable(e)]
+        self.test = [e for e in self.test if usable(e)]
+        self.skipped_not_replayable += before - len(self.all())
 
     def all(self) -> list[Example]:
         return self.train + self.val + self.test
 
     def summary(self) -> dict[str, int]:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test),
-                "skipped_without_signal": self.skipped_without_signal}
+                "skipped_without_signal": self.skipped_without_signal,
+                "skipped_not_replayable": self.skipped_not_replayable}
 
 
 def unit_hash(text: str, salt: str = "split") -> float:

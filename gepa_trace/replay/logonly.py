@@ -122,6 +122,11 @@ class LogOnlyReplay:
             self._memo[key] = (output, verdict, calls)
         return output, verdict, calls, render_messages(messages)
 
+    def can_replay(self, example: Example) -> bool:
+        """Whether a recorded call of this run can be re-rendered (its template
+        variables were recorded); one that cannot is no example for log-only replay."""
+        return bool(self.calls.get(example.trace_id or example.id))
+
     def evaluate(self, prompts: PromptSet, example: Example,
                  context: RolloutContext) -> Rollout:
         calls = [c for c in self.calls.get(example.trace_id or example.id, [])

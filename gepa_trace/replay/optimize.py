@@ -266,6 +266,13 @@ def optimize(agent: str, *, reflection_lm: str | Callable[[str], str],
 
             evaluator = log_only_evaluator(store, agent, dataset.all(), judge, budget,
                                            settings)
+            # a run none of whose calls re-renders is no example (never a score of 0)
+            dataset.keep(evaluator.can_replay)
+            if not dataset.val:
+                raise ConfigError(
+                    f"log-only replay: no recorded call of {agent!r} can be re-rendered "
+                    f"({dataset.skipped_not_replayable} runs lack their template "
+                    "variables); record with gepa_trace.instrument(), or give --entrypoint")
         elif in_processes:
             from gepa_trace.replay.workers import process_evaluator
 
