@@ -68,3 +68,33 @@ def test_a_generous_limit_leaves_room_for_a_real_held_out_test(recorded):
     summary = _optimize(recorded, REPLAY, ["--max-llm-calls", "2000"])
     assert summary["held_out"]["gate"] is not None, summary["held_out"]
     assert summary["spent"]["all"]["llm_calls"] <= 2000
+
+
+def test_log_only_replay_skips_runs_it_cannot_re_render_instead_of_scoring_them(tmp_path):
+    """A run recorded without its template variables (a foreign instrumentation, say)
+    is no example for log-only replay: counted as skipped, never evaluated as a 0."""
+    import sqlalchemy as sa
+
+    from gepa_trace.demo.traffic import run_traffic
+    from gepa_trace.store import forget_store, open_store
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    run_traffic(40, store=url, seed=5, feedback_rate=0.8)
+    inst = active_instrumentation()
+    if inst is not None:
+        inst.shutdown()
+    with open_store(url).write() as conn:
+        traces = [r[0] for r in conn.execute(sa.text(
+            "SELECT DISTINCT trace_id FROM spans ORDER BY trace_id LIMIT 12"))]
+        for trace in traces:
+            conn.execute(sa.text(
+                "UPDATE spans SET attributes = json_remove(attributes, "
+                "'$.\"gepa.prompt.variables\"') WHERE trace_id = :t"), {"t": trace})
+    forget_store(url)
+    summary = _optimize(url, LOG_ONLY, ["--budget-rollouts", "60"])
+    assert summary["examples"]["skipped_not_replayable"] > 0, summary["examples"]
+    with open_store(url).read() as conn:  # an example's id is its run's trace id
+        evaluated = {r[0] for r in conn.execute(sa.text(
+            "SELECT DISTINCT example_id FROM evaluations WHERE run_id = :id"),
+            {"id": summary["run_id"]})}
+    assert evaluated and not evaluated & set(traces)
