@@ -96,9 +96,10 @@ class ComponentRecord:
 class Rollout:
     """The result of running one candidate on one example.
 
-    ``tokens`` and ``cost_usd`` are what the rollout's own LLM calls cost when they were
-    not made through an LM that meters the run's budget itself; the engine charges
-    them to the budget (so dollar limits cover the agent's calls too).
+    ``llm_calls``, ``tokens`` and ``cost_usd`` are what the rollout's own LLM calls
+    made and cost; the engine charges them to the budget as the rollout ends (so call
+    and dollar limits cover the agent's calls too), unless ``metered``: they went
+    through an LM that meters the run's budget itself, which counted them already.
 
     ``error`` set means the rollout failed: ``score`` and ``feedback`` then mean nothing
     and the optimizer reads neither. ``permanent``: a retry would fail the same way
@@ -118,6 +119,7 @@ class Rollout:
     cost_usd: float = 0.0
     permanent: bool = False
     attempts: int = 1
+    metered: bool = False
 
 
 @dataclass(frozen=True)

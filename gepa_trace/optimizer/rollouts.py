@@ -110,6 +110,17 @@ def run_one(evaluator: Evaluator, prompts: PromptSet, example: Example,
     return rollout
 
 
+def settle(budget: Budget, outcome: Rollout | _Exhausted | None) -> None:
+    """End a started rollout's hold on ``budget``, charging what its own calls spent
+    (failed attempts included) unless an LM that meters the budget counted them."""
+    if not isinstance(outcome, Rollout):
+        budget.settle_rollout(measured=False)
+    elif outcome.metered:
+        budget.settle_rollout()
+    else:
+        budget.settle_rollout(outcome.llm_calls, outcome.tokens, outcome.cost_usd)
+
+
 def run_with_retries(evaluator: Evaluator, prompts: PromptSet, example: Example,
                      context: RolloutContext, retries: int,
                      score_range: tuple[float, float]) -> Rollout | _Exhausted:
@@ -200,13 +211,7 @@ class BatchEvaluator:
             outcome = run_with_retries(self.evaluator, prompts, self.examples[example_id],
                                        context, self.retries, self.score_range)
         finally:
-            # what the rollout's own calls cost, failed attempts included, as it ends:
-            # it stops holding budget (see lm/budget.py) and counts as spent
-            if isinstance(outcome, Rollout):
-                self.budget.settle_rollout(outcome.llm_calls, outcome.tokens,
-                                           outcome.cost_usd)
-            else:
-                self.budget.settle_rollout(measured=False)
+            settle(self.budget, outcome)  # as it ends: see lm/budget.py
         if not isinstance(outcome, _Exhausted) and not outcome.error:
             try:
                 self.on_stored(candidate, example_id, context.purpose, outcome)

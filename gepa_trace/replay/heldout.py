@@ -12,7 +12,6 @@ of a run's numbers reads.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import threading
 import time
@@ -20,13 +19,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from gepa_trace.errors import BudgetExhausted, GepaTraceError
+from gepa_trace.errors import BudgetExhausted
 from gepa_trace.lm.budget import Budget
-from gepa_trace.optimizer.protocols import Example, Rollout, RolloutContext, Score
+from gepa_trace.optimizer.protocols import Example, Rollout, RolloutContext
 from gepa_trace.optimizer.result import OptimizationResult, PhaseSpend
+from gepa_trace.optimizer.rollouts import run_with_retries, settle
 from gepa_trace.prompts import PromptSet
 from gepa_trace.prompts.gate import GateResult, paired_bootstrap
-from gepa_trace.replay import preflight
 from gepa_trace.store import EvaluationRow, OptimizationRunRow, Store
 
 
@@ -71,41 +70,28 @@ def _held_out_rollout(evaluator: Any, prompts: PromptSet, example: Example,
                       context: RolloutContext, low: float, high: float,
                       spend: PhaseSpend, lock: threading.Lock,
                       budget: Budget | None = None) -> Rollout:
-    """A scored rollout, or the last failed one (``error`` set) after HELD_OUT_ATTEMPTS.
-    Every attempt's calls, hits, tokens and dollars are added to ``spend``: a retried
-    attempt was paid for too. ``BudgetExhausted`` propagates: no budget is not the
-    agent's error."""
-    rollout = Rollout(score=0.0)
-    for _ in range(HELD_OUT_ATTEMPTS):
-        if budget is not None:  # every attempt is spend of the command (lm/budget.py)
-            budget.start_rollout(counted=False)
-        try:
-            rollout = evaluator.evaluate(prompts, example, context)
-        except BudgetExhausted:
-            if budget is not None:
-                budget.settle_rollout(measured=False)
-            raise
-        except Exception as exc:  # noqa: BLE001 - the evaluator's failure: an error, never a score
-            rollout = Rollout(score=0.0, error=f"{type(exc).__name__}: {exc}")
+    """A scored rollout, or the failed one (``error`` set) after HELD_OUT_ATTEMPTS, by
+    the loop's retry policy (``run_with_retries``). What every attempt cost is added to
+    ``spend`` and settled on ``budget``: a retried attempt was paid for too.
+    ``BudgetExhausted`` propagates: no budget is not the agent's error."""
+    if budget is not None:  # the command's last spend (lm/budget.py)
+        budget.start_rollout(counted=False)
+    outcome = None
+    try:
+        outcome = run_with_retries(evaluator, prompts, example, context,
+                                   HELD_OUT_ATTEMPTS - 1, (low, high))
+    finally:
         if budget is not None:
-            budget.settle_rollout(rollout.llm_calls, rollout.tokens, rollout.cost_usd)
-        with lock:
-            spend.llm_calls_by_role["task"] = (spend.llm_calls_by_role.get("task", 0)
-                                               + rollout.llm_calls)
-            spend.replay_cache_hits += rollout.cache_hits
-            spend.tokens += rollout.tokens
-            spend.cost_usd += rollout.cost_usd
-        if rollout.error and rollout.error.startswith("BudgetExhausted"):
-            raise BudgetExhausted(rollout.error)  # an agent's LM refused by the budget
-        if not rollout.error:
-            try:
-                Score.checked(rollout.score, low, high)
-                return rollout
-            except GepaTraceError as exc:  # the metric contract, as in the loop
-                return dataclasses.replace(rollout, error=str(exc))  # the same every time
-        if getattr(rollout, "permanent", False):  # auth, not found: a retry cannot help
-            return rollout
-    return rollout
+            settle(budget, outcome)
+    if not isinstance(outcome, Rollout):
+        raise BudgetExhausted(outcome.reason)
+    with lock:
+        spend.llm_calls_by_role["task"] = (spend.llm_calls_by_role.get("task", 0)
+                                           + outcome.llm_calls)
+        spend.replay_cache_hits += outcome.cache_hits
+        spend.tokens += outcome.tokens
+        spend.cost_usd += outcome.cost_usd
+    return outcome
 
 
 def evaluate_held_out(evaluator: Any, result: OptimizationResult, seed_prompts: PromptSet,
@@ -163,8 +149,7 @@ def evaluate_held_out(evaluator: Any, result: OptimizationResult, seed_prompts: 
         for candidate_id, prompts in jobs:
             if candidate_id in scores:
                 continue
-            context = preflight.rollout_context(result.run_id, candidate_id, "test",
-                                                score_range)
+            context = RolloutContext(result.run_id, candidate_id, "test", score_range)
             outcomes = list(pool.map(  # used up before the loop moves on
                 lambda e, p=prompts, c=context: one(p, e, c), test))
             done = [o for o in outcomes if isinstance(o, Rollout)]

@@ -95,7 +95,8 @@ class LogOnlyReplay:
 
     def _judged(self, call: RecordedCall, prompts: PromptSet,
                 example: Example) -> tuple[str, Score, int, str]:
-        """(output, judgement, LLM calls made, rendered input) of one recorded call."""
+        """(output, judgement, task-model calls made, rendered input) of one recorded
+        call (the judge's calls are the metric's: its LM counts them as role judge)."""
         version = prompts.versions()[call.component]
         key = (call.span_id, version)
         if version == call.version:
@@ -117,7 +118,6 @@ class LogOnlyReplay:
                                  expected=example.expected, output=call.output,
                                  feedback=example.feedback)
         verdict = self.judge(judged_example, output)
-        calls += 1
         with self._lock:
             self._memo[key] = (output, verdict, calls)
         return output, verdict, calls, render_messages(messages)
@@ -153,7 +153,7 @@ class LogOnlyReplay:
                 extra={"judge": verdict.feedback, "judge_score": verdict.score,
                        "recorded_output": call.output}))
         return Rollout(score=sum(scores) / len(scores), feedback="; ".join(reasons),
-                       output=None, records=records, llm_calls=llm_calls)
+                       output=None, records=records, llm_calls=llm_calls, metered=True)
 
 
 def log_only_evaluator(store: Store, agent: str, examples: list[Example], judge: Any,
