@@ -97,8 +97,6 @@ class Budget:
         held = self._in_flight + starting
         calls = self._calls_in_flight + calls_starting
         share = 1.0 - self._held_back
-        note = (f" (counting {held} rollout{'s' if held != 1 else ''} in flight)"
-                if held else "")
         kept = " of the search's share" if self._held_back else ""
         for name, used, per, per_call in (
                 ("max_llm_calls", s.llm_calls, each.llm_calls, 0),
@@ -108,6 +106,8 @@ class Budget:
             if limit is None:
                 continue
             if used + held * per + calls * per_call >= limit * share:
+                note = (f" (counting {held} rollout{'s' if held != 1 else ''} in flight)"
+                        if held else "")
                 return f"{name}={limit} reached{kept}{note}"
         if self.max_seconds is not None and self.elapsed() >= self.max_seconds * share:
             return f"max_seconds={self.max_seconds} reached{kept}"
@@ -211,13 +211,7 @@ class Budget:
                    and not self._per_call.tokens
                    and (self.max_tokens is not None or self.max_cost_usd is not None)):
                 self._settled.wait(1.0)
-            if self.max_llm_calls is not None \
-                    and s.llm_calls >= self.max_llm_calls * (1.0 - self._held_back):
-                raise BudgetExhausted(self._spend_reason_locked()
-                                      or f"max_llm_calls={self.max_llm_calls} reached")
-            reason = self._spend_reason_locked(calls_starting=1) if (
-                self.max_tokens is not None or self.max_cost_usd is not None
-                or self.max_seconds is not None) else None
+            reason = self._spend_reason_locked(calls_starting=1)
             if reason:
                 raise BudgetExhausted(reason)
             s.llm_calls += 1
