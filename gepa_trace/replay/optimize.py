@@ -324,9 +324,7 @@ def optimize(agent: str, *, reflection_lm: str | Callable[[str], str],
         if opt.lock_lost:  # another run owns the agent now: no held-out, no versions
             raise LockLost(f"{opt.lock_lost} (run {result.run_id} can be resumed later "
                            "with --resume)")
-        # The engine stops a run whose rollouts keep failing (after their retries) and
-        # says why; before that change lands, the attribute is absent.
-        failed_with = getattr(result, "failed_with", None)
+        failed_with = result.failed_with  # rollouts kept failing: the engine stopped
         before_held_out = PhaseSpend.from_budget(dataclasses.asdict(budget.spent()))
         if failed_with:
             held_out = HeldOut([], [], None, failed="not run: the run stopped because "

@@ -26,7 +26,6 @@ and the optimizer never sees it. Its spans are recorded like any rollout's, tagg
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import os
 import sys
@@ -126,7 +125,7 @@ def check_rollout(evaluator: Any, prompts: PromptSet, example: Example, *,
                   low: float, high: float) -> Rollout:
     """One rollout of ``prompts`` on ``example``; its error, or a score outside the
     metric contract, is a ``PreflightFailed``. The rollout is returned, never stored."""
-    context = rollout_context(PREFLIGHT_RUN_ID, 0, "preflight", (low, high))
+    context = RolloutContext(PREFLIGHT_RUN_ID, 0, "preflight", (low, high))
     try:
         rollout = evaluator.evaluate(prompts, example, context)
     except GepaTraceError as exc:  # e.g. the budget is already spent
@@ -144,29 +143,17 @@ def check_rollout(evaluator: Any, prompts: PromptSet, example: Example, *,
 
 
 def _rollout_error(error: str, example: Example) -> str:
-    """The evaluator's error string, as the cause a user acts on. Both AgentReplay's
-    wordings are read: "metric failed: ..." and "the agent raised ..." / "the metric
-    raised ..." / "...MetricContractError: ..."."""
+    """The evaluator's error string ("the agent raised ...", "the metric raised ...",
+    "...MetricContractError: ..."), as the cause a user acts on."""
     contract = "MetricContractError: "
     if contract in error:
         detail = error[error.index(contract) + len(contract):]
         return f"the metric breaks its contract on example {example.id}: {detail}"
-    for prefix in ("metric failed: ", "the metric raised "):
-        if error.startswith(prefix):
-            return f"the metric raised on example {example.id}: {error[len(prefix):]}"
+    prefix = "the metric raised "
+    if error.startswith(prefix):
+        return f"the metric raised on example {example.id}: {error[len(prefix):]}"
     detail = error.removeprefix("the agent raised ")
     return f"the agent raised on example {example.id}: {detail}"
-
-
-def rollout_context(run_id: str, candidate_id: int, purpose: str,
-                    score_range: tuple[float, float]) -> RolloutContext:
-    """A RolloutContext carrying the run's score range where the context has that field
-    (the engine that checks the metric contract in the evaluator gives it one)."""
-    fields = {f.name for f in dataclasses.fields(RolloutContext)}
-    if "score_range" in fields:
-        return RolloutContext(run_id, candidate_id, purpose,  # type: ignore[call-arg]
-                              score_range=score_range)
-    return RolloutContext(run_id, candidate_id, purpose)
 
 
 def _shown(value: Any) -> str:
