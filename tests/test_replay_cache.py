@@ -169,3 +169,17 @@ def test_replay_cache_loads_only_the_traces_of_the_examples_in_use(store_url):
     assert len(ReplayCache.from_store(store, "qa", trace_ids=wanted)) == 2
     assert len(ReplayCache.from_store(store, "qa", trace_ids=[])) == 0
     assert len(ReplayCache.from_store(store, "qa")) >= 5
+
+
+def test_an_empty_replay_cache_learns_the_calls_of_its_rollouts():
+    """A run on a store with no recorded call of a prompt starts with an empty cache;
+    what its rollouts send is answered from it the next time."""
+    model = CountingModel(responses=["first", "second"])
+    cache = ReplayCache()
+    request = [SystemMessage("S"), HumanMessage("U")]
+    CountingModel.calls = 0
+    with cache.serving():
+        assert model.invoke(request).content == "first"
+    with cache.serving():
+        assert model.invoke(request).content == "first"
+    assert CountingModel.calls == 1 and cache.hit_count() == 1

@@ -301,7 +301,8 @@ class _RunScoped(BaseCache):
         self.previous = previous
 
     def _target(self) -> BaseCache | None:
-        return _serving.get() or self.previous
+        serving = _serving.get()  # not `or`: an empty ReplayCache is falsy (__len__)
+        return serving if serving is not None else self.previous
 
     def lookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
         target = self._target()
