@@ -131,7 +131,7 @@ def test_record_feedback_defaults_to_the_configured_store(sqlite_url, monkeypatc
     import gepa_trace as gt
 
     gt.record_feedback(trace_id, label="thumbs-up")
-    assert stored_feedback(store) == [(trace_id, None, "thumbs-up", None, "user", "human")]
+    assert stored_feedback(store) == [(trace_id, None, "thumbs-up", None, "user", "user")]
 
 
 # ---------------------------------------------------------------- import
@@ -161,10 +161,10 @@ def test_import_keeps_good_rows_and_reports_bad_ones_by_line(store_url, tmp_path
         (8, f"feedback on trace {b} is empty"),
     ]
     assert stored_feedback(store) == [
-        (a, 0.5, None, None, "user", "human"),
+        (a, 0.5, None, None, "user", "user"),
         (a, 1.0, "good", None, "judge", "llm"),
-        (b, None, None, "two\nlines", "user", "human"),
-        (b, 0.25, None, None, "user", "human"),
+        (b, None, None, "two\nlines", "user", "user"),
+        (b, 0.25, None, None, "user", "user"),
     ]
     assert feedback_for_traces(store, [a])[a][0] == earlier
 

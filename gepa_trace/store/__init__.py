@@ -11,6 +11,7 @@ from gepa_trace.store.migrations import SCHEMA_VERSION
 from gepa_trace.store.tables import (
     CandidateRow,
     EvaluationRow,
+    ExampleMarkRow,
     FeedbackRow,
     OptimizationRunRow,
     PromptAliasRow,
@@ -24,6 +25,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "CandidateRow",
     "EvaluationRow",
+    "ExampleMarkRow",
     "FeedbackRow",
     "OptimizationRunRow",
     "PromptAliasRow",

@@ -37,8 +37,9 @@ _SPANS = SpanRow.__table__
 _TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
 _SPAN_ID = re.compile(r"^[0-9a-f]{16}$")
 # Column widths of the feedback table; longer values would fail on PostgreSQL only.
-_MAX_LEN = {"name": 255, "label": 255, "source": 64}
-COLUMNS = ("trace_id", "span_id", "score", "label", "comment", "name", "source")
+_MAX_LEN = {"name": 255, "label": 255, "source": 64, "expected_field": 255}
+COLUMNS = ("trace_id", "span_id", "score", "label", "comment", "name", "source", "expected",
+           "expected_field")
 
 
 class UnknownTraceError(FeedbackError, NotFoundError):
@@ -98,17 +99,20 @@ def _text(value: Any, column: str) -> str | None:
 
 
 def checked_feedback(trace_id: Any, score: Any = None, label: Any = None,
-                     comment: Any = None, name: Any = "user", source: Any = "human",
-                     span_id: Any = None) -> dict[str, Any]:
+                     comment: Any = None, name: Any = "user", source: Any = "user",
+                     span_id: Any = None, expected: Any = None,
+                     expected_field: Any = None) -> dict[str, Any]:
     """The feedback-table row for these values, or ``FeedbackError`` naming the first
     problem. Does not look at the store (see ``record_feedback`` for unknown ids)."""
     row = {"trace_id": _trace_id(trace_id), "span_id": _span_id(span_id),
            "score": _score(score), "label": _text(label, "label"),
            "comment": _text(comment, "comment"),
-           "name": _text(name, "name") or "user", "source": _text(source, "source") or "human"}
-    if row["score"] is None and row["label"] is None and row["comment"] is None:
+           "name": _text(name, "name") or "user", "source": _text(source, "source") or "user",
+           "expected": _text(expected, "expected"),
+           "expected_field": _text(expected_field, "expected_field")}
+    if all(row[k] is None for k in ("score", "label", "comment", "expected")):
         raise FeedbackError(f"feedback on trace {row['trace_id']} is empty "
-                            "(give a score, a label or a comment)")
+                            "(give a score, a label, a comment or an expected answer)")
     return row
 
 
@@ -187,9 +191,10 @@ def _flush_pending_spans() -> bool:
 
 
 def record_feedback(trace_id: str, score: float | None = None, label: str | None = None,
-                    comment: str | None = None, name: str = "user", source: str = "human",
-                    span_id: str | None = None,
-                    store: Store | str | None = None) -> Feedback:
+                    comment: str | None = None, name: str = "user", source: str = "user",
+                    span_id: str | None = None, store: Store | str | None = None, *,
+                    expected: str | None = None,
+                    expected_field: str | None = None) -> Feedback:
     """Store one feedback record on a trace (or one of its spans) and return it.
 
     Refused with ``FeedbackError`` (message naming the problem): a malformed trace or
@@ -201,7 +206,8 @@ def record_feedback(trace_id: str, score: float | None = None, label: str | None
     ``register_flush_hook``), so feedback right after a run works.
     """
     row = checked_feedback(trace_id, score=score, label=label, comment=comment, name=name,
-                           source=source, span_id=span_id)
+                           source=source, span_id=span_id, expected=expected,
+                           expected_field=expected_field)
     row["created_at"] = time.time()
     try:
         store = open_store(store)

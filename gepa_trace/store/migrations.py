@@ -38,8 +38,31 @@ def _initial(conn: Connection) -> None:
     SQLModel.metadata.create_all(conn)
 
 
+def _feedback_fields(conn: Connection) -> None:
+    """Explicit feedback fields (issue 17): the correction, the score's declared range,
+    an idempotency key, replacement; the source vocabulary user | reviewer | automated;
+    the example marks table (excluded / golden runs)."""
+    from gepa_trace.store.tables import ExampleMarkRow, FeedbackRow
+
+    have = {c["name"] for c in inspect(conn).get_columns("feedback")}
+    table = FeedbackRow.__table__
+    for name in ("expected", "expected_field", "score_low", "score_high", "feedback_key",
+                 "replaced_by"):
+        if name in have:
+            continue
+        column = table.c[name]
+        kind = column.type.compile(dialect=conn.dialect)
+        conn.execute(text(f"ALTER TABLE feedback ADD COLUMN {name} {kind}"))
+    if "ux_feedback_key" not in {i["name"] for i in inspect(conn).get_indexes("feedback")}:
+        conn.execute(text("CREATE UNIQUE INDEX ux_feedback_key ON feedback (feedback_key)"))
+    # Before: free text, "human" by default. Records stored without a range were 0..1.
+    conn.execute(text("UPDATE feedback SET source = 'user' WHERE source = 'human'"))
+    ExampleMarkRow.__table__.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0001_initial", _initial),
+    ("0002_feedback_fields", _feedback_fields),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

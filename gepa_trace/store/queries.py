@@ -53,14 +53,22 @@ class Feedback:
     comment: str | None
     source: str
     created_at: float
+    expected: str | None = None
+    expected_field: str | None = None
+    score_low: float | None = None  # the declared range of score (None: 0..1)
+    score_high: float | None = None
+    feedback_key: str | None = None
+    replaced_by: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def _mean_score(feedback: Sequence[Feedback]) -> float | None:
-    scores = [f.score for f in feedback if f.score is not None]
-    return sum(scores) / len(scores) if scores else None
+    """The run's score by the one rule of ``store.verdict``."""
+    from gepa_trace.store.verdict import verdict
+
+    return verdict(feedback).score
 
 
 @dataclass(frozen=True)
@@ -240,7 +248,10 @@ def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
 def _feedback_row(row: Any) -> Feedback:
     return Feedback(id=row.id, trace_id=row.trace_id, span_id=row.span_id, name=row.name,
                     score=row.score, label=row.label, comment=row.comment, source=row.source,
-                    created_at=row.created_at)
+                    created_at=row.created_at, expected=row.expected,
+                    expected_field=row.expected_field, score_low=row.score_low,
+                    score_high=row.score_high, feedback_key=row.feedback_key,
+                    replaced_by=row.replaced_by)
 
 
 def _ns(epoch_s: float) -> int:

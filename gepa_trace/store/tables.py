@@ -50,7 +50,15 @@ class SpanRow(SQLModel, table=True):
 
 
 class FeedbackRow(SQLModel, table=True):
+    """One feedback record. ``score`` lies in ``[score_low, score_high]`` (the range
+    declared with it; 0..1 unless given). ``expected`` is an explicit correction: the
+    right output, or the right value of the output field ``expected_field``.
+    ``source``: user | reviewer | automated. ``feedback_key`` makes a record idempotent
+    (given by the caller, else a hash of its content); ``replaced_by`` is the id of the
+    record that replaced this one (``--replace``); a replaced record is kept, not used."""
+
     __tablename__ = "feedback"
+    __table_args__ = (Index("ux_feedback_key", "feedback_key", unique=True),)
 
     id: int | None = Field(default=None, primary_key=True)
     trace_id: str = Field(index=True, max_length=32)
@@ -59,7 +67,26 @@ class FeedbackRow(SQLModel, table=True):
     score: float | None = None
     label: str | None = Field(default=None, max_length=255)
     comment: str | None = Field(default=None, sa_column=Column(Text))
-    source: str = Field(default="human", max_length=64)
+    source: str = Field(default="user", max_length=64)
+    created_at: float
+    expected: str | None = Field(default=None, sa_column=Column(Text))
+    expected_field: str | None = Field(default=None, max_length=255)
+    score_low: float | None = None
+    score_high: float | None = None
+    feedback_key: str | None = Field(default=None, max_length=128)
+    replaced_by: int | None = None
+
+
+class ExampleMarkRow(SQLModel, table=True):
+    """A user's decision about one recorded run as an example: ``excluded`` (never
+    given to the optimizer) or ``golden`` (always in validation). One mark per run."""
+
+    __tablename__ = "example_marks"
+
+    agent: str = Field(primary_key=True, max_length=255)
+    trace_id: str = Field(primary_key=True, max_length=32)
+    mark: str = Field(max_length=16)  # excluded | golden
+    reason: str | None = Field(default=None, sa_column=Column(Text))
     created_at: float
 
 

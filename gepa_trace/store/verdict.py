@@ -1,0 +1,188 @@
+"""What several feedback records on one run mean together: the one rule.
+
+Every reader of feedback (examples, the built-in ``feedback`` metric, ``traces``) asks
+``verdict(records, output)``; nothing else combines records. The rule:
+
+1. Only records in effect count: a record replaced by a later one (``--replace``) is
+   kept in the store but not used. Records on one span of the run (``span_id`` set) are
+   evidence (their comments are shown), not a verdict on the run's output.
+2. The run's score is the mean of its records' scores, each mapped onto 0..1 by the
+   range declared with it (0..1 unless given). No score: ``None``.
+3. The expected answer comes from explicit corrections (``expected``). When several
+   records give one, the most trusted source wins (reviewer, then automated, then
+   user); within that source, the value most records give, if more than half of them
+   give it; otherwise there is none, and ``conflict`` says why. The newest record does
+   not win by being newest: replacing is the user's explicit act.
+4. With no explicit correction, a comment that is exactly one of a few correction
+   phrasings gives it, by the same ranking (``correction_in``: "Correct answer: Paris",
+   "the answer should be Paris", "the right answer is Paris", "expected: Paris").
+   No other comment is ever read as an answer: "the answer is wrong" and "this should
+   be shorter" give none. Comments stay evidence for the reflection LM and the judge.
+5. With no correction at all, a run whose score is above 0.5 had its recorded output
+   approved: that output is the expected answer (``expected_from="approved output"``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+SOURCES = ("user", "reviewer", "automated")
+#: Other names accepted for a source (stored as the canonical one).
+SOURCE_ALIASES = {"human": "user", "end_user": "user", "end-user": "user", "enduser": "user",
+                  "customer": "user", "annotator": "reviewer", "expert": "reviewer",
+                  "labeler": "reviewer", "auto": "automated", "check": "automated",
+                  "automated_check": "automated", "automated-check": "automated",
+                  "llm-judge": "automated", "llm_judge": "automated", "judge": "automated",
+                  "heuristic": "automated", "test": "automated"}
+#: How much a source's correction is trusted over another's.
+RANK = {"reviewer": 3, "automated": 2, "user": 1}
+
+
+def canonical_source(value: Any) -> str | None:
+    """``user`` | ``reviewer`` | ``automated`` for a source name or alias, else None."""
+    text = str(value or "").strip().lower()
+    if text in SOURCES:
+        return text
+    return SOURCE_ALIASES.get(text)
+
+
+_LEAD = r"(?:(?:no|nope|wrong|incorrect|not quite|actually)\s*[,:!-]?\s*)?"
+_PHRASES = [
+    re.compile(_LEAD + r"(?:the\s+)?(?:correct|right|expected)\s+answer\s*(?:is|was|would be|:)"
+               r"\s*:?\s*(?P<answer>.+)$", re.IGNORECASE),
+    re.compile(_LEAD + r"(?:the\s+)?answer\s+should\s+(?:have\s+been|be)\s*:?\s*(?P<answer>.+)$",
+               re.IGNORECASE),
+    re.compile(_LEAD + r"expected\s*:\s*(?P<answer>.+)$", re.IGNORECASE),
+]
+_SENTENCES = re.compile(r"(?<=[.!?;])\s+|\n+")
+
+
+def correction_in(comment: str | None) -> str | None:
+    """The answer a comment states in one of the recognised correction phrasings (a
+    whole sentence of the comment, optionally after "no," or "wrong,"), else None.
+
+    >>> correction_in("Correct answer: Paris")
+    'Paris'
+    >>> correction_in("the answer is wrong") is None and correction_in("this should be shorter") is None
+    True
+    """
+    if not comment:
+        return None
+    for sentence in _SENTENCES.split(comment.strip()):
+        for phrase in _PHRASES:
+            m = phrase.match(sentence.strip())
+            if not m:
+                continue
+            answer = re.split(r",?\s+(?:not|instead|rather)\b", m.group("answer"))[0]
+            answer = answer.strip().rstrip(".!?;,").strip().strip("\"'“”‘’`").strip()
+            if answer and len(answer) <= 200:
+                return answer
+    return None
+
+
+def _get(record: Any, key: str) -> Any:
+    return record.get(key) if isinstance(record, Mapping) else getattr(record, key, None)
+
+
+def normalized_score(record: Any) -> float | None:
+    """A record's score on 0..1 by its declared range (None without a score)."""
+    score = _get(record, "score")
+    if score is None:
+        return None
+    low, high = _get(record, "score_low"), _get(record, "score_high")
+    low = 0.0 if low is None else float(low)
+    high = 1.0 if high is None else float(high)
+    return (float(score) - low) / (high - low) if high > low else None
+
+
+def _norm(text: Any) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", str(text).lower()).split())
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a run's feedback says. ``expected_from``: ``correction`` (an explicit
+    ``expected`` field), ``comment`` (a recognised correction phrasing), ``approved
+    output`` (the recorded output, approved by the score), or None. ``expected_record``
+    is the feedback id it came from, ``expected_text`` the text it was read from."""
+
+    score: float | None = None
+    expected: Any = None
+    expected_field: str | None = None
+    expected_from: str | None = None
+    expected_record: int | None = None
+    expected_text: str | None = None
+    conflict: str | None = None
+    records: int = 0
+    comments: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["comments"] = list(self.comments)
+        data["labels"] = list(self.labels)
+        return data
+
+
+def _pick(corrections: list[tuple[Any, str, str | None]]) -> tuple[Any, str | None]:
+    """(record, conflict) among (record, answer, field) corrections, by the rule above."""
+    if not corrections:
+        return None, None
+    best = max(RANK.get(canonical_source(_get(r, "source")) or "user", 1)
+               for r, _a, _f in corrections)
+    top = [c for c in corrections
+           if RANK.get(canonical_source(_get(c[0], "source")) or "user", 1) == best]
+    counts: dict[tuple[str, str | None], list] = {}
+    for record, answer, field in top:
+        counts.setdefault((_norm(answer), field), []).append(record)
+    (_key, records), = sorted(counts.items(), key=lambda kv: -len(kv[1]))[:1]
+    if len(records) * 2 > len(top):
+        return records[-1], None
+    answers = sorted({a for _r, a, _f in top})
+    return None, (f"{len(top)} corrections from the same source disagree "
+                  f"({', '.join(repr(a) for a in answers[:4])})")
+
+
+def verdict(records: Sequence[Any], output: Any = None) -> Verdict:
+    """The verdict of a run's feedback ``records`` (``Feedback`` objects or their
+    dicts, any order) on its recorded ``output``."""
+    live = [r for r in records if _get(r, "replaced_by") is None]
+    on_run = [r for r in live if not _get(r, "span_id")]
+    scores = [s for s in (normalized_score(r) for r in on_run) if s is not None]
+    score = sum(scores) / len(scores) if scores else None
+    comments = tuple(str(_get(r, "comment")) for r in live if _get(r, "comment"))
+    labels = tuple(str(_get(r, "label")) for r in live if _get(r, "label"))
+    base = {"score": score, "records": len(live), "comments": comments, "labels": labels}
+
+    explicit = [(r, str(_get(r, "expected")), _get(r, "expected_field")) for r in on_run
+                if _get(r, "expected") not in (None, "")]
+    chosen, conflict = _pick(explicit)
+    if chosen is not None:
+        return Verdict(**base, expected=str(_get(chosen, "expected")),
+                       expected_field=_get(chosen, "expected_field"),
+                       expected_from="correction", expected_record=_get(chosen, "id"),
+                       expected_text=str(_get(chosen, "expected")))
+    if conflict:
+        return Verdict(**base, conflict=conflict)
+    phrased = [(r, answer, None) for r in on_run
+               for answer in [correction_in(_get(r, "comment"))] if answer]
+    chosen, conflict = _pick(phrased)
+    if chosen is not None:
+        return Verdict(**base, expected=correction_in(_get(chosen, "comment")),
+                       expected_from="comment", expected_record=_get(chosen, "id"),
+                       expected_text=str(_get(chosen, "comment")))
+    if conflict:
+        return Verdict(**base, conflict=conflict)
+    if score is not None and score > 0.5 and output is not None:
+        approving = next((r for r in reversed(on_run)
+                          if (normalized_score(r) or 0) > 0.5), None)
+        return Verdict(**base, expected=output, expected_from="approved output",
+                       expected_record=_get(approving, "id") if approving is not None else None)
+    return Verdict(**base)
+
+
+__all__ = ["RANK", "SOURCES", "SOURCE_ALIASES", "Verdict", "canonical_source",
+           "correction_in", "normalized_score", "verdict"]
