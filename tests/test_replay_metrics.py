@@ -4,7 +4,6 @@ from gepa_trace.errors import ConfigError
 from gepa_trace.optimizer.protocols import Example, Score
 from gepa_trace.replay.dataset import (
     SplitFractions,
-    expected_from_comment,
     inputs_key,
     split_of,
 )
@@ -21,13 +20,6 @@ from gepa_trace.replay.metrics import (
 def _example(expected=None, output=None, fb=()):
     return Example(id="t", inputs={"question": "q"}, expected=expected, output=output,
                    feedback=tuple(fb))
-
-
-def test_correction_comments_give_the_expected_answer():
-    assert expected_from_comment("the answer should be France") == "France"
-    assert expected_from_comment('Correct answer is "Lyon".') == "Lyon"
-    assert expected_from_comment("should have been Paris, not Lyon") == "Paris"
-    assert expected_from_comment("wrong country") is None
 
 
 def test_split_depends_only_on_the_inputs():

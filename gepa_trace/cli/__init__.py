@@ -5,6 +5,7 @@ Quick start:
   gepa-trace demo                         the whole cycle, offline, on SQLite
   gepa-trace traces --agent support-agent runs recorded by gt.instrument()
   gepa-trace components                   prompts seen, their versions and calls
+  gepa-trace examples --agent support-agent   what the optimizer would learn from
   gepa-trace optimize --agent support-agent --entrypoint app:build_agent \\
       --metric app:metric --reflection-lm openai/gpt-4.1
   gepa-trace export RUN_ID --out prompts.json
@@ -31,6 +32,7 @@ COMMANDS = {
     "traces": "gepa_trace.cli.traces:traces",
     "components": "gepa_trace.cli.traces:components",
     "feedback": "gepa_trace.cli.feedback:feedback",
+    "examples": "gepa_trace.cli.examples:examples",
     "optimize": "gepa_trace.cli.optimize:optimize",
     "runs": "gepa_trace.cli.optimize:runs",
     "export": "gepa_trace.cli.ship:export",

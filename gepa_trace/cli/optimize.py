@@ -12,11 +12,11 @@ import click
 from gepa_trace.cli.common import (
     handles_errors,
     json_option,
-    parse_since,
     print_json,
     progress,
     store_option,
 )
+from gepa_trace.cli.examples import example_filter, golden_option
 
 
 class ProgressDisplay:
@@ -209,6 +209,7 @@ def print_outcome(summary: dict[str, Any]) -> None:
 @click.option("--with-feedback", is_flag=True, help="Only runs that have feedback.")
 @click.option("--sample", type=click.IntRange(min=1), default=None,
               help="At most this many examples.")
+@golden_option
 @click.option("--split", default=None, metavar="TRAIN,VAL,TEST",
               help="Shares of train/validation/held-out test (default 0.5,0.1,0.4).")
 @click.option("--no-replay-cache", is_flag=True,
@@ -239,8 +240,8 @@ def optimize(agent: str, entrypoint: str | None, metric: str, app_dir: str | Non
              max_seconds: float | None, held_out_share: float, workers: int, processes: int,
              lookahead: int, seed: int,
              since: str | None, until: str | None, with_feedback: bool, sample: int | None,
-             split: str | None, no_replay_cache: bool, patience: int | None,
-             stop_file: str | None, no_grow_val: bool, val_start: int | None,
+             golden_file: str | None, split: str | None, no_replay_cache: bool,
+             patience: int | None, stop_file: str | None, no_grow_val: bool, val_start: int | None,
              resume: str | None, warm_start: bool, store: str | None, as_json: bool) -> None:
     """Optimize an agent's prompts from its recorded runs with GEPA.
 
@@ -289,8 +290,8 @@ def _optimize(agent: str | None, entrypoint: str | None, metric: str, app_dir: s
               max_seconds: float | None, held_out_share: float, workers: int, processes: int,
               lookahead: int, seed: int,
               since: str | None, until: str | None, with_feedback: bool,
-              sample: int | None, split: str | None, no_replay_cache: bool,
-              patience: int | None, stop_file: str | None, no_grow_val: bool,
+              sample: int | None, golden_file: str | None, split: str | None,
+              no_replay_cache: bool, patience: int | None, stop_file: str | None, no_grow_val: bool,
               val_start: int | None, resume: str | None, warm_start: bool,
               store: str | None, as_json: bool) -> None:
     """The optimize command once its options are settled (given, or stored with the run)."""
@@ -301,7 +302,7 @@ def _optimize(agent: str | None, entrypoint: str | None, metric: str, app_dir: s
     from gepa_trace.optimizer import OptimizerConfig
     from gepa_trace.replay import ReplaySettings
     from gepa_trace.replay import optimize as run_optimize
-    from gepa_trace.replay.dataset import ExampleFilter, SplitFractions
+    from gepa_trace.replay.dataset import SplitFractions
 
     for name, value in (("--agent", agent), ("--reflection-lm", reflection_lm)):
         if not value:
@@ -321,8 +322,7 @@ def _optimize(agent: str | None, entrypoint: str | None, metric: str, app_dir: s
         reflection_lm_base=reflection_lm_base, app_dir=app_dir,
         rubric=rubric, replay_cache=not no_replay_cache, fractions=fractions,
         processes=processes, held_out_share=held_out_share,
-        filters=ExampleFilter(since=parse_since(since), until=parse_since(until),
-                              only_with_feedback=with_feedback, sample=sample))
+        filters=example_filter(since, until, with_feedback, sample, golden_file))
     budget = Budget(max_rollouts=budget_rollouts, max_llm_calls=max_llm_calls,
                     max_cost_usd=max_cost, max_seconds=max_seconds)
     config = OptimizerConfig(seed=seed, workers=workers, lookahead=lookahead,

@@ -67,8 +67,13 @@ class Score:
 class Example:
     """One recorded run used for optimization: what went in, and what we know of the answer.
 
-    ``expected`` is the correct answer when known (a correction, a label); ``feedback``
-    the production feedback on the recorded output.
+    ``expected`` is the correct answer when the feedback gives one, by the rule of
+    ``store.verdict``: an explicit correction (a record's ``expected`` field), a comment
+    in one of the recognised correction phrasings ("Correct answer: Paris"), or the
+    recorded output when its score approved it; else None. A ``label`` is a tag, evidence
+    like a comment, never the correct answer. ``feedback`` holds the production feedback
+    records on the recorded output; ``meta["verdict"]`` (``Verdict.to_dict()``) says
+    where ``expected`` came from, ``meta["feedback_score"]`` is the run's score (0..1).
     """
 
     id: str

@@ -1,33 +1,64 @@
 """Examples from the store: the root spans of one agent's production runs.
 
 Each example is one recorded run: its input, its output, the feedback users gave, and
-the expected answer when the feedback tells it (a correction comment, or a positive
-verdict on the recorded output). Optimizer rollouts are traces too, but they are never
-examples: only spans with no optimization run id are read.
+what that feedback means, by the one rule of ``store.verdict``: the run's score, and the
+expected answer when the feedback gives one (an explicit correction, a recognised
+correction phrasing, or an approved recorded output). ``Example.meta["verdict"]`` says
+where the expected answer came from. Optimizer rollouts are traces too, but they are
+never examples: only spans with no optimization run id are read.
+
+Every production run of the agent is accounted for: a run that is not an example is in
+``Dataset.left_out`` with the reason (see ``REASONS``). A run is left out, in this order,
+when it is outside --since/--until, excluded by the user (``examples exclude``), has no
+recorded inputs, has no feedback (--with-feedback), its score is outside
+--min/--max-score, it has no feedback to learn from (``need_signal``), another kept run
+has the same inputs (de-duplication keeps a golden run first, then the latest), it is
+not in the --sample, or (log-only replay) none of its calls can be re-rendered.
+
+A run "has feedback to learn from" when its verdict has an expected answer or a score,
+or its feedback carries a comment or label (the ``feedback`` metric's judge reads those
+as evidence), or its corrections conflict (the judge sees them).
 
 The split into train / validation / held-out test is a function of the run's inputs
 alone (a hash of their JSON), so a question held out tonight is still held out
 tomorrow, whatever other runs arrive, and the same question asked twice never lands in
-training and in the held-out test at once. Examples come in the order of that hash too,
-so the same recorded questions give the same dataset, whatever their trace ids.
+training and in the held-out test at once. Golden runs (``examples golden``, or
+``--golden FILE``) and every run with the same inputs as one go to validation, whatever
+their hash. Examples come in the order of that hash too, so the same recorded questions
+give the same dataset, whatever their trace ids.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import and_, select
 
-from gepa_trace.errors import ConfigError, GepaTraceError
+from gepa_trace.errors import ConfigError, GepaTraceError, NotFoundError
 from gepa_trace.optimizer.protocols import Example
-from gepa_trace.store import SpanRow, Store
+from gepa_trace.store import SpanRow, Store, safe_url
+from gepa_trace.store.marks import marks_of
 from gepa_trace.store.queries import feedback_for_traces
+from gepa_trace.store.verdict import Verdict, verdict
 
 _SPANS = SpanRow.__table__
+
+#: Why a run is not an example: reason code -> what ``examples`` prints.
+REASONS = {
+    "outside_window": "outside --since/--until",
+    "excluded": "excluded by the user",
+    "no_inputs": "no inputs recorded",
+    "no_feedback": "no feedback (--with-feedback)",
+    "score_filtered": "score outside --min-score/--max-score",
+    "no_signal": "no feedback to learn from",
+    "duplicate": "duplicate input",
+    "not_sampled": "not in the --sample",
+    "not_replayable": "not replayable (no recorded call re-renders)",
+}
 
 
 class NotEnoughExamples(GepaTraceError):
@@ -36,15 +67,18 @@ class NotEnoughExamples(GepaTraceError):
 
 @dataclass(frozen=True)
 class ExampleFilter:
-    """Which recorded runs become examples."""
+    """Which recorded runs become examples. ``golden``: trace ids pinned to validation
+    for this command (``--golden FILE``), on top of the store's golden marks; an id that
+    is not a production run of the agent is refused (``NotFoundError``)."""
 
     since: float | None = None  # epoch seconds
     until: float | None = None
     only_with_feedback: bool = False
-    min_score: float | None = None  # on the mean feedback score
+    min_score: float | None = None  # on the run's verdict score (0..1)
     max_score: float | None = None
     sample: int | None = None
     dedupe_inputs: bool = True
+    golden: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -70,30 +104,63 @@ class SplitFractions:
                               f"train={self.train} val={self.val} test={self.test}")
 
 
+@dataclass(frozen=True)
+class LeftOut:
+    """A production run that is not an example, and why (``reason``: a key of
+    ``REASONS``; ``detail``: the sentence to show). ``run`` is the run as it would have
+    been an example (None when it was never read: outside the time window, or without
+    inputs); ``duplicate_of``: the kept run with the same inputs."""
+
+    trace_id: str
+    reason: str
+    detail: str
+    run: Example | None = None
+    duplicate_of: str | None = None
+
+
 @dataclass
 class Dataset:
-    """Examples of one agent, split by trace id."""
+    """Examples of one agent, split by their inputs, and the runs left out."""
 
     agent: str
     train: list[Example] = field(default_factory=list)
     val: list[Example] = field(default_factory=list)
     test: list[Example] = field(default_factory=list)
-    skipped_without_signal: int = 0
-    skipped_not_replayable: int = 0  # log-only replay: no recorded call re-renders
+    left_out: list[LeftOut] = field(default_factory=list)
 
     def keep(self, usable: Any) -> None:
-        """Keep only the examples ``usable(example)`` accepts, counting the others."""
-        before = len(self.all())
-        self.train = [e for e in self.train if usable(e)]
-        self.val = [e for e in self.val if usable(e)]
-        self.test = [e for e in self.test if usable(e)]
-        self.skipped_not_replayable += before - len(self.all())
+        """Keep only the examples ``usable(example)`` accepts; the others are left out
+        as not replayable."""
+        for split in ("train", "val", "test"):
+            kept = []
+            for example in getattr(self, split):
+                if usable(example):
+                    kept.append(example)
+                else:
+                    self.left_out.append(LeftOut(example.id, "not_replayable",
+                                                 REASONS["not_replayable"], run=example))
+            setattr(self, split, kept)
 
     def all(self) -> list[Example]:
         return self.train + self.val + self.test
 
-    def summary(self) -> dict[str, int]:
+    def left_out_by_reason(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for item in self.left_out:
+            counts[item.reason] = counts.get(item.reason, 0) + 1
+        return counts
+
+    @property
+    def skipped_without_signal(self) -> int:
+        return self.left_out_by_reason().get("no_signal", 0)
+
+    @property
+    def skipped_not_replayable(self) -> int:
+        return self.left_out_by_reason().get("not_replayable", 0)
+
+    def summary(self) -> dict[str, Any]:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test),
+                "left_out": len(self.left_out), "left_out_by_reason": self.left_out_by_reason(),
                 "skipped_without_signal": self.skipped_without_signal,
                 "skipped_not_replayable": self.skipped_not_replayable}
 
@@ -119,24 +186,6 @@ def split_of(key: str, fractions: SplitFractions = SplitFractions()) -> str:
     return "train"
 
 
-_CORRECTION = re.compile(
-    r"(?:should(?: have)? be(?:en)?|correct answer (?:is|was)|right answer (?:is|was)|"
-    r"the answer (?:is|was)|expected(?: answer)?(?: is| was|:)?)\s*[:\-]?\s*"
-    r"[\"'“]?(?P<answer>[^\"'”.!?\n]+)", re.IGNORECASE)
-
-
-def expected_from_comment(comment: str | None) -> str | None:
-    """The answer a correction comment gives ("the answer should be France" -> "France")."""
-    if not comment:
-        return None
-    match = _CORRECTION.search(comment)
-    if not match:
-        return None
-    answer = re.split(r",?\s+(?:not|instead|rather)\b", match.group("answer"))[0]
-    answer = answer.strip().strip(",;:")
-    return answer or None
-
-
 def _loads(text: Any) -> Any:
     if text is None:
         return None
@@ -158,89 +207,176 @@ def _inputs_of(attributes: dict[str, Any]) -> dict[str, Any] | None:
     return {"input": value}
 
 
-def _expected(output: Any, feedback: list[dict[str, Any]]) -> Any:
-    for fb in reversed(feedback):  # the latest correction wins
-        answer = expected_from_comment(fb.get("comment"))
-        if answer:
-            return answer
-    scores = [fb["score"] for fb in feedback if fb.get("score") is not None]
-    if scores and sum(scores) / len(scores) >= 0.5 and output is not None:
-        return output  # the user confirmed the recorded answer
-    return None
+def has_signal(v: Verdict) -> bool:
+    """Whether a run's feedback gives the ``feedback`` metric something to learn from:
+    an expected answer or a score, or comments, labels or conflicting corrections for
+    its judge to read as evidence."""
+    return (v.expected is not None or v.score is not None or bool(v.comments)
+            or bool(v.labels) or v.conflict is not None)
+
+
+def expected_origin(example: Example) -> str:
+    """Where an example's expected answer came from, in words: ``correction (feedback
+    12, reviewer)``, ``comment of feedback 7: "Correct answer: Paris"``, ``approved
+    output (feedback 3)``, or ``-`` (none)."""
+    v = example.meta.get("verdict") or {}
+    where = v.get("expected_from")
+    if not where:
+        return "-"
+    record = v.get("expected_record")
+    source = next((f.get("source") for f in example.feedback if f.get("id") == record), None)
+    if where == "correction":
+        return f"correction (feedback {record}" + (f", {source})" if source else ")")
+    if where == "comment":
+        return f"comment of feedback {record}: {json.dumps(v.get('expected_text'))}"
+    return f"{where} (feedback {record})"
+
+
+def _roots(store: Store, agent: str, filters: ExampleFilter) -> tuple[list[Any], list[Any]]:
+    """(root spans in the time window with their attributes, newest first; trace ids
+    and starts of the agent's other production runs)."""
+    production = and_(_SPANS.c.agent == agent, _SPANS.c.parent_span_id.is_(None),
+                      _SPANS.c.run_id.is_(None))
+    window = []
+    if filters.since is not None:
+        window.append(_SPANS.c.start_ns >= int(filters.since * 1e9))
+    if filters.until is not None:
+        window.append(_SPANS.c.start_ns < int(filters.until * 1e9))
+    inside = and_(production, *window)
+    with store.read() as conn:
+        roots = conn.execute(select(_SPANS.c.trace_id, _SPANS.c.attributes, _SPANS.c.start_ns)
+                             .where(inside).order_by(_SPANS.c.start_ns.desc(),
+                                                     _SPANS.c.trace_id)).all()
+        outside = []
+        if window:  # only ids: a long history outside the window costs little
+            outside = conn.execute(select(_SPANS.c.trace_id, _SPANS.c.start_ns)
+                                   .where(production, ~and_(*window))
+                                   .order_by(_SPANS.c.start_ns.desc())).all()
+    return roots, outside
 
 
 def load_examples(store: Store, agent: str, *, filters: ExampleFilter = ExampleFilter(),
                   fractions: SplitFractions = SplitFractions(),
                   min_examples: int = 6, need_signal: bool = True) -> Dataset:
-    """The examples of ``agent``'s production runs, split into train/val/test.
+    """The examples of ``agent``'s production runs, split into train/val/test, and the
+    runs left out with their reasons (see the module docstring).
 
-    ``need_signal``: keep only runs whose feedback gives an expected answer or a score
-    (what the ``feedback`` metric needs); a custom metric may not need it.
-    Raises NotEnoughExamples with the counts when fewer than ``min_examples`` remain.
+    ``need_signal``: keep only runs with feedback to learn from (``has_signal``: what
+    the ``feedback`` metric needs); a custom metric may not need it. Raises
+    ``NotFoundError`` when a ``filters.golden`` id is not a production run of ``agent``,
+    and NotEnoughExamples with the counts when fewer than ``min_examples`` remain or
+    train or validation is empty (``min_examples=0``: no check; what ``examples`` lists).
     """
-    query = select(_SPANS.c.trace_id, _SPANS.c.attributes, _SPANS.c.start_ns).where(and_(
-        _SPANS.c.agent == agent, _SPANS.c.parent_span_id.is_(None), _SPANS.c.run_id.is_(None)))
-    if filters.since is not None:
-        query = query.where(_SPANS.c.start_ns >= int(filters.since * 1e9))
-    if filters.until is not None:
-        query = query.where(_SPANS.c.start_ns < int(filters.until * 1e9))
-    with store.read() as conn:
-        roots = conn.execute(query.order_by(_SPANS.c.start_ns.desc())).all()
-    if not roots:
-        raise NotEnoughExamples(f"no recorded runs of agent {agent!r} in the store"
-                                + (" in that time window" if filters.since or filters.until else "")
-                                + "; check the name with `gepa-trace traces`")
+    roots, outside = _roots(store, agent, filters)
+    if not roots and not outside:
+        raise NotEnoughExamples(f"no recorded runs of agent {agent!r} in the store; check "
+                                "the name with `gepa-trace traces`")
+    marks = marks_of(store, agent)
+    golden = {t for t, m in marks.items() if m.mark == "golden"}
+    known = {r.trace_id for r in roots} | {r.trace_id for r in outside}
+    unknown = [t for t in dict.fromkeys(filters.golden) if t not in known]
+    if unknown:
+        listed = ", ".join(unknown[:3]) + (f" and {len(unknown) - 3} more" if len(unknown) > 3
+                                           else "")
+        raise NotFoundError(f"golden trace id(s) not a recorded run of agent {agent!r} in "
+                            f"the store {safe_url(store.url)}: {listed}")
+    golden |= set(filters.golden)
+    dataset = Dataset(agent=agent)
+    for row in outside:
+        dataset.left_out.append(LeftOut(row.trace_id, "outside_window",
+                                        REASONS["outside_window"]))
+
+    def leave(example: Example | str, reason: str, detail: str = "", **more: Any) -> None:
+        run = example if isinstance(example, Example) else None
+        trace = run.id if run is not None else str(example)
+        text = REASONS[reason] + (f": {detail}" if detail else "")
+        dataset.left_out.append(LeftOut(trace, reason, text, run=run, **more))
+
     feedback = {trace: [f.to_dict() for f in found] for trace, found in
                 feedback_for_traces(store, [r.trace_id for r in roots]).items()}
-    dataset = Dataset(agent=agent)
-    seen_inputs: set[str] = set()
-    candidates: list[Example] = []
+    usable: list[Example] = []
     keys: dict[str, str] = {}
-    for root in roots:  # newest first, so de-duplication keeps the latest run
+    for root in roots:  # newest first
         attributes = json.loads(root.attributes)
         inputs = _inputs_of(attributes)
+        mark = marks.get(root.trace_id)
+        excluded = mark is not None and mark.mark == "excluded"
         if inputs is None:
+            leave(root.trace_id, "excluded" if excluded else "no_inputs",
+                  (mark.reason or "") if excluded else "")
             continue
         fb = feedback.get(root.trace_id, [])
-        scores = [f["score"] for f in fb if f.get("score") is not None]
-        mean = sum(scores) / len(scores) if scores else None
-        if filters.only_with_feedback and not fb:
-            continue
-        if filters.min_score is not None and (mean is None or mean < filters.min_score):
-            continue
-        if filters.max_score is not None and (mean is None or mean > filters.max_score):
-            continue
-        key = inputs_key(inputs)
-        if filters.dedupe_inputs:
-            if key in seen_inputs:
-                continue
-            seen_inputs.add(key)
         output = _loads(attributes.get("output.value"))
-        expected = _expected(output, fb)
-        if need_signal and expected is None and mean is None:
-            dataset.skipped_without_signal += 1
-            continue
-        candidates.append(Example(id=root.trace_id, inputs=inputs, expected=expected,
-                                  output=output, feedback=tuple(fb), trace_id=root.trace_id,
-                                  split=split_of(key, fractions),
-                                  meta={"feedback_score": mean}))
+        v = verdict(fb, output)
+        key = inputs_key(inputs)
         keys[root.trace_id] = key
+        example = Example(id=root.trace_id, inputs=inputs, expected=v.expected, output=output,
+                          feedback=tuple(fb), trace_id=root.trace_id,
+                          split=split_of(key, fractions),
+                          meta={"feedback_score": v.score, "verdict": v.to_dict(),
+                                "expected_field": v.expected_field,
+                                "mark": mark.mark if mark is not None else
+                                ("golden" if root.trace_id in golden else None)})
+        if excluded:
+            leave(example, "excluded", mark.reason or "")
+        elif filters.only_with_feedback and not v.records:
+            leave(example, "no_feedback")
+        elif (filters.min_score is not None
+              and (v.score is None or v.score < filters.min_score)) or \
+                (filters.max_score is not None
+                 and (v.score is None or v.score > filters.max_score)):
+            leave(example, "score_filtered", "no score" if v.score is None else f"{v.score:g}")
+        elif need_signal and not has_signal(v):
+            leave(example, "no_signal")
+        else:
+            usable.append(example)
+
+    golden_keys = {keys[e.id] for e in usable if e.id in golden}
+    candidates: list[Example] = []
+    if filters.dedupe_inputs:
+        kept: dict[str, str] = {}
+        # a golden run first, then the latest (``usable`` is newest first)
+        for example in sorted(usable, key=lambda e: e.id not in golden):
+            key = keys[example.id]
+            if key in kept:
+                leave(example, "duplicate", f"same inputs as {kept[key]}",
+                      duplicate_of=kept[key])
+                continue
+            kept[key] = example.id
+            candidates.append(example)
+    else:
+        candidates = list(usable)
     if filters.sample is not None and len(candidates) > filters.sample:
-        candidates = sorted(candidates, key=lambda e: (unit_hash(keys[e.id], "sample"),
-                                                       e.id))[:filters.sample]
+        ranked = sorted(candidates, key=lambda e: (e.id not in golden,
+                                                   unit_hash(keys[e.id], "sample"), e.id))
+        candidates = ranked[:filters.sample]
+        for example in ranked[filters.sample:]:
+            leave(example, "not_sampled")
     # a stable order, independent of arrival and of the (random) trace ids
     candidates.sort(key=lambda e: (unit_hash(keys[e.id], "order"), e.id))
     for example in candidates:
-        getattr(dataset, example.split).append(example)
-    total = len(candidates)
-    if total < min_examples or not dataset.train or not dataset.val:
-        raise NotEnoughExamples(
-            f"agent {agent!r}: {len(roots)} recorded runs, {total} usable as examples "
-            f"({dataset.skipped_without_signal} without feedback to learn from); need at "
-            f"least {min_examples} with some in train and validation "
-            f"(now train={len(dataset.train)}, val={len(dataset.val)}, test={len(dataset.test)})."
-            " Record more runs or feedback, or widen --since.")
+        split = "val" if keys[example.id] in golden_keys else example.split
+        if split != example.split:
+            example = dataclasses.replace(example, split=split)
+        getattr(dataset, split).append(example)
+    if min_examples:
+        _check_enough(dataset, agent, len(roots) + len(outside), min_examples)
     return dataset
+
+
+def _check_enough(dataset: Dataset, agent: str, runs: int, min_examples: int) -> None:
+    total = len(dataset.all())
+    if total >= min_examples and dataset.train and dataset.val:
+        return
+    reasons = dataset.left_out_by_reason()
+    why = "; ".join(f"{n} {REASONS[r]}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
+    raise NotEnoughExamples(
+        f"agent {agent!r}: {runs} recorded runs, {total} usable as examples "
+        f"({reasons.get('no_signal', 0)} without feedback to learn from"
+        + (f"; left out: {why}" if why else "") + f"); need at least {min_examples} with "
+        f"some in train and validation (now train={len(dataset.train)}, "
+        f"val={len(dataset.val)}, test={len(dataset.test)}). Record more runs or "
+        "feedback, or widen --since; `gepa-trace examples` lists them.")
 
 
 def output_text(output: Any) -> str:
