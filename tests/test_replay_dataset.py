@@ -3,8 +3,17 @@ import time
 
 import pytest
 
-from gepa_trace.replay.dataset import ExampleFilter, NotEnoughExamples, load_examples
+from gepa_trace.errors import ConfigError, NotFoundError
+from gepa_trace.replay.dataset import (
+    ExampleFilter,
+    NotEnoughExamples,
+    expected_origin,
+    inputs_key,
+    load_examples,
+    split_of,
+)
 from gepa_trace.store import FeedbackRow, open_store
+from gepa_trace.store.marks import set_mark
 from gepa_trace.store.spans import write_spans
 
 
@@ -20,11 +29,11 @@ def _root(i, agent="qa", run_id=None, start=None, question=None):
             "attributes": attrs, "events": [], "resource": {"service.name": agent}}
 
 
-def _feedback(store, trace_id, score, comment=None):
+def _feedback(store, trace_id, score, comment=None, **more):
     with store.write() as conn:
         conn.execute(FeedbackRow.__table__.insert().values(
-            trace_id=trace_id, name="user", score=score, comment=comment, source="human",
-            created_at=time.time()))
+            trace_id=trace_id, name="user", score=score, comment=comment,
+            source=more.pop("source", "user"), created_at=time.time(), **more))
 
 
 def test_examples_come_from_production_runs_with_feedback(store_url):
@@ -60,6 +69,14 @@ def test_time_window_dedupe_and_sample(store_url):
     data = load_examples(store, "qa", filters=ExampleFilter(since=time.time() - 86400),
                          need_signal=False)
     assert len(data.all()) == 21  # 20 distinct + one of the five identical inputs
+    latest = max(range(10, 15))
+    assert f"{latest:032x}" in {e.id for e in data.all()}, "de-duplication keeps the latest"
+    duplicates = [x for x in data.left_out if x.reason == "duplicate"]
+    assert len(duplicates) == 4
+    assert {x.duplicate_of for x in duplicates} == {f"{latest:032x}"}
+    assert all(f"same inputs as {latest:032x}" in x.detail for x in duplicates)
+    outside = {x.trace_id for x in data.left_out if x.reason == "outside_window"}
+    assert outside == {f"{i:032x}" for i in range(10)}
 
 
 def test_unknown_agent_and_no_signal_are_clear_errors(store_url):
@@ -93,3 +110,117 @@ def test_a_question_asked_again_keeps_its_split_and_the_dataset_its_order(store_
         assert [e.inputs for e in getattr(tomorrow, split)] == \
             [e.inputs for e in getattr(tonight, split)]
         assert all(int(e.id, 16) >= 1000 for e in getattr(tomorrow, split))
+
+
+def _split_ids(data):
+    return {s: {e.id for e in getattr(data, s)} for s in ("train", "val", "test")}
+
+
+def test_expected_answers_come_from_explicit_fields_and_narrow_phrasings_only(store_url):
+    """The comment examples of issue 17: free text is evidence, never an answer, except
+    the documented correction phrasings; a label is never the answer; an explicit
+    correction wins; each example says where its expected answer came from."""
+    store = open_store(store_url)
+    write_spans(store, [_root(i) for i in range(8)])
+    t = [f"{i:032x}" for i in range(8)]
+    _feedback(store, t[0], 0.0, "the answer is wrong")
+    _feedback(store, t[1], 0.0, "this should be shorter")
+    _feedback(store, t[2], 0.0, "Correct answer: Paris")
+    _feedback(store, t[3], 0.0, "the answer should be France")
+    _feedback(store, t[3], 0.0, "no, the answer should be Lyon")  # newer, not a winner
+    _feedback(store, t[3], 0.0, None, expected="Lyon", source="reviewer")
+    _feedback(store, t[4], None, None, label="Paris")
+    _feedback(store, t[5], 1.0)
+    _feedback(store, t[6], None, "too long")
+    data = load_examples(store, "qa", min_examples=0)
+    by_id = {e.id: e for e in data.all()}
+    assert by_id[t[0]].expected is None and by_id[t[1]].expected is None
+    assert by_id[t[2]].expected == "Paris"
+    assert by_id[t[2]].meta["verdict"]["expected_from"] == "comment"
+    assert expected_origin(by_id[t[2]]).startswith('comment of feedback ')
+    assert expected_origin(by_id[t[2]]).endswith(': "Correct answer: Paris"')
+    assert by_id[t[3]].expected == "Lyon"
+    assert expected_origin(by_id[t[3]]).startswith("correction (feedback ")
+    assert expected_origin(by_id[t[3]]).endswith(", reviewer)")
+    assert by_id[t[4]].expected is None, "a label is a tag, not the correct answer"
+    assert by_id[t[5]].expected == {"answer": "a5"}
+    assert expected_origin(by_id[t[5]]).startswith("approved output (feedback ")
+    assert expected_origin(by_id[t[0]]) == "-"
+    assert by_id[t[0]].meta["feedback_score"] == 0.0
+
+
+def test_comments_and_labels_alone_are_feedback_to_learn_from(store_url):
+    """The feedback metric's judge reads comments and labels as evidence: a run with
+    only those is an example; a run with no feedback is left out, saying so."""
+    store = open_store(store_url)
+    write_spans(store, [_root(i) for i in range(4)])
+    _feedback(store, f"{0:032x}", None, "too long")
+    _feedback(store, f"{1:032x}", None, None, label="rude")
+    data = load_examples(store, "qa", min_examples=0)
+    assert {e.id for e in data.all()} == {f"{0:032x}", f"{1:032x}"}
+    assert {(x.trace_id, x.detail) for x in data.left_out} == {
+        (f"{2:032x}", "no feedback to learn from"), (f"{3:032x}", "no feedback to learn from")}
+
+
+def test_every_run_is_an_example_or_left_out_with_its_reason(store_url):
+    store = open_store(store_url)
+    old = int((time.time() - 3 * 86400) * 1e9)
+    write_spans(store, [_root(i, start=old) for i in range(3)])  # outside --since
+    write_spans(store, [_root(10 + i) for i in range(30)])
+    no_inputs = _root(50)
+    del no_inputs["attributes"]["input.value"]
+    write_spans(store, [no_inputs, _root(51, question="q10")])  # 51 duplicates 10
+    write_spans(store, [_root(200, run_id="run-x")])  # a rollout: neither
+    for i in [*range(10, 40, 2), 51]:
+        _feedback(store, f"{i:032x}", 1.0)
+    set_mark(store, [f"{12:032x}"], "excluded", "a test account")
+    data = load_examples(store, "qa", filters=ExampleFilter(since=time.time() - 86400),
+                         min_examples=0)
+    reasons = {x.trace_id: x.reason for x in data.left_out}
+    examples = {e.id for e in data.all()}
+    production = {f"{i:032x}" for i in [*range(3), *range(10, 40), 50, 51]}
+    assert examples | set(reasons) == production and not examples & set(reasons)
+    assert reasons[f"{0:032x}"] == "outside_window"
+    assert reasons[f"{50:032x}"] == "no_inputs"
+    assert reasons[f"{11:032x}"] == "no_signal"
+    assert reasons[f"{12:032x}"] == "excluded"
+    assert next(x.detail for x in data.left_out if x.trace_id == f"{12:032x}") == \
+        "excluded by the user: a test account"
+    assert reasons[f"{10:032x}"] == "duplicate"  # the same question, asked again later
+    assert f"{51:032x}" in examples
+    data.keep(lambda e: e.id != f"{14:032x}")
+    assert f"{14:032x}" not in {e.id for e in data.all()}
+    assert data.left_out[-1].reason == "not_replayable" and data.skipped_not_replayable == 1
+    assert data.summary()["left_out_by_reason"]["excluded"] == 1
+
+
+def test_golden_runs_always_go_to_validation(store_url):
+    """Golden runs (marked, or given for one command) are validation examples whatever
+    their hash, and so is every run that asks the same; an unknown id is refused."""
+    store = open_store(store_url)
+    write_spans(store, [_root(i) for i in range(60)])
+    write_spans(store, [_root(100, run_id="run-x")])
+    for i in range(60):
+        _feedback(store, f"{i:032x}", 0.5 + (i % 2) / 2)
+    hashed = {f"{i:032x}": split_of(inputs_key({"question": f"q{i}"})) for i in range(60)}
+    train = [t for t, s in hashed.items() if s == "train"][:3]
+    test = [t for t, s in hashed.items() if s == "test"][:3]
+    set_mark(store, train, "golden")
+    data = load_examples(store, "qa", filters=ExampleFilter(golden=tuple(test)))
+    splits = _split_ids(data)
+    assert set(train) | set(test) <= splits["val"]
+    assert not (set(train) | set(test)) & (splits["train"] | splits["test"])
+    assert all(e.meta["mark"] == "golden" for e in data.val if e.id in train + test)
+    # a later run of a golden question is in validation too, never trained on
+    write_spans(store, [_root(70, question="q" + str(int(test[0], 16)))])
+    _feedback(store, f"{70:032x}", 1.0)
+    again = load_examples(store, "qa", filters=ExampleFilter(golden=tuple(test),
+                                                             dedupe_inputs=False))
+    assert f"{70:032x}" in _split_ids(again)["val"]
+    deduped = load_examples(store, "qa", filters=ExampleFilter(golden=tuple(test)))
+    assert test[0] in _split_ids(deduped)["val"], "de-duplication keeps the golden run"
+    for bad in ("f" * 32, f"{100:032x}"):  # unknown, and an optimizer rollout
+        with pytest.raises(NotFoundError, match="golden trace id"):
+            load_examples(store, "qa", filters=ExampleFilter(golden=(bad,)))
+    with pytest.raises(ConfigError, match="rollout of optimization run run-x"):
+        set_mark(store, [f"{100:032x}"], "golden")
