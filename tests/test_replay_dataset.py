@@ -75,7 +75,12 @@ def test_time_window_dedupe_and_sample(store_url):
     assert len(duplicates) == 4
     assert {x.duplicate_of for x in duplicates} == {f"{latest:032x}"}
     assert all(f"same inputs as {latest:032x}" in x.detail for x in duplicates)
-    outside = {x.trace_id for x in data.left_out if x.reason == "outside_window"}
+    assert data.outside_window == 10 and data.summary()["left_out_by_reason"] == \
+        {"outside_window": 10, "duplicate": 4}
+    assert not any(x.reason == "outside_window" for x in data.left_out), "counted, not read"
+    listed = load_examples(store, "qa", filters=ExampleFilter(since=time.time() - 86400),
+                           need_signal=False, list_outside=True)
+    outside = {x.trace_id for x in listed.left_out if x.reason == "outside_window"}
     assert outside == {f"{i:032x}" for i in range(10)}
 
 
@@ -175,7 +180,7 @@ def test_every_run_is_an_example_or_left_out_with_its_reason(store_url):
         _feedback(store, f"{i:032x}", 1.0)
     set_mark(store, [f"{12:032x}"], "excluded", "a test account")
     data = load_examples(store, "qa", filters=ExampleFilter(since=time.time() - 86400),
-                         min_examples=0)
+                         min_examples=0, list_outside=True)
     reasons = {x.trace_id: x.reason for x in data.left_out}
     examples = {e.id for e in data.all()}
     production = {f"{i:032x}" for i in [*range(3), *range(10, 40), 50, 51]}

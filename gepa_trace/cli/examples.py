@@ -139,7 +139,8 @@ def examples(ctx: click.Context, agent: str | None, since: str | None, until: st
                                      f"({exc})", param_hint="--shares") from None
     filters = example_filter(since, until, with_feedback, sample, golden_file)
     dataset = load_examples(open_store(store), agent, filters=filters, fractions=fractions,
-                            min_examples=0, need_signal=metric == "feedback")
+                            min_examples=0, need_signal=metric == "feedback",
+                            list_outside=True)
     rows = [_row(e, split) for split in ("train", "val", "test")
             for e in getattr(dataset, split)]
     left = [_row(item.run, "left-out", item) for item in dataset.left_out]

@@ -36,7 +36,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, select
+from sqlalchemy import and_, func, select
 
 from gepa_trace.errors import ConfigError, GepaTraceError, NotFoundError
 from gepa_trace.optimizer.protocols import Example
@@ -127,6 +127,8 @@ class Dataset:
     val: list[Example] = field(default_factory=list)
     test: list[Example] = field(default_factory=list)
     left_out: list[LeftOut] = field(default_factory=list)
+    #: production runs outside --since/--until (in ``left_out`` only when listed)
+    outside_window: int = 0
 
     def keep(self, usable: Any) -> None:
         """Keep only the examples ``usable(example)`` accepts; the others are left out
@@ -145,10 +147,11 @@ class Dataset:
         return self.train + self.val + self.test
 
     def left_out_by_reason(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
+        counts: dict[str, int] = {"outside_window": self.outside_window}
         for item in self.left_out:
-            counts[item.reason] = counts.get(item.reason, 0) + 1
-        return counts
+            if item.reason != "outside_window":
+                counts[item.reason] = counts.get(item.reason, 0) + 1
+        return {reason: n for reason, n in counts.items() if n}
 
     @property
     def skipped_without_signal(self) -> int:
@@ -160,7 +163,8 @@ class Dataset:
 
     def summary(self) -> dict[str, Any]:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test),
-                "left_out": len(self.left_out), "left_out_by_reason": self.left_out_by_reason(),
+                "left_out": sum(self.left_out_by_reason().values()),
+                "left_out_by_reason": self.left_out_by_reason(),
                 "skipped_without_signal": self.skipped_without_signal,
                 "skipped_not_replayable": self.skipped_not_replayable}
 
@@ -232,9 +236,10 @@ def expected_origin(example: Example) -> str:
     return f"{where} (feedback {record})"
 
 
-def _roots(store: Store, agent: str, filters: ExampleFilter) -> tuple[list[Any], list[Any]]:
+def _roots(store: Store, agent: str, filters: ExampleFilter,
+           list_outside: bool) -> tuple[list[Any], list[str], int]:
     """(root spans in the time window with their attributes, newest first; trace ids
-    and starts of the agent's other production runs)."""
+    of the agent's production runs outside it, if ``list_outside``; how many those are)."""
     production = and_(_SPANS.c.agent == agent, _SPANS.c.parent_span_id.is_(None),
                       _SPANS.c.run_id.is_(None))
     window = []
@@ -242,22 +247,36 @@ def _roots(store: Store, agent: str, filters: ExampleFilter) -> tuple[list[Any],
         window.append(_SPANS.c.start_ns >= int(filters.since * 1e9))
     if filters.until is not None:
         window.append(_SPANS.c.start_ns < int(filters.until * 1e9))
-    inside = and_(production, *window)
     with store.read() as conn:
         roots = conn.execute(select(_SPANS.c.trace_id, _SPANS.c.attributes, _SPANS.c.start_ns)
-                             .where(inside).order_by(_SPANS.c.start_ns.desc(),
-                                                     _SPANS.c.trace_id)).all()
-        outside = []
-        if window:  # only ids: a long history outside the window costs little
-            outside = conn.execute(select(_SPANS.c.trace_id, _SPANS.c.start_ns)
-                                   .where(production, ~and_(*window))
-                                   .order_by(_SPANS.c.start_ns.desc())).all()
-    return roots, outside
+                             .where(production, *window)
+                             .order_by(_SPANS.c.start_ns.desc(), _SPANS.c.trace_id)).all()
+        if not window:
+            return roots, [], 0
+        outside = and_(production, ~and_(*window))
+        if not list_outside:  # a nightly run over a long history: a count, not the ids
+            count = conn.execute(select(func.count()).select_from(_SPANS).where(outside))
+            return roots, [], int(count.scalar_one())
+        ids = conn.execute(select(_SPANS.c.trace_id).where(outside)
+                           .order_by(_SPANS.c.start_ns.desc())).scalars().all()
+    return roots, list(ids), len(ids)
+
+
+def _unknown_runs(store: Store, agent: str, trace_ids: list[str]) -> list[str]:
+    """Those of ``trace_ids`` that are not production runs of ``agent``."""
+    if not trace_ids:
+        return []
+    with store.read() as conn:
+        found = set(conn.execute(select(_SPANS.c.trace_id).where(
+            _SPANS.c.agent == agent, _SPANS.c.parent_span_id.is_(None),
+            _SPANS.c.run_id.is_(None), _SPANS.c.trace_id.in_(trace_ids))).scalars())
+    return [t for t in trace_ids if t not in found]
 
 
 def load_examples(store: Store, agent: str, *, filters: ExampleFilter = ExampleFilter(),
                   fractions: SplitFractions = SplitFractions(),
-                  min_examples: int = 6, need_signal: bool = True) -> Dataset:
+                  min_examples: int = 6, need_signal: bool = True,
+                  list_outside: bool = False) -> Dataset:
     """The examples of ``agent``'s production runs, split into train/val/test, and the
     runs left out with their reasons (see the module docstring).
 
@@ -266,25 +285,28 @@ def load_examples(store: Store, agent: str, *, filters: ExampleFilter = ExampleF
     ``NotFoundError`` when a ``filters.golden`` id is not a production run of ``agent``,
     and NotEnoughExamples with the counts when fewer than ``min_examples`` remain or
     train or validation is empty (``min_examples=0``: no check; what ``examples`` lists).
+    Runs outside --since/--until are counted (``Dataset.outside_window``); with
+    ``list_outside`` each is also in ``left_out`` (``examples`` lists them; a nightly
+    run over a long history need not read their ids).
     """
-    roots, outside = _roots(store, agent, filters)
-    if not roots and not outside:
+    roots, outside, n_outside = _roots(store, agent, filters, list_outside)
+    if not roots and not n_outside:
         raise NotEnoughExamples(f"no recorded runs of agent {agent!r} in the store; check "
                                 "the name with `gepa-trace traces`")
     marks = marks_of(store, agent)
     golden = {t for t, m in marks.items() if m.mark == "golden"}
-    known = {r.trace_id for r in roots} | {r.trace_id for r in outside}
-    unknown = [t for t in dict.fromkeys(filters.golden) if t not in known]
+    in_window = {r.trace_id for r in roots}
+    unknown = _unknown_runs(store, agent, [t for t in dict.fromkeys(filters.golden)
+                                           if t not in in_window])
     if unknown:
         listed = ", ".join(unknown[:3]) + (f" and {len(unknown) - 3} more" if len(unknown) > 3
                                            else "")
         raise NotFoundError(f"golden trace id(s) not a recorded run of agent {agent!r} in "
                             f"the store {safe_url(store.url)}: {listed}")
     golden |= set(filters.golden)
-    dataset = Dataset(agent=agent)
-    for row in outside:
-        dataset.left_out.append(LeftOut(row.trace_id, "outside_window",
-                                        REASONS["outside_window"]))
+    dataset = Dataset(agent=agent, outside_window=n_outside)
+    for trace_id in outside:
+        dataset.left_out.append(LeftOut(trace_id, "outside_window", REASONS["outside_window"]))
 
     def leave(example: Example | str, reason: str, detail: str = "", **more: Any) -> None:
         run = example if isinstance(example, Example) else None
@@ -360,7 +382,7 @@ def load_examples(store: Store, agent: str, *, filters: ExampleFilter = ExampleF
             example = dataclasses.replace(example, split=split)
         getattr(dataset, split).append(example)
     if min_examples:
-        _check_enough(dataset, agent, len(roots) + len(outside), min_examples)
+        _check_enough(dataset, agent, len(roots) + n_outside, min_examples)
     return dataset
 
 
