@@ -224,6 +224,12 @@ def test_golden_runs_always_go_to_validation(store_url):
     assert f"{70:032x}" in _split_ids(again)["val"]
     deduped = load_examples(store, "qa", filters=ExampleFilter(golden=tuple(test)))
     assert test[0] in _split_ids(deduped)["val"], "de-duplication keeps the golden run"
+    # a golden run with no feedback is left out, and its question still is validation
+    write_spans(store, [_root(80, question="q80"), _root(81, question="q80")])
+    _feedback(store, f"{81:032x}", 1.0)
+    pinned = load_examples(store, "qa", filters=ExampleFilter(golden=(f"{80:032x}",)))
+    assert f"{81:032x}" in _split_ids(pinned)["val"]
+    assert {x.trace_id: x.reason for x in pinned.left_out}[f"{80:032x}"] == "no_signal"
     for bad in ("f" * 32, f"{100:032x}"):  # unknown, and an optimizer rollout
         with pytest.raises(NotFoundError, match="golden trace id"):
             load_examples(store, "qa", filters=ExampleFilter(golden=(bad,)))

@@ -353,7 +353,9 @@ def load_examples(store: Store, agent: str, *, filters: ExampleFilter = ExampleF
         else:
             usable.append(example)
 
-    golden_keys = {keys[e.id] for e in usable if e.id in golden}
+    # a golden question is validation, asked by whichever run (even if its golden
+    # run itself is left out)
+    golden_keys = {key for trace, key in keys.items() if trace in golden}
     candidates: list[Example] = []
     if filters.dedupe_inputs:
         kept: dict[str, str] = {}
