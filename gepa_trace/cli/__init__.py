@@ -5,7 +5,7 @@ Quick start:
   gepa-trace demo                         the whole cycle, offline, on SQLite
   gepa-trace traces --agent support-agent runs recorded by gt.instrument()
   gepa-trace components                   prompts seen, their versions and calls
-  gepa-trace examples --agent support-agent   what the optimizer would learn from
+  gepa-trace examples --agent NAME        what optimize would learn from, and why not
   gepa-trace optimize --agent support-agent --entrypoint app:build_agent \\
       --metric app:metric --reflection-lm openai/gpt-4.1
   gepa-trace export RUN_ID --out prompts.json
