@@ -89,7 +89,7 @@ def _in_effect_on(conn, trace_ids: Sequence[str]) -> dict[tuple, list[dict[str, 
 
 def _conflict_message(key: str) -> str:
     return (f"feedback_id {feedback_id_of(key)!r} is already recorded with other content; "
-            "pass --replace (replace=True) to replace it")
+            "pass --replace to replace it")
 
 
 def store_rows(conn, rows: Sequence[dict[str, Any]], replace: bool) -> list[Outcome]:
