@@ -270,6 +270,8 @@ def test_traces_show_prints_the_new_fields_of_each_record(sqlite_url):
     assert "score=2 (1..5)" in feedback and "(reviewer, " in feedback
     assert f"[replaced by #{old.id + 1}; not used]" in feedback
     assert "expected (field country): Peru" in feedback and "it is Peru" in feedback
+    listed = runner.invoke(main, ["traces", "--store", sqlite_url]).stdout
+    assert " 1 (1) " in listed  # 5 on 1..5; the replaced record does not count
     shown = json.loads(runner.invoke(main, ["traces", "show", a, "--json",
                                             "--store", sqlite_url]).stdout)
     assert [(f["expected"], f["source"], f["score_high"], f["replaced_by"])

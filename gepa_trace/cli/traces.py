@@ -105,8 +105,14 @@ def traces(ctx: click.Context, agent: str | None, since: str | None, until: str 
             "SCORE (N)", "INPUT"],
            [[r.trace_id, r.agent or "-", _when(r.start_time), _duration(r.duration_ms),
              r.status, str(r.span_count), _tokens(r.input_tokens, r.output_tokens) or "-",
-             f"{_score(r.score)} ({len(r.feedback)})" if r.feedback else "-",
-             r.input or ""] for r in runs])
+             _score_cell(r), r.input or ""] for r in runs])
+
+
+def _score_cell(run: Any) -> str:
+    """The run's score and how many feedback records count for it (replaced ones do not)."""
+    if not run.feedback:
+        return "-"
+    return f"{_score(run.score)} ({sum(1 for f in run.feedback if f.replaced_by is None)})"
 
 
 @traces.command("show")

@@ -34,7 +34,7 @@ from gepa_trace.store.feedback_records import (
     store_event_feedback,
     store_rows,
 )
-from gepa_trace.store.queries import Feedback, _feedback_row
+from gepa_trace.store.queries import Feedback
 
 logger = logging.getLogger(__name__)
 
@@ -178,16 +178,8 @@ def record_feedback(trace_id: str, score: float | None = None, label: str | None
         raise UnknownTraceError(f"{reason} in the store {safe_url(store.url)}")
     if outcome.conflict:
         raise FeedbackConflict(outcome.conflict)
-    stored = _feedback_row(_Columns(outcome.record))
-    return RecordedFeedback(**{f: getattr(stored, f) for f in Feedback.__dataclass_fields__},
-                            duplicate=outcome.duplicate, replaced=outcome.replaced)
-
-
-class _Columns:
-    """A row dict read as attributes (what ``queries._feedback_row`` reads)."""
-
-    def __init__(self, values: dict[str, Any]):
-        self.__dict__.update(values)
+    stored = {f: outcome.record.get(f) for f in Feedback.__dataclass_fields__}
+    return RecordedFeedback(**stored, duplicate=outcome.duplicate, replaced=outcome.replaced)
 
 
 def _store_if_known(store: Store, row: dict[str, Any], replace: bool) -> Outcome | None:
