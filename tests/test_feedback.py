@@ -262,6 +262,7 @@ def test_feedback_import_of_a_clean_file_exits_0_with_json_report(sqlite_url, tm
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == {"path": str(path), "format": "jsonl",
                                          "accepted": 1, "duplicates": 0, "replaced": 0,
+                                         "superseded": 0,
                                          "rejected": [], "ok": True}
     forget_store(sqlite_url)
 

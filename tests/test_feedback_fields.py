@@ -226,6 +226,26 @@ def test_import_with_replace_lets_each_row_replace_the_earlier(sqlite_url, tmp_p
     assert rows(store)[0]["id"] == first.id
 
 
+def test_with_replace_the_last_row_of_a_file_is_the_one_in_effect(store_url, tmp_path):
+    store = open_store(store_url)
+    a = write_run(store, 1)
+    first = record_feedback(a, score=0.5, store=store)
+    path = tmp_path / "f.csv"
+    path.write_text(f"trace_id,score\n{a},1\n{a},0\n{a},1\n")  # up, down, up again
+    report = import_feedback(store, path, replace=True)
+    assert (report.accepted, report.superseded, report.replaced) == (1, 2, 1)
+    records = feedback_for_traces(store, [a])[a]
+    assert [(f.score, f.replaced_by) for f in records] == [(0.5, first.id + 1), (1.0, None)]
+    again = import_feedback(store, path, replace=True)  # stores nothing
+    assert (again.accepted, again.duplicates, again.replaced) == (0, 1, 0)
+    assert feedback_for_traces(store, [a])[a] == records
+    # an up, down, up again sent one by one is three records, the last in effect
+    for score in (0, 1):
+        record_feedback(a, score=score, replace=True, store=store)
+    assert [f.score for f in feedback_for_traces(store, [a])[a]
+            if f.replaced_by is None] == [1.0]
+
+
 def test_feedback_add_cli_fields_duplicates_and_replace(sqlite_url):
     store = open_store(sqlite_url)
     a = write_run(store, 1)

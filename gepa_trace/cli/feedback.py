@@ -107,7 +107,8 @@ def add(trace_id: str, score: float | None, score_range: str | None, label: str 
 @feedback.command("import")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=str))
 @click.option("--replace", is_flag=True,
-              help="Each row replaces earlier records as `feedback add --replace` does.")
+              help="Each row replaces earlier records as `feedback add --replace` does; "
+                   "the file's last row for each target counts.")
 @store_option
 @json_option
 @handles_errors
@@ -137,6 +138,8 @@ def import_(file: str, replace: bool, store: str | None, as_json: bool) -> None:
     progress(f"imported {report.accepted} feedback row(s) from {file}"
              + (f"; {report.duplicates} already recorded" if report.duplicates else "")
              + (f"; replaced {report.replaced} earlier record(s)" if report.replaced else "")
+             + (f"; {report.superseded} overridden by a later row of the file"
+                if report.superseded else "")
              + (f"; rejected {len(report.rejected)}" if report.rejected else ""))
     if report.rejected:
         fail(f"{len(report.rejected)} row(s) rejected; the other {report.accepted} were stored")

@@ -39,7 +39,6 @@ from gepa_trace.store.queries import Feedback
 logger = logging.getLogger(__name__)
 
 
-
 class UnknownTraceError(FeedbackError, NotFoundError):
     """Feedback on a trace (or span) the store has never seen. Exit code 3, like any
     lookup of something that does not exist."""
@@ -211,14 +210,16 @@ class RejectedRow:
 class ImportReport:
     """What ``import_feedback`` did: how many rows were stored (``accepted``), how many
     were already recorded (``duplicates``: stored earlier, or repeated in the file), how
-    many earlier records the rows replaced (``replaced``), and each refused row with its
-    line number (1-based, counting the CSV header) and the reason."""
+    many earlier records the rows replaced (``replaced``), how many rows a later row of
+    the same file overrode under ``replace`` (``superseded``, not stored), and each
+    refused row with its line number (1-based, counting the CSV header) and the reason."""
 
     path: str
     format: str
     accepted: int = 0
     duplicates: int = 0
     replaced: int = 0
+    superseded: int = 0
     rejected: list[RejectedRow] = field(default_factory=list)
 
     @property
@@ -289,8 +290,9 @@ def import_feedback(store: Store | str | None, path: str | Path, *,
     Every row is checked and stored as ``record_feedback`` stores one, in file order and
     in one transaction: a row already recorded (by an earlier import, or earlier in the
     file) is counted in ``duplicates`` and stores nothing, so importing a file twice
-    stores it once; with ``replace`` each row replaces as ``record_feedback(replace=True)``
-    does. Bad rows (and a feedback_id already recorded with other content) are reported
+    stores it once. With ``replace`` each row replaces as ``record_feedback(replace=True)``
+    does, and only the file's last row for each target counts (the earlier ones are
+    ``superseded``, not stored), so importing it again stores nothing either. Bad rows (and a feedback_id already recorded with other content) are reported
     with their line number and reason, and nothing of them is stored. A file that cannot
     be read, or a CSV without a trace_id column, raises ``FeedbackError``.
     """
@@ -340,9 +342,12 @@ def _import_rows(store: Store, good: list[dict[str, Any]], lines: list[int], rep
     with store.write() as conn:
         missing = missing_targets(conn, good)
         keep, kept_lines = [], []
+        last = _last_row_per_target(good) if replace else None
         for index, row in enumerate(good):
             if index in missing:
                 report.rejected.append(RejectedRow(lines[index], missing[index]))
+            elif last is not None and index not in last:
+                report.superseded += 1
             else:
                 keep.append(dict(row, created_at=now))
                 kept_lines.append(lines[index])
@@ -352,6 +357,19 @@ def _import_rows(store: Store, good: list[dict[str, Any]], lines: list[int], rep
     report.replaced = sum(len(o.replaced) for o in outcomes)
     report.rejected.extend(RejectedRow(line, o.conflict)
                            for line, o in zip(kept_lines, outcomes) if o.conflict)
+
+
+def _last_row_per_target(rows: list[dict[str, Any]]) -> set[int]:
+    """Under ``replace`` a file says one thing per target (a feedback_id, else the
+    trace, span, name and source): the indexes of its last row for each. Applying only
+    those makes importing the file again a no-op, as without ``replace``."""
+    last: dict[tuple, int] = {}
+    for index, row in enumerate(rows):
+        key = row["feedback_key"]
+        target = (key,) if key.startswith("id:") else (
+            row["trace_id"], row["span_id"], row["name"], row["source"])
+        last[target] = index
+    return set(last.values())
 
 
 __all__ = [

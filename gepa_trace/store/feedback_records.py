@@ -57,8 +57,11 @@ class Outcome:
     conflict: str | None = None
 
 
-def _rows_with_keys(conn, keys: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
-    """Every stored record (in effect or replaced) with one of ``keys``, oldest first."""
+def _rows_with_keys(conn, keys: Sequence[str],
+                   known: dict[int, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Every stored record (in effect or replaced) with one of ``keys``, oldest first.
+    ``known`` maps ids to the one dict of each record, shared with ``_in_effect_on``, so
+    marking a record replaced is seen by both lookups."""
     found: dict[str, list[dict[str, Any]]] = {}
     keys = list(dict.fromkeys(keys))
     for start in range(0, len(keys), _CHUNK):
@@ -66,7 +69,8 @@ def _rows_with_keys(conn, keys: Sequence[str]) -> dict[str, list[dict[str, Any]]
             _FEEDBACK.c.feedback_key.in_(keys[start:start + _CHUNK]))
             .order_by(_FEEDBACK.c.id)).mappings().all()
         for row in rows:
-            found.setdefault(row["feedback_key"], []).append(dict(row))
+            found.setdefault(row["feedback_key"], []).append(
+                known.setdefault(row["id"], dict(row)))
     return found
 
 
@@ -74,7 +78,8 @@ def _coordinates(row: dict[str, Any]) -> tuple:
     return row["trace_id"], row["span_id"], row["name"], row["source"]
 
 
-def _in_effect_on(conn, trace_ids: Sequence[str]) -> dict[tuple, list[dict[str, Any]]]:
+def _in_effect_on(conn, trace_ids: Sequence[str],
+                  known: dict[int, dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
     """Records in effect on these traces, by (trace, span, name, source)."""
     found: dict[tuple, list[dict[str, Any]]] = {}
     trace_ids = list(dict.fromkeys(trace_ids))
@@ -83,7 +88,8 @@ def _in_effect_on(conn, trace_ids: Sequence[str]) -> dict[tuple, list[dict[str, 
             _FEEDBACK.c.trace_id.in_(trace_ids[start:start + _CHUNK]),
             _FEEDBACK.c.replaced_by.is_(None)).order_by(_FEEDBACK.c.id)).mappings().all()
         for row in rows:
-            found.setdefault(_coordinates(row), []).append(dict(row))
+            found.setdefault(_coordinates(row), []).append(
+                known.setdefault(row["id"], dict(row)))
     return found
 
 
@@ -96,8 +102,9 @@ def store_rows(conn, rows: Sequence[dict[str, Any]], replace: bool) -> list[Outc
     """Store checked rows (whose traces are known) in order, in one transaction, by the
     rules of ``record_feedback``; one outcome per row. Earlier rows count for later
     ones, so a row repeated in one file is one record."""
-    by_key = _rows_with_keys(conn, [r["feedback_key"] for r in rows])
-    live_on = _in_effect_on(conn, [r["trace_id"] for r in rows]) if replace else {}
+    known: dict[int, dict[str, Any]] = {}
+    by_key = _rows_with_keys(conn, [r["feedback_key"] for r in rows], known)
+    live_on = _in_effect_on(conn, [r["trace_id"] for r in rows], known) if replace else {}
     outcomes = []
     for row in rows:
         key = row["feedback_key"]
