@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 
 import pytest
 import sqlalchemy as sa
@@ -104,6 +105,25 @@ def test_the_same_record_twice_is_stored_once_and_says_so(store_url):
     # a different score (or name, source, span...) is another record
     assert not record_feedback(a, score=1, comment="wrong country", store=store).duplicate
     assert len(rows(store)) == 2
+
+
+def test_the_same_record_sent_at_once_by_several_clients_is_one_record(store_url):
+    """Concurrent retries race on the unique key (PostgreSQL); the loser sees the
+    winner's record and reports a duplicate instead of failing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = open_store(store_url)
+    a = write_run(store, 1)
+    start = threading.Barrier(8)
+
+    def send(_):
+        start.wait()
+        return record_feedback(a, score=1, feedback_id="r", store=store)
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(send, range(8)))
+    assert len({r.id for r in results}) == 1 and len(rows(store)) == 1
+    assert sum(not r.duplicate for r in results) == 1
 
 
 def test_a_feedback_id_is_idempotent_and_refuses_other_content_without_replace(store_url):

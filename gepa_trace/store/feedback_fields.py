@@ -218,7 +218,6 @@ def event_feedback(span: Mapping[str, Any], event: Mapping[str, Any]) -> dict[st
     for key, value in values.items():
         if isinstance(value, (list, tuple, dict)):
             raise FeedbackError(f"{_EVENT_PREFIX}{key} is not a single value")
-    values["name"] = values["name"] or "user"
     row = checked_feedback(span.get("trace_id"),
                            span_id=span.get("span_id") if span.get("parent_span_id") else None,
                            feedback_id=attributes.get(_EVENT_PREFIX + "id"), **values)
