@@ -251,7 +251,9 @@ def write_prepared(store: Store, batches: Sequence[PreparedSpans]) -> int:
 
 
 def _store_event_feedback(conn: Any, rows: list[dict[str, Any]]) -> None:
-    """The spans' feedback, in their transaction; a failure here never fails them."""
+    """The spans' feedback, in their transaction, inside a savepoint: a record that
+    conflicts with a stored one, or that another writer stores at the same moment, is
+    skipped and never fails the spans."""
     from gepa_trace.store.feedback_records import store_event_feedback
 
     conflicting = 0
