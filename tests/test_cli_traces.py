@@ -99,7 +99,7 @@ def test_list_runs_returns_roots_newest_first_with_totals_and_feedback(store_url
     old = write_run(store, 1, hours_ago=2)
     new = write_run(store, 2, hours_ago=1)
     record_feedback(old, score=0.0, comment="wrong country", store=store)
-    record_feedback(old, score=1.0, name="judge", source="llm", store=store)
+    record_feedback(old, score=1.0, name="judge", source="llm-judge", store=store)
     runs = list_runs(store, agent=AGENT)
     assert [r.trace_id for r in runs] == [new, old]
     first = runs[1]

@@ -144,7 +144,7 @@ def test_import_keeps_good_rows_and_reports_bad_ones_by_line(store_url, tmp_path
     path = tmp_path / "ratings.csv"
     path.write_text(
         "trace_id,score,label,comment,name,source\n"          # line 1
-        f"{a},1,good,,judge,llm\n"                              # 2 good
+        f"{a},1,good,,judge,llm-judge\n"                        # 2 good
         f"{a},nan,,,,\n"                                        # 3 non-finite
         f"{'e' * 32},0,,,,\n"                                   # 4 unknown trace
         f"{b},,,\"two\nlines\",,\n"                             # 5-6 good, multi-line
@@ -162,7 +162,7 @@ def test_import_keeps_good_rows_and_reports_bad_ones_by_line(store_url, tmp_path
     ]
     assert stored_feedback(store) == [
         (a, 0.5, None, None, "user", "user"),
-        (a, 1.0, "good", None, "judge", "llm"),
+        (a, 1.0, "good", None, "judge", "automated"),
         (b, None, None, "two\nlines", "user", "user"),
         (b, 0.25, None, None, "user", "user"),
     ]
@@ -261,7 +261,9 @@ def test_feedback_import_of_a_clean_file_exits_0_with_json_report(sqlite_url, tm
                                        "--store", sqlite_url])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == {"path": str(path), "format": "jsonl",
-                                         "accepted": 1, "rejected": [], "ok": True}
+                                         "accepted": 1, "duplicates": 0, "replaced": 0,
+                                         "superseded": 0,
+                                         "rejected": [], "ok": True}
     forget_store(sqlite_url)
 
 
@@ -320,6 +322,9 @@ def test_import_accepts_exactly_the_good_rows_and_names_every_bad_line(sqlite_ur
     path.write_text("\n".join(lines) + "\n")
     report = import_feedback(store, path)
     good = sum(k.startswith("good") for k in kinds)
-    assert report.accepted == good
+    # Each good row is stored once per store: repeated (in this file or an earlier
+    # example's) it is a duplicate, not a new record and not a rejection.
+    assert report.accepted + report.duplicates == good
     assert [r.line for r in report.rejected] == bad_lines
-    assert len(stored_feedback(store)) == before + good
+    assert len(stored_feedback(store)) == before + report.accepted
+    assert before + report.accepted <= 2

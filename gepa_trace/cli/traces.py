@@ -105,8 +105,14 @@ def traces(ctx: click.Context, agent: str | None, since: str | None, until: str 
             "SCORE (N)", "INPUT"],
            [[r.trace_id, r.agent or "-", _when(r.start_time), _duration(r.duration_ms),
              r.status, str(r.span_count), _tokens(r.input_tokens, r.output_tokens) or "-",
-             f"{_score(r.score)} ({len(r.feedback)})" if r.feedback else "-",
-             r.input or ""] for r in runs])
+             _score_cell(r), r.input or ""] for r in runs])
+
+
+def _score_cell(run: Any) -> str:
+    """The run's score and how many feedback records count for it (replaced ones do not)."""
+    if not run.feedback:
+        return "-"
+    return f"{_score(run.score)} ({sum(1 for f in run.feedback if f.replaced_by is None)})"
 
 
 @traces.command("show")
@@ -152,15 +158,31 @@ def show(trace_id: str, store: str | None, as_json: bool) -> None:
         return
     click.echo("feedback:")
     for fb in trace.feedback:
-        parts = [fb.name, f"score={_score(fb.score)}"]
-        if fb.label:
-            parts.append(f"label={fb.label}")
-        if fb.span_id:
-            parts.append(f"span={fb.span_id}")
-        parts.append(f"({fb.source}, {_when(fb.created_at)})")
-        click.echo("  " + "  ".join(parts))
+        click.echo("  " + "  ".join(_feedback_parts(fb)))
+        if fb.expected is not None:
+            field = f" (field {fb.expected_field})" if fb.expected_field else ""
+            click.echo(f"    expected{field}: " + fb.expected.replace("\n", "\n      "))
         if fb.comment:
             click.echo("    " + fb.comment.replace("\n", "\n    "))
+
+
+def _feedback_parts(fb: Any) -> list[str]:
+    """One feedback record's header line: id, name, score with its declared range,
+    label, span, source and time, and whether it was replaced."""
+    score = _score(fb.score)
+    if fb.score is not None and fb.score_low is not None:
+        score += f" ({fb.score_low:g}..{fb.score_high:g})"
+    parts = [f"#{fb.id}", fb.name, f"score={score}"]
+    if fb.label:
+        parts.append(f"label={fb.label}")
+    if fb.span_id:
+        parts.append(f"span={fb.span_id}")
+    if fb.feedback_key and fb.feedback_key.startswith("id:"):
+        parts.append(f"feedback_id={fb.feedback_key[3:]}")
+    parts.append(f"({fb.source}, {_when(fb.created_at)})")
+    if fb.replaced_by is not None:
+        parts.append(f"[replaced by #{fb.replaced_by}; not used]")
+    return parts
 
 
 def _template_lines(template: Any) -> list[str]:

@@ -38,10 +38,14 @@ from gepa_trace.collectors.otlp_decode import (
 from gepa_trace.collectors.otlp_writer import SpanWriter, wait_until
 from gepa_trace.errors import ConfigError, GepaTraceError
 from gepa_trace.store.engine import Store
+from gepa_trace.store.spans import skipped_feedback_events
 
 log = logging.getLogger(__name__)
 
-FEEDBACK_FIELDS = ("trace_id", "score", "label", "comment", "name", "source", "span_id")
+#: The JSON fields of ``POST /v1/feedback``: those of ``record_feedback`` (score_range as
+#: [low, high]) and ``replace`` (true/false).
+FEEDBACK_FIELDS = ("trace_id", "span_id", "name", "score", "score_range", "label", "comment",
+                   "expected", "expected_field", "source", "feedback_id", "replace")
 
 
 @dataclass
@@ -126,7 +130,13 @@ class Receiver:
                 self.stats.spans_accepted += len(decoded.spans)
 
     def feedback(self, fields: Any) -> tuple[int, dict[str, Any]]:
-        """Record one feedback (the fields of ``record_feedback``); (HTTP status, body)."""
+        """Record one feedback (the fields of ``record_feedback``); (HTTP status, body).
+
+        200 with ``{"ok": true, "duplicate": bool, "replaced": [ids], "feedback": {...}}``
+        also when the record was already stored (a client's retry stores nothing); 400
+        for a refused record, 404 for an unknown trace, 409 for a feedback_id already
+        recorded with other content (send ``"replace": true`` to replace it).
+        """
         if not isinstance(fields, dict):
             return 400, {"error": "feedback must be a JSON object"}
         unknown = sorted(set(fields) - set(FEEDBACK_FIELDS))
@@ -135,26 +145,32 @@ class Receiver:
                                   f"expected {list(FEEDBACK_FIELDS)}"}
         if not isinstance(fields.get("trace_id"), str) or not fields["trace_id"]:
             return 400, {"error": "trace_id (a string) is required"}
-        try:
-            from gepa_trace.store.feedback import record_feedback
-        except ImportError:
-            return 501, {"error": "this gepa-trace has no feedback store"}
+        if not isinstance(fields.get("replace", False), bool):
+            return 400, {"error": "replace must be true or false"}
         from gepa_trace.errors import NotFoundError
+        from gepa_trace.store.feedback import FeedbackConflict, record_feedback
 
         try:
             result = record_feedback(store=self.store, **fields)
         except NotFoundError as exc:
             return 404, {"error": str(exc)}
+        except FeedbackConflict as exc:
+            return 409, {"error": str(exc)}
         except (GepaTraceError, TypeError, ValueError) as exc:
             return 400, {"error": str(exc)}
-        return 200, {"ok": True, "feedback": _jsonable(result)}
+        body = _jsonable(result)
+        for key in ("duplicate", "replaced"):
+            body.pop(key, None)
+        return 200, {"ok": True, "duplicate": result.duplicate,
+                     "replaced": list(result.replaced), "feedback": body}
 
     def health(self) -> dict[str, Any]:
         return {"status": "ok" if self.accepting else "stopping",
                 "pending_spans": self.writer.pending_spans,
                 "stored_spans": self.writer.stored_spans,
                 "transactions": self.writer.transactions,
-                "rejected_spans": self.stats.spans_rejected}
+                "rejected_spans": self.stats.spans_rejected,
+                "skipped_feedback_events": sum(skipped_feedback_events().values())}
 
 
 def _jsonable(value: Any) -> Any:

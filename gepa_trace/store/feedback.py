@@ -1,9 +1,13 @@
-"""Recording feedback on traces: one at a time (``record_feedback``) or from a file
-(``import_feedback``, CSV or JSONL).
+"""Recording feedback on traces: one at a time (``record_feedback``), from a file
+(``import_feedback``, CSV or JSONL), or from ``gepa.feedback`` span events
+(``store_event_feedback``, called by the span writer).
 
 Feedback is what the optimizer later reads as production evidence, so a record that
-could not mean anything is refused rather than stored: a malformed or unknown trace id,
-a score that is not a finite number, or a record with no score, label or comment.
+could not mean anything is refused rather than stored (the checks are in
+``feedback_fields``), and storing one is idempotent: a record whose key is already
+stored with the same content is not stored again. Which records a ``replace`` replaces
+is written in ``record_feedback``'s docstring; what several records in effect mean
+together is ``store.verdict``'s rule.
 """
 
 from __future__ import annotations
@@ -12,9 +16,6 @@ import csv
 import io
 import json
 import logging
-import math
-import numbers
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,24 +23,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert, select, tuple_
+from sqlalchemy.exc import IntegrityError
 
 from gepa_trace.errors import FeedbackError, NotFoundError, StoreMissing
 from gepa_trace.store.engine import Store, open_store, safe_url
+from gepa_trace.store.feedback_fields import COLUMNS, checked_feedback, feedback_id_of
+from gepa_trace.store.feedback_records import (
+    Outcome,
+    missing_targets,
+    store_event_feedback,
+    store_rows,
+)
 from gepa_trace.store.queries import Feedback
-from gepa_trace.store.tables import FeedbackRow, SpanRow
 
 logger = logging.getLogger(__name__)
-
-_FEEDBACK = FeedbackRow.__table__
-_SPANS = SpanRow.__table__
-
-_TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
-_SPAN_ID = re.compile(r"^[0-9a-f]{16}$")
-# Column widths of the feedback table; longer values would fail on PostgreSQL only.
-_MAX_LEN = {"name": 255, "label": 255, "source": 64, "expected_field": 255}
-COLUMNS = ("trace_id", "span_id", "score", "label", "comment", "name", "source", "expected",
-           "expected_field")
 
 
 class UnknownTraceError(FeedbackError, NotFoundError):
@@ -47,99 +44,8 @@ class UnknownTraceError(FeedbackError, NotFoundError):
     lookup of something that does not exist."""
 
 
-def _trace_id(value: Any) -> str:
-    text = str(value).strip().lower() if value is not None else ""
-    if not text:
-        raise FeedbackError("no trace_id given")
-    if not _TRACE_ID.match(text) or text == "0" * 32:
-        raise FeedbackError(f"trace id {value!r} is malformed (expected 32 hex characters)")
-    return text
-
-
-def _span_id(value: Any) -> str | None:
-    text = str(value).strip().lower() if value is not None else ""
-    if not text:
-        return None
-    if not _SPAN_ID.match(text) or text == "0" * 16:
-        raise FeedbackError(f"span id {value!r} is malformed (expected 16 hex characters)")
-    return text
-
-
-def _score(value: Any) -> float | None:
-    """A finite float, or None. Strings are parsed (files carry text); bools are refused
-    because True/False as a score is almost always a column mix-up."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        if not value.strip():
-            return None
-        try:
-            number = float(value)
-        except ValueError:
-            raise FeedbackError(f"score {value!r} is not a number") from None
-    elif isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise FeedbackError(f"score {value!r} is not a number")
-    else:
-        number = float(value)
-    if not math.isfinite(number):
-        raise FeedbackError(f"score {value!r} is not a finite number")
-    return number
-
-
-def _text(value: Any, column: str) -> str | None:
-    if value is None:
-        return None
-    text = str(value).strip()
-    if not text:
-        return None
-    limit = _MAX_LEN.get(column)
-    if limit is not None and len(text) > limit:
-        raise FeedbackError(f"{column} is {len(text)} characters long (at most {limit})")
-    return text
-
-
-def checked_feedback(trace_id: Any, score: Any = None, label: Any = None,
-                     comment: Any = None, name: Any = "user", source: Any = "user",
-                     span_id: Any = None, expected: Any = None,
-                     expected_field: Any = None) -> dict[str, Any]:
-    """The feedback-table row for these values, or ``FeedbackError`` naming the first
-    problem. Does not look at the store (see ``record_feedback`` for unknown ids)."""
-    row = {"trace_id": _trace_id(trace_id), "span_id": _span_id(span_id),
-           "score": _score(score), "label": _text(label, "label"),
-           "comment": _text(comment, "comment"),
-           "name": _text(name, "name") or "user", "source": _text(source, "source") or "user",
-           "expected": _text(expected, "expected"),
-           "expected_field": _text(expected_field, "expected_field")}
-    if all(row[k] is None for k in ("score", "label", "comment", "expected")):
-        raise FeedbackError(f"feedback on trace {row['trace_id']} is empty "
-                            "(give a score, a label, a comment or an expected answer)")
-    return row
-
-
-def _missing_targets(conn, rows: list[dict[str, Any]]) -> dict[int, str]:
-    """For each row index whose trace (or span) is not stored, why. Bulk: a query per
-    500 distinct trace ids, and one per 500 distinct (trace, span) pairs."""
-    trace_ids = list(dict.fromkeys(r["trace_id"] for r in rows))
-    known: set[str] = set()
-    for start in range(0, len(trace_ids), 500):
-        chunk = trace_ids[start:start + 500]
-        known.update(conn.execute(select(_SPANS.c.trace_id).distinct()
-                                  .where(_SPANS.c.trace_id.in_(chunk))).scalars())
-    pairs = list(dict.fromkeys((r["trace_id"], r["span_id"]) for r in rows
-                               if r["span_id"] and r["trace_id"] in known))
-    known_pairs: set[tuple[str, str]] = set()
-    for start in range(0, len(pairs), 500):
-        chunk = pairs[start:start + 500]
-        known_pairs.update(tuple(p) for p in conn.execute(
-            select(_SPANS.c.trace_id, _SPANS.c.span_id)
-            .where(tuple_(_SPANS.c.trace_id, _SPANS.c.span_id).in_(chunk))).all())
-    missing = {}
-    for index, row in enumerate(rows):
-        if row["trace_id"] not in known:
-            missing[index] = f"unknown trace id {row['trace_id']} (no span of it is stored)"
-        elif row["span_id"] and (row["trace_id"], row["span_id"]) not in known_pairs:
-            missing[index] = f"trace {row['trace_id']} has no span {row['span_id']}"
-    return missing
+class FeedbackConflict(FeedbackError):
+    """A ``feedback_id`` already recorded with other content (and no ``replace``)."""
 
 
 # Functions that push spans still buffered in this process into the store (an
@@ -190,24 +96,67 @@ def _flush_pending_spans() -> bool:
     return flushed
 
 
+@dataclass(frozen=True, eq=False)
+class RecordedFeedback(Feedback):
+    """What storing one record did: the record in effect now (the new one, or the one
+    already stored: ``duplicate``), and the ids of the records it ``replaced``. It
+    equals the stored ``Feedback`` it is."""
+
+    duplicate: bool = False
+    replaced: tuple[int, ...] = ()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Feedback):
+            return NotImplemented
+        return all(getattr(self, f) == getattr(other, f) for f in Feedback.__dataclass_fields__)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    @property
+    def feedback_id(self) -> str | None:
+        return feedback_id_of(self.feedback_key)
+
+
 def record_feedback(trace_id: str, score: float | None = None, label: str | None = None,
                     comment: str | None = None, name: str = "user", source: str = "user",
                     span_id: str | None = None, store: Store | str | None = None, *,
-                    expected: str | None = None,
-                    expected_field: str | None = None) -> Feedback:
+                    expected: str | None = None, expected_field: str | None = None,
+                    score_range: tuple[float, float] | str | None = None,
+                    feedback_id: str | None = None,
+                    replace: bool = False) -> RecordedFeedback:
     """Store one feedback record on a trace (or one of its spans) and return it.
 
-    Refused with ``FeedbackError`` (message naming the problem): a malformed trace or
-    span id, a score that is not a finite number, no score/label/comment at all, and a
-    trace or span the store has no span of (``UnknownTraceError``, also a
-    ``NotFoundError``); ``StoreMissing`` when there is no store. ``store`` defaults to
-    the one ``gt.instrument()`` records into (see ``store.engine``). Before refusing an
-    unknown trace (or a store not created yet) it flushes the spans still buffered in this process (see
-    ``register_flush_hook``), so feedback right after a run works.
+    Fields (the README's feedback table): ``score`` within ``score_range`` (low, high),
+    0..1 unless declared; ``label``; ``comment``; ``expected``, a correction: the right
+    output, or with ``expected_field`` the right value of that output field; ``source``,
+    user | reviewer | automated (aliases such as "human" are stored canonically);
+    ``name``, what it measures; ``span_id`` to put it on one span; ``feedback_id``, the
+    caller's idempotency key.
+
+    Idempotent: the record's key is ``feedback_id`` when given, else a hash of its
+    content. A key already stored with the same content (on a record in effect or one
+    replaced since) stores nothing and returns that record with ``duplicate=True``; the same ``feedback_id`` with other content
+    is refused (``FeedbackConflict``) unless ``replace``.
+
+    Replacement (``replace=True``): the new record replaces the records in effect with
+    the same ``feedback_id`` when one is given, else every record in effect with the
+    same (trace_id, span_id, name, source). Replaced records keep their row with
+    ``replaced_by`` set to the new id and no longer count (``store.verdict``). If a
+    record with the same content is already in effect, it stays in effect (no new row;
+    ``duplicate=True``) and the others it targets are replaced by it. Without
+    ``replace`` records accumulate and ``store.verdict`` combines them.
+
+    Refused with ``FeedbackError`` naming the problem: everything ``checked_feedback``
+    refuses, and a trace or span the store has no span of (``UnknownTraceError``, also
+    a ``NotFoundError``); ``StoreMissing`` when there is no store. ``store`` defaults
+    to the one ``gt.instrument()`` records into (see ``store.engine``). Before refusing
+    an unknown trace (or a store not created yet) it flushes the spans still buffered in
+    this process (see ``register_flush_hook``), so feedback right after a run works.
     """
     row = checked_feedback(trace_id, score=score, label=label, comment=comment, name=name,
                            source=source, span_id=span_id, expected=expected,
-                           expected_field=expected_field)
+                           expected_field=expected_field, score_range=score_range,
+                           feedback_id=feedback_id)
     row["created_at"] = time.time()
     try:
         store = open_store(store)
@@ -217,24 +166,35 @@ def record_feedback(trace_id: str, score: float | None = None, label: str | None
         if not _flush_pending_spans():
             raise
         store = open_store(store)
-    feedback_id = _insert_if_known(store, row)
+    outcome = _store_if_known(store, row, bool(replace))
     # Not found: the run may have just ended with its spans still buffered in this
     # process. Flush outside any transaction (the exporter needs the write lock).
-    if feedback_id is None and _flush_pending_spans():
-        feedback_id = _insert_if_known(store, row)
-    if feedback_id is None:
+    if outcome is None and _flush_pending_spans():
+        outcome = _store_if_known(store, row, bool(replace))
+    if outcome is None:
         with store.read() as conn:
-            reason = _missing_targets(conn, [row]).get(0, "unknown trace")
+            reason = missing_targets(conn, [row]).get(0, "unknown trace")
         raise UnknownTraceError(f"{reason} in the store {safe_url(store.url)}")
-    return Feedback(id=int(feedback_id), **row)
+    if outcome.conflict:
+        raise FeedbackConflict(outcome.conflict)
+    stored = {f: outcome.record.get(f) for f in Feedback.__dataclass_fields__}
+    return RecordedFeedback(**stored, duplicate=outcome.duplicate, replaced=outcome.replaced)
 
 
-def _insert_if_known(store: Store, row: dict[str, Any]) -> int | None:
-    """Insert ``row`` if its trace (and span) is stored; its id, or None if not."""
-    with store.write() as conn:
-        if _missing_targets(conn, [row]):
-            return None
-        return conn.execute(insert(_FEEDBACK).values(**row)).inserted_primary_key[0]
+def _store_if_known(store: Store, row: dict[str, Any], replace: bool) -> Outcome | None:
+    """Store ``row`` if its trace (and span) is stored; None if not. A concurrent writer
+    of the same key (PostgreSQL) makes the first attempt fail on the unique index; the
+    second sees its record."""
+    for attempt in (1, 2):
+        try:
+            with store.write() as conn:
+                if missing_targets(conn, [row]):
+                    return None
+                return store_rows(conn, [row], replace)[0]
+        except IntegrityError:
+            if attempt == 2:
+                raise
+    return None  # pragma: no cover - the loop returns or raises
 
 
 # ---------------------------------------------------------------- bulk import
@@ -248,12 +208,18 @@ class RejectedRow:
 
 @dataclass
 class ImportReport:
-    """What ``import_feedback`` did: how many rows were stored, and each refused row
-    with its line number (1-based, counting the CSV header) and the reason."""
+    """What ``import_feedback`` did: how many rows were stored (``accepted``), how many
+    were already recorded (``duplicates``: stored earlier, or repeated in the file), how
+    many earlier records the rows replaced (``replaced``), how many rows a later row of
+    the same file overrode under ``replace`` (``superseded``, not stored), and each
+    refused row with its line number (1-based, counting the CSV header) and the reason."""
 
     path: str
     format: str
     accepted: int = 0
+    duplicates: int = 0
+    replaced: int = 0
+    superseded: int = 0
     rejected: list[RejectedRow] = field(default_factory=list)
 
     @property
@@ -312,15 +278,23 @@ def _jsonl_rows(text: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
         yield number, record
 
 
-def import_feedback(store: Store | str | None, path: str | Path) -> ImportReport:
+def import_feedback(store: Store | str | None, path: str | Path, *,
+                    replace: bool = False) -> ImportReport:
     """Import feedback from a CSV (with a header) or JSONL file.
 
-    Columns: trace_id (required), score, label, comment, name, source, span_id; others
-    are ignored. The format comes from the extension (.csv; .jsonl/.ndjson/.json),
-    else from the first character. Every row is checked as ``record_feedback`` checks
-    one; the good rows are stored together in one transaction, the bad ones are
-    reported with their line number and reason and nothing of them is stored. A file
-    that cannot be read, or a CSV without a trace_id column, raises ``FeedbackError``.
+    Columns: trace_id (required), span_id, name, score, score_range ("1,5", "1-5", or
+    in JSONL [1, 5]) or score_low and score_high, label, comment, expected,
+    expected_field, source, feedback_id; others are ignored. The format comes from the
+    extension (.csv; .jsonl/.ndjson/.json), else from the first character.
+
+    Every row is checked and stored as ``record_feedback`` stores one, in file order and
+    in one transaction: a row already recorded (by an earlier import, or earlier in the
+    file) is counted in ``duplicates`` and stores nothing, so importing a file twice
+    stores it once. With ``replace`` each row replaces as ``record_feedback(replace=True)``
+    does, and only the file's last row for each target counts (the earlier ones are
+    ``superseded``, not stored), so importing it again stores nothing either. Bad rows (and a feedback_id already recorded with other content) are reported
+    with their line number and reason, and nothing of them is stored. A file that cannot
+    be read, or a CSV without a trace_id column, raises ``FeedbackError``.
     """
     path = Path(path)
     try:
@@ -347,30 +321,67 @@ def import_feedback(store: Store | str | None, path: str | Path) -> ImportReport
         except FeedbackError as exc:
             report.rejected.append(RejectedRow(line, str(exc)))
     store = open_store(store)
-    if good:
-        now = time.time()
-        with store.write() as conn:
-            missing = _missing_targets(conn, good)
-            keep = []
-            for index, row in enumerate(good):
-                if index in missing:
-                    report.rejected.append(RejectedRow(lines[index], missing[index]))
-                else:
-                    keep.append(dict(row, created_at=now))
-            if keep:
-                conn.execute(insert(_FEEDBACK), keep)
-            report.accepted = len(keep)
+    refused = len(report.rejected)
+    for attempt in (1, 2):  # a concurrent writer of the same key: see _store_if_known
+        del report.rejected[refused:]
+        try:
+            _import_rows(store, good, lines, replace, report)
+            break
+        except IntegrityError:
+            if attempt == 2:
+                raise
     report.rejected.sort(key=lambda r: r.line)
     return report
 
 
+def _import_rows(store: Store, good: list[dict[str, Any]], lines: list[int], replace: bool,
+                 report: ImportReport) -> None:
+    if not good:
+        return
+    now = time.time()
+    with store.write() as conn:
+        missing = missing_targets(conn, good)
+        keep, kept_lines = [], []
+        last = _last_row_per_target(good) if replace else None
+        for index, row in enumerate(good):
+            if index in missing:
+                report.rejected.append(RejectedRow(lines[index], missing[index]))
+            elif last is not None and index not in last:
+                report.superseded += 1
+            else:
+                keep.append(dict(row, created_at=now))
+                kept_lines.append(lines[index])
+        outcomes = store_rows(conn, keep, replace)
+    report.accepted = sum(1 for o in outcomes if not o.conflict and not o.duplicate)
+    report.duplicates = sum(1 for o in outcomes if o.duplicate)
+    report.replaced = sum(len(o.replaced) for o in outcomes)
+    report.rejected.extend(RejectedRow(line, o.conflict)
+                           for line, o in zip(kept_lines, outcomes) if o.conflict)
+
+
+def _last_row_per_target(rows: list[dict[str, Any]]) -> set[int]:
+    """Under ``replace`` a file says one thing per target (a feedback_id, else the
+    trace, span, name and source): the indexes of its last row for each. Applying only
+    those makes importing the file again a no-op, as without ``replace``."""
+    last: dict[tuple, int] = {}
+    for index, row in enumerate(rows):
+        key = row["feedback_key"]
+        target = (key,) if key.startswith("id:") else (
+            row["trace_id"], row["span_id"], row["name"], row["source"])
+        last[target] = index
+    return set(last.values())
+
+
 __all__ = [
     "Feedback",
+    "FeedbackConflict",
     "ImportReport",
+    "RecordedFeedback",
     "RejectedRow",
     "UnknownTraceError",
     "checked_feedback",
     "import_feedback",
     "record_feedback",
     "register_flush_hook",
+    "store_event_feedback",
 ]

@@ -54,10 +54,42 @@ def _feedback_fields(conn: Connection) -> None:
         kind = column.type.compile(dialect=conn.dialect)
         conn.execute(text(f"ALTER TABLE feedback ADD COLUMN {name} {kind}"))
     if "ux_feedback_key" not in {i["name"] for i in inspect(conn).get_indexes("feedback")}:
-        conn.execute(text("CREATE UNIQUE INDEX ux_feedback_key ON feedback (feedback_key)"))
-    # Before: free text, "human" by default. Records stored without a range were 0..1.
-    conn.execute(text("UPDATE feedback SET source = 'user' WHERE source = 'human'"))
+        # Unique among records in effect only (see FeedbackRow): a replacement may keep
+        # the feedback_id of the record it replaces. Partial indexes: SQLite >= 3.8.
+        conn.execute(text("CREATE UNIQUE INDEX ux_feedback_key ON feedback (feedback_key) "
+                          "WHERE replaced_by IS NULL"))
+    # Before: free text, "human" by default; now user | reviewer | automated, and the
+    # aliases of store.verdict are stored as their canonical name. A source that is
+    # neither (e.g. "llm") is left as it was: store.verdict ranks it as a user's.
+    # Records stored without a range were 0..1 and keep NULL (meaning 0..1).
+    from gepa_trace.store.verdict import SOURCE_ALIASES
+
+    for alias, canonical in sorted(SOURCE_ALIASES.items()):
+        conn.execute(text("UPDATE feedback SET source = :canonical WHERE lower(source) = :alias"),
+                     {"canonical": canonical, "alias": alias})
+    _key_old_feedback(conn)
     ExampleMarkRow.__table__.create(conn, checkfirst=True)
+
+
+def _key_old_feedback(conn: Connection) -> None:
+    """Give records stored before keys existed their content key, so importing again a
+    file imported before the upgrade stores nothing. Where old imports stored one
+    content several times, only the first copy gets the key (the others stay in effect,
+    as they were: the migration does not decide that a copy was a mistake)."""
+    from gepa_trace.store.feedback_fields import content_key
+
+    rows = conn.execute(text("SELECT id, trace_id, span_id, name, score, score_low, "
+                             "score_high, label, comment, expected, expected_field, source "
+                             "FROM feedback WHERE feedback_key IS NULL ORDER BY id")).mappings()
+    seen: set[str] = set()
+    keyed = []
+    for row in rows:
+        key = content_key(row)
+        if key not in seen:
+            seen.add(key)
+            keyed.append({"id": row["id"], "key": key})
+    if keyed:
+        conn.execute(text("UPDATE feedback SET feedback_key = :key WHERE id = :id"), keyed)
 
 
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [

@@ -9,12 +9,19 @@ client's retry never duplicates spans.
 A span dict has: trace_id (32 hex), span_id (16 hex), parent_span_id (16 hex or None),
 name, kind, start_ns, end_ns, status_code (UNSET|OK|ERROR), status_message,
 attributes (dict), events (list of {name, time_ns, attributes}), resource (dict).
+
+An event named ``gepa.feedback`` is also a feedback record on its span's trace
+(``store.feedback_fields.event_feedback``), stored in the same transaction and as
+idempotently as the span. A malformed one is skipped, never failing the spans: it is
+counted (``skipped_feedback_events``) and logged without its text.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +30,7 @@ from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import and_, update
+from sqlalchemy.exc import IntegrityError
 
 from gepa_trace.collectors.conventions import (
     derive,
@@ -30,11 +38,36 @@ from gepa_trace.collectors.conventions import (
     link_prompt_spans,
     prompt_template_json,
 )
+from gepa_trace.errors import FeedbackError
 from gepa_trace.store.engine import Store
+from gepa_trace.store.feedback_fields import EVENT_NAME, event_feedback
 from gepa_trace.store.tables import PromptVersionRow, SpanRow
+
+log = logging.getLogger(__name__)
 
 _SPANS = SpanRow.__table__
 _VERSIONS = PromptVersionRow.__table__
+_skipped_lock = threading.Lock()
+_skipped = {"malformed": 0, "conflicting": 0}
+
+
+def skipped_feedback_events() -> dict[str, int]:
+    """How many ``gepa.feedback`` events this process skipped: ``malformed`` (a field
+    refused) and ``conflicting`` (a feedback_id already recorded with other content)."""
+    with _skipped_lock:
+        return dict(_skipped)
+
+
+def _skip_feedback_events(kind: str, count: int) -> None:
+    with _skipped_lock:
+        first = _skipped[kind] == 0
+        _skipped[kind] += count
+    # Once per kind and process: a client that keeps sending bad events must not flood
+    # the log. No event text: it is user data.
+    if first:
+        log.warning("skipped %d %s gepa.feedback span event(s); their spans are stored "
+                    "(this warning is given once; see skipped_feedback_events())",
+                    count, kind)
 
 
 def _dumps(value: Any) -> str:
@@ -102,6 +135,22 @@ class PreparedSpans:
     rows: list[dict[str, Any]]
     versions: dict[tuple[str, str], dict[str, Any]]
     now: float
+    feedback: list[dict[str, Any]] | None = None  # rows of gepa.feedback events
+
+
+def _event_feedback(spans: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    found, malformed = [], 0
+    for span in spans:
+        for event in span.get("events") or ():
+            if event.get("name") != EVENT_NAME:
+                continue
+            try:
+                found.append(event_feedback(span, event))
+            except FeedbackError:
+                malformed += 1
+    if malformed:
+        _skip_feedback_events("malformed", malformed)
+    return found
 
 
 def prepare_spans(spans: Sequence[Mapping[str, Any]]) -> PreparedSpans:
@@ -113,7 +162,8 @@ def prepare_spans(spans: Sequence[Mapping[str, Any]]) -> PreparedSpans:
     resource_json: dict[int, str] = {}
     rows = [span_row(s, resource_json) for s in spans]
     now = time.time()
-    return PreparedSpans(rows, _prompt_versions(spans, rows, now), now)
+    feedback = _event_feedback(spans) if any(s.get("events") for s in spans) else None
+    return PreparedSpans(rows, _prompt_versions(spans, rows, now), now, feedback)
 
 
 _SPAN_COLUMNS = tuple(c.name for c in _SPANS.columns)
@@ -194,7 +244,32 @@ def write_prepared(store: Store, batches: Sequence[PreparedSpans]) -> int:
                              .where(and_(_VERSIONS.c.component == component,
                                          _VERSIONS.c.version == version))
                              .values(last_seen=now))
+        feedback = [f for b in batches for f in (b.feedback or ())]
+        if feedback:
+            _store_event_feedback(conn, feedback)
     return len(rows)
+
+
+def _store_event_feedback(conn: Any, rows: list[dict[str, Any]]) -> None:
+    """The spans' feedback, in their transaction, inside a savepoint: a record that
+    conflicts with a stored one, or that another writer stores at the same moment, is
+    skipped and never fails the spans."""
+    from gepa_trace.store.feedback_records import store_event_feedback
+
+    conflicting = 0
+    for attempt in (1, 2):
+        try:
+            with conn.begin_nested():  # a savepoint: undoing it keeps the spans
+                conflicting = store_event_feedback(conn, rows)
+            break
+        except IntegrityError:
+            # Another writer stored one of these records at the same moment; the second
+            # attempt sees it. Should that fail too, the spans are still stored.
+            if attempt == 2:
+                log.warning("feedback of %d gepa.feedback span event(s) not stored: "
+                            "concurrent writers", len(rows))
+    if conflicting:
+        _skip_feedback_events("conflicting", conflicting)
 
 
 def write_spans(store: Store, spans: Sequence[Mapping[str, Any]]) -> int:

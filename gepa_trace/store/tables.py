@@ -58,7 +58,11 @@ class FeedbackRow(SQLModel, table=True):
     record that replaced this one (``--replace``); a replaced record is kept, not used."""
 
     __tablename__ = "feedback"
-    __table_args__ = (Index("ux_feedback_key", "feedback_key", unique=True),)
+    # Unique among records in effect: a replacement may keep its feedback_id, and the
+    # record it replaced keeps the key too (a retry of it is then still a duplicate).
+    __table_args__ = (Index("ux_feedback_key", "feedback_key", unique=True,
+                            sqlite_where=text("replaced_by IS NULL"),
+                            postgresql_where=text("replaced_by IS NULL")),)
 
     id: int | None = Field(default=None, primary_key=True)
     trace_id: str = Field(index=True, max_length=32)
