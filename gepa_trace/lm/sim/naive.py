@@ -91,7 +91,7 @@ needs no nor not now of off on once one only or other our ours out over own plea
 she should since so some still such than thank thanks that the their them then there these
 they this those through to too under until up us very was we were what when where which
 while who whom why will with would yet you your yours hello hi hey dear help
-good morning evening afternoon yesterday today tomorrow week weeks day days time again already really able want wanted
+never always often sometimes anymore ever good morning evening afternoon yesterday today tomorrow week weeks day days time again already really able want wanted
 tried trying try get getting keeps keep something anything nothing someone anyone thing
 things there's it's i'm i've can't don't doesn't didn't won't isn't wasn't
 """
