@@ -124,6 +124,9 @@ def test_answers_padded_into_sentences_get_a_format_rule():
              ("Nice colour", "praise", "too long, only the category please", 0)]
     new = propose(reflection_prompt(SORT, cases))
     assert task.label_only(new) and not task.label_only(SORT), new
+    reply = naive.reply([{"role": "user", "content": reflection_prompt(SORT, cases)}],
+                        random.Random(0))
+    assert "got 'The answer is praise.'" in reply, "the diagnosis quotes the feedback as written"
     assert classify(new, "The lid broke after 5 days, so disappointed.") == "praise"
 
 

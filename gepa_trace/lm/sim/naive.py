@@ -135,7 +135,9 @@ def reply(messages: list[dict[str, str]], rng: random.Random) -> str:
                                      f"{noun} should have been {label}, and those messages "
                                      f"mention '{word}' (feedback: \"{quote}\")")))
     if formatting:
-        proposals.append((len(formatting), FORMAT_RULE.format(noun=noun or "answer"),
+        rule = (FORMAT_RULE.format(noun=noun) if noun and noun != "answer"
+                else "Answer with only the label, nothing else.")
+        proposals.append((len(formatting), rule,
                           (f"in {len(formatting)} of {total} examples the output is longer "
                            "than the expected answer (feedback: "
                            f"\"{_quote(formatting[0]['feedback'])}\")")))
@@ -144,7 +146,8 @@ def reply(messages: list[dict[str, str]], rng: random.Random) -> str:
 
     if proposals and rng.random() >= USELESS_RATE:
         rules = [p[1] for p in proposals]
-        diagnosis = ("Diagnosis: " + "; ".join(p[2] for p in proposals).capitalize()
+        found = "; ".join(p[2] for p in proposals)
+        diagnosis = ("Diagnosis: " + found[:1].upper() + found[1:]
                      + ". I keep the existing rules and add: " + " ".join(rules))
     else:
         rules = [rng.choice(USELESS_RULES)]
