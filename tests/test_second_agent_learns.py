@@ -22,7 +22,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from langchain_core.prompts import ChatPromptTemplate
 
+import gepa_trace as gt
 from gepa_trace.replay import dataset
 
 APP = Path(__file__).parent / "apps" / "ticket_app.py"
@@ -118,7 +120,6 @@ def test_the_ticket_desk_is_routed_by_keyword_rules_not_by_remembering_tickets()
         import ticket_app as app
     finally:
         sys.path.remove(str(APP.parent))
-    import gepa_trace as gt
 
     seed = app.build_agent(gt.PromptSet({"triage": app.triage, "reply": app.reply}))
     messages = app.TICKETS[::3]  # every team, 22 tickets
@@ -129,7 +130,6 @@ def test_the_ticket_desk_is_routed_by_keyword_rules_not_by_remembering_tickets()
                       for team, words in app.KEYWORDS.items() for word in words)
     taught = app.triage.messages[0].prompt.template + "\nRules:\n" + rules + \
         "\n- Answer with only the team name."
-    from langchain_core.prompts import ChatPromptTemplate
     prompt = ChatPromptTemplate.from_messages([("system", taught),
                                                ("human", "Message: {message}\nTeam:")])
     agent = app.build_agent(gt.PromptSet({"triage": prompt, "reply": app.reply}))
