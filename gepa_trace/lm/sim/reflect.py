@@ -276,6 +276,9 @@ def reply(messages: list[dict[str, str]], rng: random.Random) -> str:
     if not instruction.strip():
         instruction = "Complete the task described in the examples."
     step = step_of(instruction, {})
+    if step not in ("query", "select", "answer"):  # a generic step: naive.py's reflection
+        from gepa_trace.lm.sim import naive  # (naive reads prompts with this module's helpers)
+        return naive.reply(messages, rng)
     if not re.search(r"quer|search|passage|select|choose|pick|answer", instruction.lower()):
         step = _step_from_examples(rest)
     handled = behaviours_of(instruction)

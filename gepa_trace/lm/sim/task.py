@@ -31,6 +31,25 @@ matches one of the phrasings; the patterns are in ``BEHAVIOURS``):
 Negated sentences ("do not answer in a full sentence") never switch on the positive
 behaviour they mention. Sentences the model does not understand are ignored, as a
 small model would.
+
+Two generic steps serve agents other than the demo; nothing in them knows a task, the
+options and rules come from the prompt:
+
+| step     | recognized by                                                         | what it replies                                         |
+|----------|-----------------------------------------------------------------------|---------------------------------------------------------|
+| classify | the instruction names a closed set of options: "one of: a, b, c", "to one team: a, b, c", "one of the following labels: a, b or c" | one option for the message (the user message) |
+| write    | the instruction's first sentence asks to "write a reply/response/message" | a one-line reply naming the value of the field the instruction names ("naming the team" -> the ``Team:`` field) |
+
+Behaviours of the classify step:
+
+| behaviour     | phrasings that switch it on                                        | without it (failure mode)                                       |
+|---------------|--------------------------------------------------------------------|-----------------------------------------------------------------|
+| keyword rules | "If the message mentions 'refund', answer billing."; "If the message mentions 'refund' or 'invoice', route it to billing."; "When the message contains 'refund', reply billing."; "Messages that mention 'refund' go to billing." | naive: the first option whose name appears in the message, else the first option listed (a fixed default), so most messages are misrouted |
+| label_only    | "answer with only the team name"; "just the label"; "one word"; "nothing else" (short_answer's phrasings count too) | about a quarter of replies are a sentence ("The team is billing.") |
+
+With keyword rules, the first rule (in the instruction's order) whose keyword appears in
+the message decides; a keyword matches at the start of a word, case-insensitively
+("refund" matches "refunded"). Negated rule sentences are ignored.
 """
 
 from __future__ import annotations
@@ -153,7 +172,13 @@ def behaviours_of(instruction: str) -> frozenset[str]:
 
 
 def step_of(instruction: str, fields: dict[str, str]) -> str:
-    """Which step the prompt asks for: query | select | answer."""
+    """Which step the prompt asks for: query | select | answer, or a generic step
+    (classify | write) when the instruction names options or asks for a reply."""
+    if not {"passages", "evidence", "notes"} & set(fields):
+        if options_of(instruction)[1]:
+            return "classify"
+        if _WRITE.search(instruction.lstrip().split("\n", 1)[0].lower()):
+            return "write"
     first = sentences(instruction)[:1]
     for sentence in first:
         for step, pattern in _STEP_WORDS:
@@ -362,6 +387,114 @@ def _sentence(kind: str, company: str, value: str) -> str:
     return f"The answer is {value}."
 
 
+# -- the generic steps (agents other than the demo) -------------------------------------
+_OPTIONS = re.compile(
+    r"\b(?:one of(?: the(?: following)?)?(?: (?P<noun1>[a-z]+?)s?)?|(?:to|into|as|with|pick|choose)"
+    r" (?:one|a single|exactly one) (?!of\b)(?P<noun2>[a-z]+))\s*:\s*(?P<list>[^.;\n]+)"
+    r"|\bone of (?P<list2>[a-z][\w-]*(?:, [a-z][\w-]*)+,? or [a-z][\w-]*)")
+_WRITE = re.compile(r"^\W*(?:please )?write (?:a|an|one)\b[^.]{0,40}?\b(?:reply|response|message"
+                    r"|email|note)\b")
+_LABEL_ONLY = [re.compile(p) for p in (
+    r"only (with )?(the |a |one )?(\w+ )?(name|label|word|category|option|class)\b",
+    r"\b(just|solely|nothing but) the (\w+ )?(name|label|category|option|class)\b",
+    r"\b(one|single) word\b",
+    r"(no|not a|without a|never a) (full |complete |whole )?sentences?",
+    r"nothing else",
+)]
+_QUOTED = re.compile(r"['\"‘’“”]([^'\"‘’“”]{1,40})['\"‘’“”]")
+_RULE = re.compile(
+    r"^(?:if|when|whenever) (?:the |a )?(?:\w+ )?(?:mentions?|contains?|includes?|says|uses|"
+    r"talks about|is about|refers to)\s+(?P<kw>.+?),?\s+(?:then )?(?:answer|reply|respond|"
+    r"return|choose|pick|say|route (?:it |the \w+ )?to|send (?:it )?to|classify (?:it )?as|"
+    r"label (?:it )?(?:as )?|the (?:\w+ )?is)\s*:?\s*(?P<label>['\"‘“]?[\w -]+?['\"’”]?)\s*$"
+    r"|^(?:\w+ )?(?:messages?|tickets?|requests?|texts?|inputs?) (?:that )?(?:mentions?|"
+    r"mentioning|containing|contains?|about|with)\s+(?P<kw2>.+?)\s+(?:go(?:es)? to|belongs? to|"
+    r"(?:are|is) (?:routed to|for|sent to)|mean)\s+(?P<label2>['\"‘“]?[\w -]+?['\"’”]?)\s*$")
+
+
+def options_of(instruction: str) -> tuple[str, list[str]]:
+    """The noun and the closed set of options an instruction names ("to one team:
+    billing, shipping" -> ("team", ["billing", "shipping"])); ("", []) when none."""
+    for sentence in sentences(instruction):
+        m = _OPTIONS.search(sentence)
+        if not m:
+            continue
+        listed = m.group("list") or m.group("list2") or ""
+        parts = [p.strip(" '\"`*") for p in re.split(r",|\bor\b|\band\b|/", listed)]
+        options = [p for p in parts if p and len(p.split()) <= 3]
+        if len(options) >= 2:
+            return (m.group("noun1") or m.group("noun2") or "answer"), options
+    return "", []
+
+
+def keyword_rules(instruction: str) -> list[tuple[tuple[str, ...], str]]:
+    """``(keywords, label)`` of every keyword rule of the instruction, in order."""
+    rules = []
+    for sentence in sentences(instruction):
+        sentence = sentence.rstrip(".!")
+        m = _RULE.match(sentence)
+        if not m or _NEG.search(m.group("kw") or m.group("kw2") or ""):
+            continue
+        if re.search(r"\b(not|never|n't)\b", sentence.split(",")[0]):
+            continue
+        kw = m.group("kw") or m.group("kw2")
+        label = (m.group("label") or m.group("label2")).strip(" '\"‘’“”")
+        words = _QUOTED.findall(kw) or [w for w in re.split(r",|\bor\b", kw) if w.strip()]
+        words = tuple(w.strip().lower() for w in words if w.strip())
+        if words and label:
+            rules.append((words, label))
+    return rules
+
+
+def _mentions(text: str, word: str) -> bool:
+    return re.search(r"(?<![a-z0-9])" + re.escape(word), text) is not None
+
+
+def classify(instruction: str, message: str) -> str:
+    """One option for ``message``: the first keyword rule that applies, else an option
+    named in the message, else the first option listed; a sentence sometimes."""
+    noun, options = options_of(instruction)
+    text = message.lower()
+    label = next((lab for words, lab in keyword_rules(instruction)
+                  if any(_mentions(text, w) for w in words)), None)
+    if label is None:
+        named = sorted((m.start(), o) for o in options
+                       for m in [re.search(r"(?<![a-z])" + re.escape(o.lower()), text)] if m)
+        label = named[0][1] if named else options[0]
+    if label_only(instruction):
+        return label
+    if _stable_unit("verbose|" + message) < 0.25:
+        return f"The {noun} is {label}."
+    return label
+
+
+def label_only(instruction: str) -> bool:
+    """Whether the instruction asks for the bare option (label_only, or short_answer)."""
+    return "short_answer" in behaviours_of(instruction) or any(
+        p.search(s) for s in sentences(instruction) for p in _LABEL_ONLY
+        if not _NEG.search(s) or "sentence" in p.pattern)
+
+
+def _message_of(user: str) -> str:
+    """The text to classify: the user message without a trailing cue line ("Team:")."""
+    lines = user.rstrip().splitlines()
+    if lines and re.fullmatch(r"\s*[\w ]{1,30}:\s*", lines[-1]):
+        lines = lines[:-1]
+    return "\n".join(lines)
+
+
+def write_reply(instruction: str, user: str) -> str:
+    """A one-line reply naming the value of the field the instruction names."""
+    fields = {k.strip().lower(): v.strip() for k, v in
+              re.findall(r"(?m)^\s*([A-Za-z][\w ]{0,30}):[ \t]*(\S.*)$", user)}
+    named = re.search(r"\b(?:nam(?:e|es|ing)|mention(?:s|ing)?|say(?:s|ing)? which) "
+                      r"(?:the )?(\w+)", instruction.lower())
+    key = named.group(1) if named and named.group(1) in fields else None
+    value = fields.get(key) if key else next(reversed(fields.values()), "")
+    what = key or "request"
+    return f"Thank you for your message; our {value} {what} will take care of it."
+
+
 def reply(messages: list[dict[str, str]], rng: random.Random) -> str:
     """The simulated task model's reply to an OpenAI-style message list."""
     system = "\n".join(m.get("content") or "" for m in messages if m.get("role") == "system")
@@ -371,8 +504,12 @@ def reply(messages: list[dict[str, str]], rng: random.Random) -> str:
     instruction = system
     if not instruction:  # no system message: the instruction is the text before the fields
         instruction = re.split(r"(?im)^\s*question\s*:", user)[0]
-    rules = behaviours_of(instruction)
     step = step_of(instruction, fields)
+    if step == "classify":
+        return classify(instruction, _message_of(user))
+    if step == "write":
+        return write_reply(instruction, user)
+    rules = behaviours_of(instruction)
     if step == "query":
         return write_query(rules, fields)
     if step == "select":
