@@ -21,7 +21,7 @@ from gepa_trace.cli.common import (
               help="Store URL, created if missing (default: sqlite:///<out>/demo.db).")
 @click.option("--out", "out_dir", default="gepa-demo", show_default=True,
               type=click.Path(file_okay=False), help="Where prompts.json and report.html go.")
-@click.option("--runs", type=click.IntRange(min=20), default=300, show_default=True,
+@click.option("--runs", type=click.IntRange(min=20), default=500, show_default=True,
               help="Production runs to record before optimizing.")
 @click.option("--budget-rollouts", type=click.IntRange(min=10), default=600, show_default=True,
               help="Rollouts (agent runs on one example) the optimization may spend.")

@@ -39,6 +39,7 @@ import random
 import re
 from dataclasses import dataclass
 
+from gepa_trace.lm.sim.diagnose import diagnose
 from gepa_trace.lm.sim.task import behaviours_of, step_of
 
 USELESS_RATE = 0.12
@@ -282,12 +283,17 @@ def reply(messages: list[dict[str, str]], rng: random.Random) -> str:
 
     counts: dict[str, int] = {}
     quotes: dict[str, str] = {}
-    for fb in feedbacks:
-        for pat in PATTERNS:
+    for example, fb in zip(examples, feedbacks):
+        seen: dict[str, str] = {}
+        for pat in PATTERNS:  # what the feedback says in words
             m = pat.feedback.search(fb)
             if m:
-                counts[pat.name] = counts.get(pat.name, 0) + 1
-                quotes.setdefault(pat.name, _sentence_around(fb, m.start()))
+                seen[pat.name] = _sentence_around(fb, m.start())
+        for name, what in diagnose(example, fb):  # what the trace shows
+            seen.setdefault(name, what)
+        for name, quote in seen.items():
+            counts[name] = counts.get(name, 0) + 1
+            quotes.setdefault(name, quote)
     by_name = {p.name: p for p in PATTERNS}
     applicable = [by_name[n] for n in sorted(counts, key=lambda n: -counts[n])
                   if by_name[n].step == step and (by_name[n].behaviour not in handled
@@ -305,7 +311,7 @@ def reply(messages: list[dict[str, str]], rng: random.Random) -> str:
             chosen = applicable[:2]
         for pat in chosen:
             diagnosis.append(f"In {counts[pat.name]} of {total} examples {pat.diagnosis}"
-                             f" (feedback: \"{quotes[pat.name]}\").")
+                             f" (seen: \"{quotes[pat.name]}\").")
             text, removed = _remove_behaviours(text, set(pat.removes))
             if removed:
                 diagnosis.append(f"The rule \"{removed[0]}\" causes this, so I removed it.")
