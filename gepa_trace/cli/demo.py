@@ -45,14 +45,16 @@ def demo(store: str | None, out_dir: str, runs: int, budget_rollouts: int, worke
     """Run the whole cycle on the example agent, offline, on SQLite.
 
     Records production traffic of a multi-hop QA agent with user feedback, optimizes
-    its three prompts from those traces with GEPA, measures the held-out gain with a
-    bootstrap interval, exports prompts.json if the gain is significant and writes
-    report.html. With real model strings (--task-lm openai/gpt-4.1-mini
+    its three prompts from those traces with GEPA and the built-in feedback metric
+    (the recorded feedback only), measures the held-out gain with a bootstrap
+    interval, exports prompts.json if the gain is significant and writes report.html.
+    Afterwards the simulated world's answer key reports the TRUE held-out accuracy
+    beside the feedback-estimated one. With real model strings (--task-lm openai/gpt-4.1-mini
     --reflection-lm openai/gpt-4.1) the same cycle runs against real providers.
 
     \b
     Example:
-      gepa-trace demo --runs 300 --out gepa-demo
+      gepa-trace demo --runs 500 --out gepa-demo
     """
     from gepa_trace.cli.optimize import ProgressDisplay
     from gepa_trace.demo.cycle import DemoSettings, run_demo, summary_lines

@@ -21,8 +21,9 @@ The prompt is read by sections, each introduced by a markdown heading or a label
    output that differs from a rejected one gets 0.5 (it may be better, nothing proves it).
 3. Else 0.7 (nothing to check against).
 
-Then rubric criteria it can check lower the score: brevity ("only the name", "concise",
-"no full sentence") by 0.3 when the output is a sentence; grounding ("supported by the
+Then what it can check lowers the score: brevity ("only the name", "concise", "no full
+sentence" in the rubric, or users saying the recorded answer was "too long") by 0.3 when
+the output is a sentence; grounding ("supported by the
 input/evidence/passages") by 0.3 when the output names something absent from the input.
 The rng is not used: the same prompt gets the same verdict.
 """
@@ -60,6 +61,10 @@ _NEGATIVE = re.compile(r"thumbs?[ -]?down|👎|\bscore\s*[:=]\s*0(?:\.0+)?\b|\bw
                        r"\bincorrect\b|\bbad\b|not (?:right|correct|helpful)", re.IGNORECASE)
 _POSITIVE = re.compile(r"thumbs?[ -]?up|👍|\bscore\s*[:=]\s*1(?:\.0+)?\b|\bcorrect\b|"
                        r"\bgreat\b|\bgood\b|\bhelpful\b", re.IGNORECASE)
+
+
+_TOO_LONG = re.compile(r"too (?:long|verbose|wordy)|(?:shorter|more concise) please|"
+                       r"just (?:the|give) (?:answer|name)", re.IGNORECASE)
 
 
 def sections(prompt: str) -> dict[str, str]:
@@ -138,6 +143,10 @@ def judge(prompt: str) -> tuple[float, str]:
                  r"|one word|a single", rubric) and _is_sentence(output) and score > 0:
         score -= 0.3
         reasons.append("the rubric asks for a short answer but the output is a full sentence, not only the name")
+    if _TOO_LONG.search(evidence) and _is_sentence(output) and score > 0:
+        score -= 0.3
+        reasons.append("users said the recorded answer was too long and this output is "
+                       "still a full sentence")
     if re.search(r"grounded|supported by|based on the (input|evidence|passages)|no made[- ]up",
                  rubric):
         source = s.get("input", "")
