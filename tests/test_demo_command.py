@@ -29,6 +29,8 @@ def test_demo_runs_the_whole_cycle_and_prints_its_summary(tmp_path):
     assert FIELDS <= set(summary)
     assert summary["agent"] == "demo-qa" and summary["simulated"] is True
     assert summary["metric"] == "feedback"  # recorded feedback only; the oracle reports after
+    # its judge (the reflection LM's family by default) is metered as the judge role
+    assert summary["spent"]["all"]["llm_calls_by_role"].get("judge", 0) > 0
     # the budget bounds the search; the summary counts every phase of the command
     assert summary["spent"]["phases"]["search"]["rollouts"] <= 240
     assert summary["rollouts"] == summary["spent"]["all"]["rollouts"]

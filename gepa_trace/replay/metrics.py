@@ -222,11 +222,36 @@ class Judge:
                 f"Rubric: {self.rubric}\n\nInput: {dict(example.inputs)}\n\n"
                 "Evidence:\n" + ("\n".join(f"- {e}" for e in evidence) or "- none") +
                 f"\n\nOutput to judge:\n{output_text(output)}\n\n"
+                + _context_of(output) +
                 "Reply with two lines:\nscore: <a number from 0 to 1>\nreason: <one sentence>")
 
     def __call__(self, example: Example, output: Any, trace: Any = None) -> Score:
         reply = self.lm(self.prompt(example, output))
         return parse_judgement(reply)
+
+
+def _context_of(output: Any, limit: int = 2400) -> str:
+    """The output's other fields (what the agent worked from: retrieved passages,
+    intermediate notes, sources), for the judge to check the answer against."""
+    if not isinstance(output, dict):
+        return ""
+    answer = output_text(output)
+    lines = []
+    for key, value in output.items():
+        if isinstance(value, (list, tuple)):
+            text = "\n".join(f"  - {output_text(v)}" for v in value)
+            text = f"[{key}]\n{text}" if text else ""
+        else:
+            text = output_text(value) if value not in (None, "") else ""
+            text = f"[{key}] {text}" if text and text != answer else ""
+        if text:
+            lines.append(_clip_lines(text, limit // 4))
+    body = "\n".join(lines)[:limit]
+    return f"Output context (the output's other fields):\n{body}\n\n" if body else ""
+
+
+def _clip_lines(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 _SCORE = re.compile(r"score\s*[:=]\s*([01](?:\.\d+)?|\.\d+)", re.IGNORECASE)

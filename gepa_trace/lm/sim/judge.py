@@ -42,6 +42,7 @@ _SECTION_NAMES = {
     "recorded": r"recorded output|original output|production output|previous output",
     "expected": r"expected(?: answer| output)?|reference(?: answer)?|correct answer",
     "evidence": r"evidence|feedback|user feedback|production feedback|correction",
+    "context": r"output context(?: \([^)]*\))?|output'?s other fields",
 }
 _HEAD = re.compile(
     r"(?im)^\s*(?:#+\s*|\*\*)?(?P<name>" + "|".join(f"(?:{v})" for v in _SECTION_NAMES.values())
@@ -127,11 +128,15 @@ def judge(prompt: str) -> tuple[float, str]:
         quoted = _RECORDED.search(evidence)
         recorded = s.get("recorded", "").strip() or (quoted.group(1) if quoted else "")
         same = bool(recorded) and _norm(recorded) == _norm(output)
+        checked = None if same else _checked(s.get("input", ""), output, s.get("context", ""))
         if _NEGATIVE.search(evidence):
             score = 0.1 if same or not recorded else 0.5
             reasons.append("the user rejected the recorded output" +
                            (" and this output is the same" if same else
                             ", this output differs from it" if recorded else ""))
+            if checked is not None:
+                score = checked[0]
+                reasons.append(checked[1])
         elif _POSITIVE.search(evidence):
             score = 0.9 if same or not recorded else 0.5
             reasons.append("the user accepted the recorded output" +
@@ -149,13 +154,56 @@ def judge(prompt: str) -> tuple[float, str]:
                        "still a full sentence")
     if re.search(r"grounded|supported by|based on the (input|evidence|passages)|no made[- ]up",
                  rubric):
-        source = s.get("input", "")
+        source = s.get("input", "") + "\n" + s.get("context", "")
         names = re.findall(r"\b[A-Z][a-z]{2,}\b", output)
         missing = [n for n in names if n not in source and n.lower() != "unknown"]
         if source and missing and score > 0:
             score -= 0.3
             reasons.append(f"'{missing[0]}' does not appear in the input")
     return max(0.0, min(1.0, round(score, 2))), "; ".join(reasons)
+
+
+_ASKS = re.compile(r"\b(?:which|what) (country|city|town|year|month|day|date)\b|^\W*(who)\b",
+                   re.IGNORECASE | re.MULTILINE)
+_PLACE = re.compile(r"\bin ([A-Z][\w-]*(?: [A-Z][\w-]*)*), ([A-Z][\w-]*(?: [A-Z][\w-]*)*)")
+_MONTHS = {"january", "february", "march", "april", "may", "june", "july", "august",
+           "september", "october", "november", "december"}
+_NOT_STATED = re.compile(r"not (?:recorded|known|stated)|is unknown", re.IGNORECASE)
+
+
+def _checked(question: str, output: str, context: str) -> tuple[float, str] | None:
+    """What a careful judge sees by reading the output against what the agent worked
+    from (the output's other fields): does it answer what the question asks, is it
+    stated there. None when there is nothing to check against."""
+    if not context.strip():
+        return None
+    ask = next((a or b for a, b in _ASKS.findall(question)), "").lower()
+    got = _norm(output)
+    if _is_sentence(output):
+        return 0.3, "the output is a full sentence, not only the answer"
+    if ask in ("country", "city", "town") and _NOT_STATED.search(context):
+        if got == "unknown":
+            return 0.8, "the agent's sources say this is not recorded, and it says unknown"
+        return 0.2, "the agent's sources say this is not recorded, but the output names one"
+    if got != "unknown" and got not in _norm(context):
+        return 0.3, f"'{output}' is not stated in what the agent retrieved"
+    for city, country in _PLACE.findall(context):
+        if ask == "country" and got == _norm(city):
+            return 0.1, f"a country was asked for; '{output}' is the city of 'in {city}, {country}'"
+        if ask in ("city", "town") and got == _norm(country):
+            return 0.1, f"a city was asked for; '{output}' is the country of 'in {city}, {country}'"
+        if got in (_norm(city), _norm(country)) and ask in ("country", "city", "town"):
+            return 0.8, "the output answers what was asked and is stated in the agent's sources"
+    if ask == "year":
+        if re.fullmatch(r"\d{4}", got):
+            return 0.8, "a year, stated in the agent's sources"
+        return 0.2, "a year was asked for; the output is not a year alone"
+    if ask == "month":
+        return (0.7, "a month, as asked") if got in _MONTHS else \
+            (0.2, "a month was asked for; the output is not a month")
+    if ask == "who" and re.fullmatch(r"[A-Z][\w-]+(?: [A-Z][\w-]+)+", output.strip()):
+        return 0.8, "a name, stated in the agent's sources"
+    return None
 
 
 def reply(messages: list[dict[str, str]], rng: random.Random) -> str:
