@@ -97,7 +97,7 @@ def main() -> int:
         write_section(HEADING, "\n".join([
             f"## {HEADING}",
             "",
-            (f"`{cmd} --seed N` (defaults otherwise: 500 runs, 600 rollouts, 2 processes), "
+            (f"`{cmd} --seed N` (defaults otherwise: 500 runs, 1000 rollouts, 2 processes), "
             f"{dt.date.today().isoformat()}, this machine (2 cores, shared with "
              "other jobs while it ran: wall time is inflated, CPU s is the demo's own user+system time). SIMULATED: "
             "gepa-sim/task, gepa-sim/reflect, gepa-sim/judge on the demo world. The "

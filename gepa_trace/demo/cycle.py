@@ -38,7 +38,7 @@ class DemoSettings:
     feedback_rate: float = 0.4
     task_lm: str = "gepa-sim/task"
     reflection_lm: str = "gepa-sim/reflect"
-    budget_rollouts: int = 600
+    budget_rollouts: int = 1000
     workers: int = 4
     processes: int = 1
     seed: int = 0

@@ -18,7 +18,15 @@ The prompt is read by sections, each introduced by a markdown heading or a label
    is inside a longer text, 0.0 otherwise).
 2. Else a user's verdict on the recorded output (thumbs up/down, a score, "wrong",
    "correct"): an output equal to the recorded one inherits the verdict (0.9 / 0.1); an
-   output that differs from a rejected one gets 0.5 (it may be better, nothing proves it).
+   output that differs from a rejected one gets 0.5 (it may be better, nothing proves
+   it), unless the prompt shows what the agent worked from (an ``Output context:``
+   section: the output's other fields, such as retrieved passages). Then it reads the
+   output against it as a careful judge would: a full sentence 0.3; a name not stated
+   there 0.3; where the question asks "which country" ("city", "year", "month", "who"),
+   the city of an "in City, Country" phrase 0.1 (and the other way round), an answer of
+   the asked kind that is stated there 0.7-0.8, a guess where the sources say the fact
+   "is not recorded" 0.2 ("unknown" 0.8). It cannot tell a right source from a wrong
+   one (a cousin's birthplace passes): it is a judge, not an answer key.
 3. Else 0.7 (nothing to check against).
 
 Then what it can check lowers the score: brevity ("only the name", "concise", "no full
@@ -185,6 +193,9 @@ def _checked(question: str, output: str, context: str) -> tuple[float, str] | No
         if got == "unknown":
             return 0.8, "the agent's sources say this is not recorded, and it says unknown"
         return 0.2, "the agent's sources say this is not recorded, but the output names one"
+    if ask == "month":  # the sources write dates as numbers
+        return (0.7, "a month, as asked") if got in _MONTHS else \
+            (0.2, "a month was asked for; the output is not a month")
     if got != "unknown" and got not in _norm(context):
         return 0.3, f"'{output}' is not stated in what the agent retrieved"
     for city, country in _PLACE.findall(context):
@@ -194,13 +205,13 @@ def _checked(question: str, output: str, context: str) -> tuple[float, str] | No
             return 0.1, f"a city was asked for; '{output}' is the country of 'in {city}, {country}'"
         if got in (_norm(city), _norm(country)) and ask in ("country", "city", "town"):
             return 0.8, "the output answers what was asked and is stated in the agent's sources"
+    places = _PLACE.findall(context)
+    if ask in ("country", "city", "town") and places and got != "unknown":
+        return 0.2, f"a {ask} was asked for; '{output}' is not a place the sources name"
     if ask == "year":
         if re.fullmatch(r"\d{4}", got):
             return 0.8, "a year, stated in the agent's sources"
         return 0.2, "a year was asked for; the output is not a year alone"
-    if ask == "month":
-        return (0.7, "a month, as asked") if got in _MONTHS else \
-            (0.2, "a month was asked for; the output is not a month")
     if ask == "who" and re.fullmatch(r"[A-Z][\w-]+(?: [A-Z][\w-]+)+", output.strip()):
         return 0.8, "a name, stated in the agent's sources"
     return None
