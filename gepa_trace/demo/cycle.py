@@ -96,7 +96,8 @@ def run_demo(settings: DemoSettings, callbacks: list[object] = ()) -> dict[str, 
     result = outcome.result
     gate = outcome.held_out.gate
     if gate is not None:
-        say(f"[3/4] {gate.sentence()}" + (" (simulated models)" if simulated else ""))
+        say(f"[3/4] estimated from recorded feedback: {gate.sentence()}"
+            + (" (simulated models)" if simulated else ""))
     else:
         say("[3/4] no held-out runs to measure the gain on")
 
@@ -111,6 +112,8 @@ def run_demo(settings: DemoSettings, callbacks: list[object] = ()) -> dict[str, 
     say("[5/5] true held-out accuracy: the world's answer key scores the seed and the "
         "best prompts (reporting only; the optimization never saw it)")
     true = true_held_out(store, result.best_prompts, settings, replay)
+    say(f"      TRUE held-out accuracy: {_pct(true['true_seed_test_score'])} -> "
+        f"{_pct(true['true_best_test_score'])} on {true['true_test_questions']} questions")
 
     # The run's stored spend block, the one `runs show`, the report and `optimize` print:
     # every phase of the command (preflight, search, held-out), not the loop alone.

@@ -21,7 +21,7 @@ from __future__ import annotations
 import importlib
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from gepa_trace.errors import ConfigError, LMError
@@ -68,8 +68,8 @@ def _verdict_of(example: Example) -> dict[str, Any]:
     """The run's verdict (``store.verdict``, the one rule) as a dict: the one the example
     carries in ``meta["verdict"]``, else computed from its feedback records."""
     given = (example.meta or {}).get("verdict")
-    if isinstance(given, dict):
-        return given
+    if isinstance(given, Mapping):
+        return dict(given)
     return verdict(example.feedback, example.output).to_dict()
 
 
