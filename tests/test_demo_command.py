@@ -11,7 +11,8 @@ from gepa_trace.collectors.instrument import active_instrumentation
 
 FIELDS = {"run_id", "agent", "seed_test_score", "best_test_score", "ci_low", "ci_high",
           "exported", "report", "rollouts", "llm_calls", "replay_cache_hits", "cost_usd",
-          "elapsed_s"}
+          "elapsed_s", "metric", "true_seed_test_score", "true_best_test_score",
+          "true_test_questions"}
 
 
 def test_demo_runs_the_whole_cycle_and_prints_its_summary(tmp_path):
@@ -27,6 +28,9 @@ def test_demo_runs_the_whole_cycle_and_prints_its_summary(tmp_path):
     summary = json.loads(result.stdout)
     assert FIELDS <= set(summary)
     assert summary["agent"] == "demo-qa" and summary["simulated"] is True
+    assert summary["metric"] == "feedback"  # recorded feedback only; the oracle reports after
+    # its judge (the reflection LM's family by default) is metered as the judge role
+    assert summary["spent"]["all"]["llm_calls_by_role"].get("judge", 0) > 0
     # the budget bounds the search; the summary counts every phase of the command
     assert summary["spent"]["phases"]["search"]["rollouts"] <= 240
     assert summary["rollouts"] == summary["spent"]["all"]["rollouts"]

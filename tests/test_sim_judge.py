@@ -72,3 +72,22 @@ def test_judge_reads_the_log_only_judge_prompt_of_gepa_trace():
     thumbs_down = example(None, {"score": 0.0})
     assert Judge(lm)(thumbs_down, "Tarvik").score < Judge(lm)(thumbs_down, "Norland").score
     assert Judge(lm)(thumbs_down, "Atlantis").score < Judge(lm)(thumbs_down, "Norland").score
+
+
+def test_judge_checks_an_answer_without_correction_against_what_the_agent_worked_from():
+    from gepa_trace.optimizer.protocols import Example
+    from gepa_trace.replay.metrics import Feedback
+
+    lm = lambda prompt: reply([{"role": "user", "content": prompt}], random.Random(0))
+    rejected = Example(id="1", inputs={"question": "In which country was the founder of "
+                                                   "Velora Works born?"},
+                       output={"answer": "Marta Ilves"}, feedback=({"score": 0.0,
+                                                                   "comment": "wrong"},))
+    context = {"evidence": ["Velora Works was founded in 1990 by Marta Ilves.",
+                            "Marta Ilves was born on 04/03/1961 in Tarvik, Norland."]}
+    metric = Feedback(lm)
+    country = metric(rejected, {"answer": "Norland", **context})
+    city = metric(rejected, {"answer": "Tarvik", **context})
+    made_up = metric(rejected, {"answer": "Atlantis", **context})
+    assert country.score > 0.5 > max(city.score, made_up.score)
+    assert "city of 'in Tarvik, Norland'" in city.feedback and '"wrong"' in city.feedback

@@ -21,9 +21,9 @@ from gepa_trace.cli.common import (
               help="Store URL, created if missing (default: sqlite:///<out>/demo.db).")
 @click.option("--out", "out_dir", default="gepa-demo", show_default=True,
               type=click.Path(file_okay=False), help="Where prompts.json and report.html go.")
-@click.option("--runs", type=click.IntRange(min=20), default=300, show_default=True,
+@click.option("--runs", type=click.IntRange(min=20), default=500, show_default=True,
               help="Production runs to record before optimizing.")
-@click.option("--budget-rollouts", type=click.IntRange(min=10), default=600, show_default=True,
+@click.option("--budget-rollouts", type=click.IntRange(min=10), default=1000, show_default=True,
               help="Rollouts (agent runs on one example) the optimization may spend.")
 @click.option("--workers", type=click.IntRange(min=1, max=64), default=4, show_default=True,
               help="Rollouts evaluated at once (threads in each process).")
@@ -45,14 +45,16 @@ def demo(store: str | None, out_dir: str, runs: int, budget_rollouts: int, worke
     """Run the whole cycle on the example agent, offline, on SQLite.
 
     Records production traffic of a multi-hop QA agent with user feedback, optimizes
-    its three prompts from those traces with GEPA, measures the held-out gain with a
-    bootstrap interval, exports prompts.json if the gain is significant and writes
-    report.html. With real model strings (--task-lm openai/gpt-4.1-mini
+    its three prompts from those traces with GEPA and the built-in feedback metric
+    (the recorded feedback only), measures the held-out gain with a bootstrap
+    interval, exports prompts.json if the gain is significant and writes report.html.
+    Afterwards the simulated world's answer key reports the TRUE held-out accuracy
+    beside the feedback-estimated one. With real model strings (--task-lm openai/gpt-4.1-mini
     --reflection-lm openai/gpt-4.1) the same cycle runs against real providers.
 
     \b
     Example:
-      gepa-trace demo --runs 300 --out gepa-demo
+      gepa-trace demo --runs 500 --out gepa-demo
     """
     from gepa_trace.cli.optimize import ProgressDisplay
     from gepa_trace.demo.cycle import DemoSettings, run_demo, summary_lines

@@ -152,8 +152,11 @@ def print_outcome(summary: dict[str, Any]) -> None:
               help="build_agent(prompts) -> Runnable; without it, log-only replay. The "
                    "module is imported from the working directory first (see --app-dir).")
 @click.option("--metric", default="feedback", show_default=True, metavar="NAME|MODULE:FN",
-              help="feedback, exact_match, contains, judge, or metric(example, output, "
-                   "trace) -> float | Score in [0, 1].")
+              help="feedback (expected-answer match where the feedback gives one, else "
+                   "a judge reading the recorded feedback; its judge: --judge-lm, else the "
+                   "reflection LM, gepa-sim/reflect -> gepa-sim/judge), exact_match, "
+                   "contains, judge (with --rubric), or metric(example, output, trace) -> "
+                   "float | Score in [0, 1].")
 @click.option("--app-dir", default=None, metavar="DIR",
               type=click.Path(exists=True, file_okay=False),
               help="Import --entrypoint and --metric modules from DIR first (default: the "
@@ -173,8 +176,9 @@ def print_outcome(summary: dict[str, Any]) -> None:
                    "that keyword); key from the provider's variable (OPENAI_API_KEY for "
                    "openai/...).")
 @click.option("--judge-lm", default=None, metavar="MODEL",
-              help="Model of the judge (--metric judge, and log-only replay); default "
-                   "--task-lm.")
+              help="Model of the judge: for --metric feedback default the reflection LM "
+                   "(gepa-sim/reflect -> gepa-sim/judge); for --metric judge and log-only "
+                   "replay default --task-lm.")
 @click.option("--judge-lm-base", default=None, metavar="URL",
               help="api_base for --judge-lm; key from the provider's variable "
                    "(OPENAI_API_KEY for openai/...).")

@@ -1,10 +1,18 @@
 """The whole cycle on the example agent, as ``gepa-trace demo`` runs it.
 
 1. production traffic: ``runs`` questions answered by the agent with its seed prompts,
-   traced into the store by ``gepa_trace.instrument``, with user feedback on some;
-2. the nightly optimization from those traces (agent replay, replay cache, GEPA);
-3. the held-out before/after with its bootstrap interval;
-4. ``prompts.json`` exported when the gain is significant, and ``report.html``.
+   traced into the store by ``gepa_trace.instrument``, with user feedback on some
+   (``demo.traffic``: most runs get none; thumbs, corrections, vague comments);
+2. the nightly optimization from those traces (agent replay, replay cache, GEPA) with
+   the built-in ``feedback`` metric, exactly as ``gepa-trace optimize --metric
+   feedback`` runs it: the recorded feedback is all it learns from, the world's answer
+   key is never imported into it;
+3. the held-out before/after with its bootstrap interval, estimated from the recorded
+   feedback (what a user has, and what the export gate uses);
+4. ``prompts.json`` exported when the gain is significant, and ``report.html``;
+5. afterwards only, the TRUE held-out accuracy: the world's oracle (``demo.metric``)
+   scores the seed and the best prompts on every distinct recorded question of the
+   held-out test split (with feedback or not). Both figures are reported, labelled.
 
 Offline by default (the simulated ``gepa-sim/*`` models, labelled so); with real model
 strings the same cycle runs against real providers.
@@ -26,11 +34,11 @@ from gepa_trace.optimizer.result import spend_lines
 class DemoSettings:
     store: str | None = None  # default: sqlite:///<out_dir>/demo.db
     out_dir: Path = Path("gepa-demo")
-    runs: int = 300
-    feedback_rate: float = 0.5
+    runs: int = 500
+    feedback_rate: float = 0.4
     task_lm: str = "gepa-sim/task"
     reflection_lm: str = "gepa-sim/reflect"
-    budget_rollouts: int = 600
+    budget_rollouts: int = 1000
     workers: int = 4
     processes: int = 1
     seed: int = 0
@@ -44,7 +52,7 @@ def run_demo(settings: DemoSettings, callbacks: list[object] = ()) -> dict[str, 
     the ``all`` of the run's stored spend block (``spent``), as every other printer of
     the run shows them."""
     import gepa_trace as gt
-    from gepa_trace.demo import AGENT_NAME, build_agent, metric
+    from gepa_trace.demo import AGENT_NAME, build_agent
     from gepa_trace.demo.traffic import run_traffic
     from gepa_trace.optimizer import OptimizerConfig
     from gepa_trace.optimizer.result import run_spend
@@ -74,11 +82,13 @@ def run_demo(settings: DemoSettings, callbacks: list[object] = ()) -> dict[str, 
     say(f"[2/4] nightly optimization with {settings.reflection_lm}, "
         f"{settings.budget_rollouts} rollouts, {settings.workers} workers"
         + (f" in {settings.processes} processes" if settings.processes > 1 else ""))
-    replay = ReplaySettings(entrypoint=build_agent, metric=metric, task_lm=settings.task_lm,
+    # The built-in feedback metric, by name, with its default judge (the reflection
+    # LM's family): the path a user takes with `optimize --metric feedback`.
+    replay = ReplaySettings(entrypoint=build_agent, metric="feedback", task_lm=settings.task_lm,
                             filters=ExampleFilter(since=window_start),
                             processes=settings.processes)
     outcome = gt.optimize(AGENT_NAME, reflection_lm=settings.reflection_lm,
-                          entrypoint=build_agent, metric=metric,
+                          entrypoint=build_agent, metric="feedback",
                           budget=gt.Budget(max_rollouts=settings.budget_rollouts),
                           store=store, settings=replay,
                           config=OptimizerConfig(seed=settings.seed, workers=settings.workers),
@@ -86,7 +96,8 @@ def run_demo(settings: DemoSettings, callbacks: list[object] = ()) -> dict[str, 
     result = outcome.result
     gate = outcome.held_out.gate
     if gate is not None:
-        say(f"[3/4] {gate.sentence()}" + (" (simulated models)" if simulated else ""))
+        say(f"[3/4] estimated from recorded feedback: {gate.sentence()}"
+            + (" (simulated models)" if simulated else ""))
     else:
         say("[3/4] no held-out runs to measure the gain on")
 
@@ -98,6 +109,11 @@ def run_demo(settings: DemoSettings, callbacks: list[object] = ()) -> dict[str, 
         say(f"[4/4] not exported: {refused}")
     report = write_report(store, result.run_id, out_dir / "report.html")
     say(f"      report {report}")
+    say("[5/5] true held-out accuracy: the world's answer key scores the seed and the "
+        "best prompts (reporting only; the optimization never saw it)")
+    true = true_held_out(store, result.best_prompts, settings, replay)
+    say(f"      TRUE held-out accuracy: {_pct(true['true_seed_test_score'])} -> "
+        f"{_pct(true['true_best_test_score'])} on {true['true_test_questions']} questions")
 
     # The run's stored spend block, the one `runs show`, the report and `optimize` print:
     # every phase of the command (preflight, search, held-out), not the loop alone.
@@ -109,8 +125,10 @@ def run_demo(settings: DemoSettings, callbacks: list[object] = ()) -> dict[str, 
         "simulated": simulated,
         "seed_val_score": result.seed_val_score, "best_val_score": result.best_val_score,
         "val_size": result.val_size, "val_grown_by": result.val_grown_by,
+        "metric": "feedback",
         "seed_test_score": held.to_dict()["seed_test_score"],
         "best_test_score": held.to_dict()["best_test_score"],
+        **true,
         "ci_low": gate.ci_low if gate else None, "ci_high": gate.ci_high if gate else None,
         "significant": bool(gate and gate.significant), "test_examples": len(held.seed_scores),
         "exported": exported, "report": str(report),
@@ -122,6 +140,31 @@ def run_demo(settings: DemoSettings, callbacks: list[object] = ()) -> dict[str, 
     }
 
 
+def true_held_out(store: Any, best: Any, settings: DemoSettings,
+                  replay: Any) -> dict[str, Any]:
+    """The TRUE held-out accuracy of the seed and the best prompts: the world's oracle
+    on every distinct recorded question of the held-out test split (the split the
+    optimization used), run after the optimization and for the report only."""
+    from gepa_trace.demo.agent import AGENT_NAME, SEED_PROMPTS
+    from gepa_trace.demo.evaluator import accuracy
+    from gepa_trace.replay.dataset import NotEnoughExamples, load_examples
+
+    try:
+        test = load_examples(store, AGENT_NAME, filters=replay.filters,
+                             fractions=replay.fractions, min_examples=0,
+                             need_signal=False).test
+    except NotEnoughExamples:
+        test = []
+    if not test:
+        return {"true_seed_test_score": None, "true_best_test_score": None,
+                "true_test_questions": 0}
+    seed_acc, _ = accuracy(SEED_PROMPTS, test, model=settings.task_lm,
+                           threads=settings.workers)
+    best_acc, _ = accuracy(best, test, model=settings.task_lm, threads=settings.workers)
+    return {"true_seed_test_score": seed_acc, "true_best_test_score": best_acc,
+            "true_test_questions": len(test)}
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.1%}"
 
@@ -129,10 +172,15 @@ def _pct(value: float | None) -> str:
 def summary_lines(summary: dict[str, Any]) -> list[str]:
     """The demo's summary as text; its numbers are those of ``summary["spent"]``."""
     label = " (simulated models)" if summary["simulated"] else ""
-    lines = [f"held-out accuracy{label}: {_pct(summary['seed_test_score'])} -> "
-             f"{_pct(summary['best_test_score'])}"
+    lines = [f"held-out accuracy, estimated from recorded feedback{label}: "
+             f"{_pct(summary['seed_test_score'])} -> {_pct(summary['best_test_score'])}"
              + (f"  gain 95% interval [{summary['ci_low']:+.1%}, {summary['ci_high']:+.1%}]"
-                if summary["ci_low"] is not None else ""),
+                if summary["ci_low"] is not None else "")
+             + f" ({summary['test_examples']} test runs with feedback)",
+             (f"held-out accuracy, TRUE (the world's answer key, used only to report this)"
+             f"{label}: {_pct(summary.get('true_seed_test_score'))} -> "
+             f"{_pct(summary.get('true_best_test_score'))} "
+             f"({summary.get('true_test_questions', 0)} distinct test questions)"),
              f"validation: {_pct(summary['seed_val_score'])} -> "
              f"{_pct(summary['best_val_score'])}"
              + (f" (grew from {summary['val_size'] - summary['val_grown_by']} to "

@@ -1,5 +1,10 @@
-"""The example agent's metric: exact match against the world's truth, and a feedback
+"""The example agent's oracle: exact match against the world's truth, and a feedback
 sentence that names the first thing that went wrong, in the user's words.
+
+``gepa-trace demo`` never optimizes with it: its optimization uses the built-in
+``feedback`` metric on the recorded feedback alone, and this oracle only reports the
+TRUE held-out accuracy afterwards (``demo.cycle.true_held_out``) and simulates what users
+know in ``demo.traffic``. Tests and benchmarks that study the optimizer itself use it.
 
 The truth comes from the demo world (the question names a company, the world knows its
 founder), so the metric also scores questions read back from production traces that

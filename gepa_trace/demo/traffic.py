@@ -1,12 +1,29 @@
 """Simulated production traffic: the demo agent answers users' questions under
 ``gepa_trace.instrument()``, and some users leave feedback the way users do.
 
-For a ``feedback_rate`` fraction of runs the user gives a thumbs up (score 1) or down
-(score 0). The verdict follows the truth of the answer (the demo metric), flipped with
-probability ``noise``: users misjudge sometimes. A thumbs down comes with a correction
-("the answer should be Norland") with probability ``correction_rate``, a thumbs up with
-a short thanks sometimes. Everything is decided by ``seed``: the same call records the
-same questions and the same feedback.
+The world's truth is used here only, to simulate what users know; the optimization
+never sees it (it reads the recorded feedback). Per run, decided by ``seed`` alone (the
+same call records the same questions and the same feedback):
+
+- ``feedback_rate`` (default 0.4): the share of runs whose user gives any feedback; most
+  runs (60%) get none.
+- The user's thumbs up (score 1) or down (score 0) follows the truth of the answer,
+  flipped with probability ``noise`` (0.1): users misjudge sometimes.
+- A thumbs down on a wrong answer carries, with these probabilities:
+
+  | what                                                      | share | recorded as                          |
+  |-----------------------------------------------------------|-------|--------------------------------------|
+  | an explicit correction (a user who knows the answer)      | 0.35  | ``expected=<answer>``                |
+  | ... of which wrong (a plausible other answer)             | 0.10  | ``expected=<wrong answer>``          |
+  | a correction in words ("the answer should be Norland")    | 0.15  | ``comment`` (a recognised phrasing)  |
+  | a vague comment ("wrong", "too long", "not what I asked") | 0.30  | ``comment``                          |
+  | nothing more                                              | 0.20  | score only                           |
+
+  A thumbs down on a right answer (a misjudgement) carries a vague comment or nothing.
+- A thumbs up carries a short thanks 15% of the time.
+- ``review_rate`` (default 0.05) of all runs are also checked by a reviewer
+  (``source="reviewer"``, ``name="review"``), who always knows the answer: a score by
+  the truth, and the right answer as ``expected`` when the run's answer is wrong.
 """
 
 from __future__ import annotations
@@ -17,9 +34,19 @@ from typing import Any
 
 from gepa_trace.demo.agent import AGENT_NAME, SEED_PROMPTS, build_agent
 from gepa_trace.demo.metric import metric
-from gepa_trace.demo.world import QUESTION_KINDS, make_questions, world
+from gepa_trace.demo.world import MONTHS, QUESTION_KINDS, make_questions, world
 from gepa_trace.optimizer.protocols import Example
 from gepa_trace.prompts import PromptSet
+
+#: Shares of what a thumbs down on a wrong answer carries (the rest: nothing more).
+CORRECTION_RATE = 0.35
+WRONG_CORRECTION_RATE = 0.10
+PHRASED_RATE = 0.15
+VAGUE_RATE = 0.30
+THANKS_RATE = 0.15
+PHRASINGS = ["the answer should be {}", "Correct answer: {}", "no, the right answer is {}"]
+VAGUE = ["wrong", "not what I asked", "that's not right", "useless answer"]
+THANKS = ["thanks!", "great", "exactly what I needed"]
 
 
 def traffic_questions(n: int, seed: int = 0) -> list[Example]:
@@ -33,17 +60,54 @@ def traffic_questions(n: int, seed: int = 0) -> list[Example]:
             for i, q in enumerate(picked)]
 
 
-def run_traffic(n: int, *, store: Any = None, seed: int = 0, feedback_rate: float = 0.5,
+def plausible_wrong(example: Example, rng: random.Random, world_seed: int = 0) -> str:
+    """An answer a user might wrongly believe: another of the same kind."""
+    w = world(world_seed)
+    kind, right = example.meta["kind"], str(example.expected)
+    if kind == "year" and right.isdigit():
+        return str(int(right) + rng.choice([-1, 1]))
+    if kind == "month":
+        return MONTHS[(MONTHS.index(right) + rng.choice([-1, 1])) % 12]
+    pools = {"city": list(w.city_country), "founder": [c.founder for c in w.companies.values()]}
+    pool = pools.get(kind, w.countries)
+    return rng.choice([x for x in pool if x != right])
+
+
+def _user_feedback(example: Example, output: Any, rng: random.Random,
+                   noise: float) -> dict[str, Any]:
+    """One user's feedback on one run (see the module docstring)."""
+    right = metric(example, output).score >= 1.0
+    happy = right != (rng.random() < noise)
+    if happy:
+        return {"score": 1.0, "comment": rng.choice(THANKS) if rng.random() < THANKS_RATE
+                else None}
+    answer = str((output or {}).get("answer") or "")
+    vague = rng.choice(VAGUE + (["too long"] * 2 if len(answer.split()) > 4 else []))
+    roll = rng.random()
+    if right:  # a misjudgement: the user does not know better
+        return {"score": 0.0, "comment": vague if roll < 0.5 else None}
+    if roll < CORRECTION_RATE:
+        wrong = rng.random() < WRONG_CORRECTION_RATE
+        return {"score": 0.0, "expected": plausible_wrong(example, rng) if wrong
+                else str(example.expected)}
+    roll -= CORRECTION_RATE
+    if roll < PHRASED_RATE:
+        return {"score": 0.0, "comment": rng.choice(PHRASINGS).format(example.expected)}
+    roll -= PHRASED_RATE
+    return {"score": 0.0, "comment": vague if roll < VAGUE_RATE else None}
+
+
+def run_traffic(n: int, *, store: Any = None, seed: int = 0, feedback_rate: float = 0.4,
                 prompts: PromptSet = SEED_PROMPTS, threads: int = 4,
                 model: Any = "gepa-sim/task", chat_model: Any = None, noise: float = 0.1,
-                correction_rate: float = 0.4) -> list[str]:
+                review_rate: float = 0.05) -> list[str]:
     """Run the agent on ``n`` questions, traced into ``store``; returns the trace ids in
-    question order. Feedback is recorded (``record_feedback(..., name="user")``) after
-    all runs are flushed. The instrumentation stays active for the caller; a run that
-    raises is traced as an error and gets no feedback.
+    question order. Feedback (see the module docstring) is recorded with
+    ``record_feedback`` after all runs are flushed. The instrumentation stays active for
+    the caller; a run that raises is traced as an error and gets no feedback.
     """
     for name, value in (("feedback_rate", feedback_rate), ("noise", noise),
-                        ("correction_rate", correction_rate)):
+                        ("review_rate", review_rate)):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must be between 0 and 1, got {value!r}")
     if n < 0:
@@ -69,16 +133,16 @@ def run_traffic(n: int, *, store: Any = None, seed: int = 0, feedback_rate: floa
 
     rng = random.Random(f"gepa-trace-demo-feedback:{seed}")
     for example, (trace_id, output) in zip(examples, results):
-        if output is None or rng.random() >= feedback_rate:
+        given = rng.random() < feedback_rate
+        reviewed = rng.random() < review_rate
+        if output is None:
             continue
-        right = metric(example, output).score >= 1.0
-        happy = right != (rng.random() < noise)
-        comment = None
-        if not happy and rng.random() < correction_rate and not right:
-            comment = rng.choice(["the answer should be {}", "wrong, the correct answer is {}",
-                                  "no. it should be {}"]).format(example.expected)
-        elif happy and rng.random() < 0.2:
-            comment = rng.choice(["thanks!", "great", "exactly what I needed"])
-        gt.record_feedback(trace_id, score=1.0 if happy else 0.0, comment=comment,
-                           name="user", store=store)
+        if given:
+            gt.record_feedback(trace_id, name="user", source="user", store=store,
+                               **_user_feedback(example, output, rng, noise))
+        if reviewed:
+            right = metric(example, output).score >= 1.0
+            gt.record_feedback(trace_id, score=1.0 if right else 0.0, name="review",
+                               source="reviewer", store=store,
+                               expected=None if right else str(example.expected))
     return [trace_id for trace_id, _ in results]

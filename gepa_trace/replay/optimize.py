@@ -36,7 +36,7 @@ from gepa_trace.replay import preflight
 from gepa_trace.replay.cache import ReplayCache
 from gepa_trace.replay.dataset import Dataset, ExampleFilter, SplitFractions, load_examples
 from gepa_trace.replay.heldout import HeldOut, evaluate_held_out, save_run_totals, stored_totals
-from gepa_trace.replay.metrics import CheckedMetric, resolve_metric
+from gepa_trace.replay.metrics import CheckedMetric, judge_model, resolve_metric
 from gepa_trace.store import Store, open_store
 
 log = logging.getLogger(__name__)
@@ -185,6 +185,17 @@ def _settings(settings: ReplaySettings | None, entrypoint: Any, metric: Any,
     return settings
 
 
+def _judge_default(settings: ReplaySettings, reflection_lm: Any) -> ReplaySettings:
+    """``--metric feedback`` without ``--judge-lm`` judges with the reflection LM's
+    family (``metrics.judge_model``); set here so worker processes get it by name."""
+    if settings.metric != "feedback" or settings.judge_lm is not None \
+            or not isinstance(reflection_lm, str):
+        return settings
+    return dataclasses.replace(settings, judge_lm=judge_model("feedback", None, None,
+                                                              reflection_lm),
+                               judge_lm_base=settings.reflection_lm_base)
+
+
 def optimize(agent: str, *, reflection_lm: str | Callable[[str], str],
              entrypoint: str | Callable | None = None, metric: str | Callable = "feedback",
              budget: Budget | None = None, store: str | Store | None = None,
@@ -205,7 +216,7 @@ def optimize(agent: str, *, reflection_lm: str | Callable[[str], str],
     saving what the run had when it stopped because rollouts kept failing. A held-out
     test that failed is in ``outcome.held_out.failed`` (the CLI exits 7 on it).
     """
-    settings = _settings(settings, entrypoint, metric, app_dir)
+    settings = _judge_default(_settings(settings, entrypoint, metric, app_dir), reflection_lm)
     started = time.monotonic()
     config = config or OptimizerConfig()
     build_agent = load_entrypoint(settings.entrypoint, settings.app_dir)  # before spending
@@ -214,7 +225,8 @@ def optimize(agent: str, *, reflection_lm: str | Callable[[str], str],
     at_start = PhaseSpend.from_budget(dataclasses.asdict(budget.spent()))
     store = open_store(store)
     reflection = _model(reflection_lm, budget, "reflection", settings.reflection_lm_base)
-    judge = _model(settings.judge_lm or settings.task_lm, budget, "judge",
+    judge = _model(judge_model(settings.metric, settings.judge_lm, settings.task_lm,
+                               reflection_lm), budget, "judge",
                    settings.judge_lm_base if settings.judge_lm else settings.task_lm_base)
     metric_fn = checked_metric(settings.metric, judge, settings.rubric, settings.app_dir,
                                (config.min_score, config.perfect_score))
@@ -225,7 +237,7 @@ def optimize(agent: str, *, reflection_lm: str | Callable[[str], str],
     if seed_prompts is None:
         seed_prompts = current_prompts(store, agent)
     checked = {"reflection LM": reflection}
-    if settings.metric == "judge" or log_only:
+    if settings.metric in ("judge", "feedback") or log_only:
         checked["judge LM"] = judge
     if settings.task_lm and not log_only:  # log-only checks the models it will call below
         checked["task LM"] = _model(settings.task_lm, budget, "task", settings.task_lm_base)

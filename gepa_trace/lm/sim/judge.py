@@ -18,11 +18,20 @@ The prompt is read by sections, each introduced by a markdown heading or a label
    is inside a longer text, 0.0 otherwise).
 2. Else a user's verdict on the recorded output (thumbs up/down, a score, "wrong",
    "correct"): an output equal to the recorded one inherits the verdict (0.9 / 0.1); an
-   output that differs from a rejected one gets 0.5 (it may be better, nothing proves it).
+   output that differs from a rejected one gets 0.5 (it may be better, nothing proves
+   it), unless the prompt shows what the agent worked from (an ``Output context:``
+   section: the output's other fields, such as retrieved passages). Then it reads the
+   output against it as a careful judge would: a full sentence 0.3; a name not stated
+   there 0.3; where the question asks "which country" ("city", "year", "month", "who"),
+   the city of an "in City, Country" phrase 0.1 (and the other way round), an answer of
+   the asked kind that is stated there 0.7-0.8, a guess where the sources say the fact
+   "is not recorded" 0.2 ("unknown" 0.8). It cannot tell a right source from a wrong
+   one (a cousin's birthplace passes): it is a judge, not an answer key.
 3. Else 0.7 (nothing to check against).
 
-Then rubric criteria it can check lower the score: brevity ("only the name", "concise",
-"no full sentence") by 0.3 when the output is a sentence; grounding ("supported by the
+Then what it can check lowers the score: brevity ("only the name", "concise", "no full
+sentence" in the rubric, or users saying the recorded answer was "too long") by 0.3 when
+the output is a sentence; grounding ("supported by the
 input/evidence/passages") by 0.3 when the output names something absent from the input.
 The rng is not used: the same prompt gets the same verdict.
 """
@@ -41,6 +50,7 @@ _SECTION_NAMES = {
     "recorded": r"recorded output|original output|production output|previous output",
     "expected": r"expected(?: answer| output)?|reference(?: answer)?|correct answer",
     "evidence": r"evidence|feedback|user feedback|production feedback|correction",
+    "context": r"output context(?: \([^)]*\))?|output'?s other fields",
 }
 _HEAD = re.compile(
     r"(?im)^\s*(?:#+\s*|\*\*)?(?P<name>" + "|".join(f"(?:{v})" for v in _SECTION_NAMES.values())
@@ -60,6 +70,10 @@ _NEGATIVE = re.compile(r"thumbs?[ -]?down|👎|\bscore\s*[:=]\s*0(?:\.0+)?\b|\bw
                        r"\bincorrect\b|\bbad\b|not (?:right|correct|helpful)", re.IGNORECASE)
 _POSITIVE = re.compile(r"thumbs?[ -]?up|👍|\bscore\s*[:=]\s*1(?:\.0+)?\b|\bcorrect\b|"
                        r"\bgreat\b|\bgood\b|\bhelpful\b", re.IGNORECASE)
+
+
+_TOO_LONG = re.compile(r"too (?:long|verbose|wordy)|(?:shorter|more concise) please|"
+                       r"just (?:the|give) (?:answer|name)", re.IGNORECASE)
 
 
 def sections(prompt: str) -> dict[str, str]:
@@ -122,11 +136,15 @@ def judge(prompt: str) -> tuple[float, str]:
         quoted = _RECORDED.search(evidence)
         recorded = s.get("recorded", "").strip() or (quoted.group(1) if quoted else "")
         same = bool(recorded) and _norm(recorded) == _norm(output)
+        checked = None if same else _checked(s.get("input", ""), output, s.get("context", ""))
         if _NEGATIVE.search(evidence):
             score = 0.1 if same or not recorded else 0.5
             reasons.append("the user rejected the recorded output" +
                            (" and this output is the same" if same else
                             ", this output differs from it" if recorded else ""))
+            if checked is not None:
+                score = checked[0]
+                reasons.append(checked[1])
         elif _POSITIVE.search(evidence):
             score = 0.9 if same or not recorded else 0.5
             reasons.append("the user accepted the recorded output" +
@@ -138,15 +156,65 @@ def judge(prompt: str) -> tuple[float, str]:
                  r"|one word|a single", rubric) and _is_sentence(output) and score > 0:
         score -= 0.3
         reasons.append("the rubric asks for a short answer but the output is a full sentence, not only the name")
+    if _TOO_LONG.search(evidence) and _is_sentence(output) and score > 0:
+        score -= 0.3
+        reasons.append("users said the recorded answer was too long and this output is "
+                       "still a full sentence")
     if re.search(r"grounded|supported by|based on the (input|evidence|passages)|no made[- ]up",
                  rubric):
-        source = s.get("input", "")
+        source = s.get("input", "") + "\n" + s.get("context", "")
         names = re.findall(r"\b[A-Z][a-z]{2,}\b", output)
         missing = [n for n in names if n not in source and n.lower() != "unknown"]
         if source and missing and score > 0:
             score -= 0.3
             reasons.append(f"'{missing[0]}' does not appear in the input")
     return max(0.0, min(1.0, round(score, 2))), "; ".join(reasons)
+
+
+_ASKS = re.compile(r"\b(?:which|what) (country|city|town|year|month|day|date)\b|^\W*(who)\b",
+                   re.IGNORECASE | re.MULTILINE)
+_PLACE = re.compile(r"\bin ([A-Z][\w-]*(?: [A-Z][\w-]*)*), ([A-Z][\w-]*(?: [A-Z][\w-]*)*)")
+_MONTHS = {"january", "february", "march", "april", "may", "june", "july", "august",
+           "september", "october", "november", "december"}
+_NOT_STATED = re.compile(r"not (?:recorded|known|stated)|is unknown", re.IGNORECASE)
+
+
+def _checked(question: str, output: str, context: str) -> tuple[float, str] | None:
+    """What a careful judge sees by reading the output against what the agent worked
+    from (the output's other fields): does it answer what the question asks, is it
+    stated there. None when there is nothing to check against."""
+    if not context.strip():
+        return None
+    ask = next((a or b for a, b in _ASKS.findall(question)), "").lower()
+    got = _norm(output)
+    if _is_sentence(output):
+        return 0.3, "the output is a full sentence, not only the answer"
+    if ask in ("country", "city", "town") and _NOT_STATED.search(context):
+        if got == "unknown":
+            return 0.8, "the agent's sources say this is not recorded, and it says unknown"
+        return 0.2, "the agent's sources say this is not recorded, but the output names one"
+    if ask == "month":  # the sources write dates as numbers
+        return (0.7, "a month, as asked") if got in _MONTHS else \
+            (0.2, "a month was asked for; the output is not a month")
+    if got != "unknown" and got not in _norm(context):
+        return 0.3, f"'{output}' is not stated in what the agent retrieved"
+    for city, country in _PLACE.findall(context):
+        if ask == "country" and got == _norm(city):
+            return 0.1, f"a country was asked for; '{output}' is the city of 'in {city}, {country}'"
+        if ask in ("city", "town") and got == _norm(country):
+            return 0.1, f"a city was asked for; '{output}' is the country of 'in {city}, {country}'"
+        if got in (_norm(city), _norm(country)) and ask in ("country", "city", "town"):
+            return 0.8, "the output answers what was asked and is stated in the agent's sources"
+    places = _PLACE.findall(context)
+    if ask in ("country", "city", "town") and places and got != "unknown":
+        return 0.2, f"a {ask} was asked for; '{output}' is not a place the sources name"
+    if ask == "year":
+        if re.fullmatch(r"\d{4}", got):
+            return 0.8, "a year, stated in the agent's sources"
+        return 0.2, "a year was asked for; the output is not a year alone"
+    if ask == "who" and re.fullmatch(r"[A-Z][\w-]+(?: [A-Z][\w-]+)+", output.strip()):
+        return 0.8, "a name, stated in the agent's sources"
+    return None
 
 
 def reply(messages: list[dict[str, str]], rng: random.Random) -> str:

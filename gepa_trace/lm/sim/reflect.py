@@ -10,14 +10,27 @@ It reads the reflection prompt it is sent, whatever its layout, as a reader woul
 - the step the instruction is for (search query, passage selection, answering) is read
   from the instruction, else from the examples' inputs.
 
-It then recognizes failure patterns in the feedback (``PATTERNS``: "expected the
-country, the answer names a city", "the answer is a full sentence", "the second search
-looked up ... instead of the founder", ...), keeps those that the instruction's own step
-can fix and that it does not already handle, and answers with a short plain-language
+It then recognizes failure patterns (``PATTERNS``) in each example in two ways, and
+counts an example once per pattern:
+
+- from the trace, as a careful reader of a generic metric's text would
+  (``gepa_trace.lm.sim.diagnose``): it takes the expected answer the feedback quotes
+  ("expected 'Norland' (a user's correction), the answer was 'Tarvik'"), compares it
+  with the component's rendered inputs and output, and sees for itself that the answer
+  is the city of "in Tarvik, Norland" where the country was expected, that the chosen
+  passage is about a cousin, that the second search repeated the company although the
+  notes named a new person, ...;
+- from the feedback's own words ("the answer is a full sentence", "too long", "the
+  second search looked up ... instead of the founder", ...), which serves vague user
+  comments and metrics that write such sentences.
+
+It keeps the patterns that the instruction's own step can fix and that it does not
+already handle, and answers with a short plain-language
 diagnosis followed by the complete new instruction in one fenced block: the current text
 with one new rule (two when two patterns are equally frequent), worded in one of several
 phrasings (chosen with the rng) that ``gepa-sim/task`` understands. Existing rules are
-kept. Nothing comes from anywhere but the prompt.
+kept. Nothing comes from anywhere but the prompt: a failure the example's text does
+not show (no expected answer quoted, and no words for it in the feedback) is not seen.
 
 It is imperfect on purpose; with the rng (seeded from the prompt, so the same prompt gets
 the same reply) about a quarter of its replies are flawed:
@@ -39,6 +52,7 @@ import random
 import re
 from dataclasses import dataclass
 
+from gepa_trace.lm.sim.diagnose import diagnose
 from gepa_trace.lm.sim.task import behaviours_of, step_of
 
 USELESS_RATE = 0.12
@@ -285,12 +299,17 @@ def reply(messages: list[dict[str, str]], rng: random.Random) -> str:
 
     counts: dict[str, int] = {}
     quotes: dict[str, str] = {}
-    for fb in feedbacks:
-        for pat in PATTERNS:
+    for example, fb in zip(examples, feedbacks):
+        seen: dict[str, str] = {}
+        for pat in PATTERNS:  # what the feedback says in words
             m = pat.feedback.search(fb)
             if m:
-                counts[pat.name] = counts.get(pat.name, 0) + 1
-                quotes.setdefault(pat.name, _sentence_around(fb, m.start()))
+                seen[pat.name] = _sentence_around(fb, m.start())
+        for name, what in diagnose(example, fb):  # what the trace shows
+            seen.setdefault(name, what)
+        for name, quote in seen.items():
+            counts[name] = counts.get(name, 0) + 1
+            quotes.setdefault(name, quote)
     by_name = {p.name: p for p in PATTERNS}
     applicable = [by_name[n] for n in sorted(counts, key=lambda n: -counts[n])
                   if by_name[n].step == step and (by_name[n].behaviour not in handled
@@ -308,7 +327,7 @@ def reply(messages: list[dict[str, str]], rng: random.Random) -> str:
             chosen = applicable[:2]
         for pat in chosen:
             diagnosis.append(f"In {counts[pat.name]} of {total} examples {pat.diagnosis}"
-                             f" (feedback: \"{quotes[pat.name]}\").")
+                             f" (seen: \"{quotes[pat.name]}\").")
             text, removed = _remove_behaviours(text, set(pat.removes))
             if removed:
                 diagnosis.append(f"The rule \"{removed[0]}\" causes this, so I removed it.")
