@@ -40,4 +40,4 @@ def test_demo_runs_the_whole_cycle_and_prints_its_summary(tmp_path):
     if summary["exported"]:
         assert (out / "prompts.json").is_file() and summary["ci_low"] > 0
     assert summary["replay_cache_hits"] > 0 and summary["cost_usd"] > 0
-    assert "[1/4] production traffic" in result.stderr
+    assert "[1/5] production traffic" in result.stderr

@@ -19,9 +19,9 @@ class AnswerKeyGuard:
 
     def progress(self, message: str) -> None:
         self.phases.append(message)
-        if message.startswith("[2/4]"):
+        if message.startswith("[2/5]"):
             self.closed = True  # the optimization starts
-        elif message.startswith(("[3/4]", "[5/5]")):
+        elif message.startswith(("[3/5]", "[5/5]")):
             self.closed = False  # the oracle may report the TRUE figures afterwards
 
     def wrap(self, fn):
@@ -53,7 +53,7 @@ def test_the_demo_optimizes_without_the_worlds_answer_key_and_still_improves(
         inst = active_instrumentation()
         if inst is not None:
             inst.shutdown()
-    assert any(p.startswith("[2/4]") for p in guard.phases)
+    assert any(p.startswith("[2/5]") for p in guard.phases)
     assert summary["metric"] == "feedback"
     assert summary["true_test_questions"] > 20
     assert summary["true_best_test_score"] > summary["true_seed_test_score"]
@@ -70,6 +70,6 @@ def test_the_guard_would_catch_an_optimization_that_reads_the_answer_key(monkeyp
     guard = AnswerKeyGuard()
     monkeypatch.setattr(gepa_trace.demo.world, "answer_of",
                         guard.wrap(gepa_trace.demo.world.answer_of))
-    guard.progress("[2/4] nightly optimization")
+    guard.progress("[2/5] nightly optimization")
     with pytest.raises(AssertionError, match="answer key"):
         questions(3, seed=0)

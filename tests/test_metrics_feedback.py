@@ -73,6 +73,13 @@ def test_repeating_an_answer_users_rejected_scores_zero_without_the_judge():
     assert '"wrong"' in result.feedback
 
 
+def test_a_comment_without_a_score_is_not_a_rejection_of_the_recorded_answer():
+    ex = _example(_record(score=None, comment="great, thanks"), output={"answer": "Paris"})
+    result = Feedback(lambda prompt: "score: 0.9\nreason: the users were happy")(
+        ex, {"answer": "Paris"})
+    assert result.score == 0.9 and "rejected" not in result.feedback
+
+
 def test_without_an_expected_answer_a_judge_reads_the_recorded_feedback():
     prompts = []
 

@@ -70,7 +70,7 @@ def run_demo(settings: DemoSettings, callbacks: list[object] = ()) -> dict[str, 
     url = settings.store or f"sqlite:///{(out_dir / 'demo.db').resolve()}"
     store = open_store(url, create=True)  # the demo records its own traffic
     simulated = settings.task_lm.startswith("gepa-sim/")
-    say(f"[1/4] production traffic: {settings.runs} runs of {AGENT_NAME} on "
+    say(f"[1/5] production traffic: {settings.runs} runs of {AGENT_NAME} on "
         f"{settings.task_lm}{' (simulated)' if simulated else ''} -> {store}")
     inst = gt.instrument(store=store, service_name=AGENT_NAME)
     window_start = time.time() - 1
@@ -79,7 +79,7 @@ def run_demo(settings: DemoSettings, callbacks: list[object] = ()) -> dict[str, 
     inst.force_flush()
     say(f"      {settings.runs} traces stored in {time.time() - started:.0f}s")
 
-    say(f"[2/4] nightly optimization with {settings.reflection_lm}, "
+    say(f"[2/5] nightly optimization with {settings.reflection_lm}, "
         f"{settings.budget_rollouts} rollouts, {settings.workers} workers"
         + (f" in {settings.processes} processes" if settings.processes > 1 else ""))
     # The built-in feedback metric, by name, with its default judge (the reflection
@@ -96,17 +96,17 @@ def run_demo(settings: DemoSettings, callbacks: list[object] = ()) -> dict[str, 
     result = outcome.result
     gate = outcome.held_out.gate
     if gate is not None:
-        say(f"[3/4] estimated from recorded feedback: {gate.sentence()}"
+        say(f"[3/5] estimated from recorded feedback: {gate.sentence()}"
             + (" (simulated models)" if simulated else ""))
     else:
-        say("[3/4] no held-out runs to measure the gain on")
+        say("[3/5] no held-out runs to measure the gain on")
 
     exported: str | None = None
     try:
         exported = str(export_run(store, result.run_id, out_dir / "prompts.json").path)
-        say(f"[4/4] exported {exported}")
+        say(f"[4/5] exported {exported}")
     except GateRefused as refused:
-        say(f"[4/4] not exported: {refused}")
+        say(f"[4/5] not exported: {refused}")
     report = write_report(store, result.run_id, out_dir / "report.html")
     say(f"      report {report}")
     say("[5/5] true held-out accuracy: the world's answer key scores the seed and the "

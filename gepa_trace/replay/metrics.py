@@ -170,7 +170,7 @@ class Feedback:
         recorded = output_text(example.output)
         score = v.get("score")
         if example.output is not None and normalize(got) == normalize(recorded) \
-                and (score is None or score <= 0.5):
+                and score is not None and score <= 0.5:
             return Score(0.0, f"users rejected this exact answer ('{_clip(got)}') in "
                               "production." + said)
         if self.judge is None:
