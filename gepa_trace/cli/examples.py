@@ -40,6 +40,19 @@ def example_filter(since: str | None, until: str | None, with_feedback: bool,
                          golden=golden_ids_in(golden_file) if golden_file else ())
 
 
+def split_fractions(text: str | None, option: str):
+    """The ``SplitFractions`` of a "train,val,test" option (the default without one)."""
+    from gepa_trace.replay.dataset import SplitFractions
+
+    if not text:
+        return SplitFractions()
+    try:
+        return SplitFractions(*(float(x) for x in text.split(",")))
+    except (TypeError, ValueError) as exc:
+        raise click.BadParameter(f"{text!r}: expected three shares like 0.5,0.1,0.4 "
+                                 f"({exc})", param_hint=option) from None
+
+
 def _short(value: Any, chars: int) -> str:
     """One line of at most ``chars`` characters: an input's only value, an output's
     answer text (``output_text``), else the JSON."""
@@ -127,16 +140,10 @@ def examples(ctx: click.Context, agent: str | None, since: str | None, until: st
         return
     if not agent:
         raise click.UsageError("Missing option '--agent'.")
-    from gepa_trace.replay.dataset import REASONS, SplitFractions, load_examples
+    from gepa_trace.replay.dataset import REASONS, load_examples
     from gepa_trace.store import open_store
 
-    fractions = SplitFractions()
-    if shares:
-        try:
-            fractions = SplitFractions(*(float(x) for x in shares.split(",")))
-        except (TypeError, ValueError) as exc:
-            raise click.BadParameter(f"{shares!r}: expected three shares like 0.5,0.1,0.4 "
-                                     f"({exc})", param_hint="--shares") from None
+    fractions = split_fractions(shares, "--shares")
     filters = example_filter(since, until, with_feedback, sample, golden_file)
     dataset = load_examples(open_store(store), agent, filters=filters, fractions=fractions,
                             min_examples=0, need_signal=metric == "feedback",

@@ -16,7 +16,7 @@ from gepa_trace.cli.common import (
     progress,
     store_option,
 )
-from gepa_trace.cli.examples import example_filter, golden_option
+from gepa_trace.cli.examples import example_filter, golden_option, split_fractions
 
 
 class ProgressDisplay:
@@ -306,20 +306,13 @@ def _optimize(agent: str | None, entrypoint: str | None, metric: str, app_dir: s
     from gepa_trace.optimizer import OptimizerConfig
     from gepa_trace.replay import ReplaySettings
     from gepa_trace.replay import optimize as run_optimize
-    from gepa_trace.replay.dataset import SplitFractions
 
     for name, value in (("--agent", agent), ("--reflection-lm", reflection_lm)):
         if not value:
             raise click.UsageError(f"Missing option '{name}' (needed unless --resume "
                                    "RUN_ID).")
 
-    fractions = SplitFractions()
-    if split:
-        try:
-            fractions = SplitFractions(*(float(x) for x in split.split(",")))
-        except (TypeError, ValueError) as exc:
-            raise click.BadParameter(f"{split!r}: expected three shares like 0.5,0.1,0.4 "
-                                     f"({exc})", param_hint="--split") from None
+    fractions = split_fractions(split, "--split")
     settings = ReplaySettings(
         entrypoint=entrypoint, metric=metric, task_lm=task_lm, judge_lm=judge_lm,
         task_lm_base=task_lm_base, judge_lm_base=judge_lm_base,
