@@ -61,6 +61,11 @@ def test_the_demo_optimizes_without_the_worlds_answer_key_and_still_improves(
     assert "held-out accuracy, estimated from recorded feedback (simulated models):" in text
     assert "held-out accuracy, TRUE (the world's answer key, used only to report this)" in text
     assert f"{summary['true_best_test_score']:.1%}" in text
+    # measuring the TRUE figure recorded no production runs: the store holds the traffic
+    from gepa_trace.store.queries import list_runs
+
+    production = list_runs(summary["store"], agent="demo-qa", limit=None)
+    assert len(production) == settings.runs
 
 
 def test_the_guard_would_catch_an_optimization_that_reads_the_answer_key(monkeypatch):

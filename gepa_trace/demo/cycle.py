@@ -111,7 +111,7 @@ def run_demo(settings: DemoSettings, callbacks: list[object] = ()) -> dict[str, 
     say(f"      report {report}")
     say("[5/5] true held-out accuracy: the world's answer key scores the seed and the "
         "best prompts (reporting only; the optimization never saw it)")
-    true = true_held_out(store, result.best_prompts, settings, replay)
+    true = true_held_out(store, result.best_prompts, settings, replay, result.run_id)
     say(f"      TRUE held-out accuracy: {_pct(true['true_seed_test_score'])} -> "
         f"{_pct(true['true_best_test_score'])} on {true['true_test_questions']} questions")
 
@@ -140,8 +140,8 @@ def run_demo(settings: DemoSettings, callbacks: list[object] = ()) -> dict[str, 
     }
 
 
-def true_held_out(store: Any, best: Any, settings: DemoSettings,
-                  replay: Any) -> dict[str, Any]:
+def true_held_out(store: Any, best: Any, settings: DemoSettings, replay: Any,
+                  run_id: str) -> dict[str, Any]:
     """The TRUE held-out accuracy of the seed and the best prompts: the world's oracle
     on every distinct recorded question of the held-out test split (the split the
     optimization used), run after the optimization and for the report only."""
@@ -158,9 +158,12 @@ def true_held_out(store: Any, best: Any, settings: DemoSettings,
     if not test:
         return {"true_seed_test_score": None, "true_best_test_score": None,
                 "true_test_questions": 0}
+    # Tagged with the run, as its rollouts are: these runs are not production traffic.
+    config = {"metadata": {"gepa.run.id": run_id, "gepa.purpose": "true-accuracy"}}
     seed_acc, _ = accuracy(SEED_PROMPTS, test, model=settings.task_lm,
-                           threads=settings.workers)
-    best_acc, _ = accuracy(best, test, model=settings.task_lm, threads=settings.workers)
+                           threads=settings.workers, config=config)
+    best_acc, _ = accuracy(best, test, model=settings.task_lm, threads=settings.workers,
+                           config=config)
     return {"true_seed_test_score": seed_acc, "true_best_test_score": best_acc,
             "true_test_questions": len(test)}
 

@@ -88,7 +88,8 @@ class AgentEvaluator:
 
 
 def accuracy(prompts: PromptSet, examples: list[Example], *, model: Any = None,
-             chat_model: Any = None, threads: int = 1) -> tuple[float, list[Rollout]]:
+             chat_model: Any = None, threads: int = 1,
+             config: dict | None = None) -> tuple[float, list[Rollout]]:
     """Mean metric score of the demo agent with ``prompts`` on ``examples``, and the
     rollouts (in the order of ``examples``). Raises ``RolloutsFailed`` naming the first
     failed rollout: a failure is not a score of 0 here either."""
@@ -97,7 +98,8 @@ def accuracy(prompts: PromptSet, examples: list[Example], *, model: Any = None,
     from gepa_trace.demo.agent import build_agent
     from gepa_trace.demo.metric import metric
 
-    evaluator = AgentEvaluator(build_agent, metric, model=model, chat_model=chat_model)
+    evaluator = AgentEvaluator(build_agent, metric, model=model, chat_model=chat_model,
+                               config=config)
     if threads <= 1:
         rollouts = [evaluator.evaluate(prompts, ex) for ex in examples]
     else:
