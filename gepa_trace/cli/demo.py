@@ -23,7 +23,7 @@ from gepa_trace.cli.common import (
               type=click.Path(file_okay=False), help="Where prompts.json and report.html go.")
 @click.option("--runs", type=click.IntRange(min=20), default=500, show_default=True,
               help="Production runs to record before optimizing.")
-@click.option("--budget-rollouts", type=click.IntRange(min=10), default=1000, show_default=True,
+@click.option("--budget-rollouts", type=click.IntRange(min=10), default=1500, show_default=True,
               help="Rollouts (agent runs on one example) the optimization may spend.")
 @click.option("--workers", type=click.IntRange(min=1, max=64), default=4, show_default=True,
               help="Rollouts evaluated at once (threads in each process).")
