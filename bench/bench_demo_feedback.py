@@ -97,9 +97,9 @@ def main() -> int:
         write_section(HEADING, "\n".join([
             f"## {HEADING}",
             "",
-            (f"`{cmd} --seed N` (defaults otherwise: 500 runs, 1000 rollouts, 2 processes), "
-            f"{dt.date.today().isoformat()}, this machine (2 cores, shared with "
-             "other jobs while it ran: wall time is inflated, CPU s is the demo's own user+system time). SIMULATED: "
+            (f"`{cmd} --seed N` (defaults otherwise: 500 runs, 1500 rollouts, split "
+             f"0.5/0.2/0.3, 2 processes), {dt.date.today().isoformat()}, this machine (2 "
+             "cores; CPU s is the demo's own user+system time). SIMULATED: "
             "gepa-sim/task, gepa-sim/reflect, gepa-sim/judge on the demo world. The "
             "optimization's metric is the built-in `feedback` (recorded feedback only: "
             "60% of runs have none, noisy thumbs, some corrections, a few of them wrong, "
