@@ -242,9 +242,10 @@ def _detect_format(path: Path, text: str) -> str:
     return "jsonl" if first == "{" else "csv"
 
 
-def _csv_rows(text: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
-    """(line, row dict) per record; the line is where the record starts (a quoted
-    comment may span lines)."""
+def csv_records(text: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    """(line, row dict) per record of a CSV with a trace_id column, or (line, why it
+    cannot be read); the line is where the record starts (a quoted comment may span
+    lines). ``FeedbackError`` when the header has no trace_id column."""
     reader = csv.DictReader(io.StringIO(text, newline=""))
     if reader.fieldnames is None:
         return
@@ -263,7 +264,8 @@ def _csv_rows(text: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
         yield start, record
 
 
-def _jsonl_rows(text: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
+def jsonl_records(text: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    """(line, object) per non-blank line of a JSONL text, or (line, why it is not one)."""
     for number, raw in enumerate(text.splitlines(), start=1):
         if not raw.strip():
             continue
@@ -306,7 +308,7 @@ def import_feedback(store: Store | str | None, path: str | Path, *,
     good: list[dict[str, Any]] = []
     lines: list[int] = []
     try:
-        parsed = list(_csv_rows(text) if fmt == "csv" else _jsonl_rows(text))
+        parsed = list(csv_records(text) if fmt == "csv" else jsonl_records(text))
     except csv.Error as exc:
         raise FeedbackError(f"{path} is not a readable CSV file: {exc}") from exc
     for line, record in parsed:
@@ -380,7 +382,9 @@ __all__ = [
     "RejectedRow",
     "UnknownTraceError",
     "checked_feedback",
+    "csv_records",
     "import_feedback",
+    "jsonl_records",
     "record_feedback",
     "register_flush_hook",
     "store_event_feedback",

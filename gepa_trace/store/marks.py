@@ -9,9 +9,6 @@ one, ``clear_mark`` removes it. ``golden_ids_in`` reads a file of trace ids for
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -20,8 +17,9 @@ from typing import Any
 
 from sqlalchemy import and_, delete, select
 
-from gepa_trace.errors import ConfigError, NotFoundError
+from gepa_trace.errors import ConfigError, FeedbackError, NotFoundError
 from gepa_trace.store.engine import Store, open_store, safe_url
+from gepa_trace.store.feedback import csv_records, jsonl_records
 from gepa_trace.store.queries import resolve_trace_id
 from gepa_trace.store.tables import ExampleMarkRow, SpanRow
 
@@ -123,24 +121,21 @@ def golden_ids_in(path: str | Path) -> tuple[str, ...]:
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson", ".json") or first.startswith("{"):
         ids = []
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError as exc:
-                raise ConfigError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+        for number, record in jsonl_records(text):
+            if isinstance(record, str) and record.startswith("not valid JSON"):
+                raise ConfigError(f"{path}:{number}: {record}")
             if not isinstance(record, dict) or not record.get("trace_id"):
                 raise ConfigError(f"{path}:{number}: no trace_id in this line")
             ids.append(str(record["trace_id"]))
     elif suffix == ".csv" or "," in first:
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        headers = [h.strip().lower() for h in reader.fieldnames or []]
-        if "trace_id" not in headers:
-            raise ConfigError(f"{path}: the CSV header has no trace_id column (found: "
-                              f"{', '.join(headers) or 'nothing'})")
-        reader.fieldnames = headers
-        ids = [str(r["trace_id"]) for r in reader if (r.get("trace_id") or "").strip()]
+        try:
+            records = list(csv_records(text))
+        except FeedbackError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        bad = next(((line, r) for line, r in records if isinstance(r, str)), None)
+        if bad is not None:
+            raise ConfigError(f"{path}:{bad[0]}: {bad[1]}")
+        ids = [str(r["trace_id"]) for _line, r in records if (r.get("trace_id") or "").strip()]
     else:
         ids = [line.split("#", 1)[0] for line in lines]
         ids = [i for i in ids if i.strip() and i.strip().lower() != "trace_id"]
