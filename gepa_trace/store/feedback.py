@@ -181,20 +181,24 @@ def record_feedback(trace_id: str, score: float | None = None, label: str | None
     return RecordedFeedback(**stored, duplicate=outcome.duplicate, replaced=outcome.replaced)
 
 
+def _once_more_on_key_clash(write: Callable[[], Any]) -> Any:
+    """``write()``; once more when it failed on the unique key: a concurrent writer of
+    the same record (PostgreSQL) stored it first, and the second attempt sees it."""
+    try:
+        return write()
+    except IntegrityError:
+        return write()
+
+
 def _store_if_known(store: Store, row: dict[str, Any], replace: bool) -> Outcome | None:
-    """Store ``row`` if its trace (and span) is stored; None if not. A concurrent writer
-    of the same key (PostgreSQL) makes the first attempt fail on the unique index; the
-    second sees its record."""
-    for attempt in (1, 2):
-        try:
-            with store.write() as conn:
-                if missing_targets(conn, [row]):
-                    return None
-                return store_rows(conn, [row], replace)[0]
-        except IntegrityError:
-            if attempt == 2:
-                raise
-    return None  # pragma: no cover - the loop returns or raises
+    """Store ``row`` if its trace (and span) is stored; None if not."""
+    def write() -> Outcome | None:
+        with store.write() as conn:
+            if missing_targets(conn, [row]):
+                return None
+            return store_rows(conn, [row], replace)[0]
+
+    return _once_more_on_key_clash(write)
 
 
 # ---------------------------------------------------------------- bulk import
@@ -324,14 +328,12 @@ def import_feedback(store: Store | str | None, path: str | Path, *,
             report.rejected.append(RejectedRow(line, str(exc)))
     store = open_store(store)
     refused = len(report.rejected)
-    for attempt in (1, 2):  # a concurrent writer of the same key: see _store_if_known
-        del report.rejected[refused:]
-        try:
-            _import_rows(store, good, lines, replace, report)
-            break
-        except IntegrityError:
-            if attempt == 2:
-                raise
+
+    def write() -> None:
+        del report.rejected[refused:]  # a second attempt reports afresh
+        _import_rows(store, good, lines, replace, report)
+
+    _once_more_on_key_clash(write)
     report.rejected.sort(key=lambda r: r.line)
     return report
 

@@ -25,18 +25,18 @@ _CHUNK = 500
 
 def missing_targets(conn, rows: list[dict[str, Any]]) -> dict[int, str]:
     """For each row index whose trace (or span) is not stored, why. Bulk: a query per
-    500 distinct trace ids, and one per 500 distinct (trace, span) pairs."""
+    ``_CHUNK`` distinct trace ids, and one per ``_CHUNK`` distinct (trace, span) pairs."""
     trace_ids = list(dict.fromkeys(r["trace_id"] for r in rows))
     known: set[str] = set()
-    for start in range(0, len(trace_ids), 500):
-        chunk = trace_ids[start:start + 500]
+    for start in range(0, len(trace_ids), _CHUNK):
+        chunk = trace_ids[start:start + _CHUNK]
         known.update(conn.execute(select(_SPANS.c.trace_id).distinct()
                                   .where(_SPANS.c.trace_id.in_(chunk))).scalars())
     pairs = list(dict.fromkeys((r["trace_id"], r["span_id"]) for r in rows
                                if r["span_id"] and r["trace_id"] in known))
     known_pairs: set[tuple[str, str]] = set()
-    for start in range(0, len(pairs), 500):
-        chunk = pairs[start:start + 500]
+    for start in range(0, len(pairs), _CHUNK):
+        chunk = pairs[start:start + _CHUNK]
         known_pairs.update(tuple(p) for p in conn.execute(
             select(_SPANS.c.trace_id, _SPANS.c.span_id)
             .where(tuple_(_SPANS.c.trace_id, _SPANS.c.span_id).in_(chunk))).all())
