@@ -51,7 +51,12 @@ from __future__ import annotations
 import random
 import re
 
-from gepa_trace.lm.sim.reflect import current_instruction, examples_of, feedback_of
+from gepa_trace.lm.sim.reflect import (
+    current_instruction,
+    examples_of,
+    feedback_of,
+    insert_rules,
+)
 from gepa_trace.lm.sim.task import keyword_rules, label_only, options_of
 
 USELESS_RATE = 0.15
@@ -283,21 +288,3 @@ def _keyword(failing: list[dict], examples: list[dict], label: str, options: lis
 def _quote(feedback: str) -> str:
     line = next((ln.strip() for ln in feedback.splitlines() if ln.strip()), "")
     return " ".join(line.replace("`", "'").split())[:160]
-
-
-# -- writing the new instruction ---------------------------------------------------------
-def insert_rules(instruction: str, rules: list[str]) -> str:
-    """``instruction`` with ``rules`` added as bullets after its last rule (or under a new
-    "Rules:" heading, above the first line holding a template variable)."""
-    if not rules:
-        return instruction
-    lines = instruction.rstrip().splitlines()
-    new = [f"- {r}" for r in rules]
-    bullets = [i for i, line in enumerate(lines) if re.match(r"\s*[-*]\s+\S", line)]
-    if bullets:
-        at = bullets[-1] + 1
-        return "\n".join(lines[:at] + new + lines[at:])
-    var_line = next((i for i, line in enumerate(lines) if re.search(r"\{\w+\}", line)), None)
-    if var_line is not None:
-        return "\n".join(lines[:var_line] + ["Rules:", *new, ""] + lines[var_line:])
-    return "\n".join(lines) + "\n\nRules:\n" + "\n".join(new)

@@ -233,7 +233,10 @@ def _step_from_examples(text: str) -> str:
     return "answer"
 
 
-def _insert_rules(instruction: str, rules: list[str]) -> str:
+def insert_rules(instruction: str, rules: list[str]) -> str:
+    """``instruction`` with ``rules`` added as bullets after its last rule (under an
+    empty rules heading, or a new "Rules:" heading above the first line holding a
+    template variable, or at the end)."""
     if not rules:
         return instruction
     lines = instruction.rstrip().splitlines()
@@ -347,7 +350,7 @@ def reply(messages: list[dict[str, str]], rng: random.Random) -> str:
         new_rules.append(rng.choice(HARMFUL_RULES[step]))
         diagnosis.append(_vague_diagnosis(applicable, elsewhere, total)
                          + " I add a rule that should help: " + new_rules[0])
-    new_instruction = _insert_rules(text, new_rules)
+    new_instruction = insert_rules(text, new_rules)
     return ("Diagnosis: " + " ".join(diagnosis) + "\n\nNew instruction:\n```\n"
             + new_instruction.strip() + "\n```\n")
 
