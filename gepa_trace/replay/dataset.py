@@ -336,7 +336,6 @@ def load_examples(store: Store, agent: str, *, filters: ExampleFilter = ExampleF
                           feedback=tuple(fb), trace_id=root.trace_id,
                           split=split_of(key, fractions),
                           meta={"feedback_score": v.score, "verdict": v.to_dict(),
-                                "expected_field": v.expected_field,
                                 "mark": mark.mark if mark is not None else
                                 ("golden" if root.trace_id in golden else None)})
         if excluded:
