@@ -27,6 +27,7 @@ from sqlalchemy import case, exists, func, or_, select
 from gepa_trace.errors import ConfigError, NotFoundError
 from gepa_trace.store.engine import Store, open_store, safe_url
 from gepa_trace.store.tables import FeedbackRow, PromptVersionRow, SpanRow
+from gepa_trace.store.verdict import verdict
 
 _SPANS = SpanRow.__table__
 _FEEDBACK = FeedbackRow.__table__
@@ -66,8 +67,6 @@ class Feedback:
 
 def _mean_score(feedback: Sequence[Feedback]) -> float | None:
     """The run's score by the one rule of ``store.verdict``."""
-    from gepa_trace.store.verdict import verdict
-
     return verdict(feedback).score
 
 
