@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import sys
 
 import click
 
@@ -71,3 +72,9 @@ def main(debug: bool, store: str | None) -> None:
     # --store is read by each command's own --store option (cli.common.inherit_store).
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    click.get_current_context().call_on_close(_close_idle_main_loop)
+
+
+def _close_idle_main_loop() -> None:
+    if "gepa_trace.lm.client" in sys.modules:  # only then can litellm have made one
+        sys.modules["gepa_trace.lm.client"].close_idle_main_loop()

@@ -34,10 +34,12 @@ Completions say ``price_known=False``, and it is logged once per model: we never
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import threading
 import time
+import warnings
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -128,6 +130,21 @@ def _litellm() -> Any:
             litellm.suppress_debug_info = True
             _litellm_module = litellm
     return _litellm_module
+
+
+def close_idle_main_loop() -> None:
+    """Close the main thread's event loop if nothing runs it; for a process about to exit.
+
+    litellm's service logger asks asyncio for the main thread's loop on a blocking call,
+    which makes one that nobody closes. litellm's own exit handler then replaces it
+    unclosed, and collected at interpreter exit, after its sockets, it printed a traceback
+    under the CLI's one-line errors.
+    """
+    with warnings.catch_warnings(), contextlib.suppress(Exception):
+        warnings.simplefilter("ignore", DeprecationWarning)
+        loop = asyncio.get_event_loop_policy().get_event_loop()
+        if not loop.is_running() and not loop.is_closed():
+            loop.close()
 
 
 def as_messages(messages: Any) -> list[dict[str, Any]]:
