@@ -195,3 +195,37 @@ def test_a_warm_started_run_keeps_the_origins_of_the_earlier_run(sqlite_url):
                       later.run_id, other_runs={earlier.run_id: earlier.candidates})
         assert all(found.origin_of(line) is not None
                    for line in found.lines if line["candidate"] is not None)
+
+
+def test_blame_follows_a_seed_that_an_earlier_run_wrote_into_that_run(sqlite_url):
+    from gepa_trace.report.blame import load_blame, text_lines
+
+    store = open_store(sqlite_url)
+    first = _optimizer(store, 200).run()
+    train, val, _test = world()
+    second = Optimizer(RuleEvaluator(capacity=2), RuleReflectionLM(), first.best_prompts,
+                       _with_evidence(train), _with_evidence(val), Budget(max_rollouts=120),
+                       store=store, agent="toy-agent",
+                       config=OptimizerConfig(seed=2, handle_signals=False)).run()
+    earlier = {c.id: c for c in first.candidates}
+    followed = 0
+    for component in SEED:
+        found = load_blame(store, component, run_id=second.run_id)
+        assert found.version == second.best_prompts.versions()[component]
+        written_before = lines_of(first.candidates, first.best_candidate_id, component)
+        for line in found.lines:
+            if line["candidate"] is None:  # the first run's seed: no run wrote it
+                assert line["text"] in SEED.instruction(component).split("\n")
+                continue
+            origin = found.origin_of(line)
+            assert origin is not None and origin.traces
+            if line.get("run") == first.run_id:  # a line the seed had: written last night
+                assert line in [{**w, "run": first.run_id} for w in written_before]
+                assert earlier[line["candidate"]].iteration == line["iteration"]
+                assert origin.diagnosis == earlier[line["candidate"]].diagnosis
+        if any(w["candidate"] is not None and w["text"] in [x["text"] for x in found.lines]
+               for w in written_before):
+            followed += 1
+            assert any(line.get("run") == first.run_id for line in found.lines)
+            assert any("*" in row.split(" | ")[0] for row in text_lines(found)[1:])
+    assert followed  # the first run's best wrote lines the second run's best kept
