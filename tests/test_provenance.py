@@ -135,10 +135,13 @@ def _ancestors(by_id, cid):
 def test_every_line_of_every_candidate_names_its_origin_through_reflection_and_merge(
         sqlite_url):
     store = open_store(sqlite_url)
-    opt = _optimizer(store, 260, workers=2, lookahead=3)
+    opt = _optimizer(store, 260, workers=2, lookahead=4)
     result = opt.run()
     state = opt.state
     assert any(c.origin == "reflection" and c.status == "accepted" for c in result.candidates)
+    # this run also merges, and proposes superseded children again under new ids
+    assert any(c.origin == "merge" for c in result.candidates)
+    assert any("proposed_before_as" in c.meta for c in result.candidates)
     _check_every_line_is_attributed(result.candidates, state.prompt_set)
     best = result.best_candidate_id
     seed_text = {c: SEED.instruction(c).split("\n") for c in SEED}
