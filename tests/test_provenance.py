@@ -84,6 +84,16 @@ def test_a_merge_takes_each_components_lines_from_the_parent_that_gave_it():
     assert lines_of(candidates, 3, "b") != lines_of(candidates, 0, "b")
 
 
+def test_a_run_stored_before_provenance_tells_seed_lines_from_unknown_ones():
+    old_run = [Candidate(0, {"a": "a0"}), Candidate(1, {"a": "a1"}, parents=(0,),
+                                                     origin="reflection", iteration=1)]
+    found = blame(old_run, 1, "a", "a1", "Answer.\nBe brief.", "run-old",
+                  seed=("a0", "Answer."))
+    assert [(line["candidate"], line["iteration"], line.get("seed")) for line in found.lines] \
+        == [(None, 0, "a0"), (None, None, None)]
+    assert "did not record" in found.note and not found.origins
+
+
 def _with_evidence(examples):
     return [dataclasses.replace(e, trace_id=f"trace-{e.id}",
                                 feedback=({"id": f"fb-{e.id}", "score": 0.0},))

@@ -47,8 +47,8 @@ def unknown_lines(text: str) -> list[Line]:
     return [{"text": t, "candidate": None, "iteration": None} for t in text.split("\n")]
 
 
-def child_lines(parent: Sequence[Line], text: str, candidate_id: int,
-                iteration: int) -> list[Line]:
+def child_lines(parent: Sequence[Line], text: str, candidate_id: int | None,
+                iteration: int | None) -> list[Line]:
     """The lines of ``text``, a new instruction written from the parent's lines
     ``parent``: lines kept verbatim keep their record (a line moved elsewhere too);
     the others get ``candidate_id`` and ``iteration`` as origin, with ``"was"`` when
@@ -217,15 +217,19 @@ def origin_from(candidate: Any, run_id: str) -> Origin:
 
 def blame(candidates: Sequence[Any], candidate_id: int, component: str, version: str,
           text: str, run_id: str,
-          other_runs: Mapping[str, Sequence[Any]] | None = None) -> Blame:
+          other_runs: Mapping[str, Sequence[Any]] | None = None,
+          seed: tuple[str, str] | None = None) -> Blame:
     """The blame of ``component`` (whose instruction is ``text``) in candidate
     ``candidate_id`` of run ``run_id``. ``other_runs``: candidates of the runs that
-    warm-started lines came from, by run id (origins there without it are left out)."""
+    warm-started lines came from, by run id (origins there without it are left out).
+    ``seed``: (version, instruction) of the run's seed, for a run stored before
+    provenance was kept: its lines are then told apart from the others by a diff."""
     lines = lines_of(candidates, candidate_id, component)
     note = None
     if lines is None or [line["text"] for line in lines] != text.split("\n"):
-        lines = unknown_lines(text)
-        note = (f"run {run_id} did not record where these lines came from "
+        lines = (child_lines(seed_lines(seed[1], seed[0]), text, None, None)
+                 if seed is not None else unknown_lines(text))
+        note = (f"run {run_id} did not record which iteration wrote which line "
                 "(it was stored before gepa-trace kept line provenance)")
     runs = {run_id: candidates, **(other_runs or {})}
     origins: dict[tuple[str, int], Origin] = {}

@@ -147,13 +147,27 @@ def _blame_row(store: Store, row: Any, run_id: str | None, depth: int) -> Blame:
         raise NotFoundError(f"run {run_id!r} has no candidate with {row.component} "
                             f"version {row.version}")
     other_runs: dict[str, list[Candidate]] = {}
-    found = blame(candidates, chosen.id, row.component, row.version, text, run_id)
+    found = blame(candidates, chosen.id, row.component, row.version, text, run_id,
+                  seed=_seed_of(store, candidates, row.component))
     for run in {line["run"] for line in found.lines if line.get("run")}:
         other_runs[run] = _candidates(store, run)
     if other_runs:
         found = blame(candidates, chosen.id, row.component, row.version, text, run_id,
                       other_runs)
     return _through_seed(store, found, depth)
+
+
+def _seed_of(store: Store, candidates: Sequence[Candidate],
+             component: str) -> tuple[str, str] | None:
+    """(version, instruction) of ``component`` in the run's seed, if stored."""
+    seed = next((c for c in candidates if c.origin == "seed"), None)
+    version = seed.prompts.get(component) if seed is not None else None
+    if version is None:
+        return None
+    with store.session() as session:
+        row = session.get(PromptVersionRow, (component, version))
+        messages = json.loads(row.template) if row is not None else None
+    return (version, PromptVersion(component, messages).instruction) if messages else None
 
 
 def _through_seed(store: Store, found: Blame, depth: int) -> Blame:
