@@ -186,12 +186,15 @@ def test_a_resumed_run_keeps_the_provenance_of_its_candidates_and_builds_on_it(s
 
 
 def test_a_warm_started_run_keeps_the_origins_of_the_earlier_run(sqlite_url):
+    from gepa_trace.report.blame import load_blame
+
     store = open_store(sqlite_url)
     earlier = _optimizer(store, 200).run()
     later = _optimizer(store, 40, warm_start_from=earlier.run_id).run()
     warm = [c for c in later.candidates if c.origin == "warm_start"]
     assert warm
     earlier_ids = {c.id: c for c in earlier.candidates}
+    attributed = 0
     for cand in warm:
         source = cand.meta["from_candidate"]
         for component in SEED:
@@ -203,11 +206,16 @@ def test_a_warm_started_run_keeps_the_origins_of_the_earlier_run(sqlite_url):
                 if was["candidate"] is not None:
                     assert line["run"] == earlier.run_id
                     assert earlier_ids[was["candidate"]].iteration == line["iteration"]
-        found = blame(later.candidates, cand.id, "planner", cand.prompts["planner"],
-                      "\n".join(texts(lines_of(later.candidates, cand.id, "planner"))),
-                      later.run_id, other_runs={earlier.run_id: earlier.candidates})
-        assert all(found.origin_of(line) is not None
-                   for line in found.lines if line["candidate"] is not None)
+        for component in SEED:  # as `prompts blame --run LATER` reads it from the store
+            found = load_blame(store, component, cand.prompts[component], later.run_id)
+            assert texts(found.lines) == texts(lines_of(later.candidates, cand.id, component))
+            for line in found.lines:
+                if line["candidate"] is not None:
+                    attributed += 1
+                    origin = found.origin_of(line)
+                    assert origin.run == earlier.run_id and origin.traces
+                    assert origin.diagnosis == earlier_ids[line["candidate"]].diagnosis
+    assert attributed  # the earlier run's lines, with their writers
 
 
 def test_blame_follows_a_seed_that_an_earlier_run_wrote_into_that_run(sqlite_url):

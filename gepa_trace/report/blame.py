@@ -132,28 +132,25 @@ def _blame_row(store: Store, row: Any, run_id: str | None, depth: int) -> Blame:
                      note=f"version {row.version} was not produced by an optimization run "
                           f"(origin: {row.origin}); every line is as it was "
                           f"{'observed in production' if row.origin == 'observed' else 'loaded'}")
-    candidates = _candidates(store, run_id)
-    if explicit and not candidates:
-        with store.session() as session:
-            if session.get(OptimizationRunRow, run_id) is None:
-                raise NotFoundError(f"no optimization run {run_id!r} in the store")
-    best = None
     with store.session() as session:
         run = session.get(OptimizationRunRow, run_id)
         best = run.best_candidate_id if run is not None else None
+    if run is None and explicit:
+        raise NotFoundError(f"no optimization run {run_id!r} in the store")
+    candidates = _candidates(store, run_id)
     chosen = _pick(candidates, row.component, row.version,
                    [row.candidate_id if row.run_id == run_id else None, best])
     if chosen is None:
         raise NotFoundError(f"run {run_id!r} has no candidate with {row.component} "
                             f"version {row.version}")
-    other_runs: dict[str, list[Candidate]] = {}
-    found = blame(candidates, chosen.id, row.component, row.version, text, run_id,
-                  seed=_seed_of(store, candidates, row.component))
-    for run in {line["run"] for line in found.lines if line.get("run")}:
-        other_runs[run] = _candidates(store, run)
+    seed = _seed_of(store, candidates, row.component)
+    found = blame(candidates, chosen.id, row.component, row.version, text, run_id, seed=seed)
+    # lines a warm start brought from other runs: their writers are in those runs
+    other_runs = {r: _candidates(store, r)
+                  for r in {line["run"] for line in found.lines if line.get("run")}}
     if other_runs:
         found = blame(candidates, chosen.id, row.component, row.version, text, run_id,
-                      other_runs)
+                      other_runs, seed=seed)
     return _through_seed(store, found, depth)
 
 
