@@ -282,7 +282,7 @@ def blame_section(blames: Sequence[Blame], run_id: str) -> str:
                    if line.get("candidate") is not None and line["text"].strip()]
         if not changed:
             blocks.append(f'<h3 class="mono">{esc(found.component)}</h3>'
-                          '<p class="muted">every line is the seed\'s</p>')
+                          '<p class="muted">no new line: every line is the seed\'s</p>')
             continue
         rows, shown = [], set()
         for line in changed:
@@ -296,14 +296,15 @@ def blame_section(blames: Sequence[Blame], run_id: str) -> str:
                 why = esc(evidence_sentence(origin))
             was = (f'<div class="muted">edited, was: {esc(line["was"])}</div>'
                    if "was" in line else "")
-            rows.append(f'<tr><td class="mono">{tag}</td><td><pre>{esc(line["text"])}</pre>'
+            rows.append(f'<tr><td class="mono" style="white-space:nowrap">{tag}</td><td><pre>{esc(line["text"])}</pre>'
                         f'{was}</td><td class="muted">{why}</td></tr>')
         blocks.append(f'<h3 class="mono">{esc(found.component)}</h3>'
                       f'<table><tbody>{"".join(rows)}</tbody></table>')
     body = "".join(blocks) or "<p>No best candidate to blame.</p>"
-    note = ("Each line of the best candidate's instructions that is not the seed's, with the "
-            "iteration and candidate that wrote it (linked to its diagnosis) and the "
-            "examples, traces and feedback records behind it. `gepa-trace prompts blame "
-            "COMPONENT --run RUN` prints every line.")
-    return (f'<section id="blame"><h2>{esc(TITLE)}</h2><p class="note">{esc(note)}</p>'
+    note = (esc("Each line of the best candidate's instructions that is not the seed's, with "
+                "the iteration and candidate that wrote it (linked to its diagnosis) and the "
+                "examples, traces and feedback records behind it. ")
+            + f"<code>gepa-trace prompts blame COMPONENT --run {esc(run_id)}</code> "
+            + "prints every line.")
+    return (f'<section id="blame"><h2>{esc(TITLE)}</h2><p class="note">{note}</p>'
             f"{body}</section>")
