@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 import click
 
+from gepa_trace.cli.blame import prompts_blame
 from gepa_trace.cli.common import handles_errors, json_option, print_json, store_option
 
 
@@ -23,6 +24,9 @@ def prompts() -> None:
       gepa-trace prompts promote answerer 3f2a9c --alias production
       gepa-trace prompts diff 3f2a9c 81be07
     """
+
+
+prompts.add_command(prompts_blame)
 
 
 @prompts.command("ls")

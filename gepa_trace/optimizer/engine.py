@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 
 from gepa_trace.errors import BudgetExhausted, ConfigError, LMError
 from gepa_trace.lm.budget import Budget, Spent
+from gepa_trace.optimizer import provenance
 from gepa_trace.optimizer.config import OptimizerConfig
 from gepa_trace.optimizer.events import (
     BudgetSpent,
@@ -433,7 +434,8 @@ class Optimizer:
         if not state.candidates:
             for pv in (self.seed_prompts.version_of(c) for c in self.components):
                 state.add_version(pv)
-            seed = Candidate(0, self.seed_prompts.versions(), origin="seed", status="accepted")
+            seed = Candidate(0, self.seed_prompts.versions(), origin="seed", status="accepted",
+                             meta={"provenance": provenance.seed_provenance(self.seed_prompts)})
             self._propose(seed, [self.seed_prompts.version_of(c) for c in self.components])
             for candidate, versions in warm_start_candidates(
                     self.store, self.config.warm_start_from, self.agent, self.run_id, state,
@@ -481,7 +483,9 @@ class Optimizer:
             child = Candidate(state.next_id(), plan.prompts, parents=(plan.first, plan.second),
                               origin="merge", iteration=iteration, minibatch=tuple(subsample),
                               meta={"ancestor": plan.ancestor,
-                                    "sources": {c: s for c, s in plan.sources.items()}})
+                                    "sources": {c: s for c, s in plan.sources.items()},
+                                    "provenance": provenance.merge_provenance(
+                                        state.candidates, plan.first, plan.sources)})
             self._propose(child, [])
         self._require(len(self.batches.missing(child, subsample + state.val_ids)))
         rollouts = self.batches.evaluate(child, subsample, "merge")
@@ -908,7 +912,9 @@ class Optimizer:
                           parents=superseded.parents, origin=superseded.origin,
                           component=superseded.component, iteration=superseded.iteration,
                           diagnosis=superseded.diagnosis, minibatch=superseded.minibatch,
-                          meta={**superseded.meta, "proposed_before_as": superseded.id},
+                          meta={**superseded.meta, "proposed_before_as": superseded.id,
+                                **provenance.renumbered(superseded.meta, superseded.id,
+                                                        self.state.next_id())},
                           status="speculative" if speculative else "proposed")
         self._propose(child, [])
         return child
@@ -1013,6 +1019,13 @@ class Optimizer:
             return None
         for pv in new_versions:
             state.add_version(pv)
+        # where each line of the changed instructions came from (optimizer.provenance)
+        meta.update(provenance.reflection_provenance(
+            state.candidates, parent.id, state.next_id(), iteration,
+            {pv.component: (state.versions[(pv.component, parent.prompts[pv.component])]
+                            .instruction, pv.instruction)
+             for pv in new_versions if pv.version != parent.prompts[pv.component]},
+            [self.examples[e] for e in slot.batch]))
         child = Candidate(state.next_id(), prompts, parents=(parent.id,), origin="reflection",
                           component=",".join(slot.components), iteration=iteration,
                           diagnosis="\n\n".join(diagnoses), minibatch=tuple(slot.batch),

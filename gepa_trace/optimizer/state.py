@@ -53,7 +53,8 @@ class Candidate:
 
     ``origin`` is seed | reflection | merge | warm_start; ``component`` the component(s)
     reflected on (comma separated) for reflection children; ``meta`` holds details such
-    as a merge's common ancestor.
+    as a merge's common ancestor, and where each line of the instructions it introduced
+    came from (``provenance``, ``evidence``: see ``optimizer.provenance``).
     """
 
     id: int

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from gepa_trace.errors import ConfigError
 from gepa_trace.optimizer.persistence import latest_run_id, load_run
+from gepa_trace.optimizer.provenance import inherited_provenance, seed_lines
 from gepa_trace.optimizer.state import Candidate, RunState
 from gepa_trace.prompts import PromptSet, PromptVersion
 from gepa_trace.store.engine import Store
@@ -46,9 +47,15 @@ def warm_start_candidates(store: Store | None, source: str | None, agent: str, r
             continue
         versions = [earlier.versions.get((c, v)) or seed_prompts.version_of(c)
                     for c, v in prompts.items()]
+        # lines keep their origins in the earlier run; a component it lacked is the seed's
+        lines = inherited_provenance(earlier.candidates, old.id,
+                                     [c for c in prompts if c in old.prompts], source)
+        lines.update({c: seed_lines(seed_prompts.instruction(c), v)
+                      for c, v in prompts.items() if c not in old.prompts})
         out.append((Candidate(state.next_id() + len(out), prompts, origin="warm_start",
                               status="accepted",
-                              meta={"from_run": source, "from_candidate": old.id}),
+                              meta={"from_run": source, "from_candidate": old.id,
+                                    "provenance": lines}),
                     versions))
         if len(out) >= limit:
             break

@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gepa_trace.optimizer.state import UNJUDGED
+from gepa_trace.report.blame import TITLE as BLAME_TITLE
+from gepa_trace.report.blame import blame_section
 from gepa_trace.report.data import ReportData
 from gepa_trace.report.diff import change_summary, side_by_side
 from gepa_trace.report.svg import (
@@ -29,6 +31,7 @@ SECTIONS = (
     ("fronts", "Pareto fronts"),
     ("lineage", "Lineage"),
     ("diffs", "Seed → best prompts"),
+    ("blame", BLAME_TITLE),
     ("diagnoses", "Diagnoses"),
     ("budget", "Budget spent"),
     ("significance", "Held-out significance"),
@@ -338,7 +341,7 @@ def _diagnoses_section(d: ReportData) -> str:
             parts.append(f"<span>{esc(sums)}</span>")
         if c.val_score is not None:
             parts.append(f"<span>validation {_score(c.val_score)}</span>")
-        body = f'<div class="head">{"".join(parts)}</div>'
+        body = f'<div class="head" id="diag-{c.id}">{"".join(parts)}</div>'
         if c.reason:
             body += f'<div class="muted">{esc(c.reason)}</div>'
         if c.diagnosis:
@@ -445,8 +448,8 @@ def _significance_section(d: ReportData) -> str:
 def render_page(d: ReportData) -> str:
     """The whole HTML document of one run's report."""
     sections = [_summary(d), _score_section(d), _fronts_section(d), _lineage_section(d),
-                _diffs_section(d), _diagnoses_section(d), _budget_section(d),
-                _significance_section(d)]
+                _diffs_section(d), blame_section(d.blames, d.run.id), _diagnoses_section(d),
+                _budget_section(d), _significance_section(d)]
     title = f"gepa-trace report: {d.run.agent} {d.run.id}"
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
