@@ -97,14 +97,15 @@ class EpochSampler:
             counts: dict[tuple[str, str], int] = {}
             for i in batch:
                 counts[self.user[i]] = counts.get(self.user[i], 0) + 1
+            start = cursor
             for step in range(len(shuffled)):
                 if len(batch) >= self.size:
                     break
-                i = shuffled[(cursor + step) % len(shuffled)]
+                i = shuffled[(start + step) % len(shuffled)]
                 if i not in batch and counts.get(self.user[i], 0) < self.cap:
                     batch.append(i)
                     counts[self.user[i]] = counts.get(self.user[i], 0) + 1
-                    cursor = (cursor + step + 1) % len(shuffled)
+                    cursor = (start + step + 1) % len(shuffled)
         return [i for batch in batches for i in batch]
 
     def batch(self, n: int) -> list[str]:

@@ -110,7 +110,8 @@ def repeated_comments(examples: Sequence[Any],
 def user_shares(examples: Sequence[Any], val: Sequence[Any],
                 share: float) -> list[UserShare]:
     """Known end users whose runs are more than ``share`` of ``examples``, then those
-    more than ``share`` of ``val``; largest first."""
+    more than ``share`` of ``val``; largest first. One run is never reported (a
+    validation set of three is not dominated by one user's one run)."""
     out: list[UserShare] = []
     for split, group in (("all", examples), ("val", val)):
         counts: dict[str, int] = {}
@@ -119,5 +120,5 @@ def user_shares(examples: Sequence[Any], val: Sequence[Any],
             if user is not None:
                 counts[str(user)] = counts.get(str(user), 0) + 1
         out += sorted((UserShare(user, n, len(group), split) for user, n in counts.items()
-                       if n > share * len(group)), key=lambda u: (-u.count, u.user))
+                       if n > 1 and n > share * len(group)), key=lambda u: (-u.count, u.user))
     return out
