@@ -233,3 +233,34 @@ def test_optimize_reports_repeated_comments_in_one_line(poisoned):
     lines = dataset_trust_lines(dataset, 0.25)
     assert lines[0].startswith("user u-17 supplied 50% of the examples")
     assert sum("repeated verbatim" in line for line in lines) == 1
+
+
+def test_a_resumed_run_draws_the_same_capped_minibatches():
+    ids = [f"e{i}" for i in range(30)]
+    users = ["u-17"] * 12 + [f"u-{i % 5}" for i in range(18)]
+    whole = EpochSampler(ids, 4, seed=3, users=users, max_user_share=0.25)
+    drawn = [whole.batch(n) for n in range(40)]
+    resumed = EpochSampler(ids, 4, seed=3, users=users, max_user_share=0.25)
+    assert [resumed.batch(n) for n in range(25, 40)] == drawn[25:]
+
+
+def test_the_optimizer_caps_each_users_share_of_its_minibatches():
+    import dataclasses
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_optimizer_toys import SEED, RuleEvaluator, RuleReflectionLM, world
+
+    from gepa_trace.lm.budget import Budget
+    from gepa_trace.optimizer import Optimizer
+
+    train, val, _test = world()
+    train = [dataclasses.replace(e, meta={**e.meta, "user": "u-17" if k % 2 else f"u-{k}"})
+             for k, e in enumerate(train)]
+    opt = Optimizer(RuleEvaluator(), RuleReflectionLM(), SEED, train, val,
+                    Budget(max_rollouts=10), agent="toy-agent",
+                    config=OptimizerConfig(seed=1, minibatch_size=4, max_user_share=0.25))
+    user = {e.id: e.meta["user"] for e in train}
+    for n in range(3 * opt.sampler.per_epoch):
+        assert Counter(user[i] for i in opt.sampler.batch(n))["u-17"] <= 1
