@@ -264,3 +264,40 @@ def test_the_optimizer_caps_each_users_share_of_its_minibatches():
     user = {e.id: e.meta["user"] for e in train}
     for n in range(3 * opt.sampler.per_epoch):
         assert Counter(user[i] for i in opt.sampler.batch(n))["u-17"] <= 1
+
+
+def test_optimize_takes_the_trust_options_stores_them_and_reports_in_one_line(tmp_path):
+    from sqlalchemy import select
+
+    from gepa_trace.collectors.instrument import active_instrumentation
+    from gepa_trace.demo.traffic import run_traffic
+    from gepa_trace.store import OptimizationRunRow, forget_store
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    open_store(url, create=True)
+    run_traffic(36, store=url, seed=7, feedback_rate=1.0)
+    inst = active_instrumentation()
+    if inst is not None:
+        inst.shutdown()
+    forget_store(url)
+    args = ["optimize", "--agent", "demo-qa", "--entrypoint", "gepa_trace.demo:build_agent",
+            "--metric", "feedback", "--reflection-lm", "gepa-sim/reflect", "--store", url,
+            "--budget-rollouts", "20", "--no-grow-val", "--json"]
+    bad = CliRunner().invoke(main, [*args, "--source-weight", "janitor=2"])
+    assert bad.exit_code == 2 and "unknown source" in bad.stderr
+    out = CliRunner().invoke(main, [*args, "--source-weight", "reviewer=3",
+                                    "--max-user-share", "0.5"])
+    assert out.exit_code == 0, (out.output, out.stderr)
+    run_id = json.loads(out.stdout)["run_id"]
+    dataset = load_examples(open_store(url), "demo-qa", source_weights={"reviewer": 3})
+    reported = [line for line in out.stderr.splitlines() if "repeated verbatim" in line]
+    # the demo's users repeat stock complaints ("too long"): one line, however many
+    assert dataset.repeated_comments and len(reported) == 1
+    assert repr(dataset.repeated_comments[0].text) in reported[0]
+    table = OptimizationRunRow.__table__
+    with open_store(url).read() as conn:
+        config = json.loads(conn.execute(select(table.c.config).where(
+            table.c.id == run_id)).scalar_one())
+    assert config["max_user_share"] == 0.5, "a resumed run keeps its cap"
+    assert config["command"]["source_weight"] == ["reviewer=3"], "and its weights"
+    forget_store(url)
