@@ -316,7 +316,8 @@ def _optimize(agent: str | None, entrypoint: str | None, metric: str, app_dir: s
               lookahead: int, seed: int,
               since: str | None, until: str | None, with_feedback: bool,
               sample: int | None, golden_file: str | None, source_weight: tuple[str, ...],
-              max_user_share: float, split: str | None, no_replay_cache: bool, patience: int | None, stop_file: str | None, no_grow_val: bool,
+              max_user_share: float, split: str | None, no_replay_cache: bool,
+              patience: int | None, stop_file: str | None, no_grow_val: bool,
               val_start: int | None, resume: str | None, warm_start: bool,
               store: str | None, as_json: bool) -> None:
     """The optimize command once its options are settled (given, or stored with the run)."""

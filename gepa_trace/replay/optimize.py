@@ -68,11 +68,11 @@ class ReplaySettings:
     fractions: SplitFractions = field(default_factory=SplitFractions)
     min_examples: int = 6
     processes: int = 1  # >1: rollouts run in that many worker processes (replay only)
-    #: per-source weights of feedback records in a run's score (``store.verdict``)
-    source_weights: Mapping[str, float] | None = None
     #: share of the LLM-call, token, dollar and time limits the search leaves for the
     #: held-out test (max_rollouts counts the search alone)
     held_out_share: float = 0.3
+    #: per-source weights of feedback records in a run's score (``store.verdict``)
+    source_weights: Mapping[str, float] | None = None
 
 
 @dataclass

@@ -66,7 +66,8 @@ class UserShare:
 
     def line(self) -> str:
         what = "the examples" if self.split == "all" else "the validation examples"
-        return f"user {self.user} supplied {self.share:.0%} of {what} ({self.count} of {self.total})"
+        return (f"user {self.user} supplied {self.share:.0%} of {what} "
+                f"({self.count} of {self.total})")
 
     def to_dict(self) -> dict[str, Any]:
         return {"user": self.user, "count": self.count, "total": self.total,
