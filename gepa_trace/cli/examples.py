@@ -29,6 +29,50 @@ golden_option = click.option(
          "with a trace_id column. An id that is not a run of the agent is refused (exit 3).")
 
 
+source_weight_option = click.option(
+    "--source-weight", "source_weight", multiple=True, metavar="SOURCE=WEIGHT",
+    help="How much one feedback record of a source (user, reviewer, automated) counts in "
+         "a run's score (default reviewer=2, automated=1, user=1; 0: the source's records "
+         "are evidence only). Repeatable.")
+
+#: The default of ``OptimizerConfig.max_user_share`` (the CLI does not import the optimizer).
+DEFAULT_MAX_USER_SHARE = 0.25
+
+max_user_share_option = click.option(
+    "--max-user-share", type=click.FloatRange(min=0, max=1, min_open=True),
+    default=DEFAULT_MAX_USER_SHARE, show_default=True, metavar="SHARE",
+    help="No end user (the run's user.id) has more than this share of a minibatch, the "
+         "examples a reflection sees (at least one example); a user with more than it of "
+         "the examples is reported. 1: no cap.")
+
+
+def source_weights(values: Any) -> dict[str, float]:
+    """The per-source weights of repeated ``--source-weight SOURCE=WEIGHT`` options (the
+    stored list of a resumed run too), checked by ``store.verdict.source_weights``."""
+    from gepa_trace.errors import ConfigError
+    from gepa_trace.store.verdict import source_weights as checked
+
+    given: dict[str, float] = {}
+    for text in values or ():
+        name, sep, weight = str(text).partition("=")
+        try:
+            if not sep:
+                raise ConfigError(f"{text!r}: expected SOURCE=WEIGHT, e.g. reviewer=3")
+            given[name.strip()] = float(weight)
+            checked(given)
+        except (ConfigError, ValueError) as exc:
+            why = str(exc) if isinstance(exc, ConfigError) else f"{text!r}: not a number"
+            raise click.BadParameter(why, param_hint="--source-weight") from None
+    return given
+
+
+def trust_lines(dataset: Any, max_user_share: float) -> list[str]:
+    """What `examples` and `optimize` report of one user's reach into the examples:
+    users over ``max_user_share`` of them, then each repeated comment."""
+    return ([u.line() for u in dataset.user_shares(max_user_share)]
+            + [c.line() for c in dataset.repeated_comments])
+
+
 def example_filter(since: str | None, until: str | None, with_feedback: bool,
                    sample: int | None, golden_file: str | None):
     """The ``ExampleFilter`` of the selection options `optimize` and `examples` share."""
@@ -85,6 +129,7 @@ def _row(run: Any, split: str, left_out: Any = None) -> dict[str, Any]:
                expected_from=v.get("expected_from"), expected_source=expected_origin(run),
                conflict=v.get("conflict"), comments=v.get("comments") or [],
                labels=v.get("labels") or [], mark=run.meta.get("mark"),
+               user=run.meta.get("user"),
                feedback_records=v.get("records", 0))
     return row
 
@@ -104,6 +149,8 @@ def _row(run: Any, split: str, left_out: Any = None) -> dict[str, Any]:
               help="The metric optimize would use: with feedback (the default) runs with "
                    "no feedback to learn from are left out; with another they are kept.")
 @golden_option
+@source_weight_option
+@max_user_share_option
 @click.option("--split", "only", type=click.Choice(SPLITS), default=None,
               help="List only this split (the counts stay whole).")
 @click.option("--limit", type=click.IntRange(min=0), default=0, show_default=True,
@@ -114,8 +161,8 @@ def _row(run: Any, split: str, left_out: Any = None) -> dict[str, Any]:
 @handles_errors
 def examples(ctx: click.Context, agent: str | None, since: str | None, until: str | None,
              with_feedback: bool, sample: int | None, shares: str | None, metric: str,
-             golden_file: str | None, only: str | None, limit: int, store: str | None,
-             as_json: bool) -> None:
+             golden_file: str | None, source_weight: tuple[str, ...], max_user_share: float,
+             only: str | None, limit: int, store: str | None, as_json: bool) -> None:
     """List every run of an agent the optimizer would consider: its split, or why it
     is left out.
 
@@ -125,6 +172,10 @@ def examples(ctx: click.Context, agent: str | None, since: str | None, until: st
     came from (an explicit correction, a correction phrasing in a comment, or an
     approved output), conflicting corrections, comments and the run's mark. The table
     goes to stdout, a count summary to stderr; --json prints one line.
+
+    Reported on stderr (and in --json), never removed: an end user who supplied more
+    than --max-user-share of the examples or of validation, and each comment repeated
+    verbatim on 3 or more runs (its text, how many traces and users, the first ids).
 
     Marks: `examples exclude ID` keeps a run away from the optimizer, `examples golden
     ID...` pins runs to validation, `examples include ID` removes either mark.
@@ -147,7 +198,7 @@ def examples(ctx: click.Context, agent: str | None, since: str | None, until: st
     filters = example_filter(since, until, with_feedback, sample, golden_file)
     dataset = load_examples(open_store(store), agent, filters=filters, fractions=fractions,
                             min_examples=0, need_signal=metric == "feedback",
-                            list_outside=True)
+                            list_outside=True, source_weights=source_weights(source_weight))
     rows = [_row(e, split) for split in ("train", "val", "test")
             for e in getattr(dataset, split)]
     left = [_row(item.run, "left-out", item) for item in dataset.left_out]
@@ -161,7 +212,9 @@ def examples(ctx: click.Context, agent: str | None, since: str | None, until: st
         left = left[:max(0, limit - len(rows))]
     if as_json:
         print_json({"agent": agent, "counts": counts, "left_out_by_reason":
-                    dataset.left_out_by_reason(), "examples": rows, "left_out": left})
+                    dataset.left_out_by_reason(), "examples": rows, "left_out": left,
+                    "user_shares": [u.to_dict() for u in dataset.user_shares(max_user_share)],
+                    "repeated_comments": [c.to_dict() for c in dataset.repeated_comments]})
         return
     _print_table(rows + left)
     reasons = ", ".join(f"{n} {REASONS[reason]}" for reason, n in
@@ -169,6 +222,8 @@ def examples(ctx: click.Context, agent: str | None, since: str | None, until: st
     progress(f"{agent}: {sum(counts.values())} runs: {counts['train']} train, "
              f"{counts['val']} val, {counts['test']} test, {counts['left_out']} left out"
              + (f" ({reasons})" if reasons else ""))
+    for line in trust_lines(dataset, max_user_share):
+        progress(line)
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:

@@ -16,7 +16,14 @@ from gepa_trace.cli.common import (
     progress,
     store_option,
 )
-from gepa_trace.cli.examples import example_filter, golden_option, split_fractions
+from gepa_trace.cli.examples import (
+    example_filter,
+    golden_option,
+    max_user_share_option,
+    source_weight_option,
+    source_weights,
+    split_fractions,
+)
 
 
 class ProgressDisplay:
@@ -145,6 +152,17 @@ def print_outcome(summary: dict[str, Any]) -> None:
         click.echo(f"  {component:<20} {version}")
 
 
+def dataset_trust_lines(dataset: Any, max_user_share: float) -> list[str]:
+    """Users over ``max_user_share`` of the examples, and one line for any comments
+    repeated verbatim (`gepa-trace examples` lists each)."""
+    lines = [u.line() for u in dataset.user_shares(max_user_share)]
+    repeated = dataset.repeated_comments
+    if repeated:
+        lines.append(f"{len(repeated)} comment(s) repeated verbatim across runs, the first: "
+                     f"{repeated[0].line()}; `gepa-trace examples` lists them")
+    return lines
+
+
 @click.command()
 @click.option("--agent", default=None,
               help="The agent whose recorded runs to learn from (required unless --resume).")
@@ -214,6 +232,8 @@ def print_outcome(summary: dict[str, Any]) -> None:
 @click.option("--sample", type=click.IntRange(min=1), default=None,
               help="At most this many examples.")
 @golden_option
+@source_weight_option
+@max_user_share_option
 @click.option("--split", default=None, metavar="TRAIN,VAL,TEST",
               help="Shares of train/validation/held-out test (default 0.5,0.1,0.4).")
 @click.option("--no-replay-cache", is_flag=True,
@@ -244,7 +264,8 @@ def optimize(agent: str, entrypoint: str | None, metric: str, app_dir: str | Non
              max_seconds: float | None, held_out_share: float, workers: int, processes: int,
              lookahead: int, seed: int,
              since: str | None, until: str | None, with_feedback: bool, sample: int | None,
-             golden_file: str | None, split: str | None, no_replay_cache: bool,
+             golden_file: str | None, source_weight: tuple[str, ...], max_user_share: float,
+             split: str | None, no_replay_cache: bool,
              patience: int | None, stop_file: str | None, no_grow_val: bool, val_start: int | None,
              resume: str | None, warm_start: bool, store: str | None, as_json: bool) -> None:
     """Optimize an agent's prompts from its recorded runs with GEPA.
@@ -294,8 +315,9 @@ def _optimize(agent: str | None, entrypoint: str | None, metric: str, app_dir: s
               max_seconds: float | None, held_out_share: float, workers: int, processes: int,
               lookahead: int, seed: int,
               since: str | None, until: str | None, with_feedback: bool,
-              sample: int | None, golden_file: str | None, split: str | None,
-              no_replay_cache: bool, patience: int | None, stop_file: str | None, no_grow_val: bool,
+              sample: int | None, golden_file: str | None, source_weight: tuple[str, ...],
+              max_user_share: float, split: str | None, no_replay_cache: bool,
+              patience: int | None, stop_file: str | None, no_grow_val: bool,
               val_start: int | None, resume: str | None, warm_start: bool,
               store: str | None, as_json: bool) -> None:
     """The optimize command once its options are settled (given, or stored with the run)."""
@@ -319,12 +341,14 @@ def _optimize(agent: str | None, entrypoint: str | None, metric: str, app_dir: s
         reflection_lm_base=reflection_lm_base, app_dir=app_dir,
         rubric=rubric, replay_cache=not no_replay_cache, fractions=fractions,
         processes=processes, held_out_share=held_out_share,
-        filters=example_filter(since, until, with_feedback, sample, golden_file))
+        filters=example_filter(since, until, with_feedback, sample, golden_file),
+        source_weights=source_weights(source_weight))
     budget = Budget(max_rollouts=budget_rollouts, max_llm_calls=max_llm_calls,
                     max_cost_usd=max_cost, max_seconds=max_seconds)
     config = OptimizerConfig(seed=seed, workers=workers, lookahead=lookahead,
                              patience=patience, stop_file=stop_file, grow_val=not no_grow_val,
-                             val_start=val_start, command=command)
+                             val_start=val_start, max_user_share=max_user_share,
+                             command=command)
     display = ProgressDisplay(budget_rollouts)
     progress(f"optimizing {agent} (budget {budget!r}, {workers} workers"
              + (f" in {processes} processes)" if processes > 1 else ")"))
@@ -349,6 +373,8 @@ def _optimize(agent: str | None, entrypoint: str | None, metric: str, app_dir: s
         # Closing every connection lets SQLite fold its -wal file back into the database
         # and remove it (and -shm): a command leaves no new file beside the store.
         forget_store(resolve_url(store))
+    for line in dataset_trust_lines(outcome.dataset, max_user_share):
+        progress(line)
     summary = outcome.summary()
     if as_json:
         print_json(summary)

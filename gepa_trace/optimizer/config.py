@@ -91,6 +91,9 @@ class OptimizerConfig:
       (None: all of them; ignored without ``grow_val``). A smaller set affords more
       candidates; on the demo (12 runs: 6 traffic seeds x 2 seeds, 600 rollouts)
       starting on half of a 10% set gave no clear gain (held-out 0.87 against 0.87).
+    - ``max_user_share``: no end user (``Example.meta["user"]``) has more than
+      ``max(1, floor(max_user_share * minibatch_size))`` examples in one minibatch, the
+      examples a reflection sees (``optimizer.sampler``); 1: no cap.
     - ``command``: what the command that started the run was given (entry point,
       metric, models, budget, filters), stored with the run so that ``--resume RUN_ID``
       needs nothing else; the loop does not read it.
@@ -120,6 +123,7 @@ class OptimizerConfig:
     handle_signals: bool = True
     grow_val: bool = True
     val_start: int | None = None
+    max_user_share: float = 0.25
     command: Mapping[str, Any] | None = None
 
     def validate(self) -> OptimizerConfig:
@@ -173,6 +177,9 @@ class OptimizerConfig:
                 and math.isfinite(self.lock_stale_seconds) and self.lock_stale_seconds > 0):
             raise bad("lock_stale_seconds",
                       f"must be a number > 0, got {self.lock_stale_seconds!r}")
+        if not (isinstance(self.max_user_share, (int, float))
+                and 0 < self.max_user_share <= 1):
+            raise bad("max_user_share", f"must be in (0, 1], got {self.max_user_share!r}")
         if self.warm_start_max < 1:
             raise bad("warm_start_max", f"must be >= 1, got {self.warm_start_max}")
         return self

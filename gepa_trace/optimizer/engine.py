@@ -129,7 +129,8 @@ class Optimizer:
         self.examples = {e.id: e for e in self.train}
         self.examples.update({e.id: e for e in self.val})
         self.sampler = EpochSampler([e.id for e in self.train], self.config.minibatch_size,
-                                    self.config.seed)
+                                    self.config.seed, [(e.meta or {}).get("user") for e in
+                                                       self.train], self.config.max_user_share)
         self.select_parent = candidate_selector(self.config)
         self.select_components = component_selector(self.config)
         self.recorder = RunRecorder(store, self.run_id, self.agent)

@@ -15,6 +15,12 @@ recorded inputs, has no feedback (--with-feedback), its score is outside
 has the same inputs (de-duplication keeps a golden run first, then the latest), it is
 not in the --sample, or (log-only replay) none of its calls can be re-rendered.
 
+Each example's ``meta["user"]`` is the end user of the run (the root span's ``user.id``,
+``enduser.id`` or ``gepa.user.id``; None when unknown): feedback of source ``user`` on a
+run is its end user's. The dataset reports, never removes, what one user could push:
+comments repeated verbatim across traces (``Dataset.repeated_comments``) and users who
+supplied more than a share of the examples (``Dataset.user_shares``; ``replay.trust``).
+
 A run "has feedback to learn from" when its verdict has an expected answer or a score,
 or its feedback carries a comment or label (the ``feedback`` metric's judge reads those
 as evidence), or its corrections conflict (the judge sees them).
@@ -33,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +47,7 @@ from sqlalchemy import and_, func, select
 
 from gepa_trace.errors import ConfigError, GepaTraceError, NotFoundError
 from gepa_trace.optimizer.protocols import Example
+from gepa_trace.replay import trust
 from gepa_trace.store import SpanRow, Store, safe_url
 from gepa_trace.store.marks import marks_of
 from gepa_trace.store.queries import feedback_for_traces
@@ -161,6 +169,16 @@ class Dataset:
     def skipped_not_replayable(self) -> int:
         return self.left_out_by_reason().get("not_replayable", 0)
 
+    @property
+    def repeated_comments(self) -> list[trust.RepeatedComment]:
+        """Comments repeated verbatim on at least ``trust.REPEATED_COMMENT_MIN_TRACES``
+        of the examples' runs, most traces first."""
+        return trust.repeated_comments(self.all())
+
+    def user_shares(self, share: float) -> list[trust.UserShare]:
+        """End users who supplied more than ``share`` of the examples, or of validation."""
+        return trust.user_shares(self.all(), self.val, share)
+
     def summary(self) -> dict[str, Any]:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test),
                 "left_out": sum(self.left_out_by_reason().values()),
@@ -209,6 +227,20 @@ def _inputs_of(attributes: dict[str, Any]) -> dict[str, Any] | None:
         # LangGraph/LCEL wrap inputs as {"input": {...}} in some versions
         return value
     return {"input": value}
+
+
+#: Root span attributes naming a run's end user, in the order they are read: OpenInference,
+#: OpenTelemetry semantic conventions, our own.
+USER_ATTRIBUTES = ("user.id", "enduser.id", "gepa.user.id")
+
+
+def user_of(attributes: dict[str, Any]) -> str | None:
+    """The end user of a run from its root span's attributes (None when unknown)."""
+    for name in USER_ATTRIBUTES:
+        value = attributes.get(name)
+        if value is not None and str(value).strip():
+            return str(value).strip()
+    return None
 
 
 def has_signal(v: Verdict) -> bool:
@@ -276,7 +308,8 @@ def _unknown_runs(store: Store, agent: str, trace_ids: list[str]) -> list[str]:
 def load_examples(store: Store, agent: str, *, filters: ExampleFilter = ExampleFilter(),
                   fractions: SplitFractions = SplitFractions(),
                   min_examples: int = 6, need_signal: bool = True,
-                  list_outside: bool = False) -> Dataset:
+                  list_outside: bool = False,
+                  source_weights: Mapping[str, float] | None = None) -> Dataset:
     """The examples of ``agent``'s production runs, split into train/val/test, and the
     runs left out with their reasons (see the module docstring).
 
@@ -287,7 +320,8 @@ def load_examples(store: Store, agent: str, *, filters: ExampleFilter = ExampleF
     train or validation is empty (``min_examples=0``: no check; what ``examples`` lists).
     Runs outside --since/--until are counted (``Dataset.outside_window``); with
     ``list_outside`` each is also in ``left_out`` (``examples`` lists them; a nightly
-    run over a long history need not read their ids).
+    run over a long history need not read their ids). ``source_weights``: per-source
+    weights of the feedback records in each run's score (``store.verdict``, rule 2).
     """
     roots, outside, n_outside = _roots(store, agent, filters, list_outside)
     if not roots and not n_outside:
@@ -329,13 +363,14 @@ def load_examples(store: Store, agent: str, *, filters: ExampleFilter = ExampleF
             continue
         fb = feedback.get(root.trace_id, [])
         output = _loads(attributes.get("output.value"))
-        v = verdict(fb, output)
+        v = verdict(fb, output, source_weights)
         key = inputs_key(inputs)
         keys[root.trace_id] = key
         example = Example(id=root.trace_id, inputs=inputs, expected=v.expected, output=output,
                           feedback=tuple(fb), trace_id=root.trace_id,
                           split=split_of(key, fractions),
                           meta={"feedback_score": v.score, "verdict": v.to_dict(),
+                                "user": user_of(attributes),
                                 "mark": mark.mark if mark is not None else
                                 ("golden" if root.trace_id in golden else None)})
         if excluded:

@@ -22,7 +22,7 @@ import dataclasses
 import inspect
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +71,8 @@ class ReplaySettings:
     #: share of the LLM-call, token, dollar and time limits the search leaves for the
     #: held-out test (max_rollouts counts the search alone)
     held_out_share: float = 0.3
+    #: per-source weights of feedback records in a run's score (``store.verdict``)
+    source_weights: Mapping[str, float] | None = None
 
 
 @dataclass
@@ -233,7 +235,8 @@ def optimize(agent: str, *, reflection_lm: str | Callable[[str], str],
     log_only = build_agent is None
     dataset = load_examples(store, agent, filters=settings.filters,
                             fractions=settings.fractions, min_examples=settings.min_examples,
-                            need_signal=log_only or settings.metric == "feedback")
+                            need_signal=log_only or settings.metric == "feedback",
+                            source_weights=settings.source_weights)
     if seed_prompts is None:
         seed_prompts = current_prompts(store, agent)
     checked = {"reflection LM": reflection}

@@ -7,7 +7,12 @@ Every reader of feedback (examples, the built-in ``feedback`` metric, ``traces``
    kept in the store but not used. Records on one span of the run (``span_id`` set) are
    evidence (their comments are shown), not a verdict on the run's output.
 2. The run's score is the mean of its records' scores, each mapped onto 0..1 by the
-   range declared with it (0..1 unless given). No score: ``None``.
+   range declared with it (0..1 unless given), weighted by the record's source:
+   ``DEFAULT_SOURCE_WEIGHTS`` (reviewer 2, automated 1, user 1) unless the caller gives
+   others (``optimize``/``examples --source-weight reviewer=3``). A source of weight 0
+   is ignored entirely: its records are evidence only (comments and labels shown),
+   never part of the score or the source of an expected answer. A record of no known
+   source counts as a user's. No score: ``None``.
 3. The expected answer comes from explicit corrections (``expected``). When several
    records give one, the most trusted source wins (reviewer, then automated, then
    user); within that source, the value most records give, if more than half of them
@@ -29,6 +34,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from gepa_trace.errors import ConfigError
+
 SOURCES = ("user", "reviewer", "automated")
 #: Other names accepted for a source (stored as the canonical one).
 SOURCE_ALIASES = {"human": "user", "end_user": "user", "end-user": "user", "enduser": "user",
@@ -39,6 +46,8 @@ SOURCE_ALIASES = {"human": "user", "end_user": "user", "end-user": "user", "endu
                   "heuristic": "automated", "test": "automated"}
 #: How much a source's correction is trusted over another's.
 RANK = {"reviewer": 3, "automated": 2, "user": 1}
+#: How much one record of each source counts in a run's score (rule 2).
+DEFAULT_SOURCE_WEIGHTS: Mapping[str, float] = {"reviewer": 2.0, "automated": 1.0, "user": 1.0}
 
 
 def canonical_source(value: Any) -> str | None:
@@ -85,6 +94,30 @@ def correction_in(comment: str | None) -> str | None:
 
 def _get(record: Any, key: str) -> Any:
     return record.get(key) if isinstance(record, Mapping) else getattr(record, key, None)
+
+
+def source_weights(given: Mapping[str, float] | None = None) -> dict[str, float]:
+    """``DEFAULT_SOURCE_WEIGHTS`` with ``given`` on top (source names or aliases).
+    Raises ``ConfigError`` for an unknown source or a weight that is not a finite
+    number >= 0."""
+    weights = dict(DEFAULT_SOURCE_WEIGHTS)
+    for name, value in (given or {}).items():
+        source = canonical_source(name)
+        if source is None:
+            raise ConfigError(f"source weight {name!r}: unknown source; use one of "
+                              f"{', '.join(SOURCES)}")
+        try:
+            weight = float(value)
+        except (TypeError, ValueError):
+            weight = float("nan")
+        if not (weight >= 0 and weight != float("inf")):
+            raise ConfigError(f"source weight {name}={value!r}: must be a number >= 0")
+        weights[source] = weight
+    return weights
+
+
+def _weight(record: Any, weights: Mapping[str, float]) -> float:
+    return weights.get(canonical_source(_get(record, "source")) or "user", 0.0)
 
 
 def normalized_score(record: Any) -> float | None:
@@ -146,13 +179,17 @@ def _pick(corrections: list[tuple[Any, str, str | None]]) -> tuple[Any, str | No
                   f"({', '.join(repr(a) for a in answers[:4])})")
 
 
-def verdict(records: Sequence[Any], output: Any = None) -> Verdict:
+def verdict(records: Sequence[Any], output: Any = None,
+            weights: Mapping[str, float] | None = None) -> Verdict:
     """The verdict of a run's feedback ``records`` (``Feedback`` objects or their
-    dicts, any order) on its recorded ``output``."""
+    dicts, any order) on its recorded ``output``; ``weights``: per-source weights on
+    top of ``DEFAULT_SOURCE_WEIGHTS`` (rule 2)."""
+    weights = source_weights(weights)
     live = [r for r in records if _get(r, "replaced_by") is None]
-    on_run = [r for r in live if not _get(r, "span_id")]
-    scores = [s for s in (normalized_score(r) for r in on_run) if s is not None]
-    score = sum(scores) / len(scores) if scores else None
+    on_run = [r for r in live if not _get(r, "span_id") and _weight(r, weights) > 0]
+    scored = [(s, _weight(r, weights)) for r in on_run
+              for s in [normalized_score(r)] if s is not None]
+    score = (sum(s * w for s, w in scored) / sum(w for _s, w in scored)) if scored else None
     comments = tuple(str(_get(r, "comment")) for r in live if _get(r, "comment"))
     labels = tuple(str(_get(r, "label")) for r in live if _get(r, "label"))
     base = {"score": score, "records": len(live), "comments": comments, "labels": labels}
@@ -184,5 +221,5 @@ def verdict(records: Sequence[Any], output: Any = None) -> Verdict:
     return Verdict(**base)
 
 
-__all__ = ["RANK", "SOURCES", "SOURCE_ALIASES", "Verdict", "canonical_source",
-           "correction_in", "normalized_score", "verdict"]
+__all__ = ["DEFAULT_SOURCE_WEIGHTS", "RANK", "SOURCES", "SOURCE_ALIASES", "Verdict",
+           "canonical_source", "correction_in", "normalized_score", "source_weights", "verdict"]
