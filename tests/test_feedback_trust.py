@@ -227,6 +227,15 @@ def test_examples_source_weight_option_reaches_the_verdict(poisoned):
     assert "SOURCE=WEIGHT" in _examples(poisoned, "--source-weight", "3", code=2).stderr
 
 
+def test_stock_phrases_are_not_reported_as_repeated_comments(sqlite_url):
+    store = open_store(sqlite_url)
+    write_spans(store, [_root(i, user=f"u-{i}") for i in range(8)])
+    for i in range(8):
+        comment = "not what I asked for" if i % 2 else "too long"
+        record_feedback(_tid(i), 0.0, comment=comment, store=store)
+    assert load_examples(store, AGENT, min_examples=0).repeated_comments == []
+
+
 def test_optimize_reports_repeated_comments_in_one_line(poisoned):
     dataset = load_examples(open_store(poisoned), AGENT, min_examples=0)
     assert [c.traces for c in dataset.repeated_comments] == [3]
@@ -291,9 +300,9 @@ def test_optimize_takes_the_trust_options_stores_them_and_reports_in_one_line(tm
     run_id = json.loads(out.stdout)["run_id"]
     dataset = load_examples(open_store(url), "demo-qa", source_weights={"reviewer": 3})
     reported = [line for line in out.stderr.splitlines() if "repeated verbatim" in line]
-    # the demo's users repeat stock complaints ("too long"): one line, however many
-    assert dataset.repeated_comments and len(reported) == 1
-    assert repr(dataset.repeated_comments[0].text) in reported[0]
+    # the demo's users repeat stock complaints ("too long") and the same correction on the
+    # same question: neither is a campaign, so clean traffic reports nothing
+    assert not dataset.repeated_comments and not reported
     table = OptimizationRunRow.__table__
     with open_store(url).read() as conn:
         config = json.loads(conn.execute(select(table.c.config).where(

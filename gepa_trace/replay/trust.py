@@ -3,7 +3,9 @@
 Two signs that a few people are writing much of what the reflection LM reads:
 
 - a comment repeated verbatim (same words, whatever the case and spacing) on at least
-  ``REPEATED_COMMENT_MIN_TRACES`` runs: a campaign, a bot, or a stock phrase;
+  ``REPEATED_COMMENT_MIN_TRACES`` runs: a campaign or a bot. A stock phrase shorter than
+  ``REPEATED_COMMENT_MIN_WORDS`` words ("too long", "wrong") is not one (and runs of
+  one input are one example: the same correction on them counts once);
 - one end user whose runs are more than a set share of the examples (or of validation,
   where every accepted candidate is scored).
 
@@ -20,6 +22,8 @@ from typing import Any
 
 #: A comment is "repeated" once it is on at least this many runs.
 REPEATED_COMMENT_MIN_TRACES = 3
+#: Shorter comments are stock phrases, never reported.
+REPEATED_COMMENT_MIN_WORDS = 6
 #: How much of a repeated comment a report line shows.
 SHOWN_CHARS = 80
 
@@ -90,13 +94,14 @@ def _comments(example: Any) -> list[str]:
 
 def repeated_comments(examples: Sequence[Any],
                       min_traces: int = REPEATED_COMMENT_MIN_TRACES) -> list[RepeatedComment]:
-    """Comments on at least ``min_traces`` of ``examples``' runs, compared with case and
-    whitespace normalised; most traces first, then fewest users, then text."""
+    """Comments of at least ``REPEATED_COMMENT_MIN_WORDS`` words on at least
+    ``min_traces`` of ``examples``' runs, compared with case and whitespace normalised;
+    most traces first, then fewest users, then text."""
     seen: dict[str, tuple[str, list[str], set[str]]] = {}
     for example in examples:
         for comment in _comments(example):
             key = " ".join(comment.lower().split())
-            if not key:
+            if len(key.split()) < REPEATED_COMMENT_MIN_WORDS:
                 continue
             _first, traces, users = seen.setdefault(key, (comment, [], set()))
             trace = example.trace_id or example.id
