@@ -19,6 +19,7 @@ from gepa_trace.optimizer.result import run_spend
 from gepa_trace.optimizer.state import UNJUDGED
 from gepa_trace.prompts.export import held_out_gate
 from gepa_trace.prompts.gate import GateResult
+from gepa_trace.prompts.review import RunReview, review_run
 from gepa_trace.store.engine import Store
 from gepa_trace.store.tables import (
     CandidateRow,
@@ -115,6 +116,7 @@ class ReportData:
     components: list[str] = field(default_factory=list)
     superseded: int = 0  # proposals made ahead (lookahead) and never judged: not listed
     growths: list[tuple[int, int]] = field(default_factory=list)  # (rollouts, val size)
+    review: RunReview | None = None  # flagged changes (prompts.review), None: not read
 
     @property
     def simulated(self) -> bool:
@@ -278,7 +280,8 @@ def load_report_data(store: Store, run_id: str, *, confidence: float = 0.95) -> 
                       rollouts=position, fronts=fronts, front_changes=front_changes,
                       diffs=diffs, failed=failed, skipped=skipped, superseded=superseded,
                       models=models, growths=growths,
-                      gate=gate, gate_note=gate_note, components=components)
+                      gate=gate, gate_note=gate_note, components=components,
+                      review=review_run(store, run_id))
 
 
 def _history_from(candidates: list[CandidateView]) -> list[tuple[int, float, int]]:

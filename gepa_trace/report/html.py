@@ -13,6 +13,7 @@ from typing import Any
 from gepa_trace.optimizer.state import UNJUDGED
 from gepa_trace.report.data import ReportData
 from gepa_trace.report.diff import change_summary, side_by_side
+from gepa_trace.report.review import review_section_body
 from gepa_trace.report.svg import (
     FrontDot,
     LineageNode,
@@ -29,6 +30,7 @@ SECTIONS = (
     ("fronts", "Pareto fronts"),
     ("lineage", "Lineage"),
     ("diffs", "Seed → best prompts"),
+    ("review", "Flagged changes"),
     ("diagnoses", "Diagnoses"),
     ("budget", "Budget spent"),
     ("significance", "Held-out significance"),
@@ -445,7 +447,8 @@ def _significance_section(d: ReportData) -> str:
 def render_page(d: ReportData) -> str:
     """The whole HTML document of one run's report."""
     sections = [_summary(d), _score_section(d), _fronts_section(d), _lineage_section(d),
-                _diffs_section(d), _diagnoses_section(d), _budget_section(d),
+                _diffs_section(d), _section("review", *review_section_body(d.review)),
+                _diagnoses_section(d), _budget_section(d),
                 _significance_section(d)]
     title = f"gepa-trace report: {d.run.agent} {d.run.id}"
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
