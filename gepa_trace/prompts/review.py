@@ -9,9 +9,9 @@ component by component, and every added or changed line is checked for
 instructions to reveal or ignore prompts; and text copied (or closely paraphrased) from
 trace content that only a few traces or users supplied (``review_corpus``): a shingle
 of ``NGRAM_WORDS`` words, or ``CONTENT_WORDS`` content words, that the seed does not
-hold and that at most ``FEW_TRACES`` traces (or ``FEW_SHARE`` of the run's examples,
-whichever is more) carry, or that only feedback comments carry (end users' free text
-is not task vocabulary, however many of them repeat it).
+hold and that at most ``FEW_TRACES`` traces or users (or ``FEW_SHARE`` of the run's
+examples, whichever is more) carry, or that only one feedback comment carries (a comment
+pasted verbatim into many traces is one voice, not task vocabulary).
 
 Every flag carries its evidence: the traces and feedback records whose content holds
 the flagged text, and how many distinct users those are when runs record one.
@@ -49,7 +49,7 @@ from gepa_trace.store import (
 )
 
 __all__ = ["ALLOW_ENV", "ALLOW_FILE", "APPROVED", "CONTENT_WORDS", "FEW_SHARE", "FEW_TRACES",
-           "KINDS", "NGRAM_WORDS", "Allow", "Flag", "RunReview", "approvals",
+           "KINDS", "NGRAM_WORDS", "REPEATED_COMMENT_LINES", "Allow", "Flag", "RunReview", "approvals",
            "approve_version", "is_approved", "record_approval", "require_approval",
            "review_run"]
 
@@ -65,6 +65,9 @@ KINDS = ("url", "email", "phone", "code", "markup", "prompt_leak", "ignore_instr
 FEW_TRACES = 3
 #: ... or at most this share of the run's examples, whichever is more.
 FEW_SHARE = 0.05
+#: Text only feedback carries, in at most this many distinct lines, is flagged whatever
+#: the number of traces: one comment pasted into many traces is one voice.
+REPEATED_COMMENT_LINES = 2
 #: Kind of the run event that records an approval of flagged changes.
 APPROVED = "approved"
 _SHOWN_TRACES = 3
@@ -200,9 +203,14 @@ class _Reviewer:
         return self._found[fragment]
 
     def _few(self, support: Support) -> bool:
+        """Whether copied text came from a few: few traces (or users, where runs record
+        them), or one feedback comment repeated verbatim, however many traces repeat it
+        (many users who mean the same say it in their own words)."""
         users = self.corpus.users_of(support.traces)
         count = users if users is not None else len(support.traces)
-        return 0 < count <= self.few or (bool(support.traces) and not support.in_spans)
+        repeated = (bool(support.traces) and not support.in_spans
+                    and support.lines <= REPEATED_COMMENT_LINES)
+        return 0 < count <= self.few or repeated
 
     def copied(self, component: str, line: str) -> list[_Finding]:
         """Runs of the line's words copied from content few traces carry."""
@@ -342,8 +350,14 @@ def require_approval(store: Store, review: RunReview, flags: list[Flag],
 def approve_version(store: Store, run_id: str, component: str, version: str, *,
                     approve: bool, review: RunReview | None = None) -> list[Flag]:
     """The approved flags of ``component``'s ``version``, made by run ``run_id`` (see
-    ``require_approval``); ``review``: that run's review, if the caller has it."""
-    review = review_run(store, run_id) if review is None else review
+    ``require_approval``); ``review``: that run's review, if the caller has it. A version
+    whose run is no longer in the store (recorded by ``record_versions`` from a file, or
+    copied from another store) has no seed and no traces to be reviewed against."""
+    if review is None:
+        try:
+            review = review_run(store, run_id)
+        except NotFoundError:
+            return []
     flags = review.flags_of_version(component, version)
     return require_approval(store, review, flags, {component: version}, approve=approve,
                             by="promote")

@@ -86,11 +86,13 @@ class Support:
     traces: set[str] = field(default_factory=set)
     feedback: set[int] = field(default_factory=set)
     in_spans: bool = False
+    lines: int = 1  # distinct lines of content that carry it
 
     def add(self, other: Support) -> None:
         self.traces |= other.traces
         self.feedback |= other.feedback
         self.in_spans = self.in_spans or other.in_spans
+        self.lines += other.lines
 
 
 def _strings(value: Any) -> Iterator[str]:
@@ -195,15 +197,14 @@ class TraceCorpus:
         if not keys:
             return found
         for line, support in self.lines.items():
-            for _a, _b, key in shingles(line.split()):
-                if key in keys:
-                    found.setdefault(key, Support()).add(support)
+            for key in {key for _a, _b, key in shingles(line.split())} & keys:
+                found.setdefault(key, Support(lines=0)).add(support)
         return found
 
     def find(self, fragment: str) -> Support:
         """Who carries ``fragment`` (compared as normalised words, at word bounds)."""
         needle = " ".join(words(fragment))
-        out = Support()
+        out = Support(lines=0)
         if not needle:
             return out
         if self._text is None:
