@@ -37,6 +37,7 @@ from gepa_trace.prompts.review_corpus import (
     TraceCorpus,
     shingle_keys,
     shingles,
+    word_spans,
     words,
 )
 from gepa_trace.store import (
@@ -228,8 +229,9 @@ class _Reviewer:
                 spans[-1] = (prev[0], max(prev[1], b), merged)
             else:
                 spans.append((a, b, support))
-        return [_Finding("copied_from_traces", " ".join(tokens[a:b]), line, support)
-                for a, b, support in spans]
+        where = word_spans(line)  # the copied words as the line writes them
+        return [_Finding("copied_from_traces", line[where[a][0]:where[b - 1][1]], line,
+                         support) for a, b, support in spans]
 
     def review(self, component: str, lines: list[str]) -> list[_Finding]:
         seed_text = "\n".join(self.seed.get(component, []))

@@ -13,15 +13,16 @@ literal phrases); an allowed fragment is never flagged.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from gepa_trace.config import setting
 from gepa_trace.errors import ConfigError
 
-#: Environment variable with allow-list values, comma-separated (see ``Allow.parse``).
+#: Environment variable with allow-list values, comma-separated (see ``Allow.parse``;
+#: the setting ``review_allow`` of ``gepa_trace.config``).
 ALLOW_ENV = "GEPA_TRACE_REVIEW_ALLOW"
 #: Optional allow-list file read from the working directory (keys: domains, emails,
 #: phones, phrases; each a list of strings).
@@ -191,7 +192,7 @@ class Allow:
         ``GEPA_TRACE_REVIEW_ALLOW`` (``env`` overrides it), and the file
         ``gepa-trace-review.yaml`` in the working directory if there is one (``path``
         overrides it). A malformed file is a ``ConfigError`` naming it."""
-        env_text = os.environ.get(ALLOW_ENV, "") if env is None else env
+        env_text = setting("review_allow") if env is None else env
         allow = cls.parse([*values, *env_text.split(",")])
         file = Path(path) if path is not None else Path(ALLOW_FILE)
         if file.is_file():

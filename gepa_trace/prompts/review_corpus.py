@@ -58,9 +58,17 @@ USER_KEYS = ("user.id", "enduser.id", "gepa.user", "session.user_id")
 _SKIPPED_SPAN_TYPES = ("chain", "prompt")  # copies of the state and the template
 
 
+_WORD = re.compile(r"[A-Za-z0-9]+")
+
+
 def words(text: str) -> list[str]:
     """Lower-case words and numbers of ``text``: what shingles are made of."""
-    return re.findall(r"[a-z0-9]+", text.lower())
+    return [w.lower() for w in _WORD.findall(text)]
+
+
+def word_spans(text: str) -> list[tuple[int, int]]:
+    """Where each of ``words(text)`` is in ``text`` (start, end)."""
+    return [m.span() for m in _WORD.finditer(text)]
 
 
 def shingles(tokens: list[str]) -> Iterator[tuple[int, int, str]]:
