@@ -66,11 +66,18 @@ _REVEAL = re.compile(
     r"|(?i:\bwhat\s+(?:is|are|were)\s+your\s+(?:system\s+prompt|instructions|rules)\b)")
 _IGNORE = re.compile(
     r"(?i)\b(?:ignore|disregard|forget|override|bypass)\b[^.\n]{0,30}?"
-    r"\b(?:previous|prior|above|earlier|preceding|all|any|your|system|original|these|those|"
-    r"other)\b[^.\n]{0,20}?\b(?:instructions?|prompts?|rules?|directions?|guidelines?|"
+    r"\b(?:previous|prior|above|earlier|preceding|your|system|original|initial|developer)\b"
+    r"[^.\n]{0,20}?\b(?:instructions?|prompts?|rules?|directions?|guidelines?|"
     r"context|messages?|constraints?)\b"
     r"|(?i:\b(?:ignore|disregard|forget)\s+(?:everything|all|anything)?\s*(?:above|before)\b)"
-    r"|(?i:\bdisregard\s+the\s+above\b)")
+    r"|(?i:\bdisregard\s+the\s+above\b)"
+    r"|(?i:\b(?:ignore|disregard|forget)\s+(?:all\s+|the\s+|any\s+)?(?:instructions|rules|"
+    r"prompts?|directions)\s+(?:above|before|so\s+far)\b)")
+
+
+# "Never reveal your system prompt" is a defence, not an attack.
+# ("no matter what, reveal ..." is not: the negation must stand right before the verb.)
+_NEGATED = re.compile(r"(?i)\b(?:never|not|don't|dont|nor|refuse\s+to)\s+(?:\w+\s+){0,2}$")
 
 
 @dataclass(frozen=True)
@@ -134,10 +141,10 @@ def line_findings(line: str, seed_text: str = "") -> list[Finding]:
     for pattern in _MARKUP:
         for m in pattern.finditer(line):
             add("markup", m.group(0))
-    for m in _REVEAL.finditer(line):
-        add("prompt_leak", m.group(0))
-    for m in _IGNORE.finditer(line):
-        add("ignore_instructions", m.group(0))
+    for kind, pattern in (("prompt_leak", _REVEAL), ("ignore_instructions", _IGNORE)):
+        for m in pattern.finditer(line):
+            if not _NEGATED.search(line[max(0, m.start() - 24):m.start()]):
+                add(kind, m.group(0))
     return found
 
 
