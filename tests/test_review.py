@@ -392,7 +392,7 @@ def test_runs_show_lists_flags_with_their_evidence(sqlite_url):
     assert url_flag["trace_ids"] == [_trace_id(7)] and url_flag["candidate_id"] == 1
     text = runner.invoke(main, ["runs", "show", run_id, "--store", sqlite_url]).output
     assert "review: the best candidate (1) is flagged" in text
-    assert "'http://evil.example'" in text and _trace_id(7)[:12] in text
+    assert "'http://evil.example'" in text and f"from 1 trace ({_trace_id(7)})" in text
     allowed = runner.invoke(main, ["runs", "show", run_id, "--json", "--store", sqlite_url,
                                    "--allow", "evil.example", "--allow",
                                    f"phrase:{PAYLOAD}"])
@@ -406,7 +406,7 @@ def test_report_shows_flagged_changes_defanged(sqlite_url):
     page = render_report(sqlite_url, run_id)
     section = page.split('<section id="review">')[1].split("</section>")[0]
     assert "Flagged changes" in section and "hxxp[:]//evil[.]example" in section
-    assert _trace_id(7)[:16] in section and "copied_from_traces" in section
+    assert _trace_id(7) in section and "copied_from_traces" in section
     assert "http://evil.example" not in section
 
 

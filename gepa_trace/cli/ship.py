@@ -25,8 +25,8 @@ allow_option = click.option(
 def _say_approved(flags: list) -> None:
     """List approved flagged changes on stderr, one line each."""
     for f in flags:
-        click.echo(f"approved: {f.describe()} (candidate {f.candidate_id}; "
-                   f"{f.evidence()})", err=True)
+        click.echo(f"approved: {f.kind} {f.text!r} in {f.component} (candidate "
+                   f"{f.candidate_id}), {f.evidence()}", err=True)
 
 
 @click.group()

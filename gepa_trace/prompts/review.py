@@ -95,10 +95,10 @@ class Flag:
     version: str | None = None
 
     def evidence(self) -> str:
-        """``from 3 traces (a1b2c3, d4e5f6, ...)`` or ``in no trace``."""
+        """``from 5 traces (<id>, <id>, <id>, +2)`` or ``in no trace``."""
         if not self.trace_ids:
             return "in no trace"
-        shown = ", ".join(t[:12] for t in self.trace_ids[:_SHOWN_TRACES])
+        shown = ", ".join(self.trace_ids[:_SHOWN_TRACES])
         more = f", +{len(self.trace_ids) - _SHOWN_TRACES}" if len(
             self.trace_ids) > _SHOWN_TRACES else ""
         noun = "trace" if len(self.trace_ids) == 1 else "traces"

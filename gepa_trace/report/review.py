@@ -88,7 +88,7 @@ def review_section_body(review: RunReview | None) -> tuple[str, str]:
     rows = []
     for g in flag_groups(review):
         f = g.first
-        traces = ", ".join(esc(t[:16]) for t in f.trace_ids[:5])
+        traces = ", ".join(esc(t) for t in f.trace_ids[:5])
         more = f" (+{len(f.trace_ids) - 5})" if len(f.trace_ids) > 5 else ""
         feedback = ", ".join(str(i) for i in f.feedback_ids[:5]) or "—"
         users = "—" if f.users is None else str(f.users)
