@@ -223,10 +223,11 @@ class _Reviewer:
             if key in seed_keys or support is None or not self._few(support):
                 continue
             if spans and a <= spans[-1][1]:
-                prev = spans[-1]
-                merged = Support(set(prev[2].traces), set(prev[2].feedback), prev[2].in_spans)
+                start, end, before = spans[-1]
+                merged = Support(lines=0)
+                merged.add(before)
                 merged.add(support)
-                spans[-1] = (prev[0], max(prev[1], b), merged)
+                spans[-1] = (start, max(end, b), merged)
             else:
                 spans.append((a, b, support))
         where = word_spans(line)  # the copied words as the line writes them
