@@ -184,6 +184,7 @@ class _Reviewer:
         self.corpus, self.seed, self.allow = corpus, seed, allow
         self.few = max(FEW_TRACES, int(FEW_SHARE * examples))
         self._found: dict[str, Support] = {}
+        self._lines: dict[tuple[str, str], list[_Finding]] = {}
         self._seed_keys = {c: shingle_keys("\n".join(lines)) for c, lines in seed.items()}
 
     def new_lines(self, component: str, lines: list[str]) -> list[str]:
@@ -235,13 +236,19 @@ class _Reviewer:
                          support) for a, b, support in spans]
 
     def review(self, component: str, lines: list[str]) -> list[_Finding]:
+        """The allowed-through findings of every new line (a line kept by many versions
+        is checked once)."""
         seed_text = "\n".join(self.seed.get(component, []))
         out = []
         for line in self.new_lines(component, lines):
-            found = [_Finding(f.kind, f.text, line, self._find(f.text))
-                     for f in line_findings(line, seed_text)]
-            found += self.copied(component, line)
-            out += [f for f in found if not self.allow.allows(f.kind, f.text, line)]
+            key = (component, line)
+            if key not in self._lines:
+                found = [_Finding(f.kind, f.text, line, self._find(f.text))
+                         for f in line_findings(line, seed_text)]
+                found += self.copied(component, line)
+                self._lines[key] = [f for f in found
+                                    if not self.allow.allows(f.kind, f.text, line)]
+            out += self._lines[key]
         return out
 
 
