@@ -272,7 +272,7 @@ def test_a_close_paraphrase_of_one_traces_comment_is_flagged(sqlite_url):
         ("copied_from_traces", (_trace_id(5),))]
 
 
-def test_text_many_traces_share_or_the_seed_holds_is_not_flagged(sqlite_url):
+def test_text_many_traces_share_or_the_seed_holds_is_not_flagged(sqlite_url, tmp_path):
     # "which city hosts the head office" is in every trace's question: task vocabulary;
     # "answer the question using the evidence" is the seed's own text.
     rule = ("When asked which city hosts the head office of a company, answer the question "
@@ -282,8 +282,8 @@ def test_text_many_traces_share_or_the_seed_holds_is_not_flagged(sqlite_url):
     run_id = build_run(sqlite_url, rule, comments=comments)
     review = review_run(open_store(sqlite_url), run_id, allow=Allow())
     assert review.flags == []
-    out = CliRunner().invoke(main, ["export", run_id, "--out", "p.json", "--store",
-                                    sqlite_url, "--json"])
+    out = CliRunner().invoke(main, ["export", run_id, "--out", str(tmp_path / "p.json"),
+                                    "--store", sqlite_url, "--json"])
     assert out.exit_code == 0, out.output
     assert json.loads(out.stdout)["flags"] == []
 
