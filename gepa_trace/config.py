@@ -47,6 +47,8 @@ SETTINGS: dict[str, Setting] = {
                 "Latency injected into every simulated model call"),
         Setting("sim_faults", "GEPA_SIM_FAULTS", "", str,
                 "Faults injected into simulated calls, e.g. rate_limit=0.1,timeout=0.05,malformed=0.1"),
+        Setting("review_allow", "GEPA_TRACE_REVIEW_ALLOW", "", str,
+                "Allow-list values of the prompt review, comma-separated (as --allow)"),
         Setting("debug", "GEPA_TRACE_DEBUG", False, _bool,
                 "Show tracebacks in the CLI and re-raise internal errors"),
     ]

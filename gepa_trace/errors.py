@@ -12,6 +12,7 @@ Exit codes of the CLI (each error class carries its own):
 | 5 | another optimization of the same agent is running (or took this one's lock over) |
 | 6 | preflight failed: the entry point, metric or a model does not work |
 | 7 | the run stopped because rollouts kept failing; what it had is kept |
+| 8 | export or promote refused: the prompt has flagged changes that need review (--approve) |
 """
 
 from __future__ import annotations
@@ -83,6 +84,13 @@ class GateRefused(GepaTraceError):
     """Export refused: the held-out gain is not significant."""
 
     exit_code = 4
+
+
+class ReviewRequired(GepaTraceError):
+    """Export or promote refused: the prompt has changes the review flagged (a new URL,
+    an instruction copied from a few users' traces, ...) and no one approved them."""
+
+    exit_code = 8
 
 
 class LockHeld(GepaTraceError):

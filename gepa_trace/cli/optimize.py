@@ -24,6 +24,7 @@ from gepa_trace.cli.examples import (
     source_weights,
     split_fractions,
 )
+from gepa_trace.cli.ship import allow_option
 
 
 class ProgressDisplay:
@@ -423,21 +424,29 @@ def runs(ctx: click.Context, agent: str | None, limit: int, store: str | None,
 
 @runs.command("show")
 @click.argument("run_id")
+@allow_option
 @store_option
 @json_option
 @click.pass_context
 @handles_errors
-def runs_show(ctx: click.Context, run_id: str, store: str | None, as_json: bool) -> None:
-    """One run: fronts per component, the best candidate, the diagnoses in order.
+def runs_show(ctx: click.Context, run_id: str, allow: tuple[str, ...], store: str | None,
+              as_json: bool) -> None:
+    """One run: fronts per component, the best candidate, the diagnoses in order, and
+    the review's flagged changes with their evidence (which need --approve to export).
 
     Example: gepa-trace runs show run-20261125-212120-249963
     """
     from gepa_trace.optimizer.state import UNJUDGED
+    from gepa_trace.prompts.review import Allow, review_run
     from gepa_trace.replay.runs import describe_run
+    from gepa_trace.report.review import review_lines
+    from gepa_trace.store import open_store
 
-    info = describe_run(store or (ctx.obj or {}).get("store"), run_id)
+    st = open_store(store or (ctx.obj or {}).get("store"))
+    info = describe_run(st, run_id)
+    review = review_run(st, run_id, allow=Allow.load(allow))
     if as_json:
-        print_json(info)
+        print_json({**info, "review": review.to_dict()})
         return
     click.echo(f"run {info['id']}  agent {info['agent']}  {info['status']}  "
                f"({info['stop_reason'] or 'running'})")
@@ -459,6 +468,8 @@ def runs_show(ctx: click.Context, run_id: str, store: str | None, as_json: bool)
         g = held["gate"]
         click.echo(f"held-out gain {g['gain']:+.3f}  interval [{g['ci_low']:+.3f}, "
                    f"{g['ci_high']:+.3f}]  n={g['n']}")
+    for line in review_lines(review):
+        click.echo(line)
     click.echo("fronts:")
     for component, versions in info["fronts"].items():
         click.echo(f"  {component:<20} {', '.join(versions)}")

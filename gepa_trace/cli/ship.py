@@ -14,6 +14,22 @@ def _when(epoch_s: float) -> str:
     return datetime.fromtimestamp(epoch_s, tz=UTC).strftime("%Y-%m-%d %H:%M")
 
 
+approve_option = click.option(
+    "--approve", is_flag=True,
+    help="Go ahead although the review flagged changes (records the approval).")
+allow_option = click.option(
+    "--allow", "allow", multiple=True, metavar="VALUE",
+    help="Allow a domain, e-mail domain, phone number or phrase in the review "
+         "(repeatable; also GEPA_TRACE_REVIEW_ALLOW and gepa-trace-review.yaml).")
+
+
+def _say_approved(flags: list) -> None:
+    """List approved flagged changes on stderr, one line each."""
+    for f in flags:
+        click.echo(f"approved: {f.kind} {f.text!r} in {f.component} (candidate "
+                   f"{f.candidate_id}), {f.evidence()}", err=True)
+
+
 @click.group()
 def prompts() -> None:
     """Prompt versions in the store and their aliases.
@@ -63,21 +79,36 @@ def prompts_ls(component: str | None, agent: str | None, store: str | None,
 @click.argument("version")
 @click.option("--alias", default="production", show_default=True,
               help="The alias to point at VERSION.")
+@approve_option
+@allow_option
 @store_option
 @json_option
 @handles_errors
-def prompts_promote(component: str, version: str, alias: str, store: str | None,
-                    as_json: bool) -> None:
+def prompts_promote(component: str, version: str, alias: str, approve: bool,
+                    allow: tuple[str, ...], store: str | None, as_json: bool) -> None:
     """Point an alias (default: production) of COMPONENT at VERSION.
+
+    A version an optimization produced is reviewed first: if its changes are flagged
+    (a new URL, text copied from a few users' traces, ...), it is promoted only with
+    --approve or an approval already recorded (exit code 8 otherwise).
 
     Example: gepa-trace prompts promote answerer 3f2a9c --alias production
     """
-    from gepa_trace.prompts.registry import promote
+    from gepa_trace.prompts.registry import get_version, promote
+    from gepa_trace.prompts.review import Allow, review_run
     from gepa_trace.store import open_store
 
-    found = promote(open_store(store), component, version, alias=alias)
+    st = open_store(store)
+    stored = get_version(st, version, component)
+    review = (review_run(st, stored.run_id, allow=Allow.load(allow))
+              if stored.run_id is not None and stored.origin == "optimization" else None)
+    found = promote(st, component, stored.version, alias=alias, approve=approve,
+                    review=review)
+    flags = review.flags_of_version(component, found.version) if review else []
+    _say_approved(flags)
     if as_json:
-        print_json({"component": component, "alias": alias, "version": found.version})
+        print_json({"component": component, "alias": alias, "version": found.version,
+                    "flags": [f.to_dict() for f in flags]})
     else:
         click.echo(f"{component}: {alias} -> {found.version}")
 
@@ -144,34 +175,44 @@ def report(run_id: str, out: str, confidence: float, store: str | None,
 @click.option("--confidence", type=click.FloatRange(0.5, 0.999), default=0.95,
               show_default=True, help="Confidence of the held-out gain's interval.")
 @click.option("--force", is_flag=True, help="Export even if the gain is not significant.")
+@approve_option
+@allow_option
 @click.option("--promote", "alias", default=None, metavar="ALIAS",
               help="Also point ALIAS (e.g. production) of each component at the export.")
 @store_option
 @json_option
 @handles_errors
-def export(run_id: str, out: str, confidence: float, force: bool, alias: str | None,
-           store: str | None, as_json: bool) -> None:
-    """Write the best prompts of a run, gated on a significant held-out gain.
+def export(run_id: str, out: str, confidence: float, force: bool, approve: bool,
+           allow: tuple[str, ...], alias: str | None, store: str | None,
+           as_json: bool) -> None:
+    """Write the best prompts of a run, gated on a significant held-out gain and review.
 
     The gate is a paired bootstrap of the held-out test runs, seed against best: the
     export happens only when the lower bound of the gain is above zero (exit code 4
-    otherwise; --force overrides and says so).
+    otherwise; --force overrides and says so). Then the review: changes of the best
+    prompts that carry new URLs, e-mail addresses, phone numbers, code, markup,
+    instructions to reveal or ignore prompts, or text copied from a few users' traces
+    are exported only with --approve (exit code 8 otherwise; --force does not approve).
+    `gepa-trace runs show RUN_ID` lists the flags with their evidence.
 
     Example: gepa-trace export run-20261125-212120-249963 --out prompts.json
     """
     from gepa_trace.prompts.export import export_run
     from gepa_trace.prompts.registry import promote
+    from gepa_trace.prompts.review import Allow
     from gepa_trace.store import open_store
 
     st = open_store(store)
-    result = export_run(st, run_id, out, confidence=confidence, force=force)
+    result = export_run(st, run_id, out, confidence=confidence, force=force, approve=approve,
+                        allow=Allow.load(allow))
     if alias:
         for name, version in result.prompts.versions().items():
-            promote(st, name, version, alias=alias)
+            promote(st, name, version, alias=alias, approve=approve, review=result.review)
     if result.forced:
         click.echo("export forced: the held-out gate was not required", err=True)
     if result.gate is not None:
         click.echo(result.gate.sentence(), err=True)
+    _say_approved(result.approved)
     if as_json:
         print_json(result.to_dict())
     else:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gepa_trace.errors import GateRefused
+from gepa_trace.errors import GateRefused, ReviewRequired
 from gepa_trace.optimizer.result import spend_lines
 
 
@@ -108,10 +108,13 @@ def run_demo(settings: DemoSettings, callbacks: list[object] = ()) -> dict[str, 
         say("[3/5] no held-out runs to measure the gain on")
 
     exported: str | None = None
-    try:
+    refusal = None
+    try:  # the gate and the review, as `gepa-trace export` applies them (never --approve)
         exported = str(export_run(store, result.run_id, out_dir / "prompts.json").path)
         say(f"[4/5] exported {exported}")
-    except GateRefused as refused:
+    except (GateRefused, ReviewRequired) as refused:
+        refusal = {"by": "review" if isinstance(refused, ReviewRequired) else "gate",
+                   "reason": str(refused)}
         say(f"[4/5] not exported: {refused}")
     report = write_report(store, result.run_id, out_dir / "report.html")
     say(f"      report {report}")
@@ -137,7 +140,7 @@ def run_demo(settings: DemoSettings, callbacks: list[object] = ()) -> dict[str, 
         **true,
         "ci_low": gate.ci_low if gate else None, "ci_high": gate.ci_high if gate else None,
         "significant": bool(gate and gate.significant), "test_examples": len(held.seed_scores),
-        "exported": exported, "report": str(report),
+        "exported": exported, "export_refused": refusal, "report": str(report),
         "rollouts": every["rollouts"], "llm_calls": every["llm_calls"],
         "task_calls_made": outcome.task_calls_made,
         "replay_cache_hits": every["replay_cache_hits"], "tokens": every["tokens"],
@@ -181,6 +184,9 @@ def _pct(value: float | None) -> str:
 def summary_lines(summary: dict[str, Any]) -> list[str]:
     """The demo's summary as text; its numbers are those of ``summary["spent"]``."""
     label = " (simulated models)" if summary["simulated"] else ""
+    refused = summary.get("export_refused") or {}
+    not_exported = ("not exported (flagged changes need review: `gepa-trace runs show`)"
+                    if refused.get("by") == "review" else "not exported (gain not significant)")
     lines = [f"held-out accuracy, estimated from recorded feedback{label}: "
              f"{_pct(summary['seed_test_score'])} -> {_pct(summary['best_test_score'])}"
              + (f"  gain 95% interval [{summary['ci_low']:+.1%}, {summary['ci_high']:+.1%}]"
@@ -199,7 +205,7 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
               f"{summary['llm_calls']} LLM calls sent, {summary['replay_cache_hits']} served by "
               f"the replay cache, ${summary['cost_usd']:.4f}, {summary['elapsed_s']:.0f}s"),
              *(f"  {line}" for line in spend_lines(summary["spent"])[1:]),
-             f"prompts: {summary['exported'] or 'not exported (gain not significant)'}",
+             f"prompts: {summary['exported'] or not_exported}",
              f"report:  {summary['report']}"]
     return lines
 

@@ -1,14 +1,18 @@
-"""Exporting a run's best prompts for deployment, gated on a real held-out gain.
+"""Exporting a run's best prompts for deployment, gated on a real held-out gain and on
+review.
 
 The gate reads the held-out test evaluations of the run's seed and best candidates
 (stored by ``gepa_trace.optimize``), pairs them by example, and passes only when the
 paired bootstrap's lower bound of the gain is above zero at the asked confidence.
+Then the review (``prompts.review``): a best candidate whose changes are flagged is
+exported only when a person approves them (``approve``, or an approval already
+recorded for its versions); the approval is recorded as a run event.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +21,13 @@ from sqlalchemy import and_, select
 from gepa_trace.errors import ConfigError, GateRefused, NotFoundError
 from gepa_trace.prompts.gate import GateResult, paired_bootstrap
 from gepa_trace.prompts.promptset import PromptSet, PromptVersion
+from gepa_trace.prompts.review import (
+    Allow,
+    Flag,
+    RunReview,
+    require_approval,
+    review_run,
+)
 from gepa_trace.store import (
     CandidateRow,
     EvaluationRow,
@@ -38,11 +49,14 @@ class ExportResult:
     prompts: PromptSet
     gate: GateResult | None
     forced: bool
+    review: RunReview | None = None
+    approved: list[Flag] = field(default_factory=list)  # flagged changes a person approved
 
     def to_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "exported": str(self.path) if self.path else None,
                 "versions": self.prompts.versions(), "forced": self.forced,
-                "gate": self.gate.to_dict() if self.gate else None}
+                "gate": self.gate.to_dict() if self.gate else None,
+                "flags": [f.to_dict() for f in self.approved]}
 
 
 def _candidate(conn, run_id: str, candidate_id: int) -> Any:
@@ -111,11 +125,15 @@ def run_prompts(store: Store, run_id: str, candidate_id: int | None = None) -> P
 
 
 def export_run(store: Store, run_id: str, out: str | Path, *, confidence: float = 0.95,
-               force: bool = False) -> ExportResult:
-    """Write the best prompts of ``run_id`` to ``out`` (.json/.yaml) if the gate passes.
+               force: bool = False, approve: bool = False,
+               allow: Allow | None = None) -> ExportResult:
+    """Write the best prompts of ``run_id`` to ``out`` (.json/.yaml) if the gate passes
+    and no flagged change is left unapproved.
 
     Raises ``GateRefused`` (with the numbers) when the held-out gain is not significant
-    or was never measured, unless ``force``.
+    or was never measured, unless ``force``; then ``ReviewRequired`` when the review
+    flags the best candidate's changes, unless ``approve`` (``force`` does not approve).
+    ``allow``: the review's allow-lists (default ``Allow.load()``).
     """
     path = Path(out)
     if path.suffix.lower() not in (".json", ".yaml", ".yml"):
@@ -129,6 +147,9 @@ def export_run(store: Store, run_id: str, out: str | Path, *, confidence: float 
         if not gate.significant:
             raise GateRefused(f"run {run_id}: {gate.sentence()}: the lower bound is not above "
                               "zero, export refused (use --force to export anyway)")
+    review = review_run(store, run_id, allow=allow)
+    approved = require_approval(store, review, review.best_flags, prompts.versions(),
+                                approve=approve, by="export")
     if gate is not None:
         prompts = PromptSet({name: PromptVersion(
             name, prompts.messages(name), parent_version=prompts.version_of(name).parent_version,
@@ -137,4 +158,5 @@ def export_run(store: Store, run_id: str, out: str | Path, *, confidence: float 
                                    "test_best": round(gate.best_mean, 4)})
             for name in prompts}, agent=prompts.agent)
     prompts.save(path)
-    return ExportResult(run_id=run_id, path=path, prompts=prompts, gate=gate, forced=force)
+    return ExportResult(run_id=run_id, path=path, prompts=prompts, gate=gate, forced=force,
+                        review=review, approved=approved)

@@ -114,11 +114,23 @@ def get_version(store: Store, version: str, component: str | None = None) -> Sto
     return _stored(rows[0])
 
 
-def promote(store: Store, component: str, version: str, *, alias: str = "production") -> StoredVersion:
-    """Point ``alias`` of ``component`` at ``version`` (which must be stored)."""
+def promote(store: Store, component: str, version: str, *, alias: str = "production",
+            approve: bool = False, review: Any = None) -> StoredVersion:
+    """Point ``alias`` of ``component`` at ``version`` (which must be stored).
+
+    A version an optimization run produced is reviewed first (``prompts.review``): if
+    the review flags its changes, it is promoted only with ``approve`` (recorded as a
+    run event) or an approval already recorded for it, else ``ReviewRequired``.
+    ``review``: the run's ``RunReview`` when the caller has it (export does).
+    """
     if not alias or not alias.replace("-", "").replace("_", "").isalnum():
         raise ConfigError(f"alias {alias!r} must be a word (letters, digits, - and _)")
     found = get_version(store, version, component)
+    if found.run_id is not None and found.origin == "optimization":
+        from gepa_trace.prompts.review import approve_version
+
+        approve_version(store, found.run_id, component, found.version, approve=approve,
+                        review=review)
     row = {"component": component, "alias": alias, "version": found.version,
            "updated_at": time.time()}
     with store.write() as conn:

@@ -20,6 +20,7 @@ from gepa_trace.optimizer.result import run_spend
 from gepa_trace.optimizer.state import UNJUDGED
 from gepa_trace.prompts.export import held_out_gate
 from gepa_trace.prompts.gate import GateResult
+from gepa_trace.prompts.review import RunReview, review_run
 from gepa_trace.report.blame import best_blames
 from gepa_trace.store.engine import Store
 from gepa_trace.store.tables import (
@@ -118,6 +119,7 @@ class ReportData:
     superseded: int = 0  # proposals made ahead (lookahead) and never judged: not listed
     growths: list[tuple[int, int]] = field(default_factory=list)  # (rollouts, val size)
     blames: list[Blame] = field(default_factory=list)  # the best candidate's, per component
+    review: RunReview | None = None  # flagged changes (prompts.review), None: not read
 
     @property
     def simulated(self) -> bool:
@@ -282,7 +284,8 @@ def load_report_data(store: Store, run_id: str, *, confidence: float = 0.95) -> 
                       diffs=diffs, failed=failed, skipped=skipped, superseded=superseded,
                       models=models, growths=growths,
                       gate=gate, gate_note=gate_note, components=components,
-                      blames=best_blames(store, run_id, best_id, components))
+                      blames=best_blames(store, run_id, best_id, components),
+                      review=review_run(store, run_id))
 
 
 def _history_from(candidates: list[CandidateView]) -> list[tuple[int, float, int]]:

@@ -15,6 +15,7 @@ from gepa_trace.report.blame import TITLE as BLAME_TITLE
 from gepa_trace.report.blame import blame_section
 from gepa_trace.report.data import ReportData
 from gepa_trace.report.diff import change_summary, side_by_side
+from gepa_trace.report.review import review_section_body
 from gepa_trace.report.svg import (
     FrontDot,
     LineageNode,
@@ -31,6 +32,7 @@ SECTIONS = (
     ("fronts", "Pareto fronts"),
     ("lineage", "Lineage"),
     ("diffs", "Seed → best prompts"),
+    ("review", "Flagged changes"),
     ("blame", BLAME_TITLE),
     ("diagnoses", "Diagnoses"),
     ("budget", "Budget spent"),
@@ -448,7 +450,8 @@ def _significance_section(d: ReportData) -> str:
 def render_page(d: ReportData) -> str:
     """The whole HTML document of one run's report."""
     sections = [_summary(d), _score_section(d), _fronts_section(d), _lineage_section(d),
-                _diffs_section(d), blame_section(d.blames, d.run.id), _diagnoses_section(d),
+                _diffs_section(d), _section("review", *review_section_body(d.review)),
+                blame_section(d.blames, d.run.id), _diagnoses_section(d),
                 _budget_section(d), _significance_section(d)]
     title = f"gepa-trace report: {d.run.agent} {d.run.id}"
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
