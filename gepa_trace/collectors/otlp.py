@@ -127,7 +127,8 @@ class Receiver:
     def export(self, decoded: Decoded) -> None:
         """Store the spans of one request; returns once committed (see SpanWriter.write).
         Spans the store refuses (``store.spans.refused_time``) are added to
-        ``decoded``'s rejected spans, for the partial-success answer."""
+        ``decoded``'s rejected spans, and spans it flags to its warnings, for the
+        partial-success answer."""
         with self._lock:
             self.stats.requests += 1
         if decoded.spans:
@@ -135,6 +136,11 @@ class Receiver:
             refused = getattr(prepared, "refused", None) or {}
             for reason, count in refused.items():
                 decoded.reject(reason, count)
+            flagged = getattr(prepared, "flagged", 0)
+            if flagged:
+                decoded.warnings.append(
+                    f"{flagged} span(s) stored flagged inconsistent: their "
+                    "gepa.prompt.version is not the hash of their template")
             with self._lock:
                 self.stats.spans_accepted += len(decoded.spans) - sum(refused.values())
         with self._lock:

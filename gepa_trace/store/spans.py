@@ -226,6 +226,11 @@ class PreparedSpans:
     feedback: list[dict[str, Any]] | None = None  # rows of gepa.feedback events
     refused: dict[str, int] = field(default_factory=dict)  # {reason: spans} not stored
 
+    @property
+    def flagged(self) -> int:
+        """How many of the rows are flagged (``prompt_flag``)."""
+        return sum(1 for r in self.rows if r["prompt_flag"] is not None)
+
 
 def _event_feedback(spans: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     found, malformed = [], 0
