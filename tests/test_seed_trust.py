@@ -33,14 +33,30 @@ FORGED_VERSION = "0123456789ab"
 TEN_YEARS_NS = 10 * 365 * 24 * 3600 * 10**9
 
 
-def record_production_runs(store_url: str, runs: int) -> None:
-    """``runs`` production runs of a two-component agent, recorded by gt.instrument()."""
+def build_agent(prompts):
+    """mini-qa: rewrite the question, then answer it (two components)."""
     from langchain_core.output_parsers import StrOutputParser
-    from langchain_core.prompts import ChatPromptTemplate
     from langchain_core.runnables import RunnableParallel
 
-    import gepa_trace as gt
     from gepa_trace.lm import LiteLLMChatModel
+
+    llm = LiteLLMChatModel(model="gepa-sim/task", temperature=0)
+    return (RunnableParallel(question=lambda x: x["question"],
+                             rewritten=prompts["rewriter"] | llm | StrOutputParser())
+            | prompts["answerer"] | llm | StrOutputParser())
+
+
+def metric(example, output, trace):
+    import gepa_trace as gt
+
+    return gt.Score(1.0 if "paris" in str(output).lower() else 0.0, "name the city")
+
+
+def record_production_runs(store_url: str, runs: int) -> None:
+    """``runs`` production runs of mini-qa, recorded by gt.instrument()."""
+    from langchain_core.prompts import ChatPromptTemplate
+
+    import gepa_trace as gt
 
     prompts = gt.PromptSet({
         "rewriter": ChatPromptTemplate.from_messages([
@@ -50,10 +66,7 @@ def record_production_runs(store_url: str, runs: int) -> None:
             ("system", "Answer the question with one word."),
             ("human", "Question: {question}\nRewritten: {rewritten}\nAnswer:")]),
     }, agent=AGENT)
-    llm = LiteLLMChatModel(model="gepa-sim/task", temperature=0)
-    agent = (RunnableParallel(question=lambda x: x["question"],
-                              rewritten=prompts["rewriter"] | llm | StrOutputParser())
-             | prompts["answerer"] | llm | StrOutputParser())
+    agent = build_agent(prompts)
     inst = gt.instrument(store=store_url, service_name=AGENT)
     try:
         for i in range(runs):
@@ -104,7 +117,7 @@ def stored_templates(store) -> str:
 
 
 def test_forged_span_never_becomes_the_seed_and_is_reported(sqlite_url, collector):
-    record_production_runs(sqlite_url, 3)
+    record_production_runs(sqlite_url, 12)
     store = open_store(sqlite_url)
     before = choose_seed(store, AGENT).prompts.versions()
 
@@ -131,7 +144,7 @@ def test_forged_span_never_becomes_the_seed_and_is_reported(sqlite_url, collecto
     assert "evil.example" not in json.dumps(current_prompts(store, AGENT).messages("answerer"))
     assert seed.sources["answerer"].ignored == 1
     assert seed.sources["answerer"].describe().endswith(
-        "served 3 of the last 3 production runs (1 inconsistent span(s) ignored)")
+        "served 12 of the last 12 production runs (1 inconsistent span(s) ignored)")
 
     result = CliRunner().invoke(main, ["components", "--agent", AGENT, "--store", sqlite_url])
     assert result.exit_code == 0, result.output
@@ -145,6 +158,19 @@ def test_forged_span_never_becomes_the_seed_and_is_reported(sqlite_url, collecto
     shown = CliRunner().invoke(main, ["traces", "show", f"{2:032x}", "--store", sqlite_url])
     assert shown.exit_code == 0, shown.output
     assert f"answerer@{FORGED_VERSION} [inconsistent]" in shown.stdout
+
+    # the next run starts from the real prompts, and says where they came from
+    from gepa_trace.lm.budget import Budget
+    from gepa_trace.replay.optimize import optimize
+
+    outcome = optimize(AGENT, reflection_lm="gepa-sim/reflect", entrypoint=build_agent,
+                       metric=metric, budget=Budget(max_rollouts=2), store=sqlite_url)
+    assert outcome.seed_sources["answerer"] == seed.sources["answerer"].to_dict()
+    assert outcome.summary()["seed_sources"] == outcome.seed_sources
+    shown = CliRunner().invoke(main, ["runs", "show", outcome.run_id, "--store", sqlite_url])
+    assert shown.exit_code == 0, shown.output
+    assert f"answerer             {before['answerer']}: served 12 of the last 12 production " \
+        "runs (1 inconsistent span(s) ignored)" in shown.stdout
 
 
 def span(n: int, version: str, template: list, *, start_ns: int, run_id: str | None = None,
