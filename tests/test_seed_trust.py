@@ -273,6 +273,9 @@ def test_a_store_from_before_the_flags_gets_its_forged_spans_flagged(sqlite_url)
                         span(2, FORGED_VERSION, EVIL, start_ns=now)])
     with store.write() as conn:  # undo migration 0003, as a store written before it
         conn.execute(sa.text("DROP INDEX ix_spans_flagged"))
+        conn.execute(sa.text("DROP INDEX ix_spans_component"))
+        conn.execute(sa.text("CREATE INDEX ix_spans_component ON spans (component) "
+                             "WHERE component IS NOT NULL"))
         conn.execute(sa.text("ALTER TABLE spans DROP COLUMN prompt_flag"))
         conn.execute(sa.text("DELETE FROM gepa_migrations WHERE name = '0003_prompt_flags'"))
     forget_store(sqlite_url)
@@ -282,3 +285,6 @@ def test_a_store_from_before_the_flags_gets_its_forged_spans_flagged(sqlite_url)
                                        "'inconsistent'")).scalars().all()
     assert flagged == [f"{2:032x}"]
     assert seed_messages(store) == V1
+    with store.read() as conn:
+        indexes = {i["name"]: i["column_names"] for i in sa.inspect(conn).get_indexes("spans")}
+    assert indexes["ix_spans_component"] == ["component", "start_ns"]

@@ -13,6 +13,9 @@ plus the skew the store accepts, and it only picks a version whose template is s
 It is never simply the version of the newest span: one span, whatever start time it
 claims, is one run among ``RECENT_RUNS``. A span that names a version without carrying
 a template counts for that version, which only a consistent span can have recorded.
+The agent's components are those whose templates were recorded with it
+(``prompt_versions.agent``); each one's latest spans are read from the component index,
+so choosing the seed costs the same on a store of a thousand spans or a million.
 
 ``choose_seed`` returns the prompts and, per component, a ``SeedSource`` saying where
 the version came from; the run's summary, its stored totals (``seed_sources``) and
@@ -26,7 +29,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, func, select, union_all
 
 from gepa_trace.errors import NotFoundError
 from gepa_trace.prompts.promptset import PromptSet, PromptVersion
@@ -35,6 +38,9 @@ from gepa_trace.store.spans import MAX_CLOCK_SKEW_NS, flagged_counts
 
 #: How many of a component's most recent production runs vote for its seed.
 RECENT_RUNS = 50
+#: The spans read per run voting: a run calls a component once or a few times (a
+#: PROMPT and an LLM span each); a component called more often gets fewer votes.
+SPANS_PER_RUN = 10
 
 _SPANS = SpanRow.__table__
 _VERSIONS = PromptVersionRow.__table__
@@ -77,18 +83,28 @@ class Seed:
         return {c: s.to_dict() for c, s in sorted(self.sources.items())}
 
 
-def _recent_votes(agent: str, recent_runs: int, now_ns: int) -> Any:
+def _recent_votes(components: list[str], agent: str, recent_runs: int, now_ns: int) -> Any:
     """One statement: per (component, version), how many of the component's last
     ``recent_runs`` production runs it served, and when it last did. A run is a
-    (trace, version) pair, dated by its latest span of the component."""
+    (trace, version) pair, dated by its latest span of the component. Each component's
+    latest ``SPANS_PER_RUN * recent_runs`` spans are read, newest first, from the
+    component index: the cost does not grow with the store."""
     s = _SPANS
-    per_run = (select(s.c.component, s.c.prompt_version, s.c.trace_id,
-                      func.max(s.c.start_ns).label("t"))
-               .where(and_(s.c.agent == agent, s.c.run_id.is_(None),
-                           s.c.component.isnot(None), s.c.prompt_version.isnot(None),
-                           s.c.prompt_flag.is_(None),
-                           s.c.start_ns <= now_ns + MAX_CLOCK_SKEW_NS))
-               .group_by(s.c.component, s.c.trace_id, s.c.prompt_version)).subquery()
+    latest = []
+    for component in components:
+        part = (select(s.c.component, s.c.prompt_version, s.c.trace_id, s.c.start_ns)
+                .where(and_(s.c.component == component, s.c.agent == agent,
+                            s.c.run_id.is_(None), s.c.prompt_version.isnot(None),
+                            s.c.prompt_flag.is_(None),
+                            s.c.start_ns <= now_ns + MAX_CLOCK_SKEW_NS))
+                .order_by(s.c.start_ns.desc()).limit(SPANS_PER_RUN * recent_runs)
+                .subquery())
+        latest.append(select(part))  # SQLite: a LIMIT inside UNION ALL needs its own SELECT
+    spans = union_all(*latest).subquery()
+    per_run = (select(spans.c.component, spans.c.prompt_version, spans.c.trace_id,
+                      func.max(spans.c.start_ns).label("t"))
+               .group_by(spans.c.component, spans.c.trace_id, spans.c.prompt_version)
+               .subquery())
     ranked = select(per_run.c.component, per_run.c.prompt_version, per_run.c.t,
                     func.row_number().over(
                         partition_by=per_run.c.component,
@@ -107,9 +123,14 @@ def choose_seed(store: Store, agent: str, alias: str = "production", *,
     when no counted version of a component has a stored template."""
     votes: dict[str, list[tuple[int, int, str]]] = {}
     with store.read() as conn:
-        for row in conn.execute(_recent_votes(agent, recent_runs, time.time_ns())):
-            votes.setdefault(row.component, []).append(
-                (int(row.runs), int(row.last), row.prompt_version))
+        # the agent's components: those whose templates were recorded with it
+        components = sorted(conn.execute(select(_VERSIONS.c.component).distinct()
+                                         .where(_VERSIONS.c.agent == agent)).scalars())
+        if components:
+            query = _recent_votes(components, agent, recent_runs, time.time_ns())
+            for row in conn.execute(query):
+                votes.setdefault(row.component, []).append(
+                    (int(row.runs), int(row.last), row.prompt_version))
         aliased = {r.component: r.version for r in conn.execute(
             select(_ALIASES).where(_ALIASES.c.alias == alias))}
         rows = conn.execute(select(_VERSIONS).where(

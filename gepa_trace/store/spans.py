@@ -390,12 +390,17 @@ def flagged_counts(store: Store, agent: str | None = None) -> dict[str, int]:
     (by their ``agent`` column). Reads only the flagged spans' index."""
     from sqlalchemy import func, select
 
-    query = (select(_SPANS.c.component, func.count()).where(_SPANS.c.prompt_flag.isnot(None))
-             .group_by(_SPANS.c.component))
-    if agent is not None:
-        query = query.where(_SPANS.c.agent == agent)
+    # The agent is filtered here, not in SQL: a condition on it would let the planner
+    # pick the agent index and read every span of the agent.
+    query = (select(_SPANS.c.component, _SPANS.c.agent, func.count())
+             .where(_SPANS.c.prompt_flag.isnot(None))
+             .group_by(_SPANS.c.component, _SPANS.c.agent))
+    counts: dict[str, int] = {}
     with store.read() as conn:
-        return {c or "": int(n) for c, n in conn.execute(query).all()}
+        for component, span_agent, n in conn.execute(query).all():
+            if agent is None or span_agent == agent:
+                counts[component or ""] = counts.get(component or "", 0) + int(n)
+    return counts
 
 
 def flagged_spans(store: Store, trace_id: str) -> dict[str, str]:

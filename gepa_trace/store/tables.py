@@ -18,8 +18,10 @@ class SpanRow(SQLModel, table=True):
     __table_args__ = (
         Index("ix_spans_agent_root", "agent", "parent_span_id", "start_ns"),
         # Partial: most spans have no component and no optimization run, and every
-        # index entry is paid for on the write path (the collector's limit).
-        Index("ix_spans_component", "component", sqlite_where=text("component IS NOT NULL"),
+        # index entry is paid for on the write path (the collector's limit). By start
+        # time within a component: a run's seed reads a component's latest spans only.
+        Index("ix_spans_component", "component", "start_ns",
+              sqlite_where=text("component IS NOT NULL"),
               postgresql_where=text("component IS NOT NULL")),
         Index("ix_spans_run", "run_id", sqlite_where=text("run_id IS NOT NULL"),
               postgresql_where=text("run_id IS NOT NULL")),
