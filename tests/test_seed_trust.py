@@ -195,8 +195,8 @@ def seed_messages(store) -> list:
 
 
 def test_a_version_that_is_not_its_templates_hash_is_stored_flagged_and_never_a_seed(
-        sqlite_url):
-    store = open_store(sqlite_url)
+        store_url):
+    store = open_store(store_url)
     now = time.time_ns()
     write_spans(store, [span(1, template_version(V1), V1, start_ns=now - 10**9)])
     # more runs, and newer, than the consistent version's: they would win if counted
@@ -210,8 +210,8 @@ def test_a_version_that_is_not_its_templates_hash_is_stored_flagged_and_never_a_
     assert (source.runs, source.considered, source.ignored) == (1, 1, 3)
 
 
-def test_seed_is_the_version_of_most_recent_production_runs_not_the_newest_span(sqlite_url):
-    store = open_store(sqlite_url)
+def test_seed_is_the_version_of_most_recent_production_runs_not_the_newest_span(store_url):
+    store = open_store(store_url)
     now = time.time_ns()
     v1, v2 = template_version(V1), template_version(V2)
     write_spans(store, [span(n, v1, V1, start_ns=now - (10 - n) * 10**9) for n in range(5)])
