@@ -204,10 +204,14 @@ def test_a_version_that_is_not_its_templates_hash_is_stored_flagged_and_never_a_
     with store.read() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM spans WHERE prompt_flag = "
                                     "'inconsistent'")).scalar() == 3
+    # a span naming the consistent version without carrying its template counts for it
+    bare = span(5, template_version(V1), V1, start_ns=now - 10**9)
+    del bare["attributes"]["gepa.prompt.template"]
+    write_spans(store, [bare])
     assert seed_messages(store) == V1
     assert "evil.example" not in stored_templates(store)
     source = choose_seed(store, AGENT).sources["answerer"]
-    assert (source.runs, source.considered, source.ignored) == (1, 1, 3)
+    assert (source.runs, source.considered, source.ignored) == (2, 2, 3)
 
 
 def test_seed_is_the_version_of_most_recent_production_runs_not_the_newest_span(store_url):
