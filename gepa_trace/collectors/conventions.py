@@ -20,7 +20,9 @@ Component identity of a foreign span (DESIGN.md, "Components"), first that exist
 explicit name (``gepa.component`` attribute or run metadata); the LangChain run name
 of a PROMPT span (its span name, unless it is the default class name); the LangGraph
 node (``langgraph_node`` in the metadata); the OpenLLMetry entity; a hash of the
-template (``prompt-<version>``). OpenInference records a ChatPromptTemplate's template
+template (``prompt-<version>``). A foreign span's prompt version is its template's
+hash; OpenInference's ``llm.prompt_template.version`` (a label its user chose) is the
+version only of a span that carries no template. OpenInference records a ChatPromptTemplate's template
 (its first message only) on the PROMPT span, not on the LLM span that used it:
 ``link_prompt_spans`` gives an LLM span the component and version of its sibling PROMPT
 span (same trace, same parent) in the same batch and in batches stored earlier, and
