@@ -292,3 +292,29 @@ def test_a_store_from_before_the_flags_gets_its_forged_spans_flagged(sqlite_url)
     with store.read() as conn:
         indexes = {i["name"]: i["column_names"] for i in sa.inspect(conn).get_indexes("spans")}
     assert indexes["ix_spans_component"] == ["component", "start_ns"]
+
+
+def test_foreign_spans_with_a_label_or_our_version_are_not_flagged(sqlite_url):
+    """OpenInference's version label is not a hash, and a PROMPT span whose version is
+    ours carries only the first message of our template: neither is an inconsistency."""
+    store = open_store(sqlite_url)
+    now = time.time_ns()
+
+    def prompt_span(n: int, **attributes) -> dict:
+        return {"trace_id": f"{n:032x}", "span_id": f"{n:016x}", "parent_span_id": f"{9:016x}",
+                "name": "planner", "kind": "INTERNAL", "start_ns": now, "end_ns": now + 10,
+                "status_code": "OK", "events": [], "resource": {"service.name": AGENT},
+                "attributes": {"openinference.span.kind": "PROMPT", **attributes}}
+
+    labelled = prompt_span(1, **{"llm.prompt_template.template": "You plan.",
+                                 "llm.prompt_template.version": "v3"})
+    ours = prompt_span(2, **{"llm.prompt_template.template": "Answer with one word.",
+                             "metadata": json.dumps({"gepa.component": "answerer",
+                                                     "gepa.prompt.version":
+                                                         template_version(V1)})})
+    write_spans(store, [labelled, ours])
+    with store.read() as conn:
+        rows = conn.execute(sa.text("SELECT component, prompt_version, prompt_flag FROM spans "
+                                    "ORDER BY span_id")).all()
+    hashed = template_version([{"role": "system", "content": "You plan."}])
+    assert rows == [("planner", hashed, None), ("answerer", template_version(V1), None)]
