@@ -318,3 +318,13 @@ def test_foreign_spans_with_a_label_or_our_version_are_not_flagged(sqlite_url):
                                     "ORDER BY span_id")).all()
     hashed = template_version([{"role": "system", "content": "You plan."}])
     assert rows == [("planner", hashed, None), ("answerer", template_version(V1), None)]
+
+
+def test_a_template_another_agent_recorded_first_still_seeds_this_agent(sqlite_url):
+    store = open_store(sqlite_url)
+    now = time.time_ns()
+    other = span(1, template_version(V1), V1, start_ns=now - 10**9)
+    other["attributes"]["gepa.agent"] = "other-agent"
+    write_spans(store, [other])  # the version's row is recorded with the other agent
+    write_spans(store, [span(2, template_version(V1), V1, start_ns=now)])
+    assert seed_messages(store) == V1

@@ -14,8 +14,9 @@ It is never simply the version of the newest span: one span, whatever start time
 claims, is one run among ``RECENT_RUNS``. A span that names a version without carrying
 a template counts for that version, which only a consistent span can have recorded.
 The agent's components are those whose templates were recorded with it
-(``prompt_versions.agent``); each one's latest spans are read from the component index,
-so choosing the seed costs the same on a store of a thousand spans or a million.
+(``prompt_versions.agent``) or that its last production runs called; each one's latest
+spans are read from the component index, so choosing the seed costs about the same on a
+store of a thousand spans or a million.
 
 ``choose_seed`` returns the prompts and, per component, a ``SeedSource`` saying where
 the version came from; the run's summary, its stored totals (``seed_sources``) and
@@ -116,6 +117,23 @@ def _recent_votes(components: list[str], agent: str, recent_runs: int, now_ns: i
             .group_by(ranked.c.component, ranked.c.prompt_version))
 
 
+def _components(conn: Any, agent: str, recent_runs: int) -> list[str]:
+    """The agent's components: those whose templates were recorded with it, and those
+    its last production runs called (a template two agents share is recorded with the
+    first one only). Both read a few rows by index."""
+    s = _SPANS
+    recorded = conn.execute(select(_VERSIONS.c.component).distinct()
+                            .where(_VERSIONS.c.agent == agent)).scalars().all()
+    roots = (select(s.c.trace_id)
+             .where(and_(s.c.agent == agent, s.c.parent_span_id.is_(None),
+                         s.c.run_id.is_(None)))
+             .order_by(s.c.start_ns.desc()).limit(recent_runs).subquery())
+    # no condition on the component: the primary key reads these traces' spans
+    called = conn.execute(select(s.c.component).distinct()
+                          .where(s.c.trace_id.in_(select(roots.c.trace_id)))).scalars().all()
+    return sorted({c for c in (*recorded, *called) if c})
+
+
 def choose_seed(store: Store, agent: str, alias: str = "production", *,
                 recent_runs: int = RECENT_RUNS) -> Seed:
     """The seed prompts of a run on ``agent`` and where each came from (module
@@ -123,9 +141,7 @@ def choose_seed(store: Store, agent: str, alias: str = "production", *,
     when no counted version of a component has a stored template."""
     votes: dict[str, list[tuple[int, int, str]]] = {}
     with store.read() as conn:
-        # the agent's components: those whose templates were recorded with it
-        components = sorted(conn.execute(select(_VERSIONS.c.component).distinct()
-                                         .where(_VERSIONS.c.agent == agent)).scalars())
+        components = _components(conn, agent, recent_runs)
         if components:
             query = _recent_votes(components, agent, recent_runs, time.time_ns())
             for row in conn.execute(query):
