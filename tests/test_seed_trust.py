@@ -328,3 +328,29 @@ def test_a_template_another_agent_recorded_first_still_seeds_this_agent(sqlite_u
     write_spans(store, [other])  # the version's row is recorded with the other agent
     write_spans(store, [span(2, template_version(V1), V1, start_ns=now)])
     assert seed_messages(store) == V1
+
+
+@pytest.mark.parametrize("order", ["together", "llm first", "prompt first"])
+def test_an_llm_call_that_takes_a_flagged_prompt_spans_version_is_flagged_too(sqlite_url,
+                                                                             order):
+    store = open_store(sqlite_url)
+    now = time.time_ns()
+    base = {"trace_id": f"{7:032x}", "parent_span_id": f"{9:016x}", "kind": "INTERNAL",
+            "status_code": "OK", "events": [], "resource": {"service.name": AGENT}}
+    prompt = {**base, "span_id": f"{1:016x}", "name": "answerer", "start_ns": now,
+              "end_ns": now + 10, "attributes": {
+                  "openinference.span.kind": "PROMPT", "gepa.component": "answerer",
+                  "gepa.prompt.version": FORGED_VERSION,
+                  "gepa.prompt.template": json.dumps(EVIL)}}
+    llm = {**base, "span_id": f"{2:016x}", "name": "ChatModel", "start_ns": now + 20,
+           "end_ns": now + 30, "attributes": {"openinference.span.kind": "LLM",
+                                              "llm.model_name": "m"}}
+    batches = {"together": [[prompt, llm]], "llm first": [[llm], [prompt]],
+               "prompt first": [[prompt], [llm]]}[order]
+    for batch in batches:
+        write_spans(store, batch)
+    with store.read() as conn:
+        rows = conn.execute(sa.text("SELECT name, prompt_version, prompt_flag FROM spans "
+                                    "ORDER BY span_id")).all()
+    assert rows == [("answerer", FORGED_VERSION, "inconsistent"),
+                    ("ChatModel", FORGED_VERSION, "inconsistent")]
