@@ -155,6 +155,10 @@ def test_forged_span_never_becomes_the_seed_and_is_reported(sqlite_url, collecto
         blocks[name] = blocks.get(name, "") + line + "\n"
     assert "  1 inconsistent span(s)" in blocks["answerer"]
     assert "inconsistent" not in blocks["rewriter"]  # no noise where there are none
+    listed = CliRunner().invoke(main, ["components", "--agent", AGENT, "--json",
+                                       "--store", sqlite_url])
+    counts = {c["name"]: c["inconsistent_spans"] for c in json.loads(listed.stdout)}
+    assert counts == {"answerer": 1, "rewriter": 0}
     shown = CliRunner().invoke(main, ["traces", "show", f"{2:032x}", "--store", sqlite_url])
     assert shown.exit_code == 0, shown.output
     assert f"answerer@{FORGED_VERSION} [inconsistent]" in shown.stdout
