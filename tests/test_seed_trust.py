@@ -358,3 +358,21 @@ def test_an_llm_call_that_takes_a_flagged_prompt_spans_version_is_flagged_too(sq
                                     "ORDER BY span_id")).all()
     assert rows == [("answerer", FORGED_VERSION, "inconsistent"),
                     ("ChatModel", FORGED_VERSION, "inconsistent")]
+
+
+def test_a_stored_version_that_does_not_hash_to_its_template_wins_no_vote(sqlite_url):
+    """A store written before versions were checked may hold a forged version's row;
+    spans naming that version without a template (so unflagged) still cannot seed it."""
+    store = open_store(sqlite_url)
+    now = time.time_ns()
+    with store.write() as conn:
+        conn.execute(sa.text("INSERT INTO prompt_versions (component, version, agent, "
+                             "template, origin, first_seen, last_seen) VALUES ('answerer', "
+                             ":v, :a, :t, 'observed', 0, 0)"),
+                     {"v": FORGED_VERSION, "a": AGENT, "t": json.dumps(EVIL)})
+    write_spans(store, [span(1, template_version(V1), V1, start_ns=now - 10**9)])
+    bare = [span(n, FORGED_VERSION, EVIL, start_ns=now + n) for n in (2, 3, 4)]
+    for s in bare:
+        del s["attributes"]["gepa.prompt.template"]
+    write_spans(store, bare)
+    assert seed_messages(store) == V1

@@ -35,7 +35,7 @@ from sqlalchemy import and_, func, select, union_all
 from gepa_trace.errors import NotFoundError
 from gepa_trace.prompts.promptset import PromptSet, PromptVersion
 from gepa_trace.store import PromptAliasRow, PromptVersionRow, SpanRow, Store
-from gepa_trace.store.spans import MAX_CLOCK_SKEW_NS, flagged_counts
+from gepa_trace.store.spans import MAX_CLOCK_SKEW_NS, flagged_counts, template_matches
 
 #: How many of a component's most recent production runs vote for its seed.
 RECENT_RUNS = 50
@@ -166,7 +166,10 @@ def choose_seed(store: Store, agent: str, alias: str = "production", *,
                                 ignored=ignored.get(component, 0))
         else:
             for runs, _last, version in sorted(counted, reverse=True):
-                if (component, version) in templates:
+                # a row recorded before versions were checked may not hash to its
+                # template (store.spans): never a seed by vote
+                template = templates.get((component, version))
+                if template is not None and template_matches(version, template):
                     source = SeedSource(component, version, runs=runs, considered=considered,
                                         ignored=ignored.get(component, 0))
                     break
