@@ -9,7 +9,8 @@ Per component of an agent, the seed is:
 
 Step 2 never counts a span flagged as inconsistent (its declared version is not the
 hash of the template it carries: ``store.spans``) nor one that starts after the clock
-plus the skew the store accepts, and it only picks a version whose template is stored.
+plus the skew the store accepts, and it only picks a version whose stored template
+hashes to it.
 It is never simply the version of the newest span: one span, whatever start time it
 claims, is one run among ``RECENT_RUNS``. A span that names a version without carrying
 a template counts for that version, which only a consistent span can have recorded.
