@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from sqlalchemy import event
 
 from gepa_trace.cli import main
+from gepa_trace.prompts.templates import template_version
 from gepa_trace.store import open_store
 from gepa_trace.store.feedback import record_feedback
 from gepa_trace.store.queries import get_trace, list_components, list_runs
@@ -28,6 +29,8 @@ PLANNER_V2 = [{"role": "system", "content": "Plan carefully; name the country."}
               {"role": "human", "content": "{question}"}]
 ANSWERER = [{"role": "system", "content": "Answer using the plan."},
             {"role": "human", "content": "{plan}\n{question}"}]
+# versions are their templates' hashes (a span whose version is not is flagged)
+P1, P2, A1 = (template_version(t) for t in (PLANNER_V1, PLANNER_V2, ANSWERER))
 
 
 def trace_id_of(n: int) -> str:
@@ -41,7 +44,7 @@ def write_run(store, n: int, **kwargs) -> str:
 
 
 def run_spans(n: int, *, agent: str = AGENT, hours_ago: float = 0.0,
-              planner: list | None = None, planner_version: str = "p1",
+              planner: list | None = None, planner_version: str = P1,
               status: str = "OK", run_id: str | None = None) -> list[dict]:
     """The span dicts of run ``n``. Children start in the order planner, tool, answerer,
     but are listed shuffled (as exporter batches arrive)."""
@@ -65,7 +68,7 @@ def run_spans(n: int, *, agent: str = AGENT, hours_ago: float = 0.0,
         span(1, None, agent, "AGENT", 0, 2000, **{"gepa.agent": agent, "input.value": question,
                                                    "output.value": f"Country {n}"}),
         span(7, 5, "ChatModel", "LLM", 1210, 1900, **{
-            "gepa.component": "answerer", "gepa.prompt.version": "a1",
+            "gepa.component": "answerer", "gepa.prompt.version": A1,
             "gepa.prompt.template": json.dumps(ANSWERER), "llm.model_name": "gpt-test",
             "llm.token_count.prompt": 200, "llm.token_count.completion": 50}),
         span(2, 1, "planner", "CHAIN", 10, 800, **{"gepa.component": "planner"}),
@@ -210,13 +213,13 @@ def test_components_count_llm_calls_per_version(store_url):
     for n in range(1, 4):
         write_run(store, n, hours_ago=10 - n)
     for n in range(4, 6):
-        write_run(store, n, hours_ago=5 - n, planner=PLANNER_V2, planner_version="p2")
-    write_run(store, 9, agent="other-agent", planner_version="p9")
+        write_run(store, n, hours_ago=5 - n, planner=PLANNER_V2, planner_version=P2)
+    write_run(store, 9, agent="other-agent", planner_version=P1)
     found = {c.name: c for c in list_components(store, agent=AGENT)}
     assert set(found) == {"planner", "answerer"}
     planner = found["planner"]
     assert planner.calls == 5
-    assert [(v.version, v.calls) for v in planner.versions] == [("p2", 2), ("p1", 3)]
+    assert [(v.version, v.calls) for v in planner.versions] == [(P2, 2), (P1, 3)]
     assert planner.versions[0].template == PLANNER_V2
     assert planner.versions[0].last_seen > planner.versions[1].last_seen
     assert found["answerer"].calls == 5
@@ -279,12 +282,12 @@ def test_traces_show_prints_the_tree_in_order_with_components(store_url, runner)
     assert tree[0].startswith(AGENT + " ") and " agent " in tree[0]
     names = [line.rstrip() for line in tree]
     assert names[1].startswith("  planner ") and "planner" in names[1].split()[2]
-    assert names[2].startswith("    ChatPromptTemplate") and "planner@p1" in names[2]
-    assert names[3].startswith("    ChatModel") and "planner@p1" in names[3]
+    assert names[2].startswith("    ChatPromptTemplate") and f"planner@{P1}" in names[2]
+    assert names[3].startswith("    ChatModel") and f"planner@{P1}" in names[3]
     assert "120/30 tok" in names[3] and "gpt-test" in names[3] and "750 ms" in names[3]
     assert names[4].startswith("  lookup_city") and " tool " in names[4]
     assert names[5].startswith("  answerer")
-    assert names[6].startswith("    ChatModel") and "answerer@a1" in names[6]
+    assert names[6].startswith("    ChatModel") and f"answerer@{A1}" in names[6]
     rest = "\n".join(lines[9:])
     assert "feedback:" in rest and "score=0" in rest and "label=wrong" in rest
     assert "wrong country" in rest
@@ -296,6 +299,7 @@ def test_traces_show_json_is_the_library_trace(store_url, runner):
     result = invoke(runner, ["traces", "show", trace_id, "--json"], store_url)
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
+    assert data.pop("flagged_spans") == {}
     assert data == json.loads(json.dumps(get_trace(store, trace_id).to_dict()))
     assert [s["name"] for s in data["spans"]][:3] == [AGENT, "planner", "ChatPromptTemplate"]
 
@@ -335,16 +339,16 @@ def test_bad_store_url_is_one_line(runner, url, exit_code, message):
 def test_components_json_lists_versions_and_call_counts(store_url, runner):
     store = open_store(store_url)
     write_run(store, 1, hours_ago=3)
-    write_run(store, 2, hours_ago=2, planner=PLANNER_V2, planner_version="p2")
-    write_run(store, 3, hours_ago=1, planner=PLANNER_V2, planner_version="p2")
+    write_run(store, 2, hours_ago=2, planner=PLANNER_V2, planner_version=P2)
+    write_run(store, 3, hours_ago=1, planner=PLANNER_V2, planner_version=P2)
     result = invoke(runner, ["components", "--agent", AGENT, "--json"], store_url)
     assert result.exit_code == 0, result.output
     data = {c["name"]: c for c in json.loads(result.stdout)}
     assert data["planner"]["calls"] == 3 and data["answerer"]["calls"] == 3
     versions = {v["version"]: v for v in data["planner"]["versions"]}
-    assert versions["p1"]["calls"] == 1 and versions["p2"]["calls"] == 2
-    assert versions["p2"]["template"] == PLANNER_V2
-    assert versions["p1"]["first_seen"] <= versions["p1"]["last_seen"] < versions["p2"]["last_seen"]
+    assert versions[P1]["calls"] == 1 and versions[P2]["calls"] == 2
+    assert versions[P2]["template"] == PLANNER_V2
+    assert versions[P1]["first_seen"] <= versions[P1]["last_seen"] < versions[P2]["last_seen"]
 
 
 def test_components_text_shows_templates(store_url, runner):

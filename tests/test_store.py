@@ -73,11 +73,14 @@ def test_write_spans_fills_derived_columns_and_records_prompt_versions(store_url
     from gepa_trace.store.spans import write_spans
 
     store = open_store(store_url)
-    template = json.dumps([{"role": "system", "content": "Plan."}])
+    from gepa_trace.prompts.templates import template_version
+
+    messages = [{"role": "system", "content": "Plan."}]
+    template, version = json.dumps(messages), template_version(messages)
     span = {"trace_id": "1" * 32, "span_id": "2" * 16, "parent_span_id": None, "name": "llm",
             "kind": "INTERNAL", "start_ns": 10, "end_ns": 20, "status_code": "OK",
             "attributes": {"openinference.span.kind": "LLM", "gepa.agent": "qa",
-                           "gepa.component": "planner", "gepa.prompt.version": "abc",
+                           "gepa.component": "planner", "gepa.prompt.version": version,
                            "gepa.prompt.template": template, "llm.token_count.prompt": 7},
             "events": [], "resource": {"service.name": "svc"}}
     write_spans(store, [span])
@@ -88,4 +91,4 @@ def test_write_spans_fills_derived_columns_and_records_prompt_versions(store_url
         versions = conn.execute(sa.text("SELECT component, version, template "
                                         "FROM prompt_versions")).all()
     assert rows == [("qa", "planner", "llm", 7, "svc")]
-    assert versions == [("planner", "abc", template)]
+    assert versions == [("planner", version, template)]

@@ -146,6 +146,10 @@ def print_outcome(summary: dict[str, Any]) -> None:
                    f"[{gate['ci_low']:+.3f}, {gate['ci_high']:+.3f}]  n={gate['n']}  "
                    + ("significant" if gate["significant"] else "NOT significant"))
     click.echo(_errors_line(summary.get("errors") or {}))
+    from gepa_trace.prompts.seed import seed_lines
+
+    for line in seed_lines(summary.get("seed_sources")):
+        click.echo(line)
     from gepa_trace.optimizer.result import run_spend
 
     print_spent(summary.get("spent") or run_spend(summary.get("totals")))
@@ -455,6 +459,10 @@ def runs_show(ctx: click.Context, run_id: str, allow: tuple[str, ...], store: st
             "first_error"):
         click.echo(_errors_line(totals))
     print_spent(info["spent"])
+    from gepa_trace.prompts.seed import seed_lines
+
+    for line in seed_lines(totals.get("seed_sources")):
+        click.echo(line)
     best = info["best"]
     if best:
         click.echo(f"best candidate {best['id']}  val {_score(best['val_score'])}")

@@ -133,10 +133,13 @@ def show(trace_id: str, store: str | None, as_json: bool) -> None:
     """
     from gepa_trace.store import open_store
     from gepa_trace.store.queries import get_trace
+    from gepa_trace.store.spans import flagged_spans
 
-    trace = get_trace(open_store(store), trace_id)
+    store = open_store(store)
+    trace = get_trace(store, trace_id)
+    flagged = flagged_spans(store, trace.trace_id)
     if as_json:
-        print_json(trace.to_dict())
+        print_json({**trace.to_dict(), "flagged_spans": flagged})
         return
     root = trace.root
     click.echo(f"trace {trace.trace_id}  agent {trace.agent or '-'}  started "
@@ -147,6 +150,8 @@ def show(trace_id: str, store: str | None, as_json: bool) -> None:
         component = span.component or ""
         if span.prompt_version:
             component += f"@{span.prompt_version[:12]}"
+        if span.span_id in flagged:  # its version is not its template's hash
+            component += f" [{flagged[span.span_id]}]"
         status = span.status + (f": {span.status_message}" if span.status_message else "")
         rows.append(["  " * span.depth + span.name, span.span_type or span.kind.lower(),
                      component, span.model or "", _duration(span.duration_ms),
@@ -226,18 +231,32 @@ def components(agent: str | None, include_candidates: bool, store: str | None,
     """
     from gepa_trace.store import open_store
     from gepa_trace.store.queries import list_components
+    from gepa_trace.store.spans import flagged_counts
 
-    found = list_components(open_store(store), agent=agent, include_candidates=include_candidates)
+    store = open_store(store)
+    found = list_components(store, agent=agent, include_candidates=include_candidates)
+    flagged = flagged_counts(store, agent)
     if as_json:
-        print_json([c.to_dict() for c in found])
+        print_json([{**c.to_dict(), "inconsistent_spans": flagged.get(c.name, 0)}
+                    for c in found])
         return
+    listed = {c.name for c in found}
+    for name, count in sorted(flagged.items()):
+        if name not in listed:  # a component none of whose LLM calls were listed
+            click.echo(f"{name or '(no component)'}  {count} inconsistent span(s) only: "
+                       "their version is not the hash of their template; never a seed")
     if not found:
-        click.echo("no components recorded" + (f" for agent {agent}" if agent else ""), err=True)
+        if not flagged:
+            click.echo("no components recorded" + (f" for agent {agent}" if agent else ""),
+                       err=True)
         return
     for component in found:
         click.echo(f"{component.name}  {component.calls} calls  "
                    f"{len(component.versions)} version(s)  "
                    f"first {_when(component.first_seen)}  last {_when(component.last_seen)}")
+        if flagged.get(component.name):
+            click.echo(f"  {flagged[component.name]} inconsistent span(s): their version is "
+                       "not the hash of their template; stored, never used as a seed")
         for version in component.versions:
             origin = f"  {version.origin}" if version.origin else ""
             click.echo(f"  version {version.version or '(none)'}  {version.calls} calls  "

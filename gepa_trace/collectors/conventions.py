@@ -20,7 +20,9 @@ Component identity of a foreign span (DESIGN.md, "Components"), first that exist
 explicit name (``gepa.component`` attribute or run metadata); the LangChain run name
 of a PROMPT span (its span name, unless it is the default class name); the LangGraph
 node (``langgraph_node`` in the metadata); the OpenLLMetry entity; a hash of the
-template (``prompt-<version>``). OpenInference records a ChatPromptTemplate's template
+template (``prompt-<version>``). A foreign span's prompt version is its template's
+hash; OpenInference's ``llm.prompt_template.version`` (a label its user chose) is the
+version only of a span that carries no template. OpenInference records a ChatPromptTemplate's template
 (its first message only) on the PROMPT span, not on the LLM span that used it:
 ``link_prompt_spans`` gives an LLM span the component and version of its sibling PROMPT
 span (same trace, same parent) in the same batch and in batches stored earlier, and
@@ -199,6 +201,8 @@ def prompt_template_json(attributes: Mapping[str, Any]) -> str | None:
     template = attributes.get("gepa.prompt.template")
     if template:
         return template if isinstance(template, str) else json.dumps(template)
+    if attributes.get("gepa.prompt.version"):
+        return None  # our version, without our template: nothing to record or check
     metadata = attributes.get("metadata")
     if isinstance(metadata, str) and "gepa.prompt.version" in metadata:
         # The version names our full template; the partial one OpenInference recorded
@@ -245,11 +249,14 @@ def derive(attributes: Mapping[str, Any], *, name: str = "",
     agent = (get("gepa.agent") or get("agent.name") or get("gen_ai.agent.name")
              or get("traceloop.workflow.name") or resource.get("service.name"))
     component = get("gepa.component")
-    version = get("gepa.prompt.version") or get("llm.prompt_template.version")
+    version = get("gepa.prompt.version")
     if component is None and (span_type in ("llm", "prompt")
                               or "traceloop.entity.name" in attributes):
         component, found_version = _component(attributes, name, span_type)
         version = version or found_version
+    # OpenInference's version is a label its user chose, not a content hash: the
+    # template's hash names it where the span carries the template.
+    version = version or get("llm.prompt_template.version")
     if span_type in ("llm", "embedding", None):
         input_tokens, output_tokens, _total = token_counts(attributes)
         model = _name(model_of(attributes))
@@ -309,6 +316,8 @@ def _best_prompt(llm: Mapping[str, Any], prompts: list[Mapping[str, Any]]) -> Ma
 def _adopt(llm: dict[str, Any], prompt: Mapping[str, Any]) -> None:
     llm["component"] = prompt["component"]
     llm["prompt_version"] = prompt["prompt_version"]
+    # a version the PROMPT span could not vouch for is no better on the call it served
+    llm["prompt_flag"] = prompt.get("prompt_flag")
 
 
 def link_prompt_spans(store: Any, conn: Any,
@@ -354,7 +363,8 @@ def _stored_spans_of_traces(conn: Any, trace_ids: set[str]) -> list[dict[str, An
     out: list[dict[str, Any]] = []
     for start in range(0, len(ordered), 500):
         query = (select(t.c.trace_id, t.c.span_id, t.c.parent_span_id, t.c.span_type,
-                        t.c.component, t.c.prompt_version, t.c.start_ns, t.c.end_ns)
+                        t.c.component, t.c.prompt_version, t.c.start_ns, t.c.end_ns,
+                        t.c.prompt_flag)
                  .where(t.c.trace_id.in_(ordered[start:start + 500])))
         out.extend(dict(r) for r in conn.execute(query).mappings())
     return out
@@ -395,12 +405,14 @@ def fix_up_linked_llm_spans(conn: Any, rows: list[dict[str, Any]]) -> int:
             best = _best_prompt(stored, siblings)
             changes.append({"p_trace": stored["trace_id"], "p_span": stored["span_id"],
                             "p_component": best["component"],
-                            "p_version": best["prompt_version"]})
+                            "p_version": best["prompt_version"],
+                            "p_flag": best.get("prompt_flag")})
     if changes:
         t = SpanRow.__table__
         conn.execute(update(t)
                      .where(and_(t.c.trace_id == bindparam("p_trace"),
                                  t.c.span_id == bindparam("p_span")))
                      .values(component=bindparam("p_component"),
-                             prompt_version=bindparam("p_version")), changes)
+                             prompt_version=bindparam("p_version"),
+                             prompt_flag=bindparam("p_flag")), changes)
     return len(changes)

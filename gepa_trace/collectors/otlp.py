@@ -38,7 +38,12 @@ from gepa_trace.collectors.otlp_decode import (
 from gepa_trace.collectors.otlp_writer import SpanWriter, wait_until
 from gepa_trace.errors import ConfigError, GepaTraceError
 from gepa_trace.store.engine import Store
-from gepa_trace.store.spans import skipped_feedback_events
+from gepa_trace.store.spans import (
+    log_refused,
+    prepare_spans,
+    skipped_feedback_events,
+    write_prepared,
+)
 
 log = logging.getLogger(__name__)
 
@@ -120,14 +125,26 @@ class Receiver:
         return self._in_flight
 
     def export(self, decoded: Decoded) -> None:
-        """Store the spans of one request; returns once committed (see SpanWriter.write)."""
+        """Store the spans of one request; returns once committed (see SpanWriter.write).
+        Spans the store refuses (``store.spans.refused_time``) are added to
+        ``decoded``'s rejected spans, and spans it flags to its warnings, for the
+        partial-success answer."""
         with self._lock:
             self.stats.requests += 1
-            self.stats.spans_rejected += decoded.rejected
         if decoded.spans:
-            self.writer.write(decoded.spans, timeout=self.write_timeout_s)
+            prepared = self.writer.write(decoded.spans, timeout=self.write_timeout_s)
+            refused = getattr(prepared, "refused", None) or {}
+            for reason, count in refused.items():
+                decoded.reject(reason, count)
+            flagged = getattr(prepared, "flagged", 0)
+            if flagged:
+                decoded.warnings.append(
+                    f"{flagged} span(s) stored flagged inconsistent: their "
+                    "gepa.prompt.version is not the hash of their template")
             with self._lock:
-                self.stats.spans_accepted += len(decoded.spans)
+                self.stats.spans_accepted += len(decoded.spans) - sum(refused.values())
+        with self._lock:
+            self.stats.spans_rejected += decoded.rejected
 
     def feedback(self, fields: Any) -> tuple[int, dict[str, Any]]:
         """Record one feedback (the fields of ``record_feedback``); (HTTP status, body).
@@ -333,8 +350,6 @@ def read_otlp_file(path: Path) -> list[Decoded]:
 def ingest_files(store: Store, paths: list[str | Path], *, batch_spans: int = 5000,
                  progress: Any = None) -> IngestReport:
     """Load OTLP files into the store. A bad file is reported and skipped, not fatal."""
-    from gepa_trace.store.spans import write_spans
-
     report = IngestReport()
     for name in paths:
         path = Path(name)
@@ -355,13 +370,23 @@ def ingest_files(store: Store, paths: list[str | Path], *, batch_spans: int = 50
                 log.warning("%s: rejected spans: %s", path, reason)
             pending.extend(decoded.spans)
             if len(pending) >= batch_spans:
-                report.spans += write_spans(store, pending)
+                report.spans += _write_batch(store, pending, report, path)
                 pending = []
         if pending:
-            report.spans += write_spans(store, pending)
+            report.spans += _write_batch(store, pending, report, path)
         if progress is not None:
             progress(f"{path}: {sum(len(d.spans) for d in requests)} spans")
     return report
+
+
+def _write_batch(store: Store, spans: list[dict[str, Any]], report: IngestReport,
+                 path: Path) -> int:
+    """Store one batch of a file's spans; those refused for their times are counted in
+    ``report.rejected`` and logged. Returns how many were stored."""
+    prepared = prepare_spans(spans)
+    report.rejected += sum(prepared.refused.values())
+    log_refused(prepared.refused, f"{path}: ")
+    return write_prepared(store, [prepared])
 
 
 def _kind_of(path: Path) -> str:

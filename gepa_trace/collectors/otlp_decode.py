@@ -68,6 +68,9 @@ class Decoded:
     spans: list[dict[str, Any]] = field(default_factory=list)
     rejected: int = 0
     reasons: list[str] = field(default_factory=list)
+    #: about spans stored all the same (e.g. flagged inconsistent); OTLP sends them as
+    #: a partial success with 0 rejected spans, which the spec calls a warning
+    warnings: list[str] = field(default_factory=list)
 
     def reject(self, reason: str, count: int = 1) -> None:
         self.rejected += count
@@ -76,7 +79,7 @@ class Decoded:
 
     @property
     def error_message(self) -> str:
-        return "; ".join(self.reasons)
+        return "; ".join(self.reasons + self.warnings)
 
 
 def media_type(content_type: str | None) -> str:
@@ -289,9 +292,10 @@ def spans_of(request: ExportTraceServiceRequest, decoded: Decoded | None = None)
 
 
 def encode_response(decoded: Decoded | None, kind: str) -> bytes:
-    """An ExportTraceServiceResponse, with partial_success when spans were rejected."""
+    """An ExportTraceServiceResponse, with partial_success when spans were rejected or
+    stored with a warning."""
     response = ExportTraceServiceResponse()
-    if decoded is not None and decoded.rejected:
+    if decoded is not None and (decoded.rejected or decoded.warnings):
         response.partial_success.rejected_spans = decoded.rejected
         response.partial_success.error_message = decoded.error_message
     if kind == JSON:

@@ -104,12 +104,14 @@ class SpanWriter:
     def pending_spans(self) -> int:
         return self._pending
 
-    def write(self, spans: Sequence[Mapping[str, Any]], timeout: float | None = None) -> None:
-        """Store ``spans``; returns once committed. Raises WriterBusy, WriterClosed,
-        WriteFailed, or TimeoutError (the spans may still be stored later; a client
-        retry is harmless because duplicates are ignored)."""
+    def write(self, spans: Sequence[Mapping[str, Any]], timeout: float | None = None) -> Any:
+        """Store ``spans``; returns once committed, with what ``prepare`` made of them
+        (by default a ``PreparedSpans``: its ``refused`` are the spans not stored).
+        Raises WriterBusy, WriterClosed, WriteFailed, or TimeoutError (the spans may
+        still be stored later; a client retry is harmless because duplicates are
+        ignored)."""
         if not spans:
-            return
+            return None
         with self._cond:  # refuse early, before paying for prepare()
             if self._closing:
                 raise WriterClosed("the collector is shutting down")
@@ -130,6 +132,7 @@ class SpanWriter:
             raise TimeoutError("spans not committed in time")
         if job.error is not None:
             raise job.error
+        return job.prepared
 
     def close(self, timeout: float | None = None) -> None:
         """Refuse new writes, finish every queued one, stop the thread."""

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import and_, select
-from sqlalchemy import func as sa_func
 from sqlalchemy.exc import SQLAlchemyError
 
 from gepa_trace.errors import ConfigError, NotFoundError, StoreError, StoreMissing
@@ -199,32 +198,8 @@ def load_prompts(alias: str = "production", store: str | Store | None = None, *,
 
 def current_prompts(store: Store, agent: str, alias: str = "production") -> PromptSet:
     """The prompts ``agent`` runs with now: per component, the ``alias`` version if one is
-    set, else the version its production calls used most recently."""
-    from gepa_trace.store import SpanRow
+    set, else the version that served most of its recent production runs, never one
+    from a span flagged inconsistent (``prompts.seed.choose_seed`` says which and why)."""
+    from gepa_trace.prompts.seed import choose_seed
 
-    spans = SpanRow.__table__
-    latest = (select(spans.c.component, spans.c.prompt_version,
-                     sa_func.max(spans.c.start_ns).label("last"))
-              .where(and_(spans.c.agent == agent, spans.c.run_id.is_(None),
-                          spans.c.component.isnot(None), spans.c.prompt_version.isnot(None)))
-              .group_by(spans.c.component, spans.c.prompt_version))
-    with store.read() as conn:
-        seen = conn.execute(latest).all()
-        aliased = {r.component: r.version for r in conn.execute(
-            select(_ALIASES).where(_ALIASES.c.alias == alias))}
-        newest: dict[str, tuple[int, str]] = {}
-        for row in seen:
-            if row.component not in newest or row.last > newest[row.component][0]:
-                newest[row.component] = (row.last, row.prompt_version)
-        chosen = {c: aliased.get(c, v) for c, (_t, v) in newest.items()}
-        rows = conn.execute(select(_VERSIONS).where(
-            _VERSIONS.c.component.in_(list(chosen)))).all() if chosen else []
-    templates = {r.component: r for r in rows if chosen.get(r.component) == r.version}
-    missing = sorted(set(chosen) - set(templates))
-    if not chosen:
-        raise NotFoundError(f"agent {agent!r} has no recorded prompt components; record runs "
-                            "with gt.instrument() and gt.component()/PromptSet templates")
-    if missing:
-        raise NotFoundError(f"agent {agent!r}: no stored template for components {missing}")
-    return PromptSet({c: PromptVersion(c, json.loads(r.template)) for c, r in templates.items()},
-                     agent=agent)
+    return choose_seed(store, agent, alias).prompts

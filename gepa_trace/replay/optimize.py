@@ -31,7 +31,8 @@ from gepa_trace.lm.budget import Budget
 from gepa_trace.optimizer import Optimizer, OptimizerConfig
 from gepa_trace.optimizer.result import OptimizationResult, PhaseSpend, command_spend, search_spend
 from gepa_trace.prompts import PromptSet
-from gepa_trace.prompts.registry import current_prompts, record_versions
+from gepa_trace.prompts.registry import record_versions
+from gepa_trace.prompts.seed import choose_seed, given_sources, save_seed_sources
 from gepa_trace.replay import preflight
 from gepa_trace.replay.cache import ReplayCache
 from gepa_trace.replay.dataset import Dataset, ExampleFilter, SplitFractions, load_examples
@@ -91,6 +92,8 @@ class OptimizeOutcome:
     task_calls_sent: int
     task_calls_made: int
     spent: dict[str, Any] = field(default_factory=dict)
+    #: per component, where its seed version came from (``prompts.seed``)
+    seed_sources: dict[str, Any] = field(default_factory=dict)
 
     @property
     def best_prompts(self) -> PromptSet:
@@ -108,6 +111,7 @@ class OptimizeOutcome:
         out["task_calls_made"] = self.task_calls_made
         out["task_calls_sent"] = self.task_calls_sent
         out["spent"] = self.spent
+        out["seed_sources"] = self.seed_sources
         return out
 
 
@@ -238,7 +242,10 @@ def optimize(agent: str, *, reflection_lm: str | Callable[[str], str],
                             need_signal=log_only or settings.metric == "feedback",
                             source_weights=settings.source_weights)
     if seed_prompts is None:
-        seed_prompts = current_prompts(store, agent)
+        seed = choose_seed(store, agent)
+        seed_prompts, seed_sources = seed.prompts, seed.sources_dict()
+    else:
+        seed_sources = given_sources(seed_prompts)
     checked = {"reflection LM": reflection}
     if settings.metric in ("judge", "feedback") or log_only:
         checked["judge LM"] = judge
@@ -320,6 +327,8 @@ def optimize(agent: str, *, reflection_lm: str | Callable[[str], str],
             # the engine's checkpoints rewrite the stored totals: earlier commands'
             # spend is read before it starts
             stored = stored_totals(store, resume)
+            # the run's seed was chosen by its first command
+            seed_sources = stored.get("seed_sources") or seed_sources
             earlier = stored.get("command") or {}
             earlier_hits = stored.get("replay_cache_hits_by_component") or {}
             opt = Optimizer.resume(resume, evaluator=evaluator, reflection_lm=reflection,
@@ -373,11 +382,12 @@ def optimize(agent: str, *, reflection_lm: str | Callable[[str], str],
     spent = _command_spent(result, preflight_spend, charged, held_out.spend,
                            earlier if resume else None)
     save_run_totals(store, result.run_id, held_out, hits, spent)
+    save_seed_sources(store, result.run_id, seed_sources)
     sent = int(spent["all"]["llm_calls_by_role"].get("task", 0))
     outcome = OptimizeOutcome(result=result, dataset=dataset, held_out=held_out,
                               replay_cache_hits=hits, task_calls_sent=sent,
                               task_calls_made=sent + int(spent["all"]["replay_cache_hits"]),
-                              spent=spent)
+                              spent=spent, seed_sources=seed_sources)
     if failed_with:
         error = RolloutsFailed(f"run {result.run_id} stopped: rollouts kept failing: "
                                f"{failed_with} (fix it, then: gepa-trace optimize --resume "

@@ -92,9 +92,62 @@ def _key_old_feedback(conn: Connection) -> None:
         conn.execute(text("UPDATE feedback SET feedback_key = :key WHERE id = :id"), keyed)
 
 
+def _prompt_flags(conn: Connection) -> None:
+    """Spans whose declared prompt version is not the hash of the template they carry
+    are flagged (issue 18: such a span must never seed a run). Spans stored before are
+    checked once here, by the rule new spans are checked by (``store.spans``). The
+    component index also orders by start time (``prompts.seed`` reads the latest)."""
+    from gepa_trace.store.tables import SpanRow
+
+    if "prompt_flag" not in {c["name"] for c in inspect(conn).get_columns("spans")}:
+        kind = SpanRow.__table__.c.prompt_flag.type.compile(dialect=conn.dialect)
+        conn.execute(text(f"ALTER TABLE spans ADD COLUMN prompt_flag {kind}"))
+    indexes = {i["name"]: i["column_names"] for i in inspect(conn).get_indexes("spans")}
+    if "ix_spans_flagged" not in indexes:
+        conn.execute(text("CREATE INDEX ix_spans_flagged ON spans (component) "
+                          "WHERE prompt_flag IS NOT NULL"))
+    if indexes.get("ix_spans_component") == ["component"]:
+        # by start time within a component: the seed reads a component's latest spans
+        conn.execute(text("DROP INDEX ix_spans_component"))
+        conn.execute(text("CREATE INDEX ix_spans_component ON spans (component, start_ns) "
+                          "WHERE component IS NOT NULL"))
+    _flag_stored_spans(conn)
+
+
+def _flag_stored_spans(conn: Connection) -> None:
+    import json
+
+    from gepa_trace.collectors.conventions import prompt_template_json
+    from gepa_trace.store.spans import INCONSISTENT, template_matches
+
+    # Only spans with a component, a version and a template can be inconsistent; one
+    # pass, a page at a time, keeping only the keys of those to flag.
+    result = conn.execute(text(
+        "SELECT trace_id, span_id, prompt_version, attributes FROM spans "
+        "WHERE component IS NOT NULL AND prompt_version IS NOT NULL AND ("
+        "attributes LIKE '%gepa.prompt.template%' "
+        "OR attributes LIKE '%llm.prompt_template.template%' "
+        "OR attributes LIKE '%gen_ai.system_instructions%')"))
+    flagged = []
+    for rows in result.partitions(5000):
+        for row in rows:
+            try:
+                attributes = json.loads(row.attributes)
+            except ValueError:
+                continue
+            template = prompt_template_json(attributes) if isinstance(attributes, dict) \
+                else None
+            if template and not template_matches(row.prompt_version, template):
+                flagged.append({"t": row.trace_id, "s": row.span_id})
+    if flagged:
+        conn.execute(text(f"UPDATE spans SET prompt_flag = '{INCONSISTENT}' "
+                          "WHERE trace_id = :t AND span_id = :s"), flagged)
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0001_initial", _initial),
     ("0002_feedback_fields", _feedback_fields),
+    ("0003_prompt_flags", _prompt_flags),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

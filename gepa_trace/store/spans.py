@@ -14,6 +14,20 @@ An event named ``gepa.feedback`` is also a feedback record on its span's trace
 (``store.feedback_fields.event_feedback``), stored in the same transaction and as
 idempotently as the span. A malformed one is skipped, never failing the spans: it is
 counted (``skipped_feedback_events``) and logged without its text.
+
+Two checks keep made-up spans from steering the optimizer (issue 18):
+
+- Times: a span that starts more than ``MAX_CLOCK_SKEW_NS`` after this process's clock,
+  has no start time, a time beyond int64, or ends before it starts is refused, alone:
+  the others of its batch are stored and ``PreparedSpans.refused`` says how many were
+  refused and why (the OTLP receiver answers with a partial success; ``gepa-trace
+  ingest`` counts them; the in-process exporter logs them). Every path in passes here.
+- Prompt versions: a version is the content hash of its template. A span whose
+  declared version is not the hash of the template it carries is stored with
+  ``prompt_flag = "inconsistent"``; its template is not recorded under that version,
+  and it never counts toward a run's seed (``prompts.seed``). A span that names a
+  version without carrying a template is not checked here: its version only matters
+  if a consistent span recorded that version's template.
 """
 
 from __future__ import annotations
@@ -24,7 +38,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain
 from operator import itemgetter
 from typing import Any
@@ -47,6 +61,13 @@ log = logging.getLogger(__name__)
 
 _SPANS = SpanRow.__table__
 _VERSIONS = PromptVersionRow.__table__
+
+#: How far after this process's clock a span may start. Clients' clocks drift by
+#: seconds or minutes; a day covers any honest one, and a span from next year is no
+#: run that happened (it would outrank every real run in "most recent").
+MAX_CLOCK_SKEW_NS = 24 * 3600 * 10**9
+_INT64_MAX = 2**63 - 1  # the spans table's BIGINT
+INCONSISTENT = "inconsistent"  # SpanRow.prompt_flag: version is not its template's hash
 _skipped_lock = threading.Lock()
 _skipped = {"malformed": 0, "conflicting": 0}
 
@@ -99,6 +120,7 @@ def span_row(span: Mapping[str, Any], _resource_json: dict | None = None) -> dic
         "events": _dumps(events) if (events := span.get("events")) else "[]",
         "resource": resource_text,
         "service_name": str(service)[:255] if service is not None else None,
+        "prompt_flag": None,  # set by _prompt_versions
     }
     row.update(derive(attributes, name=row["name"], resource=resource))
     if "gepa.agent" in attributes:
@@ -109,18 +131,84 @@ def span_row(span: Mapping[str, Any], _resource_json: dict | None = None) -> dic
     return row
 
 
+def refused_time(span: Mapping[str, Any], now_ns: int) -> str | None:
+    """Why ``span``'s times cannot be stored, or None. ``end_ns`` 0 or absent means
+    "not recorded" (stored as the start, as before)."""
+    try:
+        start = int(span.get("start_ns") or 0)
+        end = int(span.get("end_ns") or 0)
+    except (TypeError, ValueError, OverflowError):
+        return "span time is not a number of nanoseconds"
+    if start <= 0:
+        return "span without a start time"
+    if start > _INT64_MAX:
+        return "start time beyond int64 (2^63 ns)"
+    if start > now_ns + MAX_CLOCK_SKEW_NS:
+        return (f"start time more than {MAX_CLOCK_SKEW_NS // (3600 * 10**9)} hours after "
+                "the collector's clock")
+    if end > _INT64_MAX:
+        return "end time beyond int64 (2^63 ns)"
+    if end and end < start:
+        return "span ends before it starts"
+    return None
+
+
+def _refuse_bad_times(spans: Sequence[Mapping[str, Any]], now_ns: int
+                      ) -> tuple[Sequence[Mapping[str, Any]], dict[str, int]]:
+    """(the spans whose times can be stored, {reason: count} of the others)."""
+    refused: dict[str, int] = {}
+    kept: list[Mapping[str, Any]] | None = None
+    for index, span in enumerate(spans):
+        reason = refused_time(span, now_ns)
+        if reason is None:
+            if kept is not None:
+                kept.append(span)
+            continue
+        if kept is None:  # the common case copies nothing
+            kept = list(spans[:index])
+        refused[reason] = refused.get(reason, 0) + 1
+    return (spans if kept is None else kept), refused
+
+
+_consistent: dict[tuple[str, str], bool] = {}
+
+
+def template_matches(version: str, template: str) -> bool:
+    """Whether ``version`` is the content hash of ``template`` (messages JSON), as
+    ``prompts.templates.template_version`` computes it."""
+    key = (version, template)
+    known = _consistent.get(key)
+    if known is None:
+        from gepa_trace.prompts.templates import template_version
+
+        try:
+            messages = json.loads(template)
+        except ValueError:
+            messages = None
+        known = isinstance(messages, list) and template_version(messages) == version
+        if len(_consistent) >= 1024:  # a few templates per agent; bound what a client sends
+            _consistent.clear()
+        _consistent[key] = known
+    return known
+
+
 def _prompt_versions(spans: Sequence[Mapping[str, Any]], rows: Sequence[dict[str, Any]],
                      now: float) -> dict[tuple[str, str], dict[str, Any]]:
+    """The first-seen versions of ``rows``; flags (``prompt_flag``) the rows whose
+    declared version is not the hash of the template they carry."""
     found: dict[tuple[str, str], dict[str, Any]] = {}
     for span, row in zip(spans, rows):
         if not row["component"] or not row["prompt_version"]:
             continue
-        key = (row["component"], row["prompt_version"])
-        if key in found:
-            continue
         # ours (gepa.prompt.template) or a foreign convention's (conventions.py)
         template = prompt_template_json(span.get("attributes") or {})
         if not template:
+            continue
+        if not template_matches(row["prompt_version"], template):
+            row["prompt_flag"] = INCONSISTENT
+            continue
+        key = (row["component"], row["prompt_version"])
+        if key in found:
             continue
         found[key] = {"component": key[0], "version": key[1], "agent": row["agent"],
                       "template": template, "origin": "observed",
@@ -136,6 +224,12 @@ class PreparedSpans:
     versions: dict[tuple[str, str], dict[str, Any]]
     now: float
     feedback: list[dict[str, Any]] | None = None  # rows of gepa.feedback events
+    refused: dict[str, int] = field(default_factory=dict)  # {reason: spans} not stored
+
+    @property
+    def flagged(self) -> int:
+        """How many of the rows are flagged (``prompt_flag``)."""
+        return sum(1 for r in self.rows if r["prompt_flag"] is not None)
 
 
 def _event_feedback(spans: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -157,13 +251,15 @@ def prepare_spans(spans: Sequence[Mapping[str, Any]]) -> PreparedSpans:
     """The rows and first-seen prompt versions of ``spans``, without touching the store.
 
     Pure Python and thread-safe: the OTLP receiver runs it in its request threads so
-    that its single writer thread only runs transactions.
+    that its single writer thread only runs transactions. Spans whose times cannot be
+    stored are left out and counted in ``refused`` (see the module docstring).
     """
+    now = time.time()
+    spans, refused = _refuse_bad_times(spans, int(now * 1e9))
     resource_json: dict[int, str] = {}
     rows = [span_row(s, resource_json) for s in spans]
-    now = time.time()
     feedback = _event_feedback(spans) if any(s.get("events") for s in spans) else None
-    return PreparedSpans(rows, _prompt_versions(spans, rows, now), now, feedback)
+    return PreparedSpans(rows, _prompt_versions(spans, rows, now), now, feedback, refused)
 
 
 _SPAN_COLUMNS = tuple(c.name for c in _SPANS.columns)
@@ -273,7 +369,45 @@ def _store_event_feedback(conn: Any, rows: list[dict[str, Any]]) -> None:
 
 
 def write_spans(store: Store, spans: Sequence[Mapping[str, Any]]) -> int:
-    """Store ``spans`` in one transaction; returns how many were handed in."""
+    """Store ``spans`` in one transaction; returns how many were handed in and not
+    refused (refusals are logged: see the module docstring)."""
     if not spans:
         return 0
-    return write_prepared(store, [prepare_spans(spans)])
+    prepared = prepare_spans(spans)
+    log_refused(prepared.refused)
+    return write_prepared(store, [prepared])
+
+
+def log_refused(refused: Mapping[str, int], where: str = "") -> None:
+    """One warning line for spans refused for their times (none: nothing)."""
+    if refused:
+        log.warning("%srefused %d span(s): %s", where, sum(refused.values()),
+                    "; ".join(f"{reason} ({n})" for reason, n in refused.items()))
+
+
+def flagged_counts(store: Store, agent: str | None = None) -> dict[str, int]:
+    """{component: spans stored with a ``prompt_flag``}, optionally of one agent's spans
+    (by their ``agent`` column). Reads only the flagged spans' index."""
+    from sqlalchemy import func, select
+
+    # The agent is filtered here, not in SQL: a condition on it would let the planner
+    # pick the agent index and read every span of the agent.
+    query = (select(_SPANS.c.component, _SPANS.c.agent, func.count())
+             .where(_SPANS.c.prompt_flag.isnot(None))
+             .group_by(_SPANS.c.component, _SPANS.c.agent))
+    counts: dict[str, int] = {}
+    with store.read() as conn:
+        for component, span_agent, n in conn.execute(query).all():
+            if agent is None or span_agent == agent:
+                counts[component or ""] = counts.get(component or "", 0) + int(n)
+    return counts
+
+
+def flagged_spans(store: Store, trace_id: str) -> dict[str, str]:
+    """{span_id: prompt_flag} of the flagged spans of one trace."""
+    from sqlalchemy import select
+
+    query = select(_SPANS.c.span_id, _SPANS.c.prompt_flag).where(
+        and_(_SPANS.c.trace_id == trace_id, _SPANS.c.prompt_flag.isnot(None)))
+    with store.read() as conn:
+        return {span_id: flag for span_id, flag in conn.execute(query).all()}

@@ -18,11 +18,16 @@ class SpanRow(SQLModel, table=True):
     __table_args__ = (
         Index("ix_spans_agent_root", "agent", "parent_span_id", "start_ns"),
         # Partial: most spans have no component and no optimization run, and every
-        # index entry is paid for on the write path (the collector's limit).
-        Index("ix_spans_component", "component", sqlite_where=text("component IS NOT NULL"),
+        # index entry is paid for on the write path (the collector's limit). By start
+        # time within a component: a run's seed reads a component's latest spans only.
+        Index("ix_spans_component", "component", "start_ns",
+              sqlite_where=text("component IS NOT NULL"),
               postgresql_where=text("component IS NOT NULL")),
         Index("ix_spans_run", "run_id", sqlite_where=text("run_id IS NOT NULL"),
               postgresql_where=text("run_id IS NOT NULL")),
+        # Flagged spans are rare: the index costs nothing for the others.
+        Index("ix_spans_flagged", "component", sqlite_where=text("prompt_flag IS NOT NULL"),
+              postgresql_where=text("prompt_flag IS NOT NULL")),
     )
 
     trace_id: str = Field(primary_key=True, max_length=32)
@@ -47,6 +52,10 @@ class SpanRow(SQLModel, table=True):
     model: str | None = Field(default=None, max_length=255)
     input_tokens: int | None = None
     output_tokens: int | None = None
+    # Why this span's prompt version is not trusted (None: nothing wrong seen):
+    # "inconsistent" = its declared version is not the hash of the template it carries.
+    # A flagged span is stored but never counts toward a run's seed (prompts.seed).
+    prompt_flag: str | None = Field(default=None, max_length=32)
 
 
 class FeedbackRow(SQLModel, table=True):
