@@ -10,6 +10,7 @@ the seed is the aliased version or the one that served most recent production ru
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import time
@@ -376,3 +377,25 @@ def test_a_stored_version_that_does_not_hash_to_its_template_wins_no_vote(sqlite
         del s["attributes"]["gepa.prompt.template"]
     write_spans(store, bare)
     assert seed_messages(store) == V1
+
+
+def test_grpc_answers_a_flagged_span_with_a_warning_and_rejects_none(sqlite_url):
+    import grpc
+    from google.protobuf.json_format import ParseDict
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+    span = forged_span(3, time.time_ns())
+    # protobuf's JSON mapping takes ids as base64 bytes; OTLP/JSON's are hex
+    span["traceId"] = base64.b64encode(bytes.fromhex(span["traceId"])).decode()
+    span["spanId"] = base64.b64encode(bytes.fromhex(span["spanId"])).decode()
+    request = ParseDict({"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]},
+                        trace_service_pb2.ExportTraceServiceRequest())
+    c = Collector(open_store(sqlite_url), CollectorConfig(http_port=None, grpc_port=0,
+                                                          token=None)).start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{c.grpc_port}") as channel:
+            answer = trace_service_pb2_grpc.TraceServiceStub(channel).Export(request, timeout=30)
+    finally:
+        c.stop(grace=5)
+    assert answer.partial_success.rejected_spans == 0
+    assert "inconsistent" in answer.partial_success.error_message

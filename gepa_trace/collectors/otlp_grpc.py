@@ -1,7 +1,7 @@
 """OTLP/gRPC: ``TraceService/Export`` with the same semantics as OTLP/HTTP.
 
 Status codes (the gRPC counterparts of the HTTP answers):
-- OK + ExportTraceServiceResponse (``partial_success`` when spans were rejected), sent
+- OK + ExportTraceServiceResponse (``partial_success`` when spans were rejected or flagged), sent
   only after the spans are committed;
 - UNAUTHENTICATED: missing or wrong ``authorization: Bearer`` metadata;
 - RESOURCE_EXHAUSTED: message over ``--max-body-mb`` (enforced by gRPC itself);
@@ -67,7 +67,7 @@ class _TraceService:
                         else grpc.StatusCode.INTERNAL)
                 context.abort(code, str(exc) or "write timed out")
             response = trace_service_pb2.ExportTraceServiceResponse()
-            if decoded.rejected:
+            if decoded.rejected or decoded.warnings:  # a warning: 0 rejected, with the message
                 response.partial_success.rejected_spans = decoded.rejected
                 response.partial_success.error_message = decoded.error_message
             return response
