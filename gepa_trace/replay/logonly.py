@@ -58,7 +58,9 @@ def load_recorded_calls(store: Store, agent: str,
                 select(_SPANS.c.trace_id, _SPANS.c.span_id, _SPANS.c.component,
                        _SPANS.c.prompt_version, _SPANS.c.attributes, _SPANS.c.start_ns)
                 .where(and_(_SPANS.c.trace_id.in_(chunk), _SPANS.c.span_type == "llm",
-                            _SPANS.c.agent == agent, _SPANS.c.component.isnot(None)))
+                            _SPANS.c.agent == agent, _SPANS.c.component.isnot(None),
+                            # its version is not its template's: what it "recorded" is a lie
+                            _SPANS.c.prompt_flag.is_(None)))
                 .order_by(_SPANS.c.start_ns)).all()
             for row in rows:
                 view = llm_view(json.loads(row.attributes))
