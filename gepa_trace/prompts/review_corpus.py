@@ -28,6 +28,7 @@ from typing import Any
 
 from sqlalchemy import and_, select
 
+from gepa_trace.replay.dataset import user_of
 from gepa_trace.store import EvaluationRow, FeedbackRow, SpanRow, Store
 
 _SPANS = SpanRow.__table__
@@ -53,8 +54,6 @@ _SKIP_KEYS = ("gepa.prompt.template", "gepa.prompt.version", "metadata",
               "llm.invocation_parameters", "llm.prompt_template.template")
 _SKIP_SUFFIXES = (".mime_type", ".role", ".id", "_id", ".name", ".model_name", ".kind",
                   ".provider", ".system")
-#: Span attributes naming the end user of a run (OpenTelemetry's and common ones).
-USER_KEYS = ("user.id", "enduser.id", "gepa.user", "session.user_id")
 _SKIPPED_SPAN_TYPES = ("chain", "prompt")  # copies of the state and the template
 
 
@@ -174,10 +173,9 @@ class TraceCorpus:
                 for trace_id, parent, attributes_json in spans:
                     attributes = json.loads(attributes_json or "{}")
                     if parent is None:
-                        user = next((attributes[k] for k in USER_KEYS if attributes.get(k)),
-                                    None)
+                        user = user_of(attributes)  # the dataset's rule, one place
                         if user is not None:
-                            corpus.users[trace_id] = str(user)
+                            corpus.users[trace_id] = user
                     for text in _span_strings(attributes):
                         corpus.add(text, trace_id)
                 feedback = conn.execute(select(
