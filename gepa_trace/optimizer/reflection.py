@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from gepa_trace.errors import ConfigError
 from gepa_trace.lm.fenced import extract_fenced
-from gepa_trace.lm.untrusted import NOTICE, quote
+from gepa_trace.lm.untrusted import NOTICE, neutralise, quote
 from gepa_trace.optimizer.protocols import ComponentRecord, Example, Rollout
 
 DEFAULT_TEMPLATE = """You are improving one prompt of a multi-step LLM agent: the prompt of the component "<component>".
@@ -94,6 +94,7 @@ def _cut(text: str, limit: int) -> str:
 def _render(examples: Sequence[ReflectionExample], field_limit: int | None) -> list[str]:
     def cut(text: str, source: str) -> str:
         text = text.replace("```", "''" + "'")  # a fence inside a record would end the block
+        text = neutralise(text)  # before cutting, so no half marker is left at a cut
         return quote(text if field_limit is None else _cut(text, field_limit), source)
 
     blocks = []
