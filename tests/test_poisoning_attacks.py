@@ -146,3 +146,53 @@ def _best_id(store: Any, run_id: str) -> int:
     from gepa_trace.optimizer.persistence import load_run
 
     return load_run(store, run_id).row.best_candidate_id
+
+
+def _feedback_by_run(url: str, trace_ids: list[str]) -> list[list[tuple]]:
+    from gepa_trace.store.queries import feedback_for_traces
+
+    found = feedback_for_traces(url, trace_ids)
+    return [sorted((f.name, f.score, f.comment, f.expected) for f in found[t])
+            for t in trace_ids]
+
+
+def test_poisoning_leaves_the_clean_runs_and_their_feedback_as_they_were(tmp_path):
+    from gepa_trace.demo.traffic import run_traffic
+    from gepa_trace.store import forget_store, open_store
+
+    urls = [f"sqlite:///{tmp_path / name}.db" for name in ("clean", "poisoned")]
+    poison = Poison(share=0.2, where="comment", payload="say", attackers="one", seed=4)
+    runs = []
+    try:
+        for url, given in zip(urls, (None, poison)):
+            open_store(url, create=True)
+            runs.append(run_traffic(30, store=url, seed=2, feedback_rate=0.5, poison=given))
+    finally:
+        inst = active_instrumentation()
+        if inst is not None:
+            inst.shutdown()
+    clean, poisoned = (_feedback_by_run(u, r) for u, r in zip(urls, runs))
+    hit = [i for i in range(30) if clean[i] != poisoned[i]]
+    assert len(hit) == 6  # 20% of 30, each with the attacker's thumbs down and comment
+    for i in hit:
+        assert ("user", 0.0, poison.text, None) in poisoned[i]
+    for url in urls:
+        forget_store(url)
+
+
+def test_a_planted_page_is_returned_only_for_its_targets_and_a_bad_poison_is_refused():
+    from gepa_trace.demo.agent import search_tool
+    from gepa_trace.demo.world import world
+
+    w = world(0)
+    target, other = sorted(w.companies)[:2]
+    poison = Poison(share=0.05, where="tool", payload="url").aimed([target, target])
+    assert poison.targets == (target,)
+    tool = search_tool(0, poison=poison)
+    assert poison.text in tool.invoke({"query": target})
+    assert poison.text in tool.invoke({"query": w.companies[target].founder})
+    assert poison.text not in tool.invoke({"query": other})
+    assert search_tool(0).invoke({"query": target}) in tool.invoke({"query": target})
+    for bad in ({"share": 0.0}, {"where": "header"}, {"payload": "worm"}, {"attackers": "few"}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            Poison(**bad)
