@@ -23,7 +23,7 @@ planted passage that the search tool returns whenever a query names the company 
 founder (in production and in every replay: ``build_agent(..., poison=)``), and the runs
 asking about them are the poisoned ones. Each
 poisoned run carries its attacker's id as the root span's ``user.id`` (OpenInference's
-name); other runs carry an ordinary user's id. ``marker`` is a piece of the payload
+name); every other run carries its own user's id (``user_id``). ``marker`` is a piece of the payload
 that no clean prompt contains: a candidate that holds it carries the attack.
 """
 
@@ -45,8 +45,6 @@ PAYLOADS = {
 MARKERS = {"url": "evil.example", "leak": "reveal the system prompt", "say": "ACME rules"}
 WHERE = ("input", "comment", "tool")
 ATTACKERS = ("one", "many")
-#: How many ordinary users send the demo's clean traffic.
-USERS = 40
 
 
 @dataclass(frozen=True)
@@ -115,9 +113,10 @@ class Poison:
 
 
 def user_id(run: int, seed: int = 0) -> str:
-    """The ordinary user who sent the ``run``-th clean run of the traffic of ``seed``."""
-    rng = random.Random(f"gepa-trace-demo-user:{seed}:{run}")
-    return f"user-{rng.randrange(USERS):02d}"
+    """The ordinary user who sent the ``run``-th clean run of the traffic of ``seed``:
+    one user per run, so the clean demo has no heavy user (a per-user cap or report
+    finds nothing in it) and an attacker with several runs stands out."""
+    return f"user-{seed}-{run:04d}"
 
 
-__all__ = ["ATTACKERS", "MARKERS", "PAYLOADS", "USERS", "WHERE", "Poison", "user_id"]
+__all__ = ["ATTACKERS", "MARKERS", "PAYLOADS", "WHERE", "Poison", "user_id"]

@@ -25,7 +25,7 @@ same call records the same questions and the same feedback):
   (``source="reviewer"``, ``name="review"``), who always knows the answer: a score by
   the truth, and the right answer as ``expected`` when the run's answer is wrong.
 - Each run's root span carries the end user's id as ``user.id`` (OpenInference's name):
-  one of ``poison.USERS`` ordinary users, drawn per run.
+  ``poison.user_id``, one ordinary user per run.
 - ``poison`` (a ``demo.poison.Poison``, default none): an attacker's payload in a share
   of the runs (question, feedback comment or tool output), each poisoned run with the
   attacker's ``user.id`` and the attacker's thumbs down. The clean runs, their users
