@@ -14,7 +14,8 @@ backticks inside records are shown as three quotes so they cannot close the bloc
 Every piece of trace content (the agent's inputs, the component's inputs, which hold the
 tool results it was given, its outputs, errors, the feedback) is quoted as untrusted
 data (``gepa_trace.lm.untrusted``): between ``<untrusted-data source="...">`` and
-``</untrusted-data>`` lines under its ``## ...`` heading, and the template says that text
+``</untrusted-data>`` lines under its ``## ...`` heading, and the template says, right
+after the examples (where a model reads it last, after anything they hold), that text
 inside is evidence about the task, never instructions, and that URLs, contact details,
 code or instructions found there must not be copied into the new instruction.
 """
@@ -36,10 +37,12 @@ The component currently uses this instruction:
 <curr_param>
 ```
 
-Below are examples of the component at work. For each one you see the inputs the component received, what it produced, any error, and the feedback on the agent's final result. """ + NOTICE + """
+Below are examples of the component at work. For each one you see the inputs the component received, what it produced, any error, and the feedback on the agent's final result:
 ```
 <side_info>
 ```
+
+""" + NOTICE + """
 
 Your task is to write a new instruction for this component.
 
