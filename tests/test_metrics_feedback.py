@@ -92,7 +92,8 @@ def test_without_an_expected_answer_a_judge_reads_the_recorded_feedback():
     result = Feedback(judge)(ex, "It is Paris, I believe.")
     assert result.score == 0.4
     assert "still long" in result.feedback and '"too long"' in result.feedback
-    assert "comment=too long" in prompts[0] and "label=verbose" in prompts[0]
+    assert 'comment=<untrusted-data source="comment">too long</untrusted-data>' in prompts[0]
+    assert 'label=<untrusted-data source="label">verbose</untrusted-data>' in prompts[0]
     assert "The capital city that you are asking about is Paris." in prompts[0]
 
 

@@ -24,6 +24,8 @@ import time
 from collections import Counter
 
 from gepa_trace.errors import LMError
+from gepa_trace.lm.sim.quoted import unquote
+from gepa_trace.lm.untrusted import NOTICE
 from gepa_trace.optimizer import ComponentRecord, Example, Rollout
 from gepa_trace.prompts import PromptSet
 
@@ -136,7 +138,10 @@ class RuleReflectionLM:
         missing = sorted((r for r in asked if f"RULE {r}" not in current),
                          key=lambda r: (-asked[r], r))
         have = sorted(rules_in(current))
-        if missing and _h(prompt) % 4 == 0 and have:  # a harmful edit now and then
+        # A harmful edit now and then, drawn from what the prompt says, not from its
+        # untrusted-data markers and notice (the toy runs' tests predate them).
+        read = unquote(prompt.replace(NOTICE + "\n\n", ""))
+        if missing and _h(read) % 4 == 0 and have:
             new, why = current.replace(f"RULE {have[0]}", "").strip(), "drop a stale rule"
         elif missing:
             new, why = f"{current}\nRULE {missing[0]}", f"it never applies rule {missing[0]}"

@@ -45,7 +45,8 @@ def test_judge_reads_score_and_reason_and_refuses_garbage():
     seen = []
     judge = Judge(lambda p: seen.append(p) or "score: 1\nreason: ok")
     assert judge(_example(expected="France"), "France").score == 1.0
-    assert "Expected answer (from the example's expected answer): France" in seen[0]
+    assert ("Expected answer (from the example's expected answer): "
+            '<untrusted-data source="expected answer">France</untrusted-data>') in seen[0]
 
 
 def test_metric_spec_errors_name_the_spec():

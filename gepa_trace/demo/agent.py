@@ -77,15 +77,20 @@ BEST_PROMPTS = _prompt_set({
     for name, rules in _BEST_RULES.items()})
 
 
-def search_tool(world_seed: int = 0, k: int = 4):
-    """The retrieval tool over the demo world: a langchain-core StructuredTool."""
+def search_tool(world_seed: int = 0, k: int = 4, poison: Any = None):
+    """The retrieval tool over the demo world: a langchain-core StructuredTool. With a
+    ``demo.poison.Poison`` placing its payload in tool output, a search that names one of
+    its target companies (or their founders) also returns the planted passage, last."""
     from langchain_core.tools import StructuredTool
 
     w = world(world_seed)
 
     def search_knowledge_base(query: str) -> str:
         """Search the knowledge base; returns numbered passages, best match first."""
-        return render_passages(w.search(query, k=k))
+        found = w.search(query, k=k)
+        if poison is not None:
+            found = found + poison.planted(w, query)
+        return render_passages(found)
 
     return StructuredTool.from_function(search_knowledge_base, name="search_knowledge_base")
 
@@ -113,12 +118,13 @@ class AgentState(TypedDict, total=False):
 
 
 def build_agent(prompts: PromptSet, *, model: Any = "gepa-sim/task", chat_model: Any = None,
-                world_seed: int = 0):
+                world_seed: int = 0, poison: Any = None):
     """The agent for ``prompts`` as a compiled LangGraph: ``{"question": str}`` in,
     ``{"answer": str, "queries": [...], "passages": [...], "evidence": [...], ...}`` out.
 
     ``model`` is a litellm model string (default the simulated task model) or a
-    langchain chat model; ``chat_model`` overrides it.
+    langchain chat model; ``chat_model`` overrides it. ``poison`` (a
+    ``demo.poison.Poison``, for attack tests) plants passages in the search tool.
     """
     from langchain_core.output_parsers import StrOutputParser
     from langgraph.graph import END, START, StateGraph
@@ -131,7 +137,7 @@ def build_agent(prompts: PromptSet, *, model: Any = "gepa-sim/task", chat_model:
                           f"(the demo agent needs {', '.join(COMPONENTS)})")
     llm = resolve_chat_model(model, chat_model)
     chains = {name: prompts[name] | llm | StrOutputParser() for name in COMPONENTS}
-    tool = search_tool(world_seed)
+    tool = search_tool(world_seed, poison=poison)
 
     def notes_text(state: AgentState) -> str:
         return "\n".join(state.get("notes") or []) or "(none)"

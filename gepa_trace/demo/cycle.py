@@ -16,6 +16,11 @@
 
 Offline by default (the simulated ``gepa-sim/*`` models, labelled so); with real model
 strings the same cycle runs against real providers.
+
+``DemoSettings.poison`` (a ``demo.poison.Poison``, default none; for attack tests and
+benchmarks) poisons a share of the traffic; with its payload in tool output, the agent
+the optimization replays searches the same poisoned knowledge base. The optimization is
+run as always: nothing in it knows of the poison.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +54,7 @@ class DemoSettings:
     processes: int = 1
     seed: int = 0
     warm_start: bool = False
+    poison: Any = None  # a demo.poison.Poison: an attacker's share of the traffic
     progress: Callable[[str], None] = field(default=lambda _msg: None)
 
 
@@ -58,7 +65,7 @@ def run_demo(settings: DemoSettings, callbacks: list[object] = ()) -> dict[str, 
     the run shows them."""
     import gepa_trace as gt
     from gepa_trace.demo import AGENT_NAME, build_agent
-    from gepa_trace.demo.traffic import run_traffic
+    from gepa_trace.demo.traffic import run_traffic, traffic_questions
     from gepa_trace.optimizer import OptimizerConfig
     from gepa_trace.optimizer.result import run_spend
     from gepa_trace.prompts.export import export_run
@@ -79,8 +86,13 @@ def run_demo(settings: DemoSettings, callbacks: list[object] = ()) -> dict[str, 
         f"{settings.task_lm}{' (simulated)' if simulated else ''} -> {store}")
     inst = gt.instrument(store=store, service_name=AGENT_NAME)
     window_start = time.time() - 1
+    poison, entrypoint = settings.poison, build_agent
+    if poison is not None:
+        poison = poison.aimed([str(q.meta["company"])
+                               for q in traffic_questions(settings.runs, settings.seed)])
+        entrypoint = partial(build_agent, poison=poison)  # a planted page stays planted
     run_traffic(settings.runs, store=store, seed=settings.seed,
-                feedback_rate=settings.feedback_rate, model=settings.task_lm)
+                feedback_rate=settings.feedback_rate, model=settings.task_lm, poison=poison)
     inst.force_flush()
     say(f"      {settings.runs} traces stored in {time.time() - started:.0f}s")
 
@@ -89,12 +101,12 @@ def run_demo(settings: DemoSettings, callbacks: list[object] = ()) -> dict[str, 
         + (f" in {settings.processes} processes" if settings.processes > 1 else ""))
     # The built-in feedback metric, by name, with its default judge (the reflection
     # LM's family): the path a user takes with `optimize --metric feedback`.
-    replay = ReplaySettings(entrypoint=build_agent, metric="feedback", task_lm=settings.task_lm,
+    replay = ReplaySettings(entrypoint=entrypoint, metric="feedback", task_lm=settings.task_lm,
                             filters=ExampleFilter(since=window_start),
                             fractions=SplitFractions(*settings.split),
                             processes=settings.processes)
     outcome = gt.optimize(AGENT_NAME, reflection_lm=settings.reflection_lm,
-                          entrypoint=build_agent, metric="feedback",
+                          entrypoint=entrypoint, metric="feedback",
                           budget=gt.Budget(max_rollouts=settings.budget_rollouts),
                           store=store, settings=replay,
                           config=OptimizerConfig(seed=settings.seed, workers=settings.workers),

@@ -24,16 +24,24 @@ same call records the same questions and the same feedback):
 - ``review_rate`` (default 0.05) of all runs are also checked by a reviewer
   (``source="reviewer"``, ``name="review"``), who always knows the answer: a score by
   the truth, and the right answer as ``expected`` when the run's answer is wrong.
+- Each run's root span carries the end user's id as ``user.id`` (OpenInference's name):
+  ``poison.user_id``, one ordinary user per run.
+- ``poison`` (a ``demo.poison.Poison``, default none): an attacker's payload in a share
+  of the runs (question, feedback comment or tool output), each poisoned run with the
+  attacker's ``user.id`` and the attacker's thumbs down. The clean runs, their users
+  and their feedback are the same as without it.
 """
 
 from __future__ import annotations
 
 import random
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 from gepa_trace.demo.agent import AGENT_NAME, SEED_PROMPTS, build_agent
 from gepa_trace.demo.metric import metric
+from gepa_trace.demo.poison import Poison, user_id
 from gepa_trace.demo.world import MONTHS, QUESTION_KINDS, make_questions, world
 from gepa_trace.optimizer.protocols import Example
 from gepa_trace.prompts import PromptSet
@@ -100,7 +108,7 @@ def _user_feedback(example: Example, output: Any, rng: random.Random,
 def run_traffic(n: int, *, store: Any = None, seed: int = 0, feedback_rate: float = 0.4,
                 prompts: PromptSet = SEED_PROMPTS, threads: int = 4,
                 model: Any = "gepa-sim/task", chat_model: Any = None, noise: float = 0.1,
-                review_rate: float = 0.05) -> list[str]:
+                review_rate: float = 0.05, poison: Poison | None = None) -> list[str]:
     """Run the agent on ``n`` questions, traced into ``store``; returns the trace ids in
     question order. Feedback (see the module docstring) is recorded with
     ``record_feedback`` after all runs are flushed. The instrumentation stays active for
@@ -112,14 +120,26 @@ def run_traffic(n: int, *, store: Any = None, seed: int = 0, feedback_rate: floa
             raise ValueError(f"{name} must be between 0 and 1, got {value!r}")
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n!r}")
+    from opentelemetry import trace as trace_api
+
     import gepa_trace as gt
 
-    inst = gt.instrument(store=store, service_name=AGENT_NAME)
-    agent = build_agent(prompts, model=model, chat_model=chat_model)
     examples = traffic_questions(n, seed)
+    companies = [str(ex.meta["company"]) for ex in examples]
+    poison = poison.aimed(companies) if poison is not None else None
+    poisoned = {i: k for k, i in enumerate(poison.runs(companies))} if poison else {}
+    users = [poison.attacker(poisoned[i]) if i in poisoned else user_id(i, seed)
+             for i in range(len(examples))]
+    if poison is not None and poison.where == "input":
+        examples = [replace(ex, inputs={**ex.inputs, "question": f"{ex.inputs['question']} "
+                                            f"{poison.text}"})
+                    if i in poisoned else ex for i, ex in enumerate(examples)]
+    inst = gt.instrument(store=store, service_name=AGENT_NAME)
+    agent = build_agent(prompts, model=model, chat_model=chat_model, poison=poison)
 
-    def one(example: Example) -> tuple[str, Any]:
+    def one(example: Example, user: str) -> tuple[str, Any]:
         with gt.agent_run(AGENT_NAME, inputs=dict(example.inputs)) as run:
+            trace_api.get_current_span().set_attribute("user.id", user)
             try:
                 output = agent.invoke(dict(example.inputs))
             except Exception:  # noqa: BLE001 - traced as an error by agent_run; traffic goes on
@@ -128,18 +148,23 @@ def run_traffic(n: int, *, store: Any = None, seed: int = 0, feedback_rate: floa
         return str(run.trace_id), output
 
     with ThreadPoolExecutor(max(1, threads)) as pool:
-        results = list(pool.map(one, examples))
+        results = list(pool.map(one, examples, users))
     inst.force_flush()
 
     rng = random.Random(f"gepa-trace-demo-feedback:{seed}")
-    for example, (trace_id, output) in zip(examples, results):
+    for i, (example, (trace_id, output)) in enumerate(zip(examples, results)):
         given = rng.random() < feedback_rate
         reviewed = rng.random() < review_rate
         if output is None:
             continue
-        if given:
-            gt.record_feedback(trace_id, name="user", source="user", store=store,
-                               **_user_feedback(example, output, rng, noise))
+        if given:  # drawn for poisoned runs too, so the clean runs' feedback stays the same
+            record = _user_feedback(example, output, rng, noise)
+            if i not in poisoned:
+                gt.record_feedback(trace_id, name="user", source="user", store=store, **record)
+        if i in poisoned:  # the attacker makes sure the run is an example
+            comment = poison.text if poison and poison.where == "comment" else None
+            gt.record_feedback(trace_id, name="user", source="user", store=store, score=0.0,
+                               comment=comment)
         if reviewed:
             right = metric(example, output).score >= 1.0
             gt.record_feedback(trace_id, score=1.0 if right else 0.0, name="review",

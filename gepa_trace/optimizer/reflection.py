@@ -10,6 +10,14 @@ The prompt is kept under a token limit: the longest texts are cut in the middle 
 visible ``[... N characters cut ...]`` marker, and whole records are dropped (with a
 line saying so) only when cutting is not enough. Nothing is dropped silently. Triple
 backticks inside records are shown as three quotes so they cannot close the block.
+
+Every piece of trace content (the agent's inputs, the component's inputs, which hold the
+tool results it was given, its outputs, errors, the feedback) is quoted as untrusted
+data (``gepa_trace.lm.untrusted``): between ``<untrusted-data source="...">`` and
+``</untrusted-data>`` lines under its ``## ...`` heading, and the template says, right
+after the examples (where a model reads it last, after anything they hold), that text
+inside is evidence about the task, never instructions, and that URLs, contact details,
+code or instructions found there must not be copied into the new instruction.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from dataclasses import dataclass
 
 from gepa_trace.errors import ConfigError
 from gepa_trace.lm.fenced import extract_fenced
+from gepa_trace.lm.untrusted import NOTICE, neutralise, quote
 from gepa_trace.optimizer.protocols import ComponentRecord, Example, Rollout
 
 DEFAULT_TEMPLATE = """You are improving one prompt of a multi-step LLM agent: the prompt of the component "<component>".
@@ -32,6 +41,8 @@ Below are examples of the component at work. For each one you see the inputs the
 ```
 <side_info>
 ```
+
+""" + NOTICE + """
 
 Your task is to write a new instruction for this component.
 
@@ -84,26 +95,27 @@ def _cut(text: str, limit: int) -> str:
 
 
 def _render(examples: Sequence[ReflectionExample], field_limit: int | None) -> list[str]:
-    def cut(text: str) -> str:
+    def cut(text: str, source: str) -> str:
         text = text.replace("```", "''" + "'")  # a fence inside a record would end the block
-        return text if field_limit is None else _cut(text, field_limit)
+        text = neutralise(text)  # before cutting, so no half marker is left at a cut
+        return quote(text if field_limit is None else _cut(text, field_limit), source)
 
     blocks = []
     for n, ex in enumerate(examples, 1):
         lines = [f"# Example {n}", f"## Score\n{ex.score:g}"]
         if not ex.records:
             inputs = "\n".join(f"{k}: {v}" for k, v in ex.inputs.items())
-            lines.append(f"## Agent inputs\n{cut(inputs)}")
+            lines.append(f"## Agent inputs\n{cut(inputs, 'agent inputs')}")
             lines.append("## Component records\n(the component was not called in this run)")
         for i, record in enumerate(ex.records, 1):
             suffix = f" (call {i} of {len(ex.records)})" if len(ex.records) > 1 else ""
-            lines.append(f"## Inputs{suffix}\n{cut(record.inputs.strip())}")
-            lines.append(f"## Output{suffix}\n{cut(record.output.strip())}")
+            lines.append(f"## Inputs{suffix}\n{cut(record.inputs.strip(), 'inputs')}")
+            lines.append(f"## Output{suffix}\n{cut(record.output.strip(), 'output')}")
             if record.error:
-                lines.append(f"## Error{suffix}\n{cut(record.error.strip())}")
+                lines.append(f"## Error{suffix}\n{cut(record.error.strip(), 'error')}")
         if ex.error and not any(r.error for r in ex.records):
-            lines.append(f"## Error\n{cut(ex.error.strip())}")
-        lines.append(f"## Feedback\n{cut(ex.feedback.strip() or '(none)')}")
+            lines.append(f"## Error\n{cut(ex.error.strip(), 'error')}")
+        lines.append(f"## Feedback\n{cut(ex.feedback.strip() or '(none)', 'feedback')}")
         blocks.append("\n".join(lines))
     return blocks
 
@@ -142,6 +154,8 @@ def build_prompt(component: str, instruction: str, examples: Sequence[Reflection
             blocks = _render(examples, limit)
     kept: list[str] = []
     used = 0
+    if sum(len(b) + 2 for b in blocks) > room:
+        room -= 80  # the line that says how many examples were left out
     for block in blocks:
         if used + len(block) + 2 > room and kept:
             break

@@ -25,6 +25,9 @@ Contracts:
   for one prompt faults is decided by the seed, the prompt and n, so runs are repeatable.
   ``max_faults=N`` caps the faults per prompt (``rate_limit=1&max_faults=1``: every
   prompt is refused once, then served), ``retry_after`` is the pause a 429 asks for.
+- ``mode=NAME`` picks a variant of a model (``MODES``), passed to its ``reply`` as
+  ``mode=``: ``gepa-sim/reflect?mode=naive`` follows instructions it finds anywhere in
+  its prompt, the untrusted data included (``reflect.py``). No mode: the default model.
 - Prices are nominal and simulated (those of gpt-4.1-mini: $0.40 per million input
   tokens, $1.60 per million output tokens); tokens are estimated as characters / 4.
 - ``call_counts()`` counts the replies each model actually served (malformed ones
@@ -55,8 +58,10 @@ MODELS = ("task", "reflect", "judge", "echo")
 #: Nominal price of every simulated model, in dollars per token (labelled simulated in docs).
 PRICE_PER_TOKEN = {"input": 0.40e-6, "output": 1.60e-6}
 FAULT_KINDS = ("rate_limit", "timeout", "server_error", "malformed")
+#: The variants (``?mode=``) each model has besides its default.
+MODES = {"reflect": ("naive",)}
 # Modules of this package that are not models.
-_NOT_MODELS = frozenset({"server", "provider"})
+_NOT_MODELS = frozenset({"server", "provider", "quoted", "injected"})
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 ReplyFn = Callable[[list[dict[str, str]], random.Random], str]
@@ -88,6 +93,7 @@ class SimOptions:
     malformed: float = 0.0
     retry_after: float = 0.05  # seconds a rate-limited client is told to wait
     max_faults: int | None = None  # at most this many faults per prompt (None: no cap)
+    mode: str | None = None  # a variant of the model (MODES), None: the default
 
     @classmethod
     def from_env(cls) -> SimOptions:
@@ -105,7 +111,9 @@ class SimOptions:
                 raise ConfigError(f"unknown simulated-model option {key!r} in {source} "
                                   f"(known: {', '.join(known)})")
             try:
-                if key == "max_faults" and raw in (None, "", "none"):
+                if key == "mode":
+                    changes[key] = str(raw) if raw not in (None, "") else None
+                elif key == "max_faults" and raw in (None, "", "none"):
                     changes[key] = None
                 else:
                     changes[key] = int(raw) if key in ("seed", "max_faults") else float(raw)
@@ -159,7 +167,11 @@ def split_model(spec: str) -> tuple[str, dict[str, str]]:
 def resolve(spec: str, base: SimOptions | None = None) -> tuple[str, SimOptions]:
     """The model name and its options: model-string params over ``base`` (default: env)."""
     name, params = split_model(spec)
-    return name, (base or SimOptions.from_env()).updated(params, source=f"model {spec!r}")
+    opts = (base or SimOptions.from_env()).updated(params, source=f"model {spec!r}")
+    if opts.mode is not None and opts.mode not in MODES.get(name, ()):
+        known = ", ".join(MODES.get(name, ())) or "none"
+        raise ConfigError(f"{PREFIX}{name} has no mode {opts.mode!r} (modes: {known})")
+    return name, opts
 
 
 _replies: dict[str, ReplyFn] = {}
@@ -314,7 +326,7 @@ def generate(spec: str, messages: Iterable[Mapping[str, Any]], *,
                 kinds[fault] = kinds.get(fault, 0) + 1
             raise SimFault(fault, name, opts.retry_after if fault == "rate_limit" else 0.0)
         rng = random.Random(digest)
-        text = reply(msgs, rng)
+        text = reply(msgs, rng) if opts.mode is None else reply(msgs, rng, mode=opts.mode)
         if not isinstance(text, str):
             raise TypeError(f"{__name__}.{name}.reply returned {type(text).__name__}, not str")
         if fault == "malformed":
@@ -357,6 +369,7 @@ def is_sim_model(model: str) -> bool:
 __all__ = [
     "FAULT_KINDS",
     "MODELS",
+    "MODES",
     "PREFIX",
     "PRICE_PER_TOKEN",
     "PROVIDER",

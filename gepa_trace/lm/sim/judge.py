@@ -33,13 +33,16 @@ Then what it can check lowers the score: brevity ("only the name", "concise", "n
 sentence" in the rubric, or users saying the recorded answer was "too long") by 0.3 when
 the output is a sentence; grounding ("supported by the
 input/evidence/passages") by 0.3 when the output names something absent from the input.
-The rng is not used: the same prompt gets the same verdict.
+The rng is not used: the same prompt gets the same verdict. Text quoted as untrusted
+data (``<untrusted-data ...>`` markers) is read as if unquoted (``quoted.unquote``).
 """
 
 from __future__ import annotations
 
 import random
 import re
+
+from gepa_trace.lm.sim.quoted import unquote
 
 _SECTION_NAMES = {
     "rubric": r"rubric|criteria|scoring guide|instructions for the judge",
@@ -220,7 +223,7 @@ def _checked(question: str, output: str, context: str) -> tuple[float, str] | No
 def reply(messages: list[dict[str, str]], rng: random.Random) -> str:
     """``score: <0..1>`` and ``reason: <sentence>`` on two lines."""
     prompt = "\n\n".join(m.get("content") or "" for m in messages if m.get("role") != "assistant")
-    score, reason = judge(prompt)
+    score, reason = judge(unquote(prompt))
     return f"score: {score:.2f}\nreason: {reason}"
 
 

@@ -1,5 +1,5 @@
 """The simulated models on agents other than the demo: a generic classify step in
-gepa-sim/task, and gepa-sim/reflect's naive reflection (lm/sim/naive.py) that turns
+gepa-sim/task, and gepa-sim/reflect's generic reflection (lm/sim/generic.py) that turns
 feedback and corrections into rules that step follows.
 
 The domain here is deliberately neither the demo nor the ticket desk: product reviews
@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 
 from gepa_trace.lm.fenced import extract_fenced
-from gepa_trace.lm.sim import generate, naive, task
+from gepa_trace.lm.sim import generate, generic, task
 from gepa_trace.optimizer.protocols import ComponentRecord
 from gepa_trace.optimizer.reflection import ReflectionExample, build_prompt
 
@@ -41,10 +41,10 @@ def propose(prompt: str, seed: int | None = None) -> str:
     """The new instruction of a reply to ``prompt``; without a seed, of the first reply
     (of seeds 0..9) that is not one of the deliberately useless ones."""
     for s in range(10) if seed is None else [seed]:
-        reply = naive.reply([{"role": "user", "content": prompt}], random.Random(s))
+        reply = generic.reply([{"role": "user", "content": prompt}], random.Random(s))
         new = extract_fenced(reply)
         assert new is not None and reply.startswith("Diagnosis:"), reply
-        if seed is not None or not any(r in new for r in naive.USELESS_RULES):
+        if seed is not None or not any(r in new for r in generic.USELESS_RULES):
             return new
     raise AssertionError(f"ten useless replies in a row to:\n{prompt}")
 
@@ -113,9 +113,9 @@ def test_expected_answers_are_read_from_the_correction_phrasings_feedback_uses()
     for text in ["expected 'complaint', got 'praise'", "Correct answer: complaint",
                  "the answer should be complaint", "expected: complaint (a reviewer's)",
                  "users said it should have been complaint"]:
-        assert naive.expected_in(text, options) == "complaint", text
+        assert generic.expected_in(text, options) == "complaint", text
     for text in ["wrong", "too long", "users rejected the recorded answer", "not a complaint"]:
-        assert naive.expected_in(text, options) is None, text
+        assert generic.expected_in(text, options) is None, text
 
 
 def test_answers_padded_into_sentences_get_a_format_rule():
@@ -124,7 +124,7 @@ def test_answers_padded_into_sentences_get_a_format_rule():
              ("Nice colour", "praise", "too long, only the category please", 0)]
     new = propose(reflection_prompt(SORT, cases))
     assert task.label_only(new) and not task.label_only(SORT), new
-    reply = naive.reply([{"role": "user", "content": reflection_prompt(SORT, cases)}],
+    reply = generic.reply([{"role": "user", "content": reflection_prompt(SORT, cases)}],
                         random.Random(0))
     assert "got 'The answer is praise.'" in reply, "the diagnosis quotes the feedback as written"
     assert classify(new, "The lid broke after 5 days, so disappointed.") == "praise"
@@ -140,7 +140,7 @@ def test_existing_rules_are_kept_and_new_ones_added_after_them():
     assert new.startswith(ruled), new
 
 
-def test_naive_reflection_is_deterministic_per_prompt_and_sometimes_useless():
+def test_generic_reflection_is_deterministic_per_prompt_and_sometimes_useless():
     cases = [("The hinge broke", "praise", "expected 'complaint', got 'praise'", 0)]
     prompt = reflection_prompt(SORT, cases)
     messages = [{"role": "user", "content": prompt}]
@@ -157,7 +157,7 @@ def test_feedback_without_an_expected_answer_teaches_no_keyword():
         assert task.keyword_rules(propose(reflection_prompt(SORT, cases), seed)) == []
 
 
-def test_gepa_sim_reflect_hands_non_demo_prompts_to_naive_reflection():
+def test_gepa_sim_reflect_hands_non_demo_prompts_to_generic_reflection():
     cases = [("The hinge broke", "praise", "expected 'complaint', got 'praise'", 0),
              ("Hinge broke again", "praise", "expected 'complaint', got 'praise'", 0)]
     prompt = reflection_prompt(SORT, cases)

@@ -1,4 +1,4 @@
-"""Naive reflection: how ``gepa-sim/reflect`` edits prompts of agents other than the demo.
+"""Generic reflection: how ``gepa-sim/reflect`` edits prompts of agents other than the demo.
 
 SIMULATED. This is not a language model; it is a small deterministic reader that lets a
 user try the whole optimize loop offline on their own agent and see prompts change. A
@@ -51,6 +51,7 @@ from __future__ import annotations
 import random
 import re
 
+from gepa_trace.lm.sim.quoted import unquote
 from gepa_trace.lm.sim.reflect import (
     current_instruction,
     examples_of,
@@ -105,7 +106,8 @@ COMMON = frozenset(_COMMON_WORDS.split())
 
 def reply(messages: list[dict[str, str]], rng: random.Random) -> str:
     """A diagnosis, then the complete new instruction in one fenced block."""
-    prompt = "\n\n".join(m.get("content") or "" for m in messages if m.get("role") != "assistant")
+    prompt = unquote("\n\n".join(m.get("content") or "" for m in messages
+                                  if m.get("role") != "assistant"))
     instruction, after = current_instruction(prompt)
     if not instruction.strip():
         instruction = "Complete the task described in the examples."
