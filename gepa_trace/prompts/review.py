@@ -11,7 +11,10 @@ trace content that only a few traces or users supplied (``review_corpus``): a sh
 of ``NGRAM_WORDS`` words, or ``CONTENT_WORDS`` content words, that the seed does not
 hold and that at most ``FEW_TRACES`` traces or users (or ``FEW_SHARE`` of the run's
 examples, whichever is more) carry, or that only one feedback comment carries (a comment
-pasted verbatim into many traces is one voice, not task vocabulary).
+pasted verbatim into many traces is one voice, not task vocabulary); and, however many
+traces carry it, copied text that tells the model what to do ("always say ...", "you
+must ...", "IMPORTANT: ..."): content is evidence about the task, and a directive copied
+word for word from it was written by whoever wrote that content, not learned from it.
 
 Every flag carries its evidence: the traces and feedback records whose content holds
 the flagged text, and how many distinct users those are when runs record one.
@@ -22,6 +25,7 @@ with flags unless approved; the approval is a run event (``APPROVED``).
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -61,7 +65,12 @@ _VERSIONS = PromptVersionRow.__table__
 _EVENTS = RunEventRow.__table__
 
 KINDS = ("url", "email", "phone", "code", "markup", "prompt_leak", "ignore_instructions",
-         "copied_from_traces")
+         "copied_from_traces", "instruction_from_traces")
+#: Copied text that directs the model: flagged however many traces carry it.
+_DIRECTIVE = re.compile(
+    r"(?i)^\W*(?:important|note|attention|warning)\b|\b(?:always|never|must|from\s+now\s+on"
+    r"|make\s+sure|be\s+sure\s+to|do\s+not|don't|ignore|disregard|reveal|at\s+the\s+end\s+of"
+    r"|end\s+(?:your|every|each|all)|start\s+(?:your|every|each|all))\b")
 #: Copied text is flagged when at most this many traces (or users) carry it ...
 FEW_TRACES = 3
 #: ... or at most this share of the run's examples, whichever is more.
@@ -215,25 +224,25 @@ class _Reviewer:
         return 0 < count <= self.few or repeated
 
     def copied(self, component: str, line: str) -> list[_Finding]:
-        """Runs of the line's words copied from content few traces carry."""
+        """Runs of the line's words copied from content few traces carry, and runs copied
+        from content many carry that direct the model."""
         tokens = words(line)
         seed_keys = self._seed_keys.get(component, set())
-        spans: list[tuple[int, int, Support]] = []
+        few: list[tuple[int, int, Support]] = []
+        many: list[tuple[int, int, Support]] = []
         for a, b, key in shingles(tokens):
             support = self._support.get(key)
-            if key in seed_keys or support is None or not self._few(support):
+            if key in seed_keys or support is None or not support.traces:
                 continue
-            if spans and a <= spans[-1][1]:
-                start, end, before = spans[-1]
-                merged = Support(lines=0)
-                merged.add(before)
-                merged.add(support)
-                spans[-1] = (start, max(end, b), merged)
-            else:
-                spans.append((a, b, support))
+            _extend(few if self._few(support) else many, a, b, support)
         where = word_spans(line)  # the copied words as the line writes them
-        return [_Finding("copied_from_traces", line[where[a][0]:where[b - 1][1]], line,
-                         support) for a, b, support in spans]
+        found = [_Finding("copied_from_traces", line[where[a][0]:where[b - 1][1]], line,
+                          support) for a, b, support in few]
+        for a, b, support in many:
+            text = line[where[a][0]:where[b - 1][1]]
+            if _DIRECTIVE.search(text):
+                found.append(_Finding("instruction_from_traces", text, line, support))
+        return found
 
     def review(self, component: str, lines: list[str]) -> list[_Finding]:
         """The allowed-through findings of every new line (a line kept by many versions
@@ -250,6 +259,18 @@ class _Reviewer:
                                     if not self.allow.allows(f.kind, f.text, line)]
             out += self._lines[key]
         return out
+
+
+def _extend(spans: list[tuple[int, int, Support]], a: int, b: int, support: Support) -> None:
+    """Add words ``a:b`` carried by ``support`` to ``spans``, merging overlapping runs."""
+    if spans and a <= spans[-1][1]:
+        start, end, before = spans[-1]
+        merged = Support(lines=0)
+        merged.add(before)
+        merged.add(support)
+        spans[-1] = (start, max(end, b), merged)
+    else:
+        spans.append((a, b, support))
 
 
 def _load_templates(conn, wanted: set[tuple[str, str]]) -> dict[tuple[str, str], list[str]]:
