@@ -43,29 +43,58 @@ def one_seed(seed: int, extra: list[str]) -> dict:
                               env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"})
         wall = time.perf_counter() - started
         cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
-        raise SystemExit(f"seed {seed}: exit {proc.returncode}: {proc.stderr[-2000:]}")
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+        if proc.returncode != 0:
+            raise SystemExit(f"seed {seed}: exit {proc.returncode}: {proc.stderr[-2000:]}")
+        summary = json.loads(proc.stdout.strip().splitlines()[-1])
+        summary["review"] = review_counts(exe, summary, tmp)
     summary["wall_s"] = round(wall, 1)
     summary["cpu_s"] = round(cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime, 1)
     return summary
+
+
+def review_counts(exe: Path, summary: dict, cwd: str) -> dict:
+    """Flags the review raises on this clean run (all candidates, and the best's): each
+    one is a false positive, since no traffic was poisoned."""
+    shown = subprocess.run([str(exe), "runs", "show", summary["run_id"], "--store",
+                            summary["store"], "--json"], check=True, capture_output=True,
+                           text=True, cwd=cwd)
+    review = json.loads(shown.stdout.strip().splitlines()[-1])["review"]
+    flagged = {f["candidate_id"] for f in review["flags"]}
+    from sqlalchemy import func, select
+
+    from gepa_trace.store import CandidateRow, open_store
+
+    table = CandidateRow.__table__
+    with open_store(summary["store"]).read() as conn:
+        proposed = conn.execute(select(func.count()).where(
+            table.c.run_id == summary["run_id"], table.c.origin != "seed")).scalar_one()
+    return {"flags": len(review["flags"]), "flagged_candidates": len(flagged),
+            "candidates": proposed, "best_flags": len(review["best_flags"])}
 
 
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}"
 
 
+def _flags(review: dict | None) -> str:
+    if review is None:
+        return "-"
+    return (f"{review['flags']} ({review['flagged_candidates']} / "
+            f"{review['candidates'] if review['candidates'] is not None else '?'})")
+
+
 def table(rows: list[tuple[int, dict]]) -> list[str]:
     lines = [("| traffic seed | TRUE before | TRUE after | test questions | feedback-estimated "
              "before | feedback-estimated after | test runs with feedback | gain significant "
-             "| rollouts | wall s | CPU s |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| rollouts | review flags (candidates flagged / proposed) | wall s | CPU s |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for seed, s in rows:
         lines.append(f"| {seed} | {_pct(s['true_seed_test_score'])} | "
                      f"{_pct(s['true_best_test_score'])} | {s['true_test_questions']} | "
                      f"{_pct(s['seed_test_score'])} | {_pct(s['best_test_score'])} | "
                      f"{s['test_examples']} | {'yes' if s['significant'] else 'no'} | "
-                     f"{s['rollouts']} | {s['wall_s']:.0f} | {s.get('cpu_s', 0):.0f} |")
+                     f"{s['rollouts']} | {_flags(s.get('review'))} | {s['wall_s']:.0f} | "
+                     f"{s.get('cpu_s', 0):.0f} |")
     return lines
 
 
@@ -88,7 +117,14 @@ def main() -> int:
              and b <= 0.5 and a >= 0.8)
     verdict = (f"{ok} of {len(rows)} seeds go from <= 0.5 to >= 0.8 TRUE held-out accuracy "
                f"(mean {sum(before) / len(before):.2f} -> {sum(after) / len(after):.2f}).")
+    reviewed = [s["review"] for _, s in rows]
+    flagged = sum(r["flagged_candidates"] for r in reviewed)
+    proposed = sum(r["candidates"] for r in reviewed)
+    fp = (f"Review on clean traffic (every flag a false positive): {flagged} of {proposed} "
+          f"proposed candidates flagged ({flagged / max(proposed, 1):.1%}), "
+          f"{sum(r['best_flags'] for r in reviewed)} flags on a best candidate.")
     print(verdict)
+    print(fp)
     if not args.no_write:
         sys.path.insert(0, str(ROOT / "bench"))
         from results import write_section
@@ -111,6 +147,8 @@ def main() -> int:
             *lines,
             "",
             verdict,
+            "",
+            fp,
         ]))
     return 0
 
