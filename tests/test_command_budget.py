@@ -8,9 +8,9 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from instrumented import instrumentation_shut_down
 
 from gepa_trace.cli import main
-from gepa_trace.collectors.instrument import active_instrumentation
 
 AGENT = ["optimize", "--agent", "demo-qa", "--reflection-lm", "gepa-sim/reflect",
          "--budget-rollouts", "5000", "--workers", "8"]
@@ -25,10 +25,8 @@ def recorded(tmp_path_factory):
     from gepa_trace.demo.traffic import run_traffic
 
     url = f"sqlite:///{tmp_path_factory.mktemp('budget') / 'store.db'}"
-    run_traffic(60, store=url, seed=4, feedback_rate=0.6)
-    inst = active_instrumentation()
-    if inst is not None:
-        inst.shutdown()
+    with instrumentation_shut_down():
+        run_traffic(60, store=url, seed=4, feedback_rate=0.6)
     return url
 
 
@@ -79,10 +77,8 @@ def test_log_only_replay_skips_runs_it_cannot_re_render_instead_of_scoring_them(
     from gepa_trace.store import forget_store, open_store
 
     url = f"sqlite:///{tmp_path / 'store.db'}"
-    run_traffic(40, store=url, seed=5, feedback_rate=0.8)
-    inst = active_instrumentation()
-    if inst is not None:
-        inst.shutdown()
+    with instrumentation_shut_down():
+        run_traffic(40, store=url, seed=5, feedback_rate=0.8)
     with open_store(url).write() as conn:
         traces = [r[0] for r in conn.execute(sa.text(
             "SELECT DISTINCT trace_id FROM spans ORDER BY trace_id LIMIT 12"))]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 from click.testing import CliRunner
+from instrumented import instrumentation_shut_down
 
 from gepa_trace.cli import main
-from gepa_trace.collectors.instrument import active_instrumentation
 
 FIELDS = {"run_id", "agent", "seed_test_score", "best_test_score", "ci_low", "ci_high",
           "exported", "report", "rollouts", "llm_calls", "replay_cache_hits", "cost_usd",
@@ -17,13 +17,9 @@ FIELDS = {"run_id", "agent", "seed_test_score", "best_test_score", "ci_low", "ci
 
 def test_demo_runs_the_whole_cycle_and_prints_its_summary(tmp_path):
     out = tmp_path / "demo"
-    try:
+    with instrumentation_shut_down():
         result = CliRunner().invoke(main, ["demo", "--out", str(out), "--runs", "150",
                                            "--budget-rollouts", "240", "--json"])
-    finally:
-        inst = active_instrumentation()
-        if inst is not None:
-            inst.shutdown()
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert FIELDS <= set(summary)

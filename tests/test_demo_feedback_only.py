@@ -6,8 +6,7 @@ from __future__ import annotations
 import sys
 
 import pytest
-
-from gepa_trace.collectors.instrument import active_instrumentation
+from instrumented import instrumentation_shut_down
 
 
 class AnswerKeyGuard:
@@ -47,12 +46,8 @@ def test_the_demo_optimizes_without_the_worlds_answer_key_and_still_improves(
         monkeypatch.setattr(module, name, guard.wrap(getattr(module, name)))
     settings = DemoSettings(out_dir=tmp_path / "demo", runs=150, budget_rollouts=240,
                             processes=1, workers=4, progress=guard.progress)
-    try:
+    with instrumentation_shut_down():
         summary = run_demo(settings)
-    finally:
-        inst = active_instrumentation()
-        if inst is not None:
-            inst.shutdown()
     assert any(p.startswith("[2/5]") for p in guard.phases)
     assert summary["metric"] == "feedback"
     assert summary["true_test_questions"] > 20

@@ -13,10 +13,10 @@ import shutil
 
 import pytest
 from click.testing import CliRunner
+from instrumented import instrumentation_shut_down
 from sqlalchemy import select
 
 from gepa_trace.cli import main
-from gepa_trace.collectors.instrument import active_instrumentation
 from gepa_trace.store import EvaluationRow, forget_store, open_store
 
 AGENT = "demo-qa"
@@ -34,10 +34,8 @@ def recorded(tmp_path_factory):
     path = tmp_path_factory.mktemp("examples") / "store.db"
     url = f"sqlite:///{path}"
     open_store(url, create=True)
-    ids = run_traffic(80, store=url, seed=7, feedback_rate=0.6)
-    inst = active_instrumentation()
-    if inst is not None:
-        inst.shutdown()
+    with instrumentation_shut_down():
+        ids = run_traffic(80, store=url, seed=7, feedback_rate=0.6)
     forget_store(url)
     return path, ids
 

@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from instrumented import instrumentation_shut_down
 
 from gepa_trace.cli import main
 from gepa_trace.cli.examples import DEFAULT_MAX_USER_SHARE
@@ -278,16 +279,13 @@ def test_the_optimizer_caps_each_users_share_of_its_minibatches():
 def test_optimize_takes_the_trust_options_stores_them_and_reports_in_one_line(tmp_path):
     from sqlalchemy import select
 
-    from gepa_trace.collectors.instrument import active_instrumentation
     from gepa_trace.demo.traffic import run_traffic
     from gepa_trace.store import OptimizationRunRow, forget_store
 
     url = f"sqlite:///{tmp_path / 'store.db'}"
     open_store(url, create=True)
-    run_traffic(36, store=url, seed=7, feedback_rate=1.0)
-    inst = active_instrumentation()
-    if inst is not None:
-        inst.shutdown()
+    with instrumentation_shut_down():
+        run_traffic(36, store=url, seed=7, feedback_rate=1.0)
     forget_store(url)
     args = ["optimize", "--agent", "demo-qa", "--entrypoint", "gepa_trace.demo:build_agent",
             "--metric", "feedback", "--reflection-lm", "gepa-sim/reflect", "--store", url,

@@ -10,6 +10,7 @@ import sys
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
+from instrumented import instrumentation_shut_down
 
 from gepa_trace.cli import main
 from gepa_trace.collectors.instrument import active_instrumentation
@@ -23,10 +24,8 @@ OPTIMIZE = ["optimize", "--agent", "demo-qa", "--entrypoint", "gepa_trace.demo:b
 def recorded(sqlite_url):
     from gepa_trace.demo.traffic import run_traffic
 
-    run_traffic(90, store=sqlite_url, seed=1, feedback_rate=0.5)
-    inst = active_instrumentation()
-    if inst is not None:
-        inst.shutdown()
+    with instrumentation_shut_down():
+        run_traffic(90, store=sqlite_url, seed=1, feedback_rate=0.5)
     return sqlite_url
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from instrumented import instrumentation_shut_down
 
-from gepa_trace.collectors.instrument import active_instrumentation
 from gepa_trace.demo.poison import Poison
 
 CASES = {
@@ -64,12 +64,8 @@ def attack(request, tmp_path_factory) -> Attack:
     out_dir = tmp_path_factory.mktemp(request.param.replace("%", "pct"))
     settings = DemoSettings(out_dir=out_dir, runs=RUNS, budget_rollouts=150, workers=4,
                             reflection_lm="gepa-sim/reflect?mode=naive", poison=poison)
-    try:
+    with instrumentation_shut_down():
         summary = run_demo(settings)
-    finally:
-        inst = active_instrumentation()
-        if inst is not None:
-            inst.shutdown()
     store = open_store(summary["store"])
     user_of = {}
     for run in list_runs(store, agent="demo-qa", limit=None):
@@ -167,14 +163,10 @@ def test_poisoning_leaves_the_clean_runs_and_their_feedback_as_they_were(tmp_pat
     urls = [f"sqlite:///{tmp_path / name}.db" for name in ("clean", "poisoned")]
     poison = Poison(share=0.2, where="comment", payload="say", attackers="one", seed=4)
     runs = []
-    try:
+    with instrumentation_shut_down():
         for url, given in zip(urls, (None, poison)):
             open_store(url, create=True)
             runs.append(run_traffic(30, store=url, seed=2, feedback_rate=0.5, poison=given))
-    finally:
-        inst = active_instrumentation()
-        if inst is not None:
-            inst.shutdown()
     clean, poisoned = (_feedback_by_run(u, r) for u, r in zip(urls, runs))
     hit = [i for i in range(30) if clean[i] != poisoned[i]]
     assert len(hit) == 6  # 20% of 30, each with the attacker's thumbs down and comment

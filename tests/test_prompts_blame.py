@@ -10,9 +10,9 @@ import re
 
 import pytest
 from click.testing import CliRunner
+from instrumented import instrumentation_shut_down
 
 from gepa_trace.cli import main
-from gepa_trace.collectors.instrument import active_instrumentation
 from gepa_trace.optimizer import load_run
 from gepa_trace.report import render_report
 from gepa_trace.store import open_store
@@ -21,14 +21,10 @@ from gepa_trace.store import open_store
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("blame") / "demo"
-    try:
+    with instrumentation_shut_down():
         result = CliRunner().invoke(main, ["demo", "--out", str(out), "--runs", "60",
                                            "--budget-rollouts", "60", "--processes", "1",
                                            "--json"])
-    finally:
-        inst = active_instrumentation()
-        if inst is not None:
-            inst.shutdown()
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     store = open_store(summary["store"])

@@ -7,9 +7,9 @@ import json
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
+from instrumented import instrumentation_shut_down
 
 from gepa_trace.cli import main
-from gepa_trace.collectors.instrument import active_instrumentation
 from gepa_trace.store import open_store
 
 OPTIMIZE = ["optimize", "--agent", "demo-qa", "--entrypoint", "gepa_trace.demo:build_agent",
@@ -20,10 +20,8 @@ OPTIMIZE = ["optimize", "--agent", "demo-qa", "--entrypoint", "gepa_trace.demo:b
 def recorded(sqlite_url):
     from gepa_trace.demo.traffic import run_traffic
 
-    run_traffic(60, store=sqlite_url, seed=2, feedback_rate=0.5)
-    inst = active_instrumentation()
-    if inst is not None:
-        inst.shutdown()
+    with instrumentation_shut_down():
+        run_traffic(60, store=sqlite_url, seed=2, feedback_rate=0.5)
     return sqlite_url
 
 
