@@ -107,6 +107,7 @@ def test_prune_halves_the_demo_store_and_keeps_every_run_alias_mark_and_example_
         [(spare[0], "golden"), (spare[1], "excluded")])
     roots = {r[0] for r in _rows(db, "SELECT trace_id FROM spans WHERE parent_span_id IS NULL")}
     assert in_use | set(spare) <= roots
+    assert _rows(db, "SELECT COUNT(*) FROM spans WHERE run_id IS NOT NULL") == [(0,)]
     # runs show, report, export and examples still work on runs whose rollouts are gone
     for run_id, _agent in runs:
         shown = _run("runs", "show", run_id, "--json", "--store", url)
@@ -153,7 +154,8 @@ def seeded(store_url):
     """Old traces: t-running (example of a running run), t-golden, t-excluded (marked),
     t-feedback (has feedback), t-old-run (example of an older finished run only),
     t-new-run (example of the newest finished run), t-plain; t-recent is recent; and
-    rollout traces of the running run (r-run) and of the finished runs (r-fin1/2)."""
+    rollout traces of the running run (r-run), of the finished runs (r-fin1/2) and of a
+    preflight (r-preflight)."""
     now = time.time()
     old = now - 40 * DAY
     spans = []
@@ -165,6 +167,7 @@ def seeded(store_url):
     spans += _trace("r-run", old, run_id="run-active")
     spans += _trace("r-fin1", old, run_id="run-fin1")
     spans += _trace("r-fin2", old, run_id="run-fin2")
+    spans += _trace("r-preflight", old, run_id="preflight")  # no run row
     store = open_store(store_url)
     with store.write() as conn:
         conn.execute(insert(SpanRow.__table__), spans)
@@ -195,7 +198,7 @@ def test_prune_keeps_active_and_newest_runs_examples_and_marked_traces(seeded):
     assert _traces_left(store) == {"t-running", "t-golden", "t-excluded", "t-new-run",
                                    "t-recent", "r-run"}
     assert (counts.traces, counts.spans, counts.feedback) == (4, 8, 2)
-    assert (counts.rollout_runs, counts.rollout_spans) == (2, 4)
+    assert (counts.rollout_runs, counts.rollout_spans) == (2, 6)
     with store.read() as conn:
         assert conn.execute(text("SELECT COUNT(*) FROM example_marks")).scalar_one() == 2
         assert conn.execute(text("SELECT COUNT(*) FROM feedback")).scalar_one() == 0
@@ -226,7 +229,7 @@ def test_rollout_spans_have_their_own_age(seeded):
     counts = prune(store, cutoff_s=now - 30 * DAY, rollout_cutoff_s=now - 100 * DAY,
                    vacuum=False)
     assert counts.rollout_spans == 0
-    assert {"r-fin1", "r-fin2", "r-run"} <= _traces_left(store)
+    assert {"r-fin1", "r-fin2", "r-run", "r-preflight"} <= _traces_left(store)
 
 
 def test_dry_run_deletes_nothing_and_counts_what_the_real_run_deletes(seeded):

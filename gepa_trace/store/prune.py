@@ -7,6 +7,7 @@ What is deleted:
 - rollout spans (``run_id`` set: made by replays of an optimization run) of *finished*
   runs that finished before the rollout cutoff. The run's rows (candidates,
   evaluations, events) stay; ``EvaluationRow.trace_id`` then names a pruned trace.
+  The preflight's tries (``run_id`` "preflight", no run row) go by the same age.
 
 What is never deleted:
 
@@ -36,6 +37,8 @@ from sqlalchemy import text
 from gepa_trace.store.engine import Store, sqlite_path
 
 CHUNK = 500
+# The preflight tags its tries with this run id (replay.preflight.PREFLIGHT_RUN_ID).
+PREFLIGHT_RUN_ID = "preflight"
 
 
 @dataclass
@@ -161,16 +164,10 @@ def prune(store: Store, *, cutoff_s: float, rollout_cutoff_s: float | None = Non
                 "SELECT DISTINCT trace_id FROM spans WHERE run_id = :r"), {"r": run_id})]
         if traces:
             counts.rollout_runs += 1
-        for ids in _chunks(sorted(traces), chunk):
-            where, params = _in("trace_id", ids)
-            where = f"run_id = :run AND {where}"
-            params["run"] = run_id
-            with (store.read() if dry_run else store.write()) as conn:
-                spans, payload = _span_stats(conn, where, params)
-                if not dry_run:
-                    conn.execute(text(f"DELETE FROM spans WHERE {where}"), params)
-            counts.rollout_spans += spans
-            counts.payload_bytes += payload
+        _drop_rollouts(store, run_id, traces, counts, dry_run=dry_run, chunk=chunk)
+    _drop_rollouts(store, PREFLIGHT_RUN_ID,
+                   _preflight_traces(store, int(rollout_cutoff_s * 1e9), agent), counts,
+                   dry_run=dry_run, chunk=chunk)
     if counts.rollout_runs:
         say(f"prune: rollout spans of {counts.rollout_runs} finished runs: "
             f"{counts.rollout_spans}")
@@ -180,6 +177,33 @@ def prune(store: Store, *, cutoff_s: float, rollout_cutoff_s: float | None = Non
         counts.vacuum = reclaim_sqlite(store)
     counts.bytes_after = _file_bytes(store)
     return counts
+
+
+def _preflight_traces(store: Store, cutoff_ns: int, agent: str | None) -> list[str]:
+    """The preflight's tries (run_id "preflight", no run row) that started before then."""
+    sql = ("SELECT DISTINCT trace_id FROM spans WHERE run_id = :r "
+           "AND parent_span_id IS NULL AND start_ns < :cutoff")
+    params: dict[str, Any] = {"r": PREFLIGHT_RUN_ID, "cutoff": cutoff_ns}
+    if agent is not None:
+        sql += " AND agent = :agent"
+        params["agent"] = agent
+    with store.read() as conn:
+        return [row[0] for row in conn.execute(text(sql), params)]
+
+
+def _drop_rollouts(store: Store, run_id: str, traces: list[str], counts: PruneCounts, *,
+                   dry_run: bool, chunk: int) -> None:
+    """Delete (or count) the spans of ``run_id`` in these traces, ``chunk`` at a time."""
+    for ids in _chunks(sorted(traces), chunk):
+        where, params = _in("trace_id", ids)
+        where = f"run_id = :run AND {where}"
+        params["run"] = run_id
+        with (store.read() if dry_run else store.write()) as conn:
+            spans, payload = _span_stats(conn, where, params)
+            if not dry_run:
+                conn.execute(text(f"DELETE FROM spans WHERE {where}"), params)
+        counts.rollout_spans += spans
+        counts.payload_bytes += payload
 
 
 def reclaim_sqlite(store: Store) -> str:
