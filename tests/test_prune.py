@@ -250,3 +250,21 @@ def test_prune_refuses_a_bad_age_and_a_missing_store(tmp_path):
                                        f"sqlite:///{tmp_path / 'x.db'}"])
     assert result.exit_code == 3 and "no store" in result.output
     assert not (tmp_path / "x.db").exists()
+
+
+def test_an_incremental_auto_vacuum_store_is_reclaimed_incrementally(sqlite_url):
+    store = open_store(sqlite_url)
+    raw = store.engine.raw_connection()
+    try:
+        raw.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        raw.execute("VACUUM")  # the mode takes effect on an existing file only after this
+    finally:
+        raw.close()
+    now = time.time()
+    payload = json.dumps({"text": "x" * 4000})
+    with store.write() as conn:
+        conn.execute(insert(SpanRow.__table__), [
+            dict(_span(f"t{i:04d}", now - 40 * DAY), attributes=payload) for i in range(500)])
+    counts = prune(store, cutoff_s=now - DAY)
+    assert counts.traces == 500 and counts.vacuum == "incremental"
+    assert counts.bytes_after < counts.bytes_before / 2

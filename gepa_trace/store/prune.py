@@ -217,7 +217,8 @@ def reclaim_sqlite(store: Store) -> str:
         try:
             mode = cur.execute("PRAGMA auto_vacuum").fetchone()[0]
             if int(mode) == 2:
-                cur.execute("PRAGMA incremental_vacuum").fetchall()
+                # executescript steps the pragma to the end; execute() would free one page
+                raw.driver_connection.executescript("PRAGMA incremental_vacuum;")
                 done = "incremental"
             else:
                 cur.execute("VACUUM")
