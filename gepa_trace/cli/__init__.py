@@ -9,6 +9,7 @@ Quick start:
   gepa-trace optimize --agent support-agent --entrypoint app:build_agent \\
       --metric app:metric --reflection-lm openai/gpt-4.1
   gepa-trace export RUN_ID --out prompts.json
+  gepa-trace prune --older-than 30d       delete old traces (keeps what runs use)
 
 Every command takes --store URL, here before the command (gepa-trace --store URL
 traces) or after it (gepa-trace traces --store URL; that one wins). Default:
@@ -40,6 +41,7 @@ COMMANDS = {
     "prompts": "gepa_trace.cli.ship:prompts",
     "report": "gepa_trace.cli.ship:report",
     "demo": "gepa_trace.cli.demo:demo",
+    "prune": "gepa_trace.cli.prune:prune",
 }
 
 
