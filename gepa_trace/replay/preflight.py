@@ -35,9 +35,8 @@ from typing import Any
 from gepa_trace.errors import ConfigError, GepaTraceError, LMError, PreflightFailed
 from gepa_trace.optimizer.protocols import Example, Rollout, RolloutContext, Score
 from gepa_trace.prompts import PromptSet
+from gepa_trace.store.tables import PREFLIGHT_RUN_ID
 
-#: The run id the preflight rollout's spans are tagged with.
-PREFLIGHT_RUN_ID = "preflight"
 PROBE_TIMEOUT_S = 10.0
 
 

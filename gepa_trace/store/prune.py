@@ -35,10 +35,9 @@ from typing import Any
 from sqlalchemy import text
 
 from gepa_trace.store.engine import Store, sqlite_path
+from gepa_trace.store.tables import PREFLIGHT_RUN_ID
 
 CHUNK = 500
-# The preflight tags its tries with this run id (replay.preflight.PREFLIGHT_RUN_ID).
-PREFLIGHT_RUN_ID = "preflight"
 
 
 @dataclass

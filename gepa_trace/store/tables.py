@@ -12,6 +12,9 @@ from __future__ import annotations
 from sqlalchemy import BigInteger, Column, Index, Text, text
 from sqlmodel import Field, SQLModel
 
+#: The run id the optimizer's preflight tags its tries with (spans with no run row).
+PREFLIGHT_RUN_ID = "preflight"
+
 
 class SpanRow(SQLModel, table=True):
     __tablename__ = "spans"
