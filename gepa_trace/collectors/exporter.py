@@ -8,7 +8,9 @@
   ``SpanExportResult.FAILURE``. The spans of batches that failed for such a transient
   reason are kept (up to ``max_pending`` spans, oldest dropped first) and written with
   the next batch once the store accepts writes again; a span is never written twice
-  (``write_spans`` skips stored ids).
+  (``write_spans`` skips stored ids). When a try blocked (a locked store waits the busy
+  timeout), the batches of the next ``RETRY_S`` seconds are only kept, so the batch
+  processor's queue keeps draining into the kept spans instead of overflowing.
 - Every span given up on is counted in ``dropped``: overflow of ``max_pending``, a
   batch that cannot be converted or written for good, and (``note_queue_full``) spans
   the batch processor in front refused because its queue was full.
@@ -61,6 +63,7 @@ from gepa_trace.store.engine import (
 logger = logging.getLogger("gepa_trace.capture")
 
 REPEAT_LOG_S = 60.0  # repeated failures or drops: at most one log line per this many seconds
+RETRY_S = 1.0  # while the store refuses writes, batches are only kept, trying it this often
 
 
 def span_to_dict(span: ReadableSpan, resources: dict[int, dict[str, Any]] | None = None
@@ -139,6 +142,7 @@ class SqlSpanExporter(SpanExporter):
         self._failures = 0  # failed exports in this episode
         self._folded = 0  # failures not logged yet (folded into the next repeat line)
         self._last_log = 0.0
+        self._retry_at = 0.0
         self._dropped_logged = 0  # dropped count already reported in a log line
         self._dropped_at_flush = 0
 
@@ -187,17 +191,18 @@ class SqlSpanExporter(SpanExporter):
                        "or more than %d spans were waiting for the store",
                        new, safe_url(self.url), self.dropped, self.max_pending)
 
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+    def export(self, spans: Sequence[ReadableSpan], *, retry_now: bool = False
+               ) -> SpanExportResult:
         if self._shutdown:
             return SpanExportResult.FAILURE
         token = otel_context.attach(otel_context.set_value(SUPPRESS_KEY, True))
         try:
             with self._lock:
-                return self._export(spans)
+                return self._export(spans, retry_now)
         finally:
             otel_context.detach(token)
 
-    def _export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+    def _export(self, spans: Sequence[ReadableSpan], retry_now: bool) -> SpanExportResult:
         from gepa_trace.store.spans import write_spans
 
         try:
@@ -209,12 +214,20 @@ class SqlSpanExporter(SpanExporter):
             return SpanExportResult.FAILURE
         if self._pending:
             batch = list(self._pending) + batch
+        if (self._failing_since is not None and not retry_now and self.max_pending
+                and time.monotonic() < self._retry_at):
+            # The last try blocked (a locked store waits the busy timeout) while the
+            # queue in front filled up: keep the batch, try again RETRY_S after it.
+            self._keep(batch)
+            self._folded += 1
+            return SpanExportResult.FAILURE
+        started = time.monotonic()
         try:
             store = self._open()
         except Exception as exc:  # noqa: BLE001 - no store yet (missing, refused): keep the spans
             if self.max_pending:
                 self._keep(batch)
-            self._warn(exc, len(batch), internal=False)
+            self._warn(exc, len(batch), internal=False, started=started)
             return SpanExportResult.FAILURE
         try:
             write_spans(store, batch)
@@ -229,7 +242,7 @@ class SqlSpanExporter(SpanExporter):
                 # A connection opened while the file was read-only stays read-only, and
                 # one may point at a file since deleted: reconnect on the next try.
                 store.dispose()
-            self._warn(exc, len(batch), internal=internal)
+            self._warn(exc, len(batch), internal=internal, started=started)
             return SpanExportResult.FAILURE
         self._pending.clear()
         self.exported += len(batch)
@@ -260,13 +273,16 @@ class SqlSpanExporter(SpanExporter):
             batch = batch[overflow:]
         self._pending = deque(batch)
 
-    def _warn(self, exc: BaseException, count: int, *, internal: bool) -> None:
+    def _warn(self, exc: BaseException, count: int, *, internal: bool,
+              started: float | None = None) -> None:
         # The cause only: the exception's first line, never its SQL or parameters.
         text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
         reason = f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
         self.last_error = reason
         now = time.monotonic()
         self._failures += 1
+        slow = started is not None and now - started > 0.1  # it waited for a lock
+        self._retry_at = now + RETRY_S if slow else 0.0
         if self._failing_since is None:
             self._failing_since = now
             self._last_log = now
@@ -299,7 +315,7 @@ class SqlSpanExporter(SpanExporter):
         if self._shutdown:
             return False
         if self._pending:
-            self.export([])
+            self.export([], retry_now=True)
         with self._count_lock:
             clean = self.dropped == self._dropped_at_flush
             self._dropped_at_flush = self.dropped
