@@ -171,11 +171,8 @@ class SqlSpanExporter(SpanExporter):
 
     def note_queue_full(self, count: int = 1) -> None:
         """Count spans the batch processor refused because its queue was full."""
-        with self._count_lock:
+        with self._count_lock:  # logged with the count by the next write or flush
             self.dropped += count
-        now = time.monotonic()
-        if now - self._last_log >= REPEAT_LOG_S:
-            self._log_drops(now)
 
     def _drop(self, count: int) -> None:
         with self._count_lock:
@@ -212,7 +209,8 @@ class SqlSpanExporter(SpanExporter):
             self._drop(len(spans))
             self._warn(exc, len(spans), internal=True)
             return SpanExportResult.FAILURE
-        if self._pending:
+        kept = len(self._pending)
+        if kept:
             batch = list(self._pending) + batch
         if (self._failing_since is not None and not retry_now and self.max_pending
                 and time.monotonic() < self._retry_at):
@@ -247,19 +245,19 @@ class SqlSpanExporter(SpanExporter):
         self._pending.clear()
         self.exported += len(batch)
         if self._failing_since is not None:
-            self._recovered(len(batch))
+            self._recovered(kept, len(batch))
         elif self.dropped > self._dropped_logged:
             now = time.monotonic()
             if now - self._last_log >= REPEAT_LOG_S:
                 self._log_drops(now)
         return SpanExportResult.SUCCESS
 
-    def _recovered(self, written: int) -> None:
+    def _recovered(self, kept: int, written: int) -> None:
         logger.info("gepa-trace: store %s accepts spans again after %d failed writes over "
-                    "%.0f s: %d spans kept meanwhile are now written; %d spans dropped "
-                    "meanwhile", safe_url(self.url), self._failures,
+                    "%.0f s: %d spans kept meanwhile are now written (%d in this write); %d "
+                    "spans dropped meanwhile", safe_url(self.url), self._failures,
                     time.monotonic() - (self._failing_since or 0.0),
-                    written, self.dropped
+                    kept, written, self.dropped
                     - self._dropped_logged)
         self._dropped_logged = self.dropped
         self._failing_since = None
@@ -286,7 +284,6 @@ class SqlSpanExporter(SpanExporter):
         if self._failing_since is None:
             self._failing_since = now
             self._last_log = now
-            self._dropped_logged = self.dropped
             kept = f"; {len(self._pending)} spans kept to retry" if self._pending else ""
             logger.warning("gepa-trace could not write %d spans to %s (%s)%s; the "
                            "application is unaffected", count, safe_url(self.url), reason,
@@ -316,6 +313,8 @@ class SqlSpanExporter(SpanExporter):
             return False
         if self._pending:
             self.export([], retry_now=True)
+        if self._failing_since is None and self.dropped > self._dropped_logged:
+            self._log_drops(time.monotonic())
         with self._count_lock:
             clean = self.dropped == self._dropped_at_flush
             self._dropped_at_flush = self.dropped
