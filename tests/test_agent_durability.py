@@ -23,7 +23,7 @@ import gepa_trace as gt
 from gepa_trace.cli import main
 from gepa_trace.collectors.exporter import CountingBatchSpanProcessor, SqlSpanExporter
 from gepa_trace.errors import StoreError, StoreUnavailable
-from gepa_trace.store import forget_store
+from gepa_trace.store import forget_store, open_store
 
 AGENT = "durable-agent"
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -185,11 +185,15 @@ def test_a_store_read_only_then_writable_again_is_written_without_restart(sqlite
 
 def test_feedback_on_a_locked_store_raises_store_unavailable(locked):
     url, lock, unlock = locked
+    open_store(url)  # opened in this process: the write waits FEEDBACK_WAIT_MS
     lock()
     try:
         with pytest.raises(StoreUnavailable, match="locked by another writer") as err:
             gt.record_feedback(TRACE, score=1.0, store=url)
         assert isinstance(err.value, StoreError)
+        forget_store(url)  # opened by this call: its migration check meets the lock
+        with pytest.raises(StoreUnavailable, match="locked by another writer"):
+            gt.record_feedback(TRACE, score=1.0, store=url)
         result = CliRunner().invoke(main, ["feedback", "add", TRACE, "--score", "1",
                                            "--store", url])
     finally:

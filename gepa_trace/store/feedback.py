@@ -26,7 +26,13 @@ from typing import Any
 
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from gepa_trace.errors import FeedbackError, NotFoundError, StoreMissing, StoreUnavailable
+from gepa_trace.errors import (
+    FeedbackError,
+    NotFoundError,
+    StoreError,
+    StoreMissing,
+    StoreUnavailable,
+)
 from gepa_trace.store.engine import Store, open_store, resolve_url, safe_url
 from gepa_trace.store.feedback_fields import COLUMNS, checked_feedback, feedback_id_of
 from gepa_trace.store.feedback_records import (
@@ -151,7 +157,8 @@ def record_feedback(trace_id: str, score: float | None = None, label: str | None
     refuses, and a trace or span the store has no span of (``UnknownTraceError``, also
     a ``NotFoundError``); ``StoreMissing`` when there is no store; ``StoreUnavailable``
     (a ``StoreError``, nothing recorded) when another writer holds the store's lock for
-    more than ``FEEDBACK_WAIT_MS`` (2 s) or the database cannot be reached. ``store`` defaults
+    more than ``FEEDBACK_WAIT_MS`` (2 s; the busy timeout while the store is first
+    opened in this process) or the database cannot be reached. ``store`` defaults
     to the one ``gt.instrument()`` records into (see ``store.engine``). Before refusing
     an unknown trace (or a store not created yet) it flushes the spans still buffered in
     this process (see ``register_flush_hook``), so feedback right after a run works.
@@ -177,14 +184,19 @@ def _store_reachable(url: str) -> Iterator[None]:
     line naming the cause (never the SQL or its parameters)."""
     try:
         yield
-    except DBAPIError as exc:
-        if isinstance(exc, IntegrityError):
+    except (DBAPIError, StoreError) as exc:
+        if isinstance(exc, DBAPIError):
+            cause = exc
+        elif type(exc) is StoreError and isinstance(exc.__cause__, DBAPIError):
+            cause = exc.__cause__  # open_store wraps the database error of its migrations
+        else:
             raise
-        first = (str(exc.orig or exc).strip().splitlines() or [""])[0][:200]
+        if isinstance(cause, IntegrityError):
+            raise
+        first = (str(cause.orig or cause).strip().splitlines() or [""])[0][:200]
         if "locked" in first or "busy" in first:
-            raise StoreUnavailable(
-                f"the store {safe_url(url)} is locked by another writer (waited "
-                f"{FEEDBACK_WAIT_MS / 1000:g} s); nothing was recorded, try again") from None
+            raise StoreUnavailable(f"the store {safe_url(url)} is locked by another writer; "
+                                   "nothing was recorded, try again") from None
         raise StoreUnavailable(f"cannot reach the store at {safe_url(url)}: {first}; "
                                "nothing was recorded") from None
 
