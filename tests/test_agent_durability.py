@@ -202,3 +202,31 @@ def test_feedback_on_a_locked_store_raises_store_unavailable(locked):
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "locked by another writer" in lines[0], result.output
     assert "Traceback" not in result.output and "sqlalchemy" not in result.output.lower()
+
+
+def test_repeated_failures_are_one_warning_then_one_line_with_a_count(tmp_path, caplog,
+                                                                       monkeypatch):
+    from test_exporter_store import finished_spans
+
+    import gepa_trace.collectors.exporter as exporter_module
+
+    folder = tmp_path / "later"
+    url = f"sqlite:///{folder / 'store.db'}"
+    exporter = SqlSpanExporter(url)  # its directory does not exist yet: every write fails
+    monkeypatch.setattr(exporter_module, "REPEAT_LOG_S", 3600.0)
+    with caplog.at_level(logging.INFO, logger="gepa_trace.capture"):
+        for _ in range(20):
+            exporter.export(finished_spans(2))
+        assert len(capture_lines(caplog)) == 1  # not one per failed batch
+        monkeypatch.setattr(exporter_module, "REPEAT_LOG_S", 0.0)
+        exporter.export(finished_spans(2))
+        folder.mkdir()
+        exporter.export(finished_spans(2))
+    first, repeat = capture_lines(caplog)
+    assert "could not write 2 spans" in first and "ConfigError" in first
+    assert "20 more failed writes, 42 spans kept to retry" in repeat
+    recovered = capture_lines(caplog, logging.INFO)
+    assert len(recovered) == 1 and "after 21 failed writes" in recovered[0]
+    assert "42 spans kept meanwhile are now written (44 in this write)" in recovered[0]
+    assert count(url, "spans") == exporter.exported == 44
+    forget_store(url)

@@ -326,6 +326,8 @@ class SqlSpanExporter(SpanExporter):
         if self._pending:
             self.force_flush()
         self._shutdown = True
+        if self.dropped > self._dropped_logged:
+            self._log_drops(time.monotonic())
         if self._pending:
             logger.warning("gepa-trace: %d spans could not be written to %s before shutdown",
                            len(self._pending), safe_url(self.url))
@@ -350,8 +352,11 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
     def on_end(self, span: ReadableSpan) -> None:
         if not (span.context and span.context.trace_flags.sampled):
             return
-        bp = self._batch_processor
-        if not bp._shutdown and len(bp._queue) >= bp._max_queue_size:
+        # The SDK's internals (opentelemetry-sdk 1.45); without them, its own behaviour.
+        bp = getattr(self, "_batch_processor", None)
+        queue, limit = getattr(bp, "_queue", None), getattr(bp, "_max_queue_size", None)
+        if (queue is not None and limit is not None and not getattr(bp, "_shutdown", True)
+                and len(queue) >= limit):
             self._counting.note_queue_full(1)
             return
         super().on_end(span)
