@@ -225,6 +225,8 @@ class SqlSpanExporter(SpanExporter):
         except Exception as exc:  # noqa: BLE001 - no store yet (missing, refused): keep the spans
             if self.max_pending:
                 self._keep(batch)
+            else:
+                self._drop(len(batch))  # nothing may be kept: counted, not lost silently
             self._warn(exc, len(batch), internal=False, started=started)
             return SpanExportResult.FAILURE
         try:
