@@ -65,15 +65,17 @@ class Store:
         """
         with self.engine.connect() as conn:
             raw = conn.connection.driver_connection if self.dialect == "sqlite" else None
+            before = None
             if busy_ms is not None and raw is not None:
+                before = int(raw.execute("PRAGMA busy_timeout").fetchone()[0])
                 raw.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
             try:
                 conn = conn.execution_options(sqlite_begin="IMMEDIATE")
                 with conn.begin():
                     yield conn
             finally:
-                if busy_ms is not None and raw is not None:  # pooled: put the default back
-                    raw.execute(f"PRAGMA busy_timeout={int(setting('sqlite_busy_timeout_ms'))}")
+                if before is not None:  # a pooled connection: put its own timeout back
+                    raw.execute(f"PRAGMA busy_timeout={before}")
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
