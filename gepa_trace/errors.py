@@ -32,6 +32,11 @@ class StoreError(GepaTraceError):
     """The store cannot be opened, read or written."""
 
 
+class StoreUnavailable(StoreError):
+    """The store exists but cannot be written now: another writer holds its lock past
+    the wait, or the database cannot be reached. Nothing was written; retry later."""
+
+
 class SchemaTooNewError(StoreError):
     """The database was written by a newer gepa-trace than this one."""
 

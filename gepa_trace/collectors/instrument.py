@@ -49,7 +49,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from gepa_trace.collectors.exporter import SqlSpanExporter
+from gepa_trace.collectors.exporter import CountingBatchSpanProcessor, SqlSpanExporter
 from gepa_trace.collectors.langchain import Parent, SpanRecorder, current_parent
 from gepa_trace.config import setting
 from gepa_trace.errors import ConfigError, MissingDependency
@@ -98,7 +98,8 @@ class Instrumentation:
             span_limits=SpanLimits(max_span_attributes=100_000,
                                    max_event_attributes=1_000))
         batch = int(setting("export_batch_size"))
-        self.tracer_provider.add_span_processor(BatchSpanProcessor(
+        # Counts the spans its full queue refuses (the SDK's drops them silently).
+        self.tracer_provider.add_span_processor(CountingBatchSpanProcessor(
             self.exporter, max_export_batch_size=batch, max_queue_size=max(8 * batch, 2048),
             schedule_delay_millis=int(setting("export_delay_ms"))))
         if otlp is not None:
@@ -126,15 +127,16 @@ class Instrumentation:
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         """Write every finished span now. True when the store took them all; False when
-        it is refusing writes (the spans are kept to retry, up to the exporter's limit)."""
+        it is refusing writes (the spans are kept to retry, up to the exporter's limit)
+        or when any span was dropped since the previous ``force_flush`` (counted in
+        ``exporter.dropped``)."""
         if self._shut:
             return False
         ok = self.tracer_provider.force_flush(timeout_millis)
         # The batch processor only hands over new spans; spans kept from batches the
         # store refused are retried here (and with every later batch).
-        if self.exporter.pending:
-            self.exporter.force_flush(timeout_millis)
-        return bool(ok) and self.exporter.pending == 0 and self.exporter.last_error is None
+        clean = self.exporter.force_flush(timeout_millis)
+        return bool(ok) and clean and self.exporter.last_error is None
 
     def shutdown(self) -> None:
         """Stop recording, flush what is queued, release the exporters. Idempotent."""

@@ -56,16 +56,26 @@ class Store:
         return f"Store({self.engine.url.render_as_string(hide_password=True)!r})"
 
     @contextmanager
-    def write(self) -> Iterator[Connection]:
+    def write(self, *, busy_ms: int | None = None) -> Iterator[Connection]:
         """A connection inside one write transaction, committed on success.
 
         On SQLite the transaction starts with BEGIN IMMEDIATE, so a writer waits for the
-        lock (up to the busy timeout) instead of failing halfway through.
+        lock (up to the busy timeout, or ``busy_ms`` for this transaction) instead of
+        failing halfway through.
         """
         with self.engine.connect() as conn:
-            conn = conn.execution_options(sqlite_begin="IMMEDIATE")
-            with conn.begin():
-                yield conn
+            raw = conn.connection.driver_connection if self.dialect == "sqlite" else None
+            before = None
+            if busy_ms is not None and raw is not None:
+                before = int(raw.execute("PRAGMA busy_timeout").fetchone()[0])
+                raw.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
+            try:
+                conn = conn.execution_options(sqlite_begin="IMMEDIATE")
+                with conn.begin():
+                    yield conn
+            finally:
+                if before is not None:  # a pooled connection: put its own timeout back
+                    raw.execute(f"PRAGMA busy_timeout={before}")
 
     @contextmanager
     def read(self) -> Iterator[Connection]:

@@ -12,6 +12,7 @@ together is ``store.verdict``'s rule.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -23,10 +24,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from gepa_trace.errors import FeedbackError, NotFoundError, StoreMissing
-from gepa_trace.store.engine import Store, open_store, safe_url
+from gepa_trace.errors import (
+    FeedbackError,
+    NotFoundError,
+    StoreError,
+    StoreMissing,
+    StoreUnavailable,
+)
+from gepa_trace.store.engine import Store, open_store, resolve_url, safe_url
 from gepa_trace.store.feedback_fields import COLUMNS, checked_feedback, feedback_id_of
 from gepa_trace.store.feedback_records import (
     Outcome,
@@ -148,7 +155,10 @@ def record_feedback(trace_id: str, score: float | None = None, label: str | None
 
     Refused with ``FeedbackError`` naming the problem: everything ``checked_feedback``
     refuses, and a trace or span the store has no span of (``UnknownTraceError``, also
-    a ``NotFoundError``); ``StoreMissing`` when there is no store. ``store`` defaults
+    a ``NotFoundError``); ``StoreMissing`` when there is no store; ``StoreUnavailable``
+    (a ``StoreError``, nothing recorded) when another writer holds the store's lock for
+    more than ``FEEDBACK_WAIT_MS`` (2 s; the busy timeout while the store is first
+    opened in this process) or the database cannot be reached. ``store`` defaults
     to the one ``gt.instrument()`` records into (see ``store.engine``). Before refusing
     an unknown trace (or a store not created yet) it flushes the spans still buffered in
     this process (see ``register_flush_hook``), so feedback right after a run works.
@@ -158,6 +168,41 @@ def record_feedback(trace_id: str, score: float | None = None, label: str | None
                            expected_field=expected_field, score_range=score_range,
                            feedback_id=feedback_id)
     row["created_at"] = time.time()
+    url = store.url if isinstance(store, Store) else resolve_url(store)
+    with _store_reachable(url):
+        return _record(store, row, bool(replace))
+
+
+# A feedback write waits this long for another writer's lock (SQLite), not the store's
+# whole busy timeout: feedback is often recorded from a request handler.
+FEEDBACK_WAIT_MS = 2000
+
+
+@contextlib.contextmanager
+def _store_reachable(url: str) -> Iterator[None]:
+    """Database errors of a store that is locked or away -> ``StoreUnavailable``, one
+    line naming the cause (never the SQL or its parameters)."""
+    try:
+        yield
+    except (DBAPIError, StoreError) as exc:
+        if isinstance(exc, DBAPIError):
+            cause = exc
+        elif type(exc) is StoreError and isinstance(exc.__cause__, DBAPIError):
+            cause = exc.__cause__  # open_store wraps the database error of its migrations
+        else:
+            raise
+        if isinstance(cause, IntegrityError):
+            raise
+        first = (str(cause.orig or cause).strip().splitlines() or [""])[0][:200]
+        if "locked" in first or "busy" in first:
+            raise StoreUnavailable(f"the store {safe_url(url)} is locked by another writer; "
+                                   "nothing was recorded, try again") from None
+        raise StoreUnavailable(f"cannot reach the store at {safe_url(url)}: {first}; "
+                               "nothing was recorded") from None
+
+
+def _record(store: Store | str | None, row: dict[str, Any], replace: bool
+            ) -> RecordedFeedback:
     try:
         store = open_store(store)
     except StoreMissing:
@@ -166,11 +211,11 @@ def record_feedback(trace_id: str, score: float | None = None, label: str | None
         if not _flush_pending_spans():
             raise
         store = open_store(store)
-    outcome = _store_if_known(store, row, bool(replace))
+    outcome = _store_if_known(store, row, replace)
     # Not found: the run may have just ended with its spans still buffered in this
     # process. Flush outside any transaction (the exporter needs the write lock).
     if outcome is None and _flush_pending_spans():
-        outcome = _store_if_known(store, row, bool(replace))
+        outcome = _store_if_known(store, row, replace)
     if outcome is None:
         with store.read() as conn:
             reason = missing_targets(conn, [row]).get(0, "unknown trace")
@@ -193,7 +238,7 @@ def _once_more_on_key_clash(write: Callable[[], Any]) -> Any:
 def _store_if_known(store: Store, row: dict[str, Any], replace: bool) -> Outcome | None:
     """Store ``row`` if its trace (and span) is stored; None if not."""
     def write() -> Outcome | None:
-        with store.write() as conn:
+        with store.write(busy_ms=FEEDBACK_WAIT_MS) as conn:
             if missing_targets(conn, [row]):
                 return None
             return store_rows(conn, [row], replace)[0]
