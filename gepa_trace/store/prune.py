@@ -86,26 +86,27 @@ def protected_traces(store: Store, *, keep_feedback: bool = False) -> set[str]:
     return keep
 
 
-def _old_production_traces(store: Store, cutoff_ns: int, agent: str | None) -> list[str]:
-    sql = ("SELECT DISTINCT trace_id FROM spans WHERE parent_span_id IS NULL "
-           "AND run_id IS NULL AND start_ns < :cutoff")
-    params: dict[str, Any] = {"cutoff": cutoff_ns}
+def _ids(store: Store, sql: str, params: dict[str, Any], agent: str | None,
+         order: str) -> list[str]:
+    """The first column of ``sql`` (a WHERE clause to extend), of ``agent``'s rows only
+    when given, ordered by ``order``."""
     if agent is not None:
         sql += " AND agent = :agent"
-        params["agent"] = agent
+        params = {**params, "agent": agent}
     with store.read() as conn:
-        return sorted(row[0] for row in conn.execute(text(sql + " ORDER BY trace_id"), params))
+        return [row[0] for row in conn.execute(text(f"{sql} ORDER BY {order}"), params)]
+
+
+def _old_production_traces(store: Store, cutoff_ns: int, agent: str | None) -> list[str]:
+    return _ids(store, "SELECT DISTINCT trace_id FROM spans WHERE parent_span_id IS NULL "
+                "AND run_id IS NULL AND start_ns < :cutoff", {"cutoff": cutoff_ns}, agent,
+                "trace_id")
 
 
 def _finished_runs_before(store: Store, cutoff_s: float, agent: str | None) -> list[str]:
-    sql = ("SELECT id FROM optimization_runs WHERE status = 'finished' "
-           "AND COALESCE(finished_at, started_at) < :cutoff")
-    params: dict[str, Any] = {"cutoff": cutoff_s}
-    if agent is not None:
-        sql += " AND agent = :agent"
-        params["agent"] = agent
-    with store.read() as conn:
-        return [row[0] for row in conn.execute(text(sql + " ORDER BY id"), params)]
+    return _ids(store, "SELECT id FROM optimization_runs WHERE status = 'finished' "
+                "AND COALESCE(finished_at, started_at) < :cutoff", {"cutoff": cutoff_s},
+                agent, "id")
 
 
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
