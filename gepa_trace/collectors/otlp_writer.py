@@ -96,6 +96,7 @@ class SpanWriter:
         self.transactions = 0
         self.requests = 0
         self.busy_s = 0.0  # time spent in transactions: near the elapsed time = saturated
+        self.failures = _FailureLog()
         self._thread = threading.Thread(target=self._run, name="gepa-trace-span-writer",
                                         daemon=True)
         self._thread.start()
@@ -175,7 +176,7 @@ class SpanWriter:
             self._commit_fn(self.store, [j.prepared for j in jobs])
         except Exception as exc:  # noqa: BLE001 - reported to each waiting request
             if len(jobs) == 1:
-                log.warning("storing %d spans failed: %s", size, exc)
+                self.failures.failed(exc)
                 jobs[0].error = WriteFailed(f"cannot store spans: {_first_line(exc)}",
                                             _is_retryable(exc))
                 return
@@ -184,14 +185,55 @@ class SpanWriter:
                 self._commit([job])
             return
         self.busy_s += time.perf_counter() - started
+        self.failures.succeeded()
         self.transactions += 1
         self.requests += len(jobs)
         self.stored_spans += size
 
 
 def _first_line(exc: BaseException) -> str:
+    """A short cause without the SQL statement or its parameters (span content)."""
     text = str(getattr(exc, "orig", None) or exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
+    line = text.splitlines()[0] if text else ""
+    for marker in ("[SQL:", "[parameters:", "(Background on this error"):
+        line = line.split(marker, 1)[0]
+    line = line.strip()[:200]
+    return line or type(exc).__name__
+
+
+class _FailureLog:
+    """Logs failed writes without span content, at most one line per ``every_s``:
+    a warning when failing starts, "still failing" with a count, info on recovery."""
+
+    def __init__(self, every_s: float = 60.0):
+        self.every_s = every_s
+        self.failing = False
+        self.last_error: str | None = None
+        self._unlogged = 0
+        self._logged_at = 0.0
+        self._lock = threading.Lock()
+
+    def failed(self, exc: BaseException) -> None:
+        cause = f"{type(exc).__name__}: {_first_line(exc)}"
+        now = time.monotonic()
+        with self._lock:
+            self.last_error = cause
+            if not self.failing:
+                self.failing, self._unlogged, self._logged_at = True, 0, now
+                log.warning("storing spans failed: %s", cause)
+                return
+            self._unlogged += 1
+            if now - self._logged_at < self.every_s:
+                return
+            count, self._unlogged, self._logged_at = self._unlogged, 0, now
+        log.warning("storing spans still failing: %d more failed writes (%s)", count, cause)
+
+    def succeeded(self) -> None:
+        with self._lock:
+            if not self.failing:
+                return
+            count, self.failing, self._unlogged = self._unlogged, False, 0
+        log.info("storing spans works again (%d more failed writes before)", count)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.01) -> bool:
