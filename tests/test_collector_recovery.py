@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+from pathlib import Path
 
 import pytest
 import sqlalchemy.exc
@@ -82,5 +83,41 @@ def test_healthz_is_503_degraded_while_writes_fail_and_ok_after(sqlite_url):
         collector.writer.write([{"name": "ok"}], timeout=10)
         response, data = post(collector.http_port, None, method="GET", path="/healthz")
         assert response.status == 200 and json.loads(data)["status"] == "ok"
+    finally:
+        collector.stop(grace=5)
+
+
+def _export(port, trace: int) -> int:
+    from test_collector_http import PB, make_request
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("POST", "/v1/traces", make_request(2, seed=trace).SerializeToString(),
+                 {"Content-Type": PB})
+    status = conn.getresponse().status
+    conn.close()
+    return status
+
+
+def test_a_store_read_only_then_writable_again_is_written_without_restart(sqlite_url,
+                                                                          caplog):
+    from readonly import set_read_only
+    from test_collector_http import count_spans
+
+    path = Path(sqlite_url.removeprefix("sqlite:///"))
+    store = open_store(sqlite_url)
+    collector = Collector(store, CollectorConfig(http_port=0, grpc_port=0, token=None)).start()
+    try:
+        assert _export(collector.http_port, 1) == 200
+        set_read_only(path, True)
+        try:
+            assert [_export(collector.http_port, t) for t in (2, 3, 4)] == [503] * 3
+            response, data = post(collector.http_port, None, method="GET", path="/healthz")
+            assert response.status == 503 and json.loads(data)["status"] == "degraded"
+        finally:
+            set_read_only(path, False)
+        assert _export(collector.http_port, 5) == 200
+        response, _ = post(collector.http_port, None, method="GET", path="/healthz")
+        assert response.status == 200
+        assert count_spans(store) == 4
     finally:
         collector.stop(grace=5)
