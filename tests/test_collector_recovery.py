@@ -121,3 +121,18 @@ def test_a_store_read_only_then_writable_again_is_written_without_restart(sqlite
         assert count_spans(store) == 4
     finally:
         collector.stop(grace=5)
+
+
+def test_a_deleted_store_file_is_answered_503_never_200_with_nothing_stored(sqlite_url,
+                                                                             caplog):
+    path = Path(sqlite_url.removeprefix("sqlite:///"))
+    collector = Collector(open_store(sqlite_url),
+                          CollectorConfig(http_port=0, grpc_port=0, token=None)).start()
+    try:
+        assert _export(collector.http_port, 1) == 200
+        for f in path.parent.glob(f"{path.name}*"):
+            f.unlink()
+        assert _export(collector.http_port, 2) == 503
+        assert "was deleted or replaced" in caplog.text
+    finally:
+        collector.stop(grace=5)

@@ -52,6 +52,10 @@ class WriteFailed(Exception):
         self.retryable = retryable
 
 
+class StoreFileGone(Exception):
+    """The SQLite file the collector opened was deleted or replaced under it."""
+
+
 class _Job:
     __slots__ = ("done", "error", "prepared", "size")
 
@@ -97,6 +101,12 @@ class SpanWriter:
         self.requests = 0
         self.busy_s = 0.0  # time spent in transactions: near the elapsed time = saturated
         self.failures = _FailureLog()
+        from gepa_trace.collectors.exporter import file_identity, file_replaced
+        from gepa_trace.store.engine import sqlite_path
+
+        self._replaced = file_replaced
+        self._path = sqlite_path(store.url)
+        self._identity = file_identity(self._path) if self._path else None
         self._thread = threading.Thread(target=self._run, name="gepa-trace-span-writer",
                                         daemon=True)
         self._thread.start()
@@ -172,6 +182,14 @@ class SpanWriter:
     def _commit(self, jobs: list[_Job]) -> None:
         size = sum(j.size for j in jobs)
         started = time.perf_counter()
+        if self._path is not None and self._replaced(self._path, self._identity):
+            # the open connections still write to the deleted file: a 200 would store nothing
+            gone = StoreFileGone(f"the store file {self._path} was deleted or replaced; "
+                                 "restart the collector")
+            self.failures.failed(gone)
+            for job in jobs:
+                job.error = WriteFailed(str(gone), retryable=True)
+            return
         try:
             self._commit_fn(self.store, [j.prepared for j in jobs])
         except Exception as exc:  # noqa: BLE001 - reported to each waiting request
