@@ -6,10 +6,7 @@ locked store fails with our one-line error instead of a raw SQLAlchemy exception
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import sqlite3
-import subprocess
 import threading
 from pathlib import Path
 
@@ -17,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
+from readonly import set_read_only as _set_read_only
 from test_capture_agent import count
 
 import gepa_trace as gt
@@ -138,23 +136,6 @@ def test_a_deleted_store_file_is_recreated_and_later_spans_stored_in_it(sqlite_u
     assert count(sqlite_url, "spans") == 30  # in the recreated file, not the deleted one
     assert inst.exporter.exported == 80 and inst.exporter.dropped == 0
     assert any("deleted or replaced" in w for w in capture_lines(caplog))
-
-
-def _set_read_only(path: Path, read_only: bool) -> None:
-    """Read-only for this process even as root (root ignores mode bits: chattr +i)."""
-    # not -shm: SQLite maps it into memory, and a mapped file it cannot write is a SIGBUS
-    files = [p for p in (path, Path(f"{path}-wal")) if p.exists()]
-    if os.geteuid() != 0:
-        for f in files:
-            f.chmod(0o444 if read_only else 0o644)
-        return
-    if shutil.which("chattr") is None:
-        pytest.skip("running as root without chattr: cannot make the store read-only")
-    for f in files:
-        done = subprocess.run(["chattr", "+i" if read_only else "-i", str(f)],
-                              capture_output=True, check=False)
-        if done.returncode and read_only:
-            pytest.skip(f"chattr refused here: {done.stderr.decode().strip()}")
 
 
 def test_a_store_read_only_then_writable_again_is_written_without_restart(sqlite_url,

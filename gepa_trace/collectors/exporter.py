@@ -41,6 +41,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -64,6 +65,23 @@ logger = logging.getLogger("gepa_trace.capture")
 
 REPEAT_LOG_S = 60.0  # repeated failures or drops: at most one log line per this many seconds
 RETRY_S = 1.0  # while the store refuses writes, batches are only kept, trying it this often
+
+
+def file_identity(path: Path) -> tuple[int, int]:
+    """(st_dev, st_ino) of a store file, to tell later whether it was deleted/replaced."""
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino)
+
+
+def file_replaced(path: Path, identity: tuple[int, int] | None) -> bool:
+    """True when ``path`` is gone or is another file than the one ``identity`` names."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False  # cannot tell (permissions): let the write report it
+    return identity is not None and (st.st_dev, st.st_ino) != identity
 
 
 def span_to_dict(span: ReadableSpan, resources: dict[int, dict[str, Any]] | None = None
@@ -156,18 +174,11 @@ class SqlSpanExporter(SpanExporter):
         if self._store is None:
             self._store = open_store(self.url, create=True)  # recording creates the store
             if self._path is not None:
-                st = os.stat(self._path)
-                self._inode = (st.st_dev, st.st_ino)
+                self._inode = file_identity(self._path)
         return self._store
 
     def _file_replaced(self) -> bool:
-        try:
-            st = os.stat(self._path)  # type: ignore[arg-type]
-        except FileNotFoundError:
-            return True
-        except OSError:
-            return False  # cannot tell (permissions): let the write report it
-        return self._inode is not None and (st.st_dev, st.st_ino) != self._inode
+        return file_replaced(self._path, self._inode)  # type: ignore[arg-type]
 
     def note_queue_full(self, count: int = 1) -> None:
         """Count spans the batch processor refused because its queue was full."""

@@ -182,7 +182,13 @@ class Receiver:
                      "replaced": list(result.replaced), "feedback": body}
 
     def health(self) -> dict[str, Any]:
-        return {"status": "ok" if self.accepting else "stopping",
+        failures = self.writer.failures
+        status = ("stopping" if not self.accepting
+                  else "degraded" if failures.failing else "ok")
+        return {"status": status,
+                "store": {"writable": not failures.failing,
+                          "last_error": failures.last_error if failures.failing else None},
+                "queue": {"pending_spans": self.writer.pending_spans},
                 "pending_spans": self.writer.pending_spans,
                 "stored_spans": self.writer.stored_spans,
                 "transactions": self.writer.transactions,

@@ -77,9 +77,9 @@ class OTLPHandler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         if path == "/healthz":
-            receiver = self.server.receiver
-            self._reply(200 if receiver.accepting else 503, JSON,
-                        json.dumps(receiver.health()).encode())
+            health = self.server.receiver.health()
+            self._reply(200 if health["status"] == "ok" else 503, JSON,
+                        json.dumps(health).encode())
         elif path in _SIGNALS or path == "/v1/feedback":
             self._error(405, "use POST", JSON)
         else:

@@ -52,6 +52,10 @@ class WriteFailed(Exception):
         self.retryable = retryable
 
 
+class StoreFileGone(Exception):
+    """The SQLite file the collector opened was deleted or replaced under it."""
+
+
 class _Job:
     __slots__ = ("done", "error", "prepared", "size")
 
@@ -96,6 +100,13 @@ class SpanWriter:
         self.transactions = 0
         self.requests = 0
         self.busy_s = 0.0  # time spent in transactions: near the elapsed time = saturated
+        self.failures = _FailureLog()
+        from gepa_trace.collectors.exporter import file_identity, file_replaced
+        from gepa_trace.store.engine import sqlite_path
+
+        self._replaced = file_replaced
+        self._path = sqlite_path(store.url)
+        self._identity = file_identity(self._path) if self._path else None
         self._thread = threading.Thread(target=self._run, name="gepa-trace-span-writer",
                                         daemon=True)
         self._thread.start()
@@ -171,11 +182,19 @@ class SpanWriter:
     def _commit(self, jobs: list[_Job]) -> None:
         size = sum(j.size for j in jobs)
         started = time.perf_counter()
+        if self._path is not None and self._replaced(self._path, self._identity):
+            # the open connections still write to the deleted file: a 200 would store nothing
+            gone = StoreFileGone(f"the store file {self._path} was deleted or replaced; "
+                                 "restart the collector")
+            self.failures.failed(gone)
+            for job in jobs:
+                job.error = WriteFailed(str(gone), retryable=True)
+            return
         try:
             self._commit_fn(self.store, [j.prepared for j in jobs])
         except Exception as exc:  # noqa: BLE001 - reported to each waiting request
             if len(jobs) == 1:
-                log.warning("storing %d spans failed: %s", size, exc)
+                self.failures.failed(exc)
                 jobs[0].error = WriteFailed(f"cannot store spans: {_first_line(exc)}",
                                             _is_retryable(exc))
                 return
@@ -184,14 +203,55 @@ class SpanWriter:
                 self._commit([job])
             return
         self.busy_s += time.perf_counter() - started
+        self.failures.succeeded()
         self.transactions += 1
         self.requests += len(jobs)
         self.stored_spans += size
 
 
 def _first_line(exc: BaseException) -> str:
+    """A short cause without the SQL statement or its parameters (span content)."""
     text = str(getattr(exc, "orig", None) or exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
+    line = text.splitlines()[0] if text else ""
+    for marker in ("[SQL:", "[parameters:", "(Background on this error"):
+        line = line.split(marker, 1)[0]
+    line = line.strip()[:200]
+    return line or type(exc).__name__
+
+
+class _FailureLog:
+    """Logs failed writes without span content, at most one line per ``every_s``:
+    a warning when failing starts, "still failing" with a count, info on recovery."""
+
+    def __init__(self, every_s: float = 60.0):
+        self.every_s = every_s
+        self.failing = False
+        self.last_error: str | None = None
+        self._unlogged = 0
+        self._logged_at = 0.0
+        self._lock = threading.Lock()
+
+    def failed(self, exc: BaseException) -> None:
+        cause = f"{type(exc).__name__}: {_first_line(exc)}"
+        now = time.monotonic()
+        with self._lock:
+            self.last_error = cause
+            if not self.failing:
+                self.failing, self._unlogged, self._logged_at = True, 0, now
+                log.warning("storing spans failed: %s", cause)
+                return
+            self._unlogged += 1
+            if now - self._logged_at < self.every_s:
+                return
+            count, self._unlogged, self._logged_at = self._unlogged, 0, now
+        log.warning("storing spans still failing: %d more failed writes (%s)", count, cause)
+
+    def succeeded(self) -> None:
+        with self._lock:
+            if not self.failing:
+                return
+            count, self.failing, self._unlogged = self._unlogged, False, 0
+        log.info("storing spans works again (%d more failed writes before)", count)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.01) -> bool:

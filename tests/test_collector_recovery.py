@@ -1,0 +1,138 @@
+"""A failing store: the collector's log holds no span content, and says so once."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import sqlalchemy.exc
+
+from gepa_trace.collectors.otlp import Collector, CollectorConfig
+from gepa_trace.collectors.otlp_writer import SpanWriter, WriteFailed
+from gepa_trace.store import open_store
+
+MARKER = "secret-user-text-7f3a"
+
+
+class _FlakyCommit:
+    def __init__(self):
+        self.broken = True
+        self.stored = 0
+
+    def __call__(self, store, prepared):
+        if self.broken:
+            raise sqlalchemy.exc.OperationalError(
+                "INSERT INTO spans VALUES (?)", [(MARKER,)],
+                Exception("attempt to write a readonly database"))
+        self.stored += len(prepared)
+
+
+def post(port, body, path, method="POST"):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request(method, path, body)
+    response = conn.getresponse()
+    data = response.read()
+    conn.close()
+    return response, data
+
+
+@pytest.fixture
+def writer(sqlite_url):
+    store = open_store(sqlite_url)
+    commit = _FlakyCommit()
+    w = SpanWriter(store, prepare=lambda spans: list(spans), commit=commit)
+    yield w, commit
+    w.close(5)
+
+
+def test_failed_writes_log_no_span_text_and_are_rate_limited(writer, caplog):
+    w, commit = writer
+    caplog.set_level(logging.INFO, logger="gepa_trace.collectors.otlp_writer")
+    for _ in range(20):
+        with pytest.raises(WriteFailed) as failed:
+            w.write([{"name": MARKER}], timeout=10)
+        assert failed.value.retryable and MARKER not in str(failed.value)
+    assert MARKER not in caplog.text and "INSERT" not in caplog.text
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "readonly database" in warnings[0].getMessage()
+    assert w.failures.failing
+
+    commit.broken = False
+    w.write([{"name": "ok"}], timeout=10)
+    assert commit.stored == 1 and not w.failures.failing
+    assert "works again (19 more failed writes" in caplog.text
+
+
+def test_healthz_is_503_degraded_while_writes_fail_and_ok_after(sqlite_url):
+    commit = _FlakyCommit()
+    store = open_store(sqlite_url)
+    writer = SpanWriter(store, prepare=lambda spans: list(spans), commit=commit)
+    collector = Collector(store, CollectorConfig(http_port=0, grpc_port=0, token=None),
+                          writer=writer).start()
+    try:
+        with pytest.raises(WriteFailed):
+            collector.writer.write([{"name": MARKER}], timeout=10)
+        response, data = post(collector.http_port, None, method="GET", path="/healthz")
+        body = json.loads(data)
+        assert response.status == 503 and body["status"] == "degraded"
+        assert body["store"]["writable"] is False and MARKER not in data.decode()
+        commit.broken = False
+        collector.writer.write([{"name": "ok"}], timeout=10)
+        response, data = post(collector.http_port, None, method="GET", path="/healthz")
+        assert response.status == 200 and json.loads(data)["status"] == "ok"
+    finally:
+        collector.stop(grace=5)
+
+
+def _export(port, trace: int) -> int:
+    from test_collector_http import PB, make_request
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("POST", "/v1/traces", make_request(2, seed=trace).SerializeToString(),
+                 {"Content-Type": PB})
+    status = conn.getresponse().status
+    conn.close()
+    return status
+
+
+def test_a_store_read_only_then_writable_again_is_written_without_restart(sqlite_url,
+                                                                          caplog):
+    from readonly import set_read_only
+    from test_collector_http import count_spans
+
+    path = Path(sqlite_url.removeprefix("sqlite:///"))
+    store = open_store(sqlite_url)
+    collector = Collector(store, CollectorConfig(http_port=0, grpc_port=0, token=None)).start()
+    try:
+        assert _export(collector.http_port, 1) == 200
+        set_read_only(path, True)
+        try:
+            assert [_export(collector.http_port, t) for t in (2, 3, 4)] == [503] * 3
+            response, data = post(collector.http_port, None, method="GET", path="/healthz")
+            assert response.status == 503 and json.loads(data)["status"] == "degraded"
+        finally:
+            set_read_only(path, False)
+        assert _export(collector.http_port, 5) == 200
+        response, _ = post(collector.http_port, None, method="GET", path="/healthz")
+        assert response.status == 200
+        assert count_spans(store) == 4
+    finally:
+        collector.stop(grace=5)
+
+
+def test_a_deleted_store_file_is_answered_503_never_200_with_nothing_stored(sqlite_url,
+                                                                             caplog):
+    path = Path(sqlite_url.removeprefix("sqlite:///"))
+    collector = Collector(open_store(sqlite_url),
+                          CollectorConfig(http_port=0, grpc_port=0, token=None)).start()
+    try:
+        assert _export(collector.http_port, 1) == 200
+        for f in path.parent.glob(f"{path.name}*"):
+            f.unlink()
+        assert _export(collector.http_port, 2) == 503
+        assert "was deleted or replaced" in caplog.text
+    finally:
+        collector.stop(grace=5)
