@@ -36,12 +36,10 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -54,6 +52,9 @@ from gepa_trace.config import under_pytest
 from gepa_trace.errors import GepaTraceError, StoreError
 from gepa_trace.store.engine import (
     Store,
+    failure_cause,
+    file_identity,
+    file_replaced,
     forget_store,
     open_store,
     resolve_url,
@@ -65,23 +66,6 @@ logger = logging.getLogger("gepa_trace.capture")
 
 REPEAT_LOG_S = 60.0  # repeated failures or drops: at most one log line per this many seconds
 RETRY_S = 1.0  # while the store refuses writes, batches are only kept, trying it this often
-
-
-def file_identity(path: Path) -> tuple[int, int]:
-    """(st_dev, st_ino) of a store file, to tell later whether it was deleted/replaced."""
-    st = os.stat(path)
-    return (st.st_dev, st.st_ino)
-
-
-def file_replaced(path: Path, identity: tuple[int, int] | None) -> bool:
-    """True when ``path`` is gone or is another file than the one ``identity`` names."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return True
-    except OSError:
-        return False  # cannot tell (permissions): let the write report it
-    return identity is not None and (st.st_dev, st.st_ino) != identity
 
 
 def span_to_dict(span: ReadableSpan, resources: dict[int, dict[str, Any]] | None = None
@@ -286,9 +270,7 @@ class SqlSpanExporter(SpanExporter):
 
     def _warn(self, exc: BaseException, count: int, *, internal: bool,
               started: float | None = None) -> None:
-        # The cause only: the exception's first line, never its SQL or parameters.
-        text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-        reason = f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+        reason = f"{type(exc).__name__}: {failure_cause(exc)}"
         self.last_error = reason
         now = time.monotonic()
         self._failures += 1

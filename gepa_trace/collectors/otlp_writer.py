@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from gepa_trace.store.engine import Store
+from gepa_trace.store.engine import Store, failure_cause, file_identity, file_replaced
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,6 @@ class SpanWriter:
         self.requests = 0
         self.busy_s = 0.0  # time spent in transactions: near the elapsed time = saturated
         self.failures = _FailureLog()
-        from gepa_trace.collectors.exporter import file_identity, file_replaced
         from gepa_trace.store.engine import sqlite_path
 
         self._replaced = file_replaced
@@ -195,7 +194,7 @@ class SpanWriter:
         except Exception as exc:  # noqa: BLE001 - reported to each waiting request
             if len(jobs) == 1:
                 self.failures.failed(exc)
-                jobs[0].error = WriteFailed(f"cannot store spans: {_first_line(exc)}",
+                jobs[0].error = WriteFailed(f"cannot store spans: {failure_cause(exc)}",
                                             _is_retryable(exc))
                 return
             # Isolate the request the database refuses; the others still get stored.
@@ -207,16 +206,6 @@ class SpanWriter:
         self.transactions += 1
         self.requests += len(jobs)
         self.stored_spans += size
-
-
-def _first_line(exc: BaseException) -> str:
-    """A short cause without the SQL statement or its parameters (span content)."""
-    text = str(getattr(exc, "orig", None) or exc).strip()
-    line = text.splitlines()[0] if text else ""
-    for marker in ("[SQL:", "[parameters:", "(Background on this error"):
-        line = line.split(marker, 1)[0]
-    line = line.strip()[:200]
-    return line or type(exc).__name__
 
 
 class _FailureLog:
@@ -232,7 +221,7 @@ class _FailureLog:
         self._lock = threading.Lock()
 
     def failed(self, exc: BaseException) -> None:
-        cause = f"{type(exc).__name__}: {_first_line(exc)}"
+        cause = f"{type(exc).__name__}: {failure_cause(exc)}"
         now = time.monotonic()
         with self._lock:
             self.last_error = cause

@@ -26,6 +26,7 @@ included: we never add our tables to someone else's database.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -281,3 +282,30 @@ __all__ = [
     "set_instrumented_store",
     "sqlite_path",
 ]
+
+
+def failure_cause(exc: BaseException) -> str:
+    """A write failure's cause for a log line: its first line, without the SQL statement
+    or its parameters (which hold span content)."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    line = text.splitlines()[0] if text else ""
+    for marker in ("[SQL:", "[parameters:", "(Background on this error"):
+        line = line.split(marker, 1)[0]
+    return line.strip()[:200] or type(exc).__name__
+
+
+def file_identity(path: Path) -> tuple[int, int]:
+    """(st_dev, st_ino) of a store file, to tell later whether it was deleted/replaced."""
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino)
+
+
+def file_replaced(path: Path, identity: tuple[int, int] | None) -> bool:
+    """True when ``path`` is gone or is another file than the one ``identity`` names."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False  # cannot tell (permissions): let the write report it
+    return identity is not None and (st.st_dev, st.st_ino) != identity
