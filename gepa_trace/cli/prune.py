@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 
 import click
@@ -56,9 +58,13 @@ def prune(older_than: str, agent: str | None, keep_feedback: bool,
     now = time.time()
     cutoff = parse_since(older_than, now=now)  # a bad duration fails before any I/O
     rollout_cutoff = parse_since(rollouts_older_than, now=now)
-    counts = run_prune(open_store(store), cutoff_s=cutoff, rollout_cutoff_s=rollout_cutoff,
-                       agent=agent, keep_feedback=keep_feedback, dry_run=dry_run,
-                       vacuum=not no_vacuum, progress=progress)
+    st = open_store(store)
+    with contextlib.ExitStack() as held:
+        if not dry_run:
+            _lock_agents(st, agent, held)
+        counts = run_prune(st, cutoff_s=cutoff, rollout_cutoff_s=rollout_cutoff,
+                           agent=agent, keep_feedback=keep_feedback, dry_run=dry_run,
+                           vacuum=not no_vacuum, progress=progress)
     if as_json:
         print_json(counts.as_dict())
         return
@@ -71,3 +77,26 @@ def prune(older_than: str, agent: str | None, keep_feedback: bool,
     if counts.bytes_before is not None and counts.bytes_after is not None and not dry_run:
         click.echo(f"store file: {counts.bytes_before / 1e6:.1f} MB -> "
                    f"{counts.bytes_after / 1e6:.1f} MB")
+
+
+def _lock_agents(store, agent: str | None, held: contextlib.ExitStack) -> None:
+    """Hold the run lock of every agent prune may touch, as an optimization does: prune
+    decides once what a run refers to, so no optimization may start (or be running, exit
+    5) while it deletes."""
+    from sqlalchemy import text
+
+    from gepa_trace.optimizer import OptimizerConfig
+    from gepa_trace.optimizer.lock import RunLock
+
+    if agent is not None:
+        agents = [agent]
+    else:
+        with store.read() as conn:
+            agents = sorted(row[0] for row in conn.execute(text(
+                "SELECT DISTINCT agent FROM spans WHERE agent IS NOT NULL "
+                "UNION SELECT DISTINCT agent FROM optimization_runs")))
+    run_id = f"prune-{os.getpid()}"
+    for name in agents:
+        lock = RunLock(store, name, run_id, OptimizerConfig().lock_stale_seconds)
+        lock.acquire()
+        held.callback(lock.release)
