@@ -10,12 +10,12 @@ argument beyond what the README shows (`gt.instrument(store=...)` once in Python
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+from user_shell import cli_in, run_in
 
 APP = Path(__file__).parent / "apps" / "people_app.py"
 STORE = "sqlite:///people.db"
@@ -53,22 +53,6 @@ DEPLOY = textwrap.dedent('''
 ''')
 
 
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "GEPA_TRACE_STORE") and not k.startswith("GEPA_SIM_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def _run(folder: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(list(args), cwd=folder, env=_env(), capture_output=True, text=True, check=False,
-                          timeout=300)
-
-
-def _cli(folder: Path, *args: str) -> subprocess.CompletedProcess:
-    return _run(folder, str(Path(sys.executable).parent / "gepa-trace"), *args)
-
-
 def test_a_new_users_agent_goes_through_the_readme_from_its_own_folder(tmp_path):
     folder = tmp_path / "people-desk"
     folder.mkdir()
@@ -76,16 +60,16 @@ def test_a_new_users_agent_goes_through_the_readme_from_its_own_folder(tmp_path)
     (folder / "serve.py").write_text(SERVE)
     (folder / "deploy.py").write_text(DEPLOY)
 
-    served = _run(folder, sys.executable, "serve.py")
+    served = run_in(folder, sys.executable, "serve.py")
     assert served.returncode == 0, served.stderr
     assert not (folder / "gepa_trace.db").exists(), "feedback went to a stray default store"
 
-    listed = _cli(folder, "traces", "--agent", "people-desk", "--store", STORE, "--json")
+    listed = cli_in(folder, "traces", "--agent", "people-desk", "--store", STORE, "--json")
     assert listed.returncode == 0, listed.stderr
     runs = json.loads(listed.stdout)
     assert runs and all(r["feedback"] for r in runs), "every production run has its feedback"
 
-    optimized = _cli(folder, "optimize", "--agent", "people-desk", "--entrypoint",
+    optimized = cli_in(folder, "optimize", "--agent", "people-desk", "--entrypoint",
                      "app:build_agent", "--metric", "app:metric", "--reflection-lm",
                      "gepa-sim/reflect", "--budget-rollouts", "150", "--store", STORE, "--json")
     assert optimized.returncode == 0, optimized.stderr
@@ -95,12 +79,12 @@ def test_a_new_users_agent_goes_through_the_readme_from_its_own_folder(tmp_path)
     gate = summary["held_out"]["gate"]
     assert gate["significant"] and gate["gain"] > 0, summary["held_out"]
 
-    exported = _cli(folder, "export", summary["run_id"], "--out", "prompts.json",
+    exported = cli_in(folder, "export", summary["run_id"], "--out", "prompts.json",
                     "--promote", "production", "--store", STORE)
     assert exported.returncode == 0, exported.stderr
     assert json.loads((folder / "prompts.json").read_text())
 
-    deployed = _run(folder, sys.executable, "deploy.py")
+    deployed = run_in(folder, sys.executable, "deploy.py")
     assert deployed.returncode == 0, deployed.stderr
     result = json.loads(deployed.stdout.strip().splitlines()[-1])
     assert result["versions"] == summary["best_prompts"], \

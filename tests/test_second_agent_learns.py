@@ -13,15 +13,14 @@ PYTHONPATH.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 from langchain_core.prompts import ChatPromptTemplate
+from user_shell import cli_in, run_in
 
 import gepa_trace as gt
 
@@ -58,34 +57,18 @@ SERVE = textwrap.dedent('''
 ''')
 
 
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "GEPA_TRACE_STORE") and not k.startswith("GEPA_SIM_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def _run(folder: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(list(args), cwd=folder, env=_env(), capture_output=True, text=True,
-                          check=False, timeout=300)
-
-
-def _cli(folder: Path, *args: str) -> subprocess.CompletedProcess:
-    return _run(folder, str(Path(sys.executable).parent / "gepa-trace"), *args)
-
-
 def test_a_ticket_desk_learns_keyword_routing_from_its_recorded_feedback_alone(tmp_path):
     folder = tmp_path / "ticket-desk"
     folder.mkdir()
     shutil.copy(APP, folder / "app.py")
     (folder / "serve.py").write_text(SERVE)
 
-    served = _run(folder, sys.executable, "serve.py")
+    served = run_in(folder, sys.executable, "serve.py")
     assert served.returncode == 0, served.stderr
     production = json.loads(served.stdout.strip().splitlines()[-1])
     assert production["right"] <= production["of"] // 2, "the seed prompt misroutes most tickets"
 
-    optimized = _cli(folder, "optimize", "--agent", "ticket-desk", "--entrypoint",
+    optimized = cli_in(folder, "optimize", "--agent", "ticket-desk", "--entrypoint",
                      "app:build_agent", "--metric", "feedback", "--reflection-lm",
                      "gepa-sim/reflect", "--judge-lm", "gepa-sim/judge",
                      "--budget-rollouts", "300", "--split", "0.5,0.2,0.3", "--store", STORE, "--json")
@@ -95,7 +78,7 @@ def test_a_ticket_desk_learns_keyword_routing_from_its_recorded_feedback_alone(t
     gate = held_out["gate"]
     assert gate["significant"] and gate["gain"] >= 0.3, held_out
 
-    exported = _cli(folder, "export", summary["run_id"], "--out", "prompts.json",
+    exported = cli_in(folder, "export", summary["run_id"], "--out", "prompts.json",
                     "--store", STORE)
     assert exported.returncode == 0, exported.stderr
     exported = json.loads((folder / "prompts.json").read_text())["components"]
