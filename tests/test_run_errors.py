@@ -124,27 +124,33 @@ def test_a_run_whose_task_model_goes_down_stops_and_resumes_to_the_run_that_neve
 
 
 class FailWhileGuessing(RuleEvaluator):
-    """Fails every minibatch rollout run while the child of iteration ``during`` is
-    validated: the minibatch of the iteration run meanwhile on the guess that this
-    child will be its parent."""
+    """Fails every attempt of the parent minibatch of the iteration run on the guess that
+    the child of iteration ``during`` (the seed for 0) is its parent. Keyed on the
+    engine's own events and the rollout's candidate, never on timing: the guessed
+    iteration is announced before its rollouts are submitted, and that child is
+    validated only after they ran (one worker runs them before its validation)."""
 
     def __init__(self, during: int, **kw):
         super().__init__(**kw)
         self.during = during
-        self.validating = False
+        self.child = 0 if during == 0 else None
+        self.guessed: int | None = None
 
     def on_candidate_proposed(self, event):
-        if event.iteration == 0 == self.during:
-            self.validating = True  # the seed is validated right after it is proposed
+        if event.iteration == self.during:
+            self.child = event.candidate_id
 
-    def on_candidate_accepted(self, event):
-        self.validating = event.iteration == self.during
+    def on_iteration_started(self, event):
+        if (event.ahead and event.iteration == self.during + 1
+                and event.parent_id == self.child):
+            self.guessed = self.child
 
     def on_candidate_validated(self, event):
-        self.validating = False
+        if event.candidate_id == self.guessed:
+            self.guessed = None
 
     def evaluate(self, prompts, example, context):
-        if self.validating and context.purpose == "minibatch":
+        if context.purpose == "minibatch" and context.candidate_id == self.guessed:
             raise RuntimeError("task model down")
         return super().evaluate(prompts, example, context)
 
