@@ -43,6 +43,7 @@ COMMANDS = {
     "demo": "gepa_trace.cli.demo:demo",
     "prune": "gepa_trace.cli.prune:prune",
     "versions": "gepa_trace.cli.versions:versions",
+    "canary": "gepa_trace.cli.canary:canary",
 }
 
 

@@ -49,6 +49,7 @@ from gepa_trace.collectors.langchain_values import (
     value_attributes,
 )
 from gepa_trace.config import under_pytest
+from gepa_trace.prompts.canary import ALIAS_ATTRIBUTE, routed_alias
 from gepa_trace.prompts.templates import COMPONENT_KEY, VERSION_KEY
 
 #: set on a message served from the replay cache (gepa_trace.replay.cache), and on
@@ -215,6 +216,9 @@ class SpanRecorder(BaseCallbackHandler):
             else:
                 agent = metadata.get("gepa.agent") or self.agent
                 trace, parent_span, root = Trace(str(agent)), None, True
+                routed = routed_alias()
+                if routed is not None:  # gt.load_prompts said which alias serves this run
+                    attributes[ALIAS_ATTRIBUTE] = routed
                 if kind == "CHAIN":
                     kind = "AGENT"  # the outermost run of an agent is its root
         for key in TRACE_TAGS:
@@ -319,6 +323,7 @@ class SpanRecorder(BaseCallbackHandler):
             component = f"prompt-{version}"
         if component:
             out["gepa.component"] = str(component)
+            out["gen_ai.prompt.name"] = str(component)  # the GenAI conventions' name for it
         return out
 
     @_guarded
@@ -506,6 +511,9 @@ class SpanRecorder(BaseCallbackHandler):
         attributes: dict[str, Any] = {"openinference.span.kind": "AGENT",
                                       "gepa.agent": trace.agent, "agent.name": agent}
         attributes.update(trace.tags)
+        routed = routed_alias() if outer is None else None
+        if routed is not None:  # gt.load_prompts said which alias serves this run
+            attributes[ALIAS_ATTRIBUTE] = routed
         if self.capture_content and inputs is not None:
             value_attributes(attributes, "input", inputs)
         span = self.tracer.start_span(

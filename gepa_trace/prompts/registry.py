@@ -139,6 +139,15 @@ def promote(store: Store, component: str, version: str, *, alias: str = "product
     return found
 
 
+def drop_alias(store: Store, component: str, alias: str) -> str | None:
+    """Remove ``alias`` of ``component``; the version it pointed at (None: not set)."""
+    where = and_(_ALIASES.c.component == component, _ALIASES.c.alias == alias)
+    with store.write() as conn:
+        version = conn.execute(select(_ALIASES.c.version).where(where)).scalar()
+        conn.execute(_ALIASES.delete().where(where))
+    return version
+
+
 def diff_versions(store: Store, a: str, b: str) -> str:
     """A unified diff between two stored versions' templates."""
     va, vb = get_version(store, a), get_version(store, b)
@@ -167,8 +176,9 @@ def prompts_for_alias(store: Store, alias: str = "production",
 
 
 def load_prompts(alias: str = "production", store: str | Store | None = None, *,
-                 agent: str | None = None,
-                 fallback: str | Path | None = None) -> PromptSet:
+                 agent: str | None = None, fallback: str | Path | None = None,
+                 canary: str | None = None, fraction: float = 0.0,
+                 key: Any = None) -> PromptSet:
     """The prompts a deployed agent should use: the ``alias`` versions from the store.
 
     Each successful load is also written to ``fallback`` (default
@@ -176,8 +186,42 @@ def load_prompts(alias: str = "production", store: str | Store | None = None, *,
     reached or is missing, that last good file is loaded instead and a warning is
     logged. ``store`` defaults to the one ``gt.instrument()`` records into (see
     ``store.engine``); a missing store is never created here.
+
+    A canary: with ``canary="candidate", fraction=0.1, key=user_id``, a stable tenth of
+    the keys get the ``canary`` alias's prompts instead (the same key always the same;
+    ``prompts.canary``); while that alias is not set, everyone gets ``alias``'s. The
+    alias chosen is recorded on the root span of the runs this context starts next
+    (``gepa.prompt.alias``), which is how ``gepa-trace canary status`` tells the arms
+    apart.
     """
+    from gepa_trace.prompts.canary import in_canary, note_routed
+
+    if canary is not None:
+        if key is None:
+            raise ConfigError("a canary needs key= (a user or session id), so that one "
+                              "user always gets the same prompts")
+        if in_canary(str(key), fraction, canary):
+            try:
+                prompts = _load_alias(canary, store, agent, Path(f"prompts.{canary}.json"))
+            except NotFoundError:
+                if canary not in _warned_canaries:
+                    _warned_canaries.add(canary)
+                    log.warning("canary alias %r is not set; its share of traffic gets %r",
+                                canary, alias)
+            else:
+                note_routed(canary)
+                return prompts
     path = Path(fallback) if fallback is not None else Path(f"prompts.{alias}.json")
+    prompts = _load_alias(alias, store, agent, path)
+    note_routed(alias)
+    return prompts
+
+
+_warned_canaries: set[str] = set()
+
+
+def _load_alias(alias: str, store: str | Store | None, agent: str | None,
+                path: Path) -> PromptSet:
     try:
         prompts = prompts_for_alias(open_store(store), alias, agent)
     except (StoreError, SQLAlchemyError) as exc:

@@ -1,0 +1,179 @@
+"""Canary releases (issue 21): a stable share of users on the candidate alias, the
+alias recorded on each run's root span, and `canary status` judging it on production
+feedback with a test that may be read every night."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import gepa_trace as gt
+from gepa_trace.cli import main as cli
+from gepa_trace.demo import AGENT_NAME, BEST_PROMPTS, SEED_PROMPTS, build_agent, metric
+from gepa_trace.demo.traffic import traffic_questions
+from gepa_trace.errors import ConfigError
+from gepa_trace.prompts import PromptSet
+from gepa_trace.prompts.canary import in_canary
+from gepa_trace.prompts.registry import promote, prompts_for_alias, record_versions
+from gepa_trace.prompts.sequential import compare
+from gepa_trace.store import open_store
+
+
+def _as_agents(prompts: PromptSet) -> PromptSet:
+    return PromptSet({n: prompts.version_of(n) for n in prompts}, agent=AGENT_NAME)
+
+
+def _set_alias(store, prompts: PromptSet, alias: str) -> None:
+    record_versions(store, prompts, origin="file")
+    for name in prompts:
+        promote(store, name, prompts.version_of(name).version, alias=alias)
+
+
+def _serve(url: str, users: int, seed: int, fraction: float, tmp_path) -> dict[str, str]:
+    """One run per user, each loading its prompts through the canary just before it
+    runs, on 4 threads; users give a thumbs up or down on 70% of runs. Returns the
+    alias each trace's root span recorded, by trace id."""
+    from opentelemetry import trace as trace_api
+
+    inst = gt.instrument(store=url, service_name=AGENT_NAME)
+    agents = {json.dumps(p.versions(), sort_keys=True): build_agent(p)
+              for p in (SEED_PROMPTS, BEST_PROMPTS)}
+
+    def one(i: int, example) -> tuple[str, object, object]:
+        user = f"user-{seed}-{i}"
+        prompts = gt.load_prompts("production", url, agent=AGENT_NAME, canary="candidate",
+                                  fraction=fraction, key=user,
+                                  fallback=tmp_path / "prompts.production.json")
+        agent = agents[json.dumps(prompts.versions(), sort_keys=True)]
+        with gt.agent_run(AGENT_NAME, inputs=dict(example.inputs)) as run:
+            trace_api.get_current_span().set_attribute("user.id", user)
+            output = agent.invoke(dict(example.inputs))
+            run.set_outputs(output)
+        return run.trace_id, example, output
+
+    rng = random.Random(seed)
+    with ThreadPoolExecutor(4) as pool:  # each worker thread routes its own runs
+        done = list(pool.map(one, range(users), traffic_questions(users, seed=seed)))
+    inst.force_flush()
+    for trace_id, example, output in done:
+        if rng.random() < 0.7:
+            gt.record_feedback(trace_id, score=metric(example, output).score, source="user",
+                               store=url)
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text(
+            "SELECT trace_id, attributes FROM spans WHERE parent_span_id IS NULL")).all()
+    engine.dispose()
+    return {t: json.loads(a).get("gepa.prompt.alias") for t, a in rows}
+
+
+@pytest.fixture
+def canary_store(sqlite_url, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # load_prompts writes its fallback files here
+    store = open_store(sqlite_url, create=True)
+    _set_alias(store, _as_agents(SEED_PROMPTS), "production")
+    _set_alias(store, _as_agents(BEST_PROMPTS), "candidate")
+    return sqlite_url
+
+
+def test_a_canary_share_is_stable_per_key_and_close_to_its_fraction():
+    keys = [f"user-{i}" for i in range(20_000)]
+    share = sum(in_canary(k, 0.1, "candidate") for k in keys) / len(keys)
+    assert 0.09 < share < 0.11
+    assert [in_canary(k, 0.1, "candidate") for k in keys[:50]] == \
+        [in_canary(k, 0.1, "candidate") for k in keys[:50]]
+    assert not any(in_canary(k, 0.0, "candidate") for k in keys[:500])
+    assert all(in_canary(k, 1.0, "candidate") for k in keys[:500])
+    # a wider share keeps every key of the narrower one (a ramp moves no one back)
+    assert all(in_canary(k, 0.3, "candidate") for k in keys if in_canary(k, 0.1, "candidate"))
+    with pytest.raises(ConfigError, match="between 0 and 1"):
+        in_canary("u", 1.5, "candidate")
+
+
+def test_a_canary_without_a_key_is_refused_by_name(canary_store):
+    with pytest.raises(ConfigError, match="key="):
+        gt.load_prompts("production", canary_store, agent=AGENT_NAME, canary="candidate",
+                        fraction=0.2)
+
+
+def test_a_better_canary_is_routed_recorded_and_found_better(canary_store, tmp_path):
+    routed = _serve(canary_store, 180, seed=5, fraction=0.35, tmp_path=tmp_path)
+    counts = {a: list(routed.values()).count(a) for a in ("candidate", "production")}
+    assert counts["candidate"] + counts["production"] == 180
+    assert 45 <= counts["candidate"] <= 85
+    result = CliRunner().invoke(cli, ["canary", "status", "--agent", AGENT_NAME,
+                                      "--store", canary_store, "--json"])
+    assert result.exit_code == 0, result.output
+    status = json.loads(result.output)
+    assert status["decision"] == "better", status
+    assert status["low"] > 0 and status["canary_mean"] > status["control_mean"]
+    assert status["canary_runs"] + status["control_runs"] < 180  # only rated runs count
+    assert status["unassigned_runs"] == 0
+    text = CliRunner().invoke(cli, ["canary", "status", "--agent", AGENT_NAME,
+                                    "--store", canary_store])
+    assert "valid at every look: better" in text.output
+
+    promoted = CliRunner().invoke(cli, ["canary", "promote", "--agent", AGENT_NAME,
+                                        "--store", canary_store])
+    assert promoted.exit_code == 0, promoted.output
+    store = open_store(canary_store)
+    assert prompts_for_alias(store, "production", AGENT_NAME).versions() == \
+        BEST_PROMPTS.versions()
+    with pytest.raises(LookupError):
+        prompts_for_alias(store, "candidate", AGENT_NAME)
+
+
+def test_an_a_a_canary_is_told_apart_by_the_root_span_and_stays_undecided(
+        sqlite_url, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    store = open_store(sqlite_url, create=True)
+    _set_alias(store, _as_agents(SEED_PROMPTS), "production")
+    _set_alias(store, _as_agents(SEED_PROMPTS), "candidate")
+    routed = _serve(sqlite_url, 120, seed=6, fraction=0.5, tmp_path=tmp_path)
+    assert set(routed.values()) == {"candidate", "production"}
+    result = CliRunner().invoke(cli, ["canary", "status", "--agent", AGENT_NAME,
+                                      "--store", sqlite_url, "--json"])
+    status = json.loads(result.output)
+    assert status["differing_components"] == []
+    assert status["unassigned_runs"] == 0 and status["canary_runs"] > 30
+    assert status["decision"] == "undecided"
+
+
+def test_an_unset_canary_alias_sends_everyone_to_production_with_one_warning(
+        sqlite_url, monkeypatch, tmp_path, caplog):
+    monkeypatch.chdir(tmp_path)
+    store = open_store(sqlite_url, create=True)
+    _set_alias(store, _as_agents(SEED_PROMPTS), "production")
+    with caplog.at_level(logging.WARNING, logger="gepa_trace.prompts.registry"):
+        loaded = [gt.load_prompts("production", sqlite_url, agent=AGENT_NAME,
+                                  canary="nightly-canary", fraction=1.0, key=f"u{i}")
+                  for i in range(3)]
+    assert all(p.versions() == SEED_PROMPTS.versions() for p in loaded)
+    assert sum("nightly-canary" in r.message for r in caplog.records) == 1
+
+
+def test_rollback_removes_the_canary_alias_and_traffic_returns_to_production(
+        canary_store, tmp_path):
+    result = CliRunner().invoke(cli, ["canary", "rollback", "--agent", AGENT_NAME,
+                                      "--store", canary_store, "--json"])
+    assert result.exit_code == 0, result.output
+    assert set(json.loads(result.output)["removed"]) == set(BEST_PROMPTS)
+    prompts = gt.load_prompts("production", canary_store, agent=AGENT_NAME,
+                              canary="candidate", fraction=1.0, key="anyone")
+    assert prompts.versions() == SEED_PROMPTS.versions()
+
+
+def test_the_sequential_test_needs_enough_runs_and_says_worse_when_it_is():
+    assert compare([1.0] * 10, [0.0] * 10).decision == "too few runs"
+    worse = compare([0.0] * 40 + [1.0] * 10, [1.0] * 40 + [0.0] * 10)
+    assert worse.decision == "worse" and worse.high < 0
