@@ -117,7 +117,7 @@ def _prompt_flags(conn: Connection) -> None:
 def _flag_stored_spans(conn: Connection) -> None:
     import json
 
-    from gepa_trace.collectors.conventions import prompt_template_json
+    from gepa_trace.conventions import prompt_template_json
     from gepa_trace.store.spans import INCONSISTENT, template_matches
 
     # Only spans with a component, a version and a template can be inconsistent; one
