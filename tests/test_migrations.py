@@ -241,3 +241,16 @@ def test_a_newer_store_is_refused_before_anything_is_migrated(tmp_path):
         assert "example_marks" not in sa.inspect(conn).get_table_names()
         assert json.loads(json.dumps(applied(conn))) == ["0001_initial", "0002_from_elsewhere"]
     engine.dispose()
+
+
+def test_opening_an_up_to_date_store_does_not_import_alembic(sqlite_url):
+    """Every command opens the store; Alembic (a fifth of a second to import) is loaded
+    only when a revision has to run."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from gepa_trace.store import open_store; "
+            f"open_store({sqlite_url!r}); print('alembic' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    assert out.strip() == "False"

@@ -32,8 +32,6 @@ from __future__ import annotations
 import time
 from types import ModuleType
 
-from alembic.operations import Operations
-from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Column, Float, MetaData, String, Table, inspect, select, text
 from sqlalchemy.engine import Connection
 
@@ -100,6 +98,10 @@ def migrate_forward(store, *, create: bool = False) -> list[str]:
                 "does not know; upgrade gepa-trace to open it")
         if len(done) == SCHEMA_VERSION:
             return []
+        # Alembic costs a fifth of a second to import: only when there is work for it.
+        from alembic.operations import Operations
+        from alembic.runtime.migration import MigrationContext
+
         op = Operations(MigrationContext.configure(connection=conn))
         new = []
         for index in range(len(done), SCHEMA_VERSION):

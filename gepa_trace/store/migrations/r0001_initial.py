@@ -6,8 +6,12 @@ Written out column by column from that release's models; it never reads today's 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import sqlalchemy as sa
-from alembic.operations import Operations
+
+if TYPE_CHECKING:  # alembic is imported only when a store needs migrating
+    from alembic.operations import Operations
 
 NAME = "0001_initial"
 

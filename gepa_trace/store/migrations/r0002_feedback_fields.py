@@ -7,11 +7,15 @@ Shipped before the schema was frozen: it adds only what the store lacks.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import sqlalchemy as sa
-from alembic.operations import Operations
 from sqlalchemy.engine import Connection
 
 from gepa_trace.store.migrations.schema_facts import add_missing_columns, ensure_index
+
+if TYPE_CHECKING:  # alembic is imported only when a store needs migrating
+    from alembic.operations import Operations
 
 NAME = "0002_feedback_fields"
 

@@ -9,12 +9,15 @@ reads the latest). Shipped before the schema was frozen: it adds only what is mi
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
-from alembic.operations import Operations
 from sqlalchemy.engine import Connection
 
 from gepa_trace.store.migrations.schema_facts import add_missing_columns, ensure_index
+
+if TYPE_CHECKING:  # alembic is imported only when a store needs migrating
+    from alembic.operations import Operations
 
 NAME = "0003_prompt_flags"
 

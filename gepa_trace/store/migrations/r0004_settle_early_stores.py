@@ -11,14 +11,18 @@ the schema a store is recorded at is the schema it has.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import sqlalchemy as sa
-from alembic.operations import Operations
 
 from gepa_trace.store.migrations.schema_facts import (
     add_missing_columns,
     drop_index_if_present,
     ensure_index,
 )
+
+if TYPE_CHECKING:  # alembic is imported only when a store needs migrating
+    from alembic.operations import Operations
 
 NAME = "0004_settle_early_stores"
 

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
-from alembic.operations import Operations
+
+if TYPE_CHECKING:  # alembic is imported only when a store needs migrating
+    from alembic.operations import Operations
 
 
 def column_names(op: Operations, table: str) -> set[str]:
@@ -37,6 +40,8 @@ def index_where(index: dict) -> str | None:
 
 
 def normalize_where(text: str) -> str:
+    # PostgreSQL renders ``span_type = 'llm'`` as ``((span_type)::text = 'llm'::text)``
+    text = re.sub(r"::(?:character varying|[a-z_]+)", "", text, flags=re.IGNORECASE)
     return re.sub(r"[\s()\"]", "", text).lower()
 
 
