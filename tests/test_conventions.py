@@ -9,8 +9,8 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from gepa_trace.cli import main
-from gepa_trace.collectors.conventions import derive
 from gepa_trace.collectors.views import llm_view
+from gepa_trace.conventions import derive
 from gepa_trace.prompts.templates import template_version
 from gepa_trace.store import open_store
 from gepa_trace.store.spans import write_spans

@@ -32,7 +32,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gepa_trace.collectors.conventions import foreign_template, json_value, model_of, token_counts
+from gepa_trace.conventions import (
+    foreign_template,
+    json_value,
+    model_of,
+    parts_text,
+    token_counts,
+)
 
 _ROLES = {"human": "user", "user": "user", "ai": "assistant", "assistant": "assistant",
           "system": "system", "developer": "system", "tool": "tool", "function": "tool",
@@ -71,23 +77,6 @@ class LLMCallView:
 
 def role(value: Any) -> str:
     return _ROLES.get(str(value).lower(), str(value).lower()) if value else "user"
-
-
-def parts_text(parts: Any) -> str:
-    """The text of a GenAI parts list (``[{type: text, content}]``), or of a string."""
-    if isinstance(parts, str):
-        return parts
-    if not isinstance(parts, list):
-        return ""
-    texts = []
-    for part in parts:
-        if isinstance(part, str):
-            texts.append(part)
-        elif isinstance(part, dict) and part.get("type", "text") == "text":
-            content = part.get("content", part.get("text"))
-            if isinstance(content, str):
-                texts.append(content)
-    return "\n".join(texts)
 
 
 def _indexed(attributes: Mapping[str, Any], prefix: str) -> dict[int, dict[str, Any]]:
@@ -229,4 +218,4 @@ def llm_view(attributes: Mapping[str, Any],
                        convention=convention)
 
 
-__all__ = ["LLMCallView", "Tokens", "llm_view", "parts_text"]
+__all__ = ["LLMCallView", "Tokens", "llm_view"]

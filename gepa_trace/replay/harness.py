@@ -30,9 +30,9 @@ from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 
-from gepa_trace.collectors.conventions import derive
 from gepa_trace.collectors.exporter import span_to_dict
 from gepa_trace.collectors.views import llm_view
+from gepa_trace.conventions import derive
 from gepa_trace.errors import BudgetExhausted, MetricContractError
 from gepa_trace.lm.client import price
 from gepa_trace.optimizer.failures import failed_rollout

@@ -1,7 +1,7 @@
 """Writing spans: the one path by which spans enter the store.
 
 Both the in-process exporter and the OTLP receiver hand ``write_spans`` plain span
-dicts; it fills the derived columns (``collectors.conventions.derive``), serializes the
+dicts; it fills the derived columns (``conventions.derive``), serializes the
 JSON columns, records prompt versions seen for the first time, and writes everything
 in one transaction. A span already stored (same trace and span id) is skipped, so a
 client's retry never duplicates spans.
@@ -46,15 +46,11 @@ from typing import Any
 from sqlalchemy import and_, update
 from sqlalchemy.exc import IntegrityError
 
-from gepa_trace.collectors.conventions import (
-    derive,
-    fix_up_linked_llm_spans,
-    link_prompt_spans,
-    prompt_template_json,
-)
+from gepa_trace.conventions import derive, prompt_template_json
 from gepa_trace.errors import FeedbackError
 from gepa_trace.store.engine import Store
 from gepa_trace.store.feedback_fields import EVENT_NAME, event_feedback
+from gepa_trace.store.prompt_links import fix_up_linked_llm_spans, link_prompt_spans
 from gepa_trace.store.tables import PromptVersionRow, SpanRow
 
 log = logging.getLogger(__name__)
@@ -329,7 +325,7 @@ def write_prepared(store: Store, batches: Sequence[PreparedSpans]) -> int:
     now = max(b.now for b in batches)
     with store.write() as conn:
         # An OpenInference LLM span takes the template of its sibling PROMPT span,
-        # whichever of the two arrives first (collectors/conventions.py).
+        # whichever of the two arrives first (store/prompt_links.py).
         unclaimed_prompts = link_prompt_spans(store, conn, rows)
         _insert_span_rows(conn, rows)
         fix_up_linked_llm_spans(conn, unclaimed_prompts)

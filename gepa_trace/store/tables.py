@@ -4,7 +4,7 @@ JSON-valued columns are TEXT holding JSON (portable and fast to bulk-insert); th
 derived columns used for filtering are plain indexed columns. Time is nanoseconds since
 the epoch for spans (as OpenTelemetry gives it) and float seconds elsewhere.
 
-Changing a table means adding a named migration in ``migrations.py``.
+Changing a table means adding a revision in ``store/migrations/`` (its docstring says how).
 """
 
 from __future__ import annotations
