@@ -19,6 +19,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.operations import Operations
 from alembic.runtime.migration import MigrationContext
 from click.testing import CliRunner
+from rewind import forget_revisions_from
 from sqlmodel import SQLModel
 
 from gepa_trace.store import SCHEMA_VERSION, forget_store, open_store
@@ -218,7 +219,7 @@ def test_a_store_left_with_the_early_indexes_is_settled(sqlite_url):
                              "WHERE component IS NOT NULL"))
         conn.execute(sa.text("CREATE UNIQUE INDEX ux_feedback_key ON feedback (feedback_key)"))
         conn.execute(sa.text("CREATE INDEX ix_spans_span_type ON spans (span_type)"))
-        conn.execute(sa.text("DELETE FROM gepa_migrations WHERE seq >= '0004'"))
+        forget_revisions_from(conn, "0004")
         assert schema_drift(conn)
     forget_store(sqlite_url)
     with open_store(sqlite_url).read() as conn:

@@ -14,6 +14,7 @@ from gepa_trace.cli.common import (
     parse_since,
     print_json,
     store_option,
+    who,
 )
 from gepa_trace.cli.ship import approve_option
 
@@ -34,6 +35,18 @@ def canary() -> None:
     Put a version on the canary:  gepa-trace prompts promote answerer 3f2a9c --alias candidate
     Then, any night:              gepa-trace canary status --agent support-agent
     """
+
+
+def _evidence(store, agent: str, canary: str, control: str) -> dict:
+    """The canary's status, recorded with an alias change (empty when there is none to
+    compare: e.g. no production alias yet)."""
+    from gepa_trace.errors import NotFoundError
+    from gepa_trace.prompts.canary import canary_status
+
+    try:
+        return canary_status(store, agent, canary=canary, control=control).to_dict()
+    except NotFoundError:
+        return {}
 
 
 def _pct(value: float | None) -> str:
@@ -59,6 +72,8 @@ def canary_status_command(agent: str, canary: str, control: str, since: str, alp
     that stays valid however often it is read (a mixture sequential test): read it
     every night, and over the canary's whole life it wrongly says better or worse at
     most --alpha of the time. Each arm needs 30 rated runs before it decides.
+
+    Example: gepa-trace canary status --agent support-agent --since 14d
     """
     from gepa_trace.prompts.canary import canary_status
 
@@ -94,15 +109,23 @@ def canary_status_command(agent: str, canary: str, control: str, since: str, alp
 @handles_errors
 def canary_promote(agent: str, canary: str, control: str, approve: bool, store: str | None,
                    as_json: bool) -> None:
-    """Point production at the canary's versions and end the canary."""
+    """Point production at the canary's versions and end the canary.
+
+    Recorded in the alias history with the canary's status as evidence.
+
+    Example: gepa-trace canary promote --agent support-agent
+    """
     from gepa_trace.prompts.registry import drop_alias, promote, prompts_for_alias
     from gepa_trace.store import open_store
 
     st = open_store(store)
     versions = prompts_for_alias(st, canary, agent).versions()
+    evidence = _evidence(st, agent, canary, control)
+    actor = who("canary promote")
     for component, version in sorted(versions.items()):
-        promote(st, component, version, alias=control, approve=approve)
-        drop_alias(st, component, canary)
+        promote(st, component, version, alias=control, approve=approve, actor=actor,
+                reason=f"canary {canary} promoted", evidence=evidence)
+        drop_alias(st, component, canary, actor=actor, reason=f"canary promoted to {control}")
     if as_json:
         print_json({"agent": agent, "promoted": versions, "alias": control})
         return
@@ -117,13 +140,22 @@ def canary_promote(agent: str, canary: str, control: str, approve: bool, store: 
 @json_option
 @handles_errors
 def canary_rollback(agent: str, canary: str, store: str | None, as_json: bool) -> None:
-    """End the canary: remove its alias, so all traffic loads production again."""
+    """End the canary: remove its alias, so all traffic loads production again.
+
+    Recorded in the alias history with the canary's status as evidence.
+
+    Example: gepa-trace canary rollback --agent support-agent
+    """
+    from gepa_trace.prompts.canary import canary_status
     from gepa_trace.prompts.registry import drop_alias, prompts_for_alias
     from gepa_trace.store import open_store
 
     st = open_store(store)
     versions = prompts_for_alias(st, canary, agent).versions()
-    dropped = {c: drop_alias(st, c, canary) for c in sorted(versions)}
+    evidence = canary_status(st, agent, canary=canary).to_dict()
+    dropped = {c: drop_alias(st, c, canary, actor=who("canary rollback"),
+                             reason="canary rolled back", evidence=evidence)
+               for c in sorted(versions)}
     if as_json:
         print_json({"agent": agent, "removed": dropped, "alias": canary})
         return

@@ -121,3 +121,14 @@ def fail(message: str, exit_code: int = 1) -> None:
 
 def stderr_is_tty() -> bool:
     return sys.stderr.isatty()
+
+
+def who(command: str) -> str:
+    """The actor recorded for a change a person makes with ``command`` (alias history)."""
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no user name for this uid (some containers)
+        user = "unknown user"
+    return f"{user} via gepa-trace {command}"

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import click
 
 from gepa_trace.cli.blame import prompts_blame
-from gepa_trace.cli.common import handles_errors, json_option, print_json, store_option
+from gepa_trace.cli.common import handles_errors, json_option, print_json, store_option, who
 
 
 def _when(epoch_s: float) -> str:
@@ -103,7 +103,7 @@ def prompts_promote(component: str, version: str, alias: str, approve: bool,
     review = (review_run(st, stored.run_id, allow=Allow.load(allow))
               if stored.run_id is not None and stored.origin == "optimization" else None)
     found = promote(st, component, stored.version, alias=alias, approve=approve,
-                    review=review)
+                    review=review, actor=who("prompts promote"))
     flags = review.flags_of_version(component, found.version) if review else []
     _say_approved(flags)
     if as_json:
@@ -111,6 +111,41 @@ def prompts_promote(component: str, version: str, alias: str, approve: bool,
                     "flags": [f.to_dict() for f in flags]})
     else:
         click.echo(f"{component}: {alias} -> {found.version}")
+
+
+@prompts.command("history")
+@click.argument("alias", required=False)
+@click.option("--component", default=None, metavar="NAME", help="Only this component.")
+@click.option("--agent", default=None, metavar="NAME",
+              help="Only components with a version recorded for this agent.")
+@store_option
+@json_option
+@handles_errors
+def prompts_history(alias: str | None, component: str | None, agent: str | None,
+                    store: str | None, as_json: bool) -> None:
+    """Every change of an alias (all aliases without ALIAS), oldest first.
+
+    Each change is kept as it was made: the version before and after, who or what made
+    it (a person via a command, an export, a canary promotion or rollback), when, why,
+    and the figures it acted on (--json).
+
+    Example: gepa-trace prompts history production --component answerer
+    """
+    from gepa_trace.prompts.registry import alias_history
+    from gepa_trace.store import open_store
+
+    changes = alias_history(open_store(store), alias, component=component, agent=agent)
+    if as_json:
+        print_json([c.to_dict() for c in changes])
+        return
+    if not changes:
+        click.echo("no alias changes recorded" + (f" for {alias}" if alias else ""), err=True)
+        return
+    for c in changes:
+        before, after = c.previous or "(unset)", c.version or "(removed)"
+        why = f"  ({c.reason})" if c.reason else ""
+        click.echo(f"{_when(c.created_at)}  {c.component}  {c.alias}: {before} -> {after}  "
+                   f"by {c.actor}{why}")
 
 
 @prompts.command("diff")
@@ -207,7 +242,10 @@ def export(run_id: str, out: str, confidence: float, force: bool, approve: bool,
                         allow=Allow.load(allow))
     if alias:
         for name, version in result.prompts.versions().items():
-            promote(st, name, version, alias=alias, approve=approve, review=result.review)
+            promote(st, name, version, alias=alias, approve=approve, review=result.review,
+                    actor=who("export"), reason=f"best prompts of run {run_id}",
+                    evidence={"run": run_id, "forced": result.forced,
+                              "gate": result.gate.to_dict() if result.gate else None})
     if result.forced:
         click.echo("export forced: the held-out gate was not required", err=True)
     if result.gate is not None:

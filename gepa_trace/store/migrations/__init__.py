@@ -42,6 +42,7 @@ from gepa_trace.store.migrations import (
     r0002_feedback_fields,
     r0003_prompt_flags,
     r0004_settle_early_stores,
+    r0005_alias_changes,
 )
 
 _meta = MetaData()
@@ -58,6 +59,7 @@ REVISIONS: list[ModuleType] = [
     r0002_feedback_fields,
     r0003_prompt_flags,
     r0004_settle_early_stores,
+    r0005_alias_changes,
 ]
 SCHEMA_VERSION = len(REVISIONS)
 
