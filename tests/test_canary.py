@@ -6,83 +6,32 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 from click.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from production_traffic import as_agents, serve, set_alias
+
 import gepa_trace as gt
 from gepa_trace.cli import main as cli
-from gepa_trace.demo import AGENT_NAME, BEST_PROMPTS, SEED_PROMPTS, build_agent, metric
-from gepa_trace.demo.traffic import traffic_questions
+from gepa_trace.demo import AGENT_NAME, BEST_PROMPTS, SEED_PROMPTS
 from gepa_trace.errors import ConfigError
-from gepa_trace.prompts import PromptSet
 from gepa_trace.prompts.canary import in_canary
-from gepa_trace.prompts.registry import promote, prompts_for_alias, record_versions
+from gepa_trace.prompts.registry import prompts_for_alias
 from gepa_trace.prompts.sequential import compare
 from gepa_trace.store import open_store
-
-
-def _as_agents(prompts: PromptSet) -> PromptSet:
-    return PromptSet({n: prompts.version_of(n) for n in prompts}, agent=AGENT_NAME)
-
-
-def _set_alias(store, prompts: PromptSet, alias: str) -> None:
-    record_versions(store, prompts, origin="file")
-    for name in prompts:
-        promote(store, name, prompts.version_of(name).version, alias=alias)
-
-
-def _serve(url: str, users: int, seed: int, fraction: float, tmp_path) -> dict[str, str]:
-    """One run per user, each loading its prompts through the canary just before it
-    runs, on 4 threads; users give a thumbs up or down on 70% of runs. Returns the
-    alias each trace's root span recorded, by trace id."""
-    from opentelemetry import trace as trace_api
-
-    inst = gt.instrument(store=url, service_name=AGENT_NAME)
-    agents = {json.dumps(p.versions(), sort_keys=True): build_agent(p)
-              for p in (SEED_PROMPTS, BEST_PROMPTS)}
-
-    def one(i: int, example) -> tuple[str, object, object]:
-        user = f"user-{seed}-{i}"
-        prompts = gt.load_prompts("production", url, agent=AGENT_NAME, canary="candidate",
-                                  fraction=fraction, key=user,
-                                  fallback=tmp_path / "prompts.production.json")
-        agent = agents[json.dumps(prompts.versions(), sort_keys=True)]
-        with gt.agent_run(AGENT_NAME, inputs=dict(example.inputs)) as run:
-            trace_api.get_current_span().set_attribute("user.id", user)
-            output = agent.invoke(dict(example.inputs))
-            run.set_outputs(output)
-        return run.trace_id, example, output
-
-    rng = random.Random(seed)
-    with ThreadPoolExecutor(4) as pool:  # each worker thread routes its own runs
-        done = list(pool.map(one, range(users), traffic_questions(users, seed=seed)))
-    inst.force_flush()
-    for trace_id, example, output in done:
-        if rng.random() < 0.7:
-            gt.record_feedback(trace_id, score=metric(example, output).score, source="user",
-                               store=url)
-    engine = sa.create_engine(url)
-    with engine.connect() as conn:
-        rows = conn.execute(sa.text(
-            "SELECT trace_id, attributes FROM spans WHERE parent_span_id IS NULL")).all()
-    engine.dispose()
-    return {t: json.loads(a).get("gepa.prompt.alias") for t, a in rows}
 
 
 @pytest.fixture
 def canary_store(sqlite_url, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # load_prompts writes its fallback files here
     store = open_store(sqlite_url, create=True)
-    _set_alias(store, _as_agents(SEED_PROMPTS), "production")
-    _set_alias(store, _as_agents(BEST_PROMPTS), "candidate")
+    set_alias(store, as_agents(SEED_PROMPTS), "production")
+    set_alias(store, as_agents(BEST_PROMPTS), "candidate")
     return sqlite_url
 
 
@@ -107,7 +56,7 @@ def test_a_canary_without_a_key_is_refused_by_name(canary_store):
 
 
 def test_a_better_canary_is_routed_recorded_and_found_better(canary_store, tmp_path):
-    routed = _serve(canary_store, 180, seed=5, fraction=0.35, tmp_path=tmp_path)
+    routed = serve(canary_store, 180, seed=5, fraction=0.35, tmp_path=tmp_path)
     counts = {a: list(routed.values()).count(a) for a in ("candidate", "production")}
     assert counts["candidate"] + counts["production"] == 180
     assert 45 <= counts["candidate"] <= 85
@@ -137,9 +86,9 @@ def test_an_a_a_canary_is_told_apart_by_the_root_span_and_stays_undecided(
         sqlite_url, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     store = open_store(sqlite_url, create=True)
-    _set_alias(store, _as_agents(SEED_PROMPTS), "production")
-    _set_alias(store, _as_agents(SEED_PROMPTS), "candidate")
-    routed = _serve(sqlite_url, 120, seed=6, fraction=0.5, tmp_path=tmp_path)
+    set_alias(store, as_agents(SEED_PROMPTS), "production")
+    set_alias(store, as_agents(SEED_PROMPTS), "candidate")
+    routed = serve(sqlite_url, 120, seed=6, fraction=0.5, tmp_path=tmp_path)
     assert set(routed.values()) == {"candidate", "production"}
     result = CliRunner().invoke(cli, ["canary", "status", "--agent", AGENT_NAME,
                                       "--store", sqlite_url, "--json"])
@@ -153,7 +102,7 @@ def test_an_unset_canary_alias_sends_everyone_to_production_with_one_warning(
         sqlite_url, monkeypatch, tmp_path, caplog):
     monkeypatch.chdir(tmp_path)
     store = open_store(sqlite_url, create=True)
-    _set_alias(store, _as_agents(SEED_PROMPTS), "production")
+    set_alias(store, as_agents(SEED_PROMPTS), "production")
     with caplog.at_level(logging.WARNING, logger="gepa_trace.prompts.registry"):
         loaded = [gt.load_prompts("production", sqlite_url, agent=AGENT_NAME,
                                   canary="nightly-canary", fraction=1.0, key=f"u{i}")

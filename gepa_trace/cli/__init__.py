@@ -44,6 +44,7 @@ COMMANDS = {
     "prune": "gepa_trace.cli.prune:prune",
     "versions": "gepa_trace.cli.versions:versions",
     "canary": "gepa_trace.cli.canary:canary",
+    "watch": "gepa_trace.cli.canary:watch",
 }
 
 

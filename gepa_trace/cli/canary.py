@@ -161,3 +161,47 @@ def canary_rollback(agent: str, canary: str, store: str | None, as_json: bool) -
         return
     for component, version in dropped.items():
         click.echo(f"{component}: {canary} ({version}) removed")
+
+
+@click.command()
+@_agent
+@_canary
+@_control
+@click.option("--alpha", default=0.05, show_default=True,
+              type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="False-alarm rate of each comparison, however often it is read.")
+@click.option("--dry-run", is_flag=True, help="Say what the policy would do; change nothing.")
+@store_option
+@json_option
+@handles_errors
+def watch(agent: str, canary: str, control: str, alpha: float, dry_run: bool,
+          store: str | None, as_json: bool) -> None:
+    """The nightly policy: promote a canary that production feedback finds better, roll
+    back one it finds worse, and roll back a fresh promotion that made things worse.
+
+    Each comparison is the sequential test of `canary status` (valid read every night,
+    at least 30 rated runs per arm). A fresh promotion (production changed in the last
+    14 days) is compared before/after the change. Every action is in `gepa-trace
+    prompts history` with its numbers; undo one with `gepa-trace prompts revert ID`.
+
+    Example: gepa-trace watch --agent support-agent
+    """
+    from gepa_trace.prompts.policy import run_policy
+    from gepa_trace.store import open_store
+
+    actions = run_policy(open_store(store), agent, canary=canary, control=control,
+                         alpha=alpha, dry_run=dry_run)
+    if as_json:
+        print_json({"agent": agent, "dry_run": dry_run,
+                    "actions": [a.to_dict() for a in actions]})
+        return
+    if not actions:
+        click.echo(f"nothing to judge for {agent}: no canary and no fresh promotion")
+    for action in actions:
+        c = action.comparison
+        figures = (f" (difference {_pct(c.get('difference'))}, interval "
+                   f"[{_pct(c.get('low'))}, {_pct(c.get('high'))}], "
+                   f"{c.get('canary_runs')} vs {c.get('control_runs')} rated runs)"
+                   if c.get("low") is not None else "")
+        verb = "would " if dry_run and action.kind != "none" else ""
+        click.echo(f"{verb}{action.kind}: {action.reason}{figures}")

@@ -148,6 +148,32 @@ def prompts_history(alias: str | None, component: str | None, agent: str | None,
                    f"by {c.actor}{why}")
 
 
+@prompts.command("revert")
+@click.argument("change_id", type=int)
+@approve_option
+@store_option
+@json_option
+@handles_errors
+def prompts_revert(change_id: int, approve: bool, store: str | None, as_json: bool) -> None:
+    """Undo one recorded alias change: point the alias back where it was before it
+    (or remove it, if it was not set). The undo is a new record; nothing is erased.
+
+    CHANGE_ID is the id `gepa-trace prompts history --json` shows.
+
+    Example: gepa-trace prompts revert 12
+    """
+    from gepa_trace.prompts.registry import revert_change
+    from gepa_trace.store import open_store
+
+    change = revert_change(open_store(store), change_id, actor=who("prompts revert"),
+                           approve=approve)
+    if as_json:
+        print_json(change.to_dict())
+    else:
+        click.echo(f"{change.component}: {change.alias} -> "
+                   f"{change.previous or '(removed)'} (undoing change {change_id})")
+
+
 @prompts.command("diff")
 @click.argument("a")
 @click.argument("b")

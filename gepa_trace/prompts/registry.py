@@ -210,6 +210,25 @@ def drop_alias(store: Store, component: str, alias: str, *, actor: str = "api",
     return version
 
 
+def revert_change(store: Store, change_id: int, *, actor: str = "api",
+                  approve: bool = False) -> AliasChange:
+    """Point the alias of change ``change_id`` back at its ``previous`` version (remove it
+    if there was none), recorded as a new change; the change reverted."""
+    with store.read() as conn:
+        row = conn.execute(select(_CHANGES).where(_CHANGES.c.id == change_id)).first()
+    if row is None:
+        raise NotFoundError(f"no alias change {change_id} (see gepa-trace prompts history)")
+    reason = f"revert of change {change_id}"
+    if row.previous is None:
+        drop_alias(store, row.component, row.alias, actor=actor, reason=reason)
+    else:
+        promote(store, row.component, row.previous, alias=row.alias, actor=actor,
+                reason=reason, approve=approve)
+    return AliasChange(row.id, row.component, row.alias, row.previous, row.version,
+                       row.actor, row.reason, json.loads(row.evidence or "{}"),
+                       row.created_at)
+
+
 def diff_versions(store: Store, a: str, b: str) -> str:
     """A unified diff between two stored versions' templates."""
     va, vb = get_version(store, a), get_version(store, b)
