@@ -126,3 +126,25 @@ def test_the_sequential_test_needs_enough_runs_and_says_worse_when_it_is():
     assert compare([1.0] * 10, [0.0] * 10).decision == "too few runs"
     worse = compare([0.0] * 40 + [1.0] * 10, [1.0] * 40 + [0.0] * 10)
     assert worse.decision == "worse" and worse.high < 0
+
+
+def test_status_without_a_production_alias_compares_with_what_production_runs(
+        sqlite_url, monkeypatch, tmp_path):
+    """An agent whose production prompts live in its code has no production alias: the
+    canary is compared with the versions most of its recent runs carried."""
+    from gepa_trace.demo.traffic import run_traffic
+    from instrumented import instrumentation_shut_down
+
+    monkeypatch.chdir(tmp_path)
+    run_traffic(40, store=sqlite_url, seed=2, feedback_rate=1.0, noise=0.0, review_rate=0.0,
+                prompts=BEST_PROMPTS)
+    run_traffic(70, store=sqlite_url, seed=1, feedback_rate=1.0, noise=0.0, review_rate=0.0)
+    instrumentation_shut_down()
+    set_alias(open_store(sqlite_url), as_agents(BEST_PROMPTS), "candidate")
+    result = CliRunner().invoke(cli, ["canary", "status", "--agent", AGENT_NAME,
+                                      "--store", sqlite_url, "--json"])
+    assert result.exit_code == 0, result.output
+    status = json.loads(result.output)
+    assert status["control_versions"] == SEED_PROMPTS.versions()
+    assert (status["canary_runs"], status["control_runs"]) == (40, 70)
+    assert status["decision"] == "better"

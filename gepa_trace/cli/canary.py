@@ -146,13 +146,12 @@ def canary_rollback(agent: str, canary: str, store: str | None, as_json: bool) -
 
     Example: gepa-trace canary rollback --agent support-agent
     """
-    from gepa_trace.prompts.canary import canary_status
     from gepa_trace.prompts.registry import drop_alias, prompts_for_alias
     from gepa_trace.store import open_store
 
     st = open_store(store)
     versions = prompts_for_alias(st, canary, agent).versions()
-    evidence = canary_status(st, agent, canary=canary).to_dict()
+    evidence = _evidence(st, agent, canary, "production")
     dropped = {c: drop_alias(st, c, canary, actor=who("canary rollback"),
                              reason="canary rolled back", evidence=evidence)
                for c in sorted(versions)}

@@ -24,7 +24,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from gepa_trace.errors import ConfigError
+from gepa_trace.errors import ConfigError, NotFoundError
 from gepa_trace.prompts.sequential import MIN_RUNS, Comparison, compare
 
 #: The root-span attribute naming the alias a run's prompts were loaded from.
@@ -73,8 +73,10 @@ class CanaryStatus:
 def canary_status(store: Any, agent: str, *, canary: str = "candidate",
                   control: str = "production", since: float | None = None,
                   alpha: float = 0.05, min_runs: int = MIN_RUNS) -> CanaryStatus:
-    """Canary against control on the agent's production runs started since ``since``."""
-    from gepa_trace.prompts.registry import prompts_for_alias
+    """Canary against control on the agent's production runs started since ``since``.
+    The control's versions are its alias's, or, while that alias is not set, those most
+    of the agent's recent production runs carried (``registry.current_prompts``)."""
+    from gepa_trace.prompts.registry import current_prompts, prompts_for_alias
     from gepa_trace.store import open_store
     from gepa_trace.store.queries import feedback_for_traces
     from gepa_trace.store.tables import SpanRow
@@ -82,7 +84,12 @@ def canary_status(store: Any, agent: str, *, canary: str = "candidate",
 
     store = open_store(store)
     canary_versions = prompts_for_alias(store, canary, agent).versions()
-    control_versions = prompts_for_alias(store, control, agent).versions()
+    # production as it runs: its alias if set, else what most recent runs carried (an
+    # agent whose production prompts live in its code has no alias yet)
+    try:
+        control_versions = prompts_for_alias(store, control, agent).versions()
+    except NotFoundError:
+        control_versions = current_prompts(store, agent, control).versions()
     only_canary = {(c, v) for c, v in canary_versions.items() if control_versions.get(c) != v}
     only_control = {(c, v) for c, v in control_versions.items() if canary_versions.get(c) != v}
     s = SpanRow.__table__
