@@ -238,6 +238,9 @@ def test_component_identity_explicit_then_run_name_then_node_then_hash(instrumen
     assert [s["component"] for s in spans if s["span_type"] == "llm"] == [
         "explicit", "named", f"prompt-{version}", "writer"]
     assert {s["prompt_version"] for s in spans if s["span_type"] == "llm"} == {version}
+    # other tools read the component as the GenAI conventions' prompt name
+    assert [s["attributes"]["gen_ai.prompt.name"] for s in spans
+            if s["span_type"] == "llm"] == ["explicit", "named", f"prompt-{version}", "writer"]
 
 
 def test_llm_input_that_extends_a_prompt_output_is_attributed_to_it(instrumented, sqlite_url):
