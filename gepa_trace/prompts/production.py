@@ -92,15 +92,19 @@ class VersionFigures:
         return data
 
 
-def version_figures(store: Store | str | None, agent: str, *, component: str | None = None,
+def version_figures(store: Store | str | None, agent: str | None, *,
+                    component: str | None = None,
                     since: float | None = None, until: float | None = None,
                     weights: dict[str, float] | None = None) -> list[VersionFigures]:
-    """Every prompt version of ``agent``'s production runs started in [since, until),
-    newest last seen first within each component (components by name)."""
+    """Every prompt version of ``agent``'s (every agent's: None) production runs started
+    in [since, until), newest last seen first within each component (components by
+    name)."""
     store = open_store(store)
     s = _SPANS
     roots_q = select(s.c.trace_id, s.c.start_ns, s.c.end_ns).where(
-        s.c.parent_span_id.is_(None), s.c.agent == agent, s.c.run_id.is_(None))
+        s.c.parent_span_id.is_(None), s.c.run_id.is_(None))
+    if agent is not None:
+        roots_q = roots_q.where(s.c.agent == agent)
     if since is not None:
         roots_q = roots_q.where(s.c.start_ns >= round(since * 1e9))
     if until is not None:
