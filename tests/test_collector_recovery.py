@@ -123,8 +123,9 @@ def test_a_store_read_only_then_writable_again_is_written_without_restart(sqlite
         collector.stop(grace=5)
 
 
-def test_a_deleted_store_file_is_answered_503_never_200_with_nothing_stored(sqlite_url,
-                                                                             caplog):
+def test_a_deleted_store_file_is_recreated_and_written_without_restart(sqlite_url, caplog):
+    from test_collector_http import count_spans
+
     path = Path(sqlite_url.removeprefix("sqlite:///"))
     collector = Collector(open_store(sqlite_url),
                           CollectorConfig(http_port=0, grpc_port=0, token=None)).start()
@@ -132,7 +133,12 @@ def test_a_deleted_store_file_is_answered_503_never_200_with_nothing_stored(sqli
         assert _export(collector.http_port, 1) == 200
         for f in path.parent.glob(f"{path.name}*"):
             f.unlink()
-        assert _export(collector.http_port, 2) == 503
-        assert "was deleted or replaced" in caplog.text
+        assert _export(collector.http_port, 2) == 200  # a 200 means stored: in the new file
+        assert "was deleted or replaced; recreating it" in caplog.text
+        assert path.exists() and count_spans(collector.store) == 2
+        assert _export(collector.http_port, 3) == 200
+        assert count_spans(open_store(sqlite_url)) == 4
+        response, data = post(collector.http_port, None, method="GET", path="/healthz")
+        assert response.status == 200 and json.loads(data)["store"]["writable"] is True
     finally:
         collector.stop(grace=5)
