@@ -118,6 +118,7 @@ class OTLPHandler(BaseHTTPRequestHandler):
         self._reader = _DeadlineReader(self.connection)
         self.rfile = io.BufferedReader(self._reader, 1 << 16)
         self._request_deadline = 0.0
+        self._ticket: Ticket | None = None
 
     def handle_one_request(self) -> None:
         config = self.server.receiver.config
@@ -160,6 +161,7 @@ class OTLPHandler(BaseHTTPRequestHandler):
         reply_kind = PROTOBUF if kind == PROTOBUF else JSON
         receiver = self.server.receiver
         with receiver.in_flight(), receiver.budget.ticket() as ticket:
+            self._ticket = ticket  # given back before the answer is sent (see _reply)
             try:
                 if path not in _SIGNALS and path != "/v1/feedback":
                     raise _Refused(404, f"no such path {path!r}", close=True)
@@ -341,6 +343,9 @@ class OTLPHandler(BaseHTTPRequestHandler):
 
     def _reply(self, status: int, kind: str, body: bytes, *, headers: dict | None = None,
                close: bool = False) -> None:
+        if self._ticket is not None:  # a client sending its next request at once finds
+            self._ticket.release()  # the memory of this one free again
+            self._ticket = None
         try:
             self.connection.settimeout(_WRITE_TIMEOUT_S)  # not the read deadline's rest
             self.send_response(status)
