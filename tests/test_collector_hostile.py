@@ -251,6 +251,49 @@ def test_concurrent_large_requests_share_the_bound_and_every_acked_span_is_store
     assert _stored(db_url) == senders * per_request
 
 
+@pytest.mark.timeout(120)
+def test_grpc_gzip_floods_are_refused_and_memory_stays_under_the_bound(db_url):
+    bound_mb = 200
+    process = CollectorProcess(db_url, "--max-memory-mb", str(bound_mb))
+    try:
+        base_kb = _memory_kb(process.proc.pid, "VmRSS")
+        one = tiny_span(1, 1)
+        flood = request_of([one] * (15_000_000 // (len(one) + 2)))  # 15 MB, 326k spans
+        codes: list[grpc.StatusCode] = []
+
+        def flooder() -> None:
+            with grpc.insecure_channel(f"127.0.0.1:{process.grpc_port}") as channel:
+                export = channel.unary_unary(
+                    "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+                    request_serializer=None, response_deserializer=None)
+                for _ in range(3):
+                    try:
+                        export(flood, timeout=30, compression=grpc.Compression.Gzip)
+                        codes.append(grpc.StatusCode.OK)
+                    except grpc.RpcError as exc:
+                        codes.append(exc.code())
+
+        with HealthProbe(process.http_port) as probe:
+            threads = [threading.Thread(target=flooder) for _ in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(100)
+        probe.report("4 gRPC gzip floods x3")
+        peak_kb = _memory_kb(process.proc.pid, "VmHWM")
+        print(f"gRPC: collector RSS before {base_kb // 1024} MB, peak {peak_kb // 1024} MB "
+              f"(bound {bound_mb} MB); answers {sorted({c.name for c in codes})}")
+        assert len(codes) == 12
+        assert set(codes) <= {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE}
+        assert not probe.failures and max(probe.latencies) < 1.0
+        # grpc holds each inflated message (15 MB) before the service counts it
+        assert peak_kb < base_kb + bound_mb * 1024 + 4 * 15 * 1024
+    finally:
+        code, stderr = process.terminate()
+    assert code == 0, stderr
+    assert _stored(db_url) == 0
+
+
 def test_one_large_request_in_flight_leaves_room_for_the_others(sqlite_url):
     store = open_store(sqlite_url)
     config = CollectorConfig(http_port=0, grpc_port=None, max_memory_bytes=64 << 20)
@@ -314,8 +357,12 @@ def test_1100_slow_clients_are_cut_off_and_healthz_answers_throughout(db_url):
                         sock.send(head[position % len(head):position % len(head) + 1])
                     except OSError:
                         open_.discard(sock)
-                readable, _, _ = select.select(list(open_)[:1000], [], [], 0)
-                for sock in readable:
+                poller = select.poll()  # select() cannot take descriptors past 1024
+                by_fd = {sock.fileno(): sock for sock in open_}
+                for fd in by_fd:
+                    poller.register(fd, select.POLLIN)
+                for fd, _event in poller.poll(0):
+                    sock = by_fd[fd]
                     try:
                         if not sock.recv(4096):
                             open_.discard(sock)
