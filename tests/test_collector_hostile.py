@@ -251,6 +251,29 @@ def test_concurrent_large_requests_share_the_bound_and_every_acked_span_is_store
     assert _stored(db_url) == senders * per_request
 
 
+def test_a_gzip_bomb_is_refused_while_inflating_with_no_more_taken_than_the_bound():
+    from gepa_trace.collectors.admission import INFLATE_FACTOR, MemoryBudget, TooLarge
+    from gepa_trace.collectors.otlp_decode import INFLATE_STEP, decode_request
+
+    budget = MemoryBudget(64 << 20)
+    inflated: list[int] = []
+    with budget.ticket() as ticket:
+        take = ticket.take
+
+        def counting_take(n: int) -> None:
+            take(n)
+            inflated.append(n)  # only what was admitted
+
+        ticket.take = counting_take  # type: ignore[method-assign]
+        with pytest.raises(TooLarge):
+            decode_request(gzip_flood(150), PB, "gzip", 256 << 20, ticket)
+        assert budget.peak <= budget.limit
+    assert budget.used == 0
+    # refused after ~64/6 MB of the 150 MB were inflated, one step at a time
+    assert sum(inflated) <= budget.limit
+    assert sum(inflated) // INFLATE_FACTOR[PB] >= (64 << 20) // INFLATE_FACTOR[PB] - INFLATE_STEP
+
+
 @pytest.mark.timeout(120)
 def test_grpc_gzip_floods_are_refused_and_memory_stays_under_the_bound(db_url):
     bound_mb = 200
