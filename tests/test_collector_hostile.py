@@ -336,6 +336,34 @@ def test_one_large_request_in_flight_leaves_room_for_the_others(sqlite_url):
         assert conn.execute(sa.text("SELECT count(*) FROM spans")).scalar() == 100
 
 
+def test_a_request_larger_than_the_writer_queue_does_not_make_the_others_wait_for_it(
+        sqlite_url):
+    from gepa_trace.collectors.otlp_writer import SpanWriter
+    from gepa_trace.store.spans import prepare_spans, write_prepared
+
+    def slow_commit(store, prepared):  # 3 ms per span: the big request takes 1.5 s
+        time.sleep(0.003 * sum(len(p.rows) for p in prepared))
+        return write_prepared(store, prepared)
+
+    store = open_store(sqlite_url)
+    writer = SpanWriter(store, max_pending_spans=150, max_batch_spans=100,
+                        prepare=prepare_spans, commit=slow_commit)
+    with Collector(store, CollectorConfig(http_port=0, grpc_port=None),
+                   writer=writer) as collector:
+        big_answer: list[int] = []
+        big = threading.Thread(target=lambda: big_answer.append(_post(
+            collector.http_port, request_of([tiny_span(20, i + 1) for i in range(500)]))[0]))
+        big.start()
+        time.sleep(0.4)  # the big request is being committed, slice by slice
+        assert writer.pending_spans <= 150
+        small = _post(collector.http_port, request_of([tiny_span(21, i + 1)
+                                                       for i in range(10)]))[0]
+        big.join(30)
+        assert small == 200 and big_answer == [200]
+    with store.read() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM spans")).scalar() == 510
+
+
 def test_a_request_that_alone_exceeds_the_bound_gets_413_over_http_and_grpc(sqlite_url):
     store = open_store(sqlite_url)
     config = CollectorConfig(http_port=0, grpc_port=0, max_memory_bytes=8 << 20)

@@ -163,27 +163,37 @@ class Receiver:
     def export(self, decoded: Decoded, deadline: float | None = None) -> None:
         """Store the spans of one request; returns once committed (see SpanWriter.write),
         or raises TimeoutError at ``deadline`` (``time.monotonic()``; default: the
-        request timeout from now). Spans the store refuses (``store.spans.refused_time``) are added to
-        ``decoded``'s rejected spans, and spans it flags to its warnings, for the
-        partial-success answer."""
+        request timeout from now). Spans the store refuses (``store.spans.refused_time``)
+        are added to ``decoded``'s rejected spans, and spans it flags to its warnings,
+        for the partial-success answer.
+
+        A request of more spans than the writer commits at once is handed over in
+        slices of ``max_batch_spans``, each after the previous one is committed, so that
+        it never fills the writer's queue alone: the other clients' requests are
+        committed between its slices instead of being answered 429 until it is done.
+        If a slice fails, the client's retry stores no duplicate of the slices before.
+        """
         with self._lock:
             self.stats.requests += 1
-        if decoded.spans:
-            if deadline is None:
-                deadline = time.monotonic() + self.config.request_timeout_s
-            prepared = self.writer.write(decoded.spans,
+        if deadline is None:
+            deadline = time.monotonic() + self.config.request_timeout_s
+        spans, step = decoded.spans, self.writer.max_batch_spans
+        refused: dict[str, int] = {}
+        flagged = 0
+        for start in range(0, len(spans), step):
+            prepared = self.writer.write(spans[start:start + step],
                                          timeout=max(0.05, deadline - time.monotonic()))
-            refused = getattr(prepared, "refused", None) or {}
-            for reason, count in refused.items():
-                decoded.reject(reason, count)
-            flagged = getattr(prepared, "flagged", 0)
-            if flagged:
-                decoded.warnings.append(
-                    f"{flagged} span(s) stored flagged inconsistent: their "
-                    "gepa.prompt.version is not the hash of their template")
-            with self._lock:
-                self.stats.spans_accepted += len(decoded.spans) - sum(refused.values())
+            for reason, count in (getattr(prepared, "refused", None) or {}).items():
+                refused[reason] = refused.get(reason, 0) + count
+            flagged += getattr(prepared, "flagged", 0)
+        for reason, count in refused.items():
+            decoded.reject(reason, count)
+        if flagged:
+            decoded.warnings.append(
+                f"{flagged} span(s) stored flagged inconsistent: their "
+                "gepa.prompt.version is not the hash of their template")
         with self._lock:
+            self.stats.spans_accepted += len(spans) - sum(refused.values())
             self.stats.spans_rejected += decoded.rejected
 
     def feedback(self, fields: Any) -> tuple[int, dict[str, Any]]:
