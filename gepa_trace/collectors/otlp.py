@@ -11,8 +11,11 @@ SIGTERM.
 the OpenTelemetry Collector's file exporter writes) and protobuf files through the same
 decoder and writes them with ``write_spans``.
 
-The layers, each in its own module: ``otlp_decode`` (bytes -> span dicts),
-``otlp_writer`` (group commit), ``otlp_http`` and ``otlp_grpc`` (the two transports).
+The layers, each in its own module: ``admission`` (the memory of requests in flight,
+counted before decoding), ``otlp_decode`` (bytes -> span dicts), ``otlp_writer`` (group
+commit, and reopening a store deleted under it), ``otlp_http`` and ``otlp_grpc`` (the
+two transports), ``otlp_overflow`` (HTTP connections past the cap). What each bound
+means against hostile clients is in ``CollectorConfig``.
 """
 
 from __future__ import annotations
