@@ -37,6 +37,7 @@ class Overflow:
         self._lock = threading.Lock()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)  # a full wake-up buffer is a wake-up already sent
         self._selector.register(self._wake_r, selectors.EVENT_READ)
         self._waiting: dict[socket.socket, tuple[float, bytearray]] = {}
         self._closed = False
@@ -70,8 +71,9 @@ class Overflow:
                 incoming, self._incoming = self._incoming, []
                 closed = self._closed
             if closed:
-                for sock in [*incoming, *self._waiting]:
+                for sock in [*incoming, *self._waiting, self._wake_r, self._wake_w]:
                     _close(sock)
+                self._selector.close()
                 return
             now = time.monotonic()
             for sock in incoming:
