@@ -5,6 +5,8 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ import sqlalchemy.exc
 
 from gepa_trace.collectors.otlp import Collector, CollectorConfig
 from gepa_trace.collectors.otlp_writer import SpanWriter, WriteFailed
-from gepa_trace.store import open_store
+from gepa_trace.store import forget_store, open_store
 
 MARKER = "secret-user-text-7f3a"
 
@@ -123,8 +125,9 @@ def test_a_store_read_only_then_writable_again_is_written_without_restart(sqlite
         collector.stop(grace=5)
 
 
-def test_a_deleted_store_file_is_answered_503_never_200_with_nothing_stored(sqlite_url,
-                                                                             caplog):
+def test_a_deleted_store_file_is_recreated_and_written_without_restart(sqlite_url, caplog):
+    from test_collector_http import count_spans
+
     path = Path(sqlite_url.removeprefix("sqlite:///"))
     collector = Collector(open_store(sqlite_url),
                           CollectorConfig(http_port=0, grpc_port=0, token=None)).start()
@@ -132,7 +135,60 @@ def test_a_deleted_store_file_is_answered_503_never_200_with_nothing_stored(sqli
         assert _export(collector.http_port, 1) == 200
         for f in path.parent.glob(f"{path.name}*"):
             f.unlink()
-        assert _export(collector.http_port, 2) == 503
-        assert "was deleted or replaced" in caplog.text
+        assert _export(collector.http_port, 2) == 200  # a 200 means stored: in the new file
+        assert "was deleted or replaced; recreating it" in caplog.text
+        assert path.exists() and count_spans(collector.store) == 2
+        assert _export(collector.http_port, 3) == 200
+        assert count_spans(open_store(sqlite_url)) == 4
+        response, data = post(collector.http_port, None, method="GET", path="/healthz")
+        assert response.status == 200 and json.loads(data)["store"]["writable"] is True
     finally:
+        collector.stop(grace=5)
+
+
+def test_a_store_file_replaced_by_another_is_reopened_and_written(sqlite_url, tmp_path):
+    from test_collector_http import count_spans
+
+    path = Path(sqlite_url.removeprefix("sqlite:///"))
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    open_store(other, create=True)
+    forget_store(other)
+    collector = Collector(open_store(sqlite_url),
+                          CollectorConfig(http_port=0, grpc_port=None)).start()
+    try:
+        assert _export(collector.http_port, 1) == 200
+        for f in path.parent.glob(f"{path.name}-*"):
+            f.unlink()
+        (tmp_path / "other.db").replace(path)  # e.g. a backup restored over it
+        assert _export(collector.http_port, 2) == 200
+        assert count_spans(open_store(sqlite_url)) == 2  # only the new file's spans
+    finally:
+        collector.stop(grace=5)
+
+
+def test_healthz_reports_the_queue_and_its_lag_while_a_commit_waits(sqlite_url):
+    release = threading.Event()
+
+    def slow_commit(store, prepared):
+        release.wait(10)
+
+    writer = SpanWriter(open_store(sqlite_url), prepare=lambda spans: list(spans),
+                        commit=slow_commit)
+    collector = Collector(writer.store, CollectorConfig(http_port=0, grpc_port=None),
+                          writer=writer).start()
+    try:
+        sender = threading.Thread(target=_export, args=(collector.http_port, 1))
+        sender.start()
+        time.sleep(0.5)
+        _, data = post(collector.http_port, None, method="GET", path="/healthz")
+        queue = json.loads(data)["queue"]
+        assert queue["pending_requests"] == 1 and queue["pending_spans"] == 2
+        assert queue["lag_s"] >= 0.3
+        release.set()
+        sender.join(10)
+        _, data = post(collector.http_port, None, method="GET", path="/healthz")
+        queue = json.loads(data)["queue"]
+        assert queue == {"pending_requests": 0, "pending_spans": 0, "lag_s": 0.0}
+    finally:
+        release.set()
         collector.stop(grace=5)

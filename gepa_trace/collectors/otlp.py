@@ -11,8 +11,11 @@ SIGTERM.
 the OpenTelemetry Collector's file exporter writes) and protobuf files through the same
 decoder and writes them with ``write_spans``.
 
-The layers, each in its own module: ``otlp_decode`` (bytes -> span dicts),
-``otlp_writer`` (group commit), ``otlp_http`` and ``otlp_grpc`` (the two transports).
+The layers, each in its own module: ``admission`` (the memory of requests in flight,
+counted before decoding), ``otlp_decode`` (bytes -> span dicts), ``otlp_writer`` (group
+commit, and reopening a store deleted under it), ``otlp_http`` and ``otlp_grpc`` (the
+two transports), ``otlp_overflow`` (HTTP connections past the cap). What each bound
+means against hostile clients is in ``CollectorConfig``.
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ from __future__ import annotations
 import hmac
 import logging
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
+from gepa_trace.collectors.admission import MemoryBudget
 from gepa_trace.collectors.otlp_decode import (
     JSON,
     PROTOBUF,
@@ -55,7 +60,27 @@ FEEDBACK_FIELDS = ("trace_id", "span_id", "name", "score", "score_range", "label
 
 @dataclass
 class CollectorConfig:
-    """How ``gepa-trace collect`` listens. Port 0 picks a free port; None disables."""
+    """How ``gepa-trace collect`` listens, and what it holds against hostile clients.
+
+    Port 0 picks a free port; None disables. The bounds:
+
+    - ``max_memory_bytes``: the memory that requests in flight may hold at once, counted
+      before it is spent (``admission``): declared body, inflated bytes, decoded spans,
+      until each request is answered. Over it: 429 + Retry-After (gRPC: UNAVAILABLE with
+      ``retry-after``), nothing decoded; a request that alone exceeds it: 413. With the
+      default 512 MB, gRPC messages that grpc holds before admission (at most
+      ``grpc_workers`` x ``max_body_bytes``) and the process itself (~100 MB), the
+      collector stays under 1 GB.
+    - ``max_connections``: open HTTP connections served by a thread each; past it a
+      connection gets one answer and is closed (``GET /healthz`` is still answered,
+      anything else gets 503 + Retry-After).
+    - ``idle_timeout_s``: a keep-alive connection with no request is closed after it.
+    - ``header_timeout_s``: a request's line and headers must arrive within it of its
+      first byte (a client sending a byte a second is cut off).
+    - ``request_timeout_s``: from a request's first byte to its answer, body and commit
+      included; shorter than the OTLP exporters' 10 s, so that they get our 503 (and
+      retry) rather than time out themselves. A body not received in time gets 408.
+    """
 
     host: str = "127.0.0.1"
     http_port: int | None = 4318
@@ -64,12 +89,19 @@ class CollectorConfig:
     max_body_bytes: int = 16 * 1024 * 1024
     max_pending_spans: int = 100_000
     max_batch_spans: int = 20_000
-    write_timeout_s: float = 60.0
+    max_memory_bytes: int = 512 * 1024 * 1024
+    max_connections: int = 256
+    idle_timeout_s: float = 30.0
+    header_timeout_s: float = 5.0
+    request_timeout_s: float = 8.0
     grpc_workers: int = 16
 
     def __post_init__(self) -> None:
-        if self.max_body_bytes < 1:
-            raise ConfigError("max_body_bytes must be positive")
+        for name in ("max_body_bytes", "max_memory_bytes", "max_connections",
+                     "idle_timeout_s", "header_timeout_s", "request_timeout_s",
+                     "grpc_workers"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
         for name in ("http_port", "grpc_port"):
             port = getattr(self, name)
             if port is not None and not 0 <= port <= 65535:
@@ -88,12 +120,14 @@ class ReceiverStats:
 class Receiver:
     """What the HTTP and gRPC transports share. Thread-safe."""
 
-    def __init__(self, store: Store, writer: SpanWriter, config: CollectorConfig):
-        self.store = store
+    def __init__(self, writer: SpanWriter, config: CollectorConfig):
         self.writer = writer
+        self.config = config
         self.token = config.token
         self.max_body_bytes = config.max_body_bytes
-        self.write_timeout_s = config.write_timeout_s
+        self.budget = MemoryBudget(config.max_memory_bytes)
+        #: open HTTP connections (set by the HTTP transport), for /healthz
+        self.open_connections: Callable[[], int] = lambda: 0
         self.accepting = True
         self.stats = ReceiverStats()
         self._lock = threading.Lock()
@@ -110,6 +144,11 @@ class Receiver:
         return scheme.lower() == "bearer" and hmac.compare_digest(
             value.strip().encode(), self.token.encode())
 
+    @property
+    def store(self) -> Store:
+        """The writer's store (it may reopen a SQLite file deleted under it)."""
+        return self.writer.store
+
     @contextmanager
     def in_flight(self) -> Iterator[None]:
         with self._lock:
@@ -124,26 +163,40 @@ class Receiver:
     def busy_requests(self) -> int:
         return self._in_flight
 
-    def export(self, decoded: Decoded) -> None:
-        """Store the spans of one request; returns once committed (see SpanWriter.write).
-        Spans the store refuses (``store.spans.refused_time``) are added to
-        ``decoded``'s rejected spans, and spans it flags to its warnings, for the
-        partial-success answer."""
+    def export(self, decoded: Decoded, deadline: float | None = None) -> None:
+        """Store the spans of one request; returns once committed (see SpanWriter.write),
+        or raises TimeoutError at ``deadline`` (``time.monotonic()``; default: the
+        request timeout from now). Spans the store refuses (``store.spans.refused_time``)
+        are added to ``decoded``'s rejected spans, and spans it flags to its warnings,
+        for the partial-success answer.
+
+        A request of more spans than the writer commits at once is handed over in
+        slices of ``max_batch_spans``, each after the previous one is committed, so that
+        it never fills the writer's queue alone: the other clients' requests are
+        committed between its slices instead of being answered 429 until it is done.
+        If a slice fails, the client's retry stores no duplicate of the slices before.
+        """
         with self._lock:
             self.stats.requests += 1
-        if decoded.spans:
-            prepared = self.writer.write(decoded.spans, timeout=self.write_timeout_s)
-            refused = getattr(prepared, "refused", None) or {}
-            for reason, count in refused.items():
-                decoded.reject(reason, count)
-            flagged = getattr(prepared, "flagged", 0)
-            if flagged:
-                decoded.warnings.append(
-                    f"{flagged} span(s) stored flagged inconsistent: their "
-                    "gepa.prompt.version is not the hash of their template")
-            with self._lock:
-                self.stats.spans_accepted += len(decoded.spans) - sum(refused.values())
+        if deadline is None:
+            deadline = time.monotonic() + self.config.request_timeout_s
+        spans, step = decoded.spans, self.writer.max_batch_spans
+        refused: dict[str, int] = {}
+        flagged = 0
+        for start in range(0, len(spans), step):
+            prepared = self.writer.write(spans[start:start + step],
+                                         timeout=max(0.05, deadline - time.monotonic()))
+            for reason, count in (getattr(prepared, "refused", None) or {}).items():
+                refused[reason] = refused.get(reason, 0) + count
+            flagged += getattr(prepared, "flagged", 0)
+        for reason, count in refused.items():
+            decoded.reject(reason, count)
+        if flagged:
+            decoded.warnings.append(
+                f"{flagged} span(s) stored flagged inconsistent: their "
+                "gepa.prompt.version is not the hash of their template")
         with self._lock:
+            self.stats.spans_accepted += len(spans) - sum(refused.values())
             self.stats.spans_rejected += decoded.rejected
 
     def feedback(self, fields: Any) -> tuple[int, dict[str, Any]]:
@@ -182,16 +235,26 @@ class Receiver:
                      "replaced": list(result.replaced), "feedback": body}
 
     def health(self) -> dict[str, Any]:
+        """The collector's real state: ``status`` ok / degraded (the store refuses
+        writes) / stopping; the store, the writer's queue and its lag (age of the oldest
+        request waiting for its commit), the memory admitted, the open connections."""
         failures = self.writer.failures
+        writer, budget = self.writer, self.budget
         status = ("stopping" if not self.accepting
                   else "degraded" if failures.failing else "ok")
         return {"status": status,
                 "store": {"writable": not failures.failing,
                           "last_error": failures.last_error if failures.failing else None},
-                "queue": {"pending_spans": self.writer.pending_spans},
-                "pending_spans": self.writer.pending_spans,
-                "stored_spans": self.writer.stored_spans,
-                "transactions": self.writer.transactions,
+                "queue": {"pending_spans": writer.pending_spans,
+                          "pending_requests": writer.pending_requests,
+                          "lag_s": round(writer.lag_s, 3)},
+                "memory": {"admitted_bytes": budget.used, "peak_bytes": budget.peak,
+                           "limit_bytes": budget.limit, "refused_requests": budget.refused},
+                "connections": {"open": self.open_connections(),
+                                "limit": self.config.max_connections},
+                "pending_spans": writer.pending_spans,
+                "stored_spans": writer.stored_spans,
+                "transactions": writer.transactions,
                 "rejected_spans": self.stats.spans_rejected,
                 "skipped_feedback_events": sum(skipped_feedback_events().values())}
 
@@ -242,18 +305,22 @@ class Collector:
 
     def __init__(self, store: Store, config: CollectorConfig | None = None, *,
                  writer: SpanWriter | None = None):
-        self.store = store
         self.config = config or CollectorConfig()
         self.writer = writer or SpanWriter(store,
                                            max_pending_spans=self.config.max_pending_spans,
-                                           max_batch_spans=self.config.max_batch_spans)
-        self.receiver = Receiver(store, self.writer, self.config)
+                                           max_batch_spans=self.config.max_batch_spans,
+                                           on_open=tune_sqlite_for_bulk_writes)
+        self.receiver = Receiver(self.writer, self.config)
         self._http = None
         self._http_thread: threading.Thread | None = None
         self._grpc = None
         self.http_port: int | None = None
         self.grpc_port: int | None = None
         self._stopped = False
+
+    @property
+    def store(self) -> Store:
+        return self.writer.store
 
     def start(self) -> Self:
         from gepa_trace.collectors.otlp_http import OTLPHTTPServer
@@ -264,6 +331,7 @@ class Collector:
             if cfg.http_port is not None:
                 self._http = OTLPHTTPServer((cfg.host, cfg.http_port), self.receiver)
                 self.http_port = self._http.port
+                self.receiver.open_connections = self._http.connection_count
                 self._http_thread = threading.Thread(
                     target=self._http.serve_forever, kwargs={"poll_interval": 0.2},
                     name="otlp-http", daemon=True)
@@ -272,7 +340,7 @@ class Collector:
                 from gepa_trace.collectors.otlp_grpc import start_grpc_server
 
                 self._grpc, self.grpc_port = start_grpc_server(self.receiver, cfg.host,
-                                                               cfg.grpc_port, cfg.grpc_workers)
+                                                               cfg.grpc_port)
         except OSError as exc:
             self.stop(grace=0)
             raise ConfigError(f"cannot listen on {cfg.host}: {exc}") from exc

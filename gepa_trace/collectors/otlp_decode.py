@@ -23,6 +23,7 @@ import base64
 import binascii
 import json
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
+
+from gepa_trace.collectors.admission import INFLATE_FACTOR, Ticket
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -50,6 +53,7 @@ _KINDS = {0: "UNSPECIFIED", 1: "INTERNAL", 2: "SERVER", 3: "CLIENT", 4: "PRODUCE
           5: "CONSUMER"}
 _STATUS = {0: "UNSET", 1: "OK", 2: "ERROR"}
 _MAX_REASONS = 5
+INFLATE_STEP = 1 << 20  # bytes inflated between two checks of the limit and the budget
 
 
 class RequestError(Exception):
@@ -87,13 +91,19 @@ def media_type(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
 
 
-def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
+def decompress(body: bytes, encoding: str | None, limit: int,
+               on_inflated: Callable[[int], None] | None = None) -> bytes | bytearray:
     """The body without its Content-Encoding, refusing more than ``limit`` bytes out.
 
-    Decompression is bounded so that a small gzip bomb cannot exhaust memory.
+    Inflated piece by piece (``INFLATE_STEP`` bytes at a time): ``on_inflated(n)`` is
+    called before each piece is kept, so the caller can count it against a memory bound
+    (and raise) before a small gzip bomb grows; for an identity body it is called once
+    with the body's size.
     """
     encoding = (encoding or "identity").strip().lower()
     if encoding in ("", "identity"):
+        if on_inflated is not None:
+            on_inflated(len(body))
         return body
     if encoding == "gzip":
         wbits = 16 + zlib.MAX_WBITS
@@ -104,31 +114,66 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
         raise RequestError(415, f"unsupported Content-Encoding {encoding!r} "
                                 "(use gzip, deflate or none)")
     inflater = zlib.decompressobj(wbits)
+    out = bytearray()
+    data: bytes = body
     try:
-        out = inflater.decompress(body, limit + 1)
+        while True:
+            piece = inflater.decompress(data, INFLATE_STEP)
+            data = inflater.unconsumed_tail
+            _keep(out, piece, limit, on_inflated)
+            if not data or inflater.eof:
+                break
+        if not inflater.eof:
+            _keep(out, inflater.flush(), limit, on_inflated)
     except zlib.error as exc:
         raise RequestError(400, f"body is not valid {encoding}: {exc}") from None
-    if len(out) > limit:
-        raise RequestError(413, f"decompressed body exceeds the limit of {limit} bytes")
     if not inflater.eof:
         raise RequestError(400, f"body is truncated {encoding} data")
     return out
 
 
+def _keep(out: bytearray, piece: bytes, limit: int,
+          on_inflated: Callable[[int], None] | None) -> None:
+    if not piece:
+        return
+    if len(out) + len(piece) > limit:
+        raise RequestError(413, f"decompressed body exceeds the limit of {limit} bytes")
+    if on_inflated is not None:
+        on_inflated(len(piece))
+    out += piece
+
+
 def decode_request(body: bytes, content_type: str | None, content_encoding: str | None = None,
-                   limit: int = 1 << 62) -> tuple[ExportTraceServiceRequest, Decoded]:
-    """The ``ExportTraceServiceRequest`` in an HTTP body (see module contract)."""
+                   limit: int = 1 << 62, ticket: Ticket | None = None
+                   ) -> tuple[ExportTraceServiceRequest, Decoded]:
+    """The ``ExportTraceServiceRequest`` in an HTTP body (see module contract).
+
+    With a ``ticket`` (``admission``), the inflated bytes and then the counted spans are
+    taken from the collector's memory budget before they are allocated; OverBudget or
+    TooLarge propagate.
+    """
     kind = media_type(content_type)
     if kind not in (PROTOBUF, JSON):
         raise RequestError(415, f"unsupported Content-Type {content_type!r} "
                                 f"(use {PROTOBUF} or {JSON})")
-    raw = decompress(body, content_encoding, limit)
+    factor = INFLATE_FACTOR[kind]
+    raw = decompress(body, content_encoding, limit,
+                     None if ticket is None else lambda n: ticket.take(n * factor))
     if kind == JSON:
-        return decode_json(raw)
-    return decode_protobuf(raw), Decoded()
+        request, decoded = decode_json(raw)
+    else:
+        request, decoded = decode_protobuf(raw), Decoded()
+    if ticket is not None:
+        ticket.take_spans(count_spans(request), len(raw))
+    return request, decoded
 
 
-def decode_protobuf(raw: bytes) -> ExportTraceServiceRequest:
+def count_spans(request: ExportTraceServiceRequest) -> int:
+    """How many spans a parsed request holds, without converting any of them."""
+    return sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+
+
+def decode_protobuf(raw: bytes | bytearray) -> ExportTraceServiceRequest:
     request = ExportTraceServiceRequest()
     try:
         request.ParseFromString(raw)
@@ -138,7 +183,7 @@ def decode_protobuf(raw: bytes) -> ExportTraceServiceRequest:
     return request
 
 
-def decode_json(raw: bytes) -> tuple[ExportTraceServiceRequest, Decoded]:
+def decode_json(raw: bytes | bytearray) -> tuple[ExportTraceServiceRequest, Decoded]:
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
@@ -160,8 +205,9 @@ def decode_json(raw: bytes) -> tuple[ExportTraceServiceRequest, Decoded]:
 def _hex_ids_to_base64(data: dict, dropped: Decoded) -> None:
     """Rewrite OTLP/JSON hex ids as the base64 that protobuf's JSON parser expects.
 
-    A span whose id is not hex at all is removed and counted as rejected, so that one
-    bad span does not make the whole request undecodable.
+    A span whose id is not hex at all, or whose time no uint64 holds (negative, 2^64 or
+    more), is removed and counted as rejected, so that one bad span does not make the
+    whole request undecodable.
     """
     for rs in _list(data.get("resourceSpans")):
         if not isinstance(rs, dict):
@@ -181,6 +227,11 @@ def _hex_ids_to_base64(data: dict, dropped: Decoded) -> None:
                 try:
                     for key in ("traceId", "spanId", "parentSpanId"):
                         _convert_id(span, key)
+                    for key in ("startTimeUnixNano", "endTimeUnixNano"):
+                        _check_time(span, key)
+                    for event in _list(span.get("events")):
+                        if isinstance(event, dict):
+                            _check_time(event, "timeUnixNano")
                     for link in _list(span.get("links")):
                         if isinstance(link, dict):
                             _convert_id(link, "traceId")
@@ -195,6 +246,22 @@ def _hex_ids_to_base64(data: dict, dropped: Decoded) -> None:
 
 def _list(value: Any) -> list:
     return value if isinstance(value, list) else []
+
+
+def _check_time(obj: dict, key: str) -> None:
+    """A time that protobuf's fixed64 cannot hold (negative, 2^64 or more) rejects its
+    span alone; one from 2^63 up is parsed and then refused by the store, also alone."""
+    value = obj.get(key)
+    if value is None or isinstance(value, bool):
+        return  # absent, or a type Parse will reject with its own message
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        return
+    if number < 0:
+        raise ValueError(f"{key} is negative")
+    if number >= 1 << 64:
+        raise ValueError(f"{key} beyond uint64")
 
 
 def _convert_id(obj: dict, key: str) -> None:

@@ -10,20 +10,35 @@ Answers, as the OTLP specification asks (each one tested):
 - 413: body over the limit (declared, chunked or after decompression).
 - 415: content type other than application/x-protobuf or application/json, or an
   unknown Content-Encoding.
-- 429 + Retry-After: the writer is behind (bounded queue).
-- 503 + Retry-After: shutting down, or the database is unavailable.
+- 408: the body did not arrive within the request timeout (the connection is closed).
+- 429 + Retry-After: the writer is behind (bounded queue), or the request does not fit
+  in the memory left for requests in flight (``admission``; checked before each step of
+  decoding, so a refused request is never decoded).
+- 503 + Retry-After: shutting down, the database is unavailable, the commit did not
+  finish within the request timeout (the spans may be stored; a retry stores no
+  duplicate), or too many connections.
 
 Connections are HTTP/1.1 keep-alive (the OTLP exporters reuse them); after an error
-that leaves the body unread the connection is closed.
+that leaves the body unread the connection is closed. Against slow or too many
+clients (``CollectorConfig``): each connection thread reads through a deadline (idle
+keep-alive, then the head, then the whole request), and past ``max_connections``
+connections a selector thread (``otlp_overflow``) reads each new connection's head for at
+most a second, answers ``GET /healthz`` as usual and anything else 503, and closes it,
+so ``/healthz`` stays reachable under a connection flood.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import socket
+import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
+from gepa_trace.collectors.admission import OverBudget, Ticket, TooLarge
 from gepa_trace.collectors.otlp_decode import (
     INTERNAL,
     INVALID_ARGUMENT,
@@ -42,6 +57,7 @@ from gepa_trace.collectors.otlp_decode import (
     media_type,
     spans_of,
 )
+from gepa_trace.collectors.otlp_overflow import Overflow
 from gepa_trace.collectors.otlp_writer import WriteFailed, WriterBusy, WriterClosed
 
 if TYPE_CHECKING:
@@ -50,11 +66,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _GRPC_CODE = {400: INVALID_ARGUMENT, 401: UNAUTHENTICATED, 404: NOT_FOUND, 405: UNIMPLEMENTED,
-              411: INVALID_ARGUMENT, 413: RESOURCE_EXHAUSTED, 415: INVALID_ARGUMENT,
+              408: UNAVAILABLE, 411: INVALID_ARGUMENT, 413: RESOURCE_EXHAUSTED,
+              415: INVALID_ARGUMENT,
               429: UNAVAILABLE, 500: INTERNAL, 501: UNIMPLEMENTED, 503: UNAVAILABLE,
               504: UNAVAILABLE}
 _SIGNALS = {"/v1/traces", "/v1/metrics", "/v1/logs"}
 _DRAIN_LIMIT = 64 * 1024 * 1024  # refused bodies up to this size are read and dropped
+_WRITE_TIMEOUT_S = 5.0  # sending one answer
 
 
 class _Refused(Exception):
@@ -64,11 +82,63 @@ class _Refused(Exception):
         self.status, self.message, self.retry_after, self.close = status, message, retry_after, close
 
 
+class _DeadlineReader(io.RawIOBase):
+    """The connection's socket, read under a deadline (``time.monotonic()``) that the
+    handler moves: a byte a second cannot keep a request alive past it."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.deadline: float | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("deadline passed")
+            self.sock.settimeout(left)
+        return self.sock.recv_into(buffer)
+
+
+def health_answer(receiver: Receiver) -> tuple[int, bytes]:
+    """``GET /healthz``: 200 when ok, 503 when degraded or stopping; the state as JSON."""
+    health = receiver.health()
+    return (200 if health["status"] == "ok" else 503), json.dumps(health).encode()
+
+
 class OTLPHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive; every reply carries Content-Length
     server_version = "gepa-trace-collect"
-    timeout = 60  # an idle keep-alive connection is closed after this many seconds
     server: OTLPHTTPServer
+
+    def setup(self) -> None:
+        super().setup()
+        self._reader = _DeadlineReader(self.connection)
+        self.rfile = io.BufferedReader(self._reader, 1 << 16)
+        self._request_deadline = 0.0
+        self._ticket: Ticket | None = None
+
+    def handle_one_request(self) -> None:
+        config = self.server.receiver.config
+        self._reader.deadline = time.monotonic() + config.idle_timeout_s
+        try:
+            if not self.rfile.peek(1):  # the client closed the connection
+                self.close_connection = True
+                return
+        except (TimeoutError, OSError):  # idle keep-alive connection: closed
+            self.close_connection = True
+            return
+        started = time.monotonic()
+        self._reader.deadline = started + config.header_timeout_s
+        self._request_deadline = started + config.request_timeout_s
+        super().handle_one_request()  # a head not received in time closes the connection
+
+    def parse_request(self) -> bool:
+        parsed = super().parse_request()
+        self._reader.deadline = self._request_deadline  # the body, until the answer
+        return parsed
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)
@@ -77,9 +147,8 @@ class OTLPHandler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         if path == "/healthz":
-            health = self.server.receiver.health()
-            self._reply(200 if health["status"] == "ok" else 503, JSON,
-                        json.dumps(health).encode())
+            status, body = health_answer(self.server.receiver)
+            self._reply(status, JSON, body)
         elif path in _SIGNALS or path == "/v1/feedback":
             self._error(405, "use POST", JSON)
         else:
@@ -91,7 +160,8 @@ class OTLPHandler(BaseHTTPRequestHandler):
         kind = media_type(self.headers.get("Content-Type"))
         reply_kind = PROTOBUF if kind == PROTOBUF else JSON
         receiver = self.server.receiver
-        with receiver.in_flight():
+        with receiver.in_flight(), receiver.budget.ticket() as ticket:
+            self._ticket = ticket  # given back before the answer is sent (see _reply)
             try:
                 if path not in _SIGNALS and path != "/v1/feedback":
                     raise _Refused(404, f"no such path {path!r}", close=True)
@@ -101,21 +171,23 @@ class OTLPHandler(BaseHTTPRequestHandler):
                     raise _Refused(503, "the collector is shutting down", retry_after=5,
                                    close=True)
                 if path == "/v1/feedback":
-                    return self._feedback()
+                    return self._feedback(ticket)
                 if kind not in (PROTOBUF, JSON):
                     raise _Refused(415, f"unsupported Content-Type "
                                         f"{self.headers.get('Content-Type')!r} (use "
                                         f"{PROTOBUF} or {JSON})", close=True)
-                body = self._read_body()
+                body = self._read_body(ticket)
                 if path != "/v1/traces":  # metrics and logs: accepted and discarded
                     decompress(body, self.headers.get("Content-Encoding"),
-                               receiver.max_body_bytes)
+                               receiver.max_body_bytes, ticket.take)
                     return self._reply(200, reply_kind, b"{}" if kind == JSON else b"")
                 request, decoded = decode_request(body, kind,
                                                   self.headers.get("Content-Encoding"),
-                                                  receiver.max_body_bytes)
+                                                  receiver.max_body_bytes, ticket)
+                del body
                 decoded = spans_of(request, decoded)
-                receiver.export(decoded)
+                del request
+                receiver.export(decoded, self._request_deadline)
                 self._reply(200, reply_kind, encode_response(decoded, reply_kind))
             except RequestError as exc:
                 self._error(exc.status, exc.message, reply_kind)
@@ -125,14 +197,19 @@ class OTLPHandler(BaseHTTPRequestHandler):
                 close = exc.close and not self._discard_body()
                 self._error(exc.status, exc.message, reply_kind, retry_after=exc.retry_after,
                             close=close)
-            except WriterBusy as exc:
+            except (WriterBusy, OverBudget) as exc:
                 self._error(429, str(exc), reply_kind, retry_after=exc.retry_after)
+            except TooLarge as exc:
+                self._error(413, str(exc), reply_kind)
             except WriterClosed as exc:
                 self._error(503, str(exc), reply_kind, retry_after=5, close=True)
-            except (WriteFailed, TimeoutError) as exc:
-                retryable = getattr(exc, "retryable", True)
-                self._error(503 if retryable else 500, str(exc) or "write timed out",
-                            reply_kind, retry_after=2 if retryable else None)
+            except TimeoutError:
+                self._error(503, "spans not committed within the request timeout; they may "
+                            "be stored, a retry stores no duplicate", reply_kind,
+                            retry_after=2)
+            except WriteFailed as exc:
+                self._error(503 if exc.retryable else 500, str(exc), reply_kind,
+                            retry_after=2 if exc.retryable else None)
 
     def do_PUT(self) -> None:
         self._body_read = False
@@ -169,33 +246,46 @@ class OTLPHandler(BaseHTTPRequestHandler):
             done += len(piece)
         return done
 
-    def _read_body(self) -> bytes:
+    def _read_body(self, ticket: Ticket) -> bytes:
+        """The body, its size taken from ``ticket`` before it is read."""
         self._body_read = True
         limit = self.server.receiver.max_body_bytes
-        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            return self._read_chunked(limit)
-        length_text = self.headers.get("Content-Length")
-        if length_text is None:
-            raise _Refused(411, "Content-Length required", close=True)
         try:
-            length = int(length_text)
-        except ValueError:
-            raise _Refused(400, f"bad Content-Length {length_text!r}", close=True) from None
-        if length < 0:
-            raise _Refused(400, f"bad Content-Length {length_text!r}", close=True)
-        if length > limit:
-            self._body_read = False  # _discard_body may still drain it
-            raise _Refused(413, f"body of {length} bytes exceeds the limit of {limit} bytes",
-                           close=True)
-        body = self.rfile.read(length)
+            if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+                return self._read_chunked(limit, ticket)
+            length_text = self.headers.get("Content-Length")
+            if length_text is None:
+                raise _Refused(411, "Content-Length required", close=True)
+            try:
+                length = int(length_text)
+            except ValueError:
+                raise _Refused(400, f"bad Content-Length {length_text!r}",
+                               close=True) from None
+            if length < 0:
+                raise _Refused(400, f"bad Content-Length {length_text!r}", close=True)
+            if length > limit:
+                self._body_read = False  # _discard_body may still drain it
+                raise _Refused(413, f"body of {length} bytes exceeds the limit of {limit} "
+                               "bytes", close=True)
+            try:
+                ticket.take(length)
+            except OverBudget as exc:
+                self._body_read = False  # refused unread: drained, the connection kept
+                raise _Refused(429, str(exc), retry_after=exc.retry_after,
+                               close=True) from None
+            body = self.rfile.read(length)
+        except TimeoutError:
+            raise _Refused(408, "body not received within the request timeout",
+                           close=True) from None
         if len(body) != length:
             raise _Refused(400, "body shorter than its Content-Length", close=True)
         return body
 
-    def _read_chunked(self, limit: int) -> bytes:
-        """The chunked body. One over ``limit`` is still read to its end (dropped past
-        the limit), up to ``_DRAIN_LIMIT``, so the client, still sending, reads the 413
-        instead of a broken pipe and may keep the connection."""
+    def _read_chunked(self, limit: int, ticket: Ticket) -> bytes:
+        """The chunked body, each chunk taken from ``ticket`` before it is read. One
+        over ``limit`` is still read to its end (dropped past the limit), up to
+        ``_DRAIN_LIMIT``, so the client, still sending, reads the 413 instead of a
+        broken pipe and may keep the connection."""
         parts, size = [], 0
         while True:
             line = self.rfile.readline(1024)
@@ -214,6 +304,11 @@ class OTLPHandler(BaseHTTPRequestHandler):
             if size > _DRAIN_LIMIT:
                 raise _Refused(413, f"body exceeds the limit of {limit} bytes", close=True)
             if size <= limit:
+                try:
+                    ticket.take(chunk)
+                except OverBudget as exc:
+                    raise _Refused(429, str(exc), retry_after=exc.retry_after,
+                                   close=True) from None
                 data = self.rfile.read(chunk)
                 parts.append(data)
                 got = len(data)
@@ -224,10 +319,10 @@ class OTLPHandler(BaseHTTPRequestHandler):
                 raise _Refused(400, "truncated chunked body", close=True)
             self.rfile.readline(8)
 
-    def _feedback(self) -> None:
+    def _feedback(self, ticket: Ticket) -> None:
         receiver = self.server.receiver
-        body = decompress(self._read_body(), self.headers.get("Content-Encoding"),
-                          receiver.max_body_bytes)
+        body = decompress(self._read_body(ticket), self.headers.get("Content-Encoding"),
+                          receiver.max_body_bytes, ticket.take)
         try:
             fields = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -248,7 +343,11 @@ class OTLPHandler(BaseHTTPRequestHandler):
 
     def _reply(self, status: int, kind: str, body: bytes, *, headers: dict | None = None,
                close: bool = False) -> None:
+        if self._ticket is not None:  # a client sending its next request at once finds
+            self._ticket.release()  # the memory of this one free again
+            self._ticket = None
         try:
+            self.connection.settimeout(_WRITE_TIMEOUT_S)  # not the read deadline's rest
             self.send_response(status)
             self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(body)))
@@ -259,22 +358,59 @@ class OTLPHandler(BaseHTTPRequestHandler):
                 self.close_connection = True
             self.end_headers()
             self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True  # the client left; the spans are stored anyway
+        except OSError:  # the client left or stopped reading; the spans are stored anyway
+            self.close_connection = True
 
 
 class OTLPHTTPServer(ThreadingHTTPServer):
-    """A thread per connection; handler threads are daemons so idle keep-alive
-    connections never hold up shutdown (in-flight requests are awaited by the Receiver)."""
+    """A thread per connection, up to ``max_connections``; the connections past it get
+    one answer from ``otlp_overflow.Overflow`` and are closed. Handler threads are daemons so idle
+    keep-alive connections never hold up shutdown (in-flight requests are awaited by
+    the Receiver)."""
 
     daemon_threads = True
     allow_reuse_address = True
-    request_queue_size = 128
+    request_queue_size = 1024
 
     def __init__(self, address: tuple[str, int], receiver: Receiver):
         self.receiver = receiver
+        self.max_connections = receiver.config.max_connections
+        self._open = 0
+        self._open_lock = threading.Lock()
         super().__init__(address, OTLPHandler)
+        self._overflow = Overflow(lambda: health_answer(receiver))
 
     @property
     def port(self) -> int:
         return self.server_address[1]
+
+    def connection_count(self) -> int:
+        return self._open
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            over = self._open >= self.max_connections
+            if not over:
+                self._open += 1
+        if over:
+            self._overflow.add(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._closed_one()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._closed_one()
+
+    def _closed_one(self) -> None:
+        with self._open_lock:
+            self._open -= 1
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._overflow.close()

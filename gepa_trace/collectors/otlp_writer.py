@@ -13,6 +13,13 @@ bound is still accepted when the queue is empty, so no request is refused foreve
 
 If a group's transaction fails, each request of the group is retried alone, so one
 request whose spans the database refuses fails only itself.
+
+Recovery without restart: a SQLite file deleted or replaced under the collector is
+noticed before each transaction (the path is gone or has another inode) and reopened
+with ``open_store(create=True)``, which recreates the file and its schema, as the
+in-process exporter does; a store that refused writes (read-only, locked, database
+down) is simply tried again by the next transaction. Failures are logged without span
+content or SQL, one line per episode plus a count at most once a minute (``_FailureLog``).
 """
 
 from __future__ import annotations
@@ -24,7 +31,15 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from gepa_trace.store.engine import Store, failure_cause, file_identity, file_replaced
+from gepa_trace.store.engine import (
+    Store,
+    failure_cause,
+    file_identity,
+    file_replaced,
+    forget_store,
+    open_store,
+    sqlite_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +68,17 @@ class WriteFailed(Exception):
 
 
 class StoreFileGone(Exception):
-    """The SQLite file the collector opened was deleted or replaced under it."""
+    """The SQLite file the collector opened was deleted or replaced under it, and could
+    not be recreated."""
 
 
 class _Job:
-    __slots__ = ("done", "error", "prepared", "size")
+    __slots__ = ("done", "error", "prepared", "queued_at", "size")
 
     def __init__(self, prepared: Any, size: int):
         self.prepared = prepared
         self.size = size
+        self.queued_at = time.monotonic()
         self.done = threading.Event()
         self.error: WriteFailed | None = None
 
@@ -77,10 +94,12 @@ class SpanWriter:
 
     def __init__(self, store: Store, *, max_pending_spans: int = 100_000,
                  max_batch_spans: int = 20_000, prepare: PrepareFn | None = None,
-                 commit: CommitFn | None = None):
+                 commit: CommitFn | None = None,
+                 on_open: Callable[[Store], None] | None = None):
         """``prepare(spans)`` runs in the calling thread (rows, derived columns);
         ``commit(store, [prepared, ...])`` runs in the writer thread, one transaction.
-        Defaults: ``store.spans.prepare_spans`` / ``write_prepared``."""
+        Defaults: ``store.spans.prepare_spans`` / ``write_prepared``. ``on_open(store)``
+        is called on a store reopened after its file was deleted or replaced."""
         if max_pending_spans < 1:
             raise ValueError("max_pending_spans must be at least 1")
         if max_batch_spans < 1:
@@ -92,8 +111,10 @@ class SpanWriter:
         self.max_batch_spans = max_batch_spans
         self._prepare = prepare or prepare_spans
         self._commit_fn = commit or write_prepared
+        self._on_open = on_open
         self._queue: deque[_Job] = deque()
         self._pending = 0
+        self._committing: list[_Job] = []
         self._cond = threading.Condition()
         self._closing = False
         self.stored_spans = 0  # handed to write_spans and committed
@@ -101,8 +122,6 @@ class SpanWriter:
         self.requests = 0
         self.busy_s = 0.0  # time spent in transactions: near the elapsed time = saturated
         self.failures = _FailureLog()
-        from gepa_trace.store.engine import sqlite_path
-
         self._replaced = file_replaced
         self._path = sqlite_path(store.url)
         self._identity = file_identity(self._path) if self._path else None
@@ -113,6 +132,21 @@ class SpanWriter:
     @property
     def pending_spans(self) -> int:
         return self._pending
+
+    @property
+    def pending_requests(self) -> int:
+        """Requests queued or in the transaction under way."""
+        with self._cond:
+            return len(self._queue) + len(self._committing)
+
+    @property
+    def lag_s(self) -> float:
+        """Seconds the oldest request not yet committed has waited (0: none waits)."""
+        with self._cond:
+            waiting = [job.queued_at for job in self._committing[:1]]
+            if self._queue:
+                waiting.append(self._queue[0].queued_at)
+        return time.monotonic() - min(waiting) if waiting else 0.0
 
     def write(self, spans: Sequence[Mapping[str, Any]], timeout: float | None = None) -> Any:
         """Store ``spans``; returns once committed, with what ``prepare`` made of them
@@ -163,6 +197,7 @@ class SpanWriter:
                 job = self._queue.popleft()
                 jobs.append(job)
                 size += job.size
+            self._committing = jobs
             return jobs
 
     def _run(self) -> None:
@@ -175,20 +210,34 @@ class SpanWriter:
             finally:
                 with self._cond:
                     self._pending -= sum(j.size for j in jobs)
+                    self._committing = []
                 for job in jobs:
                     job.done.set()
+
+    def _reopen(self) -> None:
+        """Recreate the store at our path (file and schema), as the exporter does."""
+        log.warning("the store file %s was deleted or replaced; recreating it", self._path)
+        forget_store(self.store.url)
+        store = open_store(self.store.url, create=True)
+        if self._on_open is not None:
+            self._on_open(store)
+        self.store = store
+        self._identity = file_identity(self._path)
 
     def _commit(self, jobs: list[_Job]) -> None:
         size = sum(j.size for j in jobs)
         started = time.perf_counter()
         if self._path is not None and self._replaced(self._path, self._identity):
-            # the open connections still write to the deleted file: a 200 would store nothing
-            gone = StoreFileGone(f"the store file {self._path} was deleted or replaced; "
-                                 "restart the collector")
-            self.failures.failed(gone)
-            for job in jobs:
-                job.error = WriteFailed(str(gone), retryable=True)
-            return
+            # the open connections would write to the deleted file: a 200 would store nothing
+            try:
+                self._reopen()
+            except Exception as exc:  # noqa: BLE001 - reported to each waiting request
+                gone = StoreFileGone(f"the store file {self._path} was deleted or replaced "
+                                     f"and cannot be recreated: {failure_cause(exc)}")
+                self.failures.failed(gone)
+                for job in jobs:
+                    job.error = WriteFailed(str(gone), retryable=True)
+                return
         try:
             self._commit_fn(self.store, [j.prepared for j in jobs])
         except Exception as exc:  # noqa: BLE001 - reported to each waiting request
