@@ -132,8 +132,9 @@ def test_status_without_a_production_alias_compares_with_what_production_runs(
         sqlite_url, monkeypatch, tmp_path):
     """An agent whose production prompts live in its code has no production alias: the
     canary is compared with the versions most of its recent runs carried."""
-    from gepa_trace.demo.traffic import run_traffic
     from instrumented import instrumentation_shut_down
+
+    from gepa_trace.demo.traffic import run_traffic
 
     monkeypatch.chdir(tmp_path)
     run_traffic(40, store=sqlite_url, seed=2, feedback_rate=1.0, noise=0.0, review_rate=0.0,
