@@ -42,6 +42,7 @@ COMMANDS = {
     "report": "gepa_trace.cli.ship:report",
     "demo": "gepa_trace.cli.demo:demo",
     "prune": "gepa_trace.cli.prune:prune",
+    "ui": "gepa_trace.cli.ui:ui",
 }
 
 

@@ -1,0 +1,6 @@
+def pages():
+    return []
+
+
+def actions():
+    return []
