@@ -24,6 +24,7 @@ from starlette.staticfiles import StaticFiles
 from gepa_trace.errors import (
     ConfigError,
     FeedbackError,
+    GateRefused,
     GepaTraceError,
     NotFoundError,
     ReviewRequired,
@@ -126,7 +127,7 @@ def mutating(handler: Callable[[Request, Any], Response]) -> Callable:
     return endpoint
 
 
-_STATUS = ((NotFoundError, 404), (ReviewRequired, 409), (FeedbackError, 400),
+_STATUS = ((NotFoundError, 404), (ReviewRequired, 409), (GateRefused, 409), (FeedbackError, 400),
            (ConfigError, 400))
 
 
