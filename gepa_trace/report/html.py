@@ -447,19 +447,26 @@ def _significance_section(d: ReportData) -> str:
                     f"(candidates #{d.seed_id} and #{d.best_id}).")
 
 
-def render_page(d: ReportData) -> str:
-    """The whole HTML document of one run's report."""
+def report_parts(d: ReportData) -> tuple[str, list[str]]:
+    """The report's header and its sections (HTML, every stored string escaped): the
+    static page below and the web UI's run page (``gepa_trace.ui``) place the same ones."""
     sections = [_summary(d), _score_section(d), _fronts_section(d), _lineage_section(d),
                 _diffs_section(d), _section("review", *review_section_body(d.review)),
                 blame_section(d.blames, d.run.id), _diagnoses_section(d),
                 _budget_section(d), _significance_section(d)]
+    return _header(d), sections
+
+
+def render_page(d: ReportData) -> str:
+    """The whole HTML document of one run's report."""
+    header, sections = report_parts(d)
     title = f"gepa-trace report: {d.run.agent} {d.run.id}"
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             # An empty inline icon, so a browser does not go looking for /favicon.ico.
             "<link rel=\"icon\" href=\"data:,\">"
             f"<title>{esc(title)}</title><style>{CSS}</style></head><body>"
-            f"{_header(d)}<main>{''.join(sections)}</main>"
+            f"{header}<main>{''.join(sections)}</main>"
             f"<footer>gepa-trace report · generated {esc(_when(_now()))}</footer>"
             "</body></html>\n")
 
