@@ -147,7 +147,7 @@ def test_open_a_run_and_its_diff(page, demo_store):
 def test_promote_a_prompt_and_see_the_alias_in_prompts_ls(page, demo_store):
     url, run_id = demo_store
     best = cli(url, "runs", "show", run_id)["best"]["prompts"]
-    component, version = sorted(best.items())[0]
+    component, version = min(best.items())
     page.goto("/prompts")
     page.click(f"tr[data-version='{version}'] a.promote-link")
     page.wait_for_selector("#gate-verdict")
@@ -159,6 +159,5 @@ def test_promote_a_prompt_and_see_the_alias_in_prompts_ls(page, demo_store):
     page.wait_for_selector("#promoted")
     versions = {(v["component"], v["version"]): v["aliases"] for v in cli(url, "prompts", "ls")}
     assert versions[(component, version)] == ["production"]
-    assert f"tr[data-version='{version}']" and "production" in page.locator(
-        f"tr[data-version='{version}'] td.aliases").inner_text()
+    assert "production" in page.locator(f"tr[data-version='{version}'] td.aliases").inner_text()
     assert page.problems == []
