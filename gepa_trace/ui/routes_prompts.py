@@ -74,7 +74,10 @@ class Verdict:
 
     @property
     def gate_passes(self) -> bool:
-        return not self.gate_needed or (self.gate is not None and self.gate.significant)
+        """The gate speaks for the run's best candidate against its seed (what `export`
+        ships); any other version of the run has no verdict of its own."""
+        return not self.gate_needed or (self.is_best and self.gate is not None
+                                        and self.gate.significant)
 
 
 def verdict_of(store: Any, stored: Any) -> tuple[Verdict, Any]:
@@ -125,7 +128,8 @@ def promote(request: Request, form: Any) -> Response:
     stored = get_version(ui.store, form.get("version") or "", component)
     verdict, review = verdict_of(ui.store, stored)
     if not verdict.gate_passes and form.get("force") != "1":
-        why = verdict.gate.sentence() if verdict.gate else "no held-out test evaluation"
+        why = ("not the run's best candidate, which the gate judged" if not verdict.is_best
+               else verdict.gate.sentence() if verdict.gate else "no held-out test evaluation")
         raise GateRefused(f"promote refused: {why}; tick 'promote anyway' to override")
     found = point_alias(ui.store, component, stored.version, alias=alias,
                         approve=form.get("approve") == "1", review=review)

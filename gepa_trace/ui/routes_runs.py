@@ -31,7 +31,8 @@ def progress_of(store: Any, run_id: str) -> dict[str, Any]:
     info = describe_run(store, run_id)
     spent, totals = info["spent"]["all"], info.get("totals") or {}
     return {"run_id": run_id, "status": info["status"], "stop_reason": info["stop_reason"],
-            "iterations": len(info["diagnoses"]), "best_val_score": info["best_val_score"],
+            "iterations": max((d["iteration"] or 0 for d in info["diagnoses"]), default=0),
+            "candidates": len(info["diagnoses"]), "best_val_score": info["best_val_score"],
             "rollouts": spent["rollouts"], "llm_calls": spent.get("llm_calls", 0),
             "cost_usd": spent.get("cost_usd", 0.0),
             "errors": int(totals.get("evaluator_errors") or spent.get("errors") or 0),
