@@ -11,7 +11,7 @@ from ui_store import AGENT, VERSION, build, run_spans
 
 from gepa_trace.store import open_store
 from gepa_trace.store.queries import get_trace
-from gepa_trace.store.run_search import RunFilter, search_runs
+from gepa_trace.store.run_search import RunFilter, agents_with_runs, search_runs
 from gepa_trace.store.spans import write_spans
 from gepa_trace.ui import UiSettings, create_app
 
@@ -88,16 +88,29 @@ def test_bad_feedback_is_refused_with_its_reason_and_nothing_stored(store, ui):
     assert ui.get("/traces/0123456789abcdef0123456789abcdef").status_code == 404
 
 
-def test_keyset_paging_visits_every_run_once(sqlite_url):
-    for n in range(10, 17):
-        write_spans(open_store(sqlite_url), run_spans(n, f"q{n}", f"a{n}"))
+def test_keyset_paging_over_all_agents_visits_every_run_once_newest_first(store_url):
+    store = open_store(store_url)
+    for n in range(10, 24):
+        spans = run_spans(n, f"q{n}", f"a{n}")
+        root = spans[0]["attributes"]
+        if n % 3 == 1:
+            root["gepa.agent"] = "other-agent"
+        elif n % 3 == 2:
+            del root["gepa.agent"]  # a root that names no agent is listed too
+            root["openinference.span.kind"] = "CHAIN"
+            spans[0]["name"] = "job"
+            for span in spans:
+                span["resource"] = {}
+        write_spans(store, spans)
     seen, after = [], None
     while True:
-        page = search_runs(sqlite_url, RunFilter(agent=AGENT), after=after, limit=3)
-        seen += [r.trace_id for r in page.runs]
+        page = search_runs(store, RunFilter(), after=after, limit=4)
+        seen += [(r.start_ns, r.trace_id) for r in page.runs]
         if page.next_cursor is None:
             break
         after = page.next_cursor
-    assert len(seen) == len(set(seen)) == 7
-    starts = [r.start_ns for r in search_runs(sqlite_url, limit=50).runs]
-    assert starts == sorted(starts, reverse=True)
+    assert len(seen) == len(set(seen)) == 14
+    assert seen == sorted(seen, key=lambda k: (-k[0], k[1]))
+    assert agents_with_runs(store) == sorted({AGENT, "other-agent"})
+    assert sum(r.agent is None for r in search_runs(store, limit=50).runs) == 5
+    assert len(search_runs(store, RunFilter(agent="other-agent"), limit=50).runs) == 5

@@ -16,11 +16,10 @@ from sqlalchemy import and_, exists, func, or_, select
 from gepa_trace.errors import ConfigError
 from gepa_trace.store.engine import Store, open_store
 from gepa_trace.store.queries import Run, _loads, _ns, _preview, _span_totals, feedback_for_traces
-from gepa_trace.store.tables import FeedbackRow, PromptVersionRow, SpanRow
+from gepa_trace.store.tables import FeedbackRow, SpanRow
 
 _SPANS = SpanRow.__table__
 _FEEDBACK = FeedbackRow.__table__
-_VERSIONS = PromptVersionRow.__table__
 
 #: What the feedback filter accepts: any record, none, a score in the lower half of its
 #: declared range (negative) or in the upper half (positive).
@@ -76,20 +75,14 @@ def _normalized_score():
     return (f.score - low) / (func.coalesce(f.score_high, 1.0) - low)
 
 
-def search_runs(store: Store | str | None, filters: RunFilter = RunFilter(), *,
-                after: str | None = None, limit: int = 50,
-                preview_chars: int | None = 160) -> RunPage:
-    """Production runs (not the optimizer's rollouts) matching ``filters``, newest first,
-    ``limit`` at a time, starting after the cursor ``after`` (from the previous page)."""
-    if limit < 1:
-        raise ConfigError(f"limit must be >= 1, got {limit}")
-    store = open_store(store)
+def _roots_query(filters: RunFilter, agent: str | None, after: str | None, limit: int):
+    """Root spans of one agent (``None``: roots with no agent) matching ``filters``,
+    newest first: each such query walks the (agent, parent, start) index."""
     s, f = _SPANS, _FEEDBACK
     query = (select(s.c.trace_id, s.c.span_id, s.c.agent, s.c.name, s.c.start_ns, s.c.end_ns,
                     s.c.status_code, s.c.status_message, s.c.attributes, s.c.run_id)
-             .where(s.c.parent_span_id.is_(None), s.c.run_id.is_(None)))
-    if filters.agent:
-        query = query.where(s.c.agent == filters.agent)
+             .where(s.c.agent.is_(None) if agent is None else s.c.agent == agent,
+                    s.c.parent_span_id.is_(None), s.c.run_id.is_(None)))
     if filters.since is not None:
         query = query.where(s.c.start_ns >= _ns(filters.since))
     if filters.until is not None:
@@ -120,9 +113,27 @@ def search_runs(store: Store | str | None, filters: RunFilter = RunFilter(), *,
         ns, trace_id = _parse_cursor(after)
         query = query.where(or_(s.c.start_ns < ns,
                                 and_(s.c.start_ns == ns, s.c.trace_id > trace_id)))
-    query = query.order_by(s.c.start_ns.desc(), s.c.trace_id).limit(limit + 1)
+    return query.order_by(s.c.start_ns.desc(), s.c.trace_id).limit(limit)
+
+
+def search_runs(store: Store | str | None, filters: RunFilter = RunFilter(), *,
+                after: str | None = None, limit: int = 50,
+                preview_chars: int | None = 160) -> RunPage:
+    """Production runs (not the optimizer's rollouts) matching ``filters``, newest first,
+    ``limit`` at a time, starting after the cursor ``after`` (from the previous page).
+
+    Without an agent, one indexed query per agent (``agents_with_runs``) and one for
+    roots with no agent, merged: the index leads with the agent, so a query over all
+    agents ordered by time alone would read every span."""
+    if limit < 1:
+        raise ConfigError(f"limit must be >= 1, got {limit}")
+    store = open_store(store)
     with store.read() as conn:
-        roots = conn.execute(query).all()
+        agents: list[str | None] = ([filters.agent] if filters.agent
+                                    else [*_agents(conn), None])
+        roots = [row for agent in agents
+                 for row in conn.execute(_roots_query(filters, agent, after, limit + 1))]
+        roots.sort(key=lambda r: (-r.start_ns, r.trace_id))
         more = len(roots) > limit
         roots = roots[:limit]
         trace_ids = list(dict.fromkeys(r.trace_id for r in roots))
@@ -144,14 +155,26 @@ def search_runs(store: Store | str | None, filters: RunFilter = RunFilter(), *,
     return RunPage(runs, _cursor(runs[-1]) if more and runs else None)
 
 
-def known_agents(store: Store | str | None) -> list[str]:
-    """Agents named by recorded prompt versions: a small table, so listing them for a
-    filter's choices never scans the spans."""
+def _agents(conn) -> list[str]:
+    """Agents that have root spans, by a skip scan of the (agent, parent, start) index:
+    one indexed lookup per agent, however many spans each has."""
+    s = _SPANS
+    found: list[str] = []
+    while True:
+        query = select(s.c.agent).where(s.c.parent_span_id.is_(None), s.c.agent.is_not(None))
+        if found:
+            query = query.where(s.c.agent > found[-1])
+        agent = conn.execute(query.order_by(s.c.agent).limit(1)).scalar()
+        if agent is None:
+            return found
+        found.append(agent)
+
+
+def agents_with_runs(store: Store | str | None) -> list[str]:
+    """The agents that have recorded runs, sorted."""
     store = open_store(store)
     with store.read() as conn:
-        rows = conn.execute(select(_VERSIONS.c.agent).distinct()
-                            .where(_VERSIONS.c.agent.is_not(None))).scalars().all()
-    return sorted(rows)
+        return _agents(conn)
 
 
-__all__ = ["FEEDBACK_FILTERS", "RunFilter", "RunPage", "known_agents", "search_runs"]
+__all__ = ["FEEDBACK_FILTERS", "RunFilter", "RunPage", "agents_with_runs", "search_runs"]

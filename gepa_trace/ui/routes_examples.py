@@ -21,10 +21,10 @@ def examples_page(request: Request) -> Response:
     from gepa_trace.cli.examples import DEFAULT_MAX_USER_SHARE, trust_lines
     from gepa_trace.cli.examples import _row as example_row
     from gepa_trace.replay.dataset import REASONS, load_examples
-    from gepa_trace.store.run_search import known_agents
+    from gepa_trace.store.run_search import agents_with_runs
 
     ui, q = ui_of(request), request.query_params
-    agents = known_agents(ui.store)
+    agents = agents_with_runs(ui.store)
     agent = q.get("agent") or (agents[0] if agents else "")
     only = q.get("split") or ""
     if only and only not in SPLITS:

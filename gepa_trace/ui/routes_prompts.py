@@ -23,7 +23,7 @@ def components_page(request: Request) -> Response:
     from gepa_trace.prompts.registry import list_versions
     from gepa_trace.store.production import version_figures
     from gepa_trace.store.queries import list_components
-    from gepa_trace.store.run_search import known_agents
+    from gepa_trace.store.run_search import agents_with_runs
 
     ui, q = ui_of(request), request.query_params
     agent = q.get("agent") or None
@@ -31,7 +31,7 @@ def components_page(request: Request) -> Response:
     figures = version_figures(ui.store, agent=agent)
     stored = {(v.component, v.version): v for v in list_versions(ui.store)}
     return ui.page(request, "components.html", components=found, figures=figures,
-                   stored=stored, agent=agent or "", agents=known_agents(ui.store),
+                   stored=stored, agent=agent or "", agents=agents_with_runs(ui.store),
                    text_of=lambda template: "\n".join(template_lines(template)))
 
 

@@ -31,7 +31,12 @@ def _since(text: str | None) -> float | None:
 
 
 def traces_page(request: Request) -> Response:
-    from gepa_trace.store.run_search import FEEDBACK_FILTERS, RunFilter, known_agents, search_runs
+    from gepa_trace.store.run_search import (
+        FEEDBACK_FILTERS,
+        RunFilter,
+        agents_with_runs,
+        search_runs,
+    )
 
     ui, q = ui_of(request), request.query_params
     form = {key: q.get(key, "") for key in ("agent", "since", "until", "feedback", "version",
@@ -44,7 +49,7 @@ def traces_page(request: Request) -> Response:
                         text=form["q"].strip() or None)
     page = search_runs(ui.store, filters, after=q.get("after") or None, limit=PAGE_SIZE)
     return ui.page(request, "traces.html", runs=page.runs, next_cursor=page.next_cursor,
-                   form=form, agents=known_agents(ui.store), feedback_filters=FEEDBACK_FILTERS,
+                   form=form, agents=agents_with_runs(ui.store), feedback_filters=FEEDBACK_FILTERS,
                    first_page=not q.get("after"))
 
 
