@@ -12,6 +12,7 @@ from starlette.testclient import TestClient
 from test_review import build_run, poisoned_run
 
 from gepa_trace.cli import main
+from gepa_trace.prompts.registry import alias_changes
 from gepa_trace.prompts.review import approvals, review_run
 from gepa_trace.store import open_store
 from gepa_trace.ui import UiSettings, create_app
@@ -49,6 +50,32 @@ def test_promoting_a_flagged_version_shows_gate_and_flags_and_needs_approval(sql
     assert aliases(sqlite_url)[f"answerer@{version}"] == ["production"]
     (approval,) = approvals(open_store(sqlite_url), run_id)
     assert approval["versions"] == {"answerer": version}
+    (change,) = alias_changes(open_store(sqlite_url))
+    assert (change["alias"], change["version"], change["previous"], change["by"]) == (
+        "production", version, None, "ui")
+    assert 'class="alias-change"' in done.text
+
+
+def test_alias_history_records_who_changed_it_from_what_and_when(sqlite_url):
+    run_id = build_run(sqlite_url, "Name the city.")
+    best = json.loads(CliRunner().invoke(main, ["runs", "show", run_id, "--json", "--store",
+                                                sqlite_url]).stdout)["best"]["prompts"]
+    seed = next(v.split("@")[1] for v in aliases(sqlite_url)
+                if v.startswith("answerer@") and not v.endswith(best["answerer"]))
+    assert CliRunner().invoke(main, ["prompts", "promote", "answerer", seed,
+                                     "--store", sqlite_url]).exit_code == 0
+    ui = TestClient(create_app(UiSettings(store=sqlite_url, token="t")),
+                    base_url="http://127.0.0.1", headers={"Authorization": "Bearer t"})
+    page = ui.get(f"/prompts/answerer/{best['answerer']}/promote").text
+    done = ui.post("/prompts/promote", data={"component": "answerer",
+                                             "version": best["answerer"],
+                                             "csrf": csrf_of(page)})
+    assert done.status_code == 200
+    newest, first = alias_changes(open_store(sqlite_url), "answerer")
+    assert (first["by"], first["previous"], first["version"]) == ("cli", None, seed)
+    assert (newest["by"], newest["previous"], newest["version"]) == (
+        "ui (token holder)", seed, best["answerer"])
+    assert newest["at"] >= first["at"]
 
 
 def test_a_version_whose_gain_is_not_significant_needs_promote_anyway(sqlite_url):
@@ -79,3 +106,19 @@ def test_components_page_shows_versions_text_and_the_diff_is_escaped(sqlite_url)
     assert diff.status_code == 200 and "<ins>" in diff.text
     assert ui.get("/components/diff?a=ffff&b=eeee").status_code == 404
     assert "<script>" not in ui.get("/prompts").text
+
+
+def test_a_store_made_before_alias_history_gets_it_when_opened(sqlite_url):
+    import sqlalchemy as sa
+
+    from gepa_trace.store import forget_store
+
+    engine = sa.create_engine(sqlite_url)
+    with engine.begin() as conn:  # as a store written by the previous release
+        conn.execute(sa.text("DROP TABLE prompt_alias_changes"))
+        conn.execute(sa.text("DELETE FROM gepa_migrations WHERE name = "
+                             "'0004_prompt_alias_changes'"))
+    engine.dispose()
+    forget_store(sqlite_url)
+    run_id = build_run(sqlite_url, "Name the city.")
+    assert run_id and alias_changes(open_store(sqlite_url)) == []

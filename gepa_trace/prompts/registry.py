@@ -17,11 +17,18 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from gepa_trace.errors import ConfigError, NotFoundError, StoreError, StoreMissing
 from gepa_trace.prompts.promptset import PromptSet, PromptVersion
-from gepa_trace.store import PromptAliasRow, PromptVersionRow, Store, open_store
+from gepa_trace.store import (
+    PromptAliasChangeRow,
+    PromptAliasRow,
+    PromptVersionRow,
+    Store,
+    open_store,
+)
 
 log = logging.getLogger(__name__)
 _VERSIONS = PromptVersionRow.__table__
 _ALIASES = PromptAliasRow.__table__
+_CHANGES = PromptAliasChangeRow.__table__
 
 
 @dataclass(frozen=True)
@@ -114,13 +121,14 @@ def get_version(store: Store, version: str, component: str | None = None) -> Sto
 
 
 def promote(store: Store, component: str, version: str, *, alias: str = "production",
-            approve: bool = False, review: Any = None) -> StoredVersion:
+            approve: bool = False, review: Any = None, by: str = "cli") -> StoredVersion:
     """Point ``alias`` of ``component`` at ``version`` (which must be stored).
 
     A version an optimization run produced is reviewed first (``prompts.review``): if
     the review flags its changes, it is promoted only with ``approve`` (recorded as a
     run event) or an approval already recorded for it, else ``ReviewRequired``.
-    ``review``: the run's ``RunReview`` when the caller has it (export does).
+    ``review``: the run's ``RunReview`` when the caller has it (export does). The
+    change is recorded with ``by`` (who asked) and the time (``alias_changes``).
     """
     if not alias or not alias.replace("-", "").replace("_", "").isalnum():
         raise ConfigError(f"alias {alias!r} must be a word (letters, digits, - and _)")
@@ -133,10 +141,25 @@ def promote(store: Store, component: str, version: str, *, alias: str = "product
     row = {"component": component, "alias": alias, "version": found.version,
            "updated_at": time.time()}
     with store.write() as conn:
+        previous = conn.execute(select(_ALIASES.c.version).where(and_(
+            _ALIASES.c.component == component, _ALIASES.c.alias == alias))).scalar()
         conn.execute(_ALIASES.delete().where(and_(_ALIASES.c.component == component,
                                                   _ALIASES.c.alias == alias)))
         conn.execute(_ALIASES.insert().values(**row))
+        conn.execute(_CHANGES.insert().values(component=component, alias=alias,
+                                              version=found.version, previous=previous,
+                                              by=by, at=row["updated_at"]))
     return found
+
+
+def alias_changes(store: Store, component: str | None = None) -> list[dict[str, Any]]:
+    """Every recorded alias change, newest first: component, alias, version, previous,
+    by (who asked), at (epoch seconds)."""
+    query = select(_CHANGES).order_by(_CHANGES.c.at.desc(), _CHANGES.c.id.desc())
+    if component:
+        query = query.where(_CHANGES.c.component == component)
+    with store.read() as conn:
+        return [dict(r._mapping) for r in conn.execute(query)]
 
 
 def diff_versions(store: Store, a: str, b: str) -> str:

@@ -144,10 +144,18 @@ def _flag_stored_spans(conn: Connection) -> None:
                           "WHERE trace_id = :t AND span_id = :s"), flagged)
 
 
+def _alias_changes(conn: Connection) -> None:
+    """Who changed an alias, and when (issue 20)."""
+    from gepa_trace.store.tables import PromptAliasChangeRow
+
+    PromptAliasChangeRow.__table__.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0001_initial", _initial),
     ("0002_feedback_fields", _feedback_fields),
     ("0003_prompt_flags", _prompt_flags),
+    ("0004_prompt_alias_changes", _alias_changes),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

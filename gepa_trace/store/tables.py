@@ -130,6 +130,21 @@ class PromptAliasRow(SQLModel, table=True):
     updated_at: float
 
 
+class PromptAliasChangeRow(SQLModel, table=True):
+    """Every change of an alias: who pointed it (``by``: the command, or the web UI and
+    whether its user held the token) at which version, from which, and when."""
+
+    __tablename__ = "prompt_alias_changes"
+
+    id: int | None = Field(default=None, primary_key=True)
+    component: str = Field(max_length=255, index=True)
+    alias: str = Field(max_length=64)
+    version: str = Field(max_length=64)
+    previous: str | None = Field(default=None, max_length=64)
+    by: str = Field(max_length=64)
+    at: float
+
+
 class OptimizationRunRow(SQLModel, table=True):
     """One optimization run. ``iteration`` is the next iteration to run (resume restarts
     there); ``totals`` is the latest budget and counter snapshot (JSON)."""

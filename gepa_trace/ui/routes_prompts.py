@@ -52,13 +52,14 @@ def diff_page(request: Request) -> Response:
 
 
 def prompts_page(request: Request) -> Response:
-    from gepa_trace.prompts.registry import list_versions
+    from gepa_trace.prompts.registry import alias_changes, list_versions
 
     ui = ui_of(request)
     by_component: dict[str, list[Any]] = {}
     for v in list_versions(ui.store):
         by_component.setdefault(v.component, []).append(v)
     return ui.page(request, "prompts.html", by_component=by_component,
+                   changes=alias_changes(ui.store)[:200],
                    promoted=request.query_params.get("promoted"))
 
 
@@ -132,7 +133,8 @@ def promote(request: Request, form: Any) -> Response:
                else verdict.gate.sentence() if verdict.gate else "no held-out test evaluation")
         raise GateRefused(f"promote refused: {why}; tick 'promote anyway' to override")
     found = point_alias(ui.store, component, stored.version, alias=alias,
-                        approve=form.get("approve") == "1", review=review)
+                        approve=form.get("approve") == "1", review=review,
+                        by=ui.settings.who)
     return RedirectResponse(f"/prompts?promoted={component}:{alias}:{found.version}",
                             status_code=303)
 
