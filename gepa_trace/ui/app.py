@@ -75,9 +75,10 @@ def score(value: float | None, digits: int = 2) -> str:
 
 
 def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
-                             autoescape=True,
-                             trim_blocks=True, lstrip_blocks=True)
+    """The UI's templates, then the report's (the run page places ``run_report.html``)."""
+    from gepa_trace.report.html import environment
+
+    env = environment(HERE / "templates")
     env.filters.update(when=when, duration=duration, score=score)
     return env
 
