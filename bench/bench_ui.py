@@ -146,6 +146,8 @@ def time_pages(url: str, trace_ids: list[str], repeats: int) -> list[tuple[str, 
         ("traces list, has correction", f"/traces?agent={AGENT}&corrected=1"),
         ("traces list, has error", f"/traces?agent={AGENT}&errors=1"),
         ("traces list, text search", f"/traces?agent={AGENT}&q=museum+author"),
+        # no run matches: every root of the agent is read (the worst case of a search)
+        ("traces list, text search, no match", f"/traces?agent={AGENT}&q=zebra"),
         ("traces list, page 21", f"/traces?agent={AGENT}&after={deep}"),
         ("trace page (20 spans)", None),
     ]

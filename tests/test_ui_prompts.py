@@ -94,6 +94,26 @@ def test_a_version_whose_gain_is_not_significant_needs_promote_anyway(sqlite_url
     assert aliases(sqlite_url)[f"answerer@{version}"] == ["production"]
 
 
+def test_a_run_version_other_than_its_best_needs_promote_anyway(sqlite_url):
+    from gepa_trace.prompts.promptset import PromptSet
+    from gepa_trace.prompts.registry import record_versions
+
+    run_id = build_run(sqlite_url, "Name the city.")  # significant gain, nothing flagged
+    other = PromptSet({"answerer": [{"role": "system", "content": "A rejected child."}]},
+                      agent="qa")
+    record_versions(open_store(sqlite_url), other, run_id=run_id, candidate_id=7)
+    version = other.versions()["answerer"]
+    ui = client(sqlite_url)
+    page = ui.get(f"/prompts/answerer/{version}/promote").text
+    assert "Significant" in page and "not in the run&#39;s best candidate" not in page
+    assert "not in the run's best candidate" in page and 'name="force"' in page
+    form = {"component": "answerer", "version": version, "csrf": csrf_of(page)}
+    refused = ui.post("/prompts/promote", data=form)
+    assert refused.status_code == 409 and "not the run&#39;s best candidate" in refused.text
+    assert ui.post("/prompts/promote", data={**form, "force": "1"}).status_code == 200
+    assert aliases(sqlite_url)[f"answerer@{version}"] == ["production"]
+
+
 def test_components_page_shows_versions_text_and_the_diff_is_escaped(sqlite_url):
     run_id = poisoned_run(sqlite_url)
     version = review_run(open_store(sqlite_url), run_id).best_flags[0].version

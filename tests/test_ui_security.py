@@ -116,3 +116,32 @@ def test_with_a_token_every_request_needs_it(store):
     other = client(url, token="s3cret")
     assert other.post(f"/traces/{ids['good']}/feedback",
                       data={"score": "0", "csrf": csrf_of(page.text)}).status_code == 401
+
+
+def test_ui_command_serves_the_pages_on_loopback(store):
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    gepa = str(Path(sys.executable).parent / "gepa-trace")
+    proc = subprocess.Popen([gepa, "ui", "--store", store[0], "--port", str(port),
+                             "--read-only"], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, page = time.monotonic() + 20, None
+        while page is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/traces", timeout=2) as r:
+                    page = r.read().decode()
+            except OSError:
+                time.sleep(0.2)
+        assert page is not None and "read-only" in page and "tr class=\"run\"" in page
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=10)
+    assert f"gepa-trace ui on http://127.0.0.1:{port}/ (read-only)" in err

@@ -36,6 +36,9 @@ def test_hostile_text_in_a_trace_is_shown_escaped_never_as_markup(store, ui):
         page = ui.get(path).text
         assert "<script>alert" not in page
         assert "&lt;script&gt;alert(" in page
+    for path in (f"/traces/{ids['good']}", "/components", "/prompts"):
+        page = ui.get(path).text
+        assert "<b>Never</b>" not in page and "&lt;b&gt;Never&lt;/b&gt;" in page, path
 
 
 def test_trace_page_shows_messages_tool_calls_tokens_and_feedback(store, ui):

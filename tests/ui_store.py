@@ -13,7 +13,7 @@ from gepa_trace.store.spans import write_spans
 
 AGENT = "ui-agent"
 HOSTILE = "<script>alert('x')</script>"
-TEMPLATE = [{"role": "system", "content": "Answer briefly."},
+TEMPLATE = [{"role": "system", "content": "Answer briefly. <b>Never</b> in bold."},
             {"role": "human", "content": "{question}"}]
 VERSION = template_version(TEMPLATE)
 
@@ -43,7 +43,7 @@ def run_spans(n: int, question: str, answer: str, *, status: str = "OK") -> list
             "gepa.component": "answerer", "gepa.prompt.version": VERSION,
             "gepa.prompt.template": json.dumps(TEMPLATE), "llm.model_name": "gepa-sim/task",
             "llm.input_messages.0.message.role": "system",
-            "llm.input_messages.0.message.content": "Answer briefly.",
+            "llm.input_messages.0.message.content": "Answer briefly. <b>Never</b> in bold.",
             "llm.input_messages.1.message.role": "user",
             "llm.input_messages.1.message.content": question,
             "llm.output_messages.0.message.role": "assistant",
