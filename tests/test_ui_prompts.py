@@ -136,9 +136,14 @@ def test_a_store_made_before_alias_history_gets_it_when_opened(sqlite_url):
     engine = sa.create_engine(sqlite_url)
     with engine.begin() as conn:  # as a store written by the previous release
         conn.execute(sa.text("DROP TABLE prompt_alias_changes"))
+        conn.execute(sa.text("DROP INDEX ix_spans_error"))
         conn.execute(sa.text("DELETE FROM gepa_migrations WHERE name = "
-                             "'0004_prompt_alias_changes'"))
+                             "'0004_alias_changes_and_error_index'"))
     engine.dispose()
     forget_store(sqlite_url)
     run_id = build_run(sqlite_url, "Name the city.")
     assert run_id and alias_changes(open_store(sqlite_url)) == []
+    engine = sa.create_engine(sqlite_url)
+    with engine.connect() as conn:
+        assert "ix_spans_error" in {i["name"] for i in sa.inspect(conn).get_indexes("spans")}
+    engine.dispose()

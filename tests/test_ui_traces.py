@@ -117,3 +117,27 @@ def test_keyset_paging_over_all_agents_visits_every_run_once_newest_first(store_
     assert agents_with_runs(store) == sorted({AGENT, "other-agent"})
     assert sum(r.agent is None for r in search_runs(store, limit=50).runs) == 5
     assert len(search_runs(store, RunFilter(agent="other-agent"), limit=50).runs) == 5
+
+
+def test_text_search_reads_a_bounded_window_and_continues_with_older_runs(sqlite_url,
+                                                                          monkeypatch):
+    from gepa_trace.store import run_search
+
+    store = open_store(sqlite_url)
+    for n in range(30, 42):  # every third run mentions a zebra
+        write_spans(store, run_spans(n, f"q{n}" + (" zebra" if n % 3 == 0 else ""), "a"))
+    monkeypatch.setattr(run_search, "TEXT_WINDOW", 4)
+    found, after, pages = [], None, 0
+    while True:
+        page = search_runs(store, RunFilter(text="ZEBRA"), after=after, limit=10)
+        pages += 1
+        found += [r.trace_id for r in page.runs]
+        if page.next_cursor is None:
+            break
+        assert page.searched_to is not None  # each stop is said
+        after = page.next_cursor
+    assert sorted(found) == sorted({f"{n:08x}aa11bb22cc33dd44ee55ff66"
+                                    for n in range(30, 42) if n % 3 == 0})
+    assert len(found) == len(set(found)) and pages >= 3
+    ui = TestClient(create_app(UiSettings(store=sqlite_url)), base_url="http://127.0.0.1")
+    assert "search older runs" in ui.get("/traces?q=zebra").text

@@ -144,18 +144,22 @@ def _flag_stored_spans(conn: Connection) -> None:
                           "WHERE trace_id = :t AND span_id = :s"), flagged)
 
 
-def _alias_changes(conn: Connection) -> None:
-    """Who changed an alias, and when (issue 20)."""
+def _ui(conn: Connection) -> None:
+    """Issue 20 (the web UI): who changed an alias and when; an index of failed spans
+    (partial: rare rows), for the traces list's error filter."""
     from gepa_trace.store.tables import PromptAliasChangeRow
 
     PromptAliasChangeRow.__table__.create(conn, checkfirst=True)
+    if "ix_spans_error" not in {i["name"] for i in inspect(conn).get_indexes("spans")}:
+        conn.execute(text("CREATE INDEX ix_spans_error ON spans (trace_id) "
+                          "WHERE status_code = 'ERROR'"))
 
 
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0001_initial", _initial),
     ("0002_feedback_fields", _feedback_fields),
     ("0003_prompt_flags", _prompt_flags),
-    ("0004_prompt_alias_changes", _alias_changes),
+    ("0004_alias_changes_and_error_index", _ui),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

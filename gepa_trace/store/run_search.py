@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import and_, exists, func, or_, select
+from sqlalchemy import and_, exists, func, literal_column, or_, select
 
 from gepa_trace.errors import ConfigError
 from gepa_trace.store.engine import Store, open_store
@@ -55,6 +55,15 @@ class RunFilter:
 class RunPage:
     runs: list[Run]
     next_cursor: str | None  # give it back as ``after`` for the next page; None: last page
+    #: A text search reads at most ``TEXT_WINDOW`` runs per agent and page: when it
+    #: stopped there, the start time (epoch seconds) it searched back to; ``next_cursor``
+    #: then continues the search with older runs.
+    searched_to: float | None = None
+
+
+#: How many runs (per agent) one page of a text search reads at most: a text search
+#: cannot use an index, so it is bounded to stay fast on a large store.
+TEXT_WINDOW = 5000
 
 
 def _cursor(run: Run) -> str:
@@ -75,7 +84,8 @@ def _normalized_score():
     return (f.score - low) / (func.coalesce(f.score_high, 1.0) - low)
 
 
-def _roots_query(filters: RunFilter, agent: str | None, after: str | None, limit: int):
+def _roots_query(filters: RunFilter, agent: str | None, after: str | None, limit: int,
+                 *, text: bool = True):
     """Root spans of one agent (``None``: roots with no agent) matching ``filters``,
     newest first: each such query walks the (agent, parent, start) index."""
     s, f = _SPANS, _FEEDBACK
@@ -99,21 +109,27 @@ def _roots_query(filters: RunFilter, agent: str | None, after: str | None, limit
     if filters.corrected:
         query = query.where(exists().where(in_effect, f.c.expected.is_not(None)))
     inner = _SPANS.alias("inner")
-    if filters.errors:
+    if filters.errors:  # matches the partial index ix_spans_error
         query = query.where(exists().where(inner.c.trace_id == s.c.trace_id,
-                                           inner.c.status_code == "ERROR"))
+                                           inner.c.status_code == literal_column("'ERROR'")))
     if filters.version:
         query = query.where(exists().where(inner.c.trace_id == s.c.trace_id,
                                            inner.c.prompt_version.startswith(filters.version)))
-    if filters.text:
+    if text and filters.text:
         needle = filters.text.lower().replace("\\", "\\\\").replace("%", "\\%").replace(
             "_", "\\_")
         query = query.where(func.lower(s.c.attributes).like(f"%{needle}%", escape="\\"))
     if after:
         ns, trace_id = _parse_cursor(after)
-        query = query.where(or_(s.c.start_ns < ns,
+        # start_ns <= ns bounds the index range; the OR picks the rows after the cursor
+        query = query.where(s.c.start_ns <= ns,
+                            or_(s.c.start_ns < ns,
                                 and_(s.c.start_ns == ns, s.c.trace_id > trace_id)))
-    return query.order_by(s.c.start_ns.desc(), s.c.trace_id).limit(limit)
+    # Ordered by the whole index (agent and parent are fixed here): PostgreSQL does not
+    # count "parent_span_id IS NULL" as fixing the column, so ordering by start time
+    # alone would sort every root of the agent instead of reading the index backwards.
+    return query.order_by(s.c.agent.desc(), s.c.parent_span_id.desc(), s.c.start_ns.desc(),
+                          s.c.trace_id).limit(limit)
 
 
 def search_runs(store: Store | str | None, filters: RunFilter = RunFilter(), *,
@@ -131,9 +147,25 @@ def search_runs(store: Store | str | None, filters: RunFilter = RunFilter(), *,
     with store.read() as conn:
         agents: list[str | None] = ([filters.agent] if filters.agent
                                     else [*_agents(conn), None])
-        roots = [row for agent in agents
-                 for row in conn.execute(_roots_query(filters, agent, after, limit + 1))]
+        boundary = None  # the sort key a bounded text search read down to
+        roots = []
+        for agent in agents:
+            if filters.text:
+                window = _roots_query(filters, agent, after, TEXT_WINDOW, text=False)
+                last = conn.execute(window.with_only_columns(_SPANS.c.start_ns,
+                                                             _SPANS.c.trace_id)
+                                    .offset(TEXT_WINDOW - 1).limit(1)).first()
+                if last is not None and (boundary is None or
+                                         (-last[0], last[1]) < boundary):
+                    boundary = (-last[0], last[1])
+                query = _roots_query(filters, agent, after, limit + 1)
+                query = query.where(_SPANS.c.start_ns >= (last[0] if last else 0))
+            else:
+                query = _roots_query(filters, agent, after, limit + 1)
+            roots += conn.execute(query).all()
         roots.sort(key=lambda r: (-r.start_ns, r.trace_id))
+        if boundary is not None:  # below it, some agent's runs were not read
+            roots = [r for r in roots if (-r.start_ns, r.trace_id) <= boundary]
         more = len(roots) > limit
         roots = roots[:limit]
         trace_ids = list(dict.fromkeys(r.trace_id for r in roots))
@@ -152,22 +184,32 @@ def search_runs(store: Store | str | None, filters: RunFilter = RunFilter(), *,
             optimization_run_id=r.run_id, span_count=count, llm_calls=llm_calls,
             input_tokens=tokens_in, output_tokens=tokens_out,
             feedback=tuple(feedback.get(r.trace_id, ()))))
-    return RunPage(runs, _cursor(runs[-1]) if more and runs else None)
+    if more or boundary is None:
+        return RunPage(runs, _cursor(runs[-1]) if more and runs else None)
+    # The window ran out before the page filled: continue below the boundary.
+    ns, trace_id = -boundary[0], boundary[1]
+    return RunPage(runs, f"{ns}.{trace_id}", searched_to=ns / 1e9)
 
 
 def _agents(conn) -> list[str]:
     """Agents that have root spans, by a skip scan of the (agent, parent, start) index:
-    one indexed lookup per agent, however many spans each has."""
+    two indexed lookups per agent, however many spans each has."""
     s = _SPANS
     found: list[str] = []
+    last = None
     while True:
-        query = select(s.c.agent).where(s.c.parent_span_id.is_(None), s.c.agent.is_not(None))
-        if found:
-            query = query.where(s.c.agent > found[-1])
-        agent = conn.execute(query.order_by(s.c.agent).limit(1)).scalar()
-        if agent is None:
+        # The next agent of any span, then whether it has a root: asking for both at
+        # once would walk every child span of an agent on PostgreSQL (NULLs sort last).
+        query = select(s.c.agent).where(s.c.agent.is_not(None))
+        if last is not None:
+            query = query.where(s.c.agent > last)
+        last = conn.execute(query.order_by(s.c.agent).limit(1)).scalar()
+        if last is None:
             return found
-        found.append(agent)
+        if conn.execute(select(s.c.span_id).where(s.c.agent == last,
+                                                  s.c.parent_span_id.is_(None))
+                        .limit(1)).first() is not None:
+            found.append(last)
 
 
 def agents_with_runs(store: Store | str | None) -> list[str]:

@@ -49,6 +49,7 @@ def traces_page(request: Request) -> Response:
                         text=form["q"].strip() or None)
     page = search_runs(ui.store, filters, after=q.get("after") or None, limit=PAGE_SIZE)
     return ui.page(request, "traces.html", runs=page.runs, next_cursor=page.next_cursor,
+                   searched_to=page.searched_to,
                    form=form, agents=agents_with_runs(ui.store), feedback_filters=FEEDBACK_FILTERS,
                    first_page=not q.get("after"))
 
