@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -54,32 +53,17 @@ class UiSettings:
         return "ui (token holder)" if self.token else "ui"
 
 
-def when(epoch_s: float | None) -> str:
-    if epoch_s is None:
-        return "-"
-    return datetime.fromtimestamp(epoch_s, tz=UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def duration(ms: float | None) -> str:
-    if ms is None:
-        return "-"
-    if ms < 1000:
-        return f"{ms:.0f} ms"
-    if ms < 60_000:
-        return f"{ms / 1000:.2f} s"
-    return f"{ms / 60_000:.1f} min"
-
-
 def score(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
 def _environment() -> jinja2.Environment:
     """The UI's templates, then the report's (the run page places ``run_report.html``)."""
+    from gepa_trace.cli.traces import _duration, _when  # as the CLI's tables print them
     from gepa_trace.report.html import environment
 
     env = environment(HERE / "templates")
-    env.filters.update(when=when, duration=duration, score=score)
+    env.filters.update(when=_when, duration=_duration, score=score)
     return env
 
 
