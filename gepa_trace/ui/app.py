@@ -59,11 +59,13 @@ def score(value: float | None, digits: int = 2) -> str:
 
 def _environment() -> jinja2.Environment:
     """The UI's templates, then the report's (the run page places ``run_report.html``)."""
-    from gepa_trace.cli.traces import _duration, _when  # as the CLI's tables print them
+    # cells as the CLI's tables print them
+    from gepa_trace.cli.examples import _short
+    from gepa_trace.cli.traces import _duration, _when
     from gepa_trace.report.html import environment
 
     env = environment(HERE / "templates")
-    env.filters.update(when=_when, duration=_duration, score=score)
+    env.filters.update(when=_when, duration=_duration, score=score, short=_short)
     return env
 
 
