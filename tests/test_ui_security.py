@@ -145,3 +145,16 @@ def test_ui_command_serves_the_pages_on_loopback(store):
         proc.terminate()
         _, err = proc.communicate(timeout=10)
     assert f"gepa-trace ui on http://127.0.0.1:{port}/ (read-only)" in err
+
+
+def test_a_busy_port_is_one_line_and_exit_1(store):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = CliRunner().invoke(main, ["ui", "--store", store[0], "--port", str(port)])
+    assert result.exit_code == 1
+    assert result.output.strip() == f"Error: cannot listen on 127.0.0.1:{port}: " \
+                                    "Address already in use"

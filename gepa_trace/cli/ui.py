@@ -42,7 +42,26 @@ def ui(host: str, port: int, token: str | None, read_only: bool, store: str | No
 
     from gepa_trace.ui import UiSettings, create_app
 
+    sock = _listen(host, port)  # ours, so a busy port is one line and --port 0 is known
+    port = sock.getsockname()[1]
     app = create_app(UiSettings(store=store, token=token, read_only=read_only))
-    progress(f"gepa-trace ui on http://{host}:{port}/"
+    shown = f"[{host}]" if ":" in host else host
+    progress(f"gepa-trace ui on http://{shown}:{port}/"
              + (" (read-only)" if read_only else "") + (" (token required)" if token else ""))
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+
+
+def _listen(host: str, port: int):
+    import socket
+
+    from gepa_trace.errors import ConfigError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
