@@ -161,3 +161,27 @@ def test_promote_a_prompt_and_see_the_alias_in_prompts_ls(page, demo_store):
     assert versions[(component, version)] == ["production"]
     assert "production" in page.locator(f"tr[data-version='{version}'] td.aliases").inner_text()
     assert page.problems == []
+
+
+def test_a_running_run_page_follows_its_progress_until_it_finishes(page, demo_store):
+    from gepa_trace.store import OptimizationRunRow, open_store
+
+    url, run_id = demo_store
+    table, store = OptimizationRunRow.__table__, open_store(url)
+
+    def set_status(status: str) -> None:
+        with store.write() as conn:
+            conn.execute(table.update().where(table.c.id == run_id).values(status=status))
+
+    set_status("running")
+    try:
+        page.goto(f"/runs/{run_id}")
+        assert page.locator("[data-field=status]").inner_text() == "running"
+        set_status("finished")  # the polling script sees it and reloads the page
+        page.wait_for_function(
+            "() => document.querySelector('[data-field=status]').textContent === 'finished'"
+            " && !document.querySelector('script[src=\"/static/run.js\"]')")
+    finally:
+        set_status("finished")
+    assert page.locator("#significance").count() == 1
+    assert page.problems == []
