@@ -12,7 +12,7 @@ from starlette.testclient import TestClient
 from test_review import build_run, poisoned_run
 
 from gepa_trace.cli import main
-from gepa_trace.prompts.registry import alias_changes
+from gepa_trace.prompts.registry import alias_history
 from gepa_trace.prompts.review import approvals, review_run
 from gepa_trace.store import open_store
 from gepa_trace.ui import UiSettings, create_app
@@ -50,8 +50,8 @@ def test_promoting_a_flagged_version_shows_gate_and_flags_and_needs_approval(sql
     assert aliases(sqlite_url)[f"answerer@{version}"] == ["production"]
     (approval,) = approvals(open_store(sqlite_url), run_id)
     assert approval["versions"] == {"answerer": version}
-    (change,) = alias_changes(open_store(sqlite_url))
-    assert (change["alias"], change["version"], change["previous"], change["by"]) == (
+    (change,) = alias_history(open_store(sqlite_url))
+    assert (change.alias, change.version, change.previous, change.actor) == (
         "production", version, None, "ui")
     assert 'class="alias-change"' in done.text
 
@@ -71,11 +71,11 @@ def test_alias_history_records_who_changed_it_from_what_and_when(sqlite_url):
                                              "version": best["answerer"],
                                              "csrf": csrf_of(page)})
     assert done.status_code == 200
-    newest, first = alias_changes(open_store(sqlite_url), "answerer")
-    assert (first["by"], first["previous"], first["version"]) == ("cli", None, seed)
-    assert (newest["by"], newest["previous"], newest["version"]) == (
+    first, newest = alias_history(open_store(sqlite_url), component="answerer")
+    assert (first.previous, first.version) == (None, seed)
+    assert (newest.actor, newest.previous, newest.version) == (
         "ui (token holder)", seed, best["answerer"])
-    assert newest["at"] >= first["at"]
+    assert newest.created_at >= first.created_at and "ui (token holder)" in done.text
 
 
 def test_a_version_whose_gain_is_not_significant_needs_promote_anyway(sqlite_url):
@@ -135,14 +135,14 @@ def test_a_store_made_before_alias_history_gets_it_when_opened(sqlite_url):
 
     engine = sa.create_engine(sqlite_url)
     with engine.begin() as conn:  # as a store written by the previous release
-        conn.execute(sa.text("DROP TABLE prompt_alias_changes"))
+        conn.execute(sa.text("DROP TABLE alias_changes"))
         conn.execute(sa.text("DROP INDEX ix_spans_error"))
         conn.execute(sa.text("DELETE FROM gepa_migrations WHERE name = "
                              "'0004_alias_changes_and_error_index'"))
     engine.dispose()
     forget_store(sqlite_url)
     run_id = build_run(sqlite_url, "Name the city.")
-    assert run_id and alias_changes(open_store(sqlite_url)) == []
+    assert run_id and alias_history(open_store(sqlite_url)) == []
     engine = sa.create_engine(sqlite_url)
     with engine.connect() as conn:
         assert "ix_spans_error" in {i["name"] for i in sa.inspect(conn).get_indexes("spans")}

@@ -8,7 +8,8 @@ import difflib
 import json
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +18,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from gepa_trace.errors import ConfigError, NotFoundError, StoreError, StoreMissing
 from gepa_trace.prompts.promptset import PromptSet, PromptVersion
-from gepa_trace.store import (
-    PromptAliasChangeRow,
-    PromptAliasRow,
-    PromptVersionRow,
-    Store,
-    open_store,
-)
+from gepa_trace.store import PromptAliasRow, PromptVersionRow, Store, open_store
+from gepa_trace.store.tables import AliasChangeRow
 
 log = logging.getLogger(__name__)
 _VERSIONS = PromptVersionRow.__table__
 _ALIASES = PromptAliasRow.__table__
-_CHANGES = PromptAliasChangeRow.__table__
+_CHANGES = AliasChangeRow.__table__
 
 
 @dataclass(frozen=True)
@@ -121,14 +117,18 @@ def get_version(store: Store, version: str, component: str | None = None) -> Sto
 
 
 def promote(store: Store, component: str, version: str, *, alias: str = "production",
-            approve: bool = False, review: Any = None, by: str = "cli") -> StoredVersion:
+            approve: bool = False, review: Any = None, actor: str = "api",
+            reason: str | None = None, evidence: Mapping[str, Any] | None = None
+            ) -> StoredVersion:
     """Point ``alias`` of ``component`` at ``version`` (which must be stored).
 
     A version an optimization run produced is reviewed first (``prompts.review``): if
     the review flags its changes, it is promoted only with ``approve`` (recorded as a
     run event) or an approval already recorded for it, else ``ReviewRequired``.
-    ``review``: the run's ``RunReview`` when the caller has it (export does). The
-    change is recorded with ``by`` (who asked) and the time (``alias_changes``).
+    ``review``: the run's ``RunReview`` when the caller has it (export does).
+    The change is recorded (``alias_history``) with ``actor``, ``reason`` and
+    ``evidence`` in the same transaction; pointing an alias where it already points
+    records nothing.
     """
     if not alias or not alias.replace("-", "").replace("_", "").isalnum():
         raise ConfigError(f"alias {alias!r} must be a word (letters, digits, - and _)")
@@ -138,28 +138,61 @@ def promote(store: Store, component: str, version: str, *, alias: str = "product
 
         approve_version(store, found.run_id, component, found.version, approve=approve,
                         review=review)
-    row = {"component": component, "alias": alias, "version": found.version,
-           "updated_at": time.time()}
+    now = time.time()
+    where = and_(_ALIASES.c.component == component, _ALIASES.c.alias == alias)
     with store.write() as conn:
-        previous = conn.execute(select(_ALIASES.c.version).where(and_(
-            _ALIASES.c.component == component, _ALIASES.c.alias == alias))).scalar()
-        conn.execute(_ALIASES.delete().where(and_(_ALIASES.c.component == component,
-                                                  _ALIASES.c.alias == alias)))
-        conn.execute(_ALIASES.insert().values(**row))
-        conn.execute(_CHANGES.insert().values(component=component, alias=alias,
-                                              version=found.version, previous=previous,
-                                              by=by, at=row["updated_at"]))
+        previous = conn.execute(select(_ALIASES.c.version).where(where)).scalar()
+        conn.execute(_ALIASES.delete().where(where))
+        conn.execute(_ALIASES.insert().values(component=component, alias=alias,
+                                              version=found.version, updated_at=now))
+        if previous != found.version:
+            _record_change(conn, component, alias, previous, found.version, actor, reason,
+                           evidence, now)
     return found
 
 
-def alias_changes(store: Store, component: str | None = None) -> list[dict[str, Any]]:
-    """Every recorded alias change, newest first: component, alias, version, previous,
-    by (who asked), at (epoch seconds)."""
-    query = select(_CHANGES).order_by(_CHANGES.c.at.desc(), _CHANGES.c.id.desc())
-    if component:
+def _record_change(conn: Any, component: str, alias: str, previous: str | None,
+                   version: str | None, actor: str, reason: str | None,
+                   evidence: Mapping[str, Any] | None, when: float) -> None:
+    conn.execute(_CHANGES.insert().values(
+        component=component, alias=alias, previous=previous, version=version, actor=actor,
+        reason=reason, evidence=json.dumps(dict(evidence or {}), default=str), created_at=when))
+
+
+@dataclass(frozen=True)
+class AliasChange:
+    """One recorded change of an alias (``version`` None: removed)."""
+
+    id: int
+    component: str
+    alias: str
+    previous: str | None
+    version: str | None
+    actor: str
+    reason: str | None
+    evidence: dict[str, Any]
+    created_at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def alias_history(store: Store, alias: str | None = None, *, component: str | None = None,
+                  agent: str | None = None) -> list[AliasChange]:
+    """Every recorded change of ``alias`` (all aliases: None), oldest first; ``agent``
+    keeps the components that have a version recorded for that agent."""
+    query = select(_CHANGES).order_by(_CHANGES.c.id)
+    if alias is not None:
+        query = query.where(_CHANGES.c.alias == alias)
+    if component is not None:
         query = query.where(_CHANGES.c.component == component)
+    if agent is not None:
+        query = query.where(_CHANGES.c.component.in_(
+            select(_VERSIONS.c.component).where(_VERSIONS.c.agent == agent)))
     with store.read() as conn:
-        return [dict(r._mapping) for r in conn.execute(query)]
+        rows = conn.execute(query).all()
+    return [AliasChange(r.id, r.component, r.alias, r.previous, r.version, r.actor, r.reason,
+                        json.loads(r.evidence or "{}"), r.created_at) for r in rows]
 
 
 def diff_versions(store: Store, a: str, b: str) -> str:

@@ -145,11 +145,18 @@ def _flag_stored_spans(conn: Connection) -> None:
 
 
 def _ui(conn: Connection) -> None:
-    """Issue 20 (the web UI): who changed an alias and when; an index of failed spans
-    (partial: rare rows), for the traces list's error filter."""
-    from gepa_trace.store.tables import PromptAliasChangeRow
+    """Issue 20 (the web UI): every alias change kept with who and when (the
+    ``alias_changes`` table; aliases set before get one record saying so), and an index
+    of failed spans (partial: rare rows) for the traces list's error filter."""
+    from gepa_trace.store.tables import AliasChangeRow
 
-    PromptAliasChangeRow.__table__.create(conn, checkfirst=True)
+    if "alias_changes" not in inspect(conn).get_table_names():
+        AliasChangeRow.__table__.create(conn)
+        conn.execute(text(
+            "INSERT INTO alias_changes (component, alias, previous, version, actor, reason, "
+            "evidence, created_at) SELECT component, alias, NULL, version, 'unknown', "
+            "'set before gepa-trace kept alias history', '{}', updated_at FROM "
+            "prompt_aliases ORDER BY updated_at, component, alias"))
     if "ix_spans_error" not in {i["name"] for i in inspect(conn).get_indexes("spans")}:
         conn.execute(text("CREATE INDEX ix_spans_error ON spans (trace_id) "
                           "WHERE status_code = 'ERROR'"))

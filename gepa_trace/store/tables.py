@@ -134,19 +134,24 @@ class PromptAliasRow(SQLModel, table=True):
     updated_at: float
 
 
-class PromptAliasChangeRow(SQLModel, table=True):
-    """Every change of an alias: who pointed it (``by``: the command, or the web UI and
-    whether its user held the token) at which version, from which, and when."""
+class AliasChangeRow(SQLModel, table=True):
+    """One change of an alias, never updated or deleted: what it pointed at before
+    (``previous``, None: not set) and after (``version``, None: removed), who or what
+    changed it (``actor``: a person via a command, an export, the canary, the nightly
+    policy), why (``reason``) and the figures it acted on (``evidence``, JSON)."""
 
-    __tablename__ = "prompt_alias_changes"
+    __tablename__ = "alias_changes"
+    __table_args__ = (Index("ix_alias_changes_alias", "alias", "component", "id"),)
 
     id: int | None = Field(default=None, primary_key=True)
-    component: str = Field(max_length=255, index=True)
+    component: str = Field(max_length=255)
     alias: str = Field(max_length=64)
-    version: str = Field(max_length=64)
     previous: str | None = Field(default=None, max_length=64)
-    by: str = Field(max_length=64)
-    at: float
+    version: str | None = Field(default=None, max_length=64)
+    actor: str = Field(max_length=255)
+    reason: str | None = Field(default=None, sa_column=Column(Text))
+    evidence: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))
+    created_at: float
 
 
 class OptimizationRunRow(SQLModel, table=True):

@@ -1,5 +1,5 @@
 """Components and prompts: each component's versions with their text and production
-figures (``store.production``), diffs between versions (``report.diff``), aliases, and
+figures (``prompts.production``), diffs between versions (``report.diff``), aliases, and
 promotion through the same checks as `gepa-trace prompts promote` / `export --promote`:
 the run's held-out gate verdict and the review's flags, behind a confirmation that needs
 an explicit approval when something is flagged (``prompts.registry.promote``)."""
@@ -20,15 +20,15 @@ from gepa_trace.ui.app import mutating, ui_of
 
 def components_page(request: Request) -> Response:
     from gepa_trace.cli.traces import _template_lines as template_lines
+    from gepa_trace.prompts.production import version_figures
     from gepa_trace.prompts.registry import list_versions
-    from gepa_trace.store.production import version_figures
     from gepa_trace.store.queries import list_components
     from gepa_trace.store.run_search import agents_with_runs
 
     ui, q = ui_of(request), request.query_params
     agent = q.get("agent") or None
     found = list_components(ui.store, agent=agent, include_candidates=True)
-    figures = version_figures(ui.store, agent=agent)
+    figures = {(f.component, f.version): f for f in version_figures(ui.store, agent)}
     stored = {(v.component, v.version): v for v in list_versions(ui.store)}
     return ui.page(request, "components.html", components=found, figures=figures,
                    stored=stored, agent=agent or "", agents=agents_with_runs(ui.store),
@@ -52,14 +52,14 @@ def diff_page(request: Request) -> Response:
 
 
 def prompts_page(request: Request) -> Response:
-    from gepa_trace.prompts.registry import alias_changes, list_versions
+    from gepa_trace.prompts.registry import alias_history, list_versions
 
     ui = ui_of(request)
     by_component: dict[str, list[Any]] = {}
     for v in list_versions(ui.store):
         by_component.setdefault(v.component, []).append(v)
     return ui.page(request, "prompts.html", by_component=by_component,
-                   changes=alias_changes(ui.store)[:200],
+                   changes=alias_history(ui.store)[::-1][:200],  # newest first
                    promoted=request.query_params.get("promoted"))
 
 
@@ -134,7 +134,7 @@ def promote(request: Request, form: Any) -> Response:
         raise GateRefused(f"promote refused: {why}; tick 'promote anyway' to override")
     found = point_alias(ui.store, component, stored.version, alias=alias,
                         approve=form.get("approve") == "1", review=review,
-                        by=ui.settings.who)
+                        actor=ui.settings.who, reason="promoted in the web UI")
     return RedirectResponse(f"/prompts?promoted={component}:{alias}:{found.version}",
                             status_code=303)
 
