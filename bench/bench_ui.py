@@ -135,7 +135,7 @@ def time_pages(url: str, trace_ids: list[str], repeats: int) -> list[tuple[str, 
     from gepa_trace.store.run_search import RunFilter, search_runs
     from gepa_trace.ui import UiSettings, create_app
 
-    client = TestClient(create_app(UiSettings(store=url)))
+    client = TestClient(create_app(UiSettings(store=url)), base_url="http://127.0.0.1")
     deep = None
     for _ in range(20):  # page 21 by keyset: as cheap as page 1
         deep = search_runs(url, RunFilter(agent=AGENT), after=deep, limit=50).next_cursor

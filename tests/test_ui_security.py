@@ -158,3 +158,15 @@ def test_a_busy_port_is_one_line_and_exit_1(store):
     assert result.exit_code == 1
     assert result.output.strip() == f"Error: cannot listen on 127.0.0.1:{port}: " \
                                     "Address already in use"
+
+
+def test_loopback_ui_refuses_a_host_header_naming_another_domain(store):
+    url, _ = store
+    rebound = TestClient(create_app(UiSettings(store=url)), base_url="http://evil.example:6007")
+    assert rebound.get("/traces").status_code == 400
+    assert client(url).get("/traces").status_code == 200
+    assert TestClient(create_app(UiSettings(store=url)),
+                      base_url="http://localhost:6007").get("/traces").status_code == 200
+    with_token = TestClient(create_app(UiSettings(store=url, token="t", host="0.0.0.0")),
+                            base_url="http://ui.example.com")
+    assert with_token.get("/traces", headers={"Authorization": "Bearer t"}).status_code == 200

@@ -44,7 +44,7 @@ def ui(host: str, port: int, token: str | None, read_only: bool, store: str | No
 
     sock = _listen(host, port)  # ours, so a busy port is one line and --port 0 is known
     port = sock.getsockname()[1]
-    app = create_app(UiSettings(store=store, token=token, read_only=read_only))
+    app = create_app(UiSettings(store=store, token=token, read_only=read_only, host=host))
     shown = f"[{host}]" if ":" in host else host
     progress(f"gepa-trace ui on http://{shown}:{port}/"
              + (" (read-only)" if read_only else "") + (" (token required)" if token else ""))

@@ -15,6 +15,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -46,6 +47,15 @@ class UiSettings:
     store: str | None = None
     token: str | None = None
     read_only: bool = False
+    host: str = "127.0.0.1"  # the address served: on loopback, Host must name loopback
+
+    @property
+    def allowed_hosts(self) -> list[str]:
+        """Host headers accepted. Without a token on loopback, only loopback names: a
+        page elsewhere cannot rebind its own domain to 127.0.0.1 and read the UI."""
+        if self.token:
+            return ["*"]
+        return ["127.0.0.1", "localhost", "::1", "[::1]", self.host]
 
     @property
     def who(self) -> str:
@@ -169,7 +179,10 @@ def create_app(settings: UiSettings) -> Starlette:
         routes.extend(module.pages())
         if not settings.read_only:
             routes.extend(module.actions())
-    app = Starlette(routes=routes, middleware=[Middleware(TokenGate)],
+    app = Starlette(routes=routes,
+                    middleware=[Middleware(TrustedHostMiddleware,
+                                           allowed_hosts=settings.allowed_hosts),
+                                Middleware(TokenGate)],
                     exception_handlers={GepaTraceError: _error_page})
     app.state.ui = Ui(settings)
     return app

@@ -1,6 +1,8 @@
 """Who may use the UI and how a form proves it came from the UI.
 
-- Loopback by default: binding any other address needs a token (``check_bind``).
+- Loopback by default: binding any other address needs a token (``check_bind``). On
+  loopback without a token, a request must name a loopback host (``Host``), so a web
+  page cannot rebind its domain to 127.0.0.1 and read the UI (``UiSettings``).
 - With a token, every request must carry it: ``Authorization: Bearer T``, or the
   ``gepa_ui_token`` cookie that ``/?token=T`` sets once (HttpOnly, SameSite=Strict).
 - Every mutating request (POST) must also pass the CSRF check: the hidden ``csrf``
