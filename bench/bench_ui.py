@@ -209,6 +209,13 @@ def main() -> int:
             ok = "yes" if median < TARGET_MS else "NO"
             lines.append(f"| {name} | {label} | {median:.1f} | {worst:.1f} | {ok} |")
             print(lines[-1])
+    if not args.store:  # the SQLite store was this run's only
+        import shutil
+
+        from gepa_trace.store import forget_store
+
+        forget_store(targets[0][1])
+        shutil.rmtree(folder, ignore_errors=True)
     if schema is not None:  # the PostgreSQL store was this run's only
         from gepa_trace.store import forget_store
 
