@@ -45,6 +45,7 @@ COMMANDS = {
     "versions": "gepa_trace.cli.versions:versions",
     "canary": "gepa_trace.cli.canary:canary",
     "watch": "gepa_trace.cli.canary:watch",
+    "ui": "gepa_trace.cli.ui:ui",
 }
 
 

@@ -1,5 +1,9 @@
 """The report page: one self-contained HTML document built from ``ReportData``.
 
+The page is the Jinja2 template ``templates/report.html`` around ``run_report.html``
+(the run's header and sections), the same template the web UI's run page places
+(``gepa_trace.ui``): one report design. The sections' HTML is built here.
+
 No URL appears in the page (no CDN, no web font, no image link); styles are inline and
 the charts are inline SVG from ``svg.py``. Every string read from the store is escaped
 with ``esc`` before it is placed, since prompts and diagnoses contain ``<``, ``>``, ``&``.
@@ -8,7 +12,11 @@ with ``esc`` before it is placed, since prompts and diagnoses contain ``<``, ``>
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+
+import jinja2
+from markupsafe import Markup
 
 from gepa_trace.optimizer.state import UNJUDGED
 from gepa_trace.report.blame import TITLE as BLAME_TITLE
@@ -447,21 +455,34 @@ def _significance_section(d: ReportData) -> str:
                     f"(candidates #{d.seed_id} and #{d.best_id}).")
 
 
-def render_page(d: ReportData) -> str:
-    """The whole HTML document of one run's report."""
+def report_parts(d: ReportData) -> tuple[str, list[str]]:
+    """The report's header and its sections (HTML, every stored string escaped): the
+    static page below and the web UI's run page (``gepa_trace.ui``) place the same ones."""
     sections = [_summary(d), _score_section(d), _fronts_section(d), _lineage_section(d),
                 _diffs_section(d), _section("review", *review_section_body(d.review)),
                 blame_section(d.blames, d.run.id), _diagnoses_section(d),
                 _budget_section(d), _significance_section(d)]
-    title = f"gepa-trace report: {d.run.agent} {d.run.id}"
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            # An empty inline icon, so a browser does not go looking for /favicon.ico.
-            "<link rel=\"icon\" href=\"data:,\">"
-            f"<title>{esc(title)}</title><style>{CSS}</style></head><body>"
-            f"{_header(d)}<main>{''.join(sections)}</main>"
-            f"<footer>gepa-trace report · generated {esc(_when(_now()))}</footer>"
-            "</body></html>\n")
+    return _header(d), sections
+
+
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+def environment(*extra_folders: Path) -> jinja2.Environment:
+    """The Jinja2 environment of the report's templates (autoescaped), with the
+    templates of ``extra_folders`` first: the web UI adds its own."""
+    loader = jinja2.FileSystemLoader([*extra_folders, TEMPLATES])
+    return jinja2.Environment(loader=loader, autoescape=True, trim_blocks=True,
+                              lstrip_blocks=True)
+
+
+def render_page(d: ReportData) -> str:
+    """The whole HTML document of one run's report (``templates/report.html``)."""
+    header, sections = report_parts(d)
+    return environment().get_template("report.html").render(
+        title=f"gepa-trace report: {d.run.agent} {d.run.id}", css=Markup(CSS),
+        header=Markup(header), sections=[Markup(s) for s in sections],
+        generated=_when(_now())) + "\n"
 
 
 def _now() -> float:

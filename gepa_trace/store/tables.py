@@ -31,6 +31,10 @@ class SpanRow(SQLModel, table=True):
         # Flagged spans are rare: the index costs nothing for the others.
         Index("ix_spans_flagged", "component", sqlite_where=text("prompt_flag IS NOT NULL"),
               postgresql_where=text("prompt_flag IS NOT NULL")),
+        # Failed spans are rare too: finding the traces with an error (the web UI's
+        # filter) is one lookup per trace in this small index.
+        Index("ix_spans_error", "trace_id", sqlite_where=text("status_code = 'ERROR'"),
+              postgresql_where=text("status_code = 'ERROR'")),
     )
 
     trace_id: str = Field(primary_key=True, max_length=32)

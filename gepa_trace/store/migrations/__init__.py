@@ -43,6 +43,7 @@ from gepa_trace.store.migrations import (
     r0003_prompt_flags,
     r0004_settle_early_stores,
     r0005_alias_changes,
+    r0006_error_index,
 )
 
 _meta = MetaData()
@@ -60,6 +61,7 @@ REVISIONS: list[ModuleType] = [
     r0003_prompt_flags,
     r0004_settle_early_stores,
     r0005_alias_changes,
+    r0006_error_index,
 ]
 SCHEMA_VERSION = len(REVISIONS)
 
