@@ -126,3 +126,31 @@ def test_components_page_shows_versions_text_and_the_diff_is_escaped(sqlite_url)
     assert diff.status_code == 200 and "<ins>" in diff.text
     assert ui.get("/components/diff?a=ffff&b=eeee").status_code == 404
     assert "<script>" not in ui.get("/prompts").text
+
+
+def test_rolling_back_an_alias_change_in_the_ui_points_it_where_it_was(sqlite_url):
+    run_id = build_run(sqlite_url, "Name the city.")
+    best = json.loads(CliRunner().invoke(main, ["runs", "show", run_id, "--json", "--store",
+                                                sqlite_url]).stdout)["best"]["prompts"]
+    seed = next(v.split("@")[1] for v in aliases(sqlite_url)
+                if v.startswith("answerer@") and not v.endswith(best["answerer"]))
+    for version in (seed, best["answerer"]):
+        assert CliRunner().invoke(main, ["prompts", "promote", "answerer", version,
+                                         "--store", sqlite_url]).exit_code == 0
+    promoted = alias_history(open_store(sqlite_url), component="answerer")[-1]
+    ui = client(sqlite_url)
+    assert f'href="/prompts/changes/{promoted.id}/revert"' in ui.get("/prompts").text
+    page = ui.get(f"/prompts/changes/{promoted.id}/revert").text
+    assert "Rolling it back points production at" in page and seed in page
+    assert ui.post("/prompts/revert", data={"change": str(promoted.id)}).status_code == 403
+    done = ui.post("/prompts/revert", data={"change": str(promoted.id),
+                                           "csrf": csrf_of(page)})
+    assert done.status_code == 200 and f"answerer: production → {seed}" in done.text
+    assert aliases(sqlite_url)[f"answerer@{seed}"] == ["production"]
+    rollback = alias_history(open_store(sqlite_url), component="answerer")[-1]
+    assert (rollback.previous, rollback.version, rollback.actor, rollback.reason) == (
+        best["answerer"], seed, "ui", f"revert of change {promoted.id}")
+    read_only = TestClient(create_app(UiSettings(store=sqlite_url, read_only=True)),
+                           base_url="http://127.0.0.1")
+    assert "roll back" not in read_only.get("/prompts").text
+    assert read_only.post("/prompts/revert", data={"change": "1"}).status_code in (404, 405)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import click
 from markupsafe import Markup
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -19,6 +20,7 @@ from gepa_trace.ui.app import mutating, ui_of
 
 
 def components_page(request: Request) -> Response:
+    from gepa_trace.cli.common import parse_since
     from gepa_trace.cli.traces import _template_lines as template_lines
     from gepa_trace.prompts.production import version_figures
     from gepa_trace.prompts.registry import list_versions
@@ -27,11 +29,17 @@ def components_page(request: Request) -> Response:
 
     ui, q = ui_of(request), request.query_params
     agent = q.get("agent") or None
+    since = q.get("since") or "14d"  # what `gepa-trace versions` reads by default
     found = list_components(ui.store, agent=agent, include_candidates=True)
-    figures = {(f.component, f.version): f for f in version_figures(ui.store, agent)}
+    try:
+        since_s = parse_since(since)
+    except click.BadParameter as exc:
+        raise ConfigError(exc.message) from None
+    figures = {(f.component, f.version): f
+               for f in version_figures(ui.store, agent, since=since_s)}
     stored = {(v.component, v.version): v for v in list_versions(ui.store)}
     return ui.page(request, "components.html", components=found, figures=figures,
-                   stored=stored, agent=agent or "", agents=agents_with_runs(ui.store),
+                   stored=stored, agent=agent or "", since=since, agents=agents_with_runs(ui.store),
                    text_of=lambda template: "\n".join(template_lines(template)))
 
 
@@ -139,11 +147,42 @@ def promote(request: Request, form: Any) -> Response:
                             status_code=303)
 
 
+def revert_page(request: Request) -> Response:
+    """The confirmation of a roll-back: undo one recorded alias change."""
+    from gepa_trace.errors import NotFoundError
+    from gepa_trace.prompts.registry import alias_history
+
+    ui = ui_of(request)
+    change_id = int(request.path_params["change_id"])
+    change = next((c for c in alias_history(ui.store) if c.id == change_id), None)
+    if change is None:
+        raise NotFoundError(f"no alias change {change_id}")
+    return ui.page(request, "revert.html", change=change)
+
+
+def revert(request: Request, form: Any) -> Response:
+    """`prompts revert CHANGE_ID`: the alias goes back where it was before the change
+    (removed if it was not set), recorded as a new change by the UI's user."""
+    from gepa_trace.prompts.registry import revert_change
+
+    ui = ui_of(request)
+    try:
+        change_id = int(form.get("change") or "")
+    except ValueError:
+        raise ConfigError("which alias change to roll back? (change=ID)") from None
+    change = revert_change(ui.store, change_id, actor=ui.settings.who,
+                           approve=form.get("approve") == "1")
+    return RedirectResponse(f"/prompts?promoted={change.component}:{change.alias}:"
+                            f"{change.previous or '(removed)'}", status_code=303)
+
+
 def pages() -> list[Route]:
     return [Route("/components", components_page), Route("/components/diff", diff_page),
             Route("/prompts", prompts_page),
-            Route("/prompts/{component}/{version}/promote", confirm_page)]
+            Route("/prompts/{component}/{version}/promote", confirm_page),
+            Route("/prompts/changes/{change_id:int}/revert", revert_page)]
 
 
 def actions() -> list[Route]:
-    return [Route("/prompts/promote", mutating(promote), methods=["POST"])]
+    return [Route("/prompts/promote", mutating(promote), methods=["POST"]),
+            Route("/prompts/revert", mutating(revert), methods=["POST"])]
