@@ -286,7 +286,7 @@ def test_a_store_from_before_the_flags_gets_its_forged_spans_flagged(sqlite_url)
         conn.execute(sa.text("CREATE INDEX ix_spans_component ON spans (component) "
                              "WHERE component IS NOT NULL"))
         conn.execute(sa.text("ALTER TABLE spans DROP COLUMN prompt_flag"))
-        conn.execute(sa.text("DELETE FROM gepa_migrations WHERE name = '0003_prompt_flags'"))
+        conn.execute(sa.text("DELETE FROM gepa_migrations WHERE seq >= '0003'"))
     forget_store(sqlite_url)
     store = open_store(sqlite_url)
     with store.read() as conn:

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection
 
 from gepa_trace.errors import SchemaTooNewError, StoreError, StoreMissing
 from gepa_trace.store.engine import MISSING_HINT, safe_url, sqlite_path
+from gepa_trace.store.migration_listing import listing_indexes
 
 _meta = MetaData()
 migrations_table = Table(
@@ -148,6 +149,7 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0001_initial", _initial),
     ("0002_feedback_fields", _feedback_fields),
     ("0003_prompt_flags", _prompt_flags),
+    ("0004_listing_indexes", listing_indexes),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -15,6 +15,11 @@ from sqlmodel import Field, SQLModel
 #: The run id the optimizer's preflight tags its tries with (spans with no run row).
 PREFLIGHT_RUN_ID = "preflight"
 
+# Predicates of partial indexes. A query reaches such an index on SQLite only when its
+# WHERE has the same terms, literals included (a bound parameter does not match 'llm').
+_PRODUCTION_ROOT = "parent_span_id IS NULL AND run_id IS NULL"
+_LLM_CALL = "span_type = 'llm' AND component IS NOT NULL"
+
 
 class SpanRow(SQLModel, table=True):
     __tablename__ = "spans"
@@ -31,6 +36,14 @@ class SpanRow(SQLModel, table=True):
         # Flagged spans are rare: the index costs nothing for the others.
         Index("ix_spans_flagged", "component", sqlite_where=text("prompt_flag IS NOT NULL"),
               postgresql_where=text("prompt_flag IS NOT NULL")),
+        # The listings (migration 0004, store.migration_listing, says which query reads
+        # which). Partial: only production roots and LLM calls pay for them on writes.
+        Index("ix_spans_runs_by_time", "start_ns", "trace_id", "span_id",
+              sqlite_where=text(_PRODUCTION_ROOT), postgresql_where=text(_PRODUCTION_ROOT)),
+        Index("ix_spans_agent_runs_by_time", "agent", "start_ns", "trace_id", "span_id",
+              sqlite_where=text(_PRODUCTION_ROOT), postgresql_where=text(_PRODUCTION_ROOT)),
+        Index("ix_spans_llm_calls", "component", "prompt_version", "start_ns",
+              sqlite_where=text(_LLM_CALL), postgresql_where=text(_LLM_CALL)),
     )
 
     trace_id: str = Field(primary_key=True, max_length=32)
