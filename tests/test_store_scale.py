@@ -1,0 +1,176 @@
+"""The store at volume (issue 19): the listing queries reach the spans table through an
+index, never a scan of every span, on SQLite and PostgreSQL; a batch of spans sent again
+is stored once on the fast write path.
+
+The plans are checked on every statement the public functions send (caught on the
+engine), so a query that moves or changes is checked too. PostgreSQL plans are made with
+``enable_seqscan`` off: it then scans the table only when no index can answer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+import sqlalchemy as sa
+
+from gepa_trace.replay.dataset import ExampleFilter, load_examples
+from gepa_trace.store import open_store
+from gepa_trace.store.prune import prune
+from gepa_trace.store.queries import list_components, list_runs
+from gepa_trace.store.spans import flagged_counts, write_spans
+
+DAY_NS = 86400 * 10**9
+
+
+def _trace(n: int, start_ns: int, *, agent: str, run_id: str | None = None) -> list[dict]:
+    """A root with input and output, and an LLM call of a component."""
+    trace_id, root = f"{n:032x}", f"{n:015x}0"
+    base = {"gepa.agent": agent, **({"gepa.run.id": run_id} if run_id else {})}
+    return [
+        {"trace_id": trace_id, "span_id": root, "parent_span_id": None, "name": "agent",
+         "start_ns": start_ns, "end_ns": start_ns + 10**6,
+         "attributes": {**base, "openinference.span.kind": "CHAIN",
+                        "input.value": f'{{"question": "q{n}"}}', "output.value": "a"}},
+        {"trace_id": trace_id, "span_id": f"{n:015x}1",
+         "parent_span_id": root, "name": "call", "start_ns": start_ns + 10,
+         "end_ns": start_ns + 10**5,
+         "attributes": {**base, "openinference.span.kind": "LLM", "gepa.component": "planner",
+                        "gepa.prompt.version": f"v{n % 3}", "llm.model_name": "m"}},
+    ]
+
+
+def _fill(store, traces: int = 120) -> None:
+    now = time.time_ns()
+    spans = []
+    for n in range(1, traces + 1):
+        spans += _trace(n, now - (traces - n) * DAY_NS // 4, agent=f"agent-{n % 3}",
+                        run_id="run-1" if n % 5 == 0 else None)
+    write_spans(store, spans)
+
+
+def _statements(store, call: Callable[[], object]) -> list[tuple[str, object]]:
+    """The SQL statements on the spans table that ``call`` sends, with their parameters."""
+    sent: list[tuple[str, object]] = []
+
+    def caught(_conn, _cursor, statement, parameters, _context, _many):
+        if "spans" in statement and statement.lstrip().upper().startswith("SELECT"):
+            sent.append((statement, parameters))
+
+    sa.event.listen(store.engine, "before_cursor_execute", caught)
+    try:
+        call()
+    finally:
+        sa.event.remove(store.engine, "before_cursor_execute", caught)
+    assert sent, "the call sent no query on spans"
+    return sent
+
+
+def _scans_of_spans(store, statements: list[tuple[str, object]]) -> list[str]:
+    """The plan lines that read every row of the spans table (or sort all roots)."""
+    bad = []
+    raw = store.engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        if store.dialect == "postgresql":
+            cursor.execute("SET enable_seqscan = off")
+            for statement, params in statements:
+                cursor.execute("EXPLAIN (FORMAT JSON) " + statement, params)
+                bad += [f"{node} <- {statement}"
+                        for node in _full_reads(cursor.fetchone()[0][0]["Plan"])]
+        else:
+            for statement, params in statements:
+                cursor.execute("EXPLAIN QUERY PLAN " + statement, params)
+                for row in cursor.fetchall():
+                    detail = row[-1]
+                    # a page of a listing that sorts every match first reads them all
+                    sorts_all = detail == "USE TEMP B-TREE FOR ORDER BY" and \
+                        "LIMIT" in statement.upper()
+                    if detail == "SCAN spans" or sorts_all:
+                        bad.append(f"{detail} <- {statement}")
+    finally:
+        raw.rollback()
+        raw.close()
+    return bad
+
+
+def _full_reads(plan: dict) -> list[str]:
+    """PostgreSQL plan nodes that read all of spans: a Seq Scan, or a scan of an index
+    of every span (a partial index holds only some) without a condition on its first
+    column (a condition on a later column still reads the whole index)."""
+    found = []
+    if plan.get("Relation Name") == "spans" or plan.get("Index Name") in _FIRST_COLUMN:
+        kind, index = plan["Node Type"], plan.get("Index Name")
+        narrowed = index is not None and (
+            index in _PARTIAL or _FIRST_COLUMN[index] in plan.get("Index Cond", ""))
+        if kind == "Seq Scan" or (index is not None and not narrowed):
+            found.append(f"{kind} {index or ''} {plan.get('Index Cond', '')}".strip())
+    for child in plan.get("Plans", ()):
+        found += _full_reads(child)
+    return found
+
+
+def _indexes() -> tuple[set[str], dict[str, str]]:
+    from gepa_trace.store.tables import SpanRow
+
+    indexes = SpanRow.__table__.indexes
+    partial = {i.name for i in indexes if i.dialect_options["postgresql"]["where"] is not None}
+    first = {i.name: next(iter(i.columns)).name for i in indexes}
+    return partial, {**first, "spans_pkey": "trace_id"}
+
+
+_PARTIAL, _FIRST_COLUMN = _indexes()
+
+
+LISTINGS = {
+    "traces --limit 50": lambda s: list_runs(s, limit=50),
+    "traces --limit 50 --agent": lambda s: list_runs(s, agent="agent-1", limit=50),
+    "traces --since": lambda s: list_runs(s, since=time.time() - 86400, limit=50),
+    "components": lambda s: (list_components(s), flagged_counts(s)),
+    "examples of an agent": lambda s: load_examples(
+        s, "agent-1", filters=ExampleFilter(since=time.time() - 5 * 86400), min_examples=0),
+    "prune --dry-run": lambda s: prune(s, cutoff_s=time.time() - 10 * 86400, dry_run=True),
+    "prune --agent --dry-run": lambda s: prune(s, cutoff_s=time.time() - 10 * 86400,
+                                               agent="agent-2", dry_run=True),
+}
+
+
+@pytest.mark.parametrize("listing", list(LISTINGS))
+def test_listings_read_spans_through_an_index_not_a_full_scan(store_url, listing):
+    store = open_store(store_url)
+    _fill(store)
+    statements = _statements(store, lambda: LISTINGS[listing](store))
+    assert _scans_of_spans(store, statements) == []
+
+
+def test_the_plan_check_sees_a_full_scan(store_url):
+    """The check above fails where it should: a query by a column without an index."""
+    store = open_store(store_url)
+    _fill(store, traces=10)
+    statement = "SELECT trace_id FROM spans WHERE name = 'agent' ORDER BY start_ns LIMIT 5"
+    assert _scans_of_spans(store, [(statement, {})])
+
+
+def test_newest_runs_come_first_with_rollouts_left_out(store_url):
+    store = open_store(store_url)
+    _fill(store, traces=30)
+    runs = list_runs(store, limit=5)
+    assert [r.trace_id for r in runs] == [f"{n:032x}" for n in (29, 28, 27, 26, 24)]
+    assert [r.span_count for r in runs] == [2] * 5
+
+
+def test_a_batch_sent_again_is_stored_once_with_the_new_spans_of_it(store_url):
+    """A client retry (the whole batch again, maybe with more) and a batch that repeats a
+    span: each span is stored once, and the spans not stored before are stored."""
+    store = open_store(store_url)
+    now = time.time_ns()
+    first = _trace(1, now, agent="a") + _trace(2, now, agent="a")
+    assert write_spans(store, first) == 4
+    again = first + _trace(3, now, agent="a")
+    write_spans(store, again)
+    write_spans(store, _trace(4, now, agent="a") * 2)
+    with store.read() as conn:
+        stored = conn.execute(sa.text("SELECT trace_id, span_id FROM spans")).all()
+    assert len(stored) == len(set(stored)) == 8
+    assert {t for t, _s in stored} == {f"{n:032x}" for n in (1, 2, 3, 4)}
