@@ -170,6 +170,19 @@ def _start_collector(url: str) -> tuple[subprocess.Popen, int]:
     raise RuntimeError(f"collector did not start (exit {proc.wait()})")
 
 
+def machine_busy() -> tuple[int, int]:
+    """(busy, total) jiffies of all cores since boot (/proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_share(before: tuple[int, int]) -> float:
+    """The share of all cores' time spent busy since ``before`` (every process's)."""
+    busy, total = machine_busy()
+    return round((busy - before[0]) / max(1, total - before[1]), 2)
+
+
 def _cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -206,8 +219,10 @@ def collectors(url: str, count: int, args) -> dict:
     procs = [_start_collector(url) for _ in range(count)]
     ports = [port for _proc, port in procs] if count == 2 else [procs[0][1]] * 2
     cpu = [_cpu_s(p.pid) for p, _port in procs]
+    machine = machine_busy()
     seconds = _feed(ports, args.spans, max(1, args.exporters // 2), args.batch)
     used = sum(_cpu_s(p.pid) - c for (p, _port), c in zip(procs, cpu))
+    busy = busy_share(machine)
     for proc, _port in procs:
         proc.terminate()
         proc.communicate(timeout=60)
@@ -218,7 +233,7 @@ def collectors(url: str, count: int, args) -> dict:
     return {"collectors": count, "spans": spans, "seconds": round(seconds, 2),
             "spans_per_s": round(spans / seconds),
             "collector_cpu_us_per_span": round(used / spans * 1e6, 1),
-            "stored_exactly_once": stored == distinct == spans}
+            "machine_busy": busy, "stored_exactly_once": stored == distinct == spans}
 
 
 def two_collectors(args) -> list[dict]:
@@ -272,12 +287,14 @@ def _two_lines(results: list[dict], args) -> list[str]:
              "`gepa-trace collect` processes on one PostgreSQL store, fed by two sender "
              f"processes of {max(1, args.exporters // 2)} exporters and half the spans each "
              "(both to the one collector, or one to each). Median (min-max)."), "",
-             "| collectors | spans | spans/s | collectors' CPU µs/span | stored exactly once |",
-             "|---|---|---|---|---|"]
+             ("| collectors | spans | spans/s | collectors' CPU µs/span | machine busy (all "
+              "cores, every process) | stored exactly once |"),
+             "|---|---|---|---|---|---|"]
     for count in (1, 2):
         rs = [r for r in results if r["collectors"] == count]
         lines.append(f"| {count} | {rs[0]['spans']} | {_spread([r['spans_per_s'] for r in rs])}"
                      f" | {_spread([r['collector_cpu_us_per_span'] for r in rs])} | "
+                     f"{_spread([round(r['machine_busy'] * 100) for r in rs])}% | "
                      f"{'yes' if all(r['stored_exactly_once'] for r in rs) else 'NO'} |")
     one = statistics.median(r["spans_per_s"] for r in results if r["collectors"] == 1)
     two = statistics.median(r["spans_per_s"] for r in results if r["collectors"] == 2)
