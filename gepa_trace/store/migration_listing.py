@@ -12,6 +12,11 @@ every root, ``components`` read every span).
 
 All three are partial, so a span that is none of these (most of them) costs the write
 path nothing. Self-contained and idempotent: an index already there is left alone.
+
+gepa-trace never runs ANALYZE. On a SQLite file where someone did, the statistics of
+ix_spans_agent_root average the NULL parent of roots with every other parent, and SQLite
+may then list runs through that index and sort them all (as before this migration);
+``DROP TABLE sqlite_stat1`` gives the plans back.
 """
 
 from __future__ import annotations
@@ -33,14 +38,6 @@ LISTING_INDEXES = {
 def listing_indexes(conn: Connection) -> None:
     """Create the listing indexes the spans table lacks (see the module docstring)."""
     have = {i["name"] for i in inspect(conn).get_indexes("spans")}
-    missing = [name for name in LISTING_INDEXES if name not in have]
-    for name in missing:
-        columns, where = LISTING_INDEXES[name]
-        conn.execute(text(f"CREATE INDEX {name} ON spans ({columns}) WHERE {where}"))
-    if missing and conn.dialect.name == "sqlite" and \
-            "sqlite_stat1" in inspect(conn).get_table_names():
-        # Someone ran ANALYZE on this file: with statistics for the old indexes only,
-        # SQLite would rate the new ones by default guesses and keep the old plans.
-        # A sampled ANALYZE (a second or so at 1M spans) puts them on equal footing.
-        conn.execute(text("PRAGMA analysis_limit=1000"))
-        conn.execute(text("ANALYZE spans"))
+    for name, (columns, where) in LISTING_INDEXES.items():
+        if name not in have:
+            conn.execute(text(f"CREATE INDEX {name} ON spans ({columns}) WHERE {where}"))
