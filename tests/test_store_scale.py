@@ -174,3 +174,25 @@ def test_a_batch_sent_again_is_stored_once_with_the_new_spans_of_it(store_url):
         stored = conn.execute(sa.text("SELECT trace_id, span_id FROM spans")).all()
     assert len(stored) == len(set(stored)) == 8
     assert {t for t, _s in stored} == {f"{n:032x}" for n in (1, 2, 3, 4)}
+
+
+def test_a_store_from_before_the_listing_indexes_gets_them_when_opened(store_url):
+    from gepa_trace.store import forget_store
+    from gepa_trace.store.migration_listing import LISTING_INDEXES, listing_indexes
+
+    store = open_store(store_url)
+    _fill(store, traces=10)
+    with store.write() as conn:  # undo migration 0004, as a store written before it
+        for name in LISTING_INDEXES:
+            conn.execute(sa.text(f"DROP INDEX {name}"))
+        conn.execute(sa.text("DELETE FROM gepa_migrations WHERE seq = '0004'"))
+    forget_store(store_url)
+    store = open_store(store_url)
+    with store.write() as conn:
+        listing_indexes(conn)  # a second time: nothing to do, no error
+        indexes = {i["name"]: i["column_names"] for i in sa.inspect(conn).get_indexes("spans")}
+    assert indexes["ix_spans_runs_by_time"] == ["start_ns", "trace_id", "span_id"]
+    assert indexes["ix_spans_agent_runs_by_time"] == ["agent", "start_ns", "trace_id",
+                                                      "span_id"]
+    assert indexes["ix_spans_llm_calls"] == ["component", "prompt_version", "start_ns"]
+    assert [r.trace_id for r in list_runs(store, limit=2)] == [f"{n:032x}" for n in (9, 8)]
