@@ -9,9 +9,11 @@ Contracts shared by every function:
 - Times in arguments are epoch seconds; span times in results are nanoseconds, as stored,
   with ``start_time`` (epoch seconds) and ``duration_ms`` derived.
 - A run is a root span (``parent_span_id IS NULL``); its agent is the root's ``agent``.
-- Queries touch the indexed columns (``agent, parent_span_id, start_ns``, ``component``,
-  the primary key's ``trace_id``, ``feedback.trace_id``) and never issue one query per run:
+- Queries read spans through an index, never a scan of the table (production runs by
+  time, with or without an agent, and LLM calls by component: migration 0004; the
+  primary key's ``trace_id``; ``feedback.trace_id``), and never issue one query per run:
   feedback and span totals for a page of runs come from one query each.
+  ``tests/test_store_scale.py`` checks the plans.
 """
 
 from __future__ import annotations
