@@ -55,7 +55,7 @@ def _statements(store, call: Callable[[], object]) -> list[tuple[str, object]]:
     sent: list[tuple[str, object]] = []
 
     def caught(_conn, _cursor, statement, parameters, _context, _many):
-        if "spans" in statement and statement.lstrip().upper().startswith("SELECT"):
+        if "spans" in statement and statement.lstrip().upper().startswith(("SELECT", "WITH")):
             sent.append((statement, parameters))
 
     sa.event.listen(store.engine, "before_cursor_execute", caught)
@@ -87,7 +87,10 @@ def _scans_of_spans(store, statements: list[tuple[str, object]]) -> list[str]:
                     # a page of a listing that sorts every match first reads them all
                     sorts_all = detail == "USE TEMP B-TREE FOR ORDER BY" and \
                         "LIMIT" in statement.upper()
-                    if detail == "SCAN spans" or sorts_all:
+                    # a scan (not a search) of an index of every span reads them all
+                    whole_index = detail.startswith("SCAN spans USING") and not any(
+                        f"INDEX {name}" in detail for name in _PARTIAL)
+                    if detail == "SCAN spans" or sorts_all or whole_index:
                         bad.append(f"{detail} <- {statement}")
     finally:
         raw.rollback()
@@ -95,19 +98,27 @@ def _scans_of_spans(store, statements: list[tuple[str, object]]) -> list[str]:
     return bad
 
 
-def _full_reads(plan: dict) -> list[str]:
+_BLOCKING = {"Sort", "Aggregate", "Hash", "Materialize", "Unique", "SetOp"}
+
+
+def _full_reads(plan: dict, limited: bool = False) -> list[str]:
     """PostgreSQL plan nodes that read all of spans: a Seq Scan, or a scan of an index
-    of every span (a partial index holds only some) without a condition on its first
-    column (a condition on a later column still reads the whole index)."""
+    of every span (a partial index holds only some) without a narrowing condition on its
+    first column (one on a later column, or IS NOT NULL, still reads the whole index),
+    unless a Limit stops it early."""
     found = []
     if plan.get("Relation Name") == "spans" or plan.get("Index Name") in _FIRST_COLUMN:
         kind, index = plan["Node Type"], plan.get("Index Name")
-        narrowed = index is not None and (
-            index in _PARTIAL or _FIRST_COLUMN[index] in plan.get("Index Cond", ""))
-        if kind == "Seq Scan" or (index is not None and not narrowed):
-            found.append(f"{kind} {index or ''} {plan.get('Index Cond', '')}".strip())
+        condition = plan.get("Index Cond", "")
+        narrowed = index is not None and (index in _PARTIAL or (
+            _FIRST_COLUMN[index] in condition and "IS NOT NULL" not in condition))
+        # under a Limit with nothing between that needs all its input, a scan stops early
+        if kind == "Seq Scan" or (index is not None and not narrowed and not limited):
+            found.append(f"{kind} {index or ''} {condition}".strip())
+    kind = plan["Node Type"]
+    limited = (limited or kind == "Limit") and kind not in _BLOCKING
     for child in plan.get("Plans", ()):
-        found += _full_reads(child)
+        found += _full_reads(child, limited)
     return found
 
 
@@ -145,11 +156,17 @@ def test_listings_read_spans_through_an_index_not_a_full_scan(store_url, listing
 
 
 def test_the_plan_check_sees_a_full_scan(store_url):
-    """The check above fails where it should: a query by a column without an index."""
+    """The check above fails where it should: a column without an index, a sort of all
+    roots for a page, and (PostgreSQL) every entry of an index of all spans."""
     store = open_store(store_url)
     _fill(store, traces=10)
-    statement = "SELECT trace_id FROM spans WHERE name = 'agent' ORDER BY start_ns LIMIT 5"
-    assert _scans_of_spans(store, [(statement, {})])
+    statements = ["SELECT trace_id FROM spans WHERE name = 'agent'",
+                  ("SELECT trace_id FROM spans WHERE parent_span_id IS NULL "
+                  "ORDER BY name LIMIT 5")]
+    if store.dialect == "postgresql":  # SQLite calls this one a SEARCH (agent > NULL)
+        statements.append("SELECT DISTINCT agent FROM spans WHERE agent IS NOT NULL")
+    for statement in statements:
+        assert _scans_of_spans(store, [(statement, {})]), statement
 
 
 def test_newest_runs_come_first_with_rollouts_left_out(store_url):
@@ -196,3 +213,21 @@ def test_a_store_from_before_the_listing_indexes_gets_them_when_opened(store_url
                                                       "span_id"]
     assert indexes["ix_spans_llm_calls"] == ["component", "prompt_version", "start_ns"]
     assert [r.trace_id for r in list_runs(store, limit=2)] == [f"{n:032x}" for n in (9, 8)]
+
+
+def test_prune_finds_every_agent_through_the_agent_index(store_url):
+    """`prune` without --agent locks every agent: those of spans and of optimization
+    runs, each once, found without reading every span's agent."""
+    from gepa_trace.store import OptimizationRunRow
+    from gepa_trace.store.prune import recorded_agents
+
+    store = open_store(store_url)
+    _fill(store, traces=12)
+    with store.write() as conn:
+        conn.execute(sa.insert(OptimizationRunRow.__table__).values(
+            id="r1", agent="only-optimized", started_at=time.time()))
+        conn.execute(sa.insert(OptimizationRunRow.__table__).values(
+            id="r2", agent="agent-1", started_at=time.time()))
+    statements = _statements(store, lambda: recorded_agents(store))
+    assert recorded_agents(store) == ["agent-0", "agent-1", "agent-2", "only-optimized"]
+    assert _scans_of_spans(store, statements) == []
