@@ -2,11 +2,12 @@
 scan of the spans table (issue 19: at 1M spans, ``traces`` without ``--agent`` sorted
 every root, ``components`` read every span).
 
-- ``ix_spans_runs_by_time``: production runs (roots without an optimization run id) by
-  start time, for ``traces`` / ``list_runs`` without an agent and for ``prune``'s old
-  runs;
-- ``ix_spans_agent_runs_by_time``: the same per agent, for ``traces --agent``, example
-  loading (``replay.dataset``) and ``prune --agent``;
+- ``ix_spans_roots_by_time``: runs (root spans) by start time, with their optimization
+  run id, for ``traces`` / ``list_runs`` without an agent (production runs: the run id
+  is filtered in the index; ``--rollouts``: all of them) and for ``prune``'s old runs;
+- ``ix_spans_agent_runs_by_time``: production runs (roots without an optimization run
+  id) of an agent by start time, for example loading (``replay.dataset``),
+  ``prune --agent`` and ``traces --agent``;
 - ``ix_spans_llm_calls``: LLM calls by component and prompt version, covering what
   ``components`` counts.
 
@@ -26,8 +27,8 @@ from sqlalchemy.engine import Connection
 
 #: name -> (columns, WHERE); tables.SpanRow declares the same indexes.
 LISTING_INDEXES = {
-    "ix_spans_runs_by_time": ("start_ns, trace_id, span_id",
-                              "parent_span_id IS NULL AND run_id IS NULL"),
+    "ix_spans_roots_by_time": ("start_ns, trace_id, span_id, run_id",
+                               "parent_span_id IS NULL"),
     "ix_spans_agent_runs_by_time": ("agent, start_ns, trace_id, span_id",
                                     "parent_span_id IS NULL AND run_id IS NULL"),
     "ix_spans_llm_calls": ("component, prompt_version, start_ns",

@@ -21,7 +21,7 @@ What is never deleted:
   candidate refers to is always there).
 
 The old production runs are found on the production-run indexes (migration 0004:
-``ix_spans_runs_by_time``, or ``ix_spans_agent_runs_by_time`` with an agent), never by
+``ix_spans_roots_by_time``, or ``ix_spans_agent_runs_by_time`` with an agent), never by
 a scan of every span. Deletes go in chunks of ``chunk`` traces per transaction, so a large prune never holds
 the write lock for long. A dry run runs the same selection and counts instead of
 deleting, so its counts are what the real run deletes.

@@ -17,6 +17,7 @@ PREFLIGHT_RUN_ID = "preflight"
 
 # Predicates of partial indexes. A query reaches such an index on SQLite only when its
 # WHERE has the same terms, literals included (a bound parameter does not match 'llm').
+_ROOT = "parent_span_id IS NULL"
 _PRODUCTION_ROOT = "parent_span_id IS NULL AND run_id IS NULL"
 _LLM_CALL = "span_type = 'llm' AND component IS NOT NULL"
 
@@ -38,8 +39,8 @@ class SpanRow(SQLModel, table=True):
               postgresql_where=text("prompt_flag IS NOT NULL")),
         # The listings (migration 0004, store.migration_listing, says which query reads
         # which). Partial: only production roots and LLM calls pay for them on writes.
-        Index("ix_spans_runs_by_time", "start_ns", "trace_id", "span_id",
-              sqlite_where=text(_PRODUCTION_ROOT), postgresql_where=text(_PRODUCTION_ROOT)),
+        Index("ix_spans_roots_by_time", "start_ns", "trace_id", "span_id", "run_id",
+              sqlite_where=text(_ROOT), postgresql_where=text(_ROOT)),
         Index("ix_spans_agent_runs_by_time", "agent", "start_ns", "trace_id", "span_id",
               sqlite_where=text(_PRODUCTION_ROOT), postgresql_where=text(_PRODUCTION_ROOT)),
         Index("ix_spans_llm_calls", "component", "prompt_version", "start_ns",
