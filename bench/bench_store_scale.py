@@ -16,7 +16,8 @@ spread evenly over the 90 days before the build; 40% of the traces are optimizer
 (``gepa.run.id``, 20 runs); 10% of the production traces have one feedback record.
 
 Timed (median of ``--repeats`` after one untimed call, with min and max):
-``traces --limit 50`` = ``queries.list_runs(limit=50)``, with and without an agent;
+``traces --limit 50`` = ``queries.list_runs(limit=50)``, with and without an agent, and
+with rollouts;
 ``components`` = ``queries.list_components`` + ``spans.flagged_counts`` (what the command
 runs); example loading = ``replay.dataset.load_examples`` of one agent over the last 7
 days and over its whole history. Target: under 100 ms each on both stores.
@@ -232,6 +233,8 @@ def measure(url: str, repeats: int) -> list[dict]:
         ("traces --limit 50", lambda: f"{len(list_runs(store, limit=50))} runs"),
         (f"traces --limit 50 --agent {agent}",
          lambda: f"{len(list_runs(store, agent=agent, limit=50))} runs"),
+        ("traces --limit 50 --rollouts",
+         lambda: f"{len(list_runs(store, include_rollouts=True, limit=50))} runs"),
         ("components", lambda: (f"{len(list_components(store))} components, "
                                 f"{sum(flagged_counts(store).values())} flagged")),
         (f"components --agent {agent}",

@@ -224,7 +224,8 @@ def test_a_store_from_before_the_listing_indexes_gets_them_when_opened(store_url
     assert indexes["ix_spans_roots_by_time"] == ["start_ns", "trace_id", "span_id", "run_id"]
     assert indexes["ix_spans_agent_runs_by_time"] == ["agent", "start_ns", "trace_id",
                                                       "span_id"]
-    assert indexes["ix_spans_llm_calls"] == ["component", "prompt_version", "start_ns"]
+    assert indexes["ix_spans_llm_calls"] == ["component", "prompt_version", "start_ns",
+                                             "span_type"]
     assert [r.trace_id for r in list_runs(store, limit=2)] == [f"{n:032x}" for n in (9, 8)]
 
 

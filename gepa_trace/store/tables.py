@@ -43,7 +43,7 @@ class SpanRow(SQLModel, table=True):
               sqlite_where=text(_ROOT), postgresql_where=text(_ROOT)),
         Index("ix_spans_agent_runs_by_time", "agent", "start_ns", "trace_id", "span_id",
               sqlite_where=text(_PRODUCTION_ROOT), postgresql_where=text(_PRODUCTION_ROOT)),
-        Index("ix_spans_llm_calls", "component", "prompt_version", "start_ns",
+        Index("ix_spans_llm_calls", "component", "prompt_version", "start_ns", "span_type",
               sqlite_where=text(_LLM_CALL), postgresql_where=text(_LLM_CALL)),
     )
 
