@@ -281,7 +281,19 @@ def write_results(tables: dict[str, list[dict]], args, build_note: str) -> None:
             zip(names, t) if r["median_ms"] >= 100]
     lines += ["", "Target: under 100 ms each on both stores: "
               + ("met." if not over else "NOT met for " + "; ".join(over) + ".")]
-    write_section(heading, "\n".join(lines) + "\n")
+    write_section(heading, "\n".join(lines + _notes(heading)) + "\n")
+
+
+def _notes(heading: str) -> list[str]:
+    """The section's hand-written subsections (### ...), kept across runs."""
+    import re
+
+    from results import RESULTS
+
+    old = RESULTS.read_text() if RESULTS.exists() else ""
+    section = re.search(rf"## {re.escape(heading)}\n(.*?)(?=\n## |\Z)", old, re.DOTALL)
+    found = re.search(r"\n(### .*)", section.group(1), re.DOTALL) if section else None
+    return ["", found.group(1).rstrip("\n")] if found else []
 
 
 def main() -> None:
