@@ -38,7 +38,7 @@ class SpanRow(SQLModel, table=True):
         Index("ix_spans_flagged", "component", sqlite_where=text("prompt_flag IS NOT NULL"),
               postgresql_where=text("prompt_flag IS NOT NULL")),
         # The listings (migration 0004, store.migration_listing, says which query reads
-        # which). Partial: only production roots and LLM calls pay for them on writes.
+        # which). Partial: only roots and LLM calls pay for them on the write path.
         Index("ix_spans_roots_by_time", "start_ns", "trace_id", "span_id", "run_id",
               sqlite_where=text(_ROOT), postgresql_where=text(_ROOT)),
         Index("ix_spans_agent_runs_by_time", "agent", "start_ns", "trace_id", "span_id",
