@@ -291,6 +291,12 @@ def write_results(results: list[dict], args: argparse.Namespace) -> None:
     if http is not None:
         met = "met" if http["spans_per_s"] >= 20_000 else "NOT met on this run"
         lines.append(f"Target: at least 20,000 spans/s over HTTP: {http['spans_per_s']} ({met}).")
+    if postgres:  # a subsection: --versus-raw and --two-collectors write the others
+        from collector_vs_raw import write_subsections
+
+        write_subsections({"### One collector, HTTP and gRPC (--store)": lines[2:]},
+                          args.load_before)
+        return
     section = "\n".join(lines) + "\n"
     write_section(heading, section)
 

@@ -325,19 +325,21 @@ def main_versus(args) -> None:
     if any(not line.endswith("| yes |") for lines in parts.values() for line in lines
            if line.startswith("| ") and ("yes |" in line or "NO |" in line)):
         sys.exit("FAILED: some spans were lost or duplicated")
-    if args.no_write:
-        return
+    if not args.no_write:
+        write_subsections({TITLES[key]: lines for key, lines in parts.items()}, load)
+
+
+def write_subsections(parts: dict[str, list[str]], load: float) -> None:
+    """Replace these ``### title`` subsections of the PostgreSQL collector section; the
+    others stay as they were (another mode's last results, notes written by hand)."""
     from results import RESULTS, write_section
 
     old = RESULTS.read_text() if RESULTS.exists() else ""
     section = re.search(rf"## {re.escape(HEADING)}\n(.*?)(?=\n## |\Z)", old, re.DOTALL)
-    # Subsections: the ones this run made replace theirs; the others stay as they were
-    # (the other mode's last results, notes written by hand).
     subsections = dict(re.findall(r"(### [^\n]*)\n(.*?)(?=\n### |\Z)",
                                   section.group(1) if section else "", re.DOTALL))
-    for key, title in TITLES.items():
-        if key in parts:
-            subsections[title] = "\n" + "\n".join(parts[key]) + "\n"
+    for title, lines in parts.items():
+        subsections[title] = "\n".join(lines)
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     lines = [f"## {HEADING}", "",
              (f"Last run on {when}, {platform.platform()}, {os.cpu_count()} CPUs, Python "
