@@ -4,6 +4,8 @@ fresh SQLite store. Every span must be stored exactly once (counted and compared
 
     .venv/bin/python bench/bench_collector.py [--spans 200000] [--exporters 8]
         [--batch 512] [--store URL] [--no-write]
+    .venv/bin/python bench/bench_collector.py --versus-raw [--pg URL] [--repeats 3]
+    .venv/bin/python bench/bench_collector.py --two-collectors [--pg URL] [--repeats 3]
 
 The spans look like openinference-instrumentation-langchain's: traces of a CHAIN with a
 PROMPT and an LLM child (messages, model, tokens, metadata). The exporters send
@@ -14,6 +16,11 @@ a separate process (as real ones do), so they do not share the collector's GIL; 
 collector's CPU time per span is reported too, since the machine may be shared. Results
 are printed
 and, unless --no-write, written to the collector section of bench/RESULTS.md.
+
+``--versus-raw`` (bench/collector_vs_raw.py) measures the collector against the raw
+baseline of the same rows on both databases in one run; ``--two-collectors`` measures two
+`gepa-trace collect` processes on one PostgreSQL store against one. Both write the
+"Collector on PostgreSQL" section.
 """
 
 from __future__ import annotations
@@ -284,6 +291,12 @@ def write_results(results: list[dict], args: argparse.Namespace) -> None:
     if http is not None:
         met = "met" if http["spans_per_s"] >= 20_000 else "NOT met on this run"
         lines.append(f"Target: at least 20,000 spans/s over HTTP: {http['spans_per_s']} ({met}).")
+    if postgres:  # a subsection: --versus-raw and --two-collectors write the others
+        from collector_vs_raw import write_subsections
+
+        write_subsections({"### One collector, HTTP and gRPC (--store)": lines[2:]},
+                          args.load_before)
+        return
     section = "\n".join(lines) + "\n"
     write_section(heading, section)
 
@@ -296,6 +309,14 @@ def main() -> None:
     parser.add_argument("--store", default=None, help="store URL (default: a temp SQLite file)")
     parser.add_argument("--transport", choices=["http", "grpc", "both"], default="both")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--versus-raw", action="store_true",
+                        help="collector vs raw COPY / executemany of the same rows")
+    parser.add_argument("--two-collectors", action="store_true",
+                        help="two collector processes on one PostgreSQL store vs one")
+    parser.add_argument("--pg", default=os.environ.get(
+        "GEPA_TRACE_TEST_PG", "postgresql+psycopg://gepa:gepa@127.0.0.1:5432/gepa_test"),
+        help="PostgreSQL database for --versus-raw / --two-collectors (a schema per run)")
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sender", choices=["http", "grpc"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
@@ -303,6 +324,10 @@ def main() -> None:
     if args.sender:
         return sender_process(args.sender, args.port, args.spans, args.exporters, args.batch,
                               args.seed)
+    if args.versus_raw or args.two_collectors:
+        from collector_vs_raw import main_versus
+
+        return main_versus(args)
     results = []
     args.load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:

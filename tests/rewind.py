@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-MADE_BY = {"0005": ("TABLE alias_changes",), "0006": ("INDEX ix_spans_error",)}
+MADE_BY = {"0005": ("TABLE alias_changes",), "0006": ("INDEX ix_spans_error",),
+           "0007": ("INDEX ix_spans_roots_by_time", "INDEX ix_spans_agent_runs_by_time",
+                    "INDEX ix_spans_llm_calls")}
 
 
 def forget_revisions_from(conn, seq: str) -> None:

@@ -83,18 +83,11 @@ def _lock_agents(store, agent: str | None, held: contextlib.ExitStack) -> None:
     """Hold the run lock of every agent prune may touch, as an optimization does: prune
     decides once what a run refers to, so no optimization may start (or be running, exit
     5) while it deletes."""
-    from sqlalchemy import text
-
     from gepa_trace.optimizer import OptimizerConfig
     from gepa_trace.optimizer.lock import RunLock
+    from gepa_trace.store.prune import recorded_agents
 
-    if agent is not None:
-        agents = [agent]
-    else:
-        with store.read() as conn:
-            agents = sorted(row[0] for row in conn.execute(text(
-                "SELECT DISTINCT agent FROM spans WHERE agent IS NOT NULL "
-                "UNION SELECT DISTINCT agent FROM optimization_runs")))
+    agents = [agent] if agent is not None else recorded_agents(store)
     run_id = f"prune-{os.getpid()}"
     for name in agents:
         lock = RunLock(store, name, run_id, OptimizerConfig().lock_stale_seconds)

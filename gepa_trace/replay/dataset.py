@@ -43,7 +43,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, select, text
 
 from gepa_trace.errors import ConfigError, GepaTraceError, NotFoundError
 from gepa_trace.optimizer.protocols import Example
@@ -287,11 +287,28 @@ def _roots(store: Store, agent: str, filters: ExampleFilter,
             return roots, [], 0
         outside = and_(production, ~and_(*window))
         if not list_outside:  # a nightly run over a long history: a count, not the ids
-            count = conn.execute(select(func.count()).select_from(_SPANS).where(outside))
-            return roots, [], int(count.scalar_one())
+            return roots, [], _count_outside(conn, store, agent, filters)
         ids = conn.execute(select(_SPANS.c.trace_id).where(outside)
                            .order_by(_SPANS.c.start_ns.desc())).scalars().all()
     return roots, list(ids), len(ids)
+
+
+def _count_outside(conn: Any, store: Store, agent: str, filters: ExampleFilter) -> int:
+    """How many production runs of ``agent`` lie outside the window, counted on the
+    agent's production-run index alone. Without statistics, SQLite's planner would pick
+    ix_spans_agent_root (two equalities) and read every root's row for its run id, ten
+    times slower at 1M spans; there it is told which index to use."""
+    hint = " INDEXED BY ix_spans_agent_runs_by_time" if store.dialect == "sqlite" else ""
+    window, params = [], {"agent": agent}
+    if filters.since is not None:
+        window.append("start_ns >= :since")
+        params["since"] = int(filters.since * 1e9)
+    if filters.until is not None:
+        window.append("start_ns < :until")
+        params["until"] = int(filters.until * 1e9)
+    sql = (f"SELECT COUNT(*) FROM spans{hint} WHERE agent = :agent AND parent_span_id IS "
+           f"NULL AND run_id IS NULL AND NOT ({' AND '.join(window)})")
+    return int(conn.execute(text(sql), params).scalar_one())
 
 
 def _unknown_runs(store: Store, agent: str, trace_ids: list[str]) -> list[str]:

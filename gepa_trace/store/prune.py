@@ -20,8 +20,10 @@ What is never deleted:
   prune never deletes from those tables (so a prompt version that an alias or a
   candidate refers to is always there).
 
-Deletes go in chunks of ``chunk`` traces per transaction, so a large prune never holds
-the write lock for long. A dry run runs the same selection and counts instead of
+The old production runs are found on the run indexes of revision 0007
+(``ix_spans_roots_by_time``, or ``ix_spans_agent_runs_by_time`` with an agent), never by
+a scan of every span. Deletes go in chunks of ``chunk`` traces per transaction, so a
+large prune never holds the write lock for long. A dry run runs the same selection and counts instead of
 deleting, so its counts are what the real run deletes.
 """
 
@@ -86,6 +88,23 @@ def protected_traces(store: Store, *, keep_feedback: bool = False) -> set[str]:
     return keep
 
 
+def recorded_agents(store: Store) -> list[str]:
+    """Every agent of the store: of its spans and of its optimization runs, sorted.
+
+    The spans' agents are found by skipping through ``ix_spans_agent_root`` from one
+    agent to the next (one index lookup per agent), not by reading every span's agent
+    as ``SELECT DISTINCT agent FROM spans`` does.
+    """
+    with store.read() as conn:
+        return sorted(row[0] for row in conn.execute(text(
+            "WITH RECURSIVE a(agent) AS ("
+            "SELECT MIN(agent) FROM spans WHERE agent IS NOT NULL "
+            "UNION ALL SELECT (SELECT MIN(agent) FROM spans WHERE agent > a.agent) "
+            "FROM a WHERE a.agent IS NOT NULL) "
+            "SELECT agent FROM a WHERE agent IS NOT NULL "
+            "UNION SELECT DISTINCT agent FROM optimization_runs")))
+
+
 def _ids(store: Store, sql: str, params: dict[str, Any], agent: str | None,
          order: str) -> list[str]:
     """The first column of ``sql`` (a WHERE clause to extend), of ``agent``'s rows only
@@ -98,9 +117,11 @@ def _ids(store: Store, sql: str, params: dict[str, Any], agent: str | None,
 
 
 def _old_production_traces(store: Store, cutoff_ns: int, agent: str | None) -> list[str]:
-    return _ids(store, "SELECT DISTINCT trace_id FROM spans WHERE parent_span_id IS NULL "
-                "AND run_id IS NULL AND start_ns < :cutoff", {"cutoff": cutoff_ns}, agent,
-                "trace_id")
+    # Sorted and de-duplicated here, not in SQL: ORDER BY trace_id let SQLite walk the
+    # primary key over every span instead of the production-run index.
+    return sorted(set(_ids(store, "SELECT trace_id FROM spans WHERE parent_span_id IS NULL "
+                           "AND run_id IS NULL AND start_ns < :cutoff",
+                           {"cutoff": cutoff_ns}, agent, "start_ns")))
 
 
 def _finished_runs_before(store: Store, cutoff_s: float, agent: str | None) -> list[str]:
@@ -244,4 +265,5 @@ def _file_bytes(store: Store) -> int | None:
     return total
 
 
-__all__ = ["CHUNK", "PruneCounts", "protected_traces", "prune", "reclaim_sqlite"]
+__all__ = ["CHUNK", "PruneCounts", "protected_traces", "prune", "reclaim_sqlite",
+           "recorded_agents"]

@@ -9,9 +9,11 @@ Contracts shared by every function:
 - Times in arguments are epoch seconds; span times in results are nanoseconds, as stored,
   with ``start_time`` (epoch seconds) and ``duration_ms`` derived.
 - A run is a root span (``parent_span_id IS NULL``); its agent is the root's ``agent``.
-- Queries touch the indexed columns (``agent, parent_span_id, start_ns``, ``component``,
-  the primary key's ``trace_id``, ``feedback.trace_id``) and never issue one query per run:
+- Queries read spans through an index, never a scan of the table (production runs by
+  time, with or without an agent, and LLM calls by component: revision 0007; the
+  primary key's ``trace_id``; ``feedback.trace_id``), and never issue one query per run:
   feedback and span totals for a page of runs come from one query each.
+  ``tests/test_store_scale.py`` checks the plans.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sqlalchemy import case, exists, func, or_, select
+from sqlalchemy import case, exists, func, literal_column, or_, select
 
 from gepa_trace.errors import ConfigError, NotFoundError
 from gepa_trace.store.engine import Store, open_store, safe_url
@@ -466,9 +468,11 @@ def list_components(store: Store | str | None = None, *, agent: str | None = Non
     """
     store = open_store(store)
     s = _SPANS
+    # 'llm' as a literal: it is the predicate of the covering index ix_spans_llm_calls,
+    # which SQLite uses only for a query that spells the same literal.
     calls_q = (select(s.c.component, s.c.prompt_version, func.count(),
                       func.min(s.c.start_ns), func.max(s.c.start_ns))
-               .where(s.c.component.is_not(None), s.c.span_type == "llm")
+               .where(s.c.span_type == literal_column("'llm'"), s.c.component.is_not(None))
                .group_by(s.c.component, s.c.prompt_version))
     if agent is not None:
         roots = select(s.c.trace_id).where(s.c.parent_span_id.is_(None), s.c.agent == agent)

@@ -87,8 +87,9 @@ def _skip_feedback_events(kind: str, count: int) -> None:
                     count, kind)
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+# One encoder for every span: json.dumps() with these options builds a new encoder per
+# call, which cost as much as the encoding of a typical span's attributes.
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
 
 
 def span_row(span: Mapping[str, Any], _resource_json: dict | None = None) -> dict[str, Any]:
@@ -291,23 +292,43 @@ def _insert_span_rows(conn: Any, rows: Sequence[dict[str, Any]]) -> None:
 
 
 def _copy_span_rows(conn: Any, values: Sequence[tuple]) -> None:
-    """PostgreSQL: COPY the rows into a session-local staging table, then move them
-    with one INSERT ... SELECT ... ON CONFLICT DO NOTHING (COPY alone cannot skip the
-    spans already stored). The staging table empties itself at commit (a rollback
-    discards its rows too); it is created in the same transaction, so a rollback never
-    leaves a connection believing it has one."""
+    """PostgreSQL: COPY the rows straight into the spans table, inside a savepoint.
+
+    COPY cannot skip a span already stored: when one is (a client's retry, or another
+    collector storing the same span at the same moment), the savepoint is rolled back
+    and the rows go through a session-local staging table and one INSERT ... SELECT ...
+    ON CONFLICT DO NOTHING instead. The straight path skips that second copy of every
+    row, which cost more than the COPY itself. Rows come sorted by primary key on both
+    paths, so two writers inserting overlapping batches (two collectors) wait on each
+    other's keys in the same order and cannot deadlock. The staging table empties itself at commit (a
+    rollback discards its rows too); it is created in the same transaction, so a
+    rollback never leaves a connection believing it has one.
+    """
+    from psycopg import errors
+
     columns = ", ".join(_SPAN_COLUMNS)
     cursor = conn.connection.driver_connection.cursor()
     try:
-        cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_STAGING} (LIKE {_SPANS.name}) "
-                       "ON COMMIT DELETE ROWS")
-        with cursor.copy(f"COPY {_STAGING} ({columns}) FROM STDIN") as copy:
-            for row in values:
-                copy.write_row(row)
-        cursor.execute(f"INSERT INTO {_SPANS.name} ({columns}) SELECT {columns} "
-                       f"FROM {_STAGING} ON CONFLICT DO NOTHING")
+        cursor.execute("SAVEPOINT gepa_trace_copy")
+        try:
+            _copy(cursor, _SPANS.name, columns, values)
+        except errors.UniqueViolation:
+            cursor.execute("ROLLBACK TO SAVEPOINT gepa_trace_copy")
+            cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_STAGING} "
+                           f"(LIKE {_SPANS.name}) ON COMMIT DELETE ROWS")
+            _copy(cursor, _STAGING, columns, values)
+            cursor.execute(f"INSERT INTO {_SPANS.name} ({columns}) SELECT {columns} "
+                           f"FROM {_STAGING} ORDER BY trace_id, span_id "
+                           "ON CONFLICT DO NOTHING")
+        cursor.execute("RELEASE SAVEPOINT gepa_trace_copy")
     finally:
         cursor.close()
+
+
+def _copy(cursor: Any, table: str, columns: str, values: Sequence[tuple]) -> None:
+    with cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+        for row in values:
+            copy.write_row(row)
 
 
 _STAGING = "gepa_trace_spans_staging"

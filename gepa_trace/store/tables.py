@@ -15,6 +15,12 @@ from sqlmodel import Field, SQLModel
 #: The run id the optimizer's preflight tags its tries with (spans with no run row).
 PREFLIGHT_RUN_ID = "preflight"
 
+# Predicates of partial indexes. A query reaches such an index on SQLite only when its
+# WHERE has the same terms, literals included (a bound parameter does not match 'llm').
+_ROOT = "parent_span_id IS NULL"
+_PRODUCTION_ROOT = "parent_span_id IS NULL AND run_id IS NULL"
+_LLM_CALL = "span_type = 'llm' AND component IS NOT NULL"
+
 
 class SpanRow(SQLModel, table=True):
     __tablename__ = "spans"
@@ -35,6 +41,14 @@ class SpanRow(SQLModel, table=True):
         # filter) is one lookup per trace in this small index.
         Index("ix_spans_error", "trace_id", sqlite_where=text("status_code = 'ERROR'"),
               postgresql_where=text("status_code = 'ERROR'")),
+        # The listings (revision 0007_listing_indexes says which query reads
+        # which). Partial: only roots and LLM calls pay for them on the write path.
+        Index("ix_spans_roots_by_time", "start_ns", "trace_id", "span_id", "run_id",
+              sqlite_where=text(_ROOT), postgresql_where=text(_ROOT)),
+        Index("ix_spans_agent_runs_by_time", "agent", "start_ns", "trace_id", "span_id",
+              sqlite_where=text(_PRODUCTION_ROOT), postgresql_where=text(_PRODUCTION_ROOT)),
+        Index("ix_spans_llm_calls", "component", "prompt_version", "start_ns", "span_type",
+              sqlite_where=text(_LLM_CALL), postgresql_where=text(_LLM_CALL)),
     )
 
     trace_id: str = Field(primary_key=True, max_length=32)

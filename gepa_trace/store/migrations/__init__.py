@@ -44,6 +44,7 @@ from gepa_trace.store.migrations import (
     r0004_settle_early_stores,
     r0005_alias_changes,
     r0006_error_index,
+    r0007_listing_indexes,
 )
 
 _meta = MetaData()
@@ -62,6 +63,7 @@ REVISIONS: list[ModuleType] = [
     r0004_settle_early_stores,
     r0005_alias_changes,
     r0006_error_index,
+    r0007_listing_indexes,
 ]
 SCHEMA_VERSION = len(REVISIONS)
 
