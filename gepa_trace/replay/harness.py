@@ -201,6 +201,7 @@ class AgentReplay:
                 output = runnable.invoke(dict(example.inputs), config=config)
                 run.set_outputs(output)
         except BudgetExhausted:
+            recording.spans.take(run.trace_id)  # nobody reads them: the batch stops
             raise  # the run's budget, not this example: the engine stops the batch
         except Exception as exc:  # noqa: BLE001 - the agent failing on one input: an error
             failure = failed_rollout(exc, "the agent raised")

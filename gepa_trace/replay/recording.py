@@ -92,6 +92,7 @@ class Recording:
 
         # the same resource and limits as instrument()'s provider: the same span dicts
         provider = TracerProvider(resource=Resource.create({"service.name": agent}),
+                                  shutdown_on_exit=False,  # nothing to flush; no atexit ref
                                   span_limits=SpanLimits(max_span_attributes=100_000,
                                                          max_event_attributes=1_000))
         recorder = SpanRecorder(provider.get_tracer("gepa_trace", __version__), agent=agent)
