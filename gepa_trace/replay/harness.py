@@ -5,8 +5,8 @@ optimizer's agent replay, the demo's ``AgentEvaluator``, the tests and the bench
 all use ``AgentReplay``. Each rollout is a real run of the agent, traced as production
 runs are and tagged with the optimization run, candidate and example (``gepa.run.id``
 and friends on every span): into the store under ``gepa-trace optimize``, else in
-memory (``replay.recording``). What the reflection sees of a rollout is read from that rollout's own
-spans, with the same readers as production traces (``collectors.views.llm_view``):
+memory (``replay.recording``). What the reflection sees of a rollout is read from that
+rollout's own spans, with the same readers as production traces (``collectors.views.llm_view``):
 for each component, its LLM calls (rendered messages and output), plus the errors and
 failed tool calls of the trace and the metric's feedback.
 
