@@ -263,10 +263,12 @@ class AgentRun:
     """
 
     def __init__(self, agent: str, inputs: Any = None,
-                 metadata: Mapping[str, Any] | None = None):
+                 metadata: Mapping[str, Any] | None = None,
+                 recorder: SpanRecorder | None = None):
         if not isinstance(agent, str) or not agent:
             raise ValueError("agent must be a non-empty string")
         self.agent = agent
+        self._given = recorder  # else the active instrumentation's
         self.inputs = inputs
         self.metadata = dict(metadata or {})
         self.outputs: Any = None
@@ -281,14 +283,14 @@ class AgentRun:
 
     def __enter__(self) -> Self:
         inst = _active
-        if inst is None or not inst.active:
+        if self._given is None and (inst is None or not inst.active):
             logger.warning("gepa_trace.agent_run(%r) outside instrument(): nothing is "
                            "recorded", self.agent)
             self.trace_id = secrets.token_hex(16)
             return self
-        self._recorder = inst.recorder
-        self._parent = parent = inst.recorder.start_agent_span(self.agent, self.inputs,
-                                                               self.metadata)
+        self._recorder = recorder = self._given or inst.recorder  # type: ignore[union-attr]
+        self._parent = parent = recorder.start_agent_span(self.agent, self.inputs,
+                                                  self.metadata)
         ctx = parent.span.get_span_context()
         self.trace_id = format(ctx.trace_id, "032x")
         self.span_id = format(ctx.span_id, "016x")
@@ -321,11 +323,14 @@ class AgentRun:
 
 
 def agent_run(agent: str, inputs: Any = None, *,
-              metadata: Mapping[str, Any] | None = None) -> AgentRun:
+              metadata: Mapping[str, Any] | None = None,
+              recorder: SpanRecorder | None = None) -> AgentRun:
     """An explicit root span for one run of ``agent`` (see ``AgentRun``). ``metadata``
     may carry the optimizer's rollout tags (``gepa.run.id``, ``gepa.candidate.id``,
-    ``gepa.example.id``), which are then copied onto every span of the trace."""
-    return AgentRun(agent, inputs, metadata)
+    ``gepa.example.id``), which are then copied onto every span of the trace.
+    ``recorder``: record on this ``SpanRecorder`` instead of the active instrumentation's
+    (``replay.recording``'s in-memory recording of a rollout)."""
+    return AgentRun(agent, inputs, metadata, recorder)
 
 
 __all__ = ["AgentRun", "Instrumentation", "active_instrumentation", "agent_run", "instrument"]

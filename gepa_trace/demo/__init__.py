@@ -10,9 +10,9 @@ numbers measured with it are simulated and labelled so.
     agent = build_agent(SEED_PROMPTS)
     out = agent.invoke({"question": questions(1, seed=0)[0].inputs["question"]})
 
-Also here: ``gepa_trace.demo.evaluator.AgentEvaluator`` (the optimizer's in-process
-Evaluator) and ``accuracy()``; ``gepa_trace.demo.records.ComponentRecorder`` (per-component
-records from a LangChain run); ``gepa_trace.demo.traffic.run_traffic`` (traced production
+Also here: ``gepa_trace.demo.evaluator.AgentEvaluator`` (agent replay, the optimizer's
+in-process Evaluator, for an agent factory) and ``accuracy()``;
+``gepa_trace.demo.traffic.run_traffic`` (traced production
 runs with user feedback); ``python -m gepa_trace.demo accuracy`` (seed vs hand-written).
 """
 

@@ -7,7 +7,7 @@ Graph (nodes named after the components they run)::
 
 Each LLM step is ``prompts[component] | chat_model | StrOutputParser()``; the prompt is a
 ChatPromptTemplate from the PromptSet, so its runs carry the ``gepa.component`` metadata
-that tracing and ``ComponentRecorder`` read. ``retrieve`` calls a langchain-core tool
+that tracing reads. ``retrieve`` calls a langchain-core tool
 (``search_knowledge_base``) that returns four numbered passages, distractors included.
 
 The output of a run is ``{"answer", "queries", "passages", "evidence"}``; the metric

@@ -1,9 +1,12 @@
 """Agent replay: run the user's agent with a candidate's prompts on a recorded input.
 
-Each rollout is a real run of the agent, traced into the same store as production and
-tagged with the optimization run, candidate and example (``gepa.run.id`` and friends on
-every span). What the reflection sees of a rollout is read from that rollout's own
-spans, with the same readers as production traces (``collectors.views.llm_view``):
+The one way to run an agent in process and collect its per-component records: the
+optimizer's agent replay, the demo's ``AgentEvaluator``, the tests and the benchmarks
+all use ``AgentReplay``. Each rollout is a real run of the agent, traced as production
+runs are and tagged with the optimization run, candidate and example (``gepa.run.id``
+and friends on every span): into the store under ``gepa-trace optimize``, else in
+memory (``replay.recording``). What the reflection sees of a rollout is read from that
+rollout's own spans, with the same readers as production traces (``collectors.views.llm_view``):
 for each component, its LLM calls (rendered messages and output), plus the errors and
 failed tool calls of the trace and the metric's feedback.
 
@@ -12,7 +15,8 @@ A rollout whose agent raised, or whose metric raised or broke its contract
 ``error`` says which and why, its feedback is empty (an exception is never shown to the
 reflection LM as the metric's verdict), and the optimizer retries it and never scores
 it (``optimizer.failures``). Failed tool calls inside a run that finished are data
-about that run, and stay in its feedback as trace errors.
+about that run, and stay in its feedback as trace errors (``with_trace_errors``).
+The metric's ``trace`` argument is a ``RolloutTrace``.
 
 The spans are taken as they end, by a span processor on our tracer provider, so a
 rollout does not wait for the exporter; the exporter still writes them to the store.
@@ -23,14 +27,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
-
-from gepa_trace.collectors.exporter import span_to_dict
 from gepa_trace.collectors.views import llm_view
 from gepa_trace.conventions import derive
 from gepa_trace.errors import BudgetExhausted, MetricContractError
@@ -40,42 +40,9 @@ from gepa_trace.optimizer.protocols import ComponentRecord, Example, Rollout, Ro
 from gepa_trace.optimizer.rollouts import BuiltOnce
 from gepa_trace.prompts import PromptSet
 from gepa_trace.replay.cache import HIT_MARKER
+from gepa_trace.replay.recording import Recordings
 
 log = logging.getLogger(__name__)
-
-
-class RolloutSpans(SpanProcessor):
-    """Keeps the finished spans of the traces being watched, until taken."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._watched: dict[int, list[dict[str, Any]]] = {}
-
-    def watch(self, trace_id: str) -> None:
-        with self._lock:
-            self._watched[int(trace_id, 16)] = []
-
-    def take(self, trace_id: str) -> list[dict[str, Any]]:
-        with self._lock:
-            return self._watched.pop(int(trace_id, 16), [])
-
-    def on_start(self, span, parent_context=None) -> None:
-        return None
-
-    def on_end(self, span: ReadableSpan) -> None:
-        tid = span.context.trace_id
-        if tid in self._watched:  # a cheap check first: most spans are not watched
-            converted = span_to_dict(span)
-            with self._lock:
-                bucket = self._watched.get(tid)
-                if bucket is not None:
-                    bucket.append(converted)
-
-    def shutdown(self) -> None:
-        return None
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True
 
 
 def render_messages(messages: list[dict[str, Any]]) -> str:
@@ -142,12 +109,38 @@ def read_rollout(spans: list[dict[str, Any]]) -> TraceReading:
     return TraceReading(records, errors, llm_calls, cache_hits, tokens, cost)
 
 
+def with_trace_errors(feedback: str, errors: list[str]) -> str:
+    """The one rule for errors in feedback: the failed tool calls (and failed root) of a
+    run that finished follow the metric's feedback, as ``| errors in the trace: ...``."""
+    if not errors:
+        return feedback
+    return (feedback + " | errors in the trace: " + "; ".join(errors)).strip(" |")
+
+
 @dataclass(frozen=True)
 class RolloutTrace:
-    """The ``trace`` argument a metric receives: the rollout's trace id and spans."""
+    """The ``trace`` argument of every metric, ``metric(example, output, trace)``: what
+    the rollout's own spans say, the same for every evaluator (the optimizer's agent
+    replay, the demo's ``AgentEvaluator``, the tests and the benchmarks).
+
+    - ``trace_id``: the rollout's trace (32 hex); in the store when the rollout was
+      recorded into one (``replay.recording``).
+    - ``spans``: its finished spans, oldest first, as the store keeps them
+      (``collectors.exporter.span_to_dict``: ``name``, ``span_id``, ``parent_span_id``,
+      ``start_ns``, ``status_code``, ``attributes``, ...); read them with
+      ``collectors.views`` as production traces are read.
+    - ``records``: component -> its ``ComponentRecord``s in call order (rendered input
+      messages, output, error), as the reflection reads them (``read_rollout``).
+    - ``errors``: the failed tool calls (and a failed root) of the run, one line each.
+
+    A metric called outside a rollout (by hand, on a recorded output) gets ``None``;
+    every built-in metric accepts that.
+    """
 
     trace_id: str
     spans: tuple[Mapping[str, Any], ...]
+    records: Mapping[str, list[ComponentRecord]] = dataclasses.field(default_factory=dict)
+    errors: tuple[str, ...] = ()
 
 
 class AgentReplay:
@@ -160,51 +153,67 @@ class AgentReplay:
     are read from its spans (priced from litellm's map) and reported on the Rollout;
     the engine charges them to the run's budget. ``cache`` (a ``ReplayCache``) answers
     the LLM calls of this evaluator's rollouts, and no others (``ReplayCache.serving``).
+
+    ``instrumentation``: where rollouts are recorded (its store); None: the active
+    instrumentation's, else in memory (``replay.recording``). ``config``: extra
+    RunnableConfig for every run (its callbacks are kept; its metadata tags the trace).
     """
 
     def __init__(self, build_agent: Callable[[PromptSet], Any],
                  metric: Callable[[Example, Any, Any], float | Score], *, agent: str,
-                 instrumentation: Any, keep_agents: int = 16, cache: Any = None):
+                 instrumentation: Any = None, keep_agents: int = 16, cache: Any = None,
+                 config: Mapping[str, Any] | None = None):
         self.build_agent = build_agent
         self.cache = cache
         self.metric = metric
         self.agent = agent
         self.instrumentation = instrumentation
-        self.spans = RolloutSpans()
-        instrumentation.tracer_provider.add_span_processor(self.spans)
+        self.config = dict(config or {})
+        self.recordings = Recordings(agent, instrumentation)
         self._agents = BuiltOnce(build_agent, keep_agents)  # per prompt versions (PromptSet equality)
 
     def _runnable(self, prompts: PromptSet) -> Any:
         return self._agents.get(prompts, prompts)
 
-    def evaluate(self, prompts: PromptSet, example: Example,
-                 context: RolloutContext) -> Rollout:
-        from gepa_trace.collectors.instrument import agent_run
+    def _tags(self, example: Example, context: RolloutContext | None) -> dict[str, Any]:
+        tags = dict(self.config.get("metadata") or {})
+        if context is not None:
+            tags.update({"gepa.run.id": context.run_id,
+                         "gepa.candidate.id": context.candidate_id,
+                         "gepa.example.id": example.id,
+                         "gepa.rollout.purpose": context.purpose})
+        return tags
 
-        tags = {"gepa.run.id": context.run_id, "gepa.candidate.id": context.candidate_id,
-                "gepa.example.id": example.id, "gepa.rollout.purpose": context.purpose}
+    def evaluate(self, prompts: PromptSet, example: Example,
+                 context: RolloutContext | None = None) -> Rollout:
+        tags = self._tags(example, context)
+        recording = self.recordings.current()
+        config = {**self.config, "metadata": dict(tags),
+                  "callbacks": [*(self.config.get("callbacks") or []), *recording.callbacks]}
         output: Any = None
         failure: Rollout | None = None
-        run = agent_run(self.agent, inputs=dict(example.inputs), metadata=tags)
+        run = recording.run(self.agent, dict(example.inputs), tags)
         serving = self.cache.serving() if self.cache is not None else contextlib.nullcontext()
         try:
             with serving, run:
-                self.spans.watch(run.trace_id)
+                recording.spans.watch(run.trace_id)
                 runnable = self._runnable(prompts)
-                output = runnable.invoke(dict(example.inputs), config={"metadata": dict(tags)})
+                output = runnable.invoke(dict(example.inputs), config=config)
                 run.set_outputs(output)
         except BudgetExhausted:
+            recording.spans.take(run.trace_id)  # nobody reads them: the batch stops
             raise  # the run's budget, not this example: the engine stops the batch
         except Exception as exc:  # noqa: BLE001 - the agent failing on one input: an error
             failure = failed_rollout(exc, "the agent raised")
-        spans = self.spans.take(run.trace_id)
+        spans = recording.spans.take(run.trace_id)
         reading = read_rollout(spans)
         score = Score(0.0)
         if failure is None:
             low, high = context.score_range if context is not None else (0.0, 1.0)
+            trace = RolloutTrace(run.trace_id, tuple(sorted(spans, key=_started)),
+                                 reading.records, tuple(reading.errors))
             try:
-                value = self.metric(example, output, RolloutTrace(run.trace_id, tuple(spans)))
-                score = Score.checked(value, low, high)
+                score = Score.checked(self.metric(example, output, trace), low, high)
             except BudgetExhausted:
                 raise  # a judge metric's LLM call found the budget spent
             except MetricContractError as exc:
@@ -216,7 +225,9 @@ class AgentReplay:
                  "tokens": reading.tokens, "cost_usd": reading.cost_usd}
         if failure is not None:
             return dataclasses.replace(failure, **spent)
-        feedback = score.feedback
-        if reading.errors:
-            feedback = (feedback + " | errors in the trace: " + "; ".join(reading.errors)).strip(" |")
-        return Rollout(score=score.score, feedback=feedback, **spent)
+        return Rollout(score=score.score, feedback=with_trace_errors(score.feedback,
+                                                                     reading.errors), **spent)
+
+
+def _started(span: Mapping[str, Any]) -> int:
+    return span["start_ns"]

@@ -1,5 +1,10 @@
 """Metrics: ``metric(example, output, trace) -> float | Score``.
 
+``trace`` is the rollout's ``replay.harness.RolloutTrace`` (its trace id, spans,
+per-component records and trace errors; the contract is that class's docstring), the
+same whichever evaluator ran the agent; ``None`` when a metric is called outside a
+rollout.
+
 Built in, all from production signals alone (none knows any particular agent):
 
 - ``feedback`` (``Feedback``): the recorded feedback is the signal. Where the run's
