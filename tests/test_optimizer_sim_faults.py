@@ -10,6 +10,13 @@ from gepa_trace.lm.budget import Budget
 from gepa_trace.optimizer import EventLog, Optimizer, OptimizerConfig, OptimizerErrorEvent
 
 
+# Whether a 110-rollout run scored on 8 validation questions improves at all depends on
+# the simulated models' draws (with malformed=0.3: 5 of seeds 0-10 since rollouts are
+# read from their spans, 9 of 11 with the old callback rendering); seed 1 is one whose
+# clean run improves, so a faulty run that does not would be the faults' doing.
+SEED = 1
+
+
 def _optimize(reflect_model: str, **lm_options):
     pytest.importorskip("langgraph")
     from gepa_trace.demo import SEED_PROMPTS, build_agent, metric, questions
@@ -22,7 +29,7 @@ def _optimize(reflect_model: str, **lm_options):
     reflection = LM(reflect_model, budget=budget, role="reflection", **lm_options)
     result = Optimizer(AgentEvaluator(build_agent, metric), reflection, SEED_PROMPTS,
                        questions(15, seed=11), questions(8, seed=12), budget,
-                       agent="demo-qa", config=OptimizerConfig(seed=0, workers=4),
+                       agent="demo-qa", config=OptimizerConfig(seed=SEED, workers=4),
                        callbacks=[log]).run()
     return result, log, sim.fault_counts().get("reflect", {})
 
