@@ -50,7 +50,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 from gepa_trace.errors import BudgetExhausted, ConfigError, LMError
 from gepa_trace.lm.budget import Budget, Spent
@@ -79,6 +78,7 @@ from gepa_trace.optimizer.result import HistoryPoint, OptimizationResult, Totals
 from gepa_trace.optimizer.rollouts import BatchEvaluator, BatchStopped, Submitted
 from gepa_trace.optimizer.sampler import EpochSampler
 from gepa_trace.optimizer.selection import candidate_selector, component_selector
+from gepa_trace.optimizer.slots import Guess, Slot, SlotState
 from gepa_trace.optimizer.state import UNJUDGED, Candidate, RunState, first_live
 from gepa_trace.optimizer.stopping import SignalWatch, StopRun
 from gepa_trace.optimizer.warmstart import warm_start_candidates
@@ -146,10 +146,10 @@ class Optimizer:
         self._idle = 0  # iterations in a row that ran nothing new
         # iterations run ahead on a guess (that a validated child is the next parent, or
         # that a window's children are all rejected), in iteration order
-        self._ahead: list[_Slot] = []
+        self._ahead: list[Slot] = []
         # (slot, why) of iterations run ahead on a guess that failed when a child was
         # accepted: recorded as superseded once that child's validation is in
-        self._dropping: list[tuple[_Slot, str]] = []
+        self._dropping: list[tuple[Slot, str]] = []
         # (window start, record) of what judged iterations still have to record, in
         # iteration order: a child's verdict is acted on as soon as its finished
         # rollouts fix it, and recorded (with its minibatch sum) once the rest are in;
@@ -570,7 +570,7 @@ class Optimizer:
         return (child_sum > parent_sum if self.config.acceptance == "strict_improvement"
                 else child_sum >= parent_sum)
 
-    def _verdict(self, slot: _Slot) -> bool:
+    def _verdict(self, slot: Slot) -> bool:
         """Whether the slot's child beats its parent on the minibatch, as soon as the
         finished rollouts fix it: each one still running adds between ``min_score``
         and ``perfect_score`` (scores are clamped into that range), so the verdict is
@@ -591,7 +591,7 @@ class Optimizer:
         rollouts = self.batches.collect(slot.child_batch)[0]  # raises BatchStopped, RolloutFailed
         return self._better(sum(r.score for r in rollouts), slot.parent_sum)
 
-    def _judge_minibatch(self, slot: _Slot, accepted: bool) -> None:
+    def _judge_minibatch(self, slot: Slot, accepted: bool) -> None:
         """Record the verdict ``_verdict`` gave, with the child's minibatch sum. If the
         budget stopped one of its rollouts after the verdict was fixed, the sum is of
         those that finished, and the reason says so. A rollout that failed raises
@@ -623,14 +623,14 @@ class Optimizer:
             self._unjudged.pop(0)
         self._checkpoint()
 
-    def _plan_window(self, start: int, rng: random.Random) -> list[_Slot]:
+    def _plan_window(self, start: int, rng: random.Random) -> list[Slot]:
         """The iterations of the window, as many (up to ``lookahead``) as the rollout
         budget covers with their parents' and children's minibatches plus one
         validation; stop the run if not even one fits (no half candidates). The
         iterations run ahead (during the last validation, or while the last window
         was judged) are adopted where they match the plan, else superseded."""
         state = self.state
-        slots: list[_Slot] = []
+        slots: list[Slot] = []
         remaining = self.budget.remaining_rollouts()
         needed = len(state.val_ids)
         for iteration in range(start, start + self._window_width(start)):
@@ -658,51 +658,50 @@ class Optimizer:
         return slots
 
     def _slot_for(self, iteration: int, components: list[str], parent: Candidate,
-                  batch: list[str], speculative: bool = False) -> _Slot:
+                  batch: list[str], speculative: bool = False) -> Slot:
         """A planned iteration, with the child it proposed before if there is one."""
         child = self._pending_reflection(iteration, parent.id, components)
+        guess = Guess.PARENT if speculative else Guess.NONE
         if child is not None and child.status == "superseded":
-            return _Slot(iteration, components, parent, batch, copy_of=child,
-                         speculative=speculative)
-        return _Slot(iteration, components, parent, batch, child=child,
-                     speculative=speculative)
+            return Slot(iteration, components, parent, batch, copy_of=child, guess=guess)
+        return Slot(iteration, components, parent, batch, child=child, guess=guess)
 
-    def _announce(self, slot: _Slot, ahead: bool) -> None:
+    def _announce(self, slot: Slot, ahead: bool) -> None:
         self.callbacks.emit(IterationStarted(slot.iteration, tuple(slot.components),
                                              slot.parent.id, ahead=ahead))
         event = {"iteration": slot.iteration, "kind": "reflection",
                  "components": slot.components, "parent": slot.parent.id, "ahead": ahead}
         if slot.speculative:
             event["speculative"] = True
-            event["guess"] = ("the window before it is rejected" if slot.guess == "rejected"
+            event["guess"] = ("the window before it is rejected" if slot.guess is Guess.REJECTED
                               else f"candidate {slot.parent.id} is its parent")
         self.recorder.event("iteration", event)
 
-    def _submit_slot(self, slot: _Slot) -> None:
+    def _submit_slot(self, slot: Slot) -> None:
         """Start the parent's minibatch (and a child's already proposed)."""
         if slot.parent_batch is None:
             slot.parent_batch = self.batches.submit([(slot.parent, slot.batch, "minibatch")])
         if slot.child is not None and slot.child_batch is None:
             slot.child_batch = self.batches.submit([(slot.child, slot.batch, "minibatch")])
 
-    def _reflect_slot(self, slot: _Slot) -> None:
+    def _reflect_slot(self, slot: Slot) -> None:
         """Wait for the parent's minibatch and record it; unless it is perfect there,
         start the reflection calls (once: ``_start_ready_reflections`` may have)."""
-        if slot.reflected:
+        if slot.recorded:
             return
         rollouts = self.batches.collect(slot.parent_batch)[0]
         if not slot.started:
             self._begin_reflection(slot, rollouts)
-        slot.reflected = True
+        slot.state = SlotState.RECORDED
 
-    def _begin_reflection(self, slot: _Slot, rollouts: list[Rollout]) -> None:
+    def _begin_reflection(self, slot: Slot, rollouts: list[Rollout]) -> None:
         slot.rollouts = rollouts
         slot.parent_sum = sum(r.score for r in rollouts)
         slot.skip = self.config.skip_perfect_score and all(
             r.score >= self.config.perfect_score for r in rollouts)
         if not slot.skip and slot.child is None and slot.copy_of is None:
             slot.calls = self._start_reflections(slot)
-        slot.started = True
+        slot.state = SlotState.REFLECTING
 
     def _start_ready_reflections(self) -> list[Future]:
         """Start the reflection calls of the iterations run ahead (or being dropped)
@@ -721,7 +720,7 @@ class Optimizer:
                 self._begin_reflection(slot, rollouts[0])
         return running
 
-    def _propose_slot(self, slot: _Slot) -> None:
+    def _propose_slot(self, slot: Slot) -> None:
         """The slot's child (waiting for its reflection replies), and its minibatch started."""
         if not slot.skip and slot.child is None and slot.failure is None:
             slot.child = (self._copy(slot.copy_of, slot.speculative)
@@ -729,7 +728,7 @@ class Optimizer:
         if slot.child is not None and slot.child_batch is None:
             slot.child_batch = self.batches.submit([(slot.child, slot.batch, "minibatch")])
 
-    def _speculate(self, guess: Candidate, iteration: int) -> _Slot | None:
+    def _speculate(self, guess: Candidate, iteration: int) -> Slot | None:
         """Plan ``iteration`` as if ``guess`` (being validated) were picked as its
         parent, and start its parent minibatch. None when lookahead is off (GEPA's
         one-at-a-time loop) or the budget cannot cover it as well as the validation
@@ -768,7 +767,7 @@ class Optimizer:
             if self.budget.exhausted() or (remaining is not None and needed > remaining):
                 return
             slot = self._slot_for(it, components, parent, batch, speculative=True)
-            slot.guess = "rejected"
+            slot.guess = Guess.REJECTED
             if not self._start_ahead(slot):
                 return
             self._ahead.append(slot)
@@ -790,7 +789,7 @@ class Optimizer:
         parent = self.state.candidates[self.select_parent(self.state, components[0], rng)]
         return components, parent, self.sampler.batch(iteration - 1)
 
-    def _start_ahead(self, slot: _Slot) -> bool:
+    def _start_ahead(self, slot: Slot) -> bool:
         """Announce a slot run on a guess and start its minibatches (False: the budget
         refused them)."""
         self._announce(slot, ahead=True)
@@ -833,7 +832,7 @@ class Optimizer:
                     wrong += 1
         return right >= wrong
 
-    def _advance_spec(self, slot: _Slot) -> _Slot | None:
+    def _advance_spec(self, slot: Slot) -> Slot | None:
         """Take a guessed iteration as far as it goes without judging it: parent's
         minibatch, reflection, child and its minibatch started. None if the budget
         ran out on the way (the iteration is then planned normally, if at all)."""
@@ -850,12 +849,12 @@ class Optimizer:
             return slot
         return slot
 
-    def _adopt(self, slot: _Slot, ahead: bool) -> None:
+    def _adopt(self, slot: Slot, ahead: bool) -> None:
         """A planned iteration; if it was run on a guess (now known right), or found a
         child proposed that way by an earlier process, that child becomes its own."""
         if slot.speculative:
             self.totals.speculated_adopted += 1
-        slot.speculative = False
+        slot.guess = Guess.NONE
         self._announce(slot, ahead=ahead)
         if slot.child is not None and slot.child.status == "speculative":
             slot.child.status = "proposed"
@@ -876,7 +875,7 @@ class Optimizer:
         dropping, self._dropping = self._dropping, []
         ahead, self._ahead = self._ahead, []
         for slot, reason in dropping + [(slot, why) for slot in ahead]:
-            if not slot.reflected and slot.parent_batch is not None:
+            if not slot.recorded and slot.parent_batch is not None:
                 with contextlib.suppress(BatchStopped, RolloutFailed):  # decides nothing
                     self._reflect_slot(slot)
             if slot.calls and slot.child is None and slot.failure is None:
@@ -890,7 +889,7 @@ class Optimizer:
                 self._mark_superseded(slot.child, (
                     f"proposed for iteration {slot.iteration} on the guess that the "
                     f"children of the window before it would all be rejected"
-                    if slot.guess == "rejected" else
+                    if slot.guess is Guess.REJECTED else
                     f"proposed while candidate {slot.parent.id} was validated, on the guess "
                     f"that it would be the parent of iteration {slot.iteration}")
                     + f"; {reason}")
@@ -920,14 +919,14 @@ class Optimizer:
         self._propose(child, [])
         return child
 
-    def _record_ahead_failures(self, slots: list[_Slot]) -> None:
+    def _record_ahead_failures(self, slots: list[Slot]) -> None:
         """Proposals that failed in iterations never judged (planned ahead of an
         accepted child, or the run stopped first): errors, not verdicts."""
         for slot in slots:
             if slot.failure is not None:
                 self._proposal_failed(slot.iteration, slot.parent, *slot.failure, ahead=True)
 
-    def _supersede(self, slots: list[_Slot], accepted: Candidate) -> None:
+    def _supersede(self, slots: list[Slot], accepted: Candidate) -> None:
         """Children planned on the guess that ``accepted`` would be rejected: mark
         those not yet judged as superseded and count what their rollouts cost (their
         results are recorded by ``_collect_quietly``)."""
@@ -955,7 +954,7 @@ class Optimizer:
                 with contextlib.suppress(BatchStopped, RolloutFailed):
                     self.batches.collect(batch)
 
-    def _start_reflections(self, slot: _Slot) -> list[tuple]:
+    def _start_reflections(self, slot: Slot) -> list[tuple]:
         """Build the slot's reflection prompts and start their calls."""
         examples = [self.examples[e] for e in slot.batch]
         calls = []
@@ -980,7 +979,7 @@ class Optimizer:
         roles["reflection"] = roles.get("reflection", 0) + 1
         return self._reflections.submit(self.reflection_lm, prompt)
 
-    def _proposal(self, slot: _Slot) -> Candidate | None:
+    def _proposal(self, slot: Slot) -> Candidate | None:
         """The child built from the replies to the slot's reflection calls (waited for
         here), or None (``slot.failure`` says why; it is recorded when the iteration is
         judged). Any other exception of the reflection LM propagates."""
@@ -1274,29 +1273,4 @@ class Optimizer:
         if any(r is None for r in rollouts):
             return None
         return sum(r.score for r in rollouts) / len(rollouts)
-
-
-@dataclass
-class _Slot:
-    """One reflection iteration of a window: its plan, then what it produced."""
-
-    iteration: int
-    components: list[str]
-    parent: Candidate
-    batch: list[str]
-    child: Candidate | None = None
-    copy_of: Candidate | None = None  # the superseded child this iteration proposed before
-    failure: tuple[str, str] | None = None  # (kind, reason) when the proposal gave no child
-    rollouts: list[Rollout] = field(default_factory=list)
-    parent_sum: float = 0.0
-    skip: bool = False
-    calls: list[tuple] = field(default_factory=list)
-    parent_batch: Submitted | None = None
-    child_batch: Submitted | None = None
-    speculative: bool = False  # run on the guess that ``parent`` would be picked
-    started: bool = False  # the parent's minibatch is in and the reflection started
-    reflected: bool = False  # ... and that minibatch is recorded
-    # what a slot run ahead was planned on: None, that ``parent`` (being validated) is
-    # picked; "rejected", that the children of the window before it are all rejected
-    guess: str | None = None
 
