@@ -30,9 +30,7 @@ from collections.abc import Callable, Iterable
 
 from gepa_trace.errors import BudgetExhausted
 from gepa_trace.optimizer import provenance
-from gepa_trace.optimizer.events import (
-    IterationStarted,
-)
+from gepa_trace.optimizer.events import IterationStarted
 from gepa_trace.optimizer.failures import RolloutFailed
 from gepa_trace.optimizer.protocols import Rollout
 from gepa_trace.optimizer.rollouts import BatchStopped, Submitted
