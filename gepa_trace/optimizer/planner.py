@@ -66,28 +66,28 @@ from gepa_trace.prompts import PromptVersion
 class GepaPlanner:
     """The decisions of GEPA's loop, in its order (see the module docstring)."""
 
-    # ---------------------------------------------------------------- the randomness of an iteration
+    # ---------------- the randomness of an iteration
     def _rng(self, iteration: int) -> random.Random:
         """The random source of ``iteration``'s choices (the same in every process)."""
         return random.Random(f"gepa-trace:{self.config.seed}:{iteration}")
 
-    # ---------------------------------------------------------------- steps 1-2: components, parent, minibatch
+    # ---------------- steps 1-2: components, parent, minibatch
     def _pick(self, iteration: int, rng: random.Random
               ) -> tuple[list[str], Candidate, list[str]]:
-        """Steps 1-2, select: what GEPA's loop picks for ``iteration`` from the current state: the
-        components to improve, the parent and the minibatch. Planning and running
-        ahead both pick through here, so a guess that holds plans the same slot."""
+        """Steps 1-2, select: what GEPA's loop picks for ``iteration`` from the current
+        state: the components to improve, the parent and the minibatch. Planning and
+        running ahead both pick through here, so a guess that holds plans the same slot."""
         components = self.select_components(self.components, iteration)
         parent = self.state.candidates[self.select_parent(self.state, components[0], rng)]
         return components, parent, self.sampler.batch(iteration - 1)
 
-    # ---------------------------------------------------------------- step 3: skip a parent that is already perfect
+    # ---------------- step 3: skip a parent that is already perfect
     def _parent_is_perfect(self, rollouts: list[Rollout]) -> bool:
         """Step 3, skip: the parent solves every minibatch example (nothing to reflect on)."""
         return self.config.skip_perfect_score and all(
             r.score >= self.config.perfect_score for r in rollouts)
 
-    # ---------------------------------------------------------------- step 4: reflect
+    # ---------------- step 4: reflect
     def _reflection_prompts(self, slot: Slot) -> list[tuple[str, PromptVersion, str]]:
         """Step 4, reflect: one reflection prompt per component to improve, (component,
         its current version, prompt), built from the parent's minibatch rollouts."""
@@ -102,11 +102,12 @@ class GepaPlanner:
                 self.config.reflection.templates.get(component))))
         return prompts
 
-    # ---------------------------------------------------------------- step 5: propose
+    # ---------------- step 5: propose
     def _proposal(self, slot: Slot) -> Candidate | None:
         """Step 5, propose: the child built from the replies to the slot's reflection
-        calls (each ``reply()`` gives the text or raises the call's error), or None (``slot.failure`` says why; it is recorded when the iteration is
-        judged). Any other exception of the reflection LM propagates."""
+        calls (each ``reply()`` gives the text or raises the call's error), or None
+        (``slot.failure`` says why; it is recorded when the iteration is judged). Any
+        other exception of the reflection LM propagates."""
         state = self.state
         parent, iteration = slot.parent, slot.iteration
         new_versions, diagnoses, meta = [], [], {}
@@ -197,7 +198,7 @@ class GepaPlanner:
         if not ahead:
             self.callbacks.emit(CandidateRejected(iteration, None, reason))
 
-    # ---------------------------------------------------------------- step 6: accept on the minibatch
+    # ---------------- step 6: accept on the minibatch
     def _better(self, child_sum: float, parent_sum: float) -> bool:
         """Step 6, accept: the child beats its parent on the minibatch sum."""
         return (child_sum > parent_sum if self.config.acceptance == "strict_improvement"
@@ -219,7 +220,7 @@ class GepaPlanner:
                                               parent_sum, child_sum))
         return False
 
-    # ---------------------------------------------------------------- step 7: validate, update the pool and the fronts
+    # ---------------- step 7: validate, update the pool and the fronts
     def _admit(self, candidate: Candidate) -> None:
         """Step 7, update: a candidate scored on validation joins the pool; the best and
         the fronts follow."""
@@ -259,7 +260,7 @@ class GepaPlanner:
     def _front(self, component: str):
         return self.state.front(component, self.config.secondary_for(component))
 
-    # ---------------------------------------------------------------- step 8: merge when due
+    # ---------------- step 8: merge when due
     def _merge_due(self, iteration: int) -> bool:
         """Step 8, merge when due: the iteration before accepted a reflection child into
         the pool, merges are on and fewer than ``max_merges`` were accepted."""
