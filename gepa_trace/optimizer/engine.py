@@ -80,6 +80,11 @@ class Optimizer(GepaPlanner, WindowScheduler, Speculation, Halting, Bookkeeping)
     stopped by rollouts that kept failing has ``failed_with`` set and can be resumed);
     it raises only for errors of the setup (``ConfigError``, ``LockHeld``) and a store
     that stays unwritable (``StoreError``).
+
+    Its parts, one module each, share this object's run state: ``GepaPlanner`` (the
+    decisions of GEPA's loop), ``WindowScheduler`` (windows of iterations on the pool),
+    ``Speculation`` (iterations run ahead on a guess), ``Halting`` (when to stop) and
+    ``Bookkeeping`` (totals, checkpoints, the result).
     """
 
     def __init__(self, evaluator: Evaluator, reflection_lm: ReflectionLM,
