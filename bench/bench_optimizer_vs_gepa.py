@@ -26,6 +26,7 @@ All numbers are from the simulated world and are labelled so.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import platform
@@ -282,6 +283,83 @@ def run_ours_processes(train, val, budget: int, latency_ms: float, workers: int,
     return row
 
 
+@contextlib.contextmanager
+def _without(*methods: str):
+    """Our optimizer with these speculation steps turned into no-ops (each returns None,
+    which is what it returns when its guess is not worth making): the decisions stay
+    the planner's, only what runs ahead changes."""
+    for name in methods:
+        setattr(Optimizer, name, lambda self, *args, **kwargs: None)
+    try:
+        yield
+    finally:
+        for name in methods:
+            delattr(Optimizer, name)
+
+
+# (name, lookahead, speculation steps turned off)
+LOOKAHEAD_VARIANTS = [
+    ("as shipped: windows + parent guess + run-ahead", None, ()),
+    ("no run-ahead while a window is judged (Guess.REJECTED off)", None, ("_run_ahead",)),
+    ("no next iteration while a child is validated (Guess.PARENT off)", None, ("_speculate",)),
+    ("windows only (both guesses off)", None, ("_run_ahead", "_speculate")),
+    ("--lookahead 1: GEPA's one-at-a-time loop", 1, ()),
+]
+
+
+def lookahead_rows(args, train, val, test, seed_test: float, seeds: list[int]) -> int:
+    """What each piece of speculation buys: our in-process optimizer (no cache) on the
+    same seeds with the pieces turned off one at a time, runs interleaved by seed."""
+    print("warming up ...", file=sys.stderr, flush=True)
+    LM("gepa-sim/reflect", role="reflection")("warm up")
+    run_ours(train[:3], val[:3], 6, 0.0, args.workers, 0, args.lookahead)
+    per_variant: dict[str, list[dict]] = {name: [] for name, _l, _o in LOOKAHEAD_VARIANTS}
+    for seed in seeds:
+        for name, lookahead, off in LOOKAHEAD_VARIANTS:
+            print(f"running {name}, seed {seed} ...", file=sys.stderr, flush=True)
+            cpu = time.process_time()
+            with _without(*off):
+                row = run_ours(train, val, args.budget, args.latency_ms, args.workers, seed,
+                               lookahead or args.lookahead)
+            row["cpu"] = time.process_time() - cpu
+            row["test"], _ = accuracy(row["prompts"], test, threads=4)
+            per_variant[name].append(row)
+            print(f"  done in {row['wall']:.1f}s, test {row['test']:.3f}", file=sys.stderr,
+                  flush=True)
+    lines = [("| our optimizer, in-process, no cache | val | test (per seed) | rollouts "
+              "| superseded children (rollouts), per seed | run ahead: adopted of run, per seed "
+              "| wall s (per seed) | CPU s |"), "|---|---|---|---|---|---|---|---|",
+             f"| seed prompts | | {seed_test:.3f} | | | | | |"]
+    for name, lookahead, _off in LOOKAHEAD_VARIANTS:
+        rows = per_variant[name]
+        row = _mean_row(name, rows)
+        walls = " / ".join(f"{r['wall']:.1f}" for r in rows)
+        lines.append(f"| {name} (lookahead {lookahead or args.lookahead}) | {row['val']:.3f} "
+                     f"| {row['test']:.3f} ({row['tests']}) | {row['rollouts']:.0f} "
+                     f"| {row['superseded']} | {row['speculated']} | {row['wall']:.1f} "
+                     f"({walls}) | {row['cpu']:.1f} |")
+    table = "\n".join(lines)
+    print(table)
+    if not args.no_write:
+        command = "bench/bench_optimizer_vs_gepa.py " + " ".join(sys.argv[1:])
+        when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        heading = "Optimizer vs gepa: what lookahead buys (bench/bench_optimizer_vs_gepa.py " \
+                  "--lookahead-rows)"
+        section = (
+            f"## {heading}\n\n`.venv/bin/python {command.strip()}` on {when}, "
+            f"{os.cpu_count()} CPUs, Python {platform.python_version()}. The world of the "
+            f"section above ({args.latency_ms:g} ms per LLM call, budget {args.budget} "
+            f"rollouts, {args.workers} workers, seeds {args.seeds}), our in-process row only, "
+            f"with the speculation steps turned off one at a time (the decisions stay the "
+            f"planner's; what a wrong guess runs is superseded and counted in the budget). "
+            f"Runs interleaved by seed. The machine may have been shared with other jobs."
+            f"\n\n{table}\n")
+        from results import write_section  # bench/results.py, beside this file
+
+        write_section(heading, section)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget", type=int, default=600, help="rollouts for each optimizer")
@@ -301,12 +379,18 @@ def main(argv=None) -> int:
     parser.add_argument("--no-gepa-sequential", action="store_true",
                         help="skip the plain (sequential) gepa adapter, the slowest row")
     parser.add_argument("--no-write", action="store_true", help="do not append to RESULTS.md")
+    parser.add_argument("--lookahead-rows", action="store_true",
+                        help="instead: only our in-process row, with each piece of "
+                             "speculation turned off in turn and with --lookahead 1, seeds "
+                             "interleaved (its own RESULTS.md section)")
     args = parser.parse_args(argv)
 
     train, val = questions(args.train, seed=101), questions(args.val, seed=202)
     test = questions(args.test, seed=303)
     seed_test, _ = accuracy(SEED_PROMPTS, test, threads=4)
     seeds = [int(x) for x in args.seeds.split(",")]
+    if args.lookahead_rows:
+        return lookahead_rows(args, train, val, test, seed_test, seeds)
     # one tiny untimed run of each optimizer first: the first run in a process pays
     # one-time costs (importing litellm alone takes seconds), which no row should carry
     print("warming up ...", file=sys.stderr, flush=True)
