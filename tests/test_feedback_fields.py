@@ -16,6 +16,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from rewind import forget_revisions_from
 from test_cli_traces import trace_id_of, write_run
 from test_collector_http import make_request, post
 
@@ -440,8 +441,8 @@ def test_a_store_from_before_the_feedback_fields_is_migrated(store_url, tmp_path
                        "feedback_key", "replaced_by"):
             conn.execute(sa.text(f"ALTER TABLE feedback DROP COLUMN {column}"))
         conn.execute(sa.text("DROP TABLE example_marks"))
-        # 0002 and every later migration (they find their own changes in place)
-        conn.execute(sa.text("DELETE FROM gepa_migrations WHERE name <> '0001_initial'"))
+        # 0002 and every later revision (what they made goes too)
+        forget_revisions_from(conn, "0002")
         for score, source in ((1.0, "human"), (1.0, "human"), (0.0, "llm-judge")):
             conn.execute(sa.text("INSERT INTO feedback (trace_id, name, score, source, "
                                  "created_at) VALUES (:t, 'user', :s, :src, 1.0)"),

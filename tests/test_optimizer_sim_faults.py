@@ -9,7 +9,6 @@ import pytest
 from gepa_trace.lm.budget import Budget
 from gepa_trace.optimizer import EventLog, Optimizer, OptimizerConfig, OptimizerErrorEvent
 
-
 # Whether a 110-rollout run scored on 8 validation questions improves at all depends on
 # the simulated models' draws (with malformed=0.3: 5 of seeds 0-10 since rollouts are
 # read from their spans, 9 of 11 with the old callback rendering); seed 1 is one whose

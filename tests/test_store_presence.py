@@ -13,6 +13,7 @@ import sqlite3
 
 import pytest
 import sqlalchemy as sa
+from rewind import forget_revisions_from
 
 from gepa_trace.errors import StoreError, StoreMissing
 from gepa_trace.prompts.registry import list_versions, load_prompts
@@ -131,7 +132,7 @@ def test_an_existing_store_is_still_migrated_forward(sqlite_url):
     store = open_store(sqlite_url)
     with store.write() as conn:
         # as if written by the first release (0001 and its tables are in every store)
-        conn.execute(sa.text("DELETE FROM gepa_migrations WHERE seq > '0001'"))
+        forget_revisions_from(conn, "0002")
     forget_store(sqlite_url)
     with open_store(sqlite_url).read() as conn:
         assert len(applied(conn)) == SCHEMA_VERSION
