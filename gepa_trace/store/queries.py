@@ -331,8 +331,16 @@ def list_runs(store: Store | str | None = None, *, agent: str | None = None,
         query = query.offset(offset)
     with store.read() as conn:
         roots = conn.execute(query).all()
-        trace_ids = list(dict.fromkeys(r.trace_id for r in roots))
-        totals = _span_totals(conn, trace_ids)
+        return runs_of_roots(store, conn, roots, preview_chars)
+
+
+def runs_of_roots(store: Store, conn: Any, roots: Sequence[Any],
+                  preview_chars: int | None) -> list[Run]:
+    """``Run``s of root-span rows (trace_id, span_id, agent, name, start_ns, end_ns,
+    status_code, status_message, attributes, run_id), in their order, with their span
+    totals (on ``conn``) and feedback: the one way a listing builds its runs."""
+    trace_ids = list(dict.fromkeys(r.trace_id for r in roots))
+    totals = _span_totals(conn, trace_ids)
     feedback = feedback_for_traces(store, trace_ids)
     runs = []
     for r in roots:

@@ -15,7 +15,7 @@ from sqlalchemy import and_, exists, func, literal_column, or_, select
 
 from gepa_trace.errors import ConfigError
 from gepa_trace.store.engine import Store, open_store
-from gepa_trace.store.queries import Run, _loads, _ns, _preview, _span_totals, feedback_for_traces
+from gepa_trace.store.queries import Run, _ns, runs_of_roots
 from gepa_trace.store.tables import FeedbackRow, SpanRow
 
 _SPANS = SpanRow.__table__
@@ -167,23 +167,7 @@ def search_runs(store: Store | str | None, filters: RunFilter = RunFilter(), *,
         if boundary is not None:  # below it, some agent's runs were not read
             roots = [r for r in roots if (-r.start_ns, r.trace_id) <= boundary]
         more = len(roots) > limit
-        roots = roots[:limit]
-        trace_ids = list(dict.fromkeys(r.trace_id for r in roots))
-        totals = _span_totals(conn, trace_ids)
-    feedback = feedback_for_traces(store, trace_ids)
-    runs = []
-    for r in roots:
-        attributes = _loads(r.attributes, {})
-        count, llm_calls, tokens_in, tokens_out = totals.get(r.trace_id, (0, 0, 0, 0))
-        runs.append(Run(
-            trace_id=r.trace_id, span_id=r.span_id, agent=r.agent, name=r.name,
-            start_ns=r.start_ns, end_ns=r.end_ns, status=r.status_code,
-            status_message=r.status_message,
-            input=_preview(attributes.get("input.value"), preview_chars),
-            output=_preview(attributes.get("output.value"), preview_chars),
-            optimization_run_id=r.run_id, span_count=count, llm_calls=llm_calls,
-            input_tokens=tokens_in, output_tokens=tokens_out,
-            feedback=tuple(feedback.get(r.trace_id, ()))))
+        runs = runs_of_roots(store, conn, roots[:limit], preview_chars)
     if more or boundary is None:
         return RunPage(runs, _cursor(runs[-1]) if more and runs else None)
     # The window ran out before the page filled: continue below the boundary.
