@@ -8,7 +8,11 @@ Quick start:
   gepa-trace examples --agent NAME        what optimize would learn from, and why not
   gepa-trace optimize --agent support-agent --entrypoint app:build_agent \\
       --metric app:metric --reflection-lm openai/gpt-4.1
-  gepa-trace export RUN_ID --out prompts.json
+  gepa-trace export RUN_ID --out prompts.json --promote candidate
+  gepa-trace canary status --agent NAME   the candidate against production, on feedback
+  gepa-trace watch --agent NAME           nightly: promote or roll back on feedback
+  gepa-trace versions --agent NAME        each prompt version's production figures
+  gepa-trace ui                           browse, review and promote in a browser
   gepa-trace prune --older-than 30d       delete old traces (keeps what runs use)
 
 Every command takes --store URL, here before the command (gepa-trace --store URL
