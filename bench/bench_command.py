@@ -197,6 +197,8 @@ def gepa_child(spec: dict) -> None:
 
         build_agent, metric = app.build_agent, app.metric
         seed_prompts = PromptSet({"picker": app.picker, "replier": app.replier})
+    import litellm  # noqa: F401 - what the script's LLM calls need, so startup holds it
+
     task, reflect = _models(spec["latency_ms"])
     marks = {"imported": time.monotonic()}
     data = load_examples(open_store(spec["store"]), AGENTS[spec["kind"]]["name"],
