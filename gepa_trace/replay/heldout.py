@@ -81,6 +81,9 @@ class EarlySeed:
     are outside that limit). ``evaluate_held_out`` takes each finished or running one
     (``take``) and runs those that had not started itself; it charges every one to the
     budget as it takes it, as if it had just run it. ``close`` drops those not started.
+    Those that ran and were never taken (the loop stopped on errors, or lost its lock,
+    so there was no test) are in no phase's spend: at most one test's seed rollouts,
+    mostly answered by the replay cache (the seed is what production ran).
     """
 
     def __init__(self, evaluator: Any, prompts: PromptSet, test: list[Example],
