@@ -113,7 +113,8 @@ inst.shutdown()
 # ----------------------------------------------------------------- our command
 
 
-def run_ours(kind: str, store_file: Path, args, seed: int) -> dict:
+def run_ours(kind: str, store_file: Path, args, seed: int, code: str | None = None) -> dict:
+    """``gepa-trace optimize``; ``code``: a checkout whose gepa_trace to run instead."""
     agent = AGENTS[kind]
     task, reflect = _models(args.latency_ms)
     command = [str(Path(sys.executable).parent / "gepa-trace"), "optimize",
@@ -125,8 +126,9 @@ def run_ours(kind: str, store_file: Path, args, seed: int) -> dict:
         command += ["--app-dir", agent["app_dir"]]
     first_line: list[float] = []
     started = time.monotonic()
+    env = {**os.environ, "PYTHONPATH": code} if code else None
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=ROOT)
+                            text=True, cwd=ROOT, env=env)
 
     def read_stderr() -> None:
         for _line in proc.stderr:
@@ -298,6 +300,14 @@ def table(results: dict) -> tuple[str, list[str]]:
             f"{'met' if max(ratios) <= 0.7 else 'NOT met'}, target <= 0.7x on every seed); "
             f"{statistics.mean(bare):.2f}x of gepa's script without its held-out scoring; "
             f"loop alone {statistics.mean(loop):.2f}x")
+        for tool, rows in by_tool.items():
+            if tool.endswith("(baseline)"):
+                before, after = _mean_split(rows), _mean_split(ours)
+                verdicts.append(
+                    f"{AGENTS[kind]['name']}: this code against the baseline, wall "
+                    f"{statistics.mean(r['wall'] for r in rows):.1f} -> "
+                    f"{statistics.mean(r['wall'] for r in ours):.1f} s; by phase "
+                    + ", ".join(f"{p} {before[p]:.1f} -> {after[p]:.1f}" for p in PHASES))
     return "\n".join(lines), verdicts
 
 
@@ -312,6 +322,9 @@ def main(argv=None) -> int:
                         help="our --workers, and the gepa adapter's threads")
     parser.add_argument("--demo-runs", type=int, default=200,
                         help="recorded production runs of the demo agent")
+    parser.add_argument("--baseline", default=None, metavar="DIR",
+                        help="also run the gepa_trace of this checkout (e.g. the main "
+                             "branch before a change), interleaved, as its own row")
     parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     args = parser.parse_args(argv)
     if args.gepa_child:
@@ -326,10 +339,14 @@ def main(argv=None) -> int:
             pristine = Path(tmp) / f"{kind}.db"
             record_store(kind, pristine, args.demo_runs if kind == "demo" else 60,
                          args.latency_ms)
-            results[kind] = {"gepa-trace optimize": [], "gepa script": []}
+            tools = [("gepa-trace optimize", run_ours), ("gepa script", run_gepa)]
+            if args.baseline:
+                tools.insert(1, (f"gepa-trace optimize of {args.baseline} (baseline)",
+                                 lambda *a: run_ours(*a, code=args.baseline)))
+            results[kind] = {tool: [] for tool, _run in tools}
             for seed in seeds:
-                for tool, run in (("gepa-trace optimize", run_ours), ("gepa script", run_gepa)):
-                    copy = Path(tmp) / f"{kind}-{seed}-{tool.split()[0]}.db"
+                for i, (tool, run) in enumerate(tools):
+                    copy = Path(tmp) / f"{kind}-{seed}-{i}.db"
                     shutil.copy(pristine, copy)
                     print(f"{kind} seed {seed}: {tool} ...", file=sys.stderr, flush=True)
                     row = run(kind, copy, args, seed)
@@ -356,7 +373,9 @@ def main(argv=None) -> int:
             f"interleaved (ours, then gepa's script, per seed), each on a fresh copy of the "
             f"store. {args.latency_ms:g} ms per simulated LLM call, budget {args.budget} "
             f"rollouts, our --workers {args.workers} and gepa's adapter on {args.workers} "
-            f"threads, seeds {args.seeds}. gepa's script also scores the seed and its best "
+            f"threads, seeds {args.seeds}"
+            + (f"; the baseline row runs the code of {args.baseline}" if args.baseline else "")
+            + f". gepa's script also scores the seed and its best "
             f"on the held-out test (what our command does; gepa alone has no such step). "
             f"The machine was shared with other jobs: differences under ~10% are noise."
             f"\n\n{text}\n\n" + "\n".join(f"- {v}" for v in verdicts) + "\n")
