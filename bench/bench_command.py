@@ -114,10 +114,12 @@ inst.shutdown()
 
 
 def run_ours(kind: str, store_file: Path, args, seed: int, code: str | None = None) -> dict:
-    """``gepa-trace optimize``; ``code``: a checkout whose gepa_trace to run instead."""
+    """``gepa-trace optimize``; ``code``: a checkout whose own ``.venv`` (an editable
+    install of it) to run instead."""
     agent = AGENTS[kind]
     task, reflect = _models(args.latency_ms)
-    command = [str(Path(sys.executable).parent / "gepa-trace"), "optimize",
+    bin_dir = Path(code) / ".venv" / "bin" if code else Path(sys.executable).parent
+    command = [str(bin_dir / "gepa-trace"), "optimize",
                "--agent", agent["name"], "--entrypoint", agent["entrypoint"],
                "--metric", agent["metric"], "--task-lm", task, "--reflection-lm", reflect,
                "--budget-rollouts", str(args.budget), "--workers", str(args.workers),
@@ -126,9 +128,8 @@ def run_ours(kind: str, store_file: Path, args, seed: int, code: str | None = No
         command += ["--app-dir", agent["app_dir"]]
     first_line: list[float] = []
     started = time.monotonic()
-    env = {**os.environ, "PYTHONPATH": code} if code else None
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=ROOT, env=env)
+                            text=True, cwd=ROOT)
 
     def read_stderr() -> None:
         for _line in proc.stderr:
@@ -323,8 +324,8 @@ def main(argv=None) -> int:
     parser.add_argument("--demo-runs", type=int, default=200,
                         help="recorded production runs of the demo agent")
     parser.add_argument("--baseline", default=None, metavar="DIR",
-                        help="also run the gepa_trace of this checkout (e.g. the main "
-                             "branch before a change), interleaved, as its own row")
+                        help="also run the command of this checkout (its .venv; e.g. the "
+                             "main branch before a change), interleaved, as its own row")
     parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     args = parser.parse_args(argv)
     if args.gepa_child:
@@ -374,7 +375,7 @@ def main(argv=None) -> int:
             f"store. {args.latency_ms:g} ms per simulated LLM call, budget {args.budget} "
             f"rollouts, our --workers {args.workers} and gepa's adapter on {args.workers} "
             f"threads, seeds {args.seeds}"
-            + (f"; the baseline row runs the code of {args.baseline}" if args.baseline else "")
+            + (f"; the baseline row runs the command of {args.baseline} (its own .venv)" if args.baseline else "")
             + f". gepa's script also scores the seed and its best "
             f"on the held-out test (what our command does; gepa alone has no such step). "
             f"The machine was shared with other jobs: differences under ~10% are noise."
