@@ -5,11 +5,6 @@ bootstrap of that difference is what ``gepa-trace export`` gates on. A held-out 
 that still fails after its retries leaves the test without a verdict
 (``HeldOut.failed``), never a zero in the gate.
 
-The seed is known before the loop starts, so its held-out rollouts can run beside the
-loop (``EarlySeed``, one thread): the test then only waits for those not done yet, and
-uses the same rollouts, charged to the budget when the test takes them, as it would
-have run itself.
-
 ``save_run_totals`` then writes, once, what each phase of the command spent into the
 run's stored totals (``optimizer.result.command_spend``): the one source every printer
 of a run's numbers reads.
@@ -71,68 +66,20 @@ class HeldOut:
 HELD_OUT_ATTEMPTS = 3
 
 
-class EarlySeed:
-    """The seed's held-out rollouts, started before the loop on ``threads`` threads of
-    their own (the seed is the one candidate of the test known from the start).
-
-    ``optimize`` starts them only where running them earlier cannot change what the
-    command does or reports: agent replay in this process, a new run, a metric that
-    makes no metered calls, and a budget that limits rollouts alone (held-out rollouts
-    are outside that limit). ``evaluate_held_out`` takes each finished or running one
-    (``take``) and runs those that had not started itself; it charges every one to the
-    budget as it takes it, as if it had just run it. ``close`` drops those not started.
-    Those that ran and were never taken (the loop stopped on errors, or lost its lock,
-    so there was no test) are in no phase's spend: at most one test's seed rollouts,
-    mostly answered by the replay cache (the seed is what production ran).
-    """
-
-    def __init__(self, evaluator: Any, prompts: PromptSet, test: list[Example],
-                 context: RolloutContext, threads: int = 1):
-        self.prompts, self.context = prompts, context
-        self.example_ids = [e.id for e in test]
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="held-out")
-        self._futures = {e.id: self._pool.submit(run_with_retries, evaluator, prompts, e,
-                                                 context, HELD_OUT_ATTEMPTS - 1,
-                                                 context.score_range)
-                         for e in test}
-
-    def serves(self, run_id: str, candidate_id: int, prompts: PromptSet,
-               test: list[Example]) -> bool:
-        """Whether these are the rollouts the test would run for that candidate."""
-        return (self.context.run_id == run_id and self.context.candidate_id == candidate_id
-                and self.prompts.versions() == prompts.versions()
-                and self.example_ids == [e.id for e in test])
-
-    def take(self, example: Example) -> Any:
-        """The rollout of ``example`` (waiting for it if it is running), or None when it
-        had not started: then it never will, and the caller runs it."""
-        future = self._futures.get(example.id)
-        if future is None or future.cancel():
-            return None
-        return future.result()
-
-    def close(self) -> None:
-        """Drop the rollouts not started; those running end on their own."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-
 def _held_out_rollout(evaluator: Any, prompts: PromptSet, example: Example,
                       context: RolloutContext, low: float, high: float,
                       spend: PhaseSpend, lock: threading.Lock,
-                      budget: Budget | None = None, early: EarlySeed | None = None) -> Rollout:
+                      budget: Budget | None = None) -> Rollout:
     """A scored rollout, or the failed one (``error`` set) after HELD_OUT_ATTEMPTS, by
-    the loop's retry policy (``run_with_retries``), or the one ``early`` ran already.
-    What every attempt cost is added to ``spend`` and settled on ``budget``: a retried
-    attempt was paid for too. ``BudgetExhausted`` propagates: no budget is not the
-    agent's error."""
+    the loop's retry policy (``run_with_retries``). What every attempt cost is added to
+    ``spend`` and settled on ``budget``: a retried attempt was paid for too.
+    ``BudgetExhausted`` propagates: no budget is not the agent's error."""
     if budget is not None:  # the command's last spend (lm/budget.py)
         budget.start_rollout(counted=False)
     outcome = None
     try:
-        outcome = early.take(example) if early is not None else None
-        if outcome is None:
-            outcome = run_with_retries(evaluator, prompts, example, context,
-                                       HELD_OUT_ATTEMPTS - 1, (low, high))
+        outcome = run_with_retries(evaluator, prompts, example, context,
+                                   HELD_OUT_ATTEMPTS - 1, (low, high))
     finally:
         if budget is not None:
             settle(budget, outcome)
@@ -150,7 +97,7 @@ def _held_out_rollout(evaluator: Any, prompts: PromptSet, example: Example,
 def evaluate_held_out(evaluator: Any, result: OptimizationResult, seed_prompts: PromptSet,
                       test: list[Example], store: Store | None, workers: int,
                       seed: int = 0, score_range: tuple[float, float] = (0.0, 1.0),
-                      budget: Budget | None = None, early: EarlySeed | None = None) -> HeldOut:
+                      budget: Budget | None = None) -> HeldOut:
     """Score the seed and the best candidate on ``test``; store each as purpose 'test'.
 
     With ``budget``, the test is the command's last spend: it starts only if all of
@@ -161,8 +108,7 @@ def evaluate_held_out(evaluator: Any, result: OptimizationResult, seed_prompts: 
     rollout with an error is retried (HELD_OUT_ATTEMPTS in all); if one still fails,
     the held-out test stops there and has no verdict (``HeldOut.failed`` says why) and
     nothing is stored for it. A spent budget ends it as ``skipped``. ``HeldOut.spend``
-    counts every rollout run, kept or not. ``early``: the seed's rollouts, started
-    before the loop (``EarlySeed``); used when they are the ones the test would run.
+    counts every rollout run, kept or not.
     """
     if not test:
         return HeldOut([], [], None)
@@ -176,9 +122,6 @@ def evaluate_held_out(evaluator: Any, result: OptimizationResult, seed_prompts: 
     low, high = score_range
     seed_candidate = next(c for c in result.candidates if c.origin == "seed")
     jobs = [(seed_candidate.id, seed_prompts), (result.best_candidate_id, result.best_prompts)]
-    if early is not None and not early.serves(result.run_id, seed_candidate.id, seed_prompts,
-                                              test):
-        early = None
     scores: dict[int, list[float]] = {}
     rows = []
     spend, lock = PhaseSpend(), threading.Lock()
@@ -187,10 +130,9 @@ def evaluate_held_out(evaluator: Any, result: OptimizationResult, seed_prompts: 
     def one(prompts: PromptSet, example: Example, context: RolloutContext) -> Any:
         if stop.is_set():
             return None
-        ran = early if context.candidate_id == seed_candidate.id else None
         try:
             rollout = _held_out_rollout(evaluator, prompts, example, context, low, high,
-                                        spend, lock, budget, ran)
+                                        spend, lock, budget)
         except BudgetExhausted as exc:
             stop.set()
             return exc

@@ -6,8 +6,8 @@ replay cache answers every LLM call that was already recorded. Before the loop, 
 preflight (``replay.preflight``) tries the entry point, the metric and every configured
 model once, and stops with ``PreflightFailed`` when one does not work. After the loop,
 the seed and the best candidate are both scored on the held-out test runs
-(``replay.heldout``; the seed's rollouts may start beside the loop), and the paired
-bootstrap of that difference is what ``gepa-trace export`` gates on. Last, what each phase spent (preflight, search, held-out) is stored
+(``replay.heldout``), and the paired bootstrap of that difference is what ``gepa-trace
+export`` gates on. Last, what each phase spent (preflight, search, held-out) is stored
 once in the run's totals (``OptimizeOutcome.spent``).
 
 Errors are not scores: a run the engine stopped because rollouts kept failing raises
@@ -29,7 +29,6 @@ from typing import Any
 from gepa_trace.errors import ConfigError, LockLost, RolloutsFailed
 from gepa_trace.lm.budget import Budget
 from gepa_trace.optimizer import Optimizer, OptimizerConfig
-from gepa_trace.optimizer.protocols import RolloutContext
 from gepa_trace.optimizer.result import OptimizationResult, PhaseSpend, command_spend, search_spend
 from gepa_trace.prompts import PromptSet
 from gepa_trace.prompts.registry import record_versions
@@ -37,13 +36,7 @@ from gepa_trace.prompts.seed import choose_seed, given_sources, save_seed_source
 from gepa_trace.replay import preflight
 from gepa_trace.replay.cache import ReplayCache
 from gepa_trace.replay.dataset import Dataset, ExampleFilter, SplitFractions, load_examples
-from gepa_trace.replay.heldout import (
-    EarlySeed,
-    HeldOut,
-    evaluate_held_out,
-    save_run_totals,
-    stored_totals,
-)
+from gepa_trace.replay.heldout import HeldOut, evaluate_held_out, save_run_totals, stored_totals
 from gepa_trace.replay.metrics import CheckedMetric, judge_model, resolve_metric
 from gepa_trace.store import Store, open_store
 
@@ -289,7 +282,6 @@ def optimize(agent: str, *, reflection_lm: str | Callable[[str], str],
         cache = ReplayCache() if in_processes else ReplayCache.from_store(store, agent,
                                                                           trace_ids)
     evaluator: Any = None
-    early: EarlySeed | None = None
     try:
         if log_only:
             from gepa_trace.replay.logonly import log_only_evaluator
@@ -352,10 +344,6 @@ def optimize(agent: str, *, reflection_lm: str | Callable[[str], str],
                             callbacks=callbacks)
         if dataset.test and settings.held_out_share:
             budget.hold_back(settings.held_out_share)  # kept for the held-out test
-        if not resume and not in_processes and _seed_test_can_start(settings, budget):
-            early = EarlySeed(evaluator, opt.seed_prompts, dataset.test,
-                              RolloutContext(opt.run_id, 0, "test",
-                                             (config.min_score, config.perfect_score)))
         result = opt.run()
         if opt.lock_lost:  # another run owns the agent now: no held-out, no versions
             raise LockLost(f"{opt.lock_lost} (run {result.run_id} can be resumed later "
@@ -371,15 +359,12 @@ def optimize(agent: str, *, reflection_lm: str | Callable[[str], str],
             held_out = evaluate_held_out(
                 evaluator, result, opt.seed_prompts, dataset.test, store, opt.config.workers,
                 seed=opt.config.seed,
-                score_range=(opt.config.min_score, opt.config.perfect_score), budget=budget,
-                early=early)
+                score_range=(opt.config.min_score, opt.config.perfect_score), budget=budget)
         # a judge metric's calls are metered by the budget, not reported by the rollouts
         judged = PhaseSpend.from_budget(dataclasses.asdict(budget.spent())).minus_budget(
             before_held_out)
         held_out.spend = _with_metered(held_out.spend, judged)
     finally:
-        if early is not None:
-            early.close()
         close = getattr(evaluator, "close", None)
         if in_processes and close is not None:  # the children flush their spans
             for counts in close():
@@ -410,17 +395,6 @@ def optimize(agent: str, *, reflection_lm: str | Callable[[str], str],
         error.outcome = outcome  # what it had and spent, for the CLI's summary
         raise error
     return outcome
-
-
-def _seed_test_can_start(settings: ReplaySettings, budget: Budget) -> bool:
-    """Whether the seed's held-out rollouts may run beside the loop (``EarlySeed``):
-    only where that cannot change what the loop does or what the command reports. A
-    judging metric's calls are metered by the budget as they are made (they would be
-    counted in the search), and a limit other than rollouts could be reached by them."""
-    if isinstance(settings.metric, str) and settings.metric in ("judge", "feedback"):
-        return False
-    return all(limit is None for limit in (budget.max_llm_calls, budget.max_tokens,
-                                           budget.max_cost_usd, budget.max_seconds))
 
 
 def _preflight_spend(models: PhaseSpend, probe: Any, seconds: float) -> PhaseSpend:
