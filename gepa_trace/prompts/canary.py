@@ -22,8 +22,6 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
-
 from gepa_trace.errors import ConfigError, NotFoundError
 from gepa_trace.prompts.sequential import MIN_RUNS, Comparison, compare
 
@@ -76,11 +74,10 @@ def canary_status(store: Any, agent: str, *, canary: str = "candidate",
     """Canary against control on the agent's production runs started since ``since``.
     The control's versions are its alias's, or, while that alias is not set, those most
     of the agent's recent production runs carried (``registry.current_prompts``)."""
+    from gepa_trace.prompts.production import production_runs, run_scores, versions_carried
     from gepa_trace.prompts.registry import current_prompts, prompts_for_alias
     from gepa_trace.store import open_store
-    from gepa_trace.store.queries import feedback_for_traces
     from gepa_trace.store.tables import SpanRow
-    from gepa_trace.store.verdict import verdict
 
     store = open_store(store)
     canary_versions = prompts_for_alias(store, canary, agent).versions()
@@ -93,20 +90,12 @@ def canary_status(store: Any, agent: str, *, canary: str = "candidate",
     only_canary = {(c, v) for c, v in canary_versions.items() if control_versions.get(c) != v}
     only_control = {(c, v) for c, v in control_versions.items() if canary_versions.get(c) != v}
     s = SpanRow.__table__
-    roots_q = select(s.c.trace_id, s.c.attributes).where(
-        s.c.parent_span_id.is_(None), s.c.agent == agent, s.c.run_id.is_(None))
-    if since is not None:
-        roots_q = roots_q.where(s.c.start_ns >= round(since * 1e9))
-    roots_sub = roots_q.subquery()
-    calls_q = (select(s.c.trace_id, s.c.component, s.c.prompt_version).distinct()
-               .where(s.c.trace_id.in_(select(roots_sub.c.trace_id)),
-                      s.c.component.is_not(None), s.c.span_type == "llm",
-                      s.c.prompt_flag.is_(None)))
+    roots_q = production_runs(agent, s.c.trace_id, s.c.attributes, since=since)
     with store.read() as conn:
         roots = conn.execute(roots_q).all()
-        calls = conn.execute(calls_q).all()
+        calls = conn.execute(versions_carried(roots_q)).all()
     carried: dict[str, set[tuple[str, str]]] = {}
-    for trace_id, component, version in calls:
+    for trace_id, component, version, _first, _last in calls:
         carried.setdefault(trace_id, set()).add((component, version))
     arm: dict[str, str] = {}
     unassigned = 0
@@ -121,8 +110,7 @@ def canary_status(store: Any, agent: str, *, canary: str = "candidate",
             arm[trace_id] = control
         else:
             unassigned += 1
-    scores = {t: verdict(records).score
-              for t, records in feedback_for_traces(store, list(arm)).items()}
+    scores = run_scores(store, list(arm))
     rated = {name: [scores[t] for t, a in arm.items() if a == name and scores[t] is not None]
              for name in (canary, control)}
     return CanaryStatus(agent, canary, control, canary_versions, control_versions,

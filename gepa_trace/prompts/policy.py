@@ -25,8 +25,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sqlalchemy import select
-
 from gepa_trace.errors import NotFoundError
 from gepa_trace.prompts.sequential import MIN_RUNS, Comparison, compare
 
@@ -160,22 +158,14 @@ def _fresh_promotion(store, agent, control, fresh_s
 def _before_after(store, agent, new, old, since, alpha, min_runs) -> Comparison:
     """Runs that carried a new version since ``since`` against runs that carried a
     previous one before it."""
-    from gepa_trace.store.queries import feedback_for_traces
-    from gepa_trace.store.tables import SpanRow
-    from gepa_trace.store.verdict import verdict
+    from gepa_trace.prompts.production import production_runs, run_scores, versions_carried
 
-    s = SpanRow.__table__
-    roots = select(s.c.trace_id).where(s.c.parent_span_id.is_(None), s.c.agent == agent,
-                                       s.c.run_id.is_(None))
     since_ns = round(since * 1e9)
-    calls = (select(s.c.trace_id, s.c.component, s.c.prompt_version, s.c.start_ns)
-             .where(s.c.trace_id.in_(roots), s.c.span_type == "llm",
-                    s.c.component.in_(sorted(new)), s.c.prompt_flag.is_(None)))
     with store.read() as conn:
-        rows = conn.execute(calls).all()
+        rows = conn.execute(versions_carried(production_runs(agent))).all()
     after, before = set(), set()
     changed = {c for c in new if new[c] != old.get(c)}
-    for trace_id, component, version, start_ns in rows:
+    for trace_id, component, version, start_ns, _last in rows:
         if component not in changed:
             continue
         if start_ns >= since_ns and version == new[component]:
@@ -184,8 +174,7 @@ def _before_after(store, agent, new, old, since, alpha, min_runs) -> Comparison:
             before.add(trace_id)
     both = after & before
     after, before = after - both, before - both
-    feedback = feedback_for_traces(store, sorted(after | before))
-    scores = {t: verdict(r).score for t, r in feedback.items()}
+    scores = run_scores(store, sorted(after | before))
     return compare([scores[t] for t in after if scores[t] is not None],
                    [scores[t] for t in before if scores[t] is not None],
                    alpha=alpha, min_runs=min_runs)

@@ -17,11 +17,11 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 
 from gepa_trace.store import Store, open_store
 from gepa_trace.store.queries import feedback_for_traces
@@ -92,6 +92,43 @@ class VersionFigures:
         return data
 
 
+def production_runs(agent: str | None, *columns: Any, since: float | None = None,
+                    until: float | None = None) -> Select:
+    """``columns`` (default: trace_id) of the root spans of ``agent``'s (every agent's:
+    None) production runs, the optimizer's rollouts left out, started in [since, until)."""
+    s = _SPANS
+    query = select(*(columns or (s.c.trace_id,))).where(s.c.parent_span_id.is_(None),
+                                                        s.c.run_id.is_(None))
+    if agent is not None:
+        query = query.where(s.c.agent == agent)
+    if since is not None:
+        query = query.where(s.c.start_ns >= round(since * 1e9))
+    if until is not None:
+        query = query.where(s.c.start_ns < round(until * 1e9))
+    return query
+
+
+def versions_carried(runs: Select, component: str | None = None) -> Select:
+    """(trace_id, component, prompt_version, first and last start_ns) of the LLM calls
+    of ``runs`` (a ``production_runs`` query), per run and version; calls flagged
+    inconsistent left out (a forged span must not vote for a version)."""
+    s = _SPANS
+    query = (select(s.c.trace_id, s.c.component, s.c.prompt_version,
+                    func.min(s.c.start_ns), func.max(s.c.start_ns))
+             .where(s.c.trace_id.in_(select(runs.subquery().c.trace_id)),
+                    s.c.component.is_not(None), s.c.span_type == "llm",
+                    s.c.prompt_flag.is_(None))
+             .group_by(s.c.trace_id, s.c.component, s.c.prompt_version))
+    return query if component is None else query.where(s.c.component == component)
+
+
+def run_scores(store: Store, trace_ids: Iterable[str],
+               weights: dict[str, float] | None = None) -> dict[str, float | None]:
+    """Each run's score: the verdict of its feedback (``store.verdict``), None unrated."""
+    return {t: verdict(records, weights=weights).score
+            for t, records in feedback_for_traces(store, trace_ids).items()}
+
+
 def version_figures(store: Store | str | None, agent: str | None, *,
                     component: str | None = None,
                     since: float | None = None, until: float | None = None,
@@ -101,26 +138,13 @@ def version_figures(store: Store | str | None, agent: str | None, *,
     name)."""
     store = open_store(store)
     s = _SPANS
-    roots_q = select(s.c.trace_id, s.c.start_ns, s.c.end_ns).where(
-        s.c.parent_span_id.is_(None), s.c.run_id.is_(None))
-    if agent is not None:
-        roots_q = roots_q.where(s.c.agent == agent)
-    if since is not None:
-        roots_q = roots_q.where(s.c.start_ns >= round(since * 1e9))
-    if until is not None:
-        roots_q = roots_q.where(s.c.start_ns < round(until * 1e9))
-    roots_sub = roots_q.subquery()
-    calls_q = (select(s.c.trace_id, s.c.component, s.c.prompt_version,
-                      func.min(s.c.start_ns), func.max(s.c.start_ns))
-               .where(s.c.trace_id.in_(select(roots_sub.c.trace_id)),
-                      s.c.component.is_not(None), s.c.span_type == "llm",
-                      s.c.prompt_flag.is_(None))
-               .group_by(s.c.trace_id, s.c.component, s.c.prompt_version))
-    if component is not None:
-        calls_q = calls_q.where(s.c.component == component)
+    roots_q = production_runs(agent, s.c.trace_id, s.c.start_ns, s.c.end_ns, since=since,
+                              until=until)
+    calls_q = versions_carried(roots_q, component)
     tokens_q = (select(s.c.trace_id, s.c.model, func.coalesce(func.sum(s.c.input_tokens), 0),
                        func.coalesce(func.sum(s.c.output_tokens), 0))
-                .where(s.c.trace_id.in_(select(roots_sub.c.trace_id)), s.c.span_type == "llm")
+                .where(s.c.trace_id.in_(select(roots_q.subquery().c.trace_id)),
+                       s.c.span_type == "llm")
                 .group_by(s.c.trace_id, s.c.model))
     with store.read() as conn:
         roots = {r.trace_id: (r.start_ns, r.end_ns) for r in conn.execute(roots_q)}
@@ -141,9 +165,7 @@ def version_figures(store: Store | str | None, agent: str | None, *,
         low, high = seen.get(key, (first, last))
         seen[key] = (min(low, first), max(high, last))
     cost = _cost_per_trace(tokens)
-    traces = sorted({t for ids in runs_of.values() for t in ids})
-    scores = {t: verdict(records, weights=weights).score
-              for t, records in feedback_for_traces(store, traces).items()}
+    scores = run_scores(store, sorted({t for ids in runs_of.values() for t in ids}), weights)
     figures = []
     for (name, version), ids in runs_of.items():
         rated = [scores[t] for t in ids if scores.get(t) is not None]
@@ -183,4 +205,5 @@ def _cost_per_trace(tokens: Sequence[Any]) -> dict[str, float | None]:
     return cost
 
 
-__all__ = ["Interval", "VersionFigures", "mean_interval", "version_figures"]
+__all__ = ["Interval", "VersionFigures", "mean_interval", "production_runs", "run_scores",
+           "version_figures", "versions_carried"]
