@@ -191,8 +191,21 @@ def alias_history(store: Store, alias: str | None = None, *, component: str | No
             select(_VERSIONS.c.component).where(_VERSIONS.c.agent == agent)))
     with store.read() as conn:
         rows = conn.execute(query).all()
-    return [AliasChange(r.id, r.component, r.alias, r.previous, r.version, r.actor, r.reason,
-                        json.loads(r.evidence or "{}"), r.created_at) for r in rows]
+    return [_change(r) for r in rows]
+
+
+def _change(row: Any) -> AliasChange:
+    return AliasChange(row.id, row.component, row.alias, row.previous, row.version, row.actor,
+                       row.reason, json.loads(row.evidence or "{}"), row.created_at)
+
+
+def get_change(store: Store, change_id: int) -> AliasChange:
+    """One recorded alias change; ``NotFoundError`` if there is none with that id."""
+    with store.read() as conn:
+        row = conn.execute(select(_CHANGES).where(_CHANGES.c.id == change_id)).first()
+    if row is None:
+        raise NotFoundError(f"no alias change {change_id} (see gepa-trace prompts history)")
+    return _change(row)
 
 
 def drop_alias(store: Store, component: str, alias: str, *, actor: str = "api",
@@ -214,19 +227,14 @@ def revert_change(store: Store, change_id: int, *, actor: str = "api",
                   approve: bool = False) -> AliasChange:
     """Point the alias of change ``change_id`` back at its ``previous`` version (remove it
     if there was none), recorded as a new change; the change reverted."""
-    with store.read() as conn:
-        row = conn.execute(select(_CHANGES).where(_CHANGES.c.id == change_id)).first()
-    if row is None:
-        raise NotFoundError(f"no alias change {change_id} (see gepa-trace prompts history)")
+    change = get_change(store, change_id)
     reason = f"revert of change {change_id}"
-    if row.previous is None:
-        drop_alias(store, row.component, row.alias, actor=actor, reason=reason)
+    if change.previous is None:
+        drop_alias(store, change.component, change.alias, actor=actor, reason=reason)
     else:
-        promote(store, row.component, row.previous, alias=row.alias, actor=actor,
+        promote(store, change.component, change.previous, alias=change.alias, actor=actor,
                 reason=reason, approve=approve)
-    return AliasChange(row.id, row.component, row.alias, row.previous, row.version,
-                       row.actor, row.reason, json.loads(row.evidence or "{}"),
-                       row.created_at)
+    return change
 
 
 def diff_versions(store: Store, a: str, b: str) -> str:

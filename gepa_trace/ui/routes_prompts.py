@@ -149,14 +149,10 @@ def promote(request: Request, form: Any) -> Response:
 
 def revert_page(request: Request) -> Response:
     """The confirmation of a roll-back: undo one recorded alias change."""
-    from gepa_trace.errors import NotFoundError
-    from gepa_trace.prompts.registry import alias_history
+    from gepa_trace.prompts.registry import get_change
 
     ui = ui_of(request)
-    change_id = int(request.path_params["change_id"])
-    change = next((c for c in alias_history(ui.store) if c.id == change_id), None)
-    if change is None:
-        raise NotFoundError(f"no alias change {change_id}")
+    change = get_change(ui.store, int(request.path_params["change_id"]))
     return ui.page(request, "revert.html", change=change)
 
 
