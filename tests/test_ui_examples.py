@@ -8,11 +8,9 @@ import re
 
 import pytest
 from click.testing import CliRunner
-from starlette.testclient import TestClient
-from ui_store import AGENT, build
+from ui_store import AGENT, build, client
 
 from gepa_trace.cli import main
-from gepa_trace.ui import UiSettings, create_app
 
 
 @pytest.fixture
@@ -22,7 +20,7 @@ def store(sqlite_url):
 
 @pytest.fixture
 def ui(store):
-    return TestClient(create_app(UiSettings(store=store[0])), base_url="http://127.0.0.1")
+    return client(store[0])
 
 
 def cli_examples(url: str) -> dict:

@@ -10,16 +10,13 @@ import re
 from click.testing import CliRunner
 from starlette.testclient import TestClient
 from test_review import build_run, poisoned_run
+from ui_store import client
 
 from gepa_trace.cli import main
 from gepa_trace.prompts.registry import alias_history
 from gepa_trace.prompts.review import approvals, review_run
 from gepa_trace.store import open_store
 from gepa_trace.ui import UiSettings, create_app
-
-
-def client(url: str) -> TestClient:
-    return TestClient(create_app(UiSettings(store=url)), base_url="http://127.0.0.1")
 
 
 def aliases(url: str) -> dict[str, list[str]]:
@@ -150,7 +147,6 @@ def test_rolling_back_an_alias_change_in_the_ui_points_it_where_it_was(sqlite_ur
     rollback = alias_history(open_store(sqlite_url), component="answerer")[-1]
     assert (rollback.previous, rollback.version, rollback.actor, rollback.reason) == (
         best["answerer"], seed, "ui", f"revert of change {promoted.id}")
-    read_only = TestClient(create_app(UiSettings(store=sqlite_url, read_only=True)),
-                           base_url="http://127.0.0.1")
+    read_only = client(sqlite_url, read_only=True)
     assert "roll back" not in read_only.get("/prompts").text
     assert read_only.post("/prompts/revert", data={"change": "1"}).status_code in (404, 405)

@@ -4,12 +4,11 @@ design), and the progress a running run's page polls."""
 from __future__ import annotations
 
 import pytest
-from starlette.testclient import TestClient
 from test_report import run_engine
+from ui_store import client
 
 from gepa_trace.report.html import SECTIONS
 from gepa_trace.store import OptimizationRunRow, open_store
-from gepa_trace.ui import UiSettings, create_app
 
 
 @pytest.fixture(scope="module")
@@ -18,9 +17,6 @@ def engine_run(tmp_path_factory):
     run_id, _ = run_engine(url)
     return url, run_id
 
-
-def client(url: str) -> TestClient:
-    return TestClient(create_app(UiSettings(store=url)), base_url="http://127.0.0.1")
 
 
 def test_runs_list_links_each_run(engine_run):

@@ -6,14 +6,12 @@ from __future__ import annotations
 import re
 
 import pytest
-from starlette.testclient import TestClient
-from ui_store import AGENT, VERSION, build, run_spans
+from ui_store import AGENT, VERSION, build, client, run_spans
 
 from gepa_trace.store import open_store
 from gepa_trace.store.queries import get_trace
 from gepa_trace.store.run_search import RunFilter, agents_with_runs, search_runs
 from gepa_trace.store.spans import write_spans
-from gepa_trace.ui import UiSettings, create_app
 
 
 @pytest.fixture
@@ -23,7 +21,7 @@ def store(sqlite_url):
 
 @pytest.fixture
 def ui(store):
-    return TestClient(create_app(UiSettings(store=store[0])), base_url="http://127.0.0.1")
+    return client(store[0])
 
 
 def listed(page: str) -> list[str]:
@@ -139,5 +137,5 @@ def test_text_search_reads_a_bounded_window_and_continues_with_older_runs(sqlite
     assert sorted(found) == sorted({f"{n:08x}aa11bb22cc33dd44ee55ff66"
                                     for n in range(30, 42) if n % 3 == 0})
     assert len(found) == len(set(found)) and pages >= 3
-    ui = TestClient(create_app(UiSettings(store=sqlite_url)), base_url="http://127.0.0.1")
+    ui = client(sqlite_url)
     assert "search older runs" in ui.get("/traces?q=zebra").text

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import time
 
+from starlette.testclient import TestClient
+
 from gepa_trace.prompts.templates import template_version
 from gepa_trace.store import open_store
 from gepa_trace.store.feedback import record_feedback
@@ -16,6 +18,14 @@ HOSTILE = "<script>alert('x')</script>"
 TEMPLATE = [{"role": "system", "content": "Answer briefly. <b>Never</b> in bold."},
             {"role": "human", "content": "{question}"}]
 VERSION = template_version(TEMPLATE)
+
+
+def client(url: str, **settings) -> TestClient:
+    """The UI's ASGI app on the store at ``url``, as a browser on this machine reaches it."""
+    from gepa_trace.ui import UiSettings, create_app
+
+    return TestClient(create_app(UiSettings(store=url, **settings)),
+                      base_url="http://127.0.0.1")
 
 
 def trace_id_of(n: int) -> str:
