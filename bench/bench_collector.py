@@ -220,9 +220,35 @@ def sender_process(transport: str, port: int, spans: int, exporters: int, batch:
     print(json.dumps({"seconds": time.perf_counter() - started}), flush=True)
 
 
-def run(transport: str, url: str, spans: int, exporters: int, batch: int, seed: int) -> dict:
+def start_senders(transport: str, ports: list[int], spans: int, exporters: int, batch: int,
+                  seeds: list[int]) -> list:
+    """One ``sender_process`` per port (``spans`` each, with its seed), started and
+    ready: they have encoded their requests and wait for ``go``."""
     import subprocess
 
+    senders = [subprocess.Popen(
+        [sys.executable, __file__, "--sender", transport, "--port", str(port),
+         "--spans", str(spans), "--exporters", str(exporters), "--batch", str(batch),
+         "--seed", str(seed)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for port, seed in zip(ports, seeds)]
+    for sender in senders:
+        if sender.stdout.readline().strip() != "ready":
+            raise RuntimeError("a sender process failed to start")
+    return senders
+
+
+def go(senders: list) -> list[float]:
+    """Let the ready senders send at once; each one's seconds, once all are done."""
+    for sender in senders:
+        sender.stdin.write("go\n")
+        sender.stdin.flush()
+    seconds = [json.loads(sender.stdout.readline())["seconds"] for sender in senders]
+    for sender in senders:
+        sender.wait(60)
+    return seconds
+
+
+def run(transport: str, url: str, spans: int, exporters: int, batch: int, seed: int) -> dict:
     from gepa_trace.collectors.otlp import Collector, CollectorConfig
     from gepa_trace.store import open_store
 
@@ -231,18 +257,10 @@ def run(transport: str, url: str, spans: int, exporters: int, batch: int, seed: 
     sys.setswitchinterval(0.001)  # as `gepa-trace collect` does (see cli/collect.py)
     collector = Collector(store, CollectorConfig(http_port=0, grpc_port=0)).start()
     port = collector.http_port if transport == "http" else collector.grpc_port
-    sender = subprocess.Popen(
-        [sys.executable, __file__, "--sender", transport, "--port", str(port),
-         "--spans", str(spans), "--exporters", str(exporters), "--batch", str(batch),
-         "--seed", str(seed)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    if sender.stdout.readline().strip() != "ready":
-        raise RuntimeError("the sender process failed to start")
+    senders = start_senders(transport, [port], spans, exporters, batch, [seed])
     cpu = time.process_time()
-    sender.stdin.write("go\n")
-    sender.stdin.flush()
-    elapsed = json.loads(sender.stdout.readline())["seconds"]
+    (elapsed,) = go(senders)
     collector_cpu = time.process_time() - cpu
-    sender.wait(60)
     collector.stop()
     got = stored_ids(store)
     exactly_once = len(got) == len(set(got)) == len(ids) and set(got) == ids

@@ -17,7 +17,6 @@ import asyncio
 import json
 import os
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -27,7 +26,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-SENDER = ROOT / "bench" / "bench_collector.py"
+sys.path.insert(0, str(ROOT / "bench"))
+
+import bench_collector
 
 
 def _handle(receiver, path: str, headers: dict[str, str], body: bytes
@@ -128,18 +129,10 @@ def run(server_kind: str, spans: int, exporters: int, batch: int, seed: int) -> 
         port, stop = collector.http_port, (lambda: None)
     else:
         port, stop = _start_uvicorn(collector.receiver, server_kind.split("+", 1)[1])
-    sender = subprocess.Popen(
-        [sys.executable, str(SENDER), "--sender", "http", "--port", str(port), "--spans",
-         str(spans), "--exporters", str(exporters), "--batch", str(batch), "--seed",
-         str(seed)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    if sender.stdout.readline().strip() != "ready":
-        raise RuntimeError("the sender process failed to start")
+    senders = bench_collector.start_senders("http", [port], spans, exporters, batch, [seed])
     cpu = time.process_time()
-    sender.stdin.write("go\n")
-    sender.stdin.flush()
-    elapsed = json.loads(sender.stdout.readline())["seconds"]
+    (elapsed,) = bench_collector.go(senders)
     cpu = time.process_time() - cpu
-    sender.wait(60)
     stop()
     collector.stop()
     return {"server": server_kind, "spans": spans, "seconds": round(elapsed, 2),

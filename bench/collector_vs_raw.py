@@ -193,22 +193,9 @@ def _cpu_s(pid: int) -> float:
 def _feed(ports: list[int], spans: int, exporters: int, batch: int) -> float:
     """Two sender processes (seeds 1 and 2, half the spans each) to ``ports`` (one port
     each, or the same one twice); returns the slower one's seconds."""
-    senders = []
-    for n, port in enumerate(ports):
-        senders.append(subprocess.Popen(
-            [sys.executable, bc.__file__, "--sender", "http", "--port", str(port),
-             "--spans", str(spans // 2), "--exporters", str(exporters), "--batch",
-             str(batch), "--seed", str(n + 1)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
-    for sender in senders:
-        if sender.stdout.readline().strip() != "ready":
-            raise RuntimeError("a sender process failed to start")
-    for sender in senders:
-        sender.stdin.write("go\n")
-        sender.stdin.flush()
-    seconds = [json.loads(s.stdout.readline())["seconds"] for s in senders]
-    for sender in senders:
-        sender.wait(60)
+    senders = bc.start_senders("http", ports, spans // 2, exporters, batch,
+                               [n + 1 for n in range(len(ports))])
+    seconds = bc.go(senders)
     return max(seconds)
 
 
