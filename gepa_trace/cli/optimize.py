@@ -243,6 +243,9 @@ def dataset_trust_lines(dataset: Any, max_user_share: float) -> list[str]:
               help="Shares of train/validation/held-out test (default 0.5,0.1,0.4).")
 @click.option("--no-replay-cache", is_flag=True,
               help="Send every LLM call, even one already recorded.")
+@click.option("--no-recorded-runs", is_flag=True,
+              help="Run the seed on every example, instead of reading what production "
+                   "recorded for the prompts it ran (free: no rollout of the budget).")
 @click.option("--patience", type=click.IntRange(min=1), default=None,
               help="Stop after this many iterations without a new best.")
 @click.option("--stop-file", default=None, help="Stop cleanly once this file exists.")
@@ -271,7 +274,7 @@ def optimize(agent: str, entrypoint: str | None, metric: str, app_dir: str | Non
              since: str | None, until: str | None, with_feedback: bool, sample: int | None,
              golden_file: str | None, source_weight: tuple[str, ...], max_user_share: float,
              split: str | None, no_replay_cache: bool,
-             patience: int | None, stop_file: str | None, no_grow_val: bool, val_start: int | None,
+             no_recorded_runs: bool, patience: int | None, stop_file: str | None, no_grow_val: bool, val_start: int | None,
              resume: str | None, warm_start: bool, store: str | None, as_json: bool) -> None:
     """Optimize an agent's prompts from its recorded runs with GEPA.
 
@@ -322,7 +325,7 @@ def _optimize(agent: str | None, entrypoint: str | None, metric: str, app_dir: s
               since: str | None, until: str | None, with_feedback: bool,
               sample: int | None, golden_file: str | None, source_weight: tuple[str, ...],
               max_user_share: float, split: str | None, no_replay_cache: bool,
-              patience: int | None, stop_file: str | None, no_grow_val: bool,
+              no_recorded_runs: bool, patience: int | None, stop_file: str | None, no_grow_val: bool,
               val_start: int | None, resume: str | None, warm_start: bool,
               store: str | None, as_json: bool) -> None:
     """The optimize command once its options are settled (given, or stored with the run)."""
@@ -344,7 +347,8 @@ def _optimize(agent: str | None, entrypoint: str | None, metric: str, app_dir: s
         entrypoint=entrypoint, metric=metric, task_lm=task_lm, judge_lm=judge_lm,
         task_lm_base=task_lm_base, judge_lm_base=judge_lm_base,
         reflection_lm_base=reflection_lm_base, app_dir=app_dir,
-        rubric=rubric, replay_cache=not no_replay_cache, fractions=fractions,
+        rubric=rubric, replay_cache=not no_replay_cache,
+        recorded_runs=not no_recorded_runs, fractions=fractions,
         processes=processes, held_out_share=held_out_share,
         filters=example_filter(since, until, with_feedback, sample, golden_file),
         source_weights=source_weights(source_weight))

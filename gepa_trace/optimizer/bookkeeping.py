@@ -23,6 +23,9 @@ class Bookkeeping:
     def _on_rollout(self, candidate: Candidate, example_id: str, purpose: str,
                     rollout: Rollout) -> None:
         totals = self.totals
+        if rollout.recorded:  # read from a production run: no rollout was spent
+            totals.recorded_rollouts += 1
+            return
         totals.rollouts += 1
         totals.rollout_cache_hits += rollout.cache_hits
         totals.rollout_retries += rollout.attempts - 1  # failed attempts a retry healed

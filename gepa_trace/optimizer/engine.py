@@ -34,6 +34,7 @@ would have.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import random
 import time
 import uuid
@@ -54,7 +55,7 @@ from gepa_trace.optimizer.halting import Halting
 from gepa_trace.optimizer.lock import RunLock
 from gepa_trace.optimizer.persistence import RunRecorder, StoredRun, load_run
 from gepa_trace.optimizer.planner import GepaPlanner
-from gepa_trace.optimizer.protocols import Evaluator, Example, ReflectionLM
+from gepa_trace.optimizer.protocols import Evaluator, Example, RecordedEvidence, ReflectionLM
 from gepa_trace.optimizer.result import HistoryPoint, OptimizationResult, Totals
 from gepa_trace.optimizer.rollouts import BatchEvaluator, BatchStopped
 from gepa_trace.optimizer.sampler import EpochSampler
@@ -91,7 +92,7 @@ class Optimizer(GepaPlanner, WindowScheduler, Speculation, Halting, Bookkeeping)
                  seed_prompts: PromptSet, train: Sequence[Example], val: Sequence[Example],
                  budget: Budget, store: Store | None = None, agent: str | None = None,
                  config: OptimizerConfig | None = None, callbacks: Iterable[object] = (),
-                 run_id: str | None = None):
+                 run_id: str | None = None, recorded: RecordedEvidence | None = None):
         self.config = (config or OptimizerConfig()).validate()
         if not isinstance(seed_prompts, PromptSet) or len(seed_prompts) == 0:
             raise ConfigError("seed_prompts must be a non-empty PromptSet")
@@ -102,6 +103,7 @@ class Optimizer(GepaPlanner, WindowScheduler, Speculation, Halting, Bookkeeping)
             if len(set(ids)) != len(ids):
                 raise ConfigError(f"{name} examples have duplicate ids")
         self.evaluator = evaluator
+        self.recorded = recorded
         self.reflection_lm = reflection_lm
         self.seed_prompts = seed_prompts
         self.train = list(train)
@@ -157,7 +159,8 @@ class Optimizer(GepaPlanner, WindowScheduler, Speculation, Halting, Bookkeeping)
     def resume(cls, run_id: str, *, evaluator: Evaluator, reflection_lm: ReflectionLM,
                train: Sequence[Example], val: Sequence[Example], budget: Budget,
                store: Store, callbacks: Iterable[object] = (),
-               config: OptimizerConfig | None = None) -> Optimizer:
+               config: OptimizerConfig | None = None,
+               recorded: RecordedEvidence | None = None) -> Optimizer:
         """An Optimizer that continues stored run ``run_id`` (its config unless given):
         stored candidates and evaluations are reused, never re-run, and the budget
         carries over what the earlier process spent."""
@@ -170,7 +173,7 @@ class Optimizer(GepaPlanner, WindowScheduler, Speculation, Halting, Bookkeeping)
         opt = cls(evaluator, reflection_lm, seed_prompts, train, val, budget, store,
                   agent=stored.row.agent,
                   config=config or OptimizerConfig.from_dict(stored.config),
-                  callbacks=callbacks, run_id=run_id)
+                  callbacks=callbacks, run_id=run_id, recorded=recorded)
         opt._restore(stored)
         return opt
 
@@ -190,6 +193,11 @@ class Optimizer(GepaPlanner, WindowScheduler, Speculation, Halting, Bookkeeping)
         # a row with an error is a failed rollout of a run recorded before errors stopped
         # being scores (its 0 was never a real score): left out, so it runs again
         usable = [(c, e, r) for c, e, r in stored.evaluations if not r.error]
+        # a recorded production run read as a rollout kept the run's own trace
+        usable = [(c, e, dataclasses.replace(r, recorded=True)
+                   if e in self.examples and r.trace_id is not None
+                   and r.trace_id == self.examples[e].trace_id else r)
+                  for c, e, r in usable]
         for candidate_id, example_id, rollout in usable:
             state.remember(state.candidates[candidate_id], example_id, rollout)
         state.iteration = stored.row.iteration
@@ -206,8 +214,9 @@ class Optimizer(GepaPlanner, WindowScheduler, Speculation, Halting, Bookkeeping)
             self.tried_triplets = {tuple(t) for t in tried["triplets"]}
             self.tried_results = set(tried["results"])
         totals = Totals.from_dict(snapshot)
-        rollouts = [r for _c, _e, r in usable]
+        rollouts = [r for _c, _e, r in usable if not r.recorded]
         totals.rollouts = len(rollouts)
+        totals.recorded_rollouts = len(usable) - len(rollouts)
         totals.rollout_cache_hits = sum(r.cache_hits for r in rollouts)
         # the stored rollouts' calls, and those of failed ones (stored only as events)
         totals.llm_calls_by_role["task"] = (sum(r.llm_calls for r in rollouts)
@@ -254,7 +263,8 @@ class Optimizer(GepaPlanner, WindowScheduler, Speculation, Halting, Bookkeeping)
                                           self._on_cache_hit,
                                           (self.config.min_score, self.config.perfect_score),
                                           on_failed=self._on_failed,
-                                          retries=self.config.rollout_retries)
+                                          retries=self.config.rollout_retries,
+                                          recorded=self.recorded)
             if self.resumed is None:
                 self.recorder.create_run(self.config.to_dict(), self.config.seed,
                                          self.config.warm_start_from)

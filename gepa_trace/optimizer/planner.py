@@ -12,7 +12,9 @@ one-at-a-time loop's.
 1. Select the component(s) to improve (round robin or all, ``selection``) and a parent
    from that component's Pareto front (``_pick``; randomness from ``_rng``).
 2. Take the next minibatch of training examples (epoch-shuffled, ``sampler``) and run
-   the parent on it (with traces: the rollouts carry per-component records).
+   the parent on it (with traces: the rollouts carry per-component records; the seed's
+   are read from its recorded production runs where they carried its prompts, for
+   free: ``replay.recorded``).
 3. Skip the iteration if the parent is perfect on every minibatch example
    (``_parent_is_perfect``).
 4. Reflect: one reflection prompt per component (``_reflection_prompts``) from the

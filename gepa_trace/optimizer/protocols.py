@@ -106,6 +106,10 @@ class Rollout:
     and dollar limits cover the agent's calls too), unless ``metered``: they went
     through an LM that meters the run's budget itself, which counted them already.
 
+    ``recorded``: not run at all: a recorded production run of exactly these prompt
+    versions, scored by the metric on its own output (``RecordedEvidence``); it costs
+    no rollout of the budget.
+
     ``error`` set means the rollout failed: ``score`` and ``feedback`` then mean nothing
     and the optimizer reads neither. ``permanent``: a retry would fail the same way
     (auth, not found, the metric's contract), so it is not retried. ``attempts``: how
@@ -125,6 +129,7 @@ class Rollout:
     permanent: bool = False
     attempts: int = 1
     metered: bool = False
+    recorded: bool = False
 
 
 @dataclass(frozen=True)
@@ -142,6 +147,22 @@ class RolloutContext:
 class Evaluator(Protocol):
     def evaluate(self, prompts: PromptSet, example: Example,
                  context: RolloutContext) -> Rollout: ...
+
+
+@runtime_checkable
+class RecordedEvidence(Protocol):
+    """Recorded production runs as rollouts that cost nothing (``replay.recorded``).
+
+    ``covers`` says, cheaply and without side effects, whether the example's recorded
+    run carried exactly these prompt versions (so its output is what a rollout of them
+    would show); ``rollout`` then scores that output with the run's metric and returns
+    the Rollout (``recorded=True``, ``trace_id`` the example's own trace), or None when
+    it cannot (the optimizer then runs the example live)."""
+
+    def covers(self, prompts: PromptSet, example: Example) -> bool: ...
+
+    def rollout(self, prompts: PromptSet, example: Example,
+                context: RolloutContext) -> Rollout | None: ...
 
 
 ReflectionLM = Callable[[str], str]

@@ -21,7 +21,9 @@ from gepa_trace.prompts import PromptSet
 class Totals:
     """Counters of a run (across resumes when a store is used).
 
-    ``rollouts``: evaluator calls made; ``evaluation_cache_hits``: (prompts, example)
+    ``rollouts``: evaluator calls made; ``recorded_rollouts``: (prompts, example)
+    pairs read from the example's recorded production run instead, which carried
+    exactly those prompts (no rollout spent); ``evaluation_cache_hits``: (prompts, example)
     pairs served from the run's evaluation cache instead; ``rollout_cache_hits``: LLM
     calls the evaluator served from its replay cache; ``llm_calls_by_role``: task calls
     (reported by rollouts) and reflection calls (made by the engine); ``superseded``:
@@ -37,6 +39,7 @@ class Totals:
     """
 
     rollouts: int = 0
+    recorded_rollouts: int = 0
     evaluation_cache_hits: int = 0
     rollout_cache_hits: int = 0
     llm_calls_by_role: dict[str, int] = field(default_factory=dict)

@@ -4,7 +4,9 @@
 examples) requests and returns at once; ``collect`` waits for them. A (prompts, example)
 pair already evaluated, or still running for an earlier submission, is never started
 again. One rollout of the budget is reserved per new pair *before* it starts, so the
-rollout limit is never overshot, not even by the rollouts in flight. Results are
+rollout limit is never overshot, not even by the rollouts in flight; a pair whose
+example's recorded production run carried exactly the candidate's prompts is read from
+that record instead (``RecordedEvidence``) and reserves nothing. Results are
 recorded in request and example order, never completion order — so results, ids and
 events do not depend on ``workers``. ``evaluate`` is submit-then-collect. ``peek`` and
 ``score_bounds`` read results as they come in, recording nothing, for decisions that
@@ -38,7 +40,13 @@ from gepa_trace.optimizer.failures import (
     out_of_range,
     retry_pause_s,
 )
-from gepa_trace.optimizer.protocols import Evaluator, Example, Rollout, RolloutContext
+from gepa_trace.optimizer.protocols import (
+    Evaluator,
+    Example,
+    RecordedEvidence,
+    Rollout,
+    RolloutContext,
+)
 from gepa_trace.optimizer.state import Candidate, RunState
 from gepa_trace.prompts import PromptSet
 
@@ -163,8 +171,9 @@ class BatchEvaluator:
                  on_cache_hit: Callable[[], None],
                  score_range: tuple[float, float] = (0.0, 1.0),
                  on_failed: Callable[[Candidate, str, str, Rollout], None] | None = None,
-                 retries: int = 0):
+                 retries: int = 0, recorded: RecordedEvidence | None = None):
         self.evaluator = evaluator
+        self.recorded = recorded
         self.score_range = score_range
         self.on_failed = on_failed or (lambda *_args: None)
         self.retries = retries
@@ -182,14 +191,19 @@ class BatchEvaluator:
         self._outstanding: list[Submitted] = []
 
     def missing(self, candidate: Candidate, example_ids: Sequence[str]) -> list[str]:
-        """The example ids of ``example_ids`` not yet evaluated with these prompts nor
-        running (a running pair has its rollout of the budget already)."""
+        """The example ids of ``example_ids`` whose rollout would take one of the budget:
+        not yet evaluated with these prompts, not running (a running pair has its
+        rollout of the budget already) and not read from a recorded run."""
         seen: set[str] = set()
         out = []
+        prompts = None
         for example_id in example_ids:
             if (example_id not in seen and self.state.cached(candidate, example_id) is None
                     and (candidate.key, example_id) not in self._running):
-                out.append(example_id)
+                if self.recorded is not None and prompts is None:
+                    prompts = self.state.prompt_set(candidate, self.agent)
+                if prompts is None or not self.covered(prompts, example_id):
+                    out.append(example_id)
             seen.add(example_id)
         return out
 
@@ -223,6 +237,35 @@ class BatchEvaluator:
                     outcome, error=f"the evaluation could not be stored: {exc}",
                     permanent=True)
         return outcome
+
+    def covered(self, prompts: PromptSet, example_id: str) -> bool:
+        """The example's recorded run carried exactly these prompts: its rollout is read
+        from the record and costs no rollout of the budget (``RecordedEvidence``)."""
+        return self.recorded is not None and self.recorded.covers(prompts,
+                                                                  self.examples[example_id])
+
+    def _read_and_store(self, candidate: Candidate, prompts: PromptSet, example_id: str,
+                        context: RolloutContext) -> Rollout | _Exhausted:
+        """A covered pair: the recorded run, scored; run live (on a rollout of the budget
+        taken now) when it cannot be read after all."""
+        try:
+            rollout = self.recorded.rollout(prompts, self.examples[example_id], context)
+        except Exception:  # noqa: BLE001 - the live rollout will meet any real error
+            rollout = None
+        if rollout is None or rollout.error:
+            try:
+                self.budget.start_rollout()
+            except BudgetExhausted as exc:
+                return _Exhausted(str(exc))
+            return self._run_and_store(candidate, prompts, example_id, context)
+        rollout = dataclasses.replace(rollout, recorded=True, llm_calls=0, tokens=0,
+                                      cost_usd=0.0, cache_hits=0)
+        try:
+            self.on_stored(candidate, example_id, context.purpose, rollout)
+        except StoreError as exc:
+            return dataclasses.replace(rollout, error=f"the evaluation could not be "
+                                                      f"stored: {exc}", permanent=True)
+        return rollout
 
     def evaluate(self, candidate: Candidate, example_ids: Sequence[str],
                  purpose: str) -> list[Rollout]:
@@ -258,22 +301,27 @@ class BatchEvaluator:
                 else:
                     todo.append((candidate, example_id, purpose))
                 queued.add(pair)
-        reason = self.affordable(len(todo))
+        prompt_sets: dict[int, PromptSet] = {}
+        for candidate, _e, _p in todo:
+            if candidate.id not in prompt_sets:
+                prompt_sets[candidate.id] = self.state.prompt_set(candidate, self.agent)
+        free = {(c.key, e) for c, e, _p in todo if self.covered(prompt_sets[c.id], e)}
+        reason = self.affordable(len(todo) - len(free))
         if reason:
             raise BatchStopped(reason)
         submitted = Submitted([(c, list(ids), p) for c, ids, p in requests], shared)
-        prompt_sets: dict[int, PromptSet] = {}
         for candidate, example_id, purpose in todo:
-            try:
-                self.budget.start_rollout()
-            except BudgetExhausted as exc:
-                submitted.stop = str(exc)
-                break
-            if candidate.id not in prompt_sets:
-                prompt_sets[candidate.id] = self.state.prompt_set(candidate, self.agent)
+            recorded = (candidate.key, example_id) in free
+            if not recorded:
+                try:
+                    self.budget.start_rollout()
+                except BudgetExhausted as exc:
+                    submitted.stop = str(exc)
+                    break
             context = RolloutContext(self.run_id, candidate.id, purpose, self.score_range)
-            future = self.executor.submit(self._run_and_store, candidate,
-                                          prompt_sets[candidate.id], example_id, context)
+            run = self._read_and_store if recorded else self._run_and_store
+            future = self.executor.submit(run, candidate, prompt_sets[candidate.id],
+                                          example_id, context)
             self._running[(candidate.key, example_id)] = future
             submitted.futures.append((candidate, example_id, purpose, future))
             submitted.started += 1

@@ -38,6 +38,7 @@ from gepa_trace.replay.cache import ReplayCache
 from gepa_trace.replay.dataset import Dataset, ExampleFilter, SplitFractions, load_examples
 from gepa_trace.replay.heldout import HeldOut, evaluate_held_out, save_run_totals, stored_totals
 from gepa_trace.replay.metrics import CheckedMetric, judge_model, resolve_metric
+from gepa_trace.replay.recorded import RecordedRuns
 from gepa_trace.store import Store, open_store
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,9 @@ class ReplaySettings:
     app_dir: str | None = None
     rubric: str | None = None
     replay_cache: bool = True
+    #: read the seed's (any candidate's) rollouts from the recorded runs that carried
+    #: its exact prompts, for free (``replay.recorded``)
+    recorded_runs: bool = True
     filters: ExampleFilter = field(default_factory=ExampleFilter)
     fractions: SplitFractions = field(default_factory=SplitFractions)
     min_examples: int = 6
@@ -323,6 +327,10 @@ def optimize(agent: str, *, reflection_lm: str | Callable[[str], str],
             at_start)
         preflight_spend = _preflight_spend(models, probe, time.monotonic() - started)
         record_versions(store, seed_prompts, origin="observed")
+        recorded = None
+        if settings.recorded_runs and not log_only:
+            recorded = RecordedRuns(store, dataset.train + dataset.val, metric_fn,
+                                    task_lm=settings.task_lm)
         if resume:
             # the engine's checkpoints rewrite the stored totals: earlier commands'
             # spend is read before it starts
@@ -334,14 +342,15 @@ def optimize(agent: str, *, reflection_lm: str | Callable[[str], str],
             opt = Optimizer.resume(resume, evaluator=evaluator, reflection_lm=reflection,
                                    train=dataset.train, val=dataset.val, budget=budget,
                                    store=store, callbacks=callbacks, config=config if
-                                   config != OptimizerConfig() else None)
+                                   config != OptimizerConfig() else None,
+                                   recorded=recorded)
             # Optimizer.resume set the budget to the run's snapshot, which does not hold
             # this command's preflight: charged again, so the limits cover it
             budget.add_spent(charged.llm_calls_by_role, charged.tokens, charged.cost_usd)
         else:
             opt = Optimizer(evaluator, reflection, seed_prompts, dataset.train, dataset.val,
                             budget, store=store, agent=agent, config=config,
-                            callbacks=callbacks)
+                            callbacks=callbacks, recorded=recorded)
         if dataset.test and settings.held_out_share:
             budget.hold_back(settings.held_out_share)  # kept for the held-out test
         result = opt.run()
