@@ -75,12 +75,14 @@ def record_store(world: dict, path: Path, runs: int, task: str, *, seed: int = 0
     process of its own), recorded with the task model the optimization replays (so the
     replay cache can answer its calls)."""
     url = f"sqlite:///{path}"
-    paths = [str(ROOT / "bench"), str(ROOT)] + ([world["app_dir"]] if world["app_dir"] else [])
+    paths = [str(ROOT / "bench")] + ([world["app_dir"]] if world["app_dir"] else [])
     module, _, function = world["traffic"].partition(":")
     code = _RECORD.format(paths=paths, module=module, function=function, url=url, task=task,
                           runs=runs, seed=seed,
                           feedback_rate=world.get("feedback_rate", 0.5))
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+    # run beside the store: a working directory of this checkout would put its gepa_trace
+    # before the installed one (or PYTHONPATH's)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=path.parent)
     return url
 
 

@@ -31,10 +31,7 @@ import json
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def load(ref: str) -> Any:
@@ -44,9 +41,11 @@ def load(ref: str) -> Any:
 
 
 def put_app_dir(world: dict) -> None:
-    for path in (str(ROOT), world.get("app_dir")):
-        if path and path not in sys.path:
-            sys.path.insert(0, path)
+    """The world's ``app_dir`` first on ``sys.path`` (gepa_trace itself comes from the
+    installed package, so ``PYTHONPATH`` can point at another checkout)."""
+    path = world.get("app_dir")
+    if path and path not in sys.path:
+        sys.path.insert(0, path)
 
 
 def seed_prompts_of(world: dict):
