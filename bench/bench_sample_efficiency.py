@@ -281,10 +281,13 @@ def main(argv=None) -> int:
     unknown = [n for n in names if n not in WORLDS]
     if unknown:
         parser.error(f"unknown world(s) {', '.join(unknown)}; known: {', '.join(WORLDS)}")
+    if args.code and not (Path(args.code) / ".venv" / "bin" / "gepa-trace").exists():
+        parser.error(f"--code {args.code}: no .venv/bin/gepa-trace there")
     worlds = {n: world_spec(n) for n in names}
     seeds, budgets = _ints(args.seeds), sorted(_ints(args.budgets))
     started = time.monotonic()
     done: list[dict] = []
+    failed: list[str] = []
     context = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp, \
             ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
@@ -297,13 +300,20 @@ def main(argv=None) -> int:
             print(f"recorded {name} seed {seed} ({time.monotonic() - started:.0f} s)",
                   file=sys.stderr, flush=True)
         rows = plan(names, worlds, stores, seeds, budgets, args)
-        futures = [pool.submit(run_row, row) for row in rows]
+        futures = {pool.submit(run_row, row): row for row in rows}
         for future in as_completed(futures):
-            r = future.result()
+            try:
+                r = future.result()
+            except Exception as exc:  # noqa: BLE001 - one failed row; the others go on
+                row = futures[future]
+                failed.append(f"{row['name']} seed {row['seed']} {row['tool']}@"
+                              f"{row['budget']}: {exc}")
+                print(f"FAILED {failed[-1]}", file=sys.stderr, flush=True)
+                continue
             done.append(r)
             val = "-" if r["val"] is None else f"{r['val']:.3f}"
-            print(f"[{len(done)}/{len(rows)}] {r['name']} seed {r['seed']} {r['tool']}"
-                  + (f"@{r['budget']}" if r["tool"] != "seed" else "")
+            print(f"[{len(done) + len(failed)}/{len(rows)}] {r['name']} seed {r['seed']} "
+                  f"{r['tool']}" + (f"@{r['budget']}" if r["tool"] != "seed" else "")
                   + f": test {r['test']:.3f} (n={r['n_test']}) val {val} rollouts "
                   f"{r['rollouts']} in {r['wall']:.1f} s ({time.monotonic() - started:.0f} s)",
                   file=sys.stderr, flush=True)
@@ -315,6 +325,10 @@ def main(argv=None) -> int:
                                                            by_budget(rows, "gepa"))))
     text = "\n\n".join(report)
     print(text)
+    if failed:  # a table with holes is not written as a result
+        print(f"{len(failed)} row(s) failed, RESULTS.md not updated; the first: {failed[0]}",
+              file=sys.stderr)
+        return 1
     if not args.no_write:
         write(text, args, argv, time.monotonic() - started)
     return 0
