@@ -3,10 +3,10 @@
 Both are timed as a user's shell runs them: a fresh process, from its start to its exit.
 Ours is ``gepa-trace optimize`` on a store of recorded production runs (agent replay,
 the replay cache, the preflight, the held-out test, the run's totals). Theirs is a
-script a gepa user would write for the same job: import, read the same examples from
-the same store (our ``load_examples``: the same train / validation / test split), run
-``gepa.optimize`` with a ``GEPAAdapter`` that runs a batch on 8 threads, then score the
-seed and the best candidate on the held-out test with 8 threads. Same agent, same
+script a gepa user would write for the same job (bench/gepa_script.py): import, read the
+same examples from the same store (our ``load_examples``: the same train / validation /
+test split), run ``gepa.optimize`` with a ``GEPAAdapter`` that runs a batch on 8
+threads, then score the seed and the best candidate on the held-out test with 8 threads. Same agent, same
 simulated models with the same injected latency per LLM call (100 ms by default), same
 budget in rollouts (gepa: ``max_metric_calls``), runs interleaved (ours, theirs, per
 seed), each on a fresh copy of the store.
@@ -44,13 +44,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 APPS = ROOT / "tests" / "apps"
+GEPA_SCRIPT = ROOT / "bench" / "gepa_script.py"
 PHASES = ("startup", "examples", "loop", "held_out", "export")
 
+#: The worlds, in the shape of bench/gepa_script.py; ``traffic``: records production runs
+#: (``traffic(n, store=, seed=, feedback_rate=, model=, threads=)``; ``feedback_rate``
+#: default 0.5).
 AGENTS = {
-    "demo": {"name": "demo-qa", "entrypoint": "gepa_trace.demo:build_agent",
-             "metric": "gepa_trace.demo:metric", "app_dir": None},
-    "people": {"name": "people-desk", "entrypoint": "people_app:build_agent",
-               "metric": "people_app:metric", "app_dir": str(APPS)},
+    "demo": {"agent": "demo-qa", "entrypoint": "gepa_trace.demo:build_agent",
+             "metric": "gepa_trace.demo:metric", "seed_prompts": "gepa_trace.demo:SEED_PROMPTS",
+             "traffic": "gepa_trace.demo.traffic:run_traffic", "app_dir": None},
+    "people": {"agent": "people-desk", "entrypoint": "people_app:build_agent",
+               "metric": "people_app:metric",
+               "seed_prompts": {"picker": "people_app:picker", "replier": "people_app:replier"},
+               "traffic": "bench_command:people_traffic", "app_dir": str(APPS),
+               "feedback_rate": 1.0},  # its metric reads the expected answer from feedback
 }
 
 
@@ -62,52 +70,67 @@ def _models(latency_ms: float) -> tuple[str, str]:
 # ----------------------------------------------------------------- the recorded store
 
 
-def record_store(kind: str, path: Path, runs: int, latency_ms: float) -> str:
-    """A SQLite store of ``kind``'s production runs with feedback, recorded with the
-    task model the optimization replays (so the replay cache can answer its calls)."""
+def record_store(world: dict, path: Path, runs: int, task: str, *, seed: int = 0) -> str:
+    """A SQLite store of ``world``'s production runs with feedback (its ``traffic`` in a
+    process of its own), recorded with the task model the optimization replays (so the
+    replay cache can answer its calls)."""
     url = f"sqlite:///{path}"
-    task, _ = _models(latency_ms)
-    code = (_RECORD_DEMO if kind == "demo" else _RECORD_PEOPLE).format(
-        url=url, task=task, runs=runs, apps=str(APPS))
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+    paths = [str(ROOT / "bench")] + ([world["app_dir"]] if world["app_dir"] else [])
+    module, _, function = world["traffic"].partition(":")
+    code = _RECORD.format(paths=paths, module=module, function=function, url=url, task=task,
+                          runs=runs, seed=seed,
+                          feedback_rate=world.get("feedback_rate", 0.5))
+    # run beside the store: a working directory of this checkout would put its gepa_trace
+    # before the installed one (or PYTHONPATH's)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=path.parent)
     return url
 
 
-_RECORD_DEMO = """
-from gepa_trace.demo.traffic import run_traffic
+_RECORD = """
+import sys
+sys.path[:0] = {paths!r}
+from {module} import {function} as traffic
 from gepa_trace.collectors.instrument import active_instrumentation
-run_traffic({runs}, store={url!r}, seed=0, feedback_rate=0.5, model={task!r}, threads=8)
+traffic({runs}, store={url!r}, seed={seed}, feedback_rate={feedback_rate}, model={task!r},
+        threads=8)
 active_instrumentation().shutdown()
 """
 
-_RECORD_PEOPLE = """
-import sys
-from concurrent.futures import ThreadPoolExecutor
-sys.path.insert(0, {apps!r})
-import gepa_trace as gt
-import people_app as app
 
-inst = gt.instrument(store={url!r}, service_name=app.AGENT)
-agent = app.build_agent(gt.PromptSet({{"picker": app.picker, "replier": app.replier}}),
-                        model={task!r})
+def people_traffic(n: int, *, store: str, seed: int = 0, feedback_rate: float = 1.0,
+                   model: str = "gepa-sim/task", threads: int = 8) -> None:
+    """people-desk's production runs: its first ``n`` questions, and a user's feedback on
+    a ``feedback_rate`` share of them (picked by ``seed``): a thumbs up on a right answer,
+    a thumbs down with the right answer in words on a wrong one."""
+    import random
+    from concurrent.futures import ThreadPoolExecutor
 
-def one(question):
-    with gt.agent_run(app.AGENT, inputs={{"question": question}}) as run:
-        out = agent.invoke({{"question": question}})
-        run.set_outputs(out)
-    return run.trace_id, question, out
+    import people_app as app
 
-with ThreadPoolExecutor(8) as pool:
-    done = list(pool.map(one, app.QUESTIONS[:{runs}]))
-inst.force_flush()
-for trace_id, question, out in done:
-    right = app.ANSWERS[question]
-    if out.strip().rstrip(".") == right:
-        gt.record_feedback(trace_id, score=1.0)
-    else:
-        gt.record_feedback(trace_id, score=0.0, comment=f"the answer should be {{right}}")
-inst.shutdown()
-"""
+    import gepa_trace as gt
+
+    inst = gt.instrument(store=store, service_name=app.AGENT)
+    agent = app.build_agent(gt.PromptSet({"picker": app.picker, "replier": app.replier}),
+                            model=model)
+
+    def one(question):
+        with gt.agent_run(app.AGENT, inputs={"question": question}) as run:
+            out = agent.invoke({"question": question})
+            run.set_outputs(out)
+        return run.trace_id, question, out
+
+    with ThreadPoolExecutor(threads) as pool:
+        done = list(pool.map(one, app.QUESTIONS[:n]))
+    inst.force_flush()
+    rng = random.Random(f"people-traffic:{seed}")
+    for trace_id, question, out in done:
+        if rng.random() >= feedback_rate:
+            continue
+        right = app.ANSWERS[question]
+        if out.strip().rstrip(".") == right:
+            gt.record_feedback(trace_id, score=1.0)
+        else:
+            gt.record_feedback(trace_id, score=0.0, comment=f"the answer should be {right}")
 
 
 # ----------------------------------------------------------------- our command
@@ -120,7 +143,7 @@ def run_ours(kind: str, store_file: Path, args, seed: int, code: str | None = No
     task, reflect = _models(args.latency_ms)
     bin_dir = Path(code) / ".venv" / "bin" if code else Path(sys.executable).parent
     command = [str(bin_dir / "gepa-trace"), "optimize",
-               "--agent", agent["name"], "--entrypoint", agent["entrypoint"],
+               "--agent", agent["agent"], "--entrypoint", agent["entrypoint"],
                "--metric", agent["metric"], "--task-lm", task, "--reflection-lm", reflect,
                "--budget-rollouts", str(args.budget), "--workers", str(args.workers),
                "--seed", str(seed), "--store", f"sqlite:///{store_file}", "--json"]
@@ -158,11 +181,13 @@ def run_ours(kind: str, store_file: Path, args, seed: int, code: str | None = No
 
 
 def run_gepa(kind: str, store_file: Path, args, seed: int) -> dict:
+    """The gepa user's script (bench/gepa_script.py), in a process of its own."""
+    task, reflect = _models(args.latency_ms)
     started = time.monotonic()
-    spec = json.dumps({"kind": kind, "store": f"sqlite:///{store_file}", "seed": seed,
-                       "budget": args.budget, "threads": args.workers,
-                       "latency_ms": args.latency_ms})
-    proc = subprocess.run([sys.executable, __file__, "--gepa-child", spec],
+    spec = json.dumps({"world": AGENTS[kind], "store": f"sqlite:///{store_file}",
+                       "seed": seed, "budget": args.budget, "threads": args.workers,
+                       "task": task, "reflect": reflect})
+    proc = subprocess.run([sys.executable, str(GEPA_SCRIPT), spec],
                           check=False, capture_output=True, text=True, cwd=ROOT)
     wall = time.monotonic() - started
     if proc.returncode != 0:
@@ -175,96 +200,6 @@ def run_gepa(kind: str, store_file: Path, args, seed: int) -> dict:
     split["export"] = wall - sum(split.values())
     return {"wall": wall, "split": split, "rollouts": marks["rollouts"], "val": marks["val"],
             "test": marks["test"]}
-
-
-def gepa_child(spec: dict) -> None:
-    """The gepa user's script (run in its own process by ``run_gepa``)."""
-    sys.path.insert(0, str(ROOT))
-    sys.path.insert(0, str(APPS))
-    from concurrent.futures import ThreadPoolExecutor
-
-    import gepa
-    from gepa.core.adapter import EvaluationBatch
-
-    from gepa_trace.lm import LM
-    from gepa_trace.optimizer.protocols import Score
-    from gepa_trace.prompts import PromptSet
-    from gepa_trace.replay.dataset import load_examples
-    from gepa_trace.store import open_store
-
-    if spec["kind"] == "demo":
-        from gepa_trace.demo import SEED_PROMPTS as seed_prompts
-        from gepa_trace.demo import build_agent, metric
-    else:
-        import people_app as app
-
-        build_agent, metric = app.build_agent, app.metric
-        seed_prompts = PromptSet({"picker": app.picker, "replier": app.replier})
-    import litellm  # noqa: F401 - what the script's LLM calls need, so startup holds it
-
-    task, reflect = _models(spec["latency_ms"])
-    marks = {"imported": time.monotonic()}
-    data = load_examples(open_store(spec["store"]), AGENTS[spec["kind"]]["name"],
-                         need_signal=False)
-    marks["loaded"] = time.monotonic()
-    threads = spec["threads"]
-
-    def prompts_of(candidate):
-        prompts = seed_prompts
-        for component, text in candidate.items():
-            prompts = prompts.with_instruction(component, text)
-        return prompts
-
-    def run_one(agent, example):
-        try:
-            output = agent.invoke(dict(example.inputs))
-            verdict = Score.checked(metric(example, output, None))
-            return output, verdict.score, verdict.feedback
-        except Exception as exc:  # noqa: BLE001 - a failed run scores 0, as in gepa's examples
-            return None, 0.0, f"error: {exc}"
-
-    def run_batch(prompts, batch):
-        agent = build_agent(prompts, model=task)
-        with ThreadPoolExecutor(threads) as pool:
-            return list(pool.map(lambda ex: run_one(agent, ex), batch))
-
-    class Adapter:
-        propose_new_texts = None
-
-        def evaluate(self, batch, candidate, capture_traces=False):
-            results = run_batch(prompts_of(candidate), batch)
-            trajectories = None
-            if capture_traces:
-                trajectories = [{"question": ex.inputs.get("question"), "output": out,
-                                 "feedback": fb} for ex, (out, _s, fb) in zip(batch, results)]
-            return EvaluationBatch(outputs=[out for out, _s, _f in results],
-                                   scores=[s for _o, s, _f in results],
-                                   trajectories=trajectories)
-
-        def make_reflective_dataset(self, candidate, eval_batch, components_to_update):
-            items = [{"Inputs": str(t["question"]), "Generated Outputs": str(t["output"]),
-                      "Feedback": t["feedback"]} for t in eval_batch.trajectories]
-            return {component: items for component in components_to_update}
-
-    class Quiet:
-        def log(self, *args, **kwargs):
-            pass
-
-    result = gepa.optimize(
-        seed_candidate={c: seed_prompts.instruction(c) for c in seed_prompts},
-        trainset=data.train, valset=data.val, adapter=Adapter(),
-        reflection_lm=LM(reflect, role="reflection"), max_metric_calls=spec["budget"],
-        seed=spec["seed"], logger=Quiet(), display_progress_bar=False)
-    marks["optimized"] = time.monotonic()
-    best = prompts_of(result.best_candidate)
-    seed_scores = [s for _o, s, _f in run_batch(seed_prompts, data.test)]
-    best_scores = [s for _o, s, _f in run_batch(best, data.test)]
-    marks["tested"] = time.monotonic()
-    marks.update(rollouts=result.total_metric_calls + 2 * len(data.test),
-                 val=result.val_aggregate_scores[result.best_idx],
-                 test=sum(best_scores) / max(1, len(best_scores)),
-                 seed_test=sum(seed_scores) / max(1, len(seed_scores)))
-    print(json.dumps(marks))
 
 
 # ----------------------------------------------------------------- the table
@@ -285,7 +220,7 @@ def table(results: dict) -> tuple[str, list[str]]:
             split = _mean_split(rows)
             test = [r["test"] for r in rows if r["test"] is not None]
             lines.append(
-                f"| {AGENTS[kind]['name']} | {tool} | {statistics.mean(walls):.1f} "
+                f"| {AGENTS[kind]['agent']} | {tool} | {statistics.mean(walls):.1f} "
                 f"({' / '.join(f'{w:.1f}' for w in walls)}) | "
                 + " | ".join(f"{split[p]:.1f}" for p in PHASES)
                 + f" | {statistics.mean(r['rollouts'] for r in rows):.0f} "
@@ -296,7 +231,7 @@ def table(results: dict) -> tuple[str, list[str]]:
         loop = [o["split"]["loop"] / t["split"]["loop"] for o, t in zip(ours, theirs)]
         bare = [o["wall"] / (t["wall"] - t["split"]["held_out"]) for o, t in zip(ours, theirs)]
         verdicts.append(
-            f"{AGENTS[kind]['name']}: whole command {statistics.mean(ratios):.2f}x of gepa's "
+            f"{AGENTS[kind]['agent']}: whole command {statistics.mean(ratios):.2f}x of gepa's "
             f"script (per seed {' / '.join(f'{r:.2f}' for r in ratios)}; "
             f"{'met' if max(ratios) <= 0.7 else 'NOT met'}, target <= 0.7x on every seed); "
             f"{statistics.mean(bare):.2f}x of gepa's script without its held-out scoring; "
@@ -305,7 +240,7 @@ def table(results: dict) -> tuple[str, list[str]]:
             if tool.endswith("(baseline)"):
                 before, after = _mean_split(rows), _mean_split(ours)
                 verdicts.append(
-                    f"{AGENTS[kind]['name']}: this code against the baseline, wall "
+                    f"{AGENTS[kind]['agent']}: this code against the baseline, wall "
                     f"{statistics.mean(r['wall'] for r in rows):.1f} -> "
                     f"{statistics.mean(r['wall'] for r in ours):.1f} s; by phase "
                     + ", ".join(f"{p} {before[p]:.1f} -> {after[p]:.1f}" for p in PHASES))
@@ -314,7 +249,6 @@ def table(results: dict) -> tuple[str, list[str]]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--gepa-child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--agents", default="demo,people")
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--budget", type=int, default=300)
@@ -328,9 +262,6 @@ def main(argv=None) -> int:
                              "main branch before a change), interleaved, as its own row")
     parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     args = parser.parse_args(argv)
-    if args.gepa_child:
-        gepa_child(json.loads(args.gepa_child))
-        return 0
     kinds = args.agents.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     results: dict = {}
@@ -338,8 +269,8 @@ def main(argv=None) -> int:
         for kind in kinds:
             print(f"recording {kind} ...", file=sys.stderr, flush=True)
             pristine = Path(tmp) / f"{kind}.db"
-            record_store(kind, pristine, args.demo_runs if kind == "demo" else 60,
-                         args.latency_ms)
+            record_store(AGENTS[kind], pristine, args.demo_runs if kind == "demo" else 60,
+                         _models(args.latency_ms)[0])
             tools = [("gepa-trace optimize", run_ours), ("gepa script", run_gepa)]
             if args.baseline:
                 tools.insert(1, (f"gepa-trace optimize of {args.baseline} (baseline)",
