@@ -132,11 +132,11 @@ def make_receipt(rng: random.Random) -> Receipt:
     accented = rng.random() < 0.10
     vendor = rng.choice(_ACCENTED if accented else _PLAIN)
     currency = rng.choices(["EUR", "GBP", "USD", "CHF"], [5, 2, 2, 1])[0]
-    symbol = currency != "CHF" and rng.random() < 0.15
-    comma = currency in ("EUR", "CHF") and rng.random() < 0.7
+    symbol = currency != "CHF" and rng.random() < 0.12
+    comma = currency in ("EUR", "CHF") and rng.random() < 0.45
     big = rng.random() < 0.07
     whole = not big and rng.random() < 0.08
-    with_subtotal = rng.random() < 0.30
+    with_subtotal = rng.random() < 0.25
     processor = rng.choice(PROCESSORS) if rng.random() < 0.08 else None
     unit = 100 if whole else 1
     sub = (rng.randint(100_000, 480_000) if big else rng.randint(400, 9_000)) // unit * unit
@@ -181,9 +181,20 @@ def make_receipt(rng: random.Random) -> Receipt:
                    processor=processor, traps=tuple(traps))
 
 
+MAX_TRAPS = 2
+
+
 def receipts(n: int, seed: int = 0) -> list[Receipt]:
-    """``n`` receipts, deterministic per ``seed``."""
-    return [make_receipt(random.Random(f"gepa-trace-receipts:{seed}:{i}")) for i in range(n)]
+    """``n`` receipts, deterministic per ``seed``. A receipt holds at most ``MAX_TRAPS``
+    traps (redrawn otherwise), so that most failures have a single cause to learn from."""
+    out = []
+    for i in range(n):
+        rng = random.Random(f"gepa-trace-receipts:{seed}:{i}")
+        receipt = make_receipt(rng)
+        while len(receipt.traps) > MAX_TRAPS:
+            receipt = make_receipt(rng)
+        out.append(receipt)
+    return out
 
 
 def examples(n: int, seed: int = 0) -> list[Example]:

@@ -20,7 +20,7 @@ without a negation):
 | iso_currency  | extract | the currency is copied as written: a symbol (€) stays a symbol  |
 | shop_vendor   | extract | the first name after at/from/via/by is the vendor: a payment processor if it comes first |
 | point_decimal | format  | the amount is copied as written: 26,40 keeps its decimal comma   |
-| bare_line     | format  | a quarter of the lines start with "Ledger entry: "              |
+| bare_line     | format  | 15% of the lines start with "Ledger entry: "              |
 | no_grouping   | format  | 1.234,50 keeps its thousands separator                           |
 | plain_vendor  | format  | accented names (Café) are copied with their accents              |
 | two_decimals  | format  | a whole amount (26) is written without decimals                  |
@@ -214,7 +214,7 @@ def format_line(instruction: str, rules: frozenset[str], fields_text: str) -> st
     m = _ORDER.search(instruction.lower())
     order = re.findall(r"\w+", m.group(0)) if m else ["vendor", "date", "amount", "currency"]
     line = " | ".join(fields.get("amount" if k == "total" else k, "") for k in order)
-    if "entry_prefix" in rules or ("bare_line" not in rules and _unit(fields_text) < 0.25):
+    if "entry_prefix" in rules or ("bare_line" not in rules and _unit(fields_text) < 0.15):
         return "Ledger entry: " + line
     return line
 
