@@ -57,7 +57,8 @@ def test_the_oracle_reads_the_truth_back_from_the_receipt_text_alone():
 
 
 def test_the_oracle_names_the_first_thing_wrong_and_the_right_line():
-    ex = next(e for e in world.examples(100, seed=0) if "subtotal" in e.meta["traps"])
+    ex = next(e for e, r in zip(world.examples(100, seed=0), world.receipts(100, seed=0))
+              if "subtotal" in r.traps)
     truth = world.truth_of(ex.inputs["receipt"])
     wrong = ex.expected.replace(f"| {truth.total} |", f"| {truth.subtotal} |")
     score = world.metric(ex, {"answer": wrong})
@@ -86,22 +87,24 @@ def _gepa_layout(instruction: str, item: dict[str, str]) -> str:
             "\n\nProvide the new instructions within ``` blocks.")
 
 
-@pytest.mark.parametrize("layout", ["ours", "gepa"])
+@pytest.mark.parametrize("layout", ["ours", "gepa", "gepa with the whole output"])
 @pytest.mark.parametrize("trap", sorted(RULE_OF))
 def test_the_reflection_writes_the_rule_that_fixes_a_failing_example(trap, layout):
     component = RULE_OF[trap][0]
     prompts = _without_rule(trap)
     replay = AgentReplay(world.build_agent, world.metric, agent=world.AGENT_NAME)
-    ex, rollout = next((ex, r) for ex in world.examples(200, seed=3)
-                       if trap in ex.meta["traps"] or trap == "extra_words"
+    ex, rollout = next((ex, r) for ex, receipt in zip(world.examples(200, seed=3),
+                                                      world.receipts(200, seed=3))
+                       if trap in receipt.traps or trap == "extra_words"
                        for r in [replay.evaluate(prompts, ex)] if r.score < 1)
     if layout == "ours":
         prompt = build_prompt(component, prompts.instruction(component),
                               reflection_examples(component, [ex], [rollout]), 4000)
     else:
         prompt = _gepa_layout(prompts.instruction(component), {
-            "Inputs": ex.inputs["receipt"], "Generated Outputs": rollout.output["answer"],
-            "Feedback": rollout.feedback})
+            "Inputs": ex.inputs["receipt"], "Feedback": rollout.feedback,
+            "Generated Outputs": str(rollout.output if "whole" in layout
+                                     else rollout.output["answer"])})
     reply = sim_reflect.reply([{"role": "user", "content": prompt}], NoFlaw())
     new = parse_reply(reply).instruction
     assert new.startswith(prompts.instruction(component).split("\n- ")[0])  # rules kept
@@ -112,8 +115,9 @@ def test_the_reflection_writes_the_rule_that_fixes_a_failing_example(trap, layou
 def test_the_reflection_learns_from_a_users_correction_without_words_for_the_mistake():
     prompts = _without_rule("month_first")
     replay = AgentReplay(world.build_agent, world.metric, agent=world.AGENT_NAME)
-    ex, rollout = next((ex, r) for ex in world.examples(200, seed=3)
-                       if "month_first" in ex.meta["traps"]
+    ex, rollout = next((ex, r) for ex, receipt in zip(world.examples(200, seed=3),
+                                                      world.receipts(200, seed=3))
+                       if "month_first" in receipt.traps
                        for r in [replay.evaluate(prompts, ex)] if r.score < 1)
     feedback = (f"expected '{ex.expected}' (a user's correction), the answer was "
                 f"'{rollout.output['answer']}'.")

@@ -199,9 +199,8 @@ def receipts(n: int, seed: int = 0) -> list[Receipt]:
 
 def examples(n: int, seed: int = 0) -> list[Example]:
     """``n`` receipts as Examples: inputs ``{"receipt": text}``, ``expected`` the true
-    ledger line, ``meta["traps"]`` the traps the receipt holds."""
-    return [Example(id=f"receipt-{seed}-{i}", inputs={"receipt": r.text}, expected=r.ledger,
-                    meta={"traps": list(r.traps)})
+    ledger line (the traps each holds stay in ``receipts(n, seed)``, same order)."""
+    return [Example(id=f"receipt-{seed}-{i}", inputs={"receipt": r.text}, expected=r.ledger)
             for i, r in enumerate(receipts(n, seed))]
 
 
@@ -329,7 +328,7 @@ def build_agent(prompts: PromptSet, model: Any = "gepa-sim/task"):
 def run_traffic(n: int, *, store: Any = None, seed: int = 0, feedback_rate: float = 0.5,
                 model: Any = "gepa-sim/task", threads: int = 8, **options: Any) -> list[str]:
     """Production runs of the seed prompts on ``n`` receipts with users' feedback
-    (``gepa_trace.worlds.receipt_traffic.run_traffic``, which documents the options)."""
+    (``gepa_trace.worlds.receipt_traffic.record_traffic``, which documents the options)."""
     from gepa_trace.worlds.receipt_traffic import record_traffic
 
     return record_traffic(n, store=store, seed=seed, feedback_rate=feedback_rate, model=model,

@@ -312,8 +312,11 @@ _SCORE = re.compile(r"(?im)^#{1,6}\s*score\s*\n\s*([-+]?\d+(?:\.\d+)?)")
 
 
 def _line_fields(m: re.Match, text: str) -> dict[str, str]:
+    # Words before the line on its own line; a dict's "{'answer': '" is not one of them.
+    before = text[text.rfind("\n", 0, m.start()) + 1:m.start()]
+    before = re.sub(r"^\W*(?:answer|output|ledger_line)\W*$", "", before).strip(" '\"{[")
     return {"date": m.group(1), "vendor": m.group(2).strip(), "amount": m.group(3).strip(),
-            "currency": m.group(4), "prefix": text[:m.start()].strip()}
+            "currency": m.group(4), "prefix": before}
 
 
 def fields_in(text: str) -> dict[str, str]:
