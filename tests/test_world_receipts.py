@@ -77,14 +77,10 @@ def _without_rule(trap: str) -> PromptSet:
 
 
 def _gepa_layout(instruction: str, item: dict[str, str]) -> str:
-    """The `gepa` package's default reflection prompt for one reflective dataset item."""
-    side = "# Example 1\n" + "".join(f"## {k}\n{v}\n\n" for k, v in item.items())
-    return ("I provided an assistant with the following instructions to perform a task for "
-            f"me:\n```\n{instruction}\n```\n\nThe following are examples of different task "
-            "inputs provided to the assistant along with the assistant's response for each "
-            "of them, and some feedback on how the assistant's response could be better:\n"
-            f"```\n{side}```\n\nYour task is to write a new instruction for the assistant."
-            "\n\nProvide the new instructions within ``` blocks.")
+    """The `gepa` package's own default reflection prompt for one reflective dataset item."""
+    signature = pytest.importorskip("gepa.strategies.instruction_proposal")
+    return signature.InstructionProposalSignature.prompt_renderer(
+        {"current_instruction_doc": instruction, "dataset_with_feedback": [item]})
 
 
 @pytest.mark.parametrize("layout", ["ours", "gepa", "gepa with the whole output"])
