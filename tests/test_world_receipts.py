@@ -108,20 +108,33 @@ def test_the_reflection_writes_the_rule_that_fixes_a_failing_example(trap, layou
     assert replay.evaluate(prompts.with_instruction(component, new), ex).score == 1.0
 
 
-def test_the_reflection_learns_from_a_users_correction_without_words_for_the_mistake():
-    prompts = _without_rule("month_first")
+@pytest.mark.parametrize("trap,behaviour", [("month_first", "day_first"),
+                                             ("extra_words", "bare_line")])
+def test_the_reflection_learns_from_a_users_correction_without_words_for_the_mistake(
+        trap, behaviour):
+    component = RULE_OF[trap][0]
+    prompts = _without_rule(trap)
     replay = AgentReplay(world.build_agent, world.metric, agent=world.AGENT_NAME)
     ex, rollout = next((ex, r) for ex, receipt in zip(world.examples(200, seed=3),
                                                       world.receipts(200, seed=3))
-                       if "month_first" in receipt.traps
+                       if trap in receipt.traps or trap == "extra_words"
                        for r in [replay.evaluate(prompts, ex)] if r.score < 1)
     feedback = (f"expected '{ex.expected}' (a user's correction), the answer was "
                 f"'{rollout.output['answer']}'.")
-    prompt = _gepa_layout(prompts.instruction("extractor"), {
+    prompt = _gepa_layout(prompts.instruction(component), {
         "Inputs": ex.inputs["receipt"], "Generated Outputs": rollout.output["answer"],
         "Feedback": feedback})
     new = parse_reply(sim_reflect.reply([{"role": "user", "content": prompt}], NoFlaw()))
-    assert "day_first" in sim_receipts.behaviours_of(new.instruction)
+    assert behaviour in sim_receipts.behaviours_of(new.instruction)
+
+
+def test_the_reflection_sees_no_mistake_in_an_output_that_matches_the_correction():
+    ex = world.examples(1, seed=3)[0]
+    prompt = _gepa_layout(world.SEED_PROMPTS.instruction("formatter"), {
+        "Inputs": ex.inputs["receipt"], "Generated Outputs": ex.expected,
+        "Feedback": f"correct: the answer '{ex.expected}' matches a user's correction"})
+    reply = sim_reflect.reply([{"role": "user", "content": prompt}], NoFlaw())
+    assert "I keep the other rules and add" not in reply
 
 
 def test_the_reflection_gives_the_same_reply_to_the_same_prompt_and_is_sometimes_wrong():

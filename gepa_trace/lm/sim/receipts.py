@@ -20,7 +20,7 @@ without a negation):
 | iso_currency  | extract | the currency is copied as written: a symbol (€) stays a symbol  |
 | shop_vendor   | extract | the first name after at/from/via/by is the vendor: a payment processor if it comes first |
 | point_decimal | format  | the amount is copied as written: 26,40 keeps its decimal comma   |
-| bare_line     | format  | 15% of the lines start with "Ledger entry: "              |
+| bare_line     | format  | 15% of the lines start with "Ledger entry: "                     |
 | no_grouping   | format  | 1.234,50 keeps its thousands separator                           |
 | plain_vendor  | format  | accented names (Café) are copied with their accents              |
 | two_decimals  | format  | a whole amount (26) is written without decimals                  |
@@ -32,9 +32,11 @@ in our layout (component inputs and output, score, feedback) or gepa's ("Inputs"
 feedback's words ("(the subtotal)", "decimal comma", ...), and by comparing the output
 with the expected ledger line the feedback quotes (a user's correction, the metric's
 "right ledger line") and the inputs (the subtotal the receipt shows, the processor
-named after "via"). It keeps the rules, adds one for the most frequent failure its
-step can fix, and has the demo reflection's flaws (useless 0.12, harmful 0.07, drop
-0.07; the rng is seeded from the prompt).
+named after "via"); only failed examples (score below 1) are read for the comparison.
+It keeps the rules, adds one for the most frequent failure its step can fix (removing
+a harmful rule that causes it), and has the demo reflection's flaws (useless 0.12,
+harmful 0.07, drop 0.07; with no failure its step can fix, a vague rule 70% of the
+time, else a harmful one). The rng is seeded from the prompt: same prompt, same reply.
 """
 
 from __future__ import annotations
@@ -103,6 +105,7 @@ def step_of(instruction: str) -> str | None:
 
 
 def behaviours_of(instruction: str) -> frozenset[str]:
+    """The behaviours an instruction switches on (see the module table)."""
     found = set()
     for sentence in sentences(instruction):
         negated = bool(_NEG.search(sentence))
@@ -345,7 +348,9 @@ def diagnose(example: str, feedback: str, step: str) -> list[tuple[str, str]]:
     want = _line_fields(m, "") if m else {}
     got = fields_in(output)
     score = _SCORE.search(example)
-    failed = float(score.group(1)) < 1 if score else bool(want) and output.strip() != m.group(0)
+    keys = ("date", "vendor", "amount", "currency", "prefix")
+    failed = (float(score.group(1)) < 1 if score else
+              bool(want) and any(got.get(k, "") != want[k] for k in keys))
     if not got or not failed:
         return []
     found: list[tuple[str, str]] = []
