@@ -28,7 +28,7 @@ and several are rare, so finding them takes examples):
 | processor       | extractor | 0.06  | names the payment processor ("via PayWave")    |
 | thousands       | formatter | 0.05  | keeps 1.234,50                                 |
 
-Seed prompts score about 0.25 (0.23 on ``examples(60)``, 0.29 on ``examples(300)``), the
+Seed prompts score about 0.28 (0.27 on ``examples(60)``, 0.29 on ``examples(300)``), the
 hand-written ``BEST_PROMPTS`` 1.0.
 
 The numbers are those of the simulated models (``gepa-sim/task``, ``gepa-sim/reflect``,

@@ -211,13 +211,16 @@ def format_line(instruction: str, rules: frozenset[str], fields_text: str) -> st
               re.findall(r"(?m)^\s*(vendor|date|total|amount|currency)\s*:[ \t]*(.*)$",
                          fields_text, re.IGNORECASE)}
     fields.setdefault("amount", fields.get("total", ""))
+    # The prefix habit hangs on the vendor and date as given, so that fixing the total or
+    # the currency upstream does not re-roll it.
+    habit = _unit(fields.get("vendor", "") + "|" + fields.get("date", "")) < 0.15
     if "plain_vendor" in rules:
         fields["vendor"] = fold(fields.get("vendor", ""))
     fields["amount"] = format_amount(rules, fields["amount"])
     m = _ORDER.search(instruction.lower())
     order = re.findall(r"\w+", m.group(0)) if m else ["vendor", "date", "amount", "currency"]
     line = " | ".join(fields.get("amount" if k == "total" else k, "") for k in order)
-    if "entry_prefix" in rules or ("bare_line" not in rules and _unit(fields_text) < 0.15):
+    if "entry_prefix" in rules or ("bare_line" not in rules and habit):
         return "Ledger entry: " + line
     return line
 
