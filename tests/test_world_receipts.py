@@ -69,11 +69,12 @@ def test_the_oracle_names_the_first_thing_wrong_and_the_right_line():
 
 
 def _without_rule(trap: str) -> PromptSet:
+    """The hand-written prompts without the one rule that fixes ``trap``."""
     component, index = RULE_OF[trap]
-    instruction = world.BEST_PROMPTS.instruction(component).splitlines()
-    rule = world._BEST_RULES[component][index]
+    lines = world.BEST_PROMPTS.instruction(component).splitlines()
+    rule = [line for line in lines if line.startswith("- ")][index]
     return world.BEST_PROMPTS.with_instruction(
-        component, "\n".join(line for line in instruction if rule not in line))
+        component, "\n".join(line for line in lines if line != rule))
 
 
 def _gepa_layout(instruction: str, item: dict[str, str]) -> str:
