@@ -348,6 +348,10 @@ def _reflect(messages: list[dict[str, str]], rng: random.Random) -> str:
     feedbacks = [feedback_of(e) for e in examples]
     if not instruction.strip():
         instruction = "Complete the task described in the examples."
+    from gepa_trace.lm.sim import receipts  # receipt extraction / ledger formatting agents
+
+    if receipts.step_of(instruction):
+        return receipts.reflect(messages, rng)
     step = step_of(instruction, {})
     if step not in ("query", "select", "answer"):  # a generic step: generic.py's reflection
         from gepa_trace.lm.sim import generic  # (it reads prompts with this module's helpers)

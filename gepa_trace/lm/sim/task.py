@@ -504,6 +504,10 @@ def reply(messages: list[dict[str, str]], rng: random.Random) -> str:
     instruction = system
     if not instruction:  # no system message: the instruction is the text before the fields
         instruction = re.split(r"(?im)^\s*question\s*:", user)[0]
+    from gepa_trace.lm.sim import receipts  # receipt extraction / ledger formatting agents
+
+    if receipts.step_of(instruction):
+        return receipts.task_reply(instruction, user)
     step = step_of(instruction, fields)
     if step == "classify":
         return classify(instruction, _message_of(user))
