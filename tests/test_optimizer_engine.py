@@ -51,7 +51,7 @@ def run_toy(max_rollouts=300, evaluator=None, lm=None, callbacks=(), store=None,
     lm = lm or RuleReflectionLM()
     budget = Budget(max_rollouts=max_rollouts)
     opt = Optimizer(evaluator, lm, SEED, train, val, budget, store=store, agent="toy-agent",
-                    config=OptimizerConfig(**config), callbacks=callbacks)
+                    config=OptimizerConfig.gepa(**config), callbacks=callbacks)
     return opt.run(), evaluator, lm, budget
 
 
@@ -91,7 +91,7 @@ def run_narrow(seed=2, workers=4, evaluator=None, store=None, callbacks=(), **co
     train, val, _test = narrow_world()
     opt = Optimizer(evaluator or RuleEvaluator(), RuleReflectionLM(), SEED, train, val,
                     Budget(max_rollouts=400), store=store, agent="toy-agent",
-                    config=OptimizerConfig(seed=seed, workers=workers, **config),
+                    config=OptimizerConfig.gepa(seed=seed, workers=workers, **config),
                     callbacks=callbacks)
     return opt.run()
 
@@ -129,7 +129,7 @@ def test_val_start_validates_on_part_first_and_adds_the_rest_before_training_exa
     log = EventLog()
     opt = Optimizer(RuleEvaluator(), RuleReflectionLM(), SEED, train, val,
                     Budget(max_rollouts=400), agent="toy-agent",
-                    config=OptimizerConfig(seed=2, val_start=3), callbacks=[log])
+                    config=OptimizerConfig.gepa(seed=2, val_start=3), callbacks=[log])
     result = opt.run()
     assert result.history[0].val_size == 3
     assert [g.size for g in log.of(ValidationGrown)][:2] == [6, 9]  # 3 at a time

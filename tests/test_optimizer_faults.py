@@ -108,7 +108,7 @@ def test_budget_running_out_during_reflection_stops_cleanly():
     lm = RuleReflectionLM()
     budget = Budget(max_rollouts=1000, max_llm_calls=3)
     result = Optimizer(RuleEvaluator(), lm, SEED, train, val, budget,
-                       config=OptimizerConfig(seed=1)).run()
+                       config=OptimizerConfig.gepa(seed=1)).run()
     assert result.stop_reason.startswith("max_llm_calls=3 reached")
     assert budget.spent().llm_calls <= 3
 
@@ -121,7 +121,7 @@ def test_a_limit_of_llm_calls_covers_the_agents_own_calls_and_the_reflections(li
     lm = RuleReflectionLM()
     budget = Budget(max_rollouts=1000, max_llm_calls=limit)
     result = Optimizer(RuleEvaluator(), lm, SEED, train, val, budget,
-                       config=OptimizerConfig(seed=1, workers=8)).run()
+                       config=OptimizerConfig.gepa(seed=1, workers=8)).run()
     assert result.stop_reason.startswith(f"max_llm_calls={limit} reached")
     calls = result.totals.llm_calls_by_role
     assert calls["task"] + calls.get("reflection", 0) == budget.spent().llm_calls <= limit

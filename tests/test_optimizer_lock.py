@@ -165,7 +165,7 @@ def test_a_run_whose_lock_is_taken_over_stops_at_the_next_safe_point_and_keeps_i
     evaluator = TakenOver(store, after=30, capacity=2)
     opt = Optimizer(evaluator, RuleReflectionLM(), SEED, train, val, Budget(max_rollouts=260),
                     store=store, agent="toy-agent",
-                    config=OptimizerConfig(seed=1, lock_stale_seconds=1.0))
+                    config=OptimizerConfig.gepa(seed=1, lock_stale_seconds=1.0))
     evaluator.optimizer = opt
     result = opt.run()
 

@@ -28,7 +28,7 @@ def _optimize(reflect_model: str, **lm_options):
     reflection = LM(reflect_model, budget=budget, role="reflection", **lm_options)
     result = Optimizer(AgentEvaluator(build_agent, metric), reflection, SEED_PROMPTS,
                        questions(15, seed=11), questions(8, seed=12), budget,
-                       agent="demo-qa", config=OptimizerConfig(seed=SEED, workers=4),
+                       agent="demo-qa", config=OptimizerConfig.gepa(seed=SEED, workers=4),
                        callbacks=[log]).run()
     return result, log, sim.fault_counts().get("reflect", {})
 
