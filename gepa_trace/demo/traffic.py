@@ -45,13 +45,8 @@ from gepa_trace.demo.poison import Poison, user_id
 from gepa_trace.demo.world import MONTHS, QUESTION_KINDS, make_questions, world
 from gepa_trace.optimizer.protocols import Example
 from gepa_trace.prompts import PromptSet
+from gepa_trace.worlds.users import user_feedback
 
-#: Shares of what a thumbs down on a wrong answer carries (the rest: nothing more).
-CORRECTION_RATE = 0.35
-WRONG_CORRECTION_RATE = 0.10
-PHRASED_RATE = 0.15
-VAGUE_RATE = 0.30
-THANKS_RATE = 0.15
 PHRASINGS = ["the answer should be {}", "Correct answer: {}", "no, the right answer is {}"]
 VAGUE = ["wrong", "not what I asked", "that's not right", "useless answer"]
 THANKS = ["thanks!", "great", "exactly what I needed"]
@@ -83,26 +78,14 @@ def plausible_wrong(example: Example, rng: random.Random, world_seed: int = 0) -
 
 def _user_feedback(example: Example, output: Any, rng: random.Random,
                    noise: float) -> dict[str, Any]:
-    """One user's feedback on one run (see the module docstring)."""
-    right = metric(example, output).score >= 1.0
-    happy = right != (rng.random() < noise)
-    if happy:
-        return {"score": 1.0, "comment": rng.choice(THANKS) if rng.random() < THANKS_RATE
-                else None}
+    """One user's feedback on one run (see the module docstring): a long answer also
+    draws "too long"."""
     answer = str((output or {}).get("answer") or "")
-    vague = rng.choice(VAGUE + (["too long"] * 2 if len(answer.split()) > 4 else []))
-    roll = rng.random()
-    if right:  # a misjudgement: the user does not know better
-        return {"score": 0.0, "comment": vague if roll < 0.5 else None}
-    if roll < CORRECTION_RATE:
-        wrong = rng.random() < WRONG_CORRECTION_RATE
-        return {"score": 0.0, "expected": plausible_wrong(example, rng) if wrong
-                else str(example.expected)}
-    roll -= CORRECTION_RATE
-    if roll < PHRASED_RATE:
-        return {"score": 0.0, "comment": rng.choice(PHRASINGS).format(example.expected)}
-    roll -= PHRASED_RATE
-    return {"score": 0.0, "comment": vague if roll < VAGUE_RATE else None}
+    return user_feedback(metric(example, output).score >= 1.0, str(example.expected), rng,
+                         noise, vague=VAGUE + (["too long"] * 2 if len(answer.split()) > 4
+                                               else []),
+                         phrasings=PHRASINGS, thanks=THANKS,
+                         wrong=lambda r: plausible_wrong(example, r))
 
 
 def run_traffic(n: int, *, store: Any = None, seed: int = 0, feedback_rate: float = 0.4,

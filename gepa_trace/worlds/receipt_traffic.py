@@ -26,12 +26,8 @@ from typing import Any
 from gepa_trace.optimizer.protocols import Example
 from gepa_trace.prompts import PromptSet
 from gepa_trace.worlds.receipts import AGENT_NAME, SEED_PROMPTS, build_agent, examples, metric
+from gepa_trace.worlds.users import user_feedback
 
-CORRECTION_RATE = 0.35
-WRONG_CORRECTION_RATE = 0.10
-PHRASED_RATE = 0.15
-VAGUE_RATE = 0.30
-THANKS_RATE = 0.15
 PHRASINGS = ["Correct answer: {}", "the answer should be {}"]
 VAGUE = ["wrong", "this is not right", "wrong amount", "please fix this entry"]
 THANKS = ["thanks!", "perfect", "great"]
@@ -45,23 +41,9 @@ def _wrong_line(right: str, rng: random.Random) -> str:
 
 def _user_feedback(example: Example, output: Any, rng: random.Random,
                    noise: float) -> dict[str, Any]:
-    right = metric(example, output).score >= 1.0
-    if right != (rng.random() < noise):
-        return {"score": 1.0, "comment": rng.choice(THANKS) if rng.random() < THANKS_RATE
-                else None}
-    vague = rng.choice(VAGUE)
-    roll = rng.random()
-    if right:  # a misjudgement: the user does not know better
-        return {"score": 0.0, "comment": vague if roll < 0.5 else None}
-    if roll < CORRECTION_RATE:
-        wrong = rng.random() < WRONG_CORRECTION_RATE
-        return {"score": 0.0, "expected": _wrong_line(str(example.expected), rng) if wrong
-                else str(example.expected)}
-    roll -= CORRECTION_RATE
-    if roll < PHRASED_RATE:
-        return {"score": 0.0, "comment": rng.choice(PHRASINGS).format(example.expected)}
-    roll -= PHRASED_RATE
-    return {"score": 0.0, "comment": vague if roll < VAGUE_RATE else None}
+    return user_feedback(metric(example, output).score >= 1.0, str(example.expected), rng,
+                         noise, vague=VAGUE, phrasings=PHRASINGS, thanks=THANKS,
+                         wrong=lambda r: _wrong_line(str(example.expected), r))
 
 
 def record_traffic(n: int, *, store: Any = None, seed: int = 0, feedback_rate: float = 0.5,
