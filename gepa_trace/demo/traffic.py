@@ -35,7 +35,6 @@ same call records the same questions and the same feedback):
 from __future__ import annotations
 
 import random
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
@@ -45,7 +44,7 @@ from gepa_trace.demo.poison import Poison, user_id
 from gepa_trace.demo.world import MONTHS, QUESTION_KINDS, make_questions, world
 from gepa_trace.optimizer.protocols import Example
 from gepa_trace.prompts import PromptSet
-from gepa_trace.worlds.users import user_feedback
+from gepa_trace.worlds.users import check_rates, traced_runs, user_feedback
 
 PHRASINGS = ["the answer should be {}", "Correct answer: {}", "no, the right answer is {}"]
 VAGUE = ["wrong", "not what I asked", "that's not right", "useless answer"]
@@ -97,14 +96,9 @@ def run_traffic(n: int, *, store: Any = None, seed: int = 0, feedback_rate: floa
     ``record_feedback`` after all runs are flushed. The instrumentation stays active for
     the caller; a run that raises is traced as an error and gets no feedback.
     """
-    for name, value in (("feedback_rate", feedback_rate), ("noise", noise),
-                        ("review_rate", review_rate)):
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"{name} must be between 0 and 1, got {value!r}")
+    check_rates(feedback_rate=feedback_rate, noise=noise, review_rate=review_rate)
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n!r}")
-    from opentelemetry import trace as trace_api
-
     import gepa_trace as gt
 
     examples = traffic_questions(n, seed)
@@ -117,22 +111,9 @@ def run_traffic(n: int, *, store: Any = None, seed: int = 0, feedback_rate: floa
         examples = [replace(ex, inputs={**ex.inputs, "question": f"{ex.inputs['question']} "
                                             f"{poison.text}"})
                     if i in poisoned else ex for i, ex in enumerate(examples)]
-    inst = gt.instrument(store=store, service_name=AGENT_NAME)
+    gt.instrument(store=store, service_name=AGENT_NAME)
     agent = build_agent(prompts, model=model, chat_model=chat_model, poison=poison)
-
-    def one(example: Example, user: str) -> tuple[str, Any]:
-        with gt.agent_run(AGENT_NAME, inputs=dict(example.inputs)) as run:
-            trace_api.get_current_span().set_attribute("user.id", user)
-            try:
-                output = agent.invoke(dict(example.inputs))
-            except Exception:  # noqa: BLE001 - traced as an error by agent_run; traffic goes on
-                output = None
-            run.set_outputs(output)
-        return str(run.trace_id), output
-
-    with ThreadPoolExecutor(max(1, threads)) as pool:
-        results = list(pool.map(one, examples, users))
-    inst.force_flush()
+    results = traced_runs(AGENT_NAME, agent, [ex.inputs for ex in examples], users, threads)
 
     rng = random.Random(f"gepa-trace-demo-feedback:{seed}")
     for i, (example, (trace_id, output)) in enumerate(zip(examples, results)):

@@ -20,13 +20,12 @@ receipts and the same feedback), mirroring ``gepa_trace.demo.traffic``:
 from __future__ import annotations
 
 import random
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from gepa_trace.optimizer.protocols import Example
 from gepa_trace.prompts import PromptSet
 from gepa_trace.worlds.receipts import AGENT_NAME, SEED_PROMPTS, build_agent, examples, metric
-from gepa_trace.worlds.users import user_feedback
+from gepa_trace.worlds.users import check_rates, traced_runs, user_feedback
 
 PHRASINGS = ["Correct answer: {}", "the answer should be {}"]
 VAGUE = ["wrong", "this is not right", "wrong amount", "please fix this entry"]
@@ -54,33 +53,16 @@ def record_traffic(n: int, *, store: Any = None, seed: int = 0, feedback_rate: f
     returns the trace ids in receipt order. Feedback is recorded after all runs are
     flushed; a run that raises is traced as an error and gets none. The instrumentation
     stays active for the caller."""
-    for name, value in (("feedback_rate", feedback_rate), ("noise", noise),
-                        ("review_rate", review_rate)):
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"{name} must be between 0 and 1, got {value!r}")
+    check_rates(feedback_rate=feedback_rate, noise=noise, review_rate=review_rate)
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n!r}")
-    from opentelemetry import trace as trace_api
-
     import gepa_trace as gt
 
     batch = examples(n, seed)
-    inst = gt.instrument(store=store, service_name=AGENT_NAME)
-    agent = build_agent(prompts, model=model)
-
-    def one(i: int, example: Example) -> tuple[str, Any]:
-        with gt.agent_run(AGENT_NAME, inputs=dict(example.inputs)) as run:
-            trace_api.get_current_span().set_attribute("user.id", f"user-{seed}-{i:04d}")
-            try:
-                output = agent.invoke(dict(example.inputs))
-            except Exception:  # noqa: BLE001 - traced as an error by agent_run; traffic goes on
-                output = None
-            run.set_outputs(output)
-        return str(run.trace_id), output
-
-    with ThreadPoolExecutor(max(1, threads)) as pool:
-        results = list(pool.map(one, range(len(batch)), batch))
-    inst.force_flush()
+    gt.instrument(store=store, service_name=AGENT_NAME)
+    results = traced_runs(AGENT_NAME, build_agent(prompts, model=model),
+                          [ex.inputs for ex in batch],
+                          [f"user-{seed}-{i:04d}" for i in range(len(batch))], threads)
 
     rng = random.Random(f"gepa-trace-receipts-feedback:{seed}")
     for example, (trace_id, output) in zip(batch, results):

@@ -43,3 +43,41 @@ def user_feedback(right: bool, expected: str, rng: random.Random, noise: float, 
         return {"score": 0.0, "comment": rng.choice(phrasings).format(expected)}
     roll -= PHRASED_RATE
     return {"score": 0.0, "comment": said if roll < VAGUE_RATE else None}
+
+
+def check_rates(**rates: float) -> None:
+    """Raise ValueError naming the first rate outside [0, 1]."""
+    for name, value in rates.items():
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be between 0 and 1, got {value!r}")
+
+
+def traced_runs(agent_name: str, agent: Any, inputs: Sequence[dict[str, Any]],
+                users: Sequence[str], threads: int) -> list[tuple[str, Any]]:
+    """Run ``agent`` on each of ``inputs`` as one traced production run of
+    ``agent_name`` (``gt.agent_run``, with the end user's ``user.id``), ``threads`` at a
+    time; (trace id, output) in input order, output None when the agent raised (the run
+    is traced as an error). The active instrumentation is flushed before returning."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from opentelemetry import trace as trace_api
+
+    import gepa_trace as gt
+    from gepa_trace.collectors.instrument import active_instrumentation
+
+    def one(given: dict[str, Any], user: str) -> tuple[str, Any]:
+        with gt.agent_run(agent_name, inputs=dict(given)) as run:
+            trace_api.get_current_span().set_attribute("user.id", user)
+            try:
+                output = agent.invoke(dict(given))
+            except Exception:  # noqa: BLE001 - traced as an error by agent_run; traffic goes on
+                output = None
+            run.set_outputs(output)
+        return str(run.trace_id), output
+
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        results = list(pool.map(one, inputs, users))
+    inst = active_instrumentation()
+    if inst is not None:
+        inst.force_flush()
+    return results
