@@ -106,7 +106,7 @@ def _optimizer(store, max_rollouts, **config):
     return Optimizer(RuleEvaluator(capacity=2), RuleReflectionLM(), SEED,
                      _with_evidence(train), _with_evidence(val),
                      Budget(max_rollouts=max_rollouts), store=store, agent="toy-agent",
-                     config=OptimizerConfig(handle_signals=False, **config))
+                     config=OptimizerConfig.gepa(handle_signals=False, **config))
 
 
 def _check_every_line_is_attributed(candidates, prompts_of):
@@ -227,7 +227,7 @@ def test_blame_follows_a_seed_that_an_earlier_run_wrote_into_that_run(sqlite_url
     second = Optimizer(RuleEvaluator(capacity=2), RuleReflectionLM(), first.best_prompts,
                        _with_evidence(train), _with_evidence(val), Budget(max_rollouts=120),
                        store=store, agent="toy-agent",
-                       config=OptimizerConfig(seed=2, handle_signals=False)).run()
+                       config=OptimizerConfig.gepa(seed=2, handle_signals=False)).run()
     earlier = {c.id: c for c in first.candidates}
     followed = 0
     for component in SEED:

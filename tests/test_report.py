@@ -109,7 +109,7 @@ def run_engine(url: str, *, with_test: bool = True, lookahead: int = 4,
         examples(10, "x", "test")
     result = Optimizer(RuleEvaluator(), RuleReflectionLM(), SEED, train, val,
                        Budget(max_rollouts=220), store=store, agent="report-agent",
-                       config=OptimizerConfig(seed=3, workers=workers, patience=6,
+                       config=OptimizerConfig.gepa(seed=3, workers=workers, patience=6,
                                               lookahead=lookahead, grow_val=grow_val,
                                               handle_signals=False)).run()
     if with_test:

@@ -187,7 +187,7 @@ def test_a_run_whose_every_rollout_fails_stops_at_the_seeds_validation(sqlite_ur
     assert result.best_val_score is None and result.seed_val_score is None
     # each tried, then retried twice: the validation, and the minibatch run meanwhile on
     # the guess that the seed is the next parent (its failure alone stops nothing)
-    minibatch = OptimizerConfig().minibatch_size
+    minibatch = OptimizerConfig.gepa().minibatch_size
     assert evaluator.started == 3 * (len(val) + minibatch)
     assert result.totals.evaluator_errors == len(val) + minibatch
     assert result.totals.rollout_retries == 2 * (len(val) + minibatch)
@@ -292,13 +292,13 @@ def test_a_metric_that_breaks_its_contract_is_an_error_not_a_score(value, says):
     train, val, _test = world()
     calls.clear()
     result = Optimizer(evaluator, RuleReflectionLM(), SEED, train, val,
-                       Budget(max_rollouts=BUDGET), config=OptimizerConfig(seed=1)).run()
+                       Budget(max_rollouts=BUDGET), config=OptimizerConfig.gepa(seed=1)).run()
     assert result.failed_with and says in result.failed_with
     assert result.best_val_score is None
     # a broken contract is not retried: one call per example (the validation, and the
     # minibatch run meanwhile on the guess that the seed is the next parent)
     assert set(val_ids := [e.id for e in val]) <= set(calls)
-    assert len(calls) == len(set(calls)) == len(val_ids) + OptimizerConfig().minibatch_size
+    assert len(calls) == len(set(calls)) == len(val_ids) + OptimizerConfig.gepa().minibatch_size
 
 
 def test_a_metric_on_a_wider_scale_is_held_to_the_runs_score_range():
@@ -438,7 +438,7 @@ def _demo(store, monkeypatch=None, down_after=None, resume=None):
                                 train=train, val=val, budget=budget, store=store).run()
     callbacks = [TaskModelGoesDown(monkeypatch, down_after)] if down_after else []
     return Optimizer(evaluator, reflection, SEED_PROMPTS, train, val, budget, store=store,
-                     agent="demo-qa", config=OptimizerConfig(seed=0, workers=4),
+                     agent="demo-qa", config=OptimizerConfig.gepa(seed=0, workers=4),
                      callbacks=callbacks).run()
 
 
@@ -487,6 +487,6 @@ def test_a_budget_spent_inside_the_agent_stops_the_run_and_is_no_error():
     evaluator = AgentEvaluator(agent, lambda example, output, trace: 1.0)
     train, val, _test = world()
     result = Optimizer(evaluator, RuleReflectionLM(), SEED, train, val, budget,
-                       config=OptimizerConfig(seed=1)).run()
+                       config=OptimizerConfig.gepa(seed=1)).run()
     assert result.failed_with is None and result.totals.evaluator_errors == 0
     assert "max_llm_calls=20" in result.stop_reason

@@ -109,10 +109,17 @@ def _assert_consistent_with_records(url: str, run_id: str, totals: dict) -> None
         r: sum(phases[p]["llm_calls_by_role"].get(r, 0) for p in PHASES) for r in roles}
     assert every["llm_calls"] == sum(every["llm_calls_by_role"].values())
     with open_store(url).read() as conn:
+        # a rollout read from a recorded production run (its trace is the example's)
+        # was not run: no rollout of any phase
         rows = conn.execute(sa.text(
             "SELECT purpose = 'test', COUNT(*), SUM(llm_calls), SUM(cache_hits), "
             "SUM(tokens), SUM(cost_usd) FROM evaluations WHERE run_id = :id "
+            "AND (trace_id IS NULL OR trace_id != example_id) "
             "GROUP BY purpose = 'test'"), {"id": run_id}).all()
+        read = conn.execute(sa.text(
+            "SELECT COUNT(*) FROM evaluations WHERE run_id = :id "
+            "AND trace_id = example_id"), {"id": run_id}).scalar()
+    assert totals.get("recorded_rollouts", 0) == read
     recorded = {bool(r[0]): r[1:] for r in rows}
     held = phases["held_out"]
     n, calls, hits, tokens, cost = recorded[True]
@@ -255,9 +262,11 @@ def failed(demo, tmp_path_factory):
     app_dir = tmp_path_factory.mktemp("app")
     (app_dir / "down_app.py").write_text(APP)
     try:
+        # replayed (not read from its recorded runs), the seed's validation is where the
+        # agent going down first shows
         result = CliRunner().invoke(main, [
             *OPTIMIZE, "--entrypoint", "down_app:build_agent", "--app-dir", str(app_dir),
-            "--store", url])
+            "--no-recorded-runs", "--store", url])
     finally:
         _shutdown_instrumentation()
     return url, result

@@ -30,6 +30,11 @@ class MergeConfig:
     max_attempts: int = 10
 
 
+#: Fewer validation examples than this tell candidates apart by luck: a run starts on
+#: them all, or on this many, whatever ``val_start_share`` says.
+MIN_VAL_START = 10
+
+
 @dataclass(frozen=True)
 class ReflectionConfig:
     """The reflection prompt: ``max_tokens`` bounds the whole prompt (inputs over it are
@@ -97,7 +102,8 @@ class OptimizerConfig:
       the other candidates leave the pool. A small validation set can miss a kind of
       input the agent still gets wrong; without this the run stops once it is solved.
     - ``val_start``: validate on only the first this-many validation examples at first
-      (None: ``val_start_share`` of them, rounded up; ignored without ``grow_val``). A
+      (None: ``val_start_share`` of them, rounded up, but at least ``MIN_VAL_START``;
+      ignored without ``grow_val``). A
       smaller set affords more candidates: it pays at 100-200 rollouts; at 600 on the
       demo (12 runs) half a 10% set gave no clear gain (held-out 0.87 against 0.87).
     - ``max_user_share``: no end user (``Example.meta["user"]``) has more than
@@ -212,7 +218,8 @@ class OptimizerConfig:
             return val_size
         if self.val_start is not None:
             return min(val_size, self.val_start)
-        return min(val_size, max(1, math.ceil(val_size * self.val_start_share - 1e-9)))
+        share = math.ceil(val_size * self.val_start_share - 1e-9)
+        return min(val_size, max(MIN_VAL_START, share))
 
     def secondary_for(self, component: str) -> str | None:
         """The secondary objective of ``component``'s front, or None."""
