@@ -273,9 +273,10 @@ def optimize(agent: str, entrypoint: str | None, metric: str, app_dir: str | Non
              lookahead: int, seed: int,
              since: str | None, until: str | None, with_feedback: bool, sample: int | None,
              golden_file: str | None, source_weight: tuple[str, ...], max_user_share: float,
-             split: str | None, no_replay_cache: bool,
-             no_recorded_runs: bool, patience: int | None, stop_file: str | None, no_grow_val: bool, val_start: int | None,
-             resume: str | None, warm_start: bool, store: str | None, as_json: bool) -> None:
+             split: str | None, no_replay_cache: bool, no_recorded_runs: bool,
+             patience: int | None, stop_file: str | None, no_grow_val: bool,
+             val_start: int | None, resume: str | None, warm_start: bool, store: str | None,
+             as_json: bool) -> None:
     """Optimize an agent's prompts from its recorded runs with GEPA.
 
     Examples are the agent's production runs and their feedback; each rollout replays
@@ -325,8 +326,8 @@ def _optimize(agent: str | None, entrypoint: str | None, metric: str, app_dir: s
               since: str | None, until: str | None, with_feedback: bool,
               sample: int | None, golden_file: str | None, source_weight: tuple[str, ...],
               max_user_share: float, split: str | None, no_replay_cache: bool,
-              no_recorded_runs: bool, patience: int | None, stop_file: str | None, no_grow_val: bool,
-              val_start: int | None, resume: str | None, warm_start: bool,
+              no_recorded_runs: bool, patience: int | None, stop_file: str | None,
+              no_grow_val: bool, val_start: int | None, resume: str | None, warm_start: bool,
               store: str | None, as_json: bool) -> None:
     """The optimize command once its options are settled (given, or stored with the run)."""
     from gepa_trace.cli.resume import recorded

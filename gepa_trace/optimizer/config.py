@@ -103,9 +103,9 @@ class OptimizerConfig:
       input the agent still gets wrong; without this the run stops once it is solved.
     - ``val_start``: validate on only the first this-many validation examples at first
       (None: ``val_start_share`` of them, rounded up, but at least ``MIN_VAL_START``;
-      ignored without ``grow_val``). A
-      smaller set affords more candidates: it pays at 100-200 rollouts; at 600 on the
-      demo (12 runs) half a 10% set gave no clear gain (held-out 0.87 against 0.87).
+      ignored without ``grow_val``). A smaller set affords more candidates: it pays at
+      100-200 rollouts; at 600 on the demo (12 runs) half a 10% set gave no clear gain
+      (held-out 0.87 against 0.87).
     - ``max_user_share``: no end user (``Example.meta["user"]``) has more than
       ``max(1, floor(max_user_share * minibatch_size))`` examples in one minibatch, the
       examples a reflection sees (``optimizer.sampler``); 1: no cap.

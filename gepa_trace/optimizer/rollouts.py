@@ -258,8 +258,7 @@ class BatchEvaluator:
             except BudgetExhausted as exc:
                 return _Exhausted(str(exc))
             return self._run_and_store(candidate, prompts, example_id, context)
-        rollout = dataclasses.replace(rollout, recorded=True, llm_calls=0, tokens=0,
-                                      cost_usd=0.0, cache_hits=0)
+        rollout = dataclasses.replace(rollout, recorded=True)
         try:
             self.on_stored(candidate, example_id, context.purpose, rollout)
         except StoreError as exc:
@@ -324,7 +323,10 @@ class BatchEvaluator:
                                           example_id, context)
             self._running[(candidate.key, example_id)] = future
             submitted.futures.append((candidate, example_id, purpose, future))
-            submitted.started += 1
+            if recorded:
+                submitted.read += 1
+            else:
+                submitted.started += 1
         self._outstanding.append(submitted)
         return submitted
 
@@ -448,9 +450,11 @@ class BatchEvaluator:
 @dataclass
 class Submitted:
     """Rollouts started by one ``BatchEvaluator.submit``: the requests, the futures
-    (including those shared with an earlier submission), ``started`` (new pairs)."""
+    (including those shared with an earlier submission), ``started`` (new pairs run on a
+    rollout of the budget each), ``read`` (new pairs read from recorded runs)."""
 
     requests: list[tuple[Candidate, list[str], str]]
     futures: list[tuple[Candidate, str, str, Future]]
     started: int = 0
+    read: int = 0
     stop: str | None = None

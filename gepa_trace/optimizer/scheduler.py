@@ -73,8 +73,8 @@ class WindowScheduler:
                     self._record_ahead_failures(slots[n:])
                     raise
             accepted = False
-            ran = slot.parent_batch.started + (slot.child_batch.started
-                                               if slot.child_batch is not None else 0)
+            ran = sum(b.started + b.read for b in (slot.parent_batch, slot.child_batch)
+                      if b is not None)
             if slot.skip:
                 self._later(functools.partial(
                     self.recorder.event, "skipped",

@@ -28,7 +28,6 @@ instead, so an error is never read as a score.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -54,14 +53,14 @@ class RecordedRuns:
         self.store = store
         self.metric = metric
         self.task_lm = task_lm.lower() if task_lm else None
-        self._lock = threading.Lock()
-        self._spans: dict[str, list[dict[str, Any]]] = {}
         self._carried = self._read_versions([e.trace_id for e in examples
                                              if e.trace_id and e.output is not None])
 
     def _read_versions(self, trace_ids: list[str]) -> dict[str, dict[str, str]]:
         """trace id -> {component: the one version all its calls carried}, for the runs
-        that can stand for a rollout (module docstring)."""
+        that can stand for a rollout (module docstring). Read by trace id alone and
+        filtered here: a filter on span_type would make SQLite scan by that index
+        (``store.prompt_links`` says the same)."""
         seen: dict[str, dict[str, set]] = {}
         spoiled: set[str] = set()
         with self.store.read() as conn:
@@ -70,11 +69,12 @@ class RecordedRuns:
                 rows = conn.execute(
                     select(_SPANS.c.trace_id, _SPANS.c.parent_span_id, _SPANS.c.span_type,
                            _SPANS.c.component, _SPANS.c.prompt_version, _SPANS.c.model,
-                           _SPANS.c.prompt_flag, _SPANS.c.status_code)
-                    .where(_SPANS.c.trace_id.in_(chunk), _SPANS.c.run_id.is_(None),
-                           (_SPANS.c.span_type == "llm") | _SPANS.c.parent_span_id.is_(None))
-                ).all()
+                           _SPANS.c.prompt_flag, _SPANS.c.status_code, _SPANS.c.run_id)
+                    .where(_SPANS.c.trace_id.in_(chunk))).all()
                 for row in rows:
+                    if row.run_id is not None or (row.parent_span_id is not None
+                                                  and row.span_type != "llm"):
+                        continue
                     if row.parent_span_id is None:
                         if row.status_code == "ERROR":
                             spoiled.add(row.trace_id)
@@ -97,23 +97,15 @@ class RecordedRuns:
         versions = prompts.versions()
         return all(versions.get(c) == v for c, v in carried.items())
 
-    def _trace(self, trace_id: str) -> list[dict[str, Any]]:
-        with self._lock:
-            spans = self._spans.get(trace_id)
-        if spans is None:
-            with self.store.read() as conn:
-                rows = conn.execute(select(_SPANS).where(_SPANS.c.trace_id == trace_id)
-                                    .order_by(_SPANS.c.start_ns)).all()
-            spans = [_span_dict(row._mapping) for row in rows]
-            with self._lock:
-                self._spans[trace_id] = spans
-        return spans
-
     def rollout(self, prompts: PromptSet, example: Example,
                 context: RolloutContext) -> Rollout | None:
         if not self.covers(prompts, example):
             return None
-        spans = self._trace(example.trace_id)
+        # not kept: the engine caches the evaluation, so a pair is read once per run
+        with self.store.read() as conn:
+            rows = conn.execute(select(_SPANS).where(_SPANS.c.trace_id == example.trace_id)
+                                .order_by(_SPANS.c.start_ns)).all()
+        spans = [_span_dict(row._mapping) for row in rows]
         reading = read_rollout(spans)
         trace = RolloutTrace(example.trace_id, tuple(spans), reading.records,
                              tuple(reading.errors))
