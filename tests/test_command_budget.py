@@ -8,7 +8,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from instrumented import instrumentation_shut_down
+from instrumented import recorded_demo
 
 from gepa_trace.cli import main
 
@@ -22,12 +22,7 @@ LOG_ONLY = ["--judge-lm", "gepa-sim/judge", "--task-lm", "gepa-sim/task"]
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
-    from gepa_trace.demo.traffic import run_traffic
-
-    url = f"sqlite:///{tmp_path_factory.mktemp('budget') / 'store.db'}"
-    with instrumentation_shut_down():
-        run_traffic(60, store=url, seed=4, feedback_rate=0.6)
-    return url
+    return recorded_demo(tmp_path_factory.mktemp("budget"), 60, seed=4, feedback_rate=0.6)
 
 
 def _optimize(recorded: str, mode: list[str], limit: list[str]) -> dict:
@@ -73,12 +68,9 @@ def test_log_only_replay_skips_runs_it_cannot_re_render_instead_of_scoring_them(
     is no example for log-only replay: counted as skipped, never evaluated as a 0."""
     import sqlalchemy as sa
 
-    from gepa_trace.demo.traffic import run_traffic
     from gepa_trace.store import forget_store, open_store
 
-    url = f"sqlite:///{tmp_path / 'store.db'}"
-    with instrumentation_shut_down():
-        run_traffic(40, store=url, seed=5, feedback_rate=0.8)
+    url = recorded_demo(tmp_path, 40, seed=5, feedback_rate=0.8)
     with open_store(url).write() as conn:
         traces = [r[0] for r in conn.execute(sa.text(
             "SELECT DISTINCT trace_id FROM spans ORDER BY trace_id LIMIT 12"))]

@@ -9,7 +9,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from instrumented import instrumentation_shut_down
+from instrumented import recorded_demo
 from sqlalchemy import text
 
 from gepa_trace.cli import main
@@ -24,12 +24,7 @@ OPTIMIZE = ["optimize", "--agent", "demo-qa", "--reflection-lm", "gepa-sim/refle
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
-    from gepa_trace.demo.traffic import run_traffic
-
-    url = f"sqlite:///{tmp_path_factory.mktemp('recorded') / 'store.db'}"
-    with instrumentation_shut_down():
-        run_traffic(60, store=url, seed=4, feedback_rate=0.6)
-    return url
+    return recorded_demo(tmp_path_factory.mktemp("recorded"), 60, seed=4, feedback_rate=0.6)
 
 
 def _optimize(url: str, *extra: str) -> dict:

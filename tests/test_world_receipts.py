@@ -84,16 +84,21 @@ def _gepa_layout(instruction: str, item: dict[str, str]) -> str:
         {"current_instruction_doc": instruction, "dataset_with_feedback": [item]})
 
 
+def _first_failure(trap: str, prompts: PromptSet, replay: AgentReplay):
+    """(example, rollout) of the first receipt with ``trap`` that ``prompts`` get wrong."""
+    return next((ex, r) for ex, receipt in zip(world.examples(200, seed=3),
+                                               world.receipts(200, seed=3))
+                if trap in receipt.traps or trap == "extra_words"
+                for r in [replay.evaluate(prompts, ex)] if r.score < 1)
+
+
 @pytest.mark.parametrize("layout", ["ours", "gepa", "gepa with the whole output"])
 @pytest.mark.parametrize("trap", sorted(RULE_OF))
 def test_the_reflection_writes_the_rule_that_fixes_a_failing_example(trap, layout):
     component = RULE_OF[trap][0]
     prompts = _without_rule(trap)
     replay = AgentReplay(world.build_agent, world.metric, agent=world.AGENT_NAME)
-    ex, rollout = next((ex, r) for ex, receipt in zip(world.examples(200, seed=3),
-                                                      world.receipts(200, seed=3))
-                       if trap in receipt.traps or trap == "extra_words"
-                       for r in [replay.evaluate(prompts, ex)] if r.score < 1)
+    ex, rollout = _first_failure(trap, prompts, replay)
     if layout == "ours":
         prompt = build_prompt(component, prompts.instruction(component),
                               reflection_examples(component, [ex], [rollout]), 4000)
@@ -116,10 +121,7 @@ def test_the_reflection_learns_from_a_users_correction_without_words_for_the_mis
     component = RULE_OF[trap][0]
     prompts = _without_rule(trap)
     replay = AgentReplay(world.build_agent, world.metric, agent=world.AGENT_NAME)
-    ex, rollout = next((ex, r) for ex, receipt in zip(world.examples(200, seed=3),
-                                                      world.receipts(200, seed=3))
-                       if trap in receipt.traps or trap == "extra_words"
-                       for r in [replay.evaluate(prompts, ex)] if r.score < 1)
+    ex, rollout = _first_failure(trap, prompts, replay)
     feedback = (f"expected '{ex.expected}' (a user's correction), the answer was "
                 f"'{rollout.output['answer']}'.")
     prompt = _gepa_layout(prompts.instruction(component), {

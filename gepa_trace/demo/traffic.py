@@ -44,7 +44,7 @@ from gepa_trace.demo.poison import Poison, user_id
 from gepa_trace.demo.world import MONTHS, QUESTION_KINDS, make_questions, world
 from gepa_trace.optimizer.protocols import Example
 from gepa_trace.prompts import PromptSet
-from gepa_trace.worlds.users import check_rates, traced_runs, user_feedback
+from gepa_trace.worlds.users import check_rates, review, traced_runs, user_feedback
 
 PHRASINGS = ["the answer should be {}", "Correct answer: {}", "no, the right answer is {}"]
 VAGUE = ["wrong", "not what I asked", "that's not right", "useless answer"]
@@ -130,8 +130,6 @@ def run_traffic(n: int, *, store: Any = None, seed: int = 0, feedback_rate: floa
             gt.record_feedback(trace_id, name="user", source="user", store=store, score=0.0,
                                comment=comment)
         if reviewed:
-            right = metric(example, output).score >= 1.0
-            gt.record_feedback(trace_id, score=1.0 if right else 0.0, name="review",
-                               source="reviewer", store=store,
-                               expected=None if right else str(example.expected))
+            gt.record_feedback(trace_id, store=store, **review(
+                metric(example, output).score >= 1.0, str(example.expected)))
     return [trace_id for trace_id, _ in results]

@@ -25,7 +25,7 @@ from typing import Any
 from gepa_trace.optimizer.protocols import Example
 from gepa_trace.prompts import PromptSet
 from gepa_trace.worlds.receipts import AGENT_NAME, SEED_PROMPTS, build_agent, examples, metric
-from gepa_trace.worlds.users import check_rates, traced_runs, user_feedback
+from gepa_trace.worlds.users import check_rates, review, traced_runs, user_feedback
 
 PHRASINGS = ["Correct answer: {}", "the answer should be {}"]
 VAGUE = ["wrong", "this is not right", "wrong amount", "please fix this entry"]
@@ -74,8 +74,6 @@ def record_traffic(n: int, *, store: Any = None, seed: int = 0, feedback_rate: f
             gt.record_feedback(trace_id, name="user", source="user", store=store,
                                **_user_feedback(example, output, rng, noise))
         if reviewed:
-            right = metric(example, output).score >= 1.0
-            gt.record_feedback(trace_id, score=1.0 if right else 0.0, name="review",
-                               source="reviewer", store=store,
-                               expected=None if right else str(example.expected))
+            gt.record_feedback(trace_id, store=store, **review(
+                metric(example, output).score >= 1.0, str(example.expected)))
     return [trace_id for trace_id, _ in results]

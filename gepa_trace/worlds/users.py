@@ -45,6 +45,13 @@ def user_feedback(right: bool, expected: str, rng: random.Random, noise: float, 
     return {"score": 0.0, "comment": said if roll < VAGUE_RATE else None}
 
 
+def review(right: bool, expected: str) -> dict[str, Any]:
+    """The ``record_feedback`` fields of a reviewer's verdict on one run: approved, or
+    rejected with the right answer."""
+    return {"score": 1.0 if right else 0.0, "name": "review", "source": "reviewer",
+            "expected": None if right else expected}
+
+
 def check_rates(**rates: float) -> None:
     """Raise ValueError naming the first rate outside [0, 1]."""
     for name, value in rates.items():
