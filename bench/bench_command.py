@@ -29,10 +29,7 @@ arrived; gepa's script reports its own marks.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -291,17 +288,11 @@ def main(argv=None) -> int:
     for v in verdicts:
         print(v)
     if not args.no_write:
-        from importlib.metadata import version
-
-        from results import write_section  # bench/results.py, beside this file
+        from results import measured_with, write_section  # bench/results.py, beside this
 
         heading = "Whole optimize command vs gepa (bench/bench_command.py)"
-        command = "bench/bench_command.py " + " ".join(argv or sys.argv[1:])
-        when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
         section = (
-            f"## {heading}\n\n`.venv/bin/python {command.strip()}` on {when}, "
-            f"{os.cpu_count()} CPUs, Python {platform.python_version()}, gepa "
-            f"{version('gepa')}. Each command timed from process start to exit, runs "
+            f"## {heading}\n\n{measured_with('bench_command.py', argv)}. Each command timed from process start to exit, runs "
             f"interleaved (ours, then gepa's script, per seed), each on a fresh copy of the "
             f"store. {args.latency_ms:g} ms per simulated LLM call, budget {args.budget} "
             f"rollouts, our --workers {args.workers} and gepa's adapter on {args.workers} "

@@ -472,17 +472,14 @@ def main(argv=None) -> int:
     for verdict in verdicts:
         print(verdict)
     if not args.no_write:
-        command = "bench/bench_optimizer_vs_gepa.py " + " ".join(argv or sys.argv[1:])
-        when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-        from importlib.metadata import version
+        from results import measured_with  # bench/results.py, beside this file
 
         heading = ("Optimizer vs gepa (bench/bench_optimizer_vs_gepa.py)" if args.workers == 16
                    else f"Optimizer vs gepa at {args.workers} workers "
                         f"(bench/bench_optimizer_vs_gepa.py --workers {args.workers})")
         section = (
             f"\n## {heading}\n\n"
-            f"`.venv/bin/python {command.strip()}` on {when}, {os.cpu_count()} CPUs, "
-            f"Python {platform.python_version()}, gepa {version('gepa')}. "
+            f"{measured_with('bench_optimizer_vs_gepa.py', argv)}. "
             f"Simulated world: the demo QA agent (3 components) on `gepa-sim/task`, "
             f"reflection by `gepa-sim/reflect`, {args.latency_ms:g} ms injected per LLM call; "
             f"seeds {args.seeds} (each row is the mean over them); "

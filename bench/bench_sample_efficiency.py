@@ -31,12 +31,9 @@ stdout, and to a section of bench/RESULTS.md unless --no-write.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import importlib
 import json
 import multiprocessing
-import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -335,17 +332,12 @@ def main(argv=None) -> int:
 
 
 def write(text: str, args, argv, seconds: float) -> None:
-    from importlib.metadata import version
-
-    from results import write_section  # bench/results.py, beside this file
+    from results import measured_with, write_section  # bench/results.py, beside this file
 
     heading = "Sample efficiency vs gepa, SIMULATED (bench/bench_sample_efficiency.py)"
-    command = "bench/bench_sample_efficiency.py " + " ".join(argv or sys.argv[1:])
-    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     section = (
         f"## {heading}\n\nSIMULATED models (gepa-sim/task, gepa-sim/reflect), no injected "
-        f"latency. `.venv/bin/python {command.strip()}` on {when}, {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}, gepa {version('gepa')}, {seconds / 60:.0f} "
+        f"latency. {measured_with('bench_sample_efficiency.py', argv)}, {seconds / 60:.0f} "
         f"min in all. Per world and seed s: {args.runs} recorded production runs of the "
         f"seed prompts (traffic seed s); each row on a fresh copy of that store: ours is "
         f"`gepa-trace optimize --budget-rollouts B --seed s`"
