@@ -70,9 +70,10 @@ class OptimizerConfig:
       them rejected because the minibatch held no failure that component causes. The
       defaults (4 examples, every component reflected on and changed in one child,
       validation started on half the set and grown once solved) reached a held-out
-      0.74 / 0.89 at 100 / 200 rollouts on the demo against 0.41 / 0.56 for GEPA's
-      settings, and 0.66 / 0.89 against 0.39 / 0.52 on the expense desk (bench/
-      RESULTS.md, "Sample efficiency: what was tried"; simulated models).
+      0.74 / 0.89 at 100 / 200 rollouts on the demo against 0.41 / 0.54 for GEPA's
+      settings, and 0.66 / 0.89 against 0.39 / 0.52 on the expense desk, both with
+      recorded runs read for free (bench/RESULTS.md, "Sample efficiency: what was
+      tried"; simulated models).
     - ``acceptance``: strict_improvement (child's minibatch sum > parent's) |
       improvement_or_equal.
     - ``min_score``, ``perfect_score``: the range of the metric's scores. A child's
