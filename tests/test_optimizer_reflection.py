@@ -58,10 +58,11 @@ def test_long_inputs_are_cut_with_a_marker_never_silently():
     rollouts = [Rollout(score=0.0, feedback=f"wrong {i}",
                         records={"c": [ComponentRecord("c", "passage " * 3000, "out")]})
                 for i in range(3)]
-    # 600 tokens: the template's untrusted-data notice and each field's delimiters are
-    # about 110 tokens of this small budget; three cut examples still fit.
-    prompt = build_prompt("c", "Do it.", reflection_examples("c", ex, rollouts), max_tokens=600)
-    assert len(prompt) <= 600 * 4
+    # 700 tokens: the template's untrusted-data notice, its keep-unchanged paragraph and
+    # each field's delimiters are about 170 tokens of this small budget; three cut
+    # examples still fit.
+    prompt = build_prompt("c", "Do it.", reflection_examples("c", ex, rollouts), max_tokens=700)
+    assert len(prompt) <= 700 * 4
     assert prompt.count("characters cut ...]") >= 1
     for i in range(3):  # every example is still there, with its feedback
         assert f"wrong {i}" in prompt

@@ -27,6 +27,7 @@ from gepa_trace.errors import LMError
 from gepa_trace.lm.sim.quoted import unquote
 from gepa_trace.lm.untrusted import NOTICE
 from gepa_trace.optimizer import ComponentRecord, Example, Rollout
+from gepa_trace.optimizer.reflection import KEEP_NOTE
 from gepa_trace.prompts import PromptSet
 
 RULES = {"planner": ["P1", "P2", "P3", "P4"], "answerer": ["A1", "A2", "A3", "A4"]}
@@ -139,8 +140,9 @@ class RuleReflectionLM:
                          key=lambda r: (-asked[r], r))
         have = sorted(rules_in(current))
         # A harmful edit now and then, drawn from what the prompt says, not from its
-        # untrusted-data markers and notice (the toy runs' tests predate them).
-        read = unquote(prompt.replace(NOTICE + "\n\n", ""))
+        # untrusted-data markers, notice and keep-unchanged note (the toy runs' tests
+        # predate them).
+        read = unquote(prompt.replace(NOTICE + "\n\n", "").replace(KEEP_NOTE + "\n", ""))
         if missing and _h(read) % 4 == 0 and have:
             new, why = current.replace(f"RULE {have[0]}", "").strip(), "drop a stale rule"
         elif missing:

@@ -225,10 +225,11 @@ def dataset_trust_lines(dataset: Any, max_user_share: float) -> list[str]:
               help="Run rollouts in this many worker processes, each with --workers "
                    "threads (an agent's Python runs on more than one core); needs "
                    "--entrypoint.")
-@click.option("--lookahead", type=click.IntRange(min=1, max=64), default=4, show_default=True,
+@click.option("--lookahead", type=click.IntRange(min=1, max=64), default=None,
               help="Reflection iterations run at once, each on the guess that the ones "
                    "before it are rejected; the choices are those of the one-at-a-time "
-                   "loop, a wrong guess costs its rollouts. 1: one at a time.")
+                   "loop, a wrong guess costs its rollouts. 1: one at a time. Default: 1 "
+                   "with --budget-rollouts of at most 300, else 4.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of every random choice (runs with the same seed choose the same).")
 @click.option("--since", default=None, help="Only runs since then: 24h, 7d or an ISO date.")
@@ -270,7 +271,7 @@ def optimize(agent: str, entrypoint: str | None, metric: str, app_dir: str | Non
              rubric: str | None,
              budget_rollouts: int, max_llm_calls: int | None, max_cost: float | None,
              max_seconds: float | None, held_out_share: float, workers: int, processes: int,
-             lookahead: int, seed: int,
+             lookahead: int | None, seed: int,
              since: str | None, until: str | None, with_feedback: bool, sample: int | None,
              golden_file: str | None, source_weight: tuple[str, ...], max_user_share: float,
              split: str | None, no_replay_cache: bool, no_recorded_runs: bool,
@@ -322,7 +323,7 @@ def _optimize(agent: str | None, entrypoint: str | None, metric: str, app_dir: s
               rubric: str | None,
               budget_rollouts: int, max_llm_calls: int | None, max_cost: float | None,
               max_seconds: float | None, held_out_share: float, workers: int, processes: int,
-              lookahead: int, seed: int,
+              lookahead: int | None, seed: int,
               since: str | None, until: str | None, with_feedback: bool,
               sample: int | None, golden_file: str | None, source_weight: tuple[str, ...],
               max_user_share: float, split: str | None, no_replay_cache: bool,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from gepa_trace.errors import ConfigError
@@ -33,6 +33,12 @@ class MergeConfig:
 #: Fewer validation examples than this tell candidates apart by luck: a run starts on
 #: them all, or on this many, whatever ``val_start_share`` says.
 MIN_VAL_START = 10
+
+#: The default lookahead, and the rollout budget up to which the default is 1 instead: at
+#: 100-200 rollouts the rollouts a wrong guess spends are a share of the budget the
+#: search misses (bench/RESULTS.md, "Sample efficiency: what was tried").
+LOOKAHEAD = 4
+SMALL_BUDGET = 300
 
 
 @dataclass(frozen=True)
@@ -61,7 +67,8 @@ class OptimizerConfig:
       the guess has held at least as often as not). Results depend on it, not on
       ``workers``. Reflection calls run on threads of their own (up to
       ``(lookahead + 1) * components``), so the reflection LM must be thread-safe
-      (``gepa_trace.lm.LM`` is).
+      (``gepa_trace.lm.LM`` is). None (the default): decided by the run's budget
+      (``for_budget``): 1 up to ``SMALL_BUDGET`` rollouts, else ``LOOKAHEAD``.
     - ``candidate_selection``: pareto | current_best | epsilon_greedy (``epsilon``).
     - ``minibatch_size``, ``component_selection`` (round_robin | all), ``val_start``
       and ``val_start_share``: what an iteration costs and what it can teach. GEPA's
@@ -117,7 +124,7 @@ class OptimizerConfig:
 
     seed: int = 0
     workers: int = 4
-    lookahead: int = 4
+    lookahead: int | None = None
     minibatch_size: int = 4
     candidate_selection: str = "pareto"
     epsilon: float = 0.1
@@ -150,8 +157,9 @@ class OptimizerConfig:
 
         if not isinstance(self.workers, int) or self.workers < 1:
             raise bad("workers", f"must be an integer >= 1, got {self.workers!r}")
-        if not isinstance(self.lookahead, int) or self.lookahead < 1:
-            raise bad("lookahead", f"must be an integer >= 1, got {self.lookahead!r}")
+        if self.lookahead is not None and (not isinstance(self.lookahead, int)
+                                           or self.lookahead < 1):
+            raise bad("lookahead", f"must be None or an integer >= 1, got {self.lookahead!r}")
         if not isinstance(self.minibatch_size, int) or self.minibatch_size < 1:
             raise bad("minibatch_size", f"must be an integer >= 1, got {self.minibatch_size!r}")
         if self.candidate_selection not in CANDIDATE_SELECTIONS:
@@ -208,10 +216,20 @@ class OptimizerConfig:
     def gepa(cls, **overrides: Any) -> OptimizerConfig:
         """GEPA's loop as published (the ``gepa`` package's defaults): minibatches of 3,
         one component per iteration in turn, validation on the whole set from the start;
-        ``overrides`` on top. For comparing with GEPA, and for tests of the loop's
-        mechanics written against it."""
+        run ``LOOKAHEAD`` iterations at a time at any budget (the choices are the same;
+        only what wrong guesses spend differs); ``overrides`` on top. For comparing with
+        GEPA, and for tests of the loop's mechanics written against it."""
         return cls(**{"minibatch_size": 3, "component_selection": "round_robin",
-                      "val_start_share": 1.0, **overrides})
+                      "val_start_share": 1.0, "lookahead": LOOKAHEAD, **overrides})
+
+    def for_budget(self, max_rollouts: int | None) -> OptimizerConfig:
+        """This config with ``lookahead`` decided for a run of at most ``max_rollouts``
+        rollouts (None: no rollout limit) when it was left to the default: 1 for a budget
+        of at most ``SMALL_BUDGET`` rollouts, else ``LOOKAHEAD``."""
+        if self.lookahead is not None:
+            return self
+        small = max_rollouts is not None and max_rollouts <= SMALL_BUDGET
+        return replace(self, lookahead=1 if small else LOOKAHEAD)
 
     def starting_val_size(self, val_size: int) -> int:
         """How many of ``val_size`` validation examples the run validates on first."""

@@ -93,7 +93,7 @@ class Optimizer(GepaPlanner, WindowScheduler, Speculation, Halting, Bookkeeping)
                  budget: Budget, store: Store | None = None, agent: str | None = None,
                  config: OptimizerConfig | None = None, callbacks: Iterable[object] = (),
                  run_id: str | None = None, recorded: RecordedEvidence | None = None):
-        self.config = (config or OptimizerConfig()).validate()
+        self.config = (config or OptimizerConfig()).validate().for_budget(budget.max_rollouts)
         if not isinstance(seed_prompts, PromptSet) or len(seed_prompts) == 0:
             raise ConfigError("seed_prompts must be a non-empty PromptSet")
         if not val:

@@ -64,6 +64,10 @@ from gepa_trace.optimizer.state import Candidate, first_live
 from gepa_trace.optimizer.stopping import StopRun
 from gepa_trace.prompts import PromptVersion
 
+#: The kind of a proposal that gave no child because the reflection kept every
+#: component's instruction as it was (not an error: nothing to change was found).
+NO_CHANGE = "no_change"
+
 
 class GepaPlanner:
     """The decisions of GEPA's loop, in its order (see the module docstring)."""
@@ -134,8 +138,7 @@ class GepaPlanner:
         prompts = dict(parent.prompts)
         prompts.update({pv.component: pv.version for pv in new_versions})
         if prompts == parent.prompts:
-            slot.failure = ("reflection_reply",
-                            "the reflection reply repeats the current instruction")
+            slot.failure = (NO_CHANGE, "the reflection kept every instruction unchanged")
             return None
         existing = state.find(prompts)
         if existing is not None:
@@ -190,13 +193,15 @@ class GepaPlanner:
                          reason: str, ahead: bool = False) -> None:
         """Record a proposal that gave no child. ``ahead``: its iteration was planned
         ahead and never judged (it is planned again, or the run stopped first), so the
-        failure is an error but not a verdict on the iteration."""
-        self.totals.reflection_errors += 1
+        failure is an error but not a verdict on the iteration. ``NO_CHANGE`` (the
+        reflection found nothing to change in any component) is no error."""
         payload = {"iteration": iteration, "parent": parent.id, "kind": kind, "reason": reason}
         if ahead:
             payload["ahead"] = True
         self.recorder.event("proposal_failed", payload)
-        self.callbacks.emit(OptimizerErrorEvent(kind, reason, iteration=iteration))
+        if kind != NO_CHANGE:
+            self.totals.reflection_errors += 1
+            self.callbacks.emit(OptimizerErrorEvent(kind, reason, iteration=iteration))
         if not ahead:
             self.callbacks.emit(CandidateRejected(iteration, None, reason))
 

@@ -3,7 +3,9 @@
 The prompt holds the component's current instruction and, for each minibatch example,
 only that component's records (its rendered inputs, its outputs, errors) and the
 metric's feedback. It asks for a plain-language diagnosis first and then the complete
-new instruction in a fenced block. The template is replaceable per component
+new instruction in a fenced block, or the current one unchanged when the failures shown
+do not come from this component (several components are reflected on for one child: an
+edit a component does not need is how a child that fixes another one gets sunk). The template is replaceable per component
 (placeholders ``<component>``, ``<curr_param>``, ``<side_info>``).
 
 The prompt is kept under a token limit: the longest texts are cut in the middle with a
@@ -31,6 +33,14 @@ from gepa_trace.lm.fenced import extract_fenced
 from gepa_trace.lm.untrusted import NOTICE, neutralise, quote
 from gepa_trace.optimizer.protocols import ComponentRecord, Example, Rollout
 
+#: Lets the reflection leave a component alone when the failures are not its own: with
+#: every component reflected on for one child, an edit a component does not need is how a
+#: child that fixes another one gets sunk.
+KEEP_NOTE = ("If the failures in these examples do not come from this component (what it "
+             "received was already wrong, or a later step went wrong while this one did its "
+             "part), say so in the diagnosis and give the current instruction unchanged: a "
+             "rule this component does not need can only make it worse.\n")
+
 DEFAULT_TEMPLATE = """You are improving one prompt of a multi-step LLM agent: the prompt of the component "<component>".
 The component currently uses this instruction:
 ```
@@ -52,6 +62,7 @@ Read the outputs and the feedback. Identify the niche and domain-specific facts 
 
 Keep every template variable written in braces (such as {question}) exactly as it appears in the current instruction.
 
+""" + KEEP_NOTE + """
 First, write a short diagnosis in plain language: what went wrong in these examples and why. Then give the complete new instruction (not a diff) within ``` blocks."""
 
 CUT_MARKER = "[... {n} characters cut ...]"

@@ -151,7 +151,15 @@ def reply(messages: list[dict[str, str]], rng: random.Random) -> str:
     proposals.sort(key=lambda p: -p[0])
     proposals = proposals[:MAX_NEW_RULES]
 
-    if proposals and rng.random() >= USELESS_RATE:
+    roll = rng.random()
+    if not proposals:
+        from gepa_trace.lm.sim.reflect import keep_reply, kept
+
+        keep, roll = kept(roll, prompt)
+        if keep:
+            return keep_reply(f"Nothing in these {total} examples points to this step.",
+                              instruction)
+    if proposals and roll >= USELESS_RATE:
         rules = [p[1] for p in proposals]
         found = "; ".join(p[2] for p in proposals)
         diagnosis = ("Diagnosis: " + found[:1].upper() + found[1:]

@@ -405,6 +405,8 @@ def reflect(messages: list[dict[str, str]], rng: random.Random) -> str:
         examples_of,
         feedback_of,
         insert_rules,
+        keep_reply,
+        kept,
     )
 
     prompt = unquote("\n\n".join(m.get("content") or "" for m in messages
@@ -432,6 +434,11 @@ def reflect(messages: list[dict[str, str]], rng: random.Random) -> str:
     roll = rng.random()
     total = max(len(examples), 1)
     text, new_rules, diagnosis = instruction, [], []
+    if not applicable:
+        keep, roll = kept(roll, prompt)
+        if keep:
+            return keep_reply(f"The failures in these {total} examples do not come from "
+                              "this step.", instruction)
     if applicable and roll >= USELESS_RATE + HARMFUL_RATE:
         name = applicable[0]
         pattern = PATTERNS[name]

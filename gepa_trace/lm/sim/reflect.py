@@ -43,7 +43,11 @@ the same reply) about a quarter of its replies are flawed:
 
 When no pattern applies to the instruction's step (the failure lies elsewhere, or there
 is no feedback), it still answers, as reflection LMs do: a vague edit (70%) or a harmful
-one (30%). Minibatch acceptance is what keeps those out.
+one (30%). Minibatch acceptance is what keeps those out. When the prompt allows keeping
+the instruction unchanged in that case (``offers_keep``: gepa-trace's reflection template
+does, gepa's does not), it takes that way out in ``KEEP_RATE`` (60%) of such replies and
+answers as before in the rest: a model told it may leave a step alone still often edits
+it.
 
 Trace content quoted as untrusted data (``<untrusted-data ...>`` markers) is read like
 any other text: the markers are dropped (``quoted.unquote``), the content is kept.
@@ -77,6 +81,30 @@ from gepa_trace.lm.sim.task import behaviours_of, step_of
 USELESS_RATE = 0.12
 HARMFUL_RATE = 0.07
 DROP_RATE = 0.07
+#: How often, when no pattern applies and the prompt allows it, the instruction is kept.
+KEEP_RATE = 0.6
+_KEEP_OFFER = re.compile(r"give the current instruction unchanged", re.IGNORECASE)
+
+
+def offers_keep(prompt: str) -> bool:
+    """The reflection prompt allows answering with the current instruction unchanged."""
+    return _KEEP_OFFER.search(prompt) is not None
+
+
+def kept(roll: float, prompt: str) -> tuple[bool, float]:
+    """(keep the instruction, the roll rescaled for the other branches) for a reply whose
+    failures are not this step's: kept in ``KEEP_RATE`` of them when ``offers_keep``."""
+    if not offers_keep(prompt):
+        return False, roll
+    if roll < KEEP_RATE:
+        return True, roll
+    return False, (roll - KEEP_RATE) / (1 - KEEP_RATE)
+
+
+def keep_reply(diagnosis: str, instruction: str) -> str:
+    """The reply that keeps ``instruction`` as it is."""
+    return ("Diagnosis: " + diagnosis + " So I keep the instruction unchanged."
+            + "\n\nNew instruction:\n```\n" + instruction.strip() + "\n```\n")
 
 
 @dataclass(frozen=True)
@@ -384,6 +412,10 @@ def _reflect(messages: list[dict[str, str]], rng: random.Random) -> str:
     diagnosis: list[str] = []
     new_rules: list[str] = []
     text = instruction
+    if not applicable:
+        keep, roll = kept(roll, prompt)
+        if keep:
+            return keep_reply(_vague_diagnosis(applicable, elsewhere, total), instruction)
     if applicable and roll >= USELESS_RATE + HARMFUL_RATE:
         chosen = applicable[:1]
         if len(applicable) > 1 and counts[applicable[1].name] == counts[applicable[0].name]:
