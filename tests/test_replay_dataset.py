@@ -172,21 +172,26 @@ def test_every_run_is_an_example_or_left_out_with_its_reason(store_url):
     old = int((time.time() - 3 * 86400) * 1e9)
     write_spans(store, [_root(i, start=old) for i in range(3)])  # outside --since
     write_spans(store, [_root(10 + i) for i in range(30)])
-    no_inputs = _root(50)
-    del no_inputs["attributes"]["input.value"]
-    write_spans(store, [no_inputs, _root(51, question="q10")])  # 51 duplicates 10
+    no_inputs, silent = _root(50), _root(52)
+    del no_inputs["attributes"]["input.value"], silent["attributes"]["input.value"]
+    write_spans(store, [no_inputs, silent, _root(51, question="q10")])  # 51 duplicates 10
     write_spans(store, [_root(200, run_id="run-x")])  # a rollout: neither
-    for i in [*range(10, 40, 2), 51]:
+    for i in [*range(10, 40, 2), 50, 51]:
         _feedback(store, f"{i:032x}", 1.0)
     set_mark(store, [f"{12:032x}"], "excluded", "a test account")
     data = load_examples(store, "qa", filters=ExampleFilter(since=time.time() - 86400),
                          min_examples=0, list_outside=True)
     reasons = {x.trace_id: x.reason for x in data.left_out}
     examples = {e.id for e in data.all()}
-    production = {f"{i:032x}" for i in [*range(3), *range(10, 40), 50, 51]}
+    production = {f"{i:032x}" for i in [*range(3), *range(10, 40), 50, 51, 52]}
     assert examples | set(reasons) == production and not examples & set(reasons)
     assert reasons[f"{0:032x}"] == "outside_window"
     assert reasons[f"{50:032x}"] == "no_inputs"
+    # with no feedback at all, that is the reason, whatever else the run lacks
+    assert reasons[f"{52:032x}"] == "no_signal"
+    assert next(x.run for x in data.left_out if x.trace_id == f"{52:032x}") is None
+    assert next(x.run for x in data.left_out if x.trace_id == f"{11:032x}").inputs == \
+        {"question": "q11"}
     assert reasons[f"{11:032x}"] == "no_signal"
     assert reasons[f"{12:032x}"] == "excluded"
     assert next(x.detail for x in data.left_out if x.trace_id == f"{12:032x}") == \

@@ -39,21 +39,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-
-from sqlalchemy import and_, select, text
 
 from gepa_trace.errors import ConfigError, GepaTraceError, NotFoundError
 from gepa_trace.optimizer.protocols import Example
 from gepa_trace.replay import trust
-from gepa_trace.store import SpanRow, Store, safe_url
+from gepa_trace.replay.production_runs import ProductionRuns
+from gepa_trace.store import Store, safe_url
 from gepa_trace.store.marks import marks_of
 from gepa_trace.store.queries import feedback_for_traces
 from gepa_trace.store.verdict import Verdict, verdict
-
-_SPANS = SpanRow.__table__
 
 #: Why a run is not an example: reason code -> what ``examples`` prints.
 REASONS = {
@@ -112,18 +109,34 @@ class SplitFractions:
                               f"train={self.train} val={self.val} test={self.test}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class LeftOut:
     """A production run that is not an example, and why (``reason``: a key of
     ``REASONS``; ``detail``: the sentence to show). ``run`` is the run as it would have
     been an example (None when it was never read: outside the time window, or without
-    inputs); ``duplicate_of``: the kept run with the same inputs."""
+    inputs); ``duplicate_of``: the kept run with the same inputs.
+
+    A run left out for want of any feedback record is read (its attributes parsed)
+    only when ``run`` is first asked for: a long history is mostly such runs, and the
+    optimizer never looks at them."""
 
     trace_id: str
     reason: str
     detail: str
-    run: Example | None = None
     duplicate_of: str | None = None
+
+    def __init__(self, trace_id: str, reason: str, detail: str, run: Example | None = None,
+                 duplicate_of: str | None = None, *,
+                 read: Callable[[str], Example | None] | None = None) -> None:
+        # frozen: fields are set through __dict__ (a long history makes thousands of these)
+        self.__dict__.update(trace_id=trace_id, reason=reason, detail=detail,
+                             duplicate_of=duplicate_of, _run=run, _read=read)
+
+    @property
+    def run(self) -> Example | None:
+        if self._read is not None:  # read(trace_id): the run, read on first use
+            self.__dict__.update(_run=self._read(self.trace_id), _read=None)
+        return self._run
 
 
 @dataclass
@@ -268,58 +281,54 @@ def expected_origin(example: Example) -> str:
     return f"{where} (feedback {record})"
 
 
-def _roots(store: Store, agent: str, filters: ExampleFilter,
-           list_outside: bool) -> tuple[list[Any], list[str], int]:
-    """(root spans in the time window with their attributes, newest first; trace ids
-    of the agent's production runs outside it, if ``list_outside``; how many those are)."""
-    production = and_(_SPANS.c.agent == agent, _SPANS.c.parent_span_id.is_(None),
-                      _SPANS.c.run_id.is_(None))
-    window = []
-    if filters.since is not None:
-        window.append(_SPANS.c.start_ns >= int(filters.since * 1e9))
-    if filters.until is not None:
-        window.append(_SPANS.c.start_ns < int(filters.until * 1e9))
-    with store.read() as conn:
-        roots = conn.execute(select(_SPANS.c.trace_id, _SPANS.c.attributes, _SPANS.c.start_ns)
-                             .where(production, *window)
-                             .order_by(_SPANS.c.start_ns.desc(), _SPANS.c.trace_id)).all()
-        if not window:
-            return roots, [], 0
-        outside = and_(production, ~and_(*window))
-        if not list_outside:  # a nightly run over a long history: a count, not the ids
-            return roots, [], _count_outside(conn, store, agent, filters)
-        ids = conn.execute(select(_SPANS.c.trace_id).where(outside)
-                           .order_by(_SPANS.c.start_ns.desc())).scalars().all()
-    return roots, list(ids), len(ids)
+class _Unread:
+    """Runs left out without being read; the first ``run`` asked of any reads the
+    attributes of every run in the window at once, as ``examples`` and the UI list every
+    left-out run."""
+
+    def __init__(self, runs: ProductionRuns, make: Callable[[str, str], Example | None]
+                 ) -> None:
+        self.runs, self.make = runs, make
+        self.attributes: dict[str, str] | None = None
+
+    def example(self, trace_id: str) -> Example | None:
+        if self.attributes is None:
+            self.attributes = self.runs.all_attributes()
+        text = self.attributes.get(trace_id)
+        return self.make(trace_id, text) if text is not None else None
 
 
-def _count_outside(conn: Any, store: Store, agent: str, filters: ExampleFilter) -> int:
-    """How many production runs of ``agent`` lie outside the window, counted on the
-    agent's production-run index alone. Without statistics, SQLite's planner would pick
-    ix_spans_agent_root (two equalities) and read every root's row for its run id, ten
-    times slower at 1M spans; there it is told which index to use."""
-    hint = " INDEXED BY ix_spans_agent_runs_by_time" if store.dialect == "sqlite" else ""
-    window, params = [], {"agent": agent}
-    if filters.since is not None:
-        window.append("start_ns >= :since")
-        params["since"] = int(filters.since * 1e9)
-    if filters.until is not None:
-        window.append("start_ns < :until")
-        params["until"] = int(filters.until * 1e9)
-    sql = (f"SELECT COUNT(*) FROM spans{hint} WHERE agent = :agent AND parent_span_id IS "
-           f"NULL AND run_id IS NULL AND NOT ({' AND '.join(window)})")
-    return int(conn.execute(text(sql), params).scalar_one())
+def _without_feedback(filters: ExampleFilter) -> tuple[str, str]:
+    """(reason, what to show) of a run that is not excluded, has no feedback record and
+    cannot be an example: the first check of ``load_examples`` it fails, inputs aside."""
+    if filters.only_with_feedback:
+        return "no_feedback", REASONS["no_feedback"]
+    if filters.min_score is not None or filters.max_score is not None:
+        return "score_filtered", REASONS["score_filtered"] + ": no score"
+    return "no_signal", REASONS["no_signal"]
 
 
-def _unknown_runs(store: Store, agent: str, trace_ids: list[str]) -> list[str]:
-    """Those of ``trace_ids`` that are not production runs of ``agent``."""
-    if not trace_ids:
-        return []
-    with store.read() as conn:
-        found = set(conn.execute(select(_SPANS.c.trace_id).where(
-            _SPANS.c.agent == agent, _SPANS.c.parent_span_id.is_(None),
-            _SPANS.c.run_id.is_(None), _SPANS.c.trace_id.in_(trace_ids))).scalars())
-    return [t for t in trace_ids if t not in found]
+def _example_of(trace_id: str, attributes_json: str, fb: list[dict[str, Any]], mark: Any,
+                golden: set[str], fractions: SplitFractions,
+                source_weights: Mapping[str, float] | None
+                ) -> tuple[Example, Verdict, str] | None:
+    """A run as an example, from its root's attributes and its feedback, with its
+    verdict and inputs key (None: no inputs)."""
+    attributes = json.loads(attributes_json)
+    inputs = _inputs_of(attributes)
+    if inputs is None:
+        return None
+    output = _loads(attributes.get("output.value"))
+    v = verdict(fb, output, source_weights)
+    key = inputs_key(inputs)
+    example = Example(id=trace_id, inputs=inputs, expected=v.expected, output=output,
+                      feedback=tuple(fb), trace_id=trace_id,
+                      split=split_of(key, fractions),
+                      meta={"feedback_score": v.score, "verdict": v.to_dict(),
+                            "user": user_of(attributes),
+                            "mark": mark.mark if mark is not None else
+                            ("golden" if trace_id in golden else None)})
+    return example, v, key
 
 
 def load_examples(store: Store, agent: str, *, filters: ExampleFilter = ExampleFilter(),
@@ -340,15 +349,23 @@ def load_examples(store: Store, agent: str, *, filters: ExampleFilter = ExampleF
     run over a long history need not read their ids). ``source_weights``: per-source
     weights of the feedback records in each run's score (``store.verdict``, rule 2).
     """
-    roots, outside, n_outside = _roots(store, agent, filters, list_outside)
+    # Without any feedback record a run can never be an example when feedback is asked
+    # for: its reason is known without its attributes, which are read on demand.
+    needs_feedback = need_signal or filters.only_with_feedback or \
+        filters.min_score is not None or filters.max_score is not None
+    runs = ProductionRuns(store, agent, filters.since, filters.until)
+    roots = runs.window("with_feedback" if needs_feedback else "all")
+    outside = runs.outside() if list_outside else []
+    n_outside = len(outside) if list_outside else runs.count_outside()
     if not roots and not n_outside:
         raise NotEnoughExamples(f"no recorded runs of agent {agent!r} in the store; check "
                                 "the name with `gepa-trace traces`")
     marks = marks_of(store, agent)
     golden = {t for t, m in marks.items() if m.mark == "golden"}
     in_window = {r.trace_id for r in roots}
-    unknown = _unknown_runs(store, agent, [t for t in dict.fromkeys(filters.golden)
-                                           if t not in in_window])
+    asked = [t for t in dict.fromkeys(filters.golden) if t not in in_window]
+    found = runs.attributes_of(asked)
+    unknown = [t for t in asked if t not in found]
     if unknown:
         listed = ", ".join(unknown[:3]) + (f" and {len(unknown) - 3} more" if len(unknown) > 3
                                            else "")
@@ -365,31 +382,39 @@ def load_examples(store: Store, agent: str, *, filters: ExampleFilter = ExampleF
         text = REASONS[reason] + (f": {detail}" if detail else "")
         dataset.left_out.append(LeftOut(trace, reason, text, run=run, **more))
 
-    feedback = {trace: [f.to_dict() for f in found] for trace, found in
-                feedback_for_traces(store, [r.trace_id for r in roots]).items()}
+    attributes = {r.trace_id: r.attributes for r in roots if r.attributes is not None}
+    # a golden run is read: its question goes to validation even when it is left out
+    attributes.update(runs.attributes_of([r.trace_id for r in roots if r.trace_id in golden
+                                          and r.trace_id not in attributes]))
+    feedback = {trace: [f.to_dict() for f in records] for trace, records in
+                feedback_for_traces(store, list(attributes)).items() if records}
+
+    def unread_example(trace_id: str, attributes: str) -> Example | None:
+        read = _example_of(trace_id, attributes, [], marks.get(trace_id), golden,
+                           fractions, source_weights)
+        return read[0] if read is not None else None
+
+    unread = _Unread(runs, unread_example).example
+    without = _without_feedback(filters)
     usable: list[Example] = []
     keys: dict[str, str] = {}
     for root in roots:  # newest first
-        attributes = json.loads(root.attributes)
-        inputs = _inputs_of(attributes)
         mark = marks.get(root.trace_id)
         excluded = mark is not None and mark.mark == "excluded"
-        if inputs is None:
+        fb = feedback.get(root.trace_id, [])
+        if not fb and needs_feedback and root.trace_id not in golden:
+            if excluded:
+                leave(root.trace_id, "excluded", mark.reason or "", read=unread)
+            else:  # the same reason for every such run
+                dataset.left_out.append(LeftOut(root.trace_id, *without, read=unread))
+            continue
+        read = _example_of(root.trace_id, attributes[root.trace_id], fb, mark, golden,
+                           fractions, source_weights)
+        if read is None:
             leave(root.trace_id, "excluded" if excluded else "no_inputs",
                   (mark.reason or "") if excluded else "")
             continue
-        fb = feedback.get(root.trace_id, [])
-        output = _loads(attributes.get("output.value"))
-        v = verdict(fb, output, source_weights)
-        key = inputs_key(inputs)
-        keys[root.trace_id] = key
-        example = Example(id=root.trace_id, inputs=inputs, expected=v.expected, output=output,
-                          feedback=tuple(fb), trace_id=root.trace_id,
-                          split=split_of(key, fractions),
-                          meta={"feedback_score": v.score, "verdict": v.to_dict(),
-                                "user": user_of(attributes),
-                                "mark": mark.mark if mark is not None else
-                                ("golden" if root.trace_id in golden else None)})
+        example, v, keys[root.trace_id] = read
         if excluded:
             leave(example, "excluded", mark.reason or "")
         elif filters.only_with_feedback and not v.records:
