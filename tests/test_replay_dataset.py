@@ -240,3 +240,44 @@ def test_golden_runs_always_go_to_validation(store_url):
             load_examples(store, "qa", filters=ExampleFilter(golden=(bad,)))
     with pytest.raises(ConfigError, match="rollout of optimization run run-x"):
         set_mark(store, [f"{100:032x}"], "golden")
+
+
+def test_runs_without_feedback_are_left_out_for_what_asked_for_it_and_read_on_demand(store_url):
+    """A run with no feedback record cannot be an example when feedback is asked for
+    (the feedback metric, --with-feedback, a score filter): it is left out for that
+    reason, and its ``run`` reads as the example it would have been."""
+    store = open_store(store_url)
+    write_spans(store, [_root(i) for i in range(24)])
+    for i in range(8):
+        _feedback(store, f"{i:032x}", i / 8, "the answer should be Paris" if i % 2 else None)
+    set_mark(store, [f"{20:032x}"], "excluded", "a test account")
+    set_mark(store, [f"{21:032x}"], "golden")
+    silent = {f"{i:032x}" for i in range(8, 24)}
+    everything = load_examples(store, "qa", min_examples=0, need_signal=False,
+                               filters=ExampleFilter(dedupe_inputs=False))
+    read = {e.id: e for e in everything.all()}
+    read.update({x.trace_id: x.run for x in everything.left_out})
+    cases = [({}, "no_signal", "no feedback to learn from"),
+             ({"only_with_feedback": True}, "no_feedback", "no feedback (--with-feedback)"),
+             ({"min_score": 0.5}, "score_filtered",
+              "score outside --min-score/--max-score: no score")]
+    for given, reason, detail in cases:
+        need_signal = not given
+        data = load_examples(store, "qa", filters=ExampleFilter(**given), min_examples=0,
+                             need_signal=need_signal)
+        left = {x.trace_id: x for x in data.left_out}
+        assert silent <= set(left) and not silent & {e.id for e in data.all()}
+        assert left[f"{20:032x}"].reason == "excluded"
+        assert left[f"{20:032x}"].detail == "excluded by the user: a test account"
+        assert {(left[t].reason, left[t].detail) for t in silent - {f"{20:032x}"}} == \
+            {(reason, detail)}, given
+        for trace_id in silent:
+            run, eager = left[trace_id].run, read[trace_id]
+            assert (run.inputs, run.output, run.expected, run.feedback, run.meta) == \
+                (eager.inputs, eager.output, eager.expected, eager.feedback, eager.meta)
+            assert run.split == split_of(inputs_key(run.inputs))
+        assert left[f"{21:032x}"].run.meta["mark"] == "golden"
+    # every run with a score is an example (a score of 0 too), the rest are left out
+    data = load_examples(store, "qa", min_examples=0)
+    assert {e.id for e in data.all()} == {f"{i:032x}" for i in range(8)}
+    assert len(data.left_out) == len(silent)
