@@ -13,7 +13,12 @@ when it is outside --since/--until, excluded by the user (``examples exclude``),
 recorded inputs, has no feedback (--with-feedback), its score is outside
 --min/--max-score, it has no feedback to learn from (``need_signal``), another kept run
 has the same inputs (de-duplication keeps a golden run first, then the latest), it is
-not in the --sample, or (log-only replay) none of its calls can be re-rendered.
+not in the --sample, or (log-only replay) none of its calls can be re-rendered. One
+exception to the order: a run with no feedback record at all, when feedback is asked
+for (--with-feedback, a score filter, ``need_signal``), is left out for that reason
+without its inputs being read, so "no inputs recorded" counts only runs that have
+feedback. Most of a long history is such runs; their ``LeftOut.run`` is read when first
+asked for (``examples`` and the UI list them; the optimizer never does).
 
 Each example's ``meta["user"]`` is the end user of the run (the root span's ``user.id``,
 ``enduser.id`` or ``gepa.user.id``; None when unknown): feedback of source ``user`` on a
@@ -128,15 +133,22 @@ class LeftOut:
     def __init__(self, trace_id: str, reason: str, detail: str, run: Example | None = None,
                  duplicate_of: str | None = None, *,
                  read: Callable[[str], Example | None] | None = None) -> None:
-        # frozen: fields are set through __dict__ (a long history makes thousands of these)
-        self.__dict__.update(trace_id=trace_id, reason=reason, detail=detail,
-                             duplicate_of=duplicate_of, _run=run, _read=read)
+        _set(self, "trace_id", trace_id)
+        _set(self, "reason", reason)
+        _set(self, "detail", detail)
+        _set(self, "duplicate_of", duplicate_of)
+        _set(self, "_run", run)
+        _set(self, "_read", read)  # read(trace_id): the run, read on first use
 
     @property
     def run(self) -> Example | None:
-        if self._read is not None:  # read(trace_id): the run, read on first use
-            self.__dict__.update(_run=self._read(self.trace_id), _read=None)
+        if self._read is not None:
+            _set(self, "_run", self._read(self.trace_id))
+            _set(self, "_read", None)
         return self._run
+
+
+_set = object.__setattr__  # a frozen dataclass sets its fields this way too
 
 
 @dataclass
@@ -208,7 +220,11 @@ def unit_hash(text: str, salt: str = "split") -> float:
 
 def inputs_key(inputs: Any) -> str:
     """The text a run's split is drawn from: its inputs as canonical JSON."""
-    return json.dumps(inputs, sort_keys=True, default=str, ensure_ascii=False)
+    return _CANONICAL.encode(inputs)
+
+
+# json.dumps(inputs, sort_keys=True, default=str, ensure_ascii=False), made once
+_CANONICAL = json.JSONEncoder(sort_keys=True, default=str, ensure_ascii=False)
 
 
 def split_of(key: str, fractions: SplitFractions = SplitFractions()) -> str:
@@ -222,14 +238,20 @@ def split_of(key: str, fractions: SplitFractions = SplitFractions()) -> str:
 
 
 def _loads(text: Any) -> Any:
-    if text is None:
-        return None
+    """``text`` parsed as JSON, or as it is when it is not JSON (a plain answer)."""
     if not isinstance(text, str):
+        return text
+    # what json.loads would refuse by its first character, without its costly exception
+    if text.lstrip(" \t\n\r")[:1] not in _JSON_STARTS:
         return text
     try:
         return json.loads(text)
     except ValueError:
         return text
+
+
+#: The first characters of JSON as json.loads reads it (NaN and Infinity included).
+_JSON_STARTS = frozenset('{["-0123456789tfnNI')
 
 
 def _inputs_of(attributes: dict[str, Any]) -> dict[str, Any] | None:
@@ -362,7 +384,7 @@ def load_examples(store: Store, agent: str, *, filters: ExampleFilter = ExampleF
                                 "the name with `gepa-trace traces`")
     marks = marks_of(store, agent)
     golden = {t for t, m in marks.items() if m.mark == "golden"}
-    in_window = {r.trace_id for r in roots}
+    in_window = {trace_id for trace_id, _start, _text in roots} if filters.golden else set()
     asked = [t for t in dict.fromkeys(filters.golden) if t not in in_window]
     found = runs.attributes_of(asked)
     unknown = [t for t in asked if t not in found]
@@ -382,12 +404,14 @@ def load_examples(store: Store, agent: str, *, filters: ExampleFilter = ExampleF
         text = REASONS[reason] + (f": {detail}" if detail else "")
         dataset.left_out.append(LeftOut(trace, reason, text, run=run, **more))
 
-    attributes = {r.trace_id: r.attributes for r in roots if r.attributes is not None}
-    # a golden run is read: its question goes to validation even when it is left out
-    attributes.update(runs.attributes_of([r.trace_id for r in roots if r.trace_id in golden
-                                          and r.trace_id not in attributes]))
+    # A run's attributes come with it when it has feedback (or when every run is read);
+    # a golden run is read in any case: its question goes to validation even when it is
+    # left out.
+    unread_golden = runs.attributes_of([t for t, _start, text in roots
+                                        if text is None and t in golden] if golden else [])
     feedback = {trace: [f.to_dict() for f in records] for trace, records in
-                feedback_for_traces(store, list(attributes)).items() if records}
+                feedback_for_traces(store, [t for t, _start, text in roots
+                                            if text is not None]).items() if records}
 
     def unread_example(trace_id: str, attributes: str) -> Example | None:
         read = _example_of(trace_id, attributes, [], marks.get(trace_id), golden,
@@ -398,23 +422,24 @@ def load_examples(store: Store, agent: str, *, filters: ExampleFilter = ExampleF
     without = _without_feedback(filters)
     usable: list[Example] = []
     keys: dict[str, str] = {}
-    for root in roots:  # newest first
-        mark = marks.get(root.trace_id)
+    for trace_id, _start, text in roots:  # newest first
+        mark = marks.get(trace_id)
         excluded = mark is not None and mark.mark == "excluded"
-        fb = feedback.get(root.trace_id, [])
-        if not fb and needs_feedback and root.trace_id not in golden:
+        if text is None and trace_id in unread_golden:
+            text = unread_golden[trace_id]
+        elif text is None:  # no feedback record: left out unread
             if excluded:
-                leave(root.trace_id, "excluded", mark.reason or "", read=unread)
+                leave(trace_id, "excluded", mark.reason or "", read=unread)
             else:  # the same reason for every such run
-                dataset.left_out.append(LeftOut(root.trace_id, *without, read=unread))
+                dataset.left_out.append(LeftOut(trace_id, *without, read=unread))
             continue
-        read = _example_of(root.trace_id, attributes[root.trace_id], fb, mark, golden,
+        read = _example_of(trace_id, text, feedback.get(trace_id, []), mark, golden,
                            fractions, source_weights)
         if read is None:
-            leave(root.trace_id, "excluded" if excluded else "no_inputs",
+            leave(trace_id, "excluded" if excluded else "no_inputs",
                   (mark.reason or "") if excluded else "")
             continue
-        example, v, keys[root.trace_id] = read
+        example, v, keys[trace_id] = read
         if excluded:
             leave(example, "excluded", mark.reason or "")
         elif filters.only_with_feedback and not v.records:
