@@ -159,9 +159,24 @@ class Dataset:
     train: list[Example] = field(default_factory=list)
     val: list[Example] = field(default_factory=list)
     test: list[Example] = field(default_factory=list)
-    left_out: list[LeftOut] = field(default_factory=list)
     #: production runs outside --since/--until (in ``left_out`` only when listed)
     outside_window: int = 0
+    # The runs left out, in order: a LeftOut, or the trace id of a run left out unread
+    # for want of feedback, whose reason, detail and reader are ``_unread``; made a
+    # LeftOut when ``left_out`` is first asked for (a long history has thousands).
+    _left: list[LeftOut | str] = field(default_factory=list, repr=False)
+    _unread: tuple[str, str, Callable[[str], Example | None]] | None = \
+        field(default=None, repr=False)
+
+    @property
+    def left_out(self) -> list[LeftOut]:
+        """The production runs that are not examples, each with its reason."""
+        if self._unread is not None:
+            reason, detail, read = self._unread
+            self._left = [LeftOut(item, reason, detail, read=read) if isinstance(item, str)
+                          else item for item in self._left]
+            self._unread = None
+        return self._left  # type: ignore[return-value]  (LeftOut only, from here on)
 
     def keep(self, usable: Any) -> None:
         """Keep only the examples ``usable(example)`` accepts; the others are left out
@@ -172,7 +187,7 @@ class Dataset:
                 if usable(example):
                     kept.append(example)
                 else:
-                    self.left_out.append(LeftOut(example.id, "not_replayable",
+                    self._left.append(LeftOut(example.id, "not_replayable",
                                                  REASONS["not_replayable"], run=example))
             setattr(self, split, kept)
 
@@ -181,9 +196,11 @@ class Dataset:
 
     def left_out_by_reason(self) -> dict[str, int]:
         counts: dict[str, int] = {"outside_window": self.outside_window}
-        for item in self.left_out:
-            if item.reason != "outside_window":
-                counts[item.reason] = counts.get(item.reason, 0) + 1
+        unread = self._unread[0] if self._unread is not None else ""
+        for item in self._left:  # without making the unread runs' LeftOuts
+            reason = unread if isinstance(item, str) else item.reason
+            if reason != "outside_window":
+                counts[reason] = counts.get(reason, 0) + 1
         return {reason: n for reason, n in counts.items() if n}
 
     @property
@@ -396,13 +413,13 @@ def load_examples(store: Store, agent: str, *, filters: ExampleFilter = ExampleF
     golden |= set(filters.golden)
     dataset = Dataset(agent=agent, outside_window=n_outside)
     for trace_id in outside:
-        dataset.left_out.append(LeftOut(trace_id, "outside_window", REASONS["outside_window"]))
+        dataset._left.append(LeftOut(trace_id, "outside_window", REASONS["outside_window"]))
 
     def leave(example: Example | str, reason: str, detail: str = "", **more: Any) -> None:
         run = example if isinstance(example, Example) else None
         trace = run.id if run is not None else str(example)
         text = REASONS[reason] + (f": {detail}" if detail else "")
-        dataset.left_out.append(LeftOut(trace, reason, text, run=run, **more))
+        dataset._left.append(LeftOut(trace, reason, text, run=run, **more))
 
     # A run's attributes come with it when it has feedback (or when every run is read);
     # a golden run is read in any case: its question goes to validation even when it is
@@ -419,7 +436,7 @@ def load_examples(store: Store, agent: str, *, filters: ExampleFilter = ExampleF
         return read[0] if read is not None else None
 
     unread = _Unread(runs, unread_example).example
-    without = _without_feedback(filters)
+    dataset._unread = (*_without_feedback(filters), unread)
     usable: list[Example] = []
     keys: dict[str, str] = {}
     for trace_id, _start, text in roots:  # newest first
@@ -431,7 +448,7 @@ def load_examples(store: Store, agent: str, *, filters: ExampleFilter = ExampleF
             if excluded:
                 leave(trace_id, "excluded", mark.reason or "", read=unread)
             else:  # the same reason for every such run
-                dataset.left_out.append(LeftOut(trace_id, *without, read=unread))
+                dataset._left.append(trace_id)
             continue
         read = _example_of(trace_id, text, feedback.get(trace_id, []), mark, golden,
                            fractions, source_weights)
