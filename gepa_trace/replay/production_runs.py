@@ -45,10 +45,12 @@ class ProductionRuns:
             self.params["until"] = int(until * 1e9)
         self.bounds = " AND ".join(bounds)
 
-    def _select(self, columns: str, where: str, order: str = "") -> list[Any]:
+    def _select(self, columns: str, where: str, order: str = "") -> list[tuple[Any, ...]]:
         sql = f"SELECT {columns} FROM {self.spans} WHERE {_PRODUCTION} AND {where}{order}"
         with self.store.read() as conn:
-            return conn.execute(text(sql), self.params).all()
+            # plain tuples: the garbage collector stops tracking a tuple of strings and
+            # numbers, not a Row (20k live Rows cost a full collection, 50-80 ms here)
+            return [tuple(row) for row in conn.execute(text(sql), self.params)]
 
     def window(self, attributes: str = "with_feedback") -> list[Any]:
         """Rows (trace_id, start_ns, attributes) in the window, newest first (then by
@@ -71,8 +73,8 @@ class ProductionRuns:
         """Trace ids of the agent's production runs outside the window, newest first."""
         if not self.bounds:
             return []
-        return [r.trace_id for r in self._select("trace_id", f"NOT ({self.bounds})",
-                                                 " ORDER BY start_ns DESC")]
+        return [row[0] for row in self._select("trace_id", f"NOT ({self.bounds})",
+                                               " ORDER BY start_ns DESC")]
 
     def count_outside(self) -> int:
         """How many production runs of the agent lie outside the window (index only)."""
