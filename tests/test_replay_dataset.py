@@ -281,3 +281,27 @@ def test_runs_without_feedback_are_left_out_for_what_asked_for_it_and_read_on_de
     data = load_examples(store, "qa", min_examples=0)
     assert {e.id for e in data.all()} == {f"{i:032x}" for i in range(8)}
     assert len(data.left_out) == len(silent)
+
+
+def test_an_examples_feedback_and_verdict_are_plain_copies_of_the_records(store_url):
+    """Example.feedback and meta["verdict"] hold what ``dataclasses.asdict`` gives (the
+    dicts are built field by field for speed): same keys, same values, own copies."""
+    from dataclasses import asdict
+
+    from gepa_trace.store.queries import feedback_for_traces
+    from gepa_trace.store.verdict import verdict
+
+    store = open_store(store_url)
+    write_spans(store, [_root(1)])
+    trace = f"{1:032x}"
+    _feedback(store, trace, 0.9, "Correct answer: Lima", label="geo")
+    _feedback(store, trace, 1.0, source="reviewer")
+    example = load_examples(store, "qa", min_examples=0).all()[0]
+    records = feedback_for_traces(store, [trace])[trace]
+    assert list(example.feedback) == [asdict(f) for f in records]
+    v = verdict(records, {"answer": "a1"})
+    expected = {**asdict(v), "comments": list(v.comments), "labels": list(v.labels)}
+    assert example.meta["verdict"] == expected == v.to_dict()
+    approved = verdict(records[1:], {"answer": "a1"})
+    assert approved.to_dict()["expected"] == {"answer": "a1"}
+    assert approved.to_dict()["expected"] is not approved.expected

@@ -22,6 +22,7 @@ import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
+from functools import cache
 from typing import Any
 
 from sqlalchemy import case, exists, func, literal_column, or_, select, text
@@ -66,10 +67,13 @@ class Feedback:
     def to_dict(self) -> dict[str, Any]:
         # every field is a scalar: a flat copy is what asdict gives, at a tenth of the cost
         # (example loading makes one per feedback record)
-        return {name: getattr(self, name) for name in _FEEDBACK_FIELDS}
+        return {name: getattr(self, name) for name in _field_names(type(self))}
 
 
-_FEEDBACK_FIELDS = tuple(f.name for f in fields(Feedback))
+@cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    """The fields of a dataclass (a subclass of Feedback adds its own)."""
+    return tuple(f.name for f in fields(cls))
 
 
 def _mean_score(feedback: Sequence[Feedback]) -> float | None:
