@@ -188,7 +188,7 @@ class Dataset:
                     kept.append(example)
                 else:
                     self._left.append(LeftOut(example.id, "not_replayable",
-                                                 REASONS["not_replayable"], run=example))
+                                              REASONS["not_replayable"], run=example))
             setattr(self, split, kept)
 
     def all(self) -> list[Example]:
@@ -320,23 +320,6 @@ def expected_origin(example: Example) -> str:
     return f"{where} (feedback {record})"
 
 
-class _Unread:
-    """Runs left out without being read; the first ``run`` asked of any reads the
-    attributes of every run in the window at once, as ``examples`` and the UI list every
-    left-out run."""
-
-    def __init__(self, runs: ProductionRuns, make: Callable[[str, str], Example | None]
-                 ) -> None:
-        self.runs, self.make = runs, make
-        self.attributes: dict[str, str] | None = None
-
-    def example(self, trace_id: str) -> Example | None:
-        if self.attributes is None:
-            self.attributes = self.runs.all_attributes()
-        text = self.attributes.get(trace_id)
-        return self.make(trace_id, text) if text is not None else None
-
-
 def _without_feedback(filters: ExampleFilter) -> tuple[str, str]:
     """(reason, what to show) of a run that is not excluded, has no feedback record and
     cannot be an example: the first check of ``load_examples`` it fails, inputs aside."""
@@ -430,13 +413,15 @@ def load_examples(store: Store, agent: str, *, filters: ExampleFilter = ExampleF
                 feedback_for_traces(store, [t for t, _start, text in roots
                                             if text is not None]).items() if records}
 
-    def unread_example(trace_id: str, attributes: str) -> Example | None:
-        read = _example_of(trace_id, attributes, [], marks.get(trace_id), golden,
-                           fractions, source_weights)
+    attributes_later = runs.attributes_later()
+
+    def unread_example(trace_id: str) -> Example | None:
+        text = attributes_later(trace_id)
+        read = _example_of(trace_id, text, [], marks.get(trace_id), golden, fractions,
+                           source_weights) if text is not None else None
         return read[0] if read is not None else None
 
-    unread = _Unread(runs, unread_example).example
-    dataset._unread = (*_without_feedback(filters), unread)
+    dataset._unread = (*_without_feedback(filters), unread_example)
     usable: list[Example] = []
     keys: dict[str, str] = {}
     for trace_id, _start, text in roots:  # newest first
@@ -446,7 +431,7 @@ def load_examples(store: Store, agent: str, *, filters: ExampleFilter = ExampleF
             text = unread_golden[trace_id]
         elif text is None:  # no feedback record: left out unread
             if excluded:
-                leave(trace_id, "excluded", mark.reason or "", read=unread)
+                leave(trace_id, "excluded", mark.reason or "", read=unread_example)
             else:  # the same reason for every such run
                 dataset._left.append(trace_id)
             continue

@@ -9,12 +9,12 @@ index is therefore named (``INDEXED BY``); PostgreSQL picks it from its statisti
 
 A run's attributes (its inputs and output, the bulk of a root) are read only where they
 are needed: ``window`` reads them for the runs with feedback (or all of them), and the
-others are read in one go when asked for (``all_attributes``).
+others are read in one go when asked for (``attributes_later``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import text
@@ -65,9 +65,19 @@ class ProductionRuns:
         return self._select(f"trace_id, start_ns, {column}", self.bounds or "1 = 1",
                             " ORDER BY start_ns DESC, trace_id")
 
-    def all_attributes(self) -> dict[str, str]:
-        """{trace id: root attributes JSON} of every run in the window."""
-        return dict(self._select("trace_id, attributes", self.bounds or "1 = 1"))
+    def attributes_later(self) -> Callable[[str], str | None]:
+        """A lookup of one run's root attributes JSON (None: not a run in the window)
+        that reads those of every run in the window at its first call: the runs left
+        out unread are listed all together (``examples``, the UI) or not at all."""
+        found: dict[str, str] | None = None
+
+        def lookup(trace_id: str) -> str | None:
+            nonlocal found
+            if found is None:
+                found = dict(self._select("trace_id, attributes", self.bounds or "1 = 1"))
+            return found.get(trace_id)
+
+        return lookup
 
     def outside(self) -> list[str]:
         """Trace ids of the agent's production runs outside the window, newest first."""
