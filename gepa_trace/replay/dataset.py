@@ -176,7 +176,7 @@ class Dataset:
             self._left = [LeftOut(item, reason, detail, read=read) if isinstance(item, str)
                           else item for item in self._left]
             self._unread = None
-        return self._left  # type: ignore[return-value]  (LeftOut only, from here on)
+        return self._left  # type: ignore[return-value]  # only LeftOuts from here on
 
     def keep(self, usable: Any) -> None:
         """Keep only the examples ``usable(example)`` accepts; the others are left out

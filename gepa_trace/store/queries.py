@@ -10,8 +10,9 @@ Contracts shared by every function:
   with ``start_time`` (epoch seconds) and ``duration_ms`` derived.
 - A run is a root span (``parent_span_id IS NULL``); its agent is the root's ``agent``.
 - Queries read spans through an index, never a scan of the table (production runs by
-  time, with or without an agent, and LLM calls by component: revision 0007; the
-  primary key's ``trace_id``; ``feedback.trace_id``), and never issue one query per run:
+  time, with or without an agent, and LLM calls by component: revision 0007; an
+  agent's traces and their LLM calls: revision 0008; the primary key's ``trace_id``;
+  ``feedback.trace_id``), and never issue one query per run:
   feedback and span totals for a page of runs come from one query each.
   ``tests/test_store_scale.py`` checks the plans.
 """
