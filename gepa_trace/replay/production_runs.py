@@ -1,7 +1,8 @@
 """The root spans of one agent's production runs, as example loading reads them.
 
-Every query here reads the agent's production-run index (``ix_spans_agent_runs_by_time``,
-revision 0007) and reaches the spans table only for the rows whose attributes it needs.
+The window's queries read the agent's production-run index (``ix_spans_agent_runs_by_time``,
+revision 0007), and ``attributes_of`` the agent's traces by id (``ix_spans_agent_traces``,
+revision 0008); they reach the spans table only for the rows whose attributes they need.
 Without statistics (gepa-trace never runs ANALYZE) SQLite's planner prefers
 ``ix_spans_agent_root`` (two equalities) and then reads every root of the agent,
 rollouts included, for its run id: three to ten times slower at 1M spans. On SQLite the
