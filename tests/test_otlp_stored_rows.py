@@ -101,9 +101,8 @@ def request() -> trace_service_pb2.ExportTraceServiceRequest:
         _span(4, [("gepa.agent", "trip-agent"), ("gepa.component", "planner"),
                   ("gepa.prompt.version", "not-its-hash"), ("gepa.prompt.template", TEMPLATE),
                   ("openinference.span.kind", "LLM")]),
-        _span(5, [("gen_ai.operation.name", "chat"), ("gen_ai.system_instructions",
-                                                       '[{"type": "text", "content": "Be '
-                                                       'kind."}]'),
+        _span(5, [("gen_ai.operation.name", "chat"),
+                  ("gen_ai.system_instructions", '[{"type": "text", "content": "Be kind."}]'),
                   ("gen_ai.response.model", "m-2"), ("gen_ai.agent.name", "genai-agent")],
               end_time_unix_nano=0),
         _span(6, [("traceloop.span.kind", "task"), ("traceloop.entity.name", "lookup"),
