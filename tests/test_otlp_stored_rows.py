@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import grpc
+import pytest
 import sqlalchemy as sa
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
@@ -164,6 +165,11 @@ def test_the_rows_stored_for_a_fixed_request_are_exactly_the_pinned_ones(tmp_pat
     got = _collect(f"sqlite:///{tmp_path / 'http.db'}", "http")
     assert got == expected
     assert _collect(f"sqlite:///{tmp_path / 'grpc.db'}", "grpc") == expected
+
+
+@pytest.mark.postgres
+def test_postgresql_stores_the_same_pinned_rows(pg_url):  # written by COPY, not INSERT
+    assert _collect(pg_url, "http") == json.loads(FIXTURE.read_text())
 
 
 if __name__ == "__main__":
