@@ -4,10 +4,11 @@ Status codes (the gRPC counterparts of the HTTP answers):
 - OK + ExportTraceServiceResponse (``partial_success`` when spans were rejected or flagged), sent
   only after the spans are committed;
 - UNAUTHENTICATED: missing or wrong ``authorization: Bearer`` metadata;
-- RESOURCE_EXHAUSTED: message over ``--max-body-mb`` (enforced by gRPC itself, which
-  also inflates gzip messages and holds them, at most ``grpc_workers`` at once, before
-  the service sees them), more RPCs at once than ``grpc_workers``, or a request whose
-  decoded spans alone would exceed the memory bound (``admission.TooLarge``);
+- RESOURCE_EXHAUSTED: message over ``--max-body-mb``, compressed or once inflated
+  (enforced by gRPC itself, which inflates gzip messages and holds them, at most
+  ``grpc_workers`` at once, before the service sees them), more RPCs at once than
+  ``grpc_workers``, or a request whose spans (counted from its framing, before it is
+  parsed) alone would exceed the memory bound (``admission.TooLarge``);
 - UNAVAILABLE with ``retry-after`` metadata: the writer is behind, or the request does
   not fit in the memory left for requests in flight (``admission``: the message's size
   and its spans, counted from its framing, are taken before it is parsed);
