@@ -249,12 +249,12 @@ def go(senders: list) -> list[float]:
 
 
 def run(transport: str, url: str, spans: int, exporters: int, batch: int, seed: int) -> dict:
-    from gepa_trace.collectors.otlp import Collector, CollectorConfig
+    from gepa_trace.collectors.otlp import Collector, CollectorConfig, tune_process_for_ingest
     from gepa_trace.store import open_store
 
     store = open_store(url, create=True)  # as `gepa-trace collect` does
     bodies, ids = make_requests(spans, batch, seed=seed)
-    sys.setswitchinterval(0.001)  # as `gepa-trace collect` does (see cli/collect.py)
+    tune_process_for_ingest()  # as `gepa-trace collect` does
     collector = Collector(store, CollectorConfig(http_port=0, grpc_port=0)).start()
     port = collector.http_port if transport == "http" else collector.grpc_port
     senders = start_senders(transport, [port], spans, exporters, batch, [seed])

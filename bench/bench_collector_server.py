@@ -116,12 +116,12 @@ def _start_uvicorn(receiver, http: str):
 
 
 def run(server_kind: str, spans: int, exporters: int, batch: int, seed: int) -> dict:
-    from gepa_trace.collectors.otlp import Collector, CollectorConfig
+    from gepa_trace.collectors.otlp import Collector, CollectorConfig, tune_process_for_ingest
     from gepa_trace.store import open_store
 
     directory = tempfile.mkdtemp(prefix="gepa-bench-server-")
     store = open_store(f"sqlite:///{directory}/collector.db", create=True)
-    sys.setswitchinterval(0.001)  # as `gepa-trace collect` does
+    tune_process_for_ingest()  # as `gepa-trace collect` does
     stdlib = server_kind == "http.server"
     collector = Collector(store, CollectorConfig(http_port=0 if stdlib else None,
                                                  grpc_port=None)).start()

@@ -2,7 +2,7 @@
 queries take through their public functions.
 
     .venv/bin/python bench/bench_store_scale.py [--spans 1000000] [--repeats 7]
-        [--pg URL | --no-pg] [--cache DIR] [--no-write]
+        [--pg URL [--pg-schema NAME] | --no-pg] [--cache DIR] [--no-write]
 
 The store is built once with the write path (``store.spans.prepare_spans`` and
 ``write_prepared``, 20,000 spans per transaction) and cached: the SQLite file under
@@ -160,10 +160,10 @@ def sqlite_store(cache: Path, spans: int) -> str:
     return url
 
 
-def pg_store(base: str, spans: int) -> str:
+def pg_store(base: str, spans: int, schema: str | None = None) -> str:
     import sqlalchemy as sa
 
-    schema = f"bench_scale_{spans}_v{DATA_VERSION}"
+    schema = schema or f"bench_scale_{spans}_v{DATA_VERSION}"
     sep = "&" if "?" in base else "?"
     url = f"{base}{sep}options=-csearch_path%3D{schema}"
     if _built(url, spans):
@@ -302,6 +302,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--pg", default=os.environ.get(
         "GEPA_TRACE_TEST_PG", "postgresql+psycopg://gepa:gepa@127.0.0.1:5432/gepa_test"))
+    parser.add_argument("--pg-schema", default=None,
+                        help="the cache's schema (default bench_scale_<spans>_v<data version>)")
     parser.add_argument("--no-pg", action="store_true")
     parser.add_argument("--no-sqlite", action="store_true")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/gepa-trace-scale"))
@@ -312,7 +314,7 @@ def main() -> None:
     if not args.no_sqlite:
         urls["SQLite"] = sqlite_store(args.cache, args.spans)
     if not args.no_pg:
-        urls["PostgreSQL"] = pg_store(args.pg, args.spans)
+        urls["PostgreSQL"] = pg_store(args.pg, args.spans, args.pg_schema)
     build_s = time.perf_counter() - built
     args.load_before = os.getloadavg()[0]
     tables = {name: measure(url, args.repeats) for name, url in urls.items()}

@@ -303,7 +303,6 @@ def _two_lines(results: list[dict], args) -> list[str]:
 
 def main_versus(args) -> None:
     load = os.getloadavg()[0]
-    sys.setswitchinterval(0.001)
     parts = {}
     if args.versus_raw:
         parts["versus"] = _versus_lines(versus_raw(args), args)

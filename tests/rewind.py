@@ -8,7 +8,8 @@ import sqlalchemy as sa
 
 MADE_BY = {"0005": ("TABLE alias_changes",), "0006": ("INDEX ix_spans_error",),
            "0007": ("INDEX ix_spans_roots_by_time", "INDEX ix_spans_agent_runs_by_time",
-                    "INDEX ix_spans_llm_calls")}
+                    "INDEX ix_spans_llm_calls"),
+           "0008": ("INDEX ix_spans_agent_traces", "INDEX ix_spans_llm_calls_by_trace")}
 
 
 def forget_revisions_from(conn, seq: str) -> None:

@@ -16,10 +16,13 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
+from gepa_trace.collectors.admission import MemoryBudget, TooLarge
 from gepa_trace.collectors.otlp_decode import (
     JSON,
     PROTOBUF,
     RequestError,
+    count_encoded_spans,
+    count_spans,
     decode_request,
     encode_response,
     spans_of,
@@ -152,14 +155,53 @@ def test_decompression_is_bounded_against_gzip_bombs():
     assert info.value.status == 413
 
 
+def test_protobuf_spans_are_counted_from_the_framing_across_resources_and_scopes():
+    many = ExportTraceServiceRequest(resource_spans=[
+        ResourceSpans(scope_spans=[ScopeSpans(spans=[span()] * 3), ScopeSpans()]),
+        ResourceSpans(scope_spans=[ScopeSpans(spans=[span()] * 2),
+                                   ScopeSpans(spans=[span()])])])
+    assert count_encoded_spans(many.SerializeToString()) == count_spans(many) == 6
+    assert count_encoded_spans(b"") == 0
+
+
+def test_a_protobuf_request_over_the_memory_bound_is_refused_before_it_is_parsed():
+    # 10,000 "spans" whose bytes are not spans: parsing them would fail (400), so a
+    # TooLarge proves the refusal came from the count, before any parse.
+    garbage_span = b"\x12\x04\xff\xff\xff\xff"  # field 2, 4 bytes that are no Span
+    scope = garbage_span * 10_000
+    resource = b"\x12" + _varint(len(scope)) + scope  # ResourceSpans.scope_spans
+    body = b"\x0a" + _varint(len(resource)) + resource  # one resource_spans
+    with pytest.raises(RequestError) as unparsable:
+        decode_request(body, PROTOBUF)
+    assert unparsable.value.status == 400
+    budget = MemoryBudget(8 << 20)  # 10,000 spans are counted at ~16 MB
+    with budget.ticket() as ticket, pytest.raises(TooLarge):
+        decode_request(body, PROTOBUF, ticket=ticket)
+    assert budget.used == 0
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
 # -- fuzzing: whatever the bytes, the decoders answer RequestError or a request --------
 
 def _decode_never_crashes(body: bytes, ctype: str, encoding: str | None) -> None:
+    budget = MemoryBudget(1 << 40)  # counts what admission would take, refuses nothing
     try:
-        request, pre = decode_request(body, ctype, encoding, limit=1 << 20)
+        with budget.ticket() as ticket:
+            request, pre = decode_request(body, ctype, encoding, limit=1 << 20,
+                                          ticket=ticket)
     except RequestError as exc:
         assert exc.status in (400, 413, 415)
         return
+    if ctype == PROTOBUF and encoding is None:  # the count admission used is exact
+        assert count_encoded_spans(body) == count_spans(request)
     decoded = spans_of(request, pre)
     for s in decoded.spans:
         assert len(s["trace_id"]) == 32 and len(s["span_id"]) == 16

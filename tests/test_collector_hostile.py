@@ -274,21 +274,29 @@ def test_a_gzip_bomb_is_refused_while_inflating_with_no_more_taken_than_the_boun
     assert sum(inflated) // INFLATE_FACTOR[PB] >= (64 << 20) // INFLATE_FACTOR[PB] - INFLATE_STEP
 
 
+def _grpc_export(channel: grpc.Channel):
+    """The raw TraceService/Export method: bytes in, bytes out."""
+    return channel.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+                               request_serializer=None, response_deserializer=None)
+
+
 @pytest.mark.timeout(120)
-def test_grpc_gzip_floods_are_refused_and_memory_stays_under_the_bound(db_url):
+def test_grpc_gzip_floods_are_refused_by_their_span_count_and_every_acked_span_is_stored(
+        db_url):
     bound_mb = 200
     process = CollectorProcess(db_url, "--max-memory-mb", str(bound_mb))
     try:
         base_kb = _memory_kb(process.proc.pid, "VmRSS")
         one = tiny_span(1, 1)
-        flood = request_of([one] * (15_000_000 // (len(one) + 2)))  # 15 MB, 326k spans
+        flood = request_of([one] * (15_000_000 // (len(one) + 2)))  # 15 MB, 312k spans
+        legit = [request_of([tiny_span(2000 + r, i + 1) for i in range(50)])
+                 for r in range(20)]
         codes: list[grpc.StatusCode] = []
+        acked: list[int] = []
 
         def flooder() -> None:
             with grpc.insecure_channel(f"127.0.0.1:{process.grpc_port}") as channel:
-                export = channel.unary_unary(
-                    "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
-                    request_serializer=None, response_deserializer=None)
+                export = _grpc_export(channel)
                 for _ in range(3):
                     try:
                         export(flood, timeout=30, compression=grpc.Compression.Gzip)
@@ -296,25 +304,61 @@ def test_grpc_gzip_floods_are_refused_and_memory_stays_under_the_bound(db_url):
                     except grpc.RpcError as exc:
                         codes.append(exc.code())
 
-        with HealthProbe(process.http_port) as probe:
+        def exporter() -> None:  # as an OTLP exporter does: retry UNAVAILABLE
+            with grpc.insecure_channel(f"127.0.0.1:{process.grpc_port}") as channel:
+                export = _grpc_export(channel)
+                for index, body in enumerate(legit):
+                    deadline = time.monotonic() + 60
+                    while time.monotonic() < deadline:
+                        try:
+                            export(body, timeout=30)
+                        except grpc.RpcError as exc:
+                            assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
+                            time.sleep(0.1)
+                            continue
+                        acked.append(index)
+                        break
+
+        with HealthProbe(process.http_port, every_s=0.05) as probe:
             threads = [threading.Thread(target=flooder) for _ in range(4)]
+            threads.append(threading.Thread(target=exporter))
             for t in threads:
                 t.start()
             for t in threads:
                 t.join(100)
-        probe.report("4 gRPC gzip floods x3")
+        probe.report("4 gRPC gzip floods x3 + 1 gRPC exporter")
         peak_kb = _memory_kb(process.proc.pid, "VmHWM")
         print(f"gRPC: collector RSS before {base_kb // 1024} MB, peak {peak_kb // 1024} MB "
               f"(bound {bound_mb} MB); answers {sorted({c.name for c in codes})}")
         assert len(codes) == 12
+        # counted from the framing (312k spans: ~560 MB), refused as too large, never
+        # parsed; UNAVAILABLE when the message's bytes alone did not fit at that moment
         assert set(codes) <= {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE}
+        assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes
+        # /healthz within 100 ms is measured and printed (bench/RESULTS.md); asserted
+        # loosely here, since a shared 2-core machine stalls any process at times
         assert not probe.failures and max(probe.latencies) < 1.0
         # grpc holds each inflated message (15 MB) before the service counts it
         assert peak_kb < base_kb + bound_mb * 1024 + 4 * 15 * 1024
+        assert sorted(acked) == list(range(len(legit)))
     finally:
         code, stderr = process.terminate()
     assert code == 0, stderr
-    assert _stored(db_url) == 0
+    assert _stored(db_url) == 20 * 50  # all acknowledged spans, none of the flood's
+
+
+def test_grpc_refuses_a_gzip_message_inflating_past_the_body_limit_before_the_service(
+        sqlite_url):
+    config = CollectorConfig(http_port=None, grpc_port=0, max_body_bytes=1 << 20)
+    one = tiny_span(1, 1)
+    body = request_of([one] * ((2 << 20) // (len(one) + 2)))  # 2 MB, gzip to a few KB
+    with Collector(open_store(sqlite_url), config) as collector:
+        with (grpc.insecure_channel(f"127.0.0.1:{collector.grpc_port}") as channel,
+              pytest.raises(grpc.RpcError) as refused):
+            _grpc_export(channel)(body, timeout=30, compression=grpc.Compression.Gzip)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert collector.receiver.budget.peak == 0  # refused by grpc: never admitted
+        assert collector.receiver.stats.requests == 0
 
 
 def test_one_large_request_in_flight_leaves_room_for_the_others(sqlite_url):

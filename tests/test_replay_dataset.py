@@ -172,21 +172,26 @@ def test_every_run_is_an_example_or_left_out_with_its_reason(store_url):
     old = int((time.time() - 3 * 86400) * 1e9)
     write_spans(store, [_root(i, start=old) for i in range(3)])  # outside --since
     write_spans(store, [_root(10 + i) for i in range(30)])
-    no_inputs = _root(50)
-    del no_inputs["attributes"]["input.value"]
-    write_spans(store, [no_inputs, _root(51, question="q10")])  # 51 duplicates 10
+    no_inputs, silent = _root(50), _root(52)
+    del no_inputs["attributes"]["input.value"], silent["attributes"]["input.value"]
+    write_spans(store, [no_inputs, silent, _root(51, question="q10")])  # 51 duplicates 10
     write_spans(store, [_root(200, run_id="run-x")])  # a rollout: neither
-    for i in [*range(10, 40, 2), 51]:
+    for i in [*range(10, 40, 2), 50, 51]:
         _feedback(store, f"{i:032x}", 1.0)
     set_mark(store, [f"{12:032x}"], "excluded", "a test account")
     data = load_examples(store, "qa", filters=ExampleFilter(since=time.time() - 86400),
                          min_examples=0, list_outside=True)
     reasons = {x.trace_id: x.reason for x in data.left_out}
     examples = {e.id for e in data.all()}
-    production = {f"{i:032x}" for i in [*range(3), *range(10, 40), 50, 51]}
+    production = {f"{i:032x}" for i in [*range(3), *range(10, 40), 50, 51, 52]}
     assert examples | set(reasons) == production and not examples & set(reasons)
     assert reasons[f"{0:032x}"] == "outside_window"
     assert reasons[f"{50:032x}"] == "no_inputs"
+    # with no feedback at all, that is the reason, whatever else the run lacks
+    assert reasons[f"{52:032x}"] == "no_signal"
+    assert next(x.run for x in data.left_out if x.trace_id == f"{52:032x}") is None
+    assert next(x.run for x in data.left_out if x.trace_id == f"{11:032x}").inputs == \
+        {"question": "q11"}
     assert reasons[f"{11:032x}"] == "no_signal"
     assert reasons[f"{12:032x}"] == "excluded"
     assert next(x.detail for x in data.left_out if x.trace_id == f"{12:032x}") == \
@@ -235,3 +240,68 @@ def test_golden_runs_always_go_to_validation(store_url):
             load_examples(store, "qa", filters=ExampleFilter(golden=(bad,)))
     with pytest.raises(ConfigError, match="rollout of optimization run run-x"):
         set_mark(store, [f"{100:032x}"], "golden")
+
+
+def test_runs_without_feedback_are_left_out_for_what_asked_for_it_and_read_on_demand(store_url):
+    """A run with no feedback record cannot be an example when feedback is asked for
+    (the feedback metric, --with-feedback, a score filter): it is left out for that
+    reason, and its ``run`` reads as the example it would have been."""
+    store = open_store(store_url)
+    write_spans(store, [_root(i) for i in range(24)])
+    for i in range(8):
+        _feedback(store, f"{i:032x}", i / 8, "the answer should be Paris" if i % 2 else None)
+    set_mark(store, [f"{20:032x}"], "excluded", "a test account")
+    set_mark(store, [f"{21:032x}"], "golden")
+    silent = {f"{i:032x}" for i in range(8, 24)}
+    everything = load_examples(store, "qa", min_examples=0, need_signal=False,
+                               filters=ExampleFilter(dedupe_inputs=False))
+    read = {e.id: e for e in everything.all()}
+    read.update({x.trace_id: x.run for x in everything.left_out})
+    cases = [({}, "no_signal", "no feedback to learn from"),
+             ({"only_with_feedback": True}, "no_feedback", "no feedback (--with-feedback)"),
+             ({"min_score": 0.5}, "score_filtered",
+              "score outside --min-score/--max-score: no score")]
+    for given, reason, detail in cases:
+        need_signal = not given
+        data = load_examples(store, "qa", filters=ExampleFilter(**given), min_examples=0,
+                             need_signal=need_signal)
+        left = {x.trace_id: x for x in data.left_out}
+        assert silent <= set(left) and not silent & {e.id for e in data.all()}
+        assert left[f"{20:032x}"].reason == "excluded"
+        assert left[f"{20:032x}"].detail == "excluded by the user: a test account"
+        assert {(left[t].reason, left[t].detail) for t in silent - {f"{20:032x}"}} == \
+            {(reason, detail)}, given
+        for trace_id in silent:
+            run, eager = left[trace_id].run, read[trace_id]
+            assert (run.inputs, run.output, run.expected, run.feedback, run.meta) == \
+                (eager.inputs, eager.output, eager.expected, eager.feedback, eager.meta)
+            assert run.split == split_of(inputs_key(run.inputs))
+        assert left[f"{21:032x}"].run.meta["mark"] == "golden"
+    # every run with a score is an example (a score of 0 too), the rest are left out
+    data = load_examples(store, "qa", min_examples=0)
+    assert {e.id for e in data.all()} == {f"{i:032x}" for i in range(8)}
+    assert len(data.left_out) == len(silent)
+
+
+def test_an_examples_feedback_and_verdict_are_plain_copies_of_the_records(store_url):
+    """Example.feedback and meta["verdict"] hold what ``dataclasses.asdict`` gives (the
+    dicts are built field by field for speed): same keys, same values, own copies."""
+    from dataclasses import asdict
+
+    from gepa_trace.store.queries import feedback_for_traces
+    from gepa_trace.store.verdict import verdict
+
+    store = open_store(store_url)
+    write_spans(store, [_root(1)])
+    trace = f"{1:032x}"
+    _feedback(store, trace, 0.9, "Correct answer: Lima", label="geo")
+    _feedback(store, trace, 1.0, source="reviewer")
+    example = load_examples(store, "qa", min_examples=0).all()[0]
+    records = feedback_for_traces(store, [trace])[trace]
+    assert list(example.feedback) == [asdict(f) for f in records]
+    v = verdict(records, {"answer": "a1"})
+    expected = {**asdict(v), "comments": list(v.comments), "labels": list(v.labels)}
+    assert example.meta["verdict"] == expected == v.to_dict()
+    approved = verdict(records[1:], {"answer": "a1"})
+    assert approved.to_dict()["expected"] == {"answer": "a1"}
+    assert approved.to_dict()["expected"] is not approved.expected

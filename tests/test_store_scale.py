@@ -152,8 +152,15 @@ LISTINGS = {
     "traces --since": lambda s: list_runs(s, since=time.time() - 86400, limit=50),
     "traces --rollouts": lambda s: list_runs(s, include_rollouts=True, limit=50),
     "components": lambda s: (list_components(s), flagged_counts(s)),
+    "components --agent": lambda s: (list_components(s, agent="agent-1"),
+                                     flagged_counts(s, "agent-1")),
     "examples of an agent": lambda s: load_examples(
         s, "agent-1", filters=ExampleFilter(since=time.time() - 5 * 86400), min_examples=0),
+    "examples of an agent, all history": lambda s: load_examples(s, "agent-1",
+                                                                 min_examples=0),
+    "examples, listed with the runs left out": lambda s: [
+        item.run for item in load_examples(s, "agent-1", min_examples=0,
+                                           list_outside=True).left_out],
     "prune --dry-run": lambda s: prune(s, cutoff_s=time.time() - 10 * 86400, dry_run=True),
     "prune --agent --dry-run": lambda s: prune(s, cutoff_s=time.time() - 10 * 86400,
                                                agent="agent-2", dry_run=True),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import sys
 import threading
 
 import click
@@ -64,7 +63,7 @@ def collect(store, host, http_port, grpc_port, token, max_body_mb, max_pending_s
       gepa-trace collect --store postgresql+psycopg://u:p@db/traces --token s3cret
       gepa-trace collect --host 0.0.0.0 --http-port 4318 --grpc-port -1
     """
-    from gepa_trace.collectors.otlp import Collector, CollectorConfig
+    from gepa_trace.collectors.otlp import Collector, CollectorConfig, tune_process_for_ingest
     from gepa_trace.store import open_store, safe_url
 
     db = open_store(store, create=True)  # a collector is what creates a store
@@ -78,10 +77,7 @@ def collect(store, host, http_port, grpc_port, token, max_body_mb, max_pending_s
                              header_timeout_s=min(5.0, request_timeout))
     _raise_file_limit()
     _return_large_buffers_to_the_os()
-    # The single writer thread gives up the GIL during each SQLite statement and must
-    # win it back from the request threads; at the default 5 ms switch interval that
-    # wait, several times per transaction, was a large share of a batch's time.
-    sys.setswitchinterval(0.001)
+    tune_process_for_ingest()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -9,9 +9,10 @@ nothing:
    is read; for gRPC, the message grpc already received);
 2. while the body is inflated, each piece of output times ``INFLATE_FACTOR`` (the
    inflated bytes, and the protobuf tree or JSON objects they are parsed into);
-3. once the spans are counted (cheap on the parsed message, before any span becomes a
-   Python dict), ``SPAN_COST`` per span plus ``SPAN_BYTES_FACTOR`` per inflated byte:
-   the span dicts and the rows prepared for the store.
+3. once the spans are counted (protobuf: from the message's framing, before it is
+   parsed, ``otlp_decode.count_encoded_spans``; JSON: on the parsed message, before any
+   span becomes a Python dict), ``SPAN_COST`` per span plus ``SPAN_BYTES_FACTOR`` per
+   inflated byte: the span dicts and the rows prepared for the store.
 
 Measured with ``/proc/self/status`` on this project's decoder: a tiny span (39 bytes of
 protobuf) costs about 1.75 KB once decoded and prepared, a typical LangChain span (511

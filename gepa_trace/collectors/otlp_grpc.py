@@ -4,13 +4,14 @@ Status codes (the gRPC counterparts of the HTTP answers):
 - OK + ExportTraceServiceResponse (``partial_success`` when spans were rejected or flagged), sent
   only after the spans are committed;
 - UNAUTHENTICATED: missing or wrong ``authorization: Bearer`` metadata;
-- RESOURCE_EXHAUSTED: message over ``--max-body-mb`` (enforced by gRPC itself, which
-  also inflates gzip messages and holds them, at most ``grpc_workers`` at once, before
-  the service sees them), more RPCs at once than ``grpc_workers``, or a request whose
-  decoded spans alone would exceed the memory bound (``admission.TooLarge``);
+- RESOURCE_EXHAUSTED: message over ``--max-body-mb``, compressed or once inflated
+  (enforced by gRPC itself, which inflates gzip messages and holds them, at most
+  ``grpc_workers`` at once, before the service sees them), more RPCs at once than
+  ``grpc_workers``, or a request whose spans (counted from its framing, before it is
+  parsed) alone would exceed the memory bound (``admission.TooLarge``);
 - UNAVAILABLE with ``retry-after`` metadata: the writer is behind, or the request does
   not fit in the memory left for requests in flight (``admission``: the message's size
-  is taken before it is parsed, its spans before they are converted);
+  and its spans, counted from its framing, are taken before it is parsed);
 - UNAVAILABLE: the database is unavailable, the commit did not finish before the
   request timeout, or shutting down (OTLP exporters retry UNAVAILABLE with backoff);
 - INVALID_ARGUMENT: a message that is not an ExportTraceServiceRequest (the service
@@ -37,7 +38,6 @@ from gepa_trace.collectors.admission import INFLATE_FACTOR, OverBudget, TooLarge
 from gepa_trace.collectors.otlp_decode import (
     PROTOBUF,
     RequestError,
-    count_spans,
     decode_protobuf,
     spans_of,
 )
@@ -68,8 +68,7 @@ class _TraceService:
                 context.abort(grpc.StatusCode.UNAVAILABLE, "the collector is shutting down")
             try:
                 ticket.take(len(body) * INFLATE_FACTOR[PROTOBUF])
-                request = decode_protobuf(body)
-                ticket.take_spans(count_spans(request), len(body))
+                request = decode_protobuf(body, ticket)
                 del body
                 decoded = spans_of(request)
                 del request

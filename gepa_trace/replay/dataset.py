@@ -13,7 +13,12 @@ when it is outside --since/--until, excluded by the user (``examples exclude``),
 recorded inputs, has no feedback (--with-feedback), its score is outside
 --min/--max-score, it has no feedback to learn from (``need_signal``), another kept run
 has the same inputs (de-duplication keeps a golden run first, then the latest), it is
-not in the --sample, or (log-only replay) none of its calls can be re-rendered.
+not in the --sample, or (log-only replay) none of its calls can be re-rendered. One
+exception to the order: a run with no feedback record at all, when feedback is asked
+for (--with-feedback, a score filter, ``need_signal``), is left out for that reason
+without its inputs being read, so "no inputs recorded" counts only runs that have
+feedback. Most of a long history is such runs; their ``LeftOut.run`` is read when first
+asked for (``examples`` and the UI list them; the optimizer never does).
 
 Each example's ``meta["user"]`` is the end user of the run (the root span's ``user.id``,
 ``enduser.id`` or ``gepa.user.id``; None when unknown): feedback of source ``user`` on a
@@ -39,21 +44,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-
-from sqlalchemy import and_, select, text
 
 from gepa_trace.errors import ConfigError, GepaTraceError, NotFoundError
 from gepa_trace.optimizer.protocols import Example
 from gepa_trace.replay import trust
-from gepa_trace.store import SpanRow, Store, safe_url
+from gepa_trace.replay.production_runs import ProductionRuns
+from gepa_trace.store import Store, safe_url
 from gepa_trace.store.marks import marks_of
 from gepa_trace.store.queries import feedback_for_traces
 from gepa_trace.store.verdict import Verdict, verdict
-
-_SPANS = SpanRow.__table__
 
 #: Why a run is not an example: reason code -> what ``examples`` prints.
 REASONS = {
@@ -112,18 +114,41 @@ class SplitFractions:
                               f"train={self.train} val={self.val} test={self.test}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class LeftOut:
     """A production run that is not an example, and why (``reason``: a key of
     ``REASONS``; ``detail``: the sentence to show). ``run`` is the run as it would have
     been an example (None when it was never read: outside the time window, or without
-    inputs); ``duplicate_of``: the kept run with the same inputs."""
+    inputs); ``duplicate_of``: the kept run with the same inputs.
+
+    A run left out for want of any feedback record is read (its attributes parsed)
+    only when ``run`` is first asked for: a long history is mostly such runs, and the
+    optimizer never looks at them."""
 
     trace_id: str
     reason: str
     detail: str
-    run: Example | None = None
     duplicate_of: str | None = None
+
+    def __init__(self, trace_id: str, reason: str, detail: str, run: Example | None = None,
+                 duplicate_of: str | None = None, *,
+                 read: Callable[[str], Example | None] | None = None) -> None:
+        _set(self, "trace_id", trace_id)
+        _set(self, "reason", reason)
+        _set(self, "detail", detail)
+        _set(self, "duplicate_of", duplicate_of)
+        _set(self, "_run", run)
+        _set(self, "_read", read)  # read(trace_id): the run, read on first use
+
+    @property
+    def run(self) -> Example | None:
+        if self._read is not None:
+            _set(self, "_run", self._read(self.trace_id))
+            _set(self, "_read", None)
+        return self._run
+
+
+_set = object.__setattr__  # a frozen dataclass sets its fields this way too
 
 
 @dataclass
@@ -134,9 +159,24 @@ class Dataset:
     train: list[Example] = field(default_factory=list)
     val: list[Example] = field(default_factory=list)
     test: list[Example] = field(default_factory=list)
-    left_out: list[LeftOut] = field(default_factory=list)
     #: production runs outside --since/--until (in ``left_out`` only when listed)
     outside_window: int = 0
+    # The runs left out, in order: a LeftOut, or the trace id of a run left out unread
+    # for want of feedback, whose reason, detail and reader are ``_unread``; made a
+    # LeftOut when ``left_out`` is first asked for (a long history has thousands).
+    _left: list[LeftOut | str] = field(default_factory=list, repr=False)
+    _unread: tuple[str, str, Callable[[str], Example | None]] | None = \
+        field(default=None, repr=False)
+
+    @property
+    def left_out(self) -> list[LeftOut]:
+        """The production runs that are not examples, each with its reason."""
+        if self._unread is not None:
+            reason, detail, read = self._unread
+            self._left = [LeftOut(item, reason, detail, read=read) if isinstance(item, str)
+                          else item for item in self._left]
+            self._unread = None
+        return self._left  # type: ignore[return-value]  # only LeftOuts from here on
 
     def keep(self, usable: Any) -> None:
         """Keep only the examples ``usable(example)`` accepts; the others are left out
@@ -147,8 +187,8 @@ class Dataset:
                 if usable(example):
                     kept.append(example)
                 else:
-                    self.left_out.append(LeftOut(example.id, "not_replayable",
-                                                 REASONS["not_replayable"], run=example))
+                    self._left.append(LeftOut(example.id, "not_replayable",
+                                              REASONS["not_replayable"], run=example))
             setattr(self, split, kept)
 
     def all(self) -> list[Example]:
@@ -156,9 +196,11 @@ class Dataset:
 
     def left_out_by_reason(self) -> dict[str, int]:
         counts: dict[str, int] = {"outside_window": self.outside_window}
-        for item in self.left_out:
-            if item.reason != "outside_window":
-                counts[item.reason] = counts.get(item.reason, 0) + 1
+        unread = self._unread[0] if self._unread is not None else ""
+        for item in self._left:  # without making the unread runs' LeftOuts
+            reason = unread if isinstance(item, str) else item.reason
+            if reason != "outside_window":
+                counts[reason] = counts.get(reason, 0) + 1
         return {reason: n for reason, n in counts.items() if n}
 
     @property
@@ -195,7 +237,11 @@ def unit_hash(text: str, salt: str = "split") -> float:
 
 def inputs_key(inputs: Any) -> str:
     """The text a run's split is drawn from: its inputs as canonical JSON."""
-    return json.dumps(inputs, sort_keys=True, default=str, ensure_ascii=False)
+    return _CANONICAL.encode(inputs)
+
+
+# json.dumps(inputs, sort_keys=True, default=str, ensure_ascii=False), made once
+_CANONICAL = json.JSONEncoder(sort_keys=True, default=str, ensure_ascii=False)
 
 
 def split_of(key: str, fractions: SplitFractions = SplitFractions()) -> str:
@@ -209,14 +255,20 @@ def split_of(key: str, fractions: SplitFractions = SplitFractions()) -> str:
 
 
 def _loads(text: Any) -> Any:
-    if text is None:
-        return None
+    """``text`` parsed as JSON, or as it is when it is not JSON (a plain answer)."""
     if not isinstance(text, str):
+        return text
+    # what json.loads would refuse by its first character, without its costly exception
+    if text.lstrip(" \t\n\r")[:1] not in _JSON_STARTS:
         return text
     try:
         return json.loads(text)
     except ValueError:
         return text
+
+
+#: The first characters of JSON as json.loads reads it (NaN and Infinity included).
+_JSON_STARTS = frozenset('{["-0123456789tfnNI')
 
 
 def _inputs_of(attributes: dict[str, Any]) -> dict[str, Any] | None:
@@ -268,58 +320,37 @@ def expected_origin(example: Example) -> str:
     return f"{where} (feedback {record})"
 
 
-def _roots(store: Store, agent: str, filters: ExampleFilter,
-           list_outside: bool) -> tuple[list[Any], list[str], int]:
-    """(root spans in the time window with their attributes, newest first; trace ids
-    of the agent's production runs outside it, if ``list_outside``; how many those are)."""
-    production = and_(_SPANS.c.agent == agent, _SPANS.c.parent_span_id.is_(None),
-                      _SPANS.c.run_id.is_(None))
-    window = []
-    if filters.since is not None:
-        window.append(_SPANS.c.start_ns >= int(filters.since * 1e9))
-    if filters.until is not None:
-        window.append(_SPANS.c.start_ns < int(filters.until * 1e9))
-    with store.read() as conn:
-        roots = conn.execute(select(_SPANS.c.trace_id, _SPANS.c.attributes, _SPANS.c.start_ns)
-                             .where(production, *window)
-                             .order_by(_SPANS.c.start_ns.desc(), _SPANS.c.trace_id)).all()
-        if not window:
-            return roots, [], 0
-        outside = and_(production, ~and_(*window))
-        if not list_outside:  # a nightly run over a long history: a count, not the ids
-            return roots, [], _count_outside(conn, store, agent, filters)
-        ids = conn.execute(select(_SPANS.c.trace_id).where(outside)
-                           .order_by(_SPANS.c.start_ns.desc())).scalars().all()
-    return roots, list(ids), len(ids)
+def _without_feedback(filters: ExampleFilter) -> tuple[str, str]:
+    """(reason, what to show) of a run that is not excluded, has no feedback record and
+    cannot be an example: the first check of ``load_examples`` it fails, inputs aside."""
+    if filters.only_with_feedback:
+        return "no_feedback", REASONS["no_feedback"]
+    if filters.min_score is not None or filters.max_score is not None:
+        return "score_filtered", REASONS["score_filtered"] + ": no score"
+    return "no_signal", REASONS["no_signal"]
 
 
-def _count_outside(conn: Any, store: Store, agent: str, filters: ExampleFilter) -> int:
-    """How many production runs of ``agent`` lie outside the window, counted on the
-    agent's production-run index alone. Without statistics, SQLite's planner would pick
-    ix_spans_agent_root (two equalities) and read every root's row for its run id, ten
-    times slower at 1M spans; there it is told which index to use."""
-    hint = " INDEXED BY ix_spans_agent_runs_by_time" if store.dialect == "sqlite" else ""
-    window, params = [], {"agent": agent}
-    if filters.since is not None:
-        window.append("start_ns >= :since")
-        params["since"] = int(filters.since * 1e9)
-    if filters.until is not None:
-        window.append("start_ns < :until")
-        params["until"] = int(filters.until * 1e9)
-    sql = (f"SELECT COUNT(*) FROM spans{hint} WHERE agent = :agent AND parent_span_id IS "
-           f"NULL AND run_id IS NULL AND NOT ({' AND '.join(window)})")
-    return int(conn.execute(text(sql), params).scalar_one())
-
-
-def _unknown_runs(store: Store, agent: str, trace_ids: list[str]) -> list[str]:
-    """Those of ``trace_ids`` that are not production runs of ``agent``."""
-    if not trace_ids:
-        return []
-    with store.read() as conn:
-        found = set(conn.execute(select(_SPANS.c.trace_id).where(
-            _SPANS.c.agent == agent, _SPANS.c.parent_span_id.is_(None),
-            _SPANS.c.run_id.is_(None), _SPANS.c.trace_id.in_(trace_ids))).scalars())
-    return [t for t in trace_ids if t not in found]
+def _example_of(trace_id: str, attributes_json: str, fb: list[dict[str, Any]], mark: Any,
+                golden: set[str], fractions: SplitFractions,
+                source_weights: Mapping[str, float] | None
+                ) -> tuple[Example, Verdict, str] | None:
+    """A run as an example, from its root's attributes and its feedback, with its
+    verdict and inputs key (None: no inputs)."""
+    attributes = json.loads(attributes_json)
+    inputs = _inputs_of(attributes)
+    if inputs is None:
+        return None
+    output = _loads(attributes.get("output.value"))
+    v = verdict(fb, output, source_weights)
+    key = inputs_key(inputs)
+    example = Example(id=trace_id, inputs=inputs, expected=v.expected, output=output,
+                      feedback=tuple(fb), trace_id=trace_id,
+                      split=split_of(key, fractions),
+                      meta={"feedback_score": v.score, "verdict": v.to_dict(),
+                            "user": user_of(attributes),
+                            "mark": mark.mark if mark is not None else
+                            ("golden" if trace_id in golden else None)})
+    return example, v, key
 
 
 def load_examples(store: Store, agent: str, *, filters: ExampleFilter = ExampleFilter(),
@@ -340,15 +371,23 @@ def load_examples(store: Store, agent: str, *, filters: ExampleFilter = ExampleF
     run over a long history need not read their ids). ``source_weights``: per-source
     weights of the feedback records in each run's score (``store.verdict``, rule 2).
     """
-    roots, outside, n_outside = _roots(store, agent, filters, list_outside)
+    # Without any feedback record a run can never be an example when feedback is asked
+    # for: its reason is known without its attributes, which are read on demand.
+    needs_feedback = need_signal or filters.only_with_feedback or \
+        filters.min_score is not None or filters.max_score is not None
+    runs = ProductionRuns(store, agent, filters.since, filters.until)
+    roots = runs.window("with_feedback" if needs_feedback else "all")
+    outside = runs.outside() if list_outside else []
+    n_outside = len(outside) if list_outside else runs.count_outside()
     if not roots and not n_outside:
         raise NotEnoughExamples(f"no recorded runs of agent {agent!r} in the store; check "
                                 "the name with `gepa-trace traces`")
     marks = marks_of(store, agent)
     golden = {t for t, m in marks.items() if m.mark == "golden"}
-    in_window = {r.trace_id for r in roots}
-    unknown = _unknown_runs(store, agent, [t for t in dict.fromkeys(filters.golden)
-                                           if t not in in_window])
+    in_window = {trace_id for trace_id, _start, _text in roots} if filters.golden else set()
+    asked = [t for t in dict.fromkeys(filters.golden) if t not in in_window]
+    found = runs.attributes_of(asked)
+    unknown = [t for t in asked if t not in found]
     if unknown:
         listed = ", ".join(unknown[:3]) + (f" and {len(unknown) - 3} more" if len(unknown) > 3
                                            else "")
@@ -357,39 +396,52 @@ def load_examples(store: Store, agent: str, *, filters: ExampleFilter = ExampleF
     golden |= set(filters.golden)
     dataset = Dataset(agent=agent, outside_window=n_outside)
     for trace_id in outside:
-        dataset.left_out.append(LeftOut(trace_id, "outside_window", REASONS["outside_window"]))
+        dataset._left.append(LeftOut(trace_id, "outside_window", REASONS["outside_window"]))
 
     def leave(example: Example | str, reason: str, detail: str = "", **more: Any) -> None:
         run = example if isinstance(example, Example) else None
         trace = run.id if run is not None else str(example)
         text = REASONS[reason] + (f": {detail}" if detail else "")
-        dataset.left_out.append(LeftOut(trace, reason, text, run=run, **more))
+        dataset._left.append(LeftOut(trace, reason, text, run=run, **more))
 
-    feedback = {trace: [f.to_dict() for f in found] for trace, found in
-                feedback_for_traces(store, [r.trace_id for r in roots]).items()}
+    # A run's attributes come with it when it has feedback (or when every run is read);
+    # a golden run is read in any case: its question goes to validation even when it is
+    # left out.
+    unread_golden = runs.attributes_of([t for t, _start, text in roots
+                                        if text is None and t in golden] if golden else [])
+    feedback = {trace: [f.to_dict() for f in records] for trace, records in
+                feedback_for_traces(store, [t for t, _start, text in roots
+                                            if text is not None]).items() if records}
+
+    attributes_later = runs.attributes_later()
+
+    def unread_example(trace_id: str) -> Example | None:
+        text = attributes_later(trace_id)
+        read = _example_of(trace_id, text, [], marks.get(trace_id), golden, fractions,
+                           source_weights) if text is not None else None
+        return read[0] if read is not None else None
+
+    dataset._unread = (*_without_feedback(filters), unread_example)
     usable: list[Example] = []
     keys: dict[str, str] = {}
-    for root in roots:  # newest first
-        attributes = json.loads(root.attributes)
-        inputs = _inputs_of(attributes)
-        mark = marks.get(root.trace_id)
+    for trace_id, _start, text in roots:  # newest first
+        mark = marks.get(trace_id)
         excluded = mark is not None and mark.mark == "excluded"
-        if inputs is None:
-            leave(root.trace_id, "excluded" if excluded else "no_inputs",
+        if text is None and trace_id in unread_golden:
+            text = unread_golden[trace_id]
+        elif text is None:  # no feedback record: left out unread
+            if excluded:
+                leave(trace_id, "excluded", mark.reason or "", read=unread_example)
+            else:  # the same reason for every such run
+                dataset._left.append(trace_id)
+            continue
+        read = _example_of(trace_id, text, feedback.get(trace_id, []), mark, golden,
+                           fractions, source_weights)
+        if read is None:
+            leave(trace_id, "excluded" if excluded else "no_inputs",
                   (mark.reason or "") if excluded else "")
             continue
-        fb = feedback.get(root.trace_id, [])
-        output = _loads(attributes.get("output.value"))
-        v = verdict(fb, output, source_weights)
-        key = inputs_key(inputs)
-        keys[root.trace_id] = key
-        example = Example(id=root.trace_id, inputs=inputs, expected=v.expected, output=output,
-                          feedback=tuple(fb), trace_id=root.trace_id,
-                          split=split_of(key, fractions),
-                          meta={"feedback_score": v.score, "verdict": v.to_dict(),
-                                "user": user_of(attributes),
-                                "mark": mark.mark if mark is not None else
-                                ("golden" if root.trace_id in golden else None)})
+        example, v, keys[trace_id] = read
         if excluded:
             leave(example, "excluded", mark.reason or "")
         elif filters.only_with_feedback and not v.records:

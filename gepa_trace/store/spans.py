@@ -88,8 +88,21 @@ def _skip_feedback_events(kind: str, count: int) -> None:
 
 
 # One encoder for every span: json.dumps() with these options builds a new encoder per
-# call, which cost as much as the encoding of a typical span's attributes.
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
+# call, which cost as much as the encoding of a typical span's attributes; and
+# JSONEncoder.encode still builds its C encoder per call (a third of encoding a span's
+# attributes), so the C encoder is built once, with encode()'s very options but no
+# circular-reference markers (shared by threads, and left dirty by a failed call; span
+# values come from OTLP or the OTel SDK and hold no cycles). Its output is
+# JSONEncoder.encode's (tests/test_otlp_stored_rows.py pins it).
+_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
+_c_encode = json.encoder.c_make_encoder and json.encoder.c_make_encoder(
+    None, _encoder.default, json.encoder.encode_basestring, None, ":", ",", False, False, True)
+
+
+def _dumps(value: Any) -> str:
+    if _c_encode is None or isinstance(value, str):
+        return _encoder.encode(value)
+    return "".join(_c_encode(value, 0))
 
 
 def span_row(span: Mapping[str, Any], _resource_json: dict | None = None) -> dict[str, Any]:

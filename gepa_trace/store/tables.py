@@ -49,6 +49,13 @@ class SpanRow(SQLModel, table=True):
               sqlite_where=text(_PRODUCTION_ROOT), postgresql_where=text(_PRODUCTION_ROOT)),
         Index("ix_spans_llm_calls", "component", "prompt_version", "start_ns", "span_type",
               sqlite_where=text(_LLM_CALL), postgresql_where=text(_LLM_CALL)),
+        # `components --agent`: the agent's traces, then their LLM calls, both from an
+        # index alone (revision 0008_agent_call_indexes).
+        Index("ix_spans_agent_traces", "agent", "trace_id",
+              sqlite_where=text(_ROOT), postgresql_where=text(_ROOT)),
+        Index("ix_spans_llm_calls_by_trace", "trace_id", "component", "prompt_version",
+              "start_ns", "span_type",
+              sqlite_where=text(_LLM_CALL), postgresql_where=text(_LLM_CALL)),
     )
 
     trace_id: str = Field(primary_key=True, max_length=32)

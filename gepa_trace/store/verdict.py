@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from copy import deepcopy
+from dataclasses import dataclass, fields
 from typing import Any
 
 from gepa_trace.errors import ConfigError
@@ -93,6 +94,8 @@ def correction_in(comment: str | None) -> str | None:
 
 
 def _get(record: Any, key: str) -> Any:
+    if isinstance(record, dict):  # the common case, without the slower ABC check
+        return record.get(key)
     return record.get(key) if isinstance(record, Mapping) else getattr(record, key, None)
 
 
@@ -154,10 +157,14 @@ class Verdict:
     labels: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["comments"] = list(self.comments)
-        data["labels"] = list(self.labels)
+        # asdict's copy without its walk of every field (example loading makes one a run)
+        data = {name: getattr(self, name) for name in _VERDICT_FIELDS}
+        data.update(expected=deepcopy(self.expected), comments=list(self.comments),
+                    labels=list(self.labels))
         return data
+
+
+_VERDICT_FIELDS = tuple(f.name for f in fields(Verdict))
 
 
 def _pick(corrections: list[tuple[Any, str, str | None]]) -> tuple[Any, str | None]:

@@ -45,6 +45,7 @@ from gepa_trace.store.migrations import (
     r0005_alias_changes,
     r0006_error_index,
     r0007_listing_indexes,
+    r0008_agent_call_indexes,
 )
 
 _meta = MetaData()
@@ -64,6 +65,7 @@ REVISIONS: list[ModuleType] = [
     r0005_alias_changes,
     r0006_error_index,
     r0007_listing_indexes,
+    r0008_agent_call_indexes,
 ]
 SCHEMA_VERSION = len(REVISIONS)
 
