@@ -4,11 +4,11 @@ Status codes (the gRPC counterparts of the HTTP answers):
 - OK + ExportTraceServiceResponse (``partial_success`` when spans were rejected or flagged), sent
   only after the spans are committed;
 - UNAUTHENTICATED: missing or wrong ``authorization: Bearer`` metadata;
-- RESOURCE_EXHAUSTED: message over ``--max-body-mb``, compressed or once inflated
-  (enforced by gRPC itself, which inflates gzip messages and holds them, at most
-  ``grpc_workers`` at once, before the service sees them), more RPCs at once than
-  ``grpc_workers``, or a request whose spans (counted from its framing, before it is
-  parsed) alone would exceed the memory bound (``admission.TooLarge``);
+- RESOURCE_EXHAUSTED: a message over ``--max-grpc-message-mb`` (default 4 MiB, the
+  OpenTelemetry Collector's ``max_recv_msg_size_mib``), sent plain or larger once
+  inflated; more RPCs at once than ``grpc_workers``; or a request whose spans (counted
+  from its framing, before it is parsed) alone would exceed the memory bound
+  (``admission.TooLarge``);
 - UNAVAILABLE with ``retry-after`` metadata: the writer is behind, or the request does
   not fit in the memory left for requests in flight (``admission``: the message's size
   and its spans, counted from its framing, are taken before it is parsed);
@@ -18,11 +18,26 @@ Status codes (the gRPC counterparts of the HTTP answers):
   takes raw bytes and decodes them itself, so that this is not gRPC's INTERNAL);
 - INTERNAL: the database refused the spans for a reason a retry will not fix.
 Metrics and logs services accept and discard, as over HTTP.
+
+The message limit is grpc's ``grpc.max_receive_message_length``, checked in C before
+the message is copied into Python (grpc's Cython layer copies each message into Python
+bytes, holding the GIL: a 15 MB message stalled every other thread, ``/healthz``
+included). grpc applies it to gzip messages as they are inflated, and holds at most
+``grpc_workers`` messages, inflated, before the service admits them. Its own words are
+what the client reads, so they name the limit in bytes but not the flag: "Received
+message larger than max (5000000 vs. 4194304)", or for gzip "Decompressed message
+larger than max". The service is told only that the call ended without a message, so the
+server's log line (at most one a minute, with a count) names the flag and the other
+cause, a client that cancelled. The limit is separate from ``--max-body-mb`` (HTTP):
+OTLP exporters batch 512 spans, far under 4 MiB.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
+from collections.abc import Iterator
 from concurrent import futures
 from typing import TYPE_CHECKING
 
@@ -46,6 +61,11 @@ from gepa_trace.collectors.otlp_writer import WriteFailed, WriterBusy, WriterClo
 if TYPE_CHECKING:
     from gepa_trace.collectors.otlp import Receiver
 
+log = logging.getLogger(__name__)
+
+#: at most one log line per this many seconds about calls that ended without a message
+REPEAT_LOG_S = 60.0
+
 
 def _authorize(receiver: Receiver, context: grpc.ServicerContext) -> None:
     if receiver.token is None:
@@ -55,11 +75,52 @@ def _authorize(receiver: Receiver, context: grpc.ServicerContext) -> None:
         context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
 
 
+class MessagesNotReceived:
+    """Counts Export calls that grpc ended before their message reached the service (over
+    the message limit, or cancelled by the client): the first is logged at once, the
+    next at most once per ``every_s``, with how many there were since. Thread-safe."""
+
+    def __init__(self, limit_bytes: int, every_s: float = REPEAT_LOG_S):
+        self.limit_bytes, self.every_s = limit_bytes, every_s
+        self.count = 0
+        self._unlogged = 0
+        self._logged_at: float | None = None
+        self._lock = threading.Lock()
+
+    def happened(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self.count += 1
+            self._unlogged += 1
+            if self._logged_at is not None and now - self._logged_at < self.every_s:
+                return
+            count, self._unlogged, self._logged_at = self._unlogged, 0, now
+        log.warning("gRPC: %d Export call(s) ended before their message was received: "
+                    "larger than %g MiB once inflated (--max-grpc-message-mb; grpc "
+                    "answered RESOURCE_EXHAUSTED), or cancelled by the client", count,
+                    self.limit_bytes / 2**20)
+
+
 class _TraceService:
+    """Export, taken as a client stream so that a call grpc ends before its message
+    arrives (over the limit) still reaches the service, to be counted and logged; on
+    the wire a unary call and a one-message client stream are the same."""
+
     def __init__(self, receiver: Receiver):
         self.receiver = receiver
+        self.not_received = MessagesNotReceived(receiver.config.max_grpc_message_bytes)
 
-    def Export(self, body: bytes, context):
+    def Export(self, messages: Iterator[bytes], context):
+        try:
+            body = next(messages, None)
+        except grpc.RpcError:  # grpc ended the call: no answer of ours reaches the client
+            body = None
+        if body is None:
+            if context.is_active():
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              "Export takes one ExportTraceServiceRequest message")
+            self.not_received.happened()
+            return trace_service_pb2.ExportTraceServiceResponse()
         receiver = self.receiver
         deadline = time.monotonic() + receiver.config.request_timeout_s
         with receiver.in_flight(), receiver.budget.ticket() as ticket:
@@ -121,7 +182,7 @@ class _LogsService(logs_service_pb2_grpc.LogsServiceServicer):
 
 def start_grpc_server(receiver: Receiver, host: str, port: int) -> tuple[grpc.Server, int]:
     """A started gRPC server and the port it bound (``port`` 0 picks a free one)."""
-    limit = int(min(receiver.max_body_bytes, 2**31 - 1))
+    limit = int(min(receiver.config.max_grpc_message_bytes, 2**31 - 1))
     workers = receiver.config.grpc_workers
     # maximum_concurrent_rpcs: RPCs past the workers would wait with their message in
     # memory, uncounted; they get RESOURCE_EXHAUSTED at once instead (clients retry it)
@@ -133,7 +194,7 @@ def start_grpc_server(receiver: Receiver, host: str, port: int) -> tuple[grpc.Se
     service = _TraceService(receiver)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
         "opentelemetry.proto.collector.trace.v1.TraceService",
-        {"Export": grpc.unary_unary_rpc_method_handler(
+        {"Export": grpc.stream_unary_rpc_method_handler(
             service.Export, request_deserializer=None,  # raw bytes: we decode
             response_serializer=trace_service_pb2.ExportTraceServiceResponse.SerializeToString)}),))
     metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_MetricsService(receiver),
