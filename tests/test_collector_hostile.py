@@ -136,7 +136,9 @@ class HealthProbe:
     def report(self, label: str) -> str:
         lat = sorted(self.latencies)
         text = (f"{label}: /healthz answered {len(lat)} times, failed {len(self.failures)}; "
-                f"median {lat[len(lat) // 2] * 1000:.1f} ms, max {lat[-1] * 1000:.1f} ms")
+                f"median {lat[len(lat) // 2] * 1000:.1f} ms, p90 "
+                f"{lat[len(lat) * 9 // 10] * 1000:.1f} ms, max {lat[-1] * 1000:.1f} ms, "
+                f"{sum(x > 0.1 for x in lat)} over 100 ms")
         print(text)
         return text
 

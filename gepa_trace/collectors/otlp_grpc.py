@@ -19,17 +19,23 @@ Status codes (the gRPC counterparts of the HTTP answers):
 - INTERNAL: the database refused the spans for a reason a retry will not fix.
 Metrics and logs services accept and discard, as over HTTP.
 
-The message limit is grpc's ``grpc.max_receive_message_length``, checked in C before
-the message is copied into Python (grpc's Cython layer copies each message into Python
-bytes, holding the GIL: a 15 MB message stalled every other thread, ``/healthz``
-included). grpc applies it to gzip messages as they are inflated, and holds at most
-``grpc_workers`` messages, inflated, before the service admits them. Its own words are
-what the client reads, so they name the limit in bytes but not the flag: "Received
-message larger than max (5000000 vs. 4194304)", or for gzip "Decompressed message
-larger than max". The service is told only that the call ended without a message, so the
-server's log line (at most one a minute, with a count) names the flag and the other
-cause, a client that cancelled. The limit is separate from ``--max-body-mb`` (HTTP):
-OTLP exporters batch 512 spans, far under 4 MiB.
+The message limit (``--max-grpc-message-mb``, separate from HTTP's ``--max-body-mb``) is
+grpc's ``grpc.max_receive_message_length``, checked in C before the message is copied
+into Python: grpc's Cython layer copies each message into Python bytes holding the GIL,
+and under a flood of 15 MB messages that copy and the span count stalled every other
+thread, ``/healthz`` included. grpc applies the limit to a gzip message as it inflates
+it, and holds at most ``grpc_workers`` messages, inflated (64 MB with the defaults),
+before the service admits them. A 4 MiB message of tiny spans (85k) takes about 176 MB
+of the memory bound once admitted; its span dicts are freed a slice at a time.
+
+What a client over the limit reads is grpc's own text, naming the limit in bytes but
+not the flag: "SERVER: Received message larger than max (4400018 vs. 4194304)", or, for
+gzip, "Decompressed message larger than max". (The Python OTLP exporter counts
+RESOURCE_EXHAUSTED as retryable: it resends the batch until its 10 s timeout, then drops
+it; its default batch of 512 spans is far under 4 MiB.) The service only learns that the
+call ended without a message, so the server logs a line naming the flag, and the other
+possible cause, a client that cancelled: the first at once, then at most one a minute
+with a count (``MessagesNotReceived``).
 """
 
 from __future__ import annotations
