@@ -226,7 +226,8 @@ def test_grpc_undecodable_message_is_invalid_argument_and_server_stays_up(collec
 
 def test_grpc_requires_the_token_and_refuses_oversized_messages(store_url):
     store = open_store(store_url)
-    config = CollectorConfig(http_port=None, grpc_port=0, token="tok", max_body_bytes=20_000)
+    config = CollectorConfig(http_port=None, grpc_port=0, token="tok",
+                             max_grpc_message_bytes=20_000)
     with Collector(store, config) as c:
         channel = grpc.insecure_channel(f"127.0.0.1:{c.grpc_port}")
         stub = trace_service_pb2_grpc.TraceServiceStub(channel)
