@@ -151,7 +151,8 @@ class _TraceService:
             finally:  # within the ticket, which counts these spans until they are freed
                 free_in_slices(decoded.spans)
 
-    def _store(self, decoded, deadline: float, context) -> bytes:
+    def _store(self, decoded, deadline: float, context
+               ) -> trace_service_pb2.ExportTraceServiceResponse:
         try:
             self.receiver.export(decoded, deadline)
         except WriterBusy as exc:
