@@ -311,7 +311,7 @@ def _ids(spans) -> set[tuple[str, str]]:
 def test_grpc_floods_over_and_just_under_the_default_message_limit_keep_memory_bounded(
         db_url):
     """With the collector's default limits: messages over the 4 MiB gRPC limit (15 MB
-    gzip, 4.5 MB plain) are refused by grpc before Python sees them; messages just under
+    gzip, 4.4 MB plain) are refused by grpc before Python sees them; messages just under
     it (3.9 MB gzip of 85k spans, each rejected for ending before it starts) are
     decoded within the memory bound; a real OTLP exporter beside them has every span it
     was acknowledged stored."""
