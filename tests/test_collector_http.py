@@ -224,9 +224,21 @@ def test_grpc_undecodable_message_is_invalid_argument_and_server_stays_up(collec
     channel.close()
 
 
+def test_grpc_export_without_a_message_is_invalid_argument(collector):
+    channel = grpc.insecure_channel(f"127.0.0.1:{collector.grpc_port}")
+    no_message = channel.stream_unary(
+        "/opentelemetry.proto.collector.trace.v1.TraceService/Export")
+    with pytest.raises(grpc.RpcError) as info:
+        no_message(iter(()), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "one ExportTraceServiceRequest" in info.value.details()
+    channel.close()
+
+
 def test_grpc_requires_the_token_and_refuses_oversized_messages(store_url):
     store = open_store(store_url)
-    config = CollectorConfig(http_port=None, grpc_port=0, token="tok", max_body_bytes=20_000)
+    config = CollectorConfig(http_port=None, grpc_port=0, token="tok",
+                             max_grpc_message_bytes=20_000)
     with Collector(store, config) as c:
         channel = grpc.insecure_channel(f"127.0.0.1:{c.grpc_port}")
         stub = trace_service_pb2_grpc.TraceServiceStub(channel)

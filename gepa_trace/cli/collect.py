@@ -28,7 +28,13 @@ from gepa_trace.cli.common import (
 @click.option("--token", envvar="GEPA_TRACE_COLLECT_TOKEN", default=None,
               help="Require 'Authorization: Bearer TOKEN' (env GEPA_TRACE_COLLECT_TOKEN).")
 @click.option("--max-body-mb", type=click.FloatRange(min=0.001), default=16.0,
-              show_default=True, help="Largest request body, after decompression.")
+              show_default=True, help="Largest OTLP/HTTP request body, after decompression.")
+@click.option("--max-grpc-message-mb", type=click.FloatRange(min=0.001), default=4.0,
+              show_default=True,
+              help="Largest OTLP/gRPC message, after decompression (the OpenTelemetry "
+                   "Collector's default; exporters batch 512 spans, far under it). "
+                   "Enforced by grpc before the message reaches Python; over it clients "
+                   "get RESOURCE_EXHAUSTED.")
 @click.option("--max-pending-spans", type=click.IntRange(min=1), default=100_000,
               show_default=True, help="Spans waiting for the writer before clients get 429.")
 @click.option("--max-memory-mb", type=click.FloatRange(min=1), default=512.0,
@@ -45,8 +51,8 @@ from gepa_trace.cli.common import (
               help="Seconds from a request's first byte to its answer (headers within "
                    "5 s; idle keep-alive connections close after 30 s).")
 @handles_errors
-def collect(store, host, http_port, grpc_port, token, max_body_mb, max_pending_spans,
-            max_memory_mb, max_connections, request_timeout):
+def collect(store, host, http_port, grpc_port, token, max_body_mb, max_grpc_message_mb,
+            max_pending_spans, max_memory_mb, max_connections, request_timeout):
     """Receive OpenTelemetry traces over OTLP and store them.
 
     Point any OTLP exporter here (OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 for
@@ -54,8 +60,9 @@ def collect(store, host, http_port, grpc_port, token, max_body_mb, max_pending_s
     are committed. Also: POST /v1/feedback (JSON with trace_id, score, label, comment,
     name, source, span_id) and GET /healthz (store writable, queue lag, memory and
     connections; 503 when the store refuses writes). Hostile clients are bounded: memory
-    of requests in flight, connections, and header, body and request deadlines. SIGTERM or Ctrl-C stops accepting, finishes
-    what was accepted, and exits 0.
+    of requests in flight, message sizes (HTTP --max-body-mb, gRPC --max-grpc-message-mb),
+    connections, and header, body and request deadlines. SIGTERM or Ctrl-C stops
+    accepting, finishes what was accepted, and exits 0.
 
     \b
     Examples:
@@ -70,6 +77,7 @@ def collect(store, host, http_port, grpc_port, token, max_body_mb, max_pending_s
     config = CollectorConfig(host=host, http_port=http_port,
                              grpc_port=None if grpc_port == -1 else grpc_port, token=token,
                              max_body_bytes=int(max_body_mb * 1024 * 1024),
+                             max_grpc_message_bytes=int(max_grpc_message_mb * 1024 * 1024),
                              max_pending_spans=max_pending_spans,
                              max_memory_bytes=int(max_memory_mb * 1024 * 1024),
                              max_connections=max_connections,

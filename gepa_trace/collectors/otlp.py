@@ -71,8 +71,12 @@ class CollectorConfig:
       until each request is answered. Over it: 429 + Retry-After (gRPC: UNAVAILABLE with
       ``retry-after``), nothing decoded; a request that alone exceeds it: 413. With the
       default 512 MB, gRPC messages that grpc holds before admission (at most
-      ``grpc_workers`` x ``max_body_bytes``) and the process itself (~100 MB), the
-      collector stays under 1 GB.
+      ``grpc_workers`` x ``max_grpc_message_bytes``: 64 MB) and the process itself
+      (~100 MB), the collector stays under 1 GB.
+    - ``max_body_bytes``: the largest HTTP body, once inflated (413 over it).
+    - ``max_grpc_message_bytes``: the largest gRPC message, once inflated; 4 MiB, the
+      OpenTelemetry Collector's default (exporters send 512 spans a batch, far under).
+      grpc enforces it in C, so a larger message never reaches Python (``otlp_grpc``).
     - ``max_connections``: open HTTP connections served by a thread each; past it a
       connection gets one answer and is closed (``GET /healthz`` is still answered,
       anything else gets 503 + Retry-After).
@@ -89,6 +93,7 @@ class CollectorConfig:
     grpc_port: int | None = 4317
     token: str | None = None
     max_body_bytes: int = 16 * 1024 * 1024
+    max_grpc_message_bytes: int = 4 * 1024 * 1024
     max_pending_spans: int = 100_000
     max_batch_spans: int = 20_000
     max_memory_bytes: int = 512 * 1024 * 1024
@@ -99,9 +104,9 @@ class CollectorConfig:
     grpc_workers: int = 16
 
     def __post_init__(self) -> None:
-        for name in ("max_body_bytes", "max_memory_bytes", "max_connections",
-                     "idle_timeout_s", "header_timeout_s", "request_timeout_s",
-                     "grpc_workers"):
+        for name in ("max_body_bytes", "max_grpc_message_bytes", "max_memory_bytes",
+                     "max_connections", "idle_timeout_s", "header_timeout_s",
+                     "request_timeout_s", "grpc_workers"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         for name in ("http_port", "grpc_port"):

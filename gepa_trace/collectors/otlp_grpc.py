@@ -4,11 +4,11 @@ Status codes (the gRPC counterparts of the HTTP answers):
 - OK + ExportTraceServiceResponse (``partial_success`` when spans were rejected or flagged), sent
   only after the spans are committed;
 - UNAUTHENTICATED: missing or wrong ``authorization: Bearer`` metadata;
-- RESOURCE_EXHAUSTED: message over ``--max-body-mb``, compressed or once inflated
-  (enforced by gRPC itself, which inflates gzip messages and holds them, at most
-  ``grpc_workers`` at once, before the service sees them), more RPCs at once than
-  ``grpc_workers``, or a request whose spans (counted from its framing, before it is
-  parsed) alone would exceed the memory bound (``admission.TooLarge``);
+- RESOURCE_EXHAUSTED: a message over ``--max-grpc-message-mb`` (default 4 MiB, the
+  OpenTelemetry Collector's ``max_recv_msg_size_mib``), sent plain or larger once
+  inflated; more RPCs at once than ``grpc_workers``; or a request whose spans (counted
+  from its framing, before it is parsed) alone would exceed the memory bound
+  (``admission.TooLarge``);
 - UNAVAILABLE with ``retry-after`` metadata: the writer is behind, or the request does
   not fit in the memory left for requests in flight (``admission``: the message's size
   and its spans, counted from its framing, are taken before it is parsed);
@@ -18,11 +18,32 @@ Status codes (the gRPC counterparts of the HTTP answers):
   takes raw bytes and decodes them itself, so that this is not gRPC's INTERNAL);
 - INTERNAL: the database refused the spans for a reason a retry will not fix.
 Metrics and logs services accept and discard, as over HTTP.
+
+The message limit (``--max-grpc-message-mb``, separate from HTTP's ``--max-body-mb``) is
+grpc's ``grpc.max_receive_message_length``, checked in C before the message is copied
+into Python: grpc's Cython layer copies each message into Python bytes holding the GIL,
+and under a flood of 15 MB messages that copy and the span count stalled every other
+thread, ``/healthz`` included. grpc applies the limit to a gzip message as it inflates
+it, and holds at most ``grpc_workers`` messages, inflated (64 MB with the defaults),
+before the service admits them. A 4 MiB message of tiny spans (85k) takes about 176 MB
+of the memory bound once admitted; its span dicts are freed a slice at a time.
+
+What a client over the limit reads is grpc's own text, naming the limit in bytes but
+not the flag: "SERVER: Received message larger than max (4400018 vs. 4194304)", or, for
+gzip, "Decompressed message larger than max". (The Python OTLP exporter counts
+RESOURCE_EXHAUSTED as retryable: it resends the batch until its 10 s timeout, then drops
+it; its default batch of 512 spans is far under 4 MiB.) The service only learns that the
+call ended without a message, so the server logs a line naming the flag, and the other
+possible cause, a client that cancelled: the first at once, then at most one a minute
+with a count (``MessagesNotReceived``).
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
+from collections.abc import Iterator
 from concurrent import futures
 from typing import TYPE_CHECKING
 
@@ -46,6 +67,11 @@ from gepa_trace.collectors.otlp_writer import WriteFailed, WriterBusy, WriterClo
 if TYPE_CHECKING:
     from gepa_trace.collectors.otlp import Receiver
 
+log = logging.getLogger(__name__)
+
+#: at most one log line per this many seconds about calls that ended without a message
+REPEAT_LOG_S = 60.0
+
 
 def _authorize(receiver: Receiver, context: grpc.ServicerContext) -> None:
     if receiver.token is None:
@@ -55,11 +81,52 @@ def _authorize(receiver: Receiver, context: grpc.ServicerContext) -> None:
         context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
 
 
+class MessagesNotReceived:
+    """Counts Export calls that grpc ended before their message reached the service (over
+    the message limit, or cancelled by the client): the first is logged at once, the
+    next at most once per ``every_s``, with how many there were since. Thread-safe."""
+
+    def __init__(self, limit_bytes: int, every_s: float = REPEAT_LOG_S):
+        self.limit_bytes, self.every_s = limit_bytes, every_s
+        self.count = 0
+        self._unlogged = 0
+        self._logged_at: float | None = None
+        self._lock = threading.Lock()
+
+    def happened(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self.count += 1
+            self._unlogged += 1
+            if self._logged_at is not None and now - self._logged_at < self.every_s:
+                return
+            count, self._unlogged, self._logged_at = self._unlogged, 0, now
+        log.warning("gRPC: %d Export call(s) ended before their message was received: "
+                    "larger than %g MiB once inflated (--max-grpc-message-mb; grpc "
+                    "answered RESOURCE_EXHAUSTED), or cancelled by the client", count,
+                    self.limit_bytes / 2**20)
+
+
 class _TraceService:
+    """Export, taken as a client stream so that a call grpc ends before its message
+    arrives (over the limit) still reaches the service, to be counted and logged; on
+    the wire a unary call and a one-message client stream are the same."""
+
     def __init__(self, receiver: Receiver):
         self.receiver = receiver
+        self.not_received = MessagesNotReceived(receiver.config.max_grpc_message_bytes)
 
-    def Export(self, body: bytes, context):
+    def Export(self, messages: Iterator[bytes], context):
+        try:
+            body = next(messages, None)
+        except grpc.RpcError:  # grpc ended the call: no answer of ours reaches the client
+            body = None
+        if body is None:
+            if context.is_active():
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              "Export takes one ExportTraceServiceRequest message")
+            self.not_received.happened()
+            return trace_service_pb2.ExportTraceServiceResponse()
         receiver = self.receiver
         deadline = time.monotonic() + receiver.config.request_timeout_s
         with receiver.in_flight(), receiver.budget.ticket() as ticket:
@@ -80,25 +147,38 @@ class _TraceService:
             except TooLarge as exc:
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
             try:
-                receiver.export(decoded, deadline)
-            except WriterBusy as exc:
-                context.set_trailing_metadata((("retry-after", str(exc.retry_after)),))
-                context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-            except WriterClosed as exc:
-                context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-            except TimeoutError:
-                context.abort(grpc.StatusCode.UNAVAILABLE, "spans not committed within the "
-                              "request timeout; they may be stored, a retry stores no "
-                              "duplicate")
-            except WriteFailed as exc:
-                code = (grpc.StatusCode.UNAVAILABLE if exc.retryable
-                        else grpc.StatusCode.INTERNAL)
-                context.abort(code, str(exc))
-            response = trace_service_pb2.ExportTraceServiceResponse()
-            if decoded.rejected or decoded.warnings:  # a warning: 0 rejected, with the message
-                response.partial_success.rejected_spans = decoded.rejected
-                response.partial_success.error_message = decoded.error_message
-            return response
+                return self._store(decoded, deadline, context)
+            finally:  # within the ticket, which counts these spans until they are freed
+                free_in_slices(decoded.spans)
+
+    def _store(self, decoded, deadline: float, context
+               ) -> trace_service_pb2.ExportTraceServiceResponse:
+        try:
+            self.receiver.export(decoded, deadline)
+        except WriterBusy as exc:
+            context.set_trailing_metadata((("retry-after", str(exc.retry_after)),))
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        except WriterClosed as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        except TimeoutError:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "spans not committed within the "
+                          "request timeout; they may be stored, a retry stores no duplicate")
+        except WriteFailed as exc:
+            code = grpc.StatusCode.UNAVAILABLE if exc.retryable else grpc.StatusCode.INTERNAL
+            context.abort(code, str(exc))
+        response = trace_service_pb2.ExportTraceServiceResponse()
+        if decoded.rejected or decoded.warnings:  # a warning: 0 rejected, with the message
+            response.partial_success.rejected_spans = decoded.rejected
+            response.partial_success.error_message = decoded.error_message
+        return response
+
+
+def free_in_slices(spans: list, step: int = 2048) -> None:
+    """Empty ``spans`` a slice at a time. Freeing the 85k span dicts of a 4 MiB message
+    at once is one 30 ms stretch holding the GIL, which every other thread, ``/healthz``
+    included, waits out; between slices the interpreter can switch threads."""
+    while spans:
+        del spans[-step:]
 
 
 class _MetricsService(metrics_service_pb2_grpc.MetricsServiceServicer):
@@ -121,7 +201,7 @@ class _LogsService(logs_service_pb2_grpc.LogsServiceServicer):
 
 def start_grpc_server(receiver: Receiver, host: str, port: int) -> tuple[grpc.Server, int]:
     """A started gRPC server and the port it bound (``port`` 0 picks a free one)."""
-    limit = int(min(receiver.max_body_bytes, 2**31 - 1))
+    limit = int(min(receiver.config.max_grpc_message_bytes, 2**31 - 1))
     workers = receiver.config.grpc_workers
     # maximum_concurrent_rpcs: RPCs past the workers would wait with their message in
     # memory, uncounted; they get RESOURCE_EXHAUSTED at once instead (clients retry it)
@@ -133,7 +213,7 @@ def start_grpc_server(receiver: Receiver, host: str, port: int) -> tuple[grpc.Se
     service = _TraceService(receiver)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
         "opentelemetry.proto.collector.trace.v1.TraceService",
-        {"Export": grpc.unary_unary_rpc_method_handler(
+        {"Export": grpc.stream_unary_rpc_method_handler(
             service.Export, request_deserializer=None,  # raw bytes: we decode
             response_serializer=trace_service_pb2.ExportTraceServiceResponse.SerializeToString)}),))
     metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_MetricsService(receiver),
