@@ -30,7 +30,7 @@ Every reader of feedback (examples, the built-in ``feedback`` metric, ``traces``
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from copy import deepcopy
 from dataclasses import dataclass, fields
 from typing import Any
@@ -67,6 +67,9 @@ _PHRASES = [
                re.IGNORECASE),
     re.compile(_LEAD + r"expected\s*:\s*(?P<answer>.+)$", re.IGNORECASE),
 ]
+# Every phrasing holds one of these words (matched as the phrasings match them): most
+# comments hold neither and are settled without splitting them into sentences.
+_PHRASE_WORD = re.compile(r"answer|expected", re.IGNORECASE)
 _SENTENCES = re.compile(r"(?<=[.!?;])\s+|\n+")
 
 
@@ -79,7 +82,7 @@ def correction_in(comment: str | None) -> str | None:
     >>> correction_in("the answer is wrong") is None and correction_in("this should be shorter") is None
     True
     """
-    if not comment:
+    if not comment or not _PHRASE_WORD.search(comment):
         return None
     for sentence in _SENTENCES.split(comment.strip()):
         for phrase in _PHRASES:
@@ -117,6 +120,9 @@ def source_weights(given: Mapping[str, float] | None = None) -> dict[str, float]
             raise ConfigError(f"source weight {name}={value!r}: must be a number >= 0")
         weights[source] = weight
     return weights
+
+
+_DEFAULT_WEIGHTS = source_weights()
 
 
 def _weight(record: Any, weights: Mapping[str, float]) -> float:
@@ -159,12 +165,14 @@ class Verdict:
     def to_dict(self) -> dict[str, Any]:
         # asdict's copy without its walk of every field (example loading makes one a run)
         data = {name: getattr(self, name) for name in _VERDICT_FIELDS}
-        data.update(expected=deepcopy(self.expected), comments=list(self.comments),
-                    labels=list(self.labels))
+        expected = self.expected
+        data.update(expected=expected if type(expected) in _ATOMIC else deepcopy(expected),
+                    comments=list(self.comments), labels=list(self.labels))
         return data
 
 
 _VERDICT_FIELDS = tuple(f.name for f in fields(Verdict))
+_ATOMIC = frozenset({str, int, float, bool, type(None)})  # deepcopy returns these as they are
 
 
 def _pick(corrections: list[tuple[Any, str, str | None]]) -> tuple[Any, str | None]:
@@ -191,17 +199,52 @@ def verdict(records: Sequence[Any], output: Any = None,
     """The verdict of a run's feedback ``records`` (``Feedback`` objects or their
     dicts, any order) on its recorded ``output``; ``weights``: per-source weights on
     top of ``DEFAULT_SOURCE_WEIGHTS`` (rule 2)."""
-    weights = source_weights(weights)
-    live = [r for r in records if _get(r, "replaced_by") is None]
-    on_run = [r for r in live if not _get(r, "span_id") and _weight(r, weights) > 0]
-    scored = [(s, _weight(r, weights)) for r in on_run
-              for s in [normalized_score(r)] if s is not None]
-    score = (sum(s * w for s, w in scored) / sum(w for _s, w in scored)) if scored else None
-    comments = tuple(str(_get(r, "comment")) for r in live if _get(r, "comment"))
-    labels = tuple(str(_get(r, "label")) for r in live if _get(r, "label"))
-    base = {"score": score, "records": len(live), "comments": comments, "labels": labels}
+    return _verdict(records, output, _DEFAULT_WEIGHTS if weights is None
+                    else source_weights(weights))
 
-    explicit = [(r, str(_get(r, "expected")), _get(r, "expected_field")) for r in on_run
+
+def verdicts(weights: Mapping[str, float] | None = None
+             ) -> Callable[[Sequence[Any], Any], Verdict]:
+    """``verdict`` with the source weights checked once: what a reader of many runs
+    calls for each (``ConfigError`` here for a bad weight)."""
+    resolved = source_weights(weights)
+
+    def verdict_of(records: Sequence[Any], output: Any = None) -> Verdict:
+        return _verdict(records, output, resolved)
+
+    return verdict_of
+
+
+def _verdict(records: Sequence[Any], output: Any, weights: Mapping[str, float]) -> Verdict:
+    # One pass reads each field of a record once: example loading asks this of
+    # thousands of runs.
+    n_live = 0
+    comments: list[str] = []
+    labels: list[str] = []
+    on_run: list[tuple[Any, float | None]] = []  # (record, score on 0..1)
+    scored: list[tuple[float, float]] = []  # (score, weight)
+    for r in records:
+        if _get(r, "replaced_by") is not None:
+            continue
+        n_live += 1
+        comment, label = _get(r, "comment"), _get(r, "label")
+        if comment:
+            comments.append(str(comment))
+        if label:
+            labels.append(str(label))
+        if _get(r, "span_id"):
+            continue
+        weight = _weight(r, weights)
+        if weight > 0:
+            s = normalized_score(r)
+            on_run.append((r, s))
+            if s is not None:
+                scored.append((s, weight))
+    score = (sum(s * w for s, w in scored) / sum(w for _s, w in scored)) if scored else None
+    base = {"score": score, "records": n_live, "comments": tuple(comments),
+            "labels": tuple(labels)}
+
+    explicit = [(r, str(_get(r, "expected")), _get(r, "expected_field")) for r, _s in on_run
                 if _get(r, "expected") not in (None, "")]
     chosen, conflict = _pick(explicit)
     if chosen is not None:
@@ -211,7 +254,7 @@ def verdict(records: Sequence[Any], output: Any = None,
                        expected_text=str(_get(chosen, "expected")))
     if conflict:
         return Verdict(**base, conflict=conflict)
-    phrased = [(r, answer, None) for r in on_run
+    phrased = [(r, answer, None) for r, _s in on_run
                for answer in [correction_in(_get(r, "comment"))] if answer]
     chosen, conflict = _pick(phrased)
     if chosen is not None:
@@ -221,12 +264,12 @@ def verdict(records: Sequence[Any], output: Any = None,
     if conflict:
         return Verdict(**base, conflict=conflict)
     if score is not None and score > 0.5 and output is not None:
-        approving = next((r for r in reversed(on_run)
-                          if (normalized_score(r) or 0) > 0.5), None)
+        approving = next((r for r, s in reversed(on_run) if (s or 0) > 0.5), None)
         return Verdict(**base, expected=output, expected_from="approved output",
                        expected_record=_get(approving, "id") if approving is not None else None)
     return Verdict(**base)
 
 
 __all__ = ["DEFAULT_SOURCE_WEIGHTS", "RANK", "SOURCES", "SOURCE_ALIASES", "Verdict",
-           "canonical_source", "correction_in", "normalized_score", "source_weights", "verdict"]
+           "canonical_source", "correction_in", "normalized_score", "source_weights", "verdict",
+           "verdicts"]
