@@ -174,8 +174,17 @@ class Dataset:
         """The production runs that are not examples, each with its reason."""
         if self._unread is not None:
             reason, detail, read = self._unread
-            self._left = [LeftOut(item, reason, detail, read=read) if isinstance(item, str)
-                          else item for item in self._left]
+            # what LeftOut(trace_id, reason, detail, read=read) holds, made without its
+            # __init__ (a setattr per field) for each of thousands of runs
+            shared = LeftOut("", reason, detail, read=read).__dict__
+            new = object.__new__
+
+            def unread(trace_id: str) -> LeftOut:
+                item = new(LeftOut)
+                item.__dict__.update(shared, trace_id=trace_id)
+                return item
+
+            self._left = [unread(item) if type(item) is str else item for item in self._left]
             self._unread = None
         return self._left  # type: ignore[return-value]  # only LeftOuts from here on
 
@@ -223,11 +232,11 @@ class Dataset:
         return trust.user_shares(self.all(), self.val, share)
 
     def summary(self) -> dict[str, Any]:
+        reasons = self.left_out_by_reason()
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test),
-                "left_out": sum(self.left_out_by_reason().values()),
-                "left_out_by_reason": self.left_out_by_reason(),
-                "skipped_without_signal": self.skipped_without_signal,
-                "skipped_not_replayable": self.skipped_not_replayable}
+                "left_out": sum(reasons.values()), "left_out_by_reason": reasons,
+                "skipped_without_signal": reasons.get("no_signal", 0),
+                "skipped_not_replayable": reasons.get("not_replayable", 0)}
 
 
 def unit_hash(text: str, salt: str = "split") -> float:
@@ -406,9 +415,10 @@ def _load_examples(store: Store, agent: str, filters: ExampleFilter,
     # attributes are read here only when every run is (no feedback asked for)
     feedback = runs.feedback()
     if needs_feedback:
-        roots = [(trace_id, None) for trace_id in runs.ids()]
+        roots, texts = runs.ids(), {}
     else:
-        roots = runs.with_attributes()
+        texts = dict(read_all := runs.with_attributes())
+        roots = [trace_id for trace_id, _text in read_all]
     outside = runs.outside() if list_outside else []
     n_outside = len(outside) if list_outside else runs.count_outside()
     if not roots and not n_outside:
@@ -416,7 +426,7 @@ def _load_examples(store: Store, agent: str, filters: ExampleFilter,
                                 "the name with `gepa-trace traces`")
     marks = marks_of(store, agent)
     golden = {t for t, m in marks.items() if m.mark == "golden"}
-    in_window = {trace_id for trace_id, _text in roots} if filters.golden else set()
+    in_window = set(roots) if filters.golden else set()
     asked = [t for t in dict.fromkeys(filters.golden) if t not in in_window]
     found = runs.attributes_of(asked)
     unknown = [t for t in asked if t not in found]
@@ -439,9 +449,8 @@ def _load_examples(store: Store, agent: str, filters: ExampleFilter,
     # A run's attributes come with it when it has feedback (or when every run is read);
     # a golden run is read in any case: its question goes to validation even when it is
     # left out.
-    unread_golden = runs.attributes_of([t for t, text in roots if text is None
-                                        and t in golden and t not in feedback]
-                                       if golden else [])
+    unread_golden = runs.attributes_of([t for t in roots if t in golden and t not in texts
+                                        and t not in feedback] if golden else [])
     attributes_later = runs.attributes_later()
     verdict_of = verdicts(source_weights)
 
@@ -454,20 +463,26 @@ def _load_examples(store: Store, agent: str, filters: ExampleFilter,
     dataset._unread = (*_without_feedback(filters), unread_example)
     usable: list[Example] = []
     keys: dict[str, str] = {}
-    for trace_id, text in roots:  # newest first
-        mark = marks.get(trace_id)
-        excluded = mark is not None and mark.mark == "excluded"
-        records: list[dict[str, Any]] = []
+    left = dataset._left
+    for trace_id in roots:  # newest first
         if trace_id in feedback:
             text, records = feedback[trace_id]
-        elif text is None and trace_id in unread_golden:
-            text = unread_golden[trace_id]
-        elif text is None:  # no feedback record: left out unread
-            if excluded:
-                leave(trace_id, "excluded", mark.reason or "", read=unread_example)
-            else:  # the same reason for every such run
-                dataset._left.append(trace_id)
+        elif trace_id in texts:
+            text, records = texts[trace_id], []
+        elif trace_id in unread_golden:
+            text, records = unread_golden[trace_id], []
+        elif trace_id not in marks:  # no feedback record: left out unread, for the
+            left.append(trace_id)   # same reason as every such run (most of them)
             continue
+        else:
+            mark = marks[trace_id]
+            if mark.mark == "excluded":
+                leave(trace_id, "excluded", mark.reason or "", read=unread_example)
+            else:
+                left.append(trace_id)
+            continue
+        mark = marks.get(trace_id)
+        excluded = mark is not None and mark.mark == "excluded"
         read = _example_of(trace_id, text, records, mark, golden, fractions, verdict_of)
         if read is None:
             leave(trace_id, "excluded" if excluded else "no_inputs",
