@@ -416,14 +416,15 @@ def _load_examples(store: Store, agent: str, filters: ExampleFilter,
     runs = ProductionRuns(store, agent, filters.since, filters.until)
     # {trace id: (attributes, feedback records)} of the runs with feedback; the others'
     # attributes are read here only when every run is (no feedback asked for)
-    feedback = runs.feedback()
-    if needs_feedback:
-        roots, texts = runs.ids(), {}
-    else:
-        texts = dict(read_all := runs.with_attributes())
-        roots = [trace_id for trace_id, _text in read_all]
-    outside = runs.outside() if list_outside else []
-    n_outside = len(outside) if list_outside else runs.count_outside()
+    with runs.reading():
+        feedback = runs.feedback()
+        if needs_feedback:
+            roots, texts = runs.ids(), {}
+        else:
+            texts = dict(read_all := runs.with_attributes())
+            roots = [trace_id for trace_id, _text in read_all]
+        outside = runs.outside() if list_outside else []
+        n_outside = len(outside) if list_outside else runs.count_outside()
     if not roots and not n_outside:
         raise NotEnoughExamples(f"no recorded runs of agent {agent!r} in the store; check "
                                 "the name with `gepa-trace traces`")

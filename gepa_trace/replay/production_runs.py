@@ -25,7 +25,8 @@ still go through the engine (its events see them) in the driver's parameter styl
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from operator import itemgetter
 from typing import Any
 
@@ -46,6 +47,7 @@ class ProductionRuns:
     def __init__(self, store: Store, agent: str, since: float | None = None,
                  until: float | None = None) -> None:
         self.store = store
+        self._conn: Any = None  # the connection of ``reading``
         self.sqlite = store.dialect == "sqlite"
         self.params: dict[str, Any] = {"agent": agent}
         bounds = []
@@ -68,13 +70,26 @@ class ProductionRuns:
     def _spans(self, index: str, alias: str = "s") -> str:
         return f"spans AS {alias} INDEXED BY {index}" if self.sqlite else f"spans AS {alias}"
 
-    def _fetch(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """One connection for the reads made inside: on PostgreSQL each connection
+        handed back to the pool costs a round trip (its rollback)."""
         with self.store.read() as conn:
-            result = conn.exec_driver_sql(sql, self.params if params is None else params)
+            self._conn = conn
             try:
-                return result.cursor.fetchall()  # the driver's tuples, not Rows
+                yield
             finally:
-                result.close()
+                self._conn = None
+
+    def _fetch(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        if self._conn is None:
+            with self.reading():
+                return self._fetch(sql, params)
+        result = self._conn.exec_driver_sql(sql, self.params if params is None else params)
+        try:
+            return result.cursor.fetchall()  # the driver's tuples, not Rows
+        finally:
+            result.close()
 
     def _window(self, columns: str, where: str) -> list[tuple[Any, ...]]:
         """Rows of ``columns`` (start_ns second) of the runs matching ``where``, newest
