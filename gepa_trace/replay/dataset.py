@@ -468,16 +468,19 @@ def _load_examples(store: Store, agent: str, filters: ExampleFilter,
     usable: list[Example] = []
     keys: dict[str, str] = {}
     left = dataset._left
+    # the runs with something to read or decide; the others (most of a long history)
+    # have no feedback record and are left out unread, for the same reason
+    read_or_marked = feedback.keys() | texts.keys() | unread_golden.keys() | marks.keys()
     for trace_id in roots:  # newest first
+        if trace_id not in read_or_marked:
+            left.append(trace_id)
+            continue
         if trace_id in feedback:
             text, records = feedback[trace_id]
         elif trace_id in texts:
             text, records = texts[trace_id], []
         elif trace_id in unread_golden:
             text, records = unread_golden[trace_id], []
-        elif trace_id not in marks:  # no feedback record: left out unread, for the
-            left.append(trace_id)   # same reason as every such run (most of them)
-            continue
         else:
             mark = marks[trace_id]
             if mark.mark == "excluded":
