@@ -1,7 +1,8 @@
 """What several feedback records on one run mean together: the one rule.
 
 Every reader of feedback (examples, the built-in ``feedback`` metric, ``traces``) asks
-``verdict(records, output)``; nothing else combines records. The rule:
+``verdict(records, output)``, or, for many runs, the ``verdicts(weights)`` it returns;
+nothing else combines records. The rule:
 
 1. Only records in effect count: a record replaced by a later one (``--replace``) is
    kept in the store but not used. Records on one span of the run (``span_id`` set) are
