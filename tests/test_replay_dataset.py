@@ -305,3 +305,71 @@ def test_an_examples_feedback_and_verdict_are_plain_copies_of_the_records(store_
     approved = verdict(records[1:], {"answer": "a1"})
     assert approved.to_dict()["expected"] == {"answer": "a1"}
     assert approved.to_dict()["expected"] is not approved.expected
+
+
+def test_an_examples_feedback_is_every_record_on_its_run_oldest_first_with_or_without_window(
+        store_url):
+    """The records come from one join with the runs (feedback-first over the whole
+    history, run-first within --since): on both paths each example holds all of its run's
+    records, replaced and span-level ones included, oldest first and then by id, exactly
+    as ``feedback_for_traces`` reads them; runs of other agents and rollouts add none."""
+    from gepa_trace.store.queries import feedback_for_traces
+
+    store = open_store(store_url)
+    now = int(time.time() * 1e9)
+    write_spans(store, [_root(i, start=now - i * 10**9) for i in range(1, 7)]
+                + [_root(50, agent="other"), _root(60, run_id="run-x")])
+    traces = [f"{i:032x}" for i in (1, 2, 3, 50, 60)]
+    with store.write() as conn:  # recorded out of time order, two at one instant
+        for n, (trace, created, score) in enumerate([
+                (traces[0], 30.0, 0.2), (traces[0], 10.0, 0.9), (traces[1], 5.0, 1.0),
+                (traces[0], 10.0, 0.4), (traces[2], 7.0, 0.0), (traces[3], 1.0, 1.0),
+                (traces[4], 1.0, 1.0)]):
+            conn.execute(FeedbackRow.__table__.insert().values(
+                trace_id=trace, name="user", score=score, source="user", created_at=created,
+                span_id=f"{n:016x}" if n == 3 else None))
+    _feedback(store, traces[1], 0.0, "Correct answer: Quito", replaced_by=1)
+    stored = feedback_for_traces(store, traces)
+    for since in (None, time.time() - 3.5):
+        data = load_examples(store, "qa", min_examples=0,
+                             filters=ExampleFilter(since=since))
+        got = {e.id: e.feedback for e in data.all()}
+        assert got == {t: tuple(f.to_dict() for f in stored[t]) for t in traces[:3]}, since
+        assert [f["created_at"] for f in got[traces[0]]] == [10.0, 10.0, 30.0]
+
+
+def test_runs_left_out_unread_are_listed_newest_first_then_by_trace_id(store_url):
+    """The window is read in its index's order and sorted newest first in Python; runs
+    that started at the same instant keep trace id order, in ``left_out`` as before."""
+    from gepa_trace.replay.dataset import LeftOut
+
+    store = open_store(store_url)
+    now = int(time.time() * 1e9)
+    starts = {1: now, 2: now - 10**9, 3: now - 10**9, 4: now - 10**9, 5: now - 2 * 10**9}
+    write_spans(store, [_root(i, start=s) for i, s in starts.items()])
+    data = load_examples(store, "qa", min_examples=0)
+    assert [x.trace_id for x in data.left_out] == [f"{i:032x}" for i in (1, 2, 3, 4, 5)]
+    first = data.left_out[0]
+    assert first == LeftOut(f"{1:032x}", "no_signal", "no feedback to learn from")
+    assert first.run.inputs == {"question": "q1"}
+
+
+def test_loading_examples_leaves_the_garbage_collector_as_it_found_it(store_url):
+    """The collector is paused while a dataset is built (its survivors set off full
+    collections), then back on, also when loading fails; left off if it was off."""
+    import gc
+
+    store = open_store(store_url)
+    write_spans(store, [_root(i) for i in range(3)])
+    assert gc.isenabled()
+    data = load_examples(store, "qa", min_examples=0)
+    assert gc.isenabled() and len(data.left_out) == 3 and gc.isenabled()
+    with pytest.raises(NotEnoughExamples):
+        load_examples(store, "qa")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        load_examples(store, "qa", min_examples=0)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

@@ -42,9 +42,11 @@ give the same dataset, whatever their trace ids.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import hashlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,8 +56,7 @@ from gepa_trace.replay import trust
 from gepa_trace.replay.production_runs import ProductionRuns
 from gepa_trace.store import Store, safe_url
 from gepa_trace.store.marks import marks_of
-from gepa_trace.store.queries import feedback_for_traces
-from gepa_trace.store.verdict import Verdict, verdict
+from gepa_trace.store.verdict import Verdict, verdicts
 
 #: Why a run is not an example: reason code -> what ``examples`` prints.
 REASONS = {
@@ -173,8 +174,19 @@ class Dataset:
         """The production runs that are not examples, each with its reason."""
         if self._unread is not None:
             reason, detail, read = self._unread
-            self._left = [LeftOut(item, reason, detail, read=read) if isinstance(item, str)
-                          else item for item in self._left]
+            # what LeftOut(trace_id, reason, detail, read=read) holds, made without its
+            # __init__ (a setattr per field) for each of thousands of runs
+            shared = LeftOut("", reason, detail, read=read).__dict__
+            new = object.__new__
+
+            def unread(trace_id: str) -> LeftOut:
+                item = new(LeftOut)
+                item.__dict__.update(shared, trace_id=trace_id)
+                return item
+
+            with _collection_paused():
+                self._left = [unread(item) if type(item) is str else item
+                              for item in self._left]
             self._unread = None
         return self._left  # type: ignore[return-value]  # only LeftOuts from here on
 
@@ -222,11 +234,11 @@ class Dataset:
         return trust.user_shares(self.all(), self.val, share)
 
     def summary(self) -> dict[str, Any]:
+        reasons = self.left_out_by_reason()
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test),
-                "left_out": sum(self.left_out_by_reason().values()),
-                "left_out_by_reason": self.left_out_by_reason(),
-                "skipped_without_signal": self.skipped_without_signal,
-                "skipped_not_replayable": self.skipped_not_replayable}
+                "left_out": sum(reasons.values()), "left_out_by_reason": reasons,
+                "skipped_without_signal": reasons.get("no_signal", 0),
+                "skipped_not_replayable": reasons.get("not_replayable", 0)}
 
 
 def unit_hash(text: str, salt: str = "split") -> float:
@@ -332,7 +344,7 @@ def _without_feedback(filters: ExampleFilter) -> tuple[str, str]:
 
 def _example_of(trace_id: str, attributes_json: str, fb: list[dict[str, Any]], mark: Any,
                 golden: set[str], fractions: SplitFractions,
-                source_weights: Mapping[str, float] | None
+                verdict_of: Callable[[Sequence[Any], Any], Verdict]
                 ) -> tuple[Example, Verdict, str] | None:
     """A run as an example, from its root's attributes and its feedback, with its
     verdict and inputs key (None: no inputs)."""
@@ -341,7 +353,7 @@ def _example_of(trace_id: str, attributes_json: str, fb: list[dict[str, Any]], m
     if inputs is None:
         return None
     output = _loads(attributes.get("output.value"))
-    v = verdict(fb, output, source_weights)
+    v = verdict_of(fb, output)
     key = inputs_key(inputs)
     example = Example(id=trace_id, inputs=inputs, expected=v.expected, output=output,
                       feedback=tuple(fb), trace_id=trace_id,
@@ -371,20 +383,54 @@ def load_examples(store: Store, agent: str, *, filters: ExampleFilter = ExampleF
     run over a long history need not read their ids). ``source_weights``: per-source
     weights of the feedback records in each run's score (``store.verdict``, rule 2).
     """
+    with _collection_paused():
+        return _load_examples(store, agent, filters, fractions, min_examples, need_signal,
+                              list_outside, source_weights)
+
+
+@contextmanager
+def _collection_paused() -> Iterator[None]:
+    """The cyclic garbage collector paused while a dataset is built, or its left-out
+    runs made: what is built survives, so the collections its allocations set off find
+    nothing to free, and every few calls one of them was a full collection of the
+    process (50 ms at 2k examples and 18k left-out runs). Reference counting still frees
+    the temporaries; a cycle, if any, waits for the next collection."""
+    if not gc.isenabled():  # paused already (by the caller, or by another thread)
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def _load_examples(store: Store, agent: str, filters: ExampleFilter,
+                   fractions: SplitFractions, min_examples: int, need_signal: bool,
+                   list_outside: bool, source_weights: Mapping[str, float] | None
+                   ) -> Dataset:
     # Without any feedback record a run can never be an example when feedback is asked
     # for: its reason is known without its attributes, which are read on demand.
     needs_feedback = need_signal or filters.only_with_feedback or \
         filters.min_score is not None or filters.max_score is not None
     runs = ProductionRuns(store, agent, filters.since, filters.until)
-    roots = runs.window("with_feedback" if needs_feedback else "all")
-    outside = runs.outside() if list_outside else []
-    n_outside = len(outside) if list_outside else runs.count_outside()
+    # {trace id: (attributes, feedback records)} of the runs with feedback; the others'
+    # attributes are read here only when every run is (no feedback asked for)
+    with runs.reading():
+        feedback = runs.feedback()
+        if needs_feedback:
+            roots, texts = runs.ids(), {}
+        else:
+            texts = dict(read_all := runs.with_attributes())
+            roots = [trace_id for trace_id, _text in read_all]
+        outside = runs.outside() if list_outside else []
+        n_outside = len(outside) if list_outside else runs.count_outside()
     if not roots and not n_outside:
         raise NotEnoughExamples(f"no recorded runs of agent {agent!r} in the store; check "
                                 "the name with `gepa-trace traces`")
     marks = marks_of(store, agent)
     golden = {t for t, m in marks.items() if m.mark == "golden"}
-    in_window = {trace_id for trace_id, _start, _text in roots} if filters.golden else set()
+    in_window = set(roots) if filters.golden else set()
     asked = [t for t in dict.fromkeys(filters.golden) if t not in in_window]
     found = runs.attributes_of(asked)
     unknown = [t for t in asked if t not in found]
@@ -407,36 +453,44 @@ def load_examples(store: Store, agent: str, *, filters: ExampleFilter = ExampleF
     # A run's attributes come with it when it has feedback (or when every run is read);
     # a golden run is read in any case: its question goes to validation even when it is
     # left out.
-    unread_golden = runs.attributes_of([t for t, _start, text in roots
-                                        if text is None and t in golden] if golden else [])
-    feedback = {trace: [f.to_dict() for f in records] for trace, records in
-                feedback_for_traces(store, [t for t, _start, text in roots
-                                            if text is not None]).items() if records}
-
+    unread_golden = runs.attributes_of([t for t in roots if t in golden and t not in texts
+                                        and t not in feedback] if golden else [])
     attributes_later = runs.attributes_later()
+    verdict_of = verdicts(source_weights)
 
     def unread_example(trace_id: str) -> Example | None:
         text = attributes_later(trace_id)
         read = _example_of(trace_id, text, [], marks.get(trace_id), golden, fractions,
-                           source_weights) if text is not None else None
+                           verdict_of) if text is not None else None
         return read[0] if read is not None else None
 
     dataset._unread = (*_without_feedback(filters), unread_example)
     usable: list[Example] = []
     keys: dict[str, str] = {}
-    for trace_id, _start, text in roots:  # newest first
+    left = dataset._left
+    # the runs with something to read or decide; the others (most of a long history)
+    # have no feedback record and are left out unread, for the same reason
+    read_or_marked = feedback.keys() | texts.keys() | unread_golden.keys() | marks.keys()
+    for trace_id in roots:  # newest first
+        if trace_id not in read_or_marked:
+            left.append(trace_id)
+            continue
+        if trace_id in feedback:
+            text, records = feedback[trace_id]
+        elif trace_id in texts:
+            text, records = texts[trace_id], []
+        elif trace_id in unread_golden:
+            text, records = unread_golden[trace_id], []
+        else:
+            mark = marks[trace_id]
+            if mark.mark == "excluded":
+                leave(trace_id, "excluded", mark.reason or "", read=unread_example)
+            else:
+                left.append(trace_id)
+            continue
         mark = marks.get(trace_id)
         excluded = mark is not None and mark.mark == "excluded"
-        if text is None and trace_id in unread_golden:
-            text = unread_golden[trace_id]
-        elif text is None:  # no feedback record: left out unread
-            if excluded:
-                leave(trace_id, "excluded", mark.reason or "", read=unread_example)
-            else:  # the same reason for every such run
-                dataset._left.append(trace_id)
-            continue
-        read = _example_of(trace_id, text, feedback.get(trace_id, []), mark, golden,
-                           fractions, source_weights)
+        read = _example_of(trace_id, text, records, mark, golden, fractions, verdict_of)
         if read is None:
             leave(trace_id, "excluded" if excluded else "no_inputs",
                   (mark.reason or "") if excluded else "")

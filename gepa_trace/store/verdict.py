@@ -1,7 +1,8 @@
 """What several feedback records on one run mean together: the one rule.
 
 Every reader of feedback (examples, the built-in ``feedback`` metric, ``traces``) asks
-``verdict(records, output)``; nothing else combines records. The rule:
+``verdict(records, output)``, or, for many runs, the ``verdicts(weights)`` it returns;
+nothing else combines records. The rule:
 
 1. Only records in effect count: a record replaced by a later one (``--replace``) is
    kept in the store but not used. Records on one span of the run (``span_id`` set) are
@@ -30,9 +31,10 @@ Every reader of feedback (examples, the built-in ``feedback`` metric, ``traces``
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from copy import deepcopy
 from dataclasses import dataclass, fields
+from functools import partial
 from typing import Any
 
 from gepa_trace.errors import ConfigError
@@ -53,6 +55,8 @@ DEFAULT_SOURCE_WEIGHTS: Mapping[str, float] = {"reviewer": 2.0, "automated": 1.0
 
 def canonical_source(value: Any) -> str | None:
     """``user`` | ``reviewer`` | ``automated`` for a source name or alias, else None."""
+    if type(value) is str and value in RANK:  # already canonical: most stored records
+        return value
     text = str(value or "").strip().lower()
     if text in SOURCES:
         return text
@@ -67,6 +71,9 @@ _PHRASES = [
                re.IGNORECASE),
     re.compile(_LEAD + r"expected\s*:\s*(?P<answer>.+)$", re.IGNORECASE),
 ]
+# Every phrasing holds one of these words (matched as the phrasings match them): most
+# comments hold neither and are settled without splitting them into sentences.
+_PHRASE_WORD = re.compile(r"answer|expected", re.IGNORECASE)
 _SENTENCES = re.compile(r"(?<=[.!?;])\s+|\n+")
 
 
@@ -79,7 +86,7 @@ def correction_in(comment: str | None) -> str | None:
     >>> correction_in("the answer is wrong") is None and correction_in("this should be shorter") is None
     True
     """
-    if not comment:
+    if not comment or not _PHRASE_WORD.search(comment):
         return None
     for sentence in _SENTENCES.split(comment.strip()):
         for phrase in _PHRASES:
@@ -119,16 +126,18 @@ def source_weights(given: Mapping[str, float] | None = None) -> dict[str, float]
     return weights
 
 
-def _weight(record: Any, weights: Mapping[str, float]) -> float:
-    return weights.get(canonical_source(_get(record, "source")) or "user", 0.0)
+_DEFAULT_WEIGHTS = source_weights()
 
 
 def normalized_score(record: Any) -> float | None:
     """A record's score on 0..1 by its declared range (None without a score)."""
-    score = _get(record, "score")
+    return _normalized(_get(record, "score"), _get(record, "score_low"),
+                       _get(record, "score_high"))
+
+
+def _normalized(score: Any, low: Any, high: Any) -> float | None:
     if score is None:
         return None
-    low, high = _get(record, "score_low"), _get(record, "score_high")
     low = 0.0 if low is None else float(low)
     high = 1.0 if high is None else float(high)
     return (float(score) - low) / (high - low) if high > low else None
@@ -157,14 +166,27 @@ class Verdict:
     labels: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        # asdict's copy without its walk of every field (example loading makes one a run)
-        data = {name: getattr(self, name) for name in _VERDICT_FIELDS}
-        data.update(expected=deepcopy(self.expected), comments=list(self.comments),
-                    labels=list(self.labels))
+        # asdict's copy without its walk of every field (example loading makes one a
+        # run); a Verdict's __dict__ holds its fields, in their order, and nothing else
+        data = dict(self.__dict__)
+        expected = self.expected
+        data.update(expected=expected if type(expected) in _ATOMIC else deepcopy(expected),
+                    comments=list(self.comments), labels=list(self.labels))
         return data
 
 
-_VERDICT_FIELDS = tuple(f.name for f in fields(Verdict))
+_VERDICT_DEFAULTS = {f.name: f.default for f in fields(Verdict)}
+_ATOMIC = frozenset({str, int, float, bool, type(None)})  # deepcopy returns these as they are
+
+
+def _made(base: dict[str, Any], **more: Any) -> Verdict:
+    """``Verdict(**base, **more)`` without the frozen dataclass's ``__init__``, which
+    sets each field through ``object.__setattr__`` (half the cost of a verdict at
+    example loading's volume). The same fields, in the same order; Verdict has no
+    ``__post_init__`` to skip."""
+    made = object.__new__(Verdict)
+    made.__dict__.update(_VERDICT_DEFAULTS, **base, **more)
+    return made
 
 
 def _pick(corrections: list[tuple[Any, str, str | None]]) -> tuple[Any, str | None]:
@@ -191,42 +213,79 @@ def verdict(records: Sequence[Any], output: Any = None,
     """The verdict of a run's feedback ``records`` (``Feedback`` objects or their
     dicts, any order) on its recorded ``output``; ``weights``: per-source weights on
     top of ``DEFAULT_SOURCE_WEIGHTS`` (rule 2)."""
-    weights = source_weights(weights)
-    live = [r for r in records if _get(r, "replaced_by") is None]
-    on_run = [r for r in live if not _get(r, "span_id") and _weight(r, weights) > 0]
-    scored = [(s, _weight(r, weights)) for r in on_run
-              for s in [normalized_score(r)] if s is not None]
-    score = (sum(s * w for s, w in scored) / sum(w for _s, w in scored)) if scored else None
-    comments = tuple(str(_get(r, "comment")) for r in live if _get(r, "comment"))
-    labels = tuple(str(_get(r, "label")) for r in live if _get(r, "label"))
-    base = {"score": score, "records": len(live), "comments": comments, "labels": labels}
+    return _verdict(records, output, _DEFAULT_WEIGHTS if weights is None
+                    else source_weights(weights))
 
-    explicit = [(r, str(_get(r, "expected")), _get(r, "expected_field")) for r in on_run
-                if _get(r, "expected") not in (None, "")]
+
+def verdicts(weights: Mapping[str, float] | None = None
+             ) -> Callable[[Sequence[Any], Any], Verdict]:
+    """``verdict`` with the source weights checked once: what a reader of many runs
+    calls for each (``ConfigError`` here for a bad weight)."""
+    resolved = source_weights(weights)
+
+    def verdict_of(records: Sequence[Any], output: Any = None) -> Verdict:
+        return _verdict(records, output, resolved)
+
+    return verdict_of
+
+
+def _verdict(records: Sequence[Any], output: Any, weights: Mapping[str, float]) -> Verdict:
+    # One pass reads each field of a record once: example loading asks this of
+    # thousands of runs.
+    n_live = 0
+    comments: list[str] = []
+    labels: list[str] = []
+    # (record, score on 0..1, comment, expected, expected_field)
+    on_run: list[tuple[Any, float | None, Any, Any, Any]] = []
+    scored: list[tuple[float, float]] = []  # (score, weight)
+    for r in records:
+        get = r.get if type(r) is dict else partial(_get, r)
+        if get("replaced_by") is not None:
+            continue
+        n_live += 1
+        comment, label = get("comment"), get("label")
+        if comment:
+            comments.append(str(comment))
+        if label:
+            labels.append(str(label))
+        if get("span_id"):
+            continue
+        weight = weights.get(canonical_source(get("source")) or "user", 0.0)
+        if weight > 0:
+            s = _normalized(get("score"), get("score_low"), get("score_high"))
+            on_run.append((r, s, comment, get("expected"), get("expected_field")))
+            if s is not None:
+                scored.append((s, weight))
+    score = (sum(s * w for s, w in scored) / sum(w for _s, w in scored)) if scored else None
+    base = {"score": score, "records": n_live, "comments": tuple(comments),
+            "labels": tuple(labels)}
+
+    explicit = [(r, str(expected), field) for r, _s, _c, expected, field in on_run
+                if expected not in (None, "")]
     chosen, conflict = _pick(explicit)
     if chosen is not None:
-        return Verdict(**base, expected=str(_get(chosen, "expected")),
-                       expected_field=_get(chosen, "expected_field"),
-                       expected_from="correction", expected_record=_get(chosen, "id"),
-                       expected_text=str(_get(chosen, "expected")))
+        return _made(base, expected=str(_get(chosen, "expected")),
+                     expected_field=_get(chosen, "expected_field"),
+                     expected_from="correction", expected_record=_get(chosen, "id"),
+                     expected_text=str(_get(chosen, "expected")))
     if conflict:
-        return Verdict(**base, conflict=conflict)
-    phrased = [(r, answer, None) for r in on_run
-               for answer in [correction_in(_get(r, "comment"))] if answer]
+        return _made(base, conflict=conflict)
+    phrased = [(r, answer, None) for r, _s, comment, _e, _f in on_run
+               for answer in [correction_in(comment)] if answer]
     chosen, conflict = _pick(phrased)
     if chosen is not None:
-        return Verdict(**base, expected=correction_in(_get(chosen, "comment")),
-                       expected_from="comment", expected_record=_get(chosen, "id"),
-                       expected_text=str(_get(chosen, "comment")))
+        return _made(base, expected=correction_in(_get(chosen, "comment")),
+                     expected_from="comment", expected_record=_get(chosen, "id"),
+                     expected_text=str(_get(chosen, "comment")))
     if conflict:
-        return Verdict(**base, conflict=conflict)
+        return _made(base, conflict=conflict)
     if score is not None and score > 0.5 and output is not None:
-        approving = next((r for r in reversed(on_run)
-                          if (normalized_score(r) or 0) > 0.5), None)
-        return Verdict(**base, expected=output, expected_from="approved output",
-                       expected_record=_get(approving, "id") if approving is not None else None)
-    return Verdict(**base)
+        approving = next((r for r, s, *_ in reversed(on_run) if (s or 0) > 0.5), None)
+        return _made(base, expected=output, expected_from="approved output",
+                     expected_record=_get(approving, "id") if approving is not None else None)
+    return _made(base)
 
 
 __all__ = ["DEFAULT_SOURCE_WEIGHTS", "RANK", "SOURCES", "SOURCE_ALIASES", "Verdict",
-           "canonical_source", "correction_in", "normalized_score", "source_weights", "verdict"]
+           "canonical_source", "correction_in", "normalized_score", "source_weights", "verdict",
+           "verdicts"]
