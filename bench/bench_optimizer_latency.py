@@ -31,7 +31,7 @@ from bench_optimizer_vs_gepa import run_ours_processes
 from gepa_trace.demo import SEED_PROMPTS, questions
 from gepa_trace.demo.evaluator import accuracy
 from gepa_trace.lm import LM
-from gepa_trace.optimizer import OptimizerConfig
+from gepa_trace.optimizer.config import LOOKAHEAD
 
 
 def fit(points: list[tuple[float, float]]) -> tuple[float, float]:
@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     parser.add_argument("--budget", type=int, default=600)
     parser.add_argument("--workers", type=int, default=16)
     parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--lookahead", type=int, default=OptimizerConfig.lookahead)
+    parser.add_argument("--lookahead", type=int, default=LOOKAHEAD)
     parser.add_argument("--no-write", action="store_true", help="do not write RESULTS.md")
     args = parser.parse_args(argv)
 

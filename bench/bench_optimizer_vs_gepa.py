@@ -50,6 +50,7 @@ from gepa_trace.lm import (
     sim,
 )
 from gepa_trace.optimizer import Optimizer, OptimizerConfig
+from gepa_trace.optimizer.config import LOOKAHEAD
 from gepa_trace.optimizer.protocols import Rollout
 
 
@@ -369,8 +370,8 @@ def main(argv=None) -> int:
                         "threaded gepa adapter's threads")
     parser.add_argument("--processes", type=int, default=2,
                         help="worker processes of the as-shipped row (--processes)")
-    parser.add_argument("--lookahead", type=int, default=OptimizerConfig.lookahead,
-                        help="our reflection iterations run at once (OptimizerConfig.lookahead)")
+    parser.add_argument("--lookahead", type=int, default=LOOKAHEAD,
+                        help="our reflection iterations run at once (the default at budgets over 300)")
     parser.add_argument("--seeds", default="0,1,2",
                         help="optimizer seeds, comma separated; each row is their mean")
     parser.add_argument("--train", type=int, default=40)
