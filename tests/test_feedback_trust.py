@@ -21,7 +21,8 @@ from gepa_trace.cli.optimize import dataset_trust_lines
 from gepa_trace.errors import ConfigError
 from gepa_trace.optimizer.config import OptimizerConfig
 from gepa_trace.optimizer.sampler import EpochSampler, user_cap
-from gepa_trace.replay.dataset import USER_ATTRIBUTES, load_examples
+from gepa_trace.replay.dataset import load_examples
+from gepa_trace.replay.root_fields import USER_ATTRIBUTES
 from gepa_trace.store import open_store
 from gepa_trace.store import verdict as verdict_module
 from gepa_trace.store.feedback import record_feedback

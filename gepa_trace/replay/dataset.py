@@ -30,8 +30,8 @@ A run "has feedback to learn from" when its verdict has an expected answer or a 
 or its feedback carries a comment or label (the ``feedback`` metric's judge reads those
 as evidence), or its corrections conflict (the judge sees them).
 
-The split into train / validation / held-out test is a function of the run's inputs
-alone (a hash of their JSON), so a question held out tonight is still held out
+The split into train / validation / held-out test (``replay.splits``) is a function of
+the run's inputs alone (a hash of their JSON), so a question held out tonight is still held out
 tomorrow, whatever other runs arrive, and the same question asked twice never lands in
 training and in the held-out test at once. Golden runs (``examples golden``, or
 ``--golden FILE``) and every run with the same inputs as one go to validation, whatever
@@ -43,17 +43,18 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import hashlib
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from gepa_trace.errors import ConfigError, GepaTraceError, NotFoundError
+from gepa_trace.errors import GepaTraceError, NotFoundError
 from gepa_trace.optimizer.protocols import Example
 from gepa_trace.replay import trust
 from gepa_trace.replay.production_runs import ProductionRuns
+from gepa_trace.replay.root_fields import inputs_of, loads, user_of
+from gepa_trace.replay.splits import DEFAULT_SPLIT, SplitFractions, inputs_key, split_of, unit_hash
 from gepa_trace.store import Store, safe_url
 from gepa_trace.store.marks import marks_of
 from gepa_trace.store.verdict import Verdict, verdicts
@@ -90,29 +91,6 @@ class ExampleFilter:
     sample: int | None = None
     dedupe_inputs: bool = True
     golden: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class SplitFractions:
-    """Shares of train / validation / held-out test.
-
-    Validation is small on purpose: every accepted candidate is scored on all of it, so
-    its size decides how many candidates a budget can afford. On the demo world with 300
-    runs and 600 rollouts (seed to held-out, one run per traffic seed): 25% validation
-    ended at 0.50 and 0.71; 15% at 0.76 to 1.0 (two of six below 0.8); 10% at 0.88 to
-    1.0 (four of four). The held-out share is large because it is measured once per run
-    and decides the export gate.
-    """
-
-    train: float = 0.5
-    val: float = 0.1
-    test: float = 0.4
-
-    def __post_init__(self) -> None:
-        parts = (self.train, self.val, self.test)
-        if any(p < 0 for p in parts) or abs(sum(parts) - 1.0) > 1e-6:
-            raise ConfigError(f"split fractions must be non-negative and sum to 1, got "
-                              f"train={self.train} val={self.val} test={self.test}")
 
 
 @dataclass(frozen=True, init=False)
@@ -241,72 +219,6 @@ class Dataset:
                 "skipped_not_replayable": reasons.get("not_replayable", 0)}
 
 
-def unit_hash(text: str, salt: str = "split") -> float:
-    """A number in [0, 1) that depends only on ``text`` (and the salt)."""
-    digest = hashlib.sha256(f"{salt}:{text}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
-
-
-def inputs_key(inputs: Any) -> str:
-    """The text a run's split is drawn from: its inputs as canonical JSON."""
-    return _CANONICAL.encode(inputs)
-
-
-# json.dumps(inputs, sort_keys=True, default=str, ensure_ascii=False), made once
-_CANONICAL = json.JSONEncoder(sort_keys=True, default=str, ensure_ascii=False)
-
-
-def split_of(key: str, fractions: SplitFractions = SplitFractions()) -> str:
-    """train | val | test for a run whose inputs have ``inputs_key`` ``key``."""
-    u = unit_hash(key)
-    if u < fractions.test:
-        return "test"
-    if u < fractions.test + fractions.val:
-        return "val"
-    return "train"
-
-
-def _loads(text: Any) -> Any:
-    """``text`` parsed as JSON, or as it is when it is not JSON (a plain answer)."""
-    if not isinstance(text, str):
-        return text
-    # what json.loads would refuse by its first character, without its costly exception
-    if text.lstrip(" \t\n\r")[:1] not in _JSON_STARTS:
-        return text
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
-#: The first characters of JSON as json.loads reads it (NaN and Infinity included).
-_JSON_STARTS = frozenset('{["-0123456789tfnNI')
-
-
-def _inputs_of(attributes: dict[str, Any]) -> dict[str, Any] | None:
-    value = _loads(attributes.get("input.value"))
-    if value is None:
-        return None
-    if isinstance(value, dict):
-        # LangGraph/LCEL wrap inputs as {"input": {...}} in some versions
-        return value
-    return {"input": value}
-
-
-#: Root span attributes naming a run's end user, in the order they are read: OpenInference,
-#: OpenTelemetry semantic conventions, our own.
-USER_ATTRIBUTES = ("user.id", "enduser.id", "gepa.user.id")
-
-
-def user_of(attributes: dict[str, Any]) -> str | None:
-    """The end user of a run from its root span's attributes (None when unknown)."""
-    for name in USER_ATTRIBUTES:
-        value = attributes.get(name)
-        if value is not None and str(value).strip():
-            return str(value).strip()
-    return None
-
-
 def has_signal(v: Verdict) -> bool:
     """Whether a run's feedback gives the ``feedback`` metric something to learn from:
     an expected answer or a score, or comments, labels or conflicting corrections for
@@ -349,10 +261,10 @@ def _example_of(trace_id: str, attributes_json: str, fb: list[dict[str, Any]], m
     """A run as an example, from its root's attributes and its feedback, with its
     verdict and inputs key (None: no inputs)."""
     attributes = json.loads(attributes_json)
-    inputs = _inputs_of(attributes)
+    inputs = inputs_of(attributes)
     if inputs is None:
         return None
-    output = _loads(attributes.get("output.value"))
+    output = loads(attributes.get("output.value"))
     v = verdict_of(fb, output)
     key = inputs_key(inputs)
     example = Example(id=trace_id, inputs=inputs, expected=v.expected, output=output,
@@ -366,7 +278,7 @@ def _example_of(trace_id: str, attributes_json: str, fb: list[dict[str, Any]], m
 
 
 def load_examples(store: Store, agent: str, *, filters: ExampleFilter = ExampleFilter(),
-                  fractions: SplitFractions = SplitFractions(),
+                  fractions: SplitFractions = DEFAULT_SPLIT,
                   min_examples: int = 6, need_signal: bool = True,
                   list_outside: bool = False,
                   source_weights: Mapping[str, float] | None = None) -> Dataset:
