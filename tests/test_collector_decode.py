@@ -15,6 +15,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
+from protobuf_wire import varint
 
 from gepa_trace.collectors.admission import MemoryBudget, TooLarge
 from gepa_trace.collectors.otlp_decode import (
@@ -169,8 +170,8 @@ def test_a_protobuf_request_over_the_memory_bound_is_refused_before_it_is_parsed
     # TooLarge proves the refusal came from the count, before any parse.
     garbage_span = b"\x12\x04\xff\xff\xff\xff"  # field 2, 4 bytes that are no Span
     scope = garbage_span * 10_000
-    resource = b"\x12" + _varint(len(scope)) + scope  # ResourceSpans.scope_spans
-    body = b"\x0a" + _varint(len(resource)) + resource  # one resource_spans
+    resource = b"\x12" + varint(len(scope)) + scope  # ResourceSpans.scope_spans
+    body = b"\x0a" + varint(len(resource)) + resource  # one resource_spans
     with pytest.raises(RequestError) as unparsable:
         decode_request(body, PROTOBUF)
     assert unparsable.value.status == 400
@@ -178,15 +179,6 @@ def test_a_protobuf_request_over_the_memory_bound_is_refused_before_it_is_parsed
     with budget.ticket() as ticket, pytest.raises(TooLarge):
         decode_request(body, PROTOBUF, ticket=ticket)
     assert budget.used == 0
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 # -- fuzzing: whatever the bytes, the decoders answer RequestError or a request --------

@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from collector_process import CollectorProcess
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+from protobuf_wire import field, varint
 
 from gepa_trace.collectors.otlp import Collector, CollectorConfig
 from gepa_trace.store import forget_store, open_store
@@ -36,44 +37,31 @@ PB = "application/x-protobuf"
 NOW = time.time_ns()
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
 def tiny_span(trace: int, span: int, start: int = NOW - 10**9, end: int | None = None
               ) -> bytes:
     """A span with ids and times only (46 bytes): the cheapest span to send, and the
     costliest per byte to decode."""
     end = start + 1000 if end is None else end
-    return (_field(1, trace.to_bytes(16, "big")) + _field(2, span.to_bytes(8, "big"))
+    return (field(1, trace.to_bytes(16, "big")) + field(2, span.to_bytes(8, "big"))
             + b"\x39" + start.to_bytes(8, "little") + b"\x41" + end.to_bytes(8, "little"))
 
 
 def request_of(spans: list[bytes]) -> bytes:
     """An ExportTraceServiceRequest: one resource, one scope, these encoded spans."""
-    scope = b"".join(_field(2, s) for s in spans)
-    return _field(1, _field(2, scope))
+    scope = b"".join(field(2, s) for s in spans)
+    return field(1, field(2, scope))
 
 
 def gzip_flood(inflated_mb: int) -> bytes:
     """A gzip body of ~``inflated_mb`` MB of identical tiny spans (a ~1000x bomb that is
     a valid request), compressed piece by piece so the test never holds it inflated."""
-    one = _field(2, tiny_span(1, 1))
+    one = field(2, tiny_span(1, 1))
     block = one * ((1 << 20) // len(one))
     count = inflated_mb
     scope_len = len(block) * count
-    scope_head = _varint(2 << 3 | 2) + _varint(scope_len)
+    scope_head = varint(2 << 3 | 2) + varint(scope_len)
     rs_len = len(scope_head) + scope_len
-    head = _varint(1 << 3 | 2) + _varint(rs_len) + scope_head
+    head = varint(1 << 3 | 2) + varint(rs_len) + scope_head
     packer = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
     parts = [packer.compress(head)] + [packer.compress(block) for _ in range(count)]
     return b"".join(parts + [packer.flush()])
@@ -144,12 +132,12 @@ class HealthProbe:
         return text
 
 
-def _memory_kb(pid: int, field: str) -> int:
+def _memory_kb(pid: int, key: str) -> int:
     with open(f"/proc/{pid}/status") as fh:
         for line in fh:
-            if line.startswith(field + ":"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1])
-    raise AssertionError(f"no {field} for {pid}")
+    raise AssertionError(f"no {key} for {pid}")
 
 
 def _stored(url: str) -> int:
