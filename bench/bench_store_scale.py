@@ -18,7 +18,7 @@ spread evenly over the 90 days before the build; 40% of the traces are optimizer
 Timed (median of ``--repeats`` after one untimed call, with min and max):
 ``traces --limit 50`` = ``queries.list_runs(limit=50)``, with and without an agent, and
 with rollouts;
-``components`` = ``queries.list_components`` + ``spans.flagged_counts`` (what the command
+``components`` = ``components.list_components`` + ``spans.flagged_counts`` (what the command
 runs); example loading = ``replay.dataset.load_examples`` of one agent over the last 7
 days and over its whole history. Target: under 100 ms each on both stores.
 """
@@ -218,7 +218,8 @@ def _time(fn, repeats: int, clock: _SqlClock) -> dict:
 def measure(url: str, repeats: int) -> list[dict]:
     from gepa_trace.replay.dataset import ExampleFilter, load_examples
     from gepa_trace.store import open_store
-    from gepa_trace.store.queries import list_components, list_runs
+    from gepa_trace.store.components import list_components
+    from gepa_trace.store.queries import list_runs
     from gepa_trace.store.spans import flagged_counts
 
     store = open_store(url)

@@ -17,8 +17,9 @@ from sqlalchemy import event
 from gepa_trace.cli import main
 from gepa_trace.prompts.templates import template_version
 from gepa_trace.store import open_store
+from gepa_trace.store.components import list_components
 from gepa_trace.store.feedback import record_feedback
-from gepa_trace.store.queries import get_trace, list_components, list_runs
+from gepa_trace.store.queries import get_trace, list_runs
 from gepa_trace.store.spans import write_spans
 
 AGENT = "support-agent"

@@ -10,7 +10,7 @@ from collections import defaultdict
 import sqlalchemy as sa
 
 from gepa_trace.store import open_store
-from gepa_trace.store.queries import list_components
+from gepa_trace.store.components import list_components
 from gepa_trace.store.spans import write_spans
 
 

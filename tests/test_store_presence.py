@@ -19,8 +19,8 @@ from gepa_trace.errors import StoreError, StoreMissing
 from gepa_trace.prompts.registry import list_versions, load_prompts
 from gepa_trace.replay.runs import list_runs
 from gepa_trace.store import SCHEMA_VERSION, forget_store, open_store
+from gepa_trace.store.components import list_components
 from gepa_trace.store.feedback import import_feedback, record_feedback
-from gepa_trace.store.queries import list_components
 
 
 def _files(folder) -> list[str]:

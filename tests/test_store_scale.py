@@ -18,8 +18,9 @@ import sqlalchemy as sa
 
 from gepa_trace.replay.dataset import ExampleFilter, load_examples
 from gepa_trace.store import FeedbackRow, open_store
+from gepa_trace.store.components import list_components
 from gepa_trace.store.prune import prune
-from gepa_trace.store.queries import list_components, list_runs
+from gepa_trace.store.queries import list_runs
 from gepa_trace.store.spans import flagged_counts, write_spans
 
 DAY_NS = 86400 * 10**9

@@ -230,7 +230,7 @@ def components(agent: str | None, include_candidates: bool, store: str | None,
       gepa-trace components --json
     """
     from gepa_trace.store import open_store
-    from gepa_trace.store.queries import list_components
+    from gepa_trace.store.components import list_components
     from gepa_trace.store.spans import flagged_counts
 
     store = open_store(store)

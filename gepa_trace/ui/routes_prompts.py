@@ -24,7 +24,7 @@ def components_page(request: Request) -> Response:
     from gepa_trace.cli.traces import _template_lines as template_lines
     from gepa_trace.prompts.production import version_figures
     from gepa_trace.prompts.registry import list_versions
-    from gepa_trace.store.queries import list_components
+    from gepa_trace.store.components import list_components
     from gepa_trace.store.run_search import agents_with_runs
 
     ui, q = ui_of(request), request.query_params
