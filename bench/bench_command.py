@@ -292,12 +292,13 @@ def main(argv=None) -> int:
 
         heading = "Whole optimize command vs gepa (bench/bench_command.py)"
         section = (
-            f"## {heading}\n\n{measured_with('bench_command.py', argv)}. Each command timed from process start to exit, runs "
-            f"interleaved (ours, then gepa's script, per seed), each on a fresh copy of the "
-            f"store. {args.latency_ms:g} ms per simulated LLM call, budget {args.budget} "
-            f"rollouts, our --workers {args.workers} and gepa's adapter on {args.workers} "
+            f"## {heading}\n\n{measured_with('bench_command.py', argv)}. Each command timed "
+            f"from process start to exit, runs interleaved (ours, then gepa's script, per "
+            f"seed), each on a fresh copy of the store. {args.latency_ms:g} ms per simulated "
+            f"LLM call, budget {args.budget} rollouts, our --workers {args.workers} and gepa's adapter on {args.workers} "
             f"threads, seeds {args.seeds}"
-            + (f"; the baseline row runs the command of {args.baseline} (its own .venv)" if args.baseline else "")
+            + (f"; the baseline row runs the command of {args.baseline} (its own .venv)"
+               if args.baseline else "")
             + f". gepa's script also scores the seed and its best "
             f"on the held-out test (what our command does; gepa alone has no such step). "
             f"The machine was shared with other jobs: differences under ~10% are noise."

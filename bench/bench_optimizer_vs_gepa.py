@@ -371,7 +371,8 @@ def main(argv=None) -> int:
     parser.add_argument("--processes", type=int, default=2,
                         help="worker processes of the as-shipped row (--processes)")
     parser.add_argument("--lookahead", type=int, default=LOOKAHEAD,
-                        help="our reflection iterations run at once (the default at budgets over 300)")
+                        help="our reflection iterations run at once (the default at budgets "
+                             "over 300)")
     parser.add_argument("--seeds", default="0,1,2",
                         help="optimizer seeds, comma separated; each row is their mean")
     parser.add_argument("--train", type=int, default=40)

@@ -348,8 +348,8 @@ def write(text: str, args, argv, seconds: float) -> None:
         f"({args.seeds}). Val is each optimizer's own validation score of its best (ours may "
         f"have grown its validation set). Wall seconds per optimization (ours: the whole "
         f"command, with its start-up, preflight and own held-out test; gepa: the "
-        f"`gepa.optimize` call in a warm process), {args.workers} workers, {args.jobs} rows at once on a machine shared with other jobs: "
-        f"indicative only.\n\n{text}\n")
+        f"`gepa.optimize` call in a warm process), {args.workers} workers, {args.jobs} rows "
+        f"at once on a machine shared with other jobs: indicative only.\n\n{text}\n")
     write_section(heading, section)
 
 

@@ -4,9 +4,8 @@ The prompt holds the component's current instruction and, for each minibatch exa
 only that component's records (its rendered inputs, its outputs, errors) and the
 metric's feedback. It asks for a plain-language diagnosis first and then the complete
 new instruction in a fenced block, or the current one unchanged when the failures shown
-do not come from this component (several components are reflected on for one child: an
-edit a component does not need is how a child that fixes another one gets sunk). The template is replaceable per component
-(placeholders ``<component>``, ``<curr_param>``, ``<side_info>``).
+do not come from this component (``KEEP_NOTE``). The template is replaceable per
+component (placeholders ``<component>``, ``<curr_param>``, ``<side_info>``).
 
 The prompt is kept under a token limit: the longest texts are cut in the middle with a
 visible ``[... N characters cut ...]`` marker, and whole records are dropped (with a

@@ -57,6 +57,8 @@ from gepa_trace.lm.sim.reflect import (
     examples_of,
     feedback_of,
     insert_rules,
+    keep_reply,
+    kept,
 )
 from gepa_trace.lm.sim.task import keyword_rules, label_only, options_of
 
@@ -153,8 +155,6 @@ def reply(messages: list[dict[str, str]], rng: random.Random) -> str:
 
     roll = rng.random()
     if not proposals:
-        from gepa_trace.lm.sim.reflect import keep_reply, kept
-
         keep, roll = kept(roll, prompt)
         if keep:
             return keep_reply(f"Nothing in these {total} examples points to this step.",
