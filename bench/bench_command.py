@@ -295,8 +295,8 @@ def main(argv=None) -> int:
             f"## {heading}\n\n{measured_with('bench_command.py', argv)}. Each command timed "
             f"from process start to exit, runs interleaved (ours, then gepa's script, per "
             f"seed), each on a fresh copy of the store. {args.latency_ms:g} ms per simulated "
-            f"LLM call, budget {args.budget} rollouts, our --workers {args.workers} and gepa's adapter on {args.workers} "
-            f"threads, seeds {args.seeds}"
+            f"LLM call, budget {args.budget} rollouts, our --workers {args.workers} and "
+            f"gepa's adapter on {args.workers} threads, seeds {args.seeds}"
             + (f"; the baseline row runs the command of {args.baseline} (its own .venv)"
                if args.baseline else "")
             + f". gepa's script also scores the seed and its best "
