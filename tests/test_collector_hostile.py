@@ -414,35 +414,21 @@ def test_grpc_refuses_a_message_over_its_own_limit_plain_or_once_inflated_before
 
 
 @pytest.mark.timeout(60)
-def test_max_grpc_message_mb_sets_the_limit_and_the_server_log_names_it(db_url):
+def test_max_grpc_message_mb_sets_the_limit_grpc_enforces(db_url):
+    # The log line about calls ended without a message is not pinned here: grpc does not
+    # always hand such a call to the service (MessagesNotReceived's own test pins the
+    # line).
     process = CollectorProcess(db_url, "--max-grpc-message-mb", "0.5")
     try:
         one = tiny_span(1, 1)
         with (grpc.insecure_channel(f"127.0.0.1:{process.grpc_port}") as channel,
               pytest.raises(grpc.RpcError) as refused):
             _grpc_export(channel)(request_of([one] * (600_000 // (len(one) + 2))), timeout=30)
-        # grpc answers the client before the service hears of the call: wait for the line
-        logged = _stderr_line_with(process, "--max-grpc-message-mb", timeout=20)
     finally:
         code, stderr = process.terminate()
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert f"vs. {1 << 19})" in refused.value.details()
     assert code == 0, stderr
-    assert ("1 Export call(s) ended before their message was received: larger than 0.5 "
-            "MiB once inflated (--max-grpc-message-mb") in logged
-
-
-def _stderr_line_with(process: CollectorProcess, text: str, timeout: float) -> str:
-    """The first line of the collector's stderr holding ``text`` ("" if none in time)."""
-    deadline = time.monotonic() + timeout
-    while (left := deadline - time.monotonic()) > 0:
-        if not select.select([process.proc.stderr], [], [], left)[0]:
-            break
-        line = process.proc.stderr.readline()
-        process.lines.append(line)
-        if text in line:
-            return line
-    return ""
 
 
 def test_calls_ended_without_a_message_are_logged_once_a_minute_with_a_count(caplog):
