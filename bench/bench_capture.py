@@ -211,12 +211,10 @@ def exporter_rate(spans: list, tmp: str, rounds: int = 3) -> dict:
     """Best of ``rounds`` alternating runs of each writer, each into a fresh file: on a
     shared machine the best run is the one least disturbed by other processes."""
     from gepa_trace.collectors.exporter import span_to_dict
-    from gepa_trace.store import SpanRow
-    from gepa_trace.store.spans import span_row
+    from gepa_trace.store.spans import ROW_COLUMNS, prepare_spans
 
-    rows = [span_row(span_to_dict(s)) for s in spans]
-    columns = [c.name for c in SpanRow.__table__.columns]
-    tuples = [tuple(r[c] for c in columns) for r in rows]
+    columns = list(ROW_COLUMNS)
+    tuples = prepare_spans([span_to_dict(s) for s in spans]).rows
     ours, raw = [], []
     for n in range(rounds):
         ours.append(_ours_once(spans, f"sqlite:///{tmp}/exporter-{n}.db"))
@@ -225,7 +223,8 @@ def exporter_rate(spans: list, tmp: str, rounds: int = 3) -> dict:
             "ours_per_s": len(spans) / min(ours), "raw_per_s": len(spans) / min(raw),
             "ours_all": [round(len(spans) / t) for t in ours],
             "raw_all": [round(len(spans) / t) for t in raw],
-            "bytes_per_span": sum(len(r["attributes"]) for r in rows) / len(rows)}
+            "bytes_per_span": sum(len(r[columns.index("attributes")]) for r in tuples)
+            / len(tuples)}
 
 
 # --- report -------------------------------------------------------------------------------

@@ -44,7 +44,6 @@ def _handle(receiver, path: str, headers: dict[str, str], body: bytes
         encode_response,
         encode_status,
         media_type,
-        spans_of,
     )
     from gepa_trace.collectors.otlp_writer import WriteFailed, WriterBusy
 
@@ -57,8 +56,7 @@ def _handle(receiver, path: str, headers: dict[str, str], body: bytes
             request, decoded = decode_request(body, headers.get("content-type"),
                                               headers.get("content-encoding"),
                                               receiver.max_body_bytes, ticket)
-            decoded = spans_of(request, decoded)
-            receiver.export(decoded)
+            receiver.export(request, decoded)
             return 200, kind, encode_response(decoded, kind)
         except RequestError as exc:
             return exc.status, kind, encode_status(INTERNAL, exc.message, kind)

@@ -61,14 +61,13 @@ def pg_schema(base: str):
 
 def _rows(spans: int, batch: int, seed: int) -> list[tuple]:
     """The spans-table rows the collector would write for these requests."""
-    from gepa_trace.collectors.otlp_decode import decode_protobuf, spans_of
-    from gepa_trace.store.spans import _row_values, prepare_spans
+    from gepa_trace.collectors.otlp_decode import Decoded, decode_protobuf, prepared_batches
 
     bodies, _ids = bc.make_requests(spans, batch, seed=seed)
     rows = []
     for body in bodies:
-        prepared = prepare_spans(spans_of(decode_protobuf(body)).spans)
-        rows.extend(_row_values(r) for r in prepared.rows)
+        for prepared in prepared_batches(decode_protobuf(body), Decoded()):
+            rows.extend(prepared.rows)
     return rows
 
 

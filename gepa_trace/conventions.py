@@ -224,7 +224,16 @@ def prompt_template_json(attributes: Mapping[str, Any]) -> str | None:
         # must not be stored under that name.
         return None
     found = foreign_template(attributes)
-    return json.dumps(found, ensure_ascii=False) if found else None
+    if not found:
+        return None
+    if len(found) == 1:  # as foreign_template makes them: the JSON of each, once
+        return _one_message_json(found[0]["role"], found[0]["content"])
+    return json.dumps(found, ensure_ascii=False)
+
+
+@lru_cache(maxsize=4096)
+def _one_message_json(role: str, content: str) -> str:
+    return json.dumps([{"role": role, "content": content}], ensure_ascii=False)
 
 
 def _component(attributes: Mapping[str, Any], name: str,
@@ -258,11 +267,17 @@ def _component(attributes: Mapping[str, Any], name: str,
 def derive(attributes: Mapping[str, Any], *, name: str = "",
            resource: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The derived columns of one span, from its attributes and resource."""
-    resource = resource or {}
+    return dict(zip(DERIVED_COLUMNS, derive_values(attributes, name, resource)))
+
+
+def derive_values(attributes: Mapping[str, Any], name: str = "",
+                  resource: Mapping[str, Any] | None = None) -> tuple:
+    """``derive()``'s values as a tuple in ``DERIVED_COLUMNS`` order (what the store's
+    row tuples hold; no dict per span)."""
     get = attributes.get
     span_type = span_type_of(attributes)
     agent = (get("gepa.agent") or get("agent.name") or get("gen_ai.agent.name")
-             or get("traceloop.workflow.name") or resource.get("service.name"))
+             or get("traceloop.workflow.name") or (resource or {}).get("service.name"))
     component = get("gepa.component")
     version = get("gepa.prompt.version")
     if component is None and (span_type in ("llm", "prompt")
@@ -277,16 +292,8 @@ def derive(attributes: Mapping[str, Any], *, name: str = "",
         model = _name(model_of(attributes))
     else:  # chains, tools, prompts carry no model or usage; skip eight lookups
         input_tokens = output_tokens = model = None
-    return {
-        "agent": _name(agent),
-        "component": _name(component),
-        "span_type": span_type,
-        "run_id": _name(get("gepa.run.id")),
-        "prompt_version": _name(version),
-        "model": model,
-        "input_tokens": input_tokens,
-        "output_tokens": output_tokens,
-    }
+    return (_name(agent), _name(component), span_type, _name(get("gepa.run.id")),
+            _name(version), model, input_tokens, output_tokens)
 
 
 def model_of(attributes: Mapping[str, Any]) -> Any:

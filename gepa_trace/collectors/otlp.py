@@ -32,14 +32,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
 from gepa_trace.collectors.admission import MemoryBudget
 from gepa_trace.collectors.otlp_decode import (
     JSON,
     PROTOBUF,
     Decoded,
     RequestError,
+    count_spans,
     decode_json,
     decode_protobuf,
+    prepared_batches,
     spans_of,
 )
 from gepa_trace.collectors.otlp_writer import SpanWriter, wait_until
@@ -170,40 +174,42 @@ class Receiver:
     def busy_requests(self) -> int:
         return self._in_flight
 
-    def export(self, decoded: Decoded, deadline: float | None = None) -> None:
-        """Store the spans of one request; returns once committed (see SpanWriter.write),
-        or raises TimeoutError at ``deadline`` (``time.monotonic()``; default: the
-        request timeout from now). Spans the store refuses (``store.spans.refused_time``)
-        are added to ``decoded``'s rejected spans, and spans it flags to its warnings,
-        for the partial-success answer.
+    def export(self, request: ExportTraceServiceRequest, decoded: Decoded,
+               deadline: float | None = None) -> None:
+        """Store the spans of one parsed request; returns once committed (see
+        SpanWriter.write), or raises TimeoutError at ``deadline`` (``time.monotonic()``;
+        default: the request timeout from now). Spans with invalid ids or times
+        (``store.spans.refused_times``) are added to ``decoded``'s rejected spans, and
+        spans stored flagged to its warnings, for the partial-success answer.
 
-        A request of more spans than the writer commits at once is handed over in
-        slices of ``max_batch_spans``, each after the previous one is committed, so that
-        it never fills the writer's queue alone: the other clients' requests are
-        committed between its slices instead of being answered 429 until it is done.
-        If a slice fails, the client's retry stores no duplicate of the slices before.
+        The request's rows are built here, in the request's thread, straight from the
+        protobuf message (``otlp_decode.prepared_batches``), so that the writer thread
+        only runs transactions. A request of more spans than the writer commits at once
+        is handed over in slices of ``max_batch_spans``, each after the previous one is
+        committed, so that it never fills the writer's queue alone: the other clients'
+        requests are committed between its slices instead of being answered 429 until
+        it is done. If a slice fails, the client's retry stores no duplicate of the
+        slices before.
         """
         with self._lock:
             self.stats.requests += 1
         if deadline is None:
             deadline = time.monotonic() + self.config.request_timeout_s
-        spans, step = decoded.spans, self.writer.max_batch_spans
-        refused: dict[str, int] = {}
-        flagged = 0
-        for start in range(0, len(spans), step):
-            prepared = self.writer.write(spans[start:start + step],
-                                         timeout=max(0.05, deadline - time.monotonic()))
-            for reason, count in (getattr(prepared, "refused", None) or {}).items():
-                refused[reason] = refused.get(reason, 0) + count
-            flagged += getattr(prepared, "flagged", 0)
-        for reason, count in refused.items():
-            decoded.reject(reason, count)
+        writer = self.writer
+        writer.check_room(min(count_spans(request), writer.max_batch_spans))
+        flagged = stored = 0
+        for batch in prepared_batches(request, decoded, writer.max_batch_spans):
+            if batch.rows:
+                writer.write_prepared(batch, len(batch.rows),
+                                      timeout=max(0.05, deadline - time.monotonic()))
+                flagged += batch.flagged
+                stored += len(batch.rows)
         if flagged:
             decoded.warnings.append(
                 f"{flagged} span(s) stored flagged inconsistent: their "
                 "gepa.prompt.version is not the hash of their template")
         with self._lock:
-            self.stats.spans_accepted += len(spans) - sum(refused.values())
+            self.stats.spans_accepted += stored
             self.stats.spans_rejected += decoded.rejected
 
     def feedback(self, fields: Any) -> tuple[int, dict[str, Any]]:

@@ -23,7 +23,7 @@ import base64
 import binascii
 import json
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +36,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from gepa_trace.collectors.admission import INFLATE_FACTOR, Ticket
+from gepa_trace.store.spans import PreparedSpans, refused_times, resource_columns
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -360,15 +361,11 @@ def attributes_of(key_values: Any) -> dict[str, Any]:
 _NO_TRACE, _NO_SPAN = b"\0" * 16, b"\0" * 8
 
 
-def spans_of(request: ExportTraceServiceRequest, decoded: Decoded | None = None) -> Decoded:
-    """The storable span dicts of a request; invalid spans are counted, not fatal.
-
-    ``decoded`` (from ``decode_request``) carries spans rejected while decoding; the
-    spans found here are added to it.
-    """
-    decoded = decoded if decoded is not None else Decoded()
-    out = decoded.spans
-    kinds, statuses = _KINDS, _STATUS
+def _valid_spans(request: ExportTraceServiceRequest, decoded: Decoded
+                 ) -> Iterator[tuple[dict[str, Any], Any, str, str, str | None]]:
+    """(resource attributes, span message, trace id, span id, parent id: hex) of each
+    span whose ids are valid; the others are rejected in ``decoded``. The spans of one
+    resource share its one dict."""
     for rs in request.resource_spans:
         resource = attributes_of(rs.resource.attributes)
         for ss in rs.scope_spans:
@@ -385,26 +382,79 @@ def spans_of(request: ExportTraceServiceRequest, decoded: Decoded | None = None)
                 if parent and len(parent) != 8:
                     decoded.reject(f"parent span id of {len(parent)} bytes, expected 8")
                     continue
-                status = span.status
-                start = span.start_time_unix_nano
-                out.append({
-                    "trace_id": trace_id.hex(),
-                    "span_id": span_id.hex(),
-                    "parent_span_id": parent.hex() if parent else None,
-                    "name": span.name,
-                    "kind": kinds.get(span.kind, "UNSPECIFIED"),
-                    "start_ns": start,
-                    "end_ns": span.end_time_unix_nano or start,
-                    "status_code": statuses.get(status.code, "UNSET"),
-                    "status_message": status.message or None,
-                    "attributes": attributes_of(span.attributes),
-                    "events": [{"name": e.name, "time_ns": e.time_unix_nano,
-                                "attributes": attributes_of(e.attributes)}
-                               for e in span.events],
-                    # One dict per resource, shared by its spans (write_spans may rely on it).
-                    "resource": resource,
-                })
+                yield resource, span, trace_id.hex(), span_id.hex(), \
+                    (parent.hex() if parent else None)
+
+
+def _events(span: Any) -> list[dict[str, Any]]:
+    return [{"name": e.name, "time_ns": e.time_unix_nano,
+             "attributes": attributes_of(e.attributes)} for e in span.events]
+
+
+def spans_of(request: ExportTraceServiceRequest, decoded: Decoded | None = None) -> Decoded:
+    """The storable span dicts of a request (``store.spans``' input, as the in-process
+    exporter makes them); invalid spans are counted, not fatal.
+
+    ``decoded`` (from ``decode_request``) carries spans rejected while decoding; the
+    spans found here are added to it.
+    """
+    decoded = decoded if decoded is not None else Decoded()
+    out = decoded.spans
+    kinds, statuses = _KINDS, _STATUS
+    for resource, span, trace_id, span_id, parent in _valid_spans(request, decoded):
+        status = span.status
+        start = span.start_time_unix_nano
+        out.append({
+            "trace_id": trace_id,
+            "span_id": span_id,
+            "parent_span_id": parent,
+            "name": span.name,
+            "kind": kinds.get(span.kind, "UNSPECIFIED"),
+            "start_ns": start,
+            "end_ns": span.end_time_unix_nano or start,
+            "status_code": statuses.get(status.code, "UNSET"),
+            "status_message": status.message or None,
+            "attributes": attributes_of(span.attributes),
+            "events": _events(span),
+            # One dict per resource, shared by its spans (write_spans may rely on it).
+            "resource": resource,
+        })
     return decoded
+
+
+def prepared_batches(request: ExportTraceServiceRequest, decoded: Decoded,
+                     batch_spans: int = 1 << 62) -> list[PreparedSpans]:
+    """The spans of a request straight to the store's row tuples, ``batch_spans`` rows a
+    batch at most: the rows ``spans_of`` + ``store.spans.prepare_spans`` make, with no
+    span dict in between (the collector's path; pinned by tests/test_otlp_stored_rows.py).
+
+    Spans with invalid ids or times (``store.spans.refused_times``) are rejected in
+    ``decoded``, before their attributes are read.
+    """
+    batches = [PreparedSpans()]
+    batch = batches[0]
+    now_ns = int(batch.now * 1e9)
+    kinds, statuses = _KINDS, _STATUS
+    columns: dict[int, tuple[str, str | None]] = {}
+    for resource, span, trace_id, span_id, parent in _valid_spans(request, decoded):
+        start = span.start_time_unix_nano
+        end = span.end_time_unix_nano or start
+        reason = refused_times(start, end, now_ns)
+        if reason is not None:
+            decoded.reject(reason)
+            continue
+        if len(batch.rows) >= batch_spans:
+            batch = PreparedSpans(now=batch.now)
+            batches.append(batch)
+        resource_json = columns.get(id(resource))
+        if resource_json is None:
+            resource_json = columns[id(resource)] = resource_columns(resource)
+        status = span.status
+        batch.add(trace_id, span_id, parent, span.name, kinds.get(span.kind, "UNSPECIFIED"),
+                  start, end, statuses.get(status.code, "UNSET"), status.message or None,
+                  attributes_of(span.attributes), _events(span) if span.events else None,
+                  resource, *resource_json)
+    return batches
 
 
 def encode_response(decoded: Decoded | None, kind: str) -> bytes:

@@ -55,7 +55,6 @@ from gepa_trace.collectors.otlp_decode import (
     encode_response,
     encode_status,
     media_type,
-    spans_of,
 )
 from gepa_trace.collectors.otlp_overflow import Overflow
 from gepa_trace.collectors.otlp_writer import WriteFailed, WriterBusy, WriterClosed
@@ -185,9 +184,8 @@ class OTLPHandler(BaseHTTPRequestHandler):
                                                   self.headers.get("Content-Encoding"),
                                                   receiver.max_body_bytes, ticket)
                 del body
-                decoded = spans_of(request, decoded)
+                receiver.export(request, decoded, self._request_deadline)
                 del request
-                receiver.export(decoded, self._request_deadline)
                 self._reply(200, reply_kind, encode_response(decoded, reply_kind))
             except RequestError as exc:
                 self._error(exc.status, exc.message, reply_kind)

@@ -156,21 +156,30 @@ class SpanWriter:
         ignored)."""
         if not spans:
             return None
-        with self._cond:  # refuse early, before paying for prepare()
-            if self._closing:
-                raise WriterClosed("the collector is shutting down")
-            if self._pending and self._pending + len(spans) > self.max_pending_spans:
-                raise WriterBusy(retry_after=1)
+        self.check_room(len(spans))  # refuse early, before paying for prepare()
         # Per-span Python work happens here, in the request's thread, overlapping with
         # the writer thread's transaction (sqlite3 and psycopg release the GIL).
-        job = _Job(self._prepare(spans), len(spans))
+        return self.write_prepared(self._prepare(spans), len(spans), timeout)
+
+    def check_room(self, spans: int) -> None:
+        """Raise WriterClosed, or WriterBusy when ``spans`` more would overfill the
+        queue (see the module docstring), before their rows are built."""
         with self._cond:
             if self._closing:
                 raise WriterClosed("the collector is shutting down")
-            if self._pending and self._pending + len(spans) > self.max_pending_spans:
+            if self._pending and self._pending + spans > self.max_pending_spans:
+                raise WriterBusy(retry_after=1)
+
+    def write_prepared(self, prepared: Any, size: int, timeout: float | None = None) -> Any:
+        """``write`` of what ``prepare`` made already (``size`` spans); returns it."""
+        job = _Job(prepared, size)
+        with self._cond:
+            if self._closing:
+                raise WriterClosed("the collector is shutting down")
+            if self._pending and self._pending + size > self.max_pending_spans:
                 raise WriterBusy(retry_after=1)
             self._queue.append(job)
-            self._pending += len(spans)
+            self._pending += size
             self._cond.notify()
         if not job.done.wait(timeout):
             raise TimeoutError("spans not committed in time")

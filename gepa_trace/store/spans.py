@@ -46,7 +46,7 @@ from typing import Any
 from sqlalchemy import and_, update
 from sqlalchemy.exc import IntegrityError
 
-from gepa_trace.conventions import derive, prompt_template_json
+from gepa_trace.conventions import DERIVED_COLUMNS, derive_values, prompt_template_json
 from gepa_trace.errors import FeedbackError
 from gepa_trace.store.engine import Store
 from gepa_trace.store.feedback_fields import EVENT_NAME, event_feedback
@@ -105,50 +105,23 @@ def _dumps(value: Any) -> str:
     return "".join(_c_encode(value, 0))
 
 
-def span_row(span: Mapping[str, Any], _resource_json: dict | None = None) -> dict[str, Any]:
-    """The spans-table row of one span dict."""
-    attributes = span.get("attributes") or {}
-    resource = span.get("resource") or {}
-    if _resource_json is None or not resource:
-        resource_text = _dumps(resource)
-    else:  # spans of one OTLP resource share one dict: serialize it once per batch
-        resource_text = _resource_json.get(id(resource))
-        if resource_text is None:
-            resource_text = _resource_json[id(resource)] = _dumps(resource)
+#: The spans table's columns in the order of a row tuple (checked against the table below).
+ROW_COLUMNS = ("trace_id", "span_id", "parent_span_id", "name", "kind", "start_ns", "end_ns",
+               "status_code", "status_message", "attributes", "events", "resource",
+               "service_name") + DERIVED_COLUMNS + ("prompt_flag",)
+_COMPONENT, _VERSION, _FLAG = (ROW_COLUMNS.index(c)
+                               for c in ("component", "prompt_version", "prompt_flag"))
+
+
+def resource_columns(resource: Mapping[str, Any]) -> tuple[str, str | None]:
+    """(resource JSON, service_name) of one resource: computed once for all its spans."""
     service = resource.get("service.name")
-    row = {
-        "trace_id": span["trace_id"],
-        "span_id": span["span_id"],
-        "parent_span_id": span.get("parent_span_id"),
-        "name": span.get("name") or "",
-        "kind": span.get("kind") or "INTERNAL",
-        "start_ns": int(span["start_ns"]),
-        "end_ns": int(span.get("end_ns") or span["start_ns"]),
-        "status_code": span.get("status_code") or "UNSET",
-        "status_message": span.get("status_message"),
-        "attributes": _dumps(attributes),
-        "events": _dumps(events) if (events := span.get("events")) else "[]",
-        "resource": resource_text,
-        "service_name": str(service)[:255] if service is not None else None,
-        "prompt_flag": None,  # set by _prompt_versions
-    }
-    row.update(derive(attributes, name=row["name"], resource=resource))
-    if "gepa.agent" in attributes:
-        # Written by our own instrumentation, which attributes LLM spans itself; the
-        # join of foreign PROMPT spans to their LLM siblings must leave it alone. (Not a
-        # column: the insert takes only the table's columns.)
-        row["_ours"] = True
-    return row
+    return _dumps(resource), (str(service)[:255] if service is not None else None)
 
 
-def refused_time(span: Mapping[str, Any], now_ns: int) -> str | None:
-    """Why ``span``'s times cannot be stored, or None. ``end_ns`` 0 or absent means
-    "not recorded" (stored as the start, as before)."""
-    try:
-        start = int(span.get("start_ns") or 0)
-        end = int(span.get("end_ns") or 0)
-    except (TypeError, ValueError, OverflowError):
-        return "span time is not a number of nanoseconds"
+def refused_times(start: int, end: int, now_ns: int) -> str | None:
+    """Why a span starting at ``start`` and ending at ``end`` (ns; 0: not recorded)
+    cannot be stored, or None."""
     if start <= 0:
         return "span without a start time"
     if start > _INT64_MAX:
@@ -163,21 +136,15 @@ def refused_time(span: Mapping[str, Any], now_ns: int) -> str | None:
     return None
 
 
-def _refuse_bad_times(spans: Sequence[Mapping[str, Any]], now_ns: int
-                      ) -> tuple[Sequence[Mapping[str, Any]], dict[str, int]]:
-    """(the spans whose times can be stored, {reason: count} of the others)."""
-    refused: dict[str, int] = {}
-    kept: list[Mapping[str, Any]] | None = None
-    for index, span in enumerate(spans):
-        reason = refused_time(span, now_ns)
-        if reason is None:
-            if kept is not None:
-                kept.append(span)
-            continue
-        if kept is None:  # the common case copies nothing
-            kept = list(spans[:index])
-        refused[reason] = refused.get(reason, 0) + 1
-    return (spans if kept is None else kept), refused
+def refused_time(span: Mapping[str, Any], now_ns: int) -> str | None:
+    """Why ``span``'s times cannot be stored, or None. ``end_ns`` 0 or absent means
+    "not recorded" (stored as the start, as before)."""
+    try:
+        start = int(span.get("start_ns") or 0)
+        end = int(span.get("end_ns") or 0)
+    except (TypeError, ValueError, OverflowError):
+        return "span time is not a number of nanoseconds"
+    return refused_times(start, end, now_ns)
 
 
 _consistent: dict[tuple[str, str], bool] = {}
@@ -202,94 +169,148 @@ def template_matches(version: str, template: str) -> bool:
     return known
 
 
-def _prompt_versions(spans: Sequence[Mapping[str, Any]], rows: Sequence[dict[str, Any]],
-                     now: float) -> dict[tuple[str, str], dict[str, Any]]:
-    """The first-seen versions of ``rows``; flags (``prompt_flag``) the rows whose
-    declared version is not the hash of the template they carry."""
-    found: dict[tuple[str, str], dict[str, Any]] = {}
-    for span, row in zip(spans, rows):
-        if not row["component"] or not row["prompt_version"]:
-            continue
-        # ours (gepa.prompt.template) or a foreign convention's (conventions.py)
-        template = prompt_template_json(span.get("attributes") or {})
-        if not template:
-            continue
-        if not template_matches(row["prompt_version"], template):
-            row["prompt_flag"] = INCONSISTENT
-            continue
-        key = (row["component"], row["prompt_version"])
-        if key in found:
-            continue
-        found[key] = {"component": key[0], "version": key[1], "agent": row["agent"],
-                      "template": template, "origin": "observed",
-                      "first_seen": now, "last_seen": now}
-    return found
-
-
 @dataclass
 class PreparedSpans:
-    """Rows of a batch of spans, computed before the transaction (see ``prepare_spans``)."""
+    """Rows of a batch of spans, computed before the transaction: ``add`` builds them
+    (``prepare_spans`` from span dicts, the OTLP receiver straight from protobuf).
 
-    rows: list[dict[str, Any]]
-    versions: dict[tuple[str, str], dict[str, Any]]
-    now: float
+    ``rows`` are tuples in ``ROW_COLUMNS`` order, what the insert binds; ``links`` are
+    the few columns ``store.prompt_links`` joins on, of the rows that take part in the
+    join (with ``_at``, the row's index), so that the writer touches no other row.
+    """
+
+    rows: list[tuple] = field(default_factory=list)
+    versions: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    now: float = field(default_factory=time.time)
     feedback: list[dict[str, Any]] | None = None  # rows of gepa.feedback events
     refused: dict[str, int] = field(default_factory=dict)  # {reason: spans} not stored
+    links: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def flagged(self) -> int:
         """How many of the rows are flagged (``prompt_flag``)."""
-        return sum(1 for r in self.rows if r["prompt_flag"] is not None)
+        return sum(1 for r in self.rows if r[_FLAG] is not None)
 
+    def add(self, trace_id: str, span_id: str, parent_span_id: str | None, name: str,
+            kind: str, start_ns: int, end_ns: int, status_code: str,
+            status_message: str | None, attributes: Mapping[str, Any],
+            events: list[dict[str, Any]] | None, resource: Mapping[str, Any],
+            resource_json: str, service_name: str | None) -> None:
+        """The row of one span whose times passed ``refused_times``; ``end_ns`` is
+        already the start when not recorded, ``resource_json`` and ``service_name`` are
+        ``resource_columns(resource)``. Also notes the span's first-seen prompt version,
+        its ``gepa.feedback`` events and its part in the PROMPT/LLM join."""
+        derived = derive_values(attributes, name, resource)
+        component, version = derived[1], derived[4]
+        flag = None
+        if component and version:
+            # ours (gepa.prompt.template) or a foreign convention's (conventions.py)
+            template = prompt_template_json(attributes)
+            if template:
+                if not template_matches(version, template):
+                    flag = INCONSISTENT
+                elif (component, version) not in self.versions:
+                    self.versions[(component, version)] = {
+                        "component": component, "version": version, "agent": derived[0],
+                        "template": template, "origin": "observed",
+                        "first_seen": self.now, "last_seen": self.now}
+        if events:
+            self._event_feedback(trace_id, span_id, parent_span_id, events)
+        span_type = derived[2]
+        # Our own instrumentation (gepa.agent) attributes LLM spans itself; the join of
+        # foreign PROMPT spans to their LLM siblings leaves its spans alone.
+        if "gepa.agent" not in attributes and (
+                (span_type == "llm" and version is None and parent_span_id is not None)
+                or (span_type == "prompt" and version and parent_span_id)):
+            self.links.append({
+                "trace_id": trace_id, "span_id": span_id, "parent_span_id": parent_span_id,
+                "span_type": span_type, "component": component, "prompt_version": version,
+                "prompt_flag": flag, "start_ns": start_ns, "end_ns": end_ns,
+                "_at": len(self.rows)})
+        self.rows.append((trace_id, span_id, parent_span_id, name, kind, start_ns, end_ns,
+                          status_code, status_message, _dumps(attributes),
+                          _dumps(events) if events else "[]", resource_json, service_name,
+                          *derived, flag))
 
-def _event_feedback(spans: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    found, malformed = [], 0
-    for span in spans:
-        for event in span.get("events") or ():
+    def _event_feedback(self, trace_id: str, span_id: str, parent_span_id: str | None,
+                        events: list[dict[str, Any]]) -> None:
+        malformed = 0
+        for event in events:
             if event.get("name") != EVENT_NAME:
                 continue
+            span = {"trace_id": trace_id, "span_id": span_id,
+                    "parent_span_id": parent_span_id}
             try:
-                found.append(event_feedback(span, event))
+                feedback = event_feedback(span, event)
             except FeedbackError:
                 malformed += 1
-    if malformed:
-        _skip_feedback_events("malformed", malformed)
-    return found
+                continue
+            if self.feedback is None:
+                self.feedback = []
+            self.feedback.append(feedback)
+        if malformed:
+            _skip_feedback_events("malformed", malformed)
+
+    def adopt_links(self) -> None:
+        """Copy what ``store.prompt_links`` gave the LLM rows of ``links`` into ``rows``."""
+        for link in self.links:
+            if link["span_type"] == "llm" and link["prompt_version"] is not None:
+                row = self.rows[link["_at"]]
+                if row[_VERSION] is None:
+                    self.rows[link["_at"]] = (
+                        *row[:_COMPONENT], link["component"], *row[_COMPONENT + 1:_VERSION],
+                        link["prompt_version"], *row[_VERSION + 1:_FLAG], link["prompt_flag"])
 
 
 def prepare_spans(spans: Sequence[Mapping[str, Any]]) -> PreparedSpans:
-    """The rows and first-seen prompt versions of ``spans``, without touching the store.
+    """The rows and first-seen prompt versions of ``spans`` (span dicts), without
+    touching the store.
 
-    Pure Python and thread-safe: the OTLP receiver runs it in its request threads so
-    that its single writer thread only runs transactions. Spans whose times cannot be
-    stored are left out and counted in ``refused`` (see the module docstring).
+    Pure Python and thread-safe. Spans whose times cannot be stored are left out and
+    counted in ``refused`` (see the module docstring).
     """
-    now = time.time()
-    spans, refused = _refuse_bad_times(spans, int(now * 1e9))
-    resource_json: dict[int, str] = {}
-    rows = [span_row(s, resource_json) for s in spans]
-    feedback = _event_feedback(spans) if any(s.get("events") for s in spans) else None
-    return PreparedSpans(rows, _prompt_versions(spans, rows, now), now, feedback, refused)
+    prepared = PreparedSpans()
+    now_ns = int(prepared.now * 1e9)
+    refused = prepared.refused
+    resources: dict[int, tuple[str, str | None]] = {}
+    for span in spans:
+        reason = refused_time(span, now_ns)
+        if reason is not None:
+            refused[reason] = refused.get(reason, 0) + 1
+            continue
+        resource = span.get("resource") or {}
+        # spans of one OTLP resource share one dict: serialized once per batch
+        columns = resources.get(id(resource)) if resource else None
+        if columns is None:
+            columns = resources[id(resource)] = resource_columns(resource)
+        start = int(span["start_ns"])
+        prepared.add(span["trace_id"], span["span_id"], span.get("parent_span_id"),
+                     span.get("name") or "", span.get("kind") or "INTERNAL", start,
+                     int(span.get("end_ns") or start), span.get("status_code") or "UNSET",
+                     span.get("status_message"), span.get("attributes") or {},
+                     span.get("events") or None, resource, *columns)
+    return prepared
 
 
 _SPAN_COLUMNS = tuple(c.name for c in _SPANS.columns)
+if _SPAN_COLUMNS != ROW_COLUMNS:  # a column added to SpanRow must be added here too
+    raise RuntimeError(f"store.spans.ROW_COLUMNS {ROW_COLUMNS} differ from the spans "
+                       f"table's {_SPAN_COLUMNS}")
 
 
-_row_values = itemgetter(*_SPAN_COLUMNS)  # span_row() fills every column
-_primary_key = itemgetter(_SPAN_COLUMNS.index("trace_id"), _SPAN_COLUMNS.index("span_id"))
+_primary_key = itemgetter(0, 1)  # (trace_id, span_id)
 # Parameters per statement: SQLite binds at most 32766 since 3.32, 999 before.
 _SQLITE_ROWS_PER_INSERT = (32766 if sqlite3.sqlite_version_info >= (3, 32) else 999) \
     // len(_SPAN_COLUMNS)
 
 
-def _insert_span_rows(conn: Any, rows: Sequence[dict[str, Any]]) -> None:
+def _insert_span_rows(conn: Any, rows: Sequence[tuple]) -> None:
     # Plain DBAPI, not SQLAlchemy's insert(): its per-row parameter handling cost as
     # much as the database's work. ON CONFLICT DO NOTHING (SQLite >= 3.24, PostgreSQL)
     # skips spans already stored, and only those.
-    values = [_row_values(r) for r in rows]
     # In primary-key order, the batch walks the key index once from left to right
     # instead of dirtying random pages (-25% insert time at 160k stored spans).
-    values.sort(key=_primary_key)
+    values = sorted(rows, key=_primary_key)
     head = f"INSERT INTO {_SPANS.name} ({', '.join(_SPAN_COLUMNS)}) VALUES "
     if conn.dialect.name != "sqlite":
         _copy_span_rows(conn, values)
@@ -349,19 +370,22 @@ _STAGING = "gepa_trace_spans_staging"
 
 def write_prepared(store: Store, batches: Sequence[PreparedSpans]) -> int:
     """Store prepared batches in one transaction; returns how many spans were handed in."""
-    rows = batches[0].rows if len(batches) == 1 else [r for b in batches for r in b.rows]
-    if not rows:
+    count = sum(len(b.rows) for b in batches)
+    if not count:
         return 0
     versions: dict[tuple[str, str], dict[str, Any]] = {}
     for batch in batches:
         for key, value in batch.versions.items():
             versions.setdefault(key, value)
     now = max(b.now for b in batches)
+    links = [link for b in batches for link in b.links]
     with store.write() as conn:
         # An OpenInference LLM span takes the template of its sibling PROMPT span,
         # whichever of the two arrives first (store/prompt_links.py).
-        unclaimed_prompts = link_prompt_spans(store, conn, rows)
-        _insert_span_rows(conn, rows)
+        unclaimed_prompts = link_prompt_spans(store, conn, links) if links else []
+        for batch in batches:
+            batch.adopt_links()
+        _insert_span_rows(conn, [r for b in batches for r in b.rows])
         fix_up_linked_llm_spans(conn, unclaimed_prompts)
         if versions:
             store.insert_ignoring_duplicates(conn, _VERSIONS, list(versions.values()))
@@ -373,7 +397,7 @@ def write_prepared(store: Store, batches: Sequence[PreparedSpans]) -> int:
         feedback = [f for b in batches for f in (b.feedback or ())]
         if feedback:
             _store_event_feedback(conn, feedback)
-    return len(rows)
+    return count
 
 
 def _store_event_feedback(conn: Any, rows: list[dict[str, Any]]) -> None:
