@@ -236,3 +236,14 @@ _json_value = st.recursive(_json_leaf, lambda inner: st.one_of(
 @given(_json_value)
 def test_fuzz_json_structures_shaped_like_otlp(value):
     _decode_never_crashes(json.dumps(value).encode(), JSON, None)
+
+
+@pytest.mark.parametrize("node", ["planner", "é ü 😀", 'quote " inside', "back \\ slash",
+                                  "tab\tand\nnewline", "\u00a0nbsp", "\ud800"])
+def test_component_names_in_langchain_metadata_read_as_json_reads_them(node):
+    from gepa_trace.conventions import _metadata
+
+    text = json.dumps({"langgraph_step": 1, "langgraph_node": node})
+    assert _metadata({"metadata": text}) == {"langgraph_node": json.loads(text)["langgraph_node"]}
+    raw = '{"langgraph_node": "tab\tinside"}'  # a control character: not JSON, not read
+    assert _metadata({"metadata": raw}) == {}
