@@ -1,14 +1,18 @@
-"""Decoding OTLP trace requests into the span dicts that ``store.spans.write_spans`` takes.
+"""Decoding OTLP trace requests into the rows the store writes.
 
 Contract:
 - ``decode_request(body, content_type, content_encoding, limit)`` returns an
   ``ExportTraceServiceRequest`` and a ``Decoded`` holding spans already rejected while
-  decoding (OTLP/JSON ids that are not hex), or raises ``RequestError`` carrying the HTTP status to
-  answer (400 undecodable, 413 over ``limit`` after decompression, 415 unsupported type
-  or encoding). It never raises anything else, whatever the bytes (fuzzed in the tests).
-- ``spans_of(request, decoded)`` turns a decoded request into span dicts, rejecting (not failing
-  on) spans whose ids are missing or of the wrong length; ``Decoded.rejected`` and
-  ``Decoded.reasons`` feed the OTLP ``partial_success`` answer.
+  decoding (OTLP/JSON ids that are not hex), or raises ``RequestError`` carrying the HTTP
+  status to answer (400 undecodable, 413 over ``limit`` after decompression, 415
+  unsupported type or encoding). It never raises anything else, whatever the bytes
+  (fuzzed in the tests).
+- ``prepared_batches(request, decoded)`` (the collector) turns a decoded request
+  straight into ``store.spans.PreparedSpans`` row batches, and ``spans_of(request,
+  decoded)`` (``gepa-trace ingest``) into span dicts; both reject (not fail on) spans
+  whose ids are missing or of the wrong length, the first also those whose times the
+  store refuses. ``Decoded.rejected`` and ``Decoded.reasons`` feed the OTLP
+  ``partial_success`` answer.
 - ``encode_response`` / ``encode_status`` write replies in the request's own format,
   because answering JSON to a protobuf client breaks strict clients.
 

@@ -1,10 +1,14 @@
 """Writing spans: the one path by which spans enter the store.
 
-Both the in-process exporter and the OTLP receiver hand ``write_spans`` plain span
-dicts; it fills the derived columns (``conventions.derive``), serializes the
-JSON columns, records prompt versions seen for the first time, and writes everything
-in one transaction. A span already stored (same trace and span id) is skipped, so a
-client's retry never duplicates spans.
+Every span becomes a row tuple (``ROW_COLUMNS``) in ``PreparedSpans.add``, which fills
+the derived columns (``conventions.derive_values``), serializes the JSON columns, and
+notes prompt versions seen for the first time; ``write_prepared`` writes batches of
+rows in one transaction. The in-process exporter and ``gepa-trace ingest`` hand
+``write_spans`` plain span dicts (``prepare_spans`` + ``write_prepared``); the OTLP
+receiver builds the rows straight from protobuf in its request threads
+(``collectors.otlp_decode.prepared_batches``) so that its writer thread only binds and
+commits. A span already stored (same trace and span id) is skipped, so a client's
+retry never duplicates spans.
 
 A span dict has: trace_id (32 hex), span_id (16 hex), parent_span_id (16 hex or None),
 name, kind, start_ns, end_ns, status_code (UNSET|OK|ERROR), status_message,
@@ -20,8 +24,9 @@ Two checks keep made-up spans from steering the optimizer (issue 18):
 - Times: a span that starts more than ``MAX_CLOCK_SKEW_NS`` after this process's clock,
   has no start time, a time beyond int64, or ends before it starts is refused, alone:
   the others of its batch are stored and ``PreparedSpans.refused`` says how many were
-  refused and why (the OTLP receiver answers with a partial success; ``gepa-trace
-  ingest`` counts them; the in-process exporter logs them). Every path in passes here.
+  refused and why (``gepa-trace ingest`` counts them; the in-process exporter logs
+  them; the OTLP receiver rejects them in its partial-success answer, checking
+  ``refused_times`` before it builds a row). Every path in passes here.
 - Prompt versions: a version is the content hash of its template. A span whose
   declared version is not the hash of the template it carries is stored with
   ``prompt_flag = "inconsistent"``; its template is not recorded under that version,
