@@ -6,6 +6,7 @@ fresh SQLite store. Every span must be stored exactly once (counted and compared
         [--batch 512] [--store URL] [--no-write]
     .venv/bin/python bench/bench_collector.py --versus-raw [--pg URL] [--repeats 3]
     .venv/bin/python bench/bench_collector.py --two-collectors [--pg URL] [--repeats 3]
+    .venv/bin/python bench/bench_collector.py --stages [--spans 50000] [--store URL]
 
 The spans look like openinference-instrumentation-langchain's: traces of a CHAIN with a
 PROMPT and an LLM child (messages, model, tokens, metadata). The exporters send
@@ -272,6 +273,40 @@ def run(transport: str, url: str, spans: int, exporters: int, batch: int, seed: 
             "requests": len(bodies)}
 
 
+def stages(url: str, spans: int, batch: int, per_transaction: int = 4) -> dict:
+    """The collector's CPU per span by stage, in one thread with no senders (a stable
+    measure on a shared machine, where rates are not): parse the protobuf request, build
+    its rows (``prepared_batches``, what the request threads do), write them
+    (``write_prepared``, what the writer thread does, ``per_transaction`` requests a
+    transaction as under load). ``time.process_time``, so the database server's own
+    CPU (PostgreSQL) is not counted."""
+    from gepa_trace.collectors.otlp import tune_process_for_ingest, tune_sqlite_for_bulk_writes
+    from gepa_trace.collectors.otlp_decode import Decoded, decode_protobuf, prepared_batches
+    from gepa_trace.store import open_store
+    from gepa_trace.store.spans import write_prepared
+
+    store = open_store(url, create=True)
+    tune_sqlite_for_bulk_writes(store)
+    bodies, _ids = make_requests(spans, batch)
+    tune_process_for_ingest()
+    cpu = {"parse": 0.0, "rows": 0.0, "write": 0.0}
+    waiting: list = []
+    for n, body in enumerate(bodies, 1):
+        started = time.process_time()
+        request = decode_protobuf(body)
+        parsed = time.process_time()
+        waiting += prepared_batches(request, Decoded())
+        built = time.process_time()
+        cpu["parse"] += parsed - started
+        cpu["rows"] += built - parsed
+        if n % per_transaction == 0 or n == len(bodies):
+            write_prepared(store, waiting)
+            waiting = []
+            cpu["write"] += time.process_time() - built
+    return {f"{stage}_us_per_span": round(seconds / spans * 1e6, 1)
+            for stage, seconds in cpu.items()}
+
+
 def write_results(results: list[dict], args: argparse.Namespace) -> None:
     from results import write_section  # bench/results.py, beside this file
 
@@ -335,6 +370,8 @@ def main() -> None:
         "GEPA_TRACE_TEST_PG", "postgresql+psycopg://gepa:gepa@127.0.0.1:5432/gepa_test"),
         help="PostgreSQL database for --versus-raw / --two-collectors (a schema per run)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--stages", action="store_true",
+                        help="CPU per span of each stage, in one thread (prints, writes nothing)")
     parser.add_argument("--sender", choices=["http", "grpc"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
@@ -342,6 +379,17 @@ def main() -> None:
     if args.sender:
         return sender_process(args.sender, args.port, args.spans, args.exporters, args.batch,
                               args.seed)
+    if args.stages:
+        if args.store and args.store.startswith("postgresql"):
+            from collector_vs_raw import pg_schema
+
+            with pg_schema(args.store) as url:  # a fresh schema, dropped afterwards
+                print(json.dumps(stages(url, args.spans, args.batch)))
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            url = args.store or f"sqlite:///{tmp}/stages.db"
+            print(json.dumps(stages(url, args.spans, args.batch)))
+        return None
     if args.versus_raw or args.two_collectors:
         from collector_vs_raw import main_versus
 
