@@ -21,13 +21,15 @@ from gepa_trace.collectors.admission import MemoryBudget, TooLarge
 from gepa_trace.collectors.otlp_decode import (
     JSON,
     PROTOBUF,
+    Decoded,
     RequestError,
     count_encoded_spans,
     count_spans,
     decode_request,
     encode_response,
-    spans_of,
+    prepared_batches,
 )
+from gepa_trace.store.spans import ROW_COLUMNS
 
 TRACE = bytes(range(1, 17))
 SPAN = bytes(range(1, 9))
@@ -44,6 +46,20 @@ def request_of(*spans, resource=None) -> ExportTraceServiceRequest:
         scope_spans=[ScopeSpans(spans=list(spans))])])
 
 
+def stored(request, pre=None) -> tuple[list[dict], Decoded]:
+    """The rows a request's spans become, as {column: value} with the JSON columns
+    read back, and what was rejected."""
+    decoded = pre if pre is not None else Decoded()
+    rows = []
+    for batch in prepared_batches(request, decoded):
+        for row in batch.rows:
+            values = dict(zip(ROW_COLUMNS, row))
+            for column in ("attributes", "events", "resource"):
+                values[column] = json.loads(values[column])
+            rows.append(values)
+    return rows, decoded
+
+
 def span(**fields) -> Span:
     base = {"trace_id": TRACE, "span_id": SPAN, "name": "s", "kind": 3,
             "start_time_unix_nano": 10, "end_time_unix_nano": 20}
@@ -51,7 +67,7 @@ def span(**fields) -> Span:
     return Span(**base)
 
 
-def test_protobuf_request_becomes_span_dicts_with_typed_attributes():
+def test_protobuf_request_becomes_rows_with_typed_attributes():
     s = span(parent_span_id=PARENT, status=Status(code=2, message="boom"), attributes=[
         kv("str", string_value="x"), kv("int", int_value=7), kv("f", double_value=0.5),
         kv("b", bool_value=True), kv("arr", array_value={"values": [AnyValue(int_value=1),
@@ -60,9 +76,8 @@ def test_protobuf_request_becomes_span_dicts_with_typed_attributes():
         kv("bytes", bytes_value=b"\x00\x01")],
         events=[Span.Event(time_unix_nano=15, name="e", attributes=[kv("a", int_value=1)])])
     request, pre = decode_request(request_of(s).SerializeToString(), PROTOBUF)
-    decoded = spans_of(request, pre)
+    (got,), decoded = stored(request, pre)
     assert decoded.rejected == 0
-    (got,) = decoded.spans
     assert got["trace_id"] == TRACE.hex() and got["span_id"] == SPAN.hex()
     assert got["parent_span_id"] == PARENT.hex()
     assert (got["kind"], got["status_code"], got["status_message"]) == ("CLIENT", "ERROR", "boom")
@@ -83,7 +98,7 @@ def test_otlp_json_uses_hex_ids_int_enums_string_int64_and_ignores_unknown_field
             "attributes": [{"key": "n", "value": {"intValue": "42"}}],
             "status": {"code": 1}}]}]}]}
     request, pre = decode_request(json.dumps(body).encode(), "application/json; charset=utf-8")
-    (got,) = spans_of(request, pre).spans
+    (got,), _ = stored(request, pre)
     assert got["trace_id"] == TRACE.hex() and got["parent_span_id"] is None
     assert (got["kind"], got["status_code"]) == ("SERVER", "OK")
     assert got["start_ns"] == 1_700_000_000_000_000_000
@@ -95,15 +110,15 @@ def test_gzip_and_deflate_bodies_decode_like_plain_ones():
     for body, encoding in [(gzip.compress(raw), "gzip"), (zlib.compress(raw), "deflate"),
                            (zlib.compress(raw)[2:-4], "deflate")]:  # raw deflate too
         request, pre = decode_request(body, PROTOBUF, encoding)
-        assert len(spans_of(request, pre).spans) == 1
+        assert len(stored(request, pre)[0]) == 1
 
 
 def test_spans_with_bad_ids_are_rejected_with_reasons_and_the_rest_kept():
     request = request_of(span(), span(trace_id=b""), span(span_id=b"\x01" * 4),
                          span(trace_id=b"\x01" * 15), span(parent_span_id=b"\x02" * 3),
                          span(span_id=b"\x00" * 8))
-    decoded = spans_of(request)
-    assert len(decoded.spans) == 1 and decoded.rejected == 5
+    rows, decoded = stored(request)
+    assert len(rows) == 1 and decoded.rejected == 5
     assert "without a valid trace id" in decoded.error_message
     assert "span id of 4 bytes" in decoded.error_message
     response = ExportTraceServiceResponse.FromString(encode_response(decoded, PROTOBUF))
@@ -119,7 +134,7 @@ def test_json_ids_in_base64_from_nonconforming_clients_are_accepted():
         "traceId": base64.b64encode(TRACE).decode(), "spanId": base64.b64encode(SPAN).decode(),
         "name": "b64", "startTimeUnixNano": "1", "endTimeUnixNano": "2"}]}]}]}
     request, pre = decode_request(json.dumps(body).encode(), JSON)
-    (got,) = spans_of(request, pre).spans
+    (got,), _ = stored(request, pre)
     assert (got["trace_id"], got["span_id"]) == (TRACE.hex(), SPAN.hex())
 
 
@@ -129,8 +144,8 @@ def test_json_span_whose_id_is_not_hex_is_rejected_not_the_request():
     bad = dict(good, spanId="zz" * 8, name="bad")
     body = json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [good, bad]}]}]}).encode()
     request, pre = decode_request(body, JSON)
-    decoded = spans_of(request, pre)
-    assert [s["name"] for s in decoded.spans] == ["ok"]
+    rows, decoded = stored(request, pre)
+    assert [s["name"] for s in rows] == ["ok"]
     assert decoded.rejected == 1 and "not hex" in decoded.error_message
 
 
@@ -194,10 +209,9 @@ def _decode_never_crashes(body: bytes, ctype: str, encoding: str | None) -> None
         return
     if ctype == PROTOBUF and encoding is None:  # the count admission used is exact
         assert count_encoded_spans(body) == count_spans(request)
-    decoded = spans_of(request, pre)
-    for s in decoded.spans:
+    rows, _ = stored(request, pre)  # never raises either
+    for s in rows:
         assert len(s["trace_id"]) == 32 and len(s["span_id"]) == 16
-        json.dumps(s["attributes"])  # storable
 
 
 _FUZZ = settings(max_examples=300, deadline=None,

@@ -44,17 +44,11 @@ from gepa_trace.collectors.otlp_decode import (
     decode_json,
     decode_protobuf,
     prepared_batches,
-    spans_of,
 )
 from gepa_trace.collectors.otlp_writer import SpanWriter, wait_until
 from gepa_trace.errors import ConfigError, GepaTraceError
 from gepa_trace.store.engine import Store
-from gepa_trace.store.spans import (
-    log_refused,
-    prepare_spans,
-    skipped_feedback_events,
-    write_prepared,
-)
+from gepa_trace.store.spans import PreparedSpans, skipped_feedback_events, write_prepared
 
 log = logging.getLogger(__name__)
 
@@ -422,8 +416,9 @@ class IngestReport:
                 "rejected": self.rejected, "errors": list(self.errors)}
 
 
-def read_otlp_file(path: Path) -> list[Decoded]:
-    """The decoded requests of one file; raises RequestError naming what is wrong.
+def read_otlp_file(path: Path) -> list[tuple[ExportTraceServiceRequest, Decoded]]:
+    """The parsed requests of one file, each with the spans rejected while decoding it;
+    raises RequestError naming what is wrong.
 
     JSON: the whole file is one request, or each non-empty line is one. Anything that
     does not start with ``{`` is read as one protobuf ExportTraceServiceRequest.
@@ -432,8 +427,7 @@ def read_otlp_file(path: Path) -> list[Decoded]:
     head = raw.lstrip()[:1]
     if head == b"{":
         try:
-            request, pre = decode_json(raw)
-            return [spans_of(request, pre)]
+            return [decode_json(raw)]
         except RequestError as whole_error:
             lines = [line for line in raw.splitlines() if line.strip()]
             if len(lines) < 2:
@@ -441,12 +435,11 @@ def read_otlp_file(path: Path) -> list[Decoded]:
             out = []
             for number, line in enumerate(lines, 1):
                 try:
-                    request, pre = decode_json(line)
+                    out.append(decode_json(line))
                 except RequestError as exc:
                     if number == 1:  # not JSON lines either: one broken request
                         raise whole_error from None
                     raise RequestError(400, f"line {number}: {exc.message}") from None
-                out.append(spans_of(request, pre))
             return out
     if not raw:
         raise RequestError(400, "file is empty")
@@ -454,12 +447,14 @@ def read_otlp_file(path: Path) -> list[Decoded]:
     if not request.resource_spans:
         # protobuf parses many byte strings as unknown fields; no spans means not OTLP
         raise RequestError(400, "not an OTLP trace request (no resourceSpans)")
-    return [spans_of(request)]
+    return [(request, Decoded())]
 
 
 def ingest_files(store: Store, paths: list[str | Path], *, batch_spans: int = 5000,
                  progress: Any = None) -> IngestReport:
-    """Load OTLP files into the store. A bad file is reported and skipped, not fatal."""
+    """Load OTLP files into the store, ``batch_spans`` spans a transaction at most (a
+    request is not split). A bad file is reported and skipped, not fatal; spans with
+    invalid ids or times are counted in ``rejected`` and their reasons logged."""
     report = IngestReport()
     for name in paths:
         path = Path(name)
@@ -472,31 +467,26 @@ def ingest_files(store: Store, paths: list[str | Path], *, batch_spans: int = 50
             report.errors.append(f"{path}: {_kind_of(path)}: {exc.message}")
             continue
         report.files += 1
-        pending: list[dict[str, Any]] = []
-        for decoded in requests:
+        pending: list[PreparedSpans] = []
+        rows = file_rows = 0
+        for request, decoded in requests:
             report.requests += 1
+            batches = prepared_batches(request, decoded)
             report.rejected += decoded.rejected
             for reason in decoded.reasons:
                 log.warning("%s: rejected spans: %s", path, reason)
-            pending.extend(decoded.spans)
-            if len(pending) >= batch_spans:
-                report.spans += _write_batch(store, pending, report, path)
-                pending = []
+            pending += batches
+            rows += sum(len(b.rows) for b in batches)
+            if rows >= batch_spans:
+                report.spans += write_prepared(store, pending)
+                file_rows += rows
+                pending, rows = [], 0
         if pending:
-            report.spans += _write_batch(store, pending, report, path)
+            report.spans += write_prepared(store, pending)
+            file_rows += rows
         if progress is not None:
-            progress(f"{path}: {sum(len(d.spans) for d in requests)} spans")
+            progress(f"{path}: {file_rows} spans")
     return report
-
-
-def _write_batch(store: Store, spans: list[dict[str, Any]], report: IngestReport,
-                 path: Path) -> int:
-    """Store one batch of a file's spans; those refused for their times are counted in
-    ``report.rejected`` and logged. Returns how many were stored."""
-    prepared = prepare_spans(spans)
-    report.rejected += sum(prepared.refused.values())
-    log_refused(prepared.refused, f"{path}: ")
-    return write_prepared(store, [prepared])
 
 
 def _kind_of(path: Path) -> str:

@@ -7,12 +7,11 @@ Contract:
   status to answer (400 undecodable, 413 over ``limit`` after decompression, 415
   unsupported type or encoding). It never raises anything else, whatever the bytes
   (fuzzed in the tests).
-- ``prepared_batches(request, decoded)`` (the collector) turns a decoded request
-  straight into ``store.spans.PreparedSpans`` row batches, and ``spans_of(request,
-  decoded)`` (``gepa-trace ingest``) into span dicts; both reject (not fail on) spans
-  whose ids are missing or of the wrong length, the first also those whose times the
-  store refuses. ``Decoded.rejected`` and ``Decoded.reasons`` feed the OTLP
-  ``partial_success`` answer.
+- ``prepared_batches(request, decoded)`` turns a decoded request straight into
+  ``store.spans.PreparedSpans`` row batches (the collector, ``gepa-trace ingest``),
+  rejecting (not failing on) spans whose ids are missing or of the wrong length and
+  those whose times the store refuses. ``Decoded.rejected`` and ``Decoded.reasons``
+  feed the OTLP ``partial_success`` answer.
 - ``encode_response`` / ``encode_status`` write replies in the request's own format,
   because answering JSON to a protobuf client breaks strict clients.
 
@@ -72,9 +71,9 @@ class RequestError(Exception):
 
 @dataclass
 class Decoded:
-    """The spans of one request that can be stored, and what was rejected and why."""
+    """What was rejected of one request's spans and why (``prepared_batches`` holds the
+    spans that can be stored)."""
 
-    spans: list[dict[str, Any]] = field(default_factory=list)
     rejected: int = 0
     reasons: list[str] = field(default_factory=list)
     #: about spans stored all the same (e.g. flagged inconsistent); OTLP sends them as
@@ -395,42 +394,12 @@ def _events(span: Any) -> list[dict[str, Any]]:
              "attributes": attributes_of(e.attributes)} for e in span.events]
 
 
-def spans_of(request: ExportTraceServiceRequest, decoded: Decoded | None = None) -> Decoded:
-    """The storable span dicts of a request (``store.spans``' input, as the in-process
-    exporter makes them); invalid spans are counted, not fatal.
-
-    ``decoded`` (from ``decode_request``) carries spans rejected while decoding; the
-    spans found here are added to it.
-    """
-    decoded = decoded if decoded is not None else Decoded()
-    out = decoded.spans
-    kinds, statuses = _KINDS, _STATUS
-    for resource, span, trace_id, span_id, parent in _valid_spans(request, decoded):
-        status = span.status
-        start = span.start_time_unix_nano
-        out.append({
-            "trace_id": trace_id,
-            "span_id": span_id,
-            "parent_span_id": parent,
-            "name": span.name,
-            "kind": kinds.get(span.kind, "UNSPECIFIED"),
-            "start_ns": start,
-            "end_ns": span.end_time_unix_nano or start,
-            "status_code": statuses.get(status.code, "UNSET"),
-            "status_message": status.message or None,
-            "attributes": attributes_of(span.attributes),
-            "events": _events(span),
-            # One dict per resource, shared by its spans (write_spans may rely on it).
-            "resource": resource,
-        })
-    return decoded
-
-
 def prepared_batches(request: ExportTraceServiceRequest, decoded: Decoded,
                      batch_spans: int = 1 << 62) -> list[PreparedSpans]:
     """The spans of a request straight to the store's row tuples, ``batch_spans`` rows a
-    batch at most: the rows ``spans_of`` + ``store.spans.prepare_spans`` make, with no
-    span dict in between (the collector's path; pinned by tests/test_otlp_stored_rows.py).
+    batch at most: the rows ``store.spans.prepare_spans`` makes of the span dicts the
+    in-process exporter writes, with no span dict in between (the collector's and
+    ``gepa-trace ingest``'s path; pinned by tests/test_otlp_stored_rows.py).
 
     Spans with invalid ids or times (``store.spans.refused_times``) are rejected in
     ``decoded``, before their attributes are read.
