@@ -1,18 +1,19 @@
 """The OTLP receiver behind ``gepa-trace collect``, and ``ingest`` of OTLP files.
 
 ``Collector(store, CollectorConfig(...)).start()`` serves OTLP/HTTP and OTLP/gRPC on
-loopback by default; both hand decoded spans to one ``Receiver``, which checks the
-token, counts, and passes the spans to the group-commit ``SpanWriter`` (``otlp_writer``).
+loopback by default; both hand parsed requests to one ``Receiver``, which checks the
+token, builds the spans' rows in the request's thread, counts, and passes the rows to
+the group-commit ``SpanWriter`` (``otlp_writer``).
 A reply of success means the spans are committed. ``stop()`` refuses new requests,
 lets the accepted ones finish and commit, then closes the writer; the CLI calls it on
 SIGTERM.
 
 ``ingest_files(store, paths)`` reads OTLP JSON (one request per file, or one per line as
 the OpenTelemetry Collector's file exporter writes) and protobuf files through the same
-decoder and writes them with ``write_spans``.
+decoder and row builder, and writes them with ``store.spans.write_prepared``.
 
 The layers, each in its own module: ``admission`` (the memory of requests in flight,
-counted before decoding), ``otlp_decode`` (bytes -> span dicts), ``otlp_writer`` (group
+counted before decoding), ``otlp_decode`` (bytes -> rows), ``otlp_writer`` (group
 commit, and reopening a store deleted under it), ``otlp_http`` and ``otlp_grpc`` (the
 two transports), ``otlp_overflow`` (HTTP connections past the cap). What each bound
 means against hostile clients is in ``CollectorConfig``.
