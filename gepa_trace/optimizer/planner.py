@@ -11,8 +11,9 @@ one-at-a-time loop's.
    scored on the validation set make the first pool and fronts.
 1. Select the component(s) to improve (round robin or all, ``selection``) and a parent
    from that component's Pareto front (``_pick``; randomness from ``_rng``).
-2. Take the next minibatch of training examples (epoch-shuffled, ``sampler``) and run
-   the parent on it (with traces: the rollouts carry per-component records; the seed's
+2. Take the next minibatch of training examples (epoch-shuffled, ``sampler``), its
+   last place given to a validation example the parent fails (``_val_failures``), and
+   run the parent on it (with traces: the rollouts carry per-component records; the seed's
    are read from its recorded production runs where they carried its prompts, for
    free: ``replay.recorded``).
 3. Skip the iteration if the parent is perfect on every minibatch example
@@ -85,7 +86,37 @@ class GepaPlanner:
         running ahead both pick through here, so a guess that holds plans the same slot."""
         components = self.select_components(self.components, iteration)
         parent = self.state.candidates[self.select_parent(self.state, components[0], rng)]
-        return components, parent, self.sampler.batch(iteration - 1)
+        sampled = self.sampler.batch(iteration - 1)
+        failures = self._val_failures(parent, iteration, sampled)
+        return components, parent, sampled[:len(sampled) - len(failures)] + failures
+
+    def _val_failures(self, parent: Candidate, iteration: int, sampled: list[str]
+                      ) -> list[str]:
+        """Step 2, the minibatch's last ``val_failures_in_minibatch`` places: validation
+        examples the parent fails, drawn for this iteration (none if it fails none).
+
+        Why: once the parent solves most inputs, a minibatch of sampled training
+        examples often holds nothing it fails, and the iteration is spent on a parent
+        that is skipped as perfect, or on a reflection with nothing to learn from; the
+        failures that remain are known, from the parent's validation scores. Its rollouts
+        on them are stored, so that part of its minibatch costs nothing, and the
+        minibatch keeps its size, so an iteration costs what it did.
+        How acceptance stays honest: the child must still beat its parent on the same
+        examples, the sampled ones included, so a fix that breaks a sampled example it
+        does not pay for is rejected; the examples chosen are ones the parent fails, so
+        the minibatch test leans toward children that fix them, which is its purpose;
+        what decides the pool, the fronts and the best is every validation example,
+        and what decides export is the held-out split, which the loop never sees.
+        Deterministic: the parent's validation scores are known when it is picked."""
+        count = min(self.config.val_failures_in_minibatch, len(sampled) - 1)
+        scores = self.state.val_scores(parent) if count > 0 else None
+        if not scores:
+            return []
+        kept = set(sampled[:len(sampled) - count])  # grown validation holds training ids
+        failed = [e for e in self.state.val_ids
+                  if scores[e] < self.config.perfect_score and e not in kept]
+        random.Random(f"val-failures:{self.config.seed}:{iteration}").shuffle(failed)
+        return failed[:count]
 
     # ---------------- step 3: skip a parent that is already perfect
     def _parent_is_perfect(self, rollouts: list[Rollout]) -> bool:

@@ -118,8 +118,8 @@ class WindowScheduler:
             components, parent, batch = self._pick(
                 iteration, rng if iteration == start else self._rng(iteration))
             spec = self._ahead[0] if self._ahead else None
-            if spec is not None and (spec.iteration, spec.parent.id,
-                                     spec.components) == (iteration, parent.id, components):
+            if spec is not None and (spec.iteration, spec.parent.id, spec.components,
+                                     spec.batch) == (iteration, parent.id, components, batch):
                 slot = spec
             else:
                 self._drop_spec()
