@@ -126,7 +126,8 @@ def test_excluded_runs_never_reach_the_optimizer_and_golden_runs_are_validation(
             for purpose in ("minibatch", "val", "test")}
     assert excluded not in set().union(*used.values())
     assert used["val"] == _ids(listing, "val"), "the seed is scored on all of validation"
-    assert used["minibatch"] <= _ids(listing, "train")
+    # a minibatch's last place may be a validation example its parent fails
+    assert used["minibatch"] <= _ids(listing, "train") | _ids(listing, "val")
     assert used["test"] <= _ids(listing, "test") and used["test"]
 
     # `include` removes either mark: the runs go back to their hash's split

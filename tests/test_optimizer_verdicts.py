@@ -70,7 +70,8 @@ def optimize(evaluator, max_rollouts: int, callbacks=(), **config) -> object:
                      examples("e1", "e2", "slow", split="train"),
                      examples("v1", "v2", split="val"), Budget(max_rollouts=max_rollouts),
                      agent="verdicts", callbacks=callbacks,
-                     config=OptimizerConfig(minibatch_size=3, **config)).run()
+                     config=OptimizerConfig(minibatch_size=3, val_failures_in_minibatch=0,
+                                            **config)).run()
 
 
 def test_an_accepted_child_is_validated_before_its_slowest_minibatch_rollout_ends():
@@ -98,7 +99,8 @@ def test_the_verdict_is_the_whole_minibatch_sums_when_the_last_rollout_decides_i
                        examples("v1", "v2", split="val"), Budget(max_rollouts=10),
                        agent="verdicts",
                        config=OptimizerConfig(minibatch_size=3, workers=4, grow_val=False,
-                                              max_idle_iterations=2)).run()
+                                              max_idle_iterations=2,
+                                              val_failures_in_minibatch=0)).run()
     children = [c for c in result.candidates if c.origin == "reflection"]
     assert children, result.stop_reason
     assert all(c.status == "rejected" for c in children)
