@@ -64,7 +64,9 @@ class OptimizerConfig:
       guesses that turned out wrong. With lookahead > 1, while an accepted child is
       validated the next iteration runs on the guess that this child will be its parent
       (adopted if the plan picks it, superseded if not; the run guesses only while
-      the guess has held at least as often as not). Results depend on it, not on
+      the guess has held at least as often as not; never with
+      ``val_failures_in_minibatch``, whose minibatch needs that child's validation
+      scores). Results depend on it, not on
       ``workers``. Reflection calls run on threads of their own (up to
       ``(lookahead + 1) * components``), so the reflection LM must be thread-safe
       (``gepa_trace.lm.LM`` is). None (the default): decided by the run's budget

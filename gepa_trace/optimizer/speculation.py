@@ -35,7 +35,9 @@ class Speculation:
     def _speculate(self, guess: Candidate, iteration: int) -> Slot | None:
         """Plan ``iteration`` as if ``guess`` (being validated) were picked as its
         parent, and start its parent minibatch. None when lookahead is off (GEPA's
-        one-at-a-time loop) or the budget cannot cover it as well as the validation
+        one-at-a-time loop), when minibatches take validation failures of their parent
+        (the guess's are not known before its validation ends), or the budget cannot
+        cover it as well as the validation
         (its minibatches and one more validation, as a planned iteration needs)."""
         if (self.config.lookahead < 2 or self.config.val_failures_in_minibatch
                 or not self._guess_holds(guess)):
