@@ -124,7 +124,7 @@ class OptimizerConfig:
       over 10 seeds went 0.74 / 0.93 -> 0.88 / 0.96 on the demo and 0.78 / 0.91 ->
       0.85 / 0.96 on the expense desk (bench/RESULTS.md, "Sample efficiency: what was
       tried"; simulated models). How the minibatch test stays honest:
-      ``GepaPlanner._val_failures``.
+      ``GepaPlanner._minibatch``.
     - ``max_user_share``: no end user (``Example.meta["user"]``) has more than
       ``max(1, floor(max_user_share * minibatch_size))`` examples in one minibatch, the
       examples a reflection sees (``optimizer.sampler``); 1: no cap.
@@ -236,8 +236,8 @@ class OptimizerConfig:
         only what wrong guesses spend differs); ``overrides`` on top. For comparing with
         GEPA, and for tests of the loop's mechanics written against it."""
         return cls(**{"minibatch_size": 3, "component_selection": "round_robin",
-                      "val_start_share": 1.0, "lookahead": LOOKAHEAD, "val_failures_in_minibatch": 0,
-                      **overrides})
+                      "val_start_share": 1.0, "lookahead": LOOKAHEAD,
+                      "val_failures_in_minibatch": 0, **overrides})
 
     def for_budget(self, max_rollouts: int | None) -> OptimizerConfig:
         """This config with ``lookahead`` decided for a run of at most ``max_rollouts``

@@ -12,7 +12,7 @@ one-at-a-time loop's.
 1. Select the component(s) to improve (round robin or all, ``selection``) and a parent
    from that component's Pareto front (``_pick``; randomness from ``_rng``).
 2. Take the next minibatch of training examples (epoch-shuffled, ``sampler``), its
-   last place given to a validation example the parent fails (``_val_failures``), and
+   last place given to a validation example the parent fails (``_minibatch``), and
    run the parent on it (with traces: the rollouts carry per-component records; the seed's
    are read from its recorded production runs where they carried its prompts, for
    free: ``replay.recorded``).
@@ -86,14 +86,12 @@ class GepaPlanner:
         running ahead both pick through here, so a guess that holds plans the same slot."""
         components = self.select_components(self.components, iteration)
         parent = self.state.candidates[self.select_parent(self.state, components[0], rng)]
-        sampled = self.sampler.batch(iteration - 1)
-        failures = self._val_failures(parent, iteration, sampled)
-        return components, parent, sampled[:len(sampled) - len(failures)] + failures
+        return components, parent, self._minibatch(parent, iteration)
 
-    def _val_failures(self, parent: Candidate, iteration: int, sampled: list[str]
-                      ) -> list[str]:
-        """Step 2, the minibatch's last ``val_failures_in_minibatch`` places: validation
-        examples the parent fails, drawn for this iteration (none if it fails none).
+    def _minibatch(self, parent: Candidate, iteration: int) -> list[str]:
+        """Step 2, the minibatch: the sampler's next one, its last
+        ``val_failures_in_minibatch`` places given to validation examples the parent
+        fails, drawn for this iteration (none if it fails none).
 
         Why: once the parent solves most inputs, a minibatch of sampled training
         examples often holds nothing it fails, and the iteration is spent on a parent
@@ -108,15 +106,18 @@ class GepaPlanner:
         what decides the pool, the fronts and the best is every validation example,
         and what decides export is the held-out split, which the loop never sees.
         Deterministic: the parent's validation scores are known when it is picked."""
+        sampled = self.sampler.batch(iteration - 1)
         count = min(self.config.val_failures_in_minibatch, len(sampled) - 1)
         scores = self.state.val_scores(parent) if count > 0 else None
         if not scores:
-            return []
+            return sampled
         kept = set(sampled[:len(sampled) - count])  # grown validation holds training ids
         failed = [e for e in self.state.val_ids
                   if scores[e] < self.config.perfect_score and e not in kept]
         random.Random(f"val-failures:{self.config.seed}:{iteration}").shuffle(failed)
-        return failed[:count]
+        chosen = failed[:count]
+        head = sampled[:len(sampled) - len(chosen)]
+        return head + [e for e in chosen if e not in head]
 
     # ---------------- step 3: skip a parent that is already perfect
     def _parent_is_perfect(self, rollouts: list[Rollout]) -> bool:
