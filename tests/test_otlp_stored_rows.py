@@ -27,6 +27,7 @@ from gepa_trace.collectors.otlp import Collector, CollectorConfig
 from gepa_trace.store import forget_store, open_store
 
 FIXTURE = Path(__file__).parent / "fixtures" / "otlp_stored_rows.json"
+LINKED = Path(__file__).parent / "fixtures" / "otlp_linked_rows.json"
 T0 = 1_700_000_000_000_000_000
 TEMPLATE = json.dumps([{"role": "system", "content": "You plan trips."}])
 
@@ -184,10 +185,77 @@ def test_a_retry_on_sqlite_changes_no_stored_row(tmp_path):
         == json.loads(FIXTURE.read_text())
 
 
+# -- PROMPT/LLM links across requests and transactions (store/prompt_links.py) ----------
+
+def _oi_prompt(trace: int, n: int, end: int) -> Span:
+    return _span(n, [("openinference.span.kind", "PROMPT"),
+                     ("llm.prompt_template.template", f"You plan trips {trace}.{n}"),
+                     ("output.value", json.dumps({"messages": [
+                         {"type": "system", "content": f"You plan trips {trace}.{n}"}]})),
+                     ("metadata", json.dumps({"langgraph_node": "planner"}))],
+                 trace_id=bytes([trace]) * 16, parent_span_id=bytes([trace]) * 8,
+                 name="ChatPromptTemplate", start_time_unix_nano=T0 + end - 5,
+                 end_time_unix_nano=T0 + end)
+
+
+def _oi_llm(trace: int, n: int, start: int, ours: bool = False) -> Span:
+    attributes = [("openinference.span.kind", "LLM"),
+                  ("metadata", json.dumps({"langgraph_node": "planner"}))]
+    if ours:  # our own instrumentation's call, without a prompt version
+        attributes += [("gepa.agent", "trip-agent"), ("gepa.component", "planner")]
+    return _span(n, attributes, trace_id=bytes([trace]) * 16,
+                 parent_span_id=bytes([trace]) * 8, name="ChatOpenAI",
+                 start_time_unix_nano=T0 + start, end_time_unix_nano=T0 + start + 10)
+
+
+def linked_transactions() -> list[list[list[Span]]]:
+    """Transactions of requests of spans whose PROMPT/LLM links cross requests and
+    transactions, in every order the join handles."""
+    return [
+        [[_oi_llm(20, 20, 30)]],  # an LLM span stored before its PROMPT ...
+        [[_oi_prompt(20, 21, 20)]],  # ... which updates it
+        [[_oi_prompt(21, 22, 20), _oi_prompt(21, 23, 25)]],  # PROMPTs stored first ...
+        [[_oi_llm(21, 24, 30)]],  # ... the later one that ended before the call
+        [[_oi_prompt(22, 25, 40)]],  # ended after the call started: still its nearest
+        [[_oi_llm(22, 26, 30)]],
+        [[_oi_llm(23, 27, 30)]],  # a PROMPT that ends after the stored call starts ...
+        [[_oi_prompt(23, 28, 40)]],  # ... does not update it
+        [[_oi_llm(24, 29, 30)], [_oi_prompt(24, 30, 20)]],  # two requests, one transaction
+        [[_oi_prompt(25, 31, 20), _oi_llm(25, 32, 30, ours=True)]],  # our own call
+        [[_oi_llm(26, 33, 30, ours=True)]],  # our own call stored first
+        [[_oi_prompt(26, 34, 20)]],
+        [[_oi_prompt(20, 21, 20)], [_oi_llm(27, 35, 30)]],  # a retry beside a new span
+        [[_oi_prompt(27, 36, 20), _oi_prompt(27, 37, 22)]],
+    ]
+
+
+def _linked_rows(url: str) -> dict:
+    from gepa_trace.collectors.otlp_decode import Decoded, prepared_batches
+    from gepa_trace.store.spans import write_prepared
+
+    store = open_store(url, create=True)
+    for transaction in linked_transactions():
+        batches = []
+        for spans in transaction:
+            request = trace_service_pb2.ExportTraceServiceRequest(resource_spans=[
+                ResourceSpans(resource={"attributes": _kvs([("service.name", "svc")])},
+                              scope_spans=[ScopeSpans(spans=spans)])])
+            batches += prepared_batches(request, Decoded())
+        write_prepared(store, batches)
+    return stored_rows(url)
+
+
+def test_prompt_links_across_requests_and_transactions_store_the_pinned_rows(store_url):
+    assert _linked_rows(store_url) == json.loads(LINKED.read_text())
+
+
 if __name__ == "__main__":
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         rows = _collect(f"sqlite:///{tmp}/pin.db", "http")
+        linked = _linked_rows(f"sqlite:///{tmp}/linked.db")
     FIXTURE.write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
-    print(f"wrote {FIXTURE} ({len(rows['spans'])} spans)", file=sys.stderr)
+    LINKED.write_text(json.dumps(linked, indent=1, ensure_ascii=False) + "\n")
+    print(f"wrote {FIXTURE} ({len(rows['spans'])} spans) and {LINKED} "
+          f"({len(linked['spans'])} spans)", file=sys.stderr)
