@@ -192,3 +192,37 @@ def test_healthz_reports_the_queue_and_its_lag_while_a_commit_waits(sqlite_url):
     finally:
         release.set()
         collector.stop(grace=5)
+
+
+@pytest.mark.postgres
+def test_a_postgresql_connection_ended_by_the_server_between_writes_fails_no_request(pg_url):
+    # The writer keeps its connection between transactions (no ping each time); when the
+    # server ends it (a restart, an idle timeout), the next write still succeeds.
+    import uuid
+
+    import sqlalchemy as sa
+    from test_collector_http import count_spans
+
+    name = f"gepa-writer-{uuid.uuid4().hex[:8]}"
+    store = open_store(f"{pg_url}&application_name={name}")
+    writer = SpanWriter(store)
+
+    def span(n: int) -> dict:
+        return {"trace_id": f"{n:032x}", "span_id": f"{n:016x}", "name": "s",
+                "start_ns": 10**18 + n, "end_ns": 10**18 + n + 5, "attributes": {},
+                "resource": {}}
+
+    try:
+        writer.write([span(1)], timeout=30)
+        with store.engine.connect() as conn:
+            ended = conn.execute(sa.text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = :name AND pid <> pg_backend_pid()"),
+                {"name": name}).scalar_one()
+        assert ended == 1  # the writer's own
+        writer.write([span(2)], timeout=30)
+        writer.write([span(3)], timeout=30)
+        assert count_spans(store) == 3 and not writer.failures.failing
+    finally:
+        writer.close(10)
+        forget_store(f"{pg_url}&application_name={name}")

@@ -86,7 +86,13 @@ class _Job:
 def _is_retryable(exc: BaseException) -> bool:
     from sqlalchemy.exc import DisconnectionError, OperationalError, TimeoutError
 
-    return isinstance(exc, (OperationalError, DisconnectionError, TimeoutError))
+    if isinstance(exc, (OperationalError, DisconnectionError, TimeoutError)):
+        return True
+    try:  # PostgreSQL's COPY path talks to psycopg directly (store/postgres_writes.py)
+        from psycopg import OperationalError as DriverOperationalError
+    except ImportError:
+        return False
+    return isinstance(exc, DriverOperationalError)
 
 
 class SpanWriter:
@@ -104,13 +110,14 @@ class SpanWriter:
             raise ValueError("max_pending_spans must be at least 1")
         if max_batch_spans < 1:
             raise ValueError("max_batch_spans must be at least 1")
-        from gepa_trace.store.spans import prepare_spans, write_prepared
+        from gepa_trace.store.spans import prepare_spans
 
         self.store = store
         self.max_pending_spans = max_pending_spans
         self.max_batch_spans = max_batch_spans
         self._prepare = prepare or prepare_spans
-        self._commit_fn = commit or write_prepared
+        self._commit_fn = commit or self._write_prepared
+        self._connection: Any = None  # kept across transactions on PostgreSQL
         self._on_open = on_open
         self._queue: deque[_Job] = deque()
         self._pending = 0
@@ -210,6 +217,12 @@ class SpanWriter:
             return jobs
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        finally:
+            self._drop_connection()
+
+    def _serve(self) -> None:
         while True:
             jobs = self._take()
             if jobs is None:
@@ -222,6 +235,38 @@ class SpanWriter:
                     self._committing = []
                 for job in jobs:
                     job.done.set()
+
+    def _write_prepared(self, store: Store, prepared: Sequence[Any]) -> Any:
+        """``store.spans.write_prepared``; on PostgreSQL on a connection this thread keeps
+        between transactions (taking one from the pool pings the server first: one more
+        round trip per transaction). A connection the transaction found broken (the
+        database restarted) is dropped and the transaction tried once more on a fresh
+        one, checked by the pool's ping, as it would have been before the first try;
+        storing twice is harmless (a span already stored is skipped)."""
+        from gepa_trace.store.spans import write_prepared
+
+        if store.dialect == "sqlite":
+            return write_prepared(store, prepared)
+        fresh = self._connection is None
+        if fresh:
+            self._connection = store.engine.connect()
+        try:
+            return write_prepared(store, prepared, self._connection)
+        except Exception:
+            broken = self._connection.invalidated
+            self._drop_connection()
+            if fresh or not broken:
+                raise
+        self._connection = store.engine.connect()
+        return write_prepared(store, prepared, self._connection)
+
+    def _drop_connection(self) -> None:
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            try:
+                connection.close()
+            except Exception:  # a broken connection is dropped all the same
+                log.debug("closing the writer's connection failed", exc_info=True)
 
     def _reopen(self) -> None:
         """Recreate the store at our path (file and schema), as the exporter does."""

@@ -3,24 +3,45 @@
 OpenInference records a ChatPromptTemplate's template (its first message only) on the
 PROMPT span, not on the LLM span that used it. ``link_prompt_spans`` gives an LLM span
 the component and version of its sibling PROMPT span (same trace, same parent) in the
-same batch and in batches stored earlier, and ``fix_up_linked_llm_spans`` updates LLM
-spans stored before their PROMPT sibling arrived. Rows are the dicts ``store.spans``
-inserts, their derived columns already filled by ``gepa_trace.conventions.derive``.
+same batch or in batches stored earlier, and returns the updates of LLM spans stored
+before their PROMPT sibling arrived (``update_linked_llm_spans`` applies them after the
+insert). Rows are the dicts ``store.spans.PreparedSpans`` makes of the spans that take
+part, their derived columns already filled by ``gepa_trace.conventions.derive``.
+
+The stored spans both joins need are read once, before the insert, by one query on the
+trace ids (``read_stored_spans``; on PostgreSQL the writer sends it in the same round
+trip as its BEGIN). A batch's own spans are not stored yet then; what the join after the
+insert would have found among them is found among the batch's rows instead: an LLM
+span of our own instrumentation (``_ours``) without a version, which the join before
+the insert leaves alone, takes an unclaimed PROMPT sibling of its batch like a stored
+one (tests/test_otlp_stored_rows.py pins the rows).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import and_, bindparam, select, update
 
 from gepa_trace.store.tables import SpanRow
 
+_SPANS = SpanRow.__table__
+#: The columns of a stored span that the joins read.
+LINK_COLUMNS = ("trace_id", "span_id", "parent_span_id", "span_type", "component",
+                "prompt_version", "start_ns", "end_ns", "prompt_flag")
+_TRACES_PER_QUERY = 500  # bound parameters of one IN (...) on SQLite
+
+ReadStored = Callable[[Collection[str]], Iterable[Mapping[str, Any]]]
+
+
+def _lacks_prompt(row: Mapping[str, Any]) -> bool:
+    return (row.get("span_type") == "llm" and row.get("prompt_version") is None
+            and row.get("parent_span_id") is not None)
+
 
 def _needs_prompt(row: Mapping[str, Any]) -> bool:
-    return (row.get("span_type") == "llm" and row.get("prompt_version") is None
-            and row.get("parent_span_id") is not None and not row.get("_ours"))
+    return _lacks_prompt(row) and not row.get("_ours")
 
 
 def _offers_prompt(row: Mapping[str, Any]) -> bool:
@@ -43,24 +64,27 @@ def _adopt(llm: dict[str, Any], prompt: Mapping[str, Any]) -> None:
     llm["prompt_flag"] = prompt.get("prompt_flag")
 
 
-def link_prompt_spans(store: Any, conn: Any,
-                      rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Before ``rows`` are inserted: give each LLM row without a prompt version the
-    component and version of its sibling PROMPT span, found in ``rows`` or in the store.
-
-    Returns the PROMPT rows that no LLM row of this batch took: their LLM sibling may
-    have been stored earlier; pass them to ``fix_up_linked_llm_spans`` after the insert.
-    """
-    prompts: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    waiting: list[dict[str, Any]] = []
+def _by_parent(rows: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], list]:
+    groups: dict[tuple[str, str], list] = {}
     for row in rows:
-        if _offers_prompt(row):
-            prompts.setdefault((row["trace_id"], row["parent_span_id"]), []).append(row)
-        elif _needs_prompt(row):
-            waiting.append(row)
+        groups.setdefault((row["trace_id"], row["parent_span_id"]), []).append(row)
+    return groups
+
+
+def link_prompt_spans(rows: list[dict[str, Any]], read_stored: ReadStored) -> list[dict]:
+    """Before ``rows`` are inserted: give each LLM row without a prompt version the
+    component and version of its sibling PROMPT span, found in ``rows`` or in the store
+    (``read_stored(trace_ids)``: the stored spans of those traces, ``LINK_COLUMNS``).
+
+    Returns the updates of stored LLM spans that one of this batch's PROMPT rows
+    completes, for ``update_linked_llm_spans`` after the insert.
+    """
+    prompts = _by_parent(r for r in rows if _offers_prompt(r))
     taken: set[int] = set()
     unlinked = []
-    for llm in waiting:
+    for llm in rows:
+        if not _needs_prompt(llm):
+            continue
         siblings = prompts.get((llm["trace_id"], llm["parent_span_id"]))
         if siblings:
             best = _best_prompt(llm, siblings)
@@ -68,66 +92,74 @@ def link_prompt_spans(store: Any, conn: Any,
             _adopt(llm, best)
         else:
             unlinked.append(llm)
+    unclaimed = _by_parent(p for group in prompts.values() for p in group
+                           if id(p) not in taken)
+    traces = {r["trace_id"] for r in unlinked} | {trace for trace, _ in unclaimed}
+    if not traces:
+        return []
+    stored = list(read_stored(traces))
     if unlinked:
-        _link_with_stored(conn, unlinked)
-    return [p for group in prompts.values() for p in group if id(p) not in taken]
+        offered = _by_parent(r for r in stored if r["span_type"] == "prompt"
+                             and r["prompt_version"] and r["parent_span_id"])
+        for llm in unlinked:
+            siblings = offered.get((llm["trace_id"], llm["parent_span_id"]))
+            if siblings:
+                _adopt(llm, _best_prompt(llm, siblings))
+    if not unclaimed:
+        return []
+    updates = []
+    # LLM spans stored earlier, and this batch's own that nothing above linked, take an
+    # unclaimed PROMPT of this batch that ended before they started.
+    for llm in (*stored, *rows):
+        if not _lacks_prompt(llm):
+            continue
+        siblings = [p for p in unclaimed.get((llm["trace_id"], llm["parent_span_id"]), ())
+                    if p["end_ns"] <= llm["start_ns"]]
+        if not siblings:
+            continue
+        best = _best_prompt(llm, siblings)
+        if "_at" in llm:  # a row of this batch: linked before its insert
+            _adopt(llm, best)
+        else:
+            updates.append({"p_trace": llm["trace_id"], "p_span": llm["span_id"],
+                            "p_component": best["component"],
+                            "p_version": best["prompt_version"],
+                            "p_flag": best.get("prompt_flag")})
+    return updates
 
 
-def _stored_spans_of_traces(conn: Any, trace_ids: set[str]) -> list[dict[str, Any]]:
-    """Derived columns of the stored spans of ``trace_ids``, read by trace id only:
-    a filter on span_type would make SQLite pick the span_type index over the primary
-    key and scan half the table."""
-    t = SpanRow.__table__
+def stored_spans_query(trace_ids: list[str]) -> Any:
+    """The query of ``LINK_COLUMNS`` of the stored spans of ``trace_ids``, by trace id
+    only: a filter on span_type would make SQLite pick the span_type index over the
+    primary key and scan half the table."""
+    return (select(*(_SPANS.c[c] for c in LINK_COLUMNS))
+            .where(_SPANS.c.trace_id.in_(trace_ids)))
+
+
+def read_stored_spans(conn: Any, trace_ids: Collection[str]) -> list[dict[str, Any]]:
+    """``LINK_COLUMNS`` of the stored spans of ``trace_ids``, through ``conn``
+    (SQLAlchemy), ``_TRACES_PER_QUERY`` traces a query."""
     ordered = sorted(trace_ids)
     out: list[dict[str, Any]] = []
-    for start in range(0, len(ordered), 500):
-        query = (select(t.c.trace_id, t.c.span_id, t.c.parent_span_id, t.c.span_type,
-                        t.c.component, t.c.prompt_version, t.c.start_ns, t.c.end_ns,
-                        t.c.prompt_flag)
-                 .where(t.c.trace_id.in_(ordered[start:start + 500])))
+    for start in range(0, len(ordered), _TRACES_PER_QUERY):
+        query = stored_spans_query(ordered[start:start + _TRACES_PER_QUERY])
         out.extend(dict(r) for r in conn.execute(query).mappings())
     return out
 
 
-def _link_with_stored(conn: Any, llms: list[dict[str, Any]]) -> None:
-    stored: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for r in _stored_spans_of_traces(conn, {r["trace_id"] for r in llms}):
-        if r["span_type"] == "prompt" and r["prompt_version"] and r["parent_span_id"]:
-            stored.setdefault((r["trace_id"], r["parent_span_id"]), []).append(r)
-    for llm in llms:
-        siblings = stored.get((llm["trace_id"], llm["parent_span_id"]))
-        if siblings:
-            _adopt(llm, _best_prompt(llm, siblings))
+#: The update ``link_prompt_spans``'s updates bind (p_trace, p_span, p_component,
+#: p_version, p_flag).
+UPDATE_LINKED = (update(_SPANS)
+                 .where(and_(_SPANS.c.trace_id == bindparam("p_trace"),
+                             _SPANS.c.span_id == bindparam("p_span")))
+                 .values(component=bindparam("p_component"),
+                         prompt_version=bindparam("p_version"),
+                         prompt_flag=bindparam("p_flag")))
 
 
-def fix_up_linked_llm_spans(conn: Any, rows: list[dict[str, Any]]) -> int:
-    """After the batch is inserted: LLM spans stored earlier without a prompt version get
-    the component and version of a PROMPT sibling in ``rows`` (the PROMPT rows that
-    ``link_prompt_spans`` returned). Returns the number of LLM spans updated."""
-    prompts: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for r in rows:
-        if _offers_prompt(r):
-            prompts.setdefault((r["trace_id"], r["parent_span_id"]), []).append(r)
-    if not prompts:
-        return 0
-    changes = []
-    for stored in _stored_spans_of_traces(conn, {trace for trace, _ in prompts}):
-        if not _needs_prompt(stored):
-            continue  # this batch's own LLM spans were linked before the insert
-        siblings = [p for p in prompts.get((stored["trace_id"], stored["parent_span_id"]), [])
-                    if p["end_ns"] <= stored["start_ns"]]
-        if siblings:
-            best = _best_prompt(stored, siblings)
-            changes.append({"p_trace": stored["trace_id"], "p_span": stored["span_id"],
-                            "p_component": best["component"],
-                            "p_version": best["prompt_version"],
-                            "p_flag": best.get("prompt_flag")})
-    if changes:
-        t = SpanRow.__table__
-        conn.execute(update(t)
-                     .where(and_(t.c.trace_id == bindparam("p_trace"),
-                                 t.c.span_id == bindparam("p_span")))
-                     .values(component=bindparam("p_component"),
-                             prompt_version=bindparam("p_version"),
-                             prompt_flag=bindparam("p_flag")), changes)
-    return len(changes)
+def update_linked_llm_spans(conn: Any, updates: list[dict[str, Any]]) -> int:
+    """After the insert: apply ``link_prompt_spans``'s updates through ``conn``
+    (SQLAlchemy). Returns the number of LLM spans updated."""
+    if updates:
+        conn.execute(UPDATE_LINKED, updates)
+    return len(updates)

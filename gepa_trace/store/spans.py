@@ -42,20 +42,28 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import chain
 from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import and_
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from gepa_trace.conventions import DERIVED_COLUMNS, derive_values, prompt_template_json
 from gepa_trace.errors import FeedbackError
 from gepa_trace.store.engine import Store
 from gepa_trace.store.feedback_fields import EVENT_NAME, event_feedback
-from gepa_trace.store.prompt_links import fix_up_linked_llm_spans, link_prompt_spans
+from gepa_trace.store.postgres_writes import AlreadyStored, pipelined_transaction
+from gepa_trace.store.prompt_links import (
+    link_prompt_spans,
+    read_stored_spans,
+    update_linked_llm_spans,
+)
 from gepa_trace.store.tables import PromptVersionRow, SpanRow
 
 log = logging.getLogger(__name__)
@@ -223,15 +231,19 @@ class PreparedSpans:
             self._event_feedback(trace_id, span_id, parent_span_id, events)
         span_type = derived[2]
         # Our own instrumentation (gepa.agent) attributes LLM spans itself; the join of
-        # foreign PROMPT spans to their LLM siblings leaves its spans alone.
-        if "gepa.agent" not in attributes and (
-                (span_type == "llm" and version is None and parent_span_id is not None)
-                or (span_type == "prompt" and version and parent_span_id)):
-            self.links.append({
-                "trace_id": trace_id, "span_id": span_id, "parent_span_id": parent_span_id,
-                "span_type": span_type, "component": component, "prompt_version": version,
-                "prompt_flag": flag, "start_ns": start_ns, "end_ns": end_ns,
-                "_at": len(self.rows)})
+        # foreign PROMPT spans to their LLM siblings leaves its spans alone, except that
+        # a PROMPT of the same batch completes one without a version as it would a
+        # stored one (``_ours``: see store/prompt_links.py).
+        if (span_type == "llm" and version is None and parent_span_id is not None) \
+                or (span_type == "prompt" and version and parent_span_id):
+            ours = "gepa.agent" in attributes
+            if not ours or span_type == "llm":
+                self.links.append({
+                    "trace_id": trace_id, "span_id": span_id,
+                    "parent_span_id": parent_span_id, "span_type": span_type,
+                    "component": component, "prompt_version": version,
+                    "prompt_flag": flag, "start_ns": start_ns, "end_ns": end_ns,
+                    "_at": len(self.rows), "_ours": ours})
         self.rows.append((trace_id, span_id, parent_span_id, name, kind, start_ns, end_ns,
                           status_code, status_message, _dumps(attributes),
                           _dumps(events) if events else "[]", resource_json, service_name,
@@ -309,20 +321,14 @@ _SQLITE_ROWS_PER_INSERT = (32766 if sqlite3.sqlite_version_info >= (3, 32) else 
     // len(_SPAN_COLUMNS)
 
 
-def _insert_span_rows(conn: Any, rows: Sequence[tuple], straight: bool = True) -> None:
+def _insert_span_rows(conn: Any, values: Sequence[tuple]) -> None:
+    """SQLite: insert ``values`` (sorted by primary key), skipping spans already stored."""
     # Plain DBAPI, not SQLAlchemy's insert(): its per-row parameter handling cost as
-    # much as the database's work. ON CONFLICT DO NOTHING (SQLite >= 3.24, PostgreSQL)
-    # skips spans already stored, and only those.
-    # In primary-key order, the batch walks the key index once from left to right
-    # instead of dirtying random pages (-25% insert time at 160k stored spans).
-    values = sorted(rows, key=_primary_key)
-    if conn.dialect.name != "sqlite":
-        _copy_span_rows(conn, values, straight)
-        return
+    # much as the database's work. ON CONFLICT DO NOTHING skips spans already stored,
+    # and only those. On SQLite, many rows per statement: sqlite3's executemany releases
+    # and retakes the GIL for every row, and under a busy receiver each retake waits for
+    # the request threads; one statement per ~1400 rows takes it once.
     head = f"INSERT INTO {_SPANS.name} ({', '.join(_SPAN_COLUMNS)}) VALUES "
-    # On SQLite, many rows per statement: sqlite3's executemany releases and retakes
-    # the GIL for every row, and under a busy receiver each retake waits for the
-    # request threads; one statement per ~1400 rows takes it once.
     group = f"({', '.join(['?'] * len(_SPAN_COLUMNS))})"
     for start in range(0, len(values), _SQLITE_ROWS_PER_INSERT):
         chunk = values[start:start + _SQLITE_ROWS_PER_INSERT]
@@ -330,101 +336,94 @@ def _insert_span_rows(conn: Any, rows: Sequence[tuple], straight: bool = True) -
         conn.exec_driver_sql(sql, tuple(chain.from_iterable(chunk)))
 
 
-class _AlreadyStored(Exception):
-    """PostgreSQL refused the straight COPY: a span of it is stored already."""
+def write_prepared(store: Store, batches: Sequence[PreparedSpans],
+                   connection: Connection | None = None) -> int:
+    """Store prepared batches in one transaction; returns how many spans were handed in.
 
-
-def _copy_span_rows(conn: Any, values: Sequence[tuple], straight: bool) -> None:
-    """PostgreSQL: COPY the rows ``straight`` into the spans table, or through staging.
-
-    COPY cannot skip a span already stored: when one is (a client's retry, or another
-    collector storing the same span at the same moment), the straight COPY fails with
-    the whole transaction (``_AlreadyStored``), and ``write_prepared`` runs it again with
-    the rows going through a session-local staging table and one INSERT ... SELECT ...
-    ON CONFLICT DO NOTHING instead. The straight path skips that second copy of every
-    row, which cost more than the COPY itself, and a savepoint around it, two more round
-    trips of every transaction. Rows come sorted by primary key on both paths, so two
-    writers inserting overlapping batches (two collectors) wait on each other's keys in
-    the same order and cannot deadlock. The staging table empties itself at commit (a
-    rollback discards its rows too); it is created in the same transaction, so a
-    rollback never leaves a connection believing it has one.
+    ``connection`` (PostgreSQL; ignored on SQLite): a connection of ``store``, not in a
+    transaction, to write on instead of one from the pool; the collector's writer keeps
+    one across transactions, since taking one from the pool pings the server first, one
+    more round trip per transaction. After a failure it may be unusable
+    (``connection.invalidated``).
     """
-    from psycopg import errors
-
-    columns = ", ".join(_SPAN_COLUMNS)
-    cursor = conn.connection.driver_connection.cursor()
-    try:
-        if straight:
-            try:
-                _copy(cursor, _SPANS.name, columns, values)
-            except errors.UniqueViolation:
-                raise _AlreadyStored from None
-            return
-        cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_STAGING} "
-                       f"(LIKE {_SPANS.name}) ON COMMIT DELETE ROWS")
-        _copy(cursor, _STAGING, columns, values)
-        cursor.execute(f"INSERT INTO {_SPANS.name} ({columns}) SELECT {columns} "
-                       f"FROM {_STAGING} ORDER BY trace_id, span_id ON CONFLICT DO NOTHING")
-    finally:
-        cursor.close()
-
-
-def _copy(cursor: Any, table: str, columns: str, values: Sequence[tuple]) -> None:
-    with cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
-        for row in values:
-            copy.write_row(row)
-
-
-_STAGING = "gepa_trace_spans_staging"
-
-
-def write_prepared(store: Store, batches: Sequence[PreparedSpans]) -> int:
-    """Store prepared batches in one transaction; returns how many spans were handed in."""
     count = sum(len(b.rows) for b in batches)
     if not count:
         return 0
     try:
-        _write_transaction(store, batches, straight=True)
-    except _AlreadyStored:  # rolled back: again, skipping the spans already stored
-        _write_transaction(store, batches, straight=False)
+        _write_transaction(store, batches, True, connection)
+    except AlreadyStored:  # rolled back: again, skipping the spans already stored
+        _write_transaction(store, batches, False, connection)
     return count
 
 
-def _write_transaction(store: Store, batches: Sequence[PreparedSpans], straight: bool) -> None:
+@contextmanager
+def _transaction(store: Store, connection: Connection | None) -> Iterator[Connection]:
+    if connection is None or store.dialect == "sqlite":
+        with store.write() as conn:
+            yield conn
+    else:
+        with connection.begin():
+            yield connection
+
+
+def _write_transaction(store: Store, batches: Sequence[PreparedSpans], straight: bool,
+                       connection: Connection | None) -> None:
+    """One transaction: PROMPT/LLM joins, the rows, the joins' updates of stored spans,
+    first-seen prompt versions, feedback of span events. On PostgreSQL the rows go by
+    COPY (``straight``, or through staging after ``AlreadyStored``) and the statements
+    around it in pipelines (``store.postgres_writes``), as few round trips as raw COPY."""
     versions: dict[tuple[str, str], dict[str, Any]] = {}
     for batch in batches:
         for key, value in batch.versions.items():
             versions.setdefault(key, value)
+    now = max(b.now for b in batches)
+    new_versions = [{**v, "last_seen": now} for v in versions.values()]
     links = [link for b in batches for link in b.links]
-    with store.write() as conn:
-        # An OpenInference LLM span takes the template of its sibling PROMPT span,
-        # whichever of the two arrives first (store/prompt_links.py).
-        unclaimed_prompts = link_prompt_spans(store, conn, links) if links else []
-        for batch in batches:
-            batch.adopt_links()
-        _insert_span_rows(conn, [r for b in batches for r in b.rows], straight)
-        fix_up_linked_llm_spans(conn, unclaimed_prompts)
-        if versions:
-            _record_versions(store, conn, list(versions.values()),
-                             max(b.now for b in batches))
-        feedback = [f for b in batches for f in (b.feedback or ())]
-        if feedback:
-            _store_event_feedback(conn, feedback)
+    feedback = [f for b in batches for f in (b.feedback or ())]
+    with _transaction(store, connection) as conn:
+        if store.dialect == "sqlite":
+            updates = _link(links, batches, partial(read_stored_spans, conn))
+            _insert_span_rows(conn, _sorted_rows(batches))
+            update_linked_llm_spans(conn, updates)
+            if new_versions:
+                _record_versions(conn, new_versions)
+            if feedback:
+                _store_event_feedback(conn, feedback)
+            return
+        with pipelined_transaction(conn) as transaction:
+            updates = _link(links, batches, transaction.read_stored_spans)
+            transaction.copy_span_rows(_SPAN_COLUMNS, _sorted_rows(batches), straight)
+            transaction.finish(updates, new_versions, commit=not feedback)
+            if feedback:
+                _store_event_feedback(conn, feedback)
+                transaction.commit()
 
 
-def _record_versions(store: Store, conn: Any, versions: list[dict[str, Any]],
-                     now: float) -> None:
-    """Insert the versions not stored yet; every one's ``last_seen`` becomes ``now``
-    (one statement: an update per version was a round trip each)."""
-    if store.dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    else:
-        from sqlalchemy.dialects.postgresql import insert
+def _link(links: list[dict[str, Any]], batches: Sequence[PreparedSpans],
+          read_stored: Any) -> list[dict[str, Any]]:
+    # An OpenInference LLM span takes the template of its sibling PROMPT span,
+    # whichever of the two arrives first (store/prompt_links.py).
+    updates = link_prompt_spans(links, read_stored) if links else []
+    for batch in batches:
+        batch.adopt_links()
+    return updates
+
+
+def _sorted_rows(batches: Sequence[PreparedSpans]) -> list[tuple]:
+    # In primary-key order, the batch walks the key index once from left to right
+    # instead of dirtying random pages (-25% insert time at 160k stored spans).
+    return sorted((r for b in batches for r in b.rows), key=_primary_key)
+
+
+def _record_versions(conn: Any, versions: list[dict[str, Any]]) -> None:
+    """SQLite: insert the versions not stored yet; every one's ``last_seen`` becomes its
+    ``last_seen`` (one statement: an update per version was a round trip each)."""
+    from sqlalchemy.dialects.sqlite import insert
+
     statement = insert(_VERSIONS)
     conn.execute(statement.on_conflict_do_update(
         index_elements=[_VERSIONS.c.component, _VERSIONS.c.version],
-        set_={"last_seen": statement.excluded.last_seen}),
-        [{**v, "last_seen": now} for v in versions])
+        set_={"last_seen": statement.excluded.last_seen}), versions)
 
 
 def _store_event_feedback(conn: Any, rows: list[dict[str, Any]]) -> None:
