@@ -36,17 +36,8 @@ ReadStored = Callable[[Collection[str]], Iterable[Mapping[str, Any]]]
 
 
 def _lacks_prompt(row: Mapping[str, Any]) -> bool:
-    return (row.get("span_type") == "llm" and row.get("prompt_version") is None
-            and row.get("parent_span_id") is not None)
-
-
-def _needs_prompt(row: Mapping[str, Any]) -> bool:
-    return _lacks_prompt(row) and not row.get("_ours")
-
-
-def _offers_prompt(row: Mapping[str, Any]) -> bool:
-    return bool(row.get("span_type") == "prompt" and row.get("parent_span_id")
-                and row.get("prompt_version") and not row.get("_ours"))
+    return (row["span_type"] == "llm" and row["prompt_version"] is None
+            and row["parent_span_id"] is not None)
 
 
 def _best_prompt(llm: Mapping[str, Any], prompts: list[Mapping[str, Any]]) -> Mapping[str, Any]:
@@ -79,15 +70,20 @@ def link_prompt_spans(rows: list[dict[str, Any]], read_stored: ReadStored) -> li
     Returns the updates of stored LLM spans that one of this batch's PROMPT rows
     completes, for ``update_linked_llm_spans`` after the insert.
     """
-    prompts = _by_parent(r for r in rows if _offers_prompt(r))
+    prompts: dict[tuple[str, str], list] = {}
+    waiting, ours = [], []
+    for row in rows:  # the rows of PreparedSpans.links: a PROMPT with a version, or an LLM
+        if row["span_type"] == "prompt":
+            if not row["_ours"]:
+                prompts.setdefault((row["trace_id"], row["parent_span_id"]), []).append(row)
+        elif _lacks_prompt(row):
+            (ours if row["_ours"] else waiting).append(row)
     taken: set[int] = set()
     unlinked = []
-    for llm in rows:
-        if not _needs_prompt(llm):
-            continue
+    for llm in waiting:
         siblings = prompts.get((llm["trace_id"], llm["parent_span_id"]))
         if siblings:
-            best = _best_prompt(llm, siblings)
+            best = siblings[0] if len(siblings) == 1 else _best_prompt(llm, siblings)
             taken.add(id(best))
             _adopt(llm, best)
         else:
@@ -108,9 +104,10 @@ def link_prompt_spans(rows: list[dict[str, Any]], read_stored: ReadStored) -> li
     if not unclaimed:
         return []
     updates = []
-    # LLM spans stored earlier, and this batch's own that nothing above linked, take an
-    # unclaimed PROMPT of this batch that ended before they started.
-    for llm in (*stored, *rows):
+    # LLM spans stored earlier, and this batch's own that the join before the insert
+    # leaves alone, take an unclaimed PROMPT of this batch that ended before they started
+    # (the batch's other LLM rows took any PROMPT sibling of the batch above).
+    for llm in (*stored, *ours):
         if not _lacks_prompt(llm):
             continue
         siblings = [p for p in unclaimed.get((llm["trace_id"], llm["parent_span_id"]), ())
