@@ -20,11 +20,13 @@ from protobuf_wire import varint
 from gepa_trace.collectors.admission import MemoryBudget, TooLarge
 from gepa_trace.collectors.otlp_decode import (
     JSON,
+    PIECE_SPANS,
     PROTOBUF,
     Decoded,
     RequestError,
     count_encoded_spans,
     count_spans,
+    decode_protobuf,
     decode_request,
     encode_response,
     prepared_batches,
@@ -194,6 +196,49 @@ def test_a_protobuf_request_over_the_memory_bound_is_refused_before_it_is_parsed
     with budget.ticket() as ticket, pytest.raises(TooLarge):
         decode_request(body, PROTOBUF, ticket=ticket)
     assert budget.used == 0
+
+
+def test_each_span_is_stored_with_its_own_resource_among_many():
+    request = ExportTraceServiceRequest(resource_spans=[
+        ResourceSpans(resource={"attributes": [kv("service.name", string_value=f"svc{n}")]},
+                      scope_spans=[ScopeSpans(spans=[span(name=f"s{n}")])])
+        for n in range(6)])
+    rows, _ = stored(request)
+    assert [(r["name"], r["resource"], r["service_name"]) for r in rows] == [
+        (f"s{n}", {"service.name": f"svc{n}"}, f"svc{n}") for n in range(6)]
+
+
+def test_a_large_protobuf_request_is_parsed_in_pieces_into_the_same_rows():
+    # Parsing holds the GIL; a request of many spans is parsed PIECE_SPANS at a time
+    # (its resource and scope entries split, repeated), making the same rows in order.
+    def numbered(n: int) -> Span:
+        return span(span_id=(n + 1).to_bytes(8, "big"), name=f"s{n}",
+                    attributes=[kv("n", int_value=n), kv("text", string_value="é" * (n % 5))])
+
+    first = PIECE_SPANS * 2 + 7
+    request = ExportTraceServiceRequest(resource_spans=[
+        ResourceSpans(resource={"attributes": [kv("service.name", string_value="a")]},
+                      schema_url="https://example.com/r",
+                      scope_spans=[ScopeSpans(scope={"name": "one", "version": "1"},
+                                              spans=[numbered(n) for n in range(first)]),
+                                   ScopeSpans(), ScopeSpans(spans=[numbered(first)])]),
+        ResourceSpans(resource={"attributes": [kv("service.name", string_value="b")]},
+                      scope_spans=[ScopeSpans(spans=[numbered(first + 1)])])])
+    body = request.SerializeToString()
+    budget = MemoryBudget(1 << 40)
+    with budget.ticket() as ticket:
+        pieces = decode_protobuf(body, ticket)
+    assert len(pieces.resource_spans) == 5  # 3 + 1 + 1 entries of at most PIECE_SPANS
+    assert all(len(ss.spans) <= PIECE_SPANS
+               for rs in pieces.resource_spans for ss in rs.scope_spans)
+    assert pieces.resource_spans[2].scope_spans[0].scope.name == "one"
+    assert pieces.resource_spans[2].schema_url == "https://example.com/r"
+    rows, _ = stored(pieces)
+    assert len(rows) == first + 2 and rows == stored(decode_protobuf(body))[0]
+    assert [r["name"] for r in rows] == [f"s{n}" for n in range(first + 2)]
+    with budget.ticket() as ticket, pytest.raises(RequestError) as broken:
+        decode_protobuf(body[:-3], ticket)  # a truncated request: refused whole
+    assert broken.value.status == 400
 
 
 # -- fuzzing: whatever the bytes, the decoders answer RequestError or a request --------
