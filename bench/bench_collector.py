@@ -281,7 +281,8 @@ def stages(url: str, spans: int, batch: int, per_transaction: int = 4) -> dict:
     its rows (``prepared_batches``, what the request threads do), write them
     (``write_prepared``, what the writer thread does, ``per_transaction`` requests a
     transaction as under load). ``time.process_time``, so the database server's own
-    CPU (PostgreSQL) is not counted."""
+    CPU (PostgreSQL) is not counted; ``write_wall`` is the writer's wall time, which
+    adds the database's work and the round trips."""
     from gepa_trace.collectors.otlp import tune_process_for_ingest, tune_sqlite_for_bulk_writes
     from gepa_trace.collectors.otlp_decode import Decoded, decode_protobuf, prepared_batches
     from gepa_trace.store import open_store
@@ -292,6 +293,7 @@ def stages(url: str, spans: int, batch: int, per_transaction: int = 4) -> dict:
     bodies, _ids = make_requests(spans, batch)
     tune_process_for_ingest()
     cpu = {"parse": 0.0, "rows": 0.0, "write": 0.0}
+    write_wall = 0.0
     waiting: list = []
     for n, body in enumerate(bodies, 1):
         started = time.process_time()
@@ -302,11 +304,16 @@ def stages(url: str, spans: int, batch: int, per_transaction: int = 4) -> dict:
         cpu["parse"] += parsed - started
         cpu["rows"] += built - parsed
         if n % per_transaction == 0 or n == len(bodies):
+            wall_started = time.perf_counter()
             write_prepared(store, waiting)
+            write_wall += time.perf_counter() - wall_started
             waiting = []
             cpu["write"] += time.process_time() - built
-    return {f"{stage}_us_per_span": round(seconds / spans * 1e6, 1)
-            for stage, seconds in cpu.items()}
+    result = {f"{stage}_us_per_span": round(seconds / spans * 1e6, 1)
+              for stage, seconds in cpu.items()}
+    # the writer's wall time: its CPU plus the database's work and the round trips
+    result["write_wall_us_per_span"] = round(write_wall / spans * 1e6, 1)
+    return result
 
 
 def write_results(results: list[dict], args: argparse.Namespace) -> None:
