@@ -259,3 +259,30 @@ if __name__ == "__main__":
     LINKED.write_text(json.dumps(linked, indent=1, ensure_ascii=False) + "\n")
     print(f"wrote {FIXTURE} ({len(rows['spans'])} spans) and {LINKED} "
           f"({len(linked['spans'])} spans)", file=sys.stderr)
+
+
+@pytest.mark.postgres
+def test_postgresql_writes_hand_their_connection_back_in_transaction_mode(pg_url):
+    # The COPY path drives BEGIN/COMMIT itself in autocommit mode; a pooled connection
+    # left in autocommit would make every later Store.write() commit statement by statement.
+    import psycopg
+
+    from gepa_trace.store.spans import write_spans
+
+    store = open_store(pg_url)
+    span = {"trace_id": "ab" * 16, "span_id": "cd" * 8, "name": "s", "start_ns": T0,
+            "end_ns": T0 + 1, "attributes": {}, "resource": {}}
+    write_spans(store, [span])
+    write_spans(store, [span])  # stored already: the COPY fails, staging stores nothing
+    with pytest.raises(psycopg.DataError):  # a kind longer than its column: refused whole
+        write_spans(store, [dict(span, span_id="ef" * 8, kind="K" * 40)])
+    held = [store.engine.connect() for _ in range(store.engine.pool.checkedin())]
+    try:
+        assert held and not any(c.connection.driver_connection.autocommit for c in held)
+    finally:
+        for conn in held:
+            conn.close()
+    with pytest.raises(RuntimeError), store.write() as conn:
+        conn.execute(sa.text("DELETE FROM spans"))
+        raise RuntimeError("rolled back")
+    assert stored_rows(pg_url)["spans"][0]["span_id"] == "cd" * 8
