@@ -30,7 +30,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
+from google.protobuf import (
+    descriptor_pb2,
+    descriptor_pool,
+    json_format,
+    message_factory,
+    unknown_fields,
+)
 from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -265,13 +271,9 @@ def _pieces(skeleton: Any) -> Iterator[bytes]:
     at most ``PIECE_SPANS`` spans each, from the skeleton of a request (whose resources
     and scopes are kept as unknown fields, and re-encoded as they came)."""
     for resource in skeleton.items:
-        resource_head = type(resource)()
-        resource_head.CopyFrom(resource)
-        del resource_head.items[:]
+        resource_head = _head(resource)
         for scope in resource.items:
-            scope_head = type(scope)()
-            scope_head.CopyFrom(scope)
-            del scope_head.items[:]
+            scope_head = _head(scope)
             spans = scope.items
             for start in range(0, len(spans), PIECE_SPANS):
                 piece = _Skeleton()
@@ -281,6 +283,31 @@ def _pieces(skeleton: Any) -> Iterator[bytes]:
                 part.MergeFrom(scope_head)
                 part.items.extend(spans[start:start + PIECE_SPANS])
                 yield piece.SerializeToString()
+
+
+def _head(entry: Any) -> Any:
+    """A skeleton entry without its items: its unknown fields (the resource or scope
+    and its schema URL) alone, re-encoded, so that its many spans are not copied."""
+    encoded = bytearray()
+    for field_ in unknown_fields.UnknownFieldSet(entry):
+        data = field_.data
+        if field_.wire_type == 2:  # length-delimited: every field OTLP has at this level
+            encoded += _varint(field_.field_number << 3 | 2) + _varint(len(data)) + data
+        else:  # not OTLP: the slower copy keeps whatever it is
+            head = type(entry)()
+            head.CopyFrom(entry)
+            del head.items[:]
+            return head
+    return type(entry).FromString(bytes(encoded))
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 def decode_json(raw: bytes | bytearray) -> tuple[ExportTraceServiceRequest, Decoded]:
