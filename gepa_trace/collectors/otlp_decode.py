@@ -30,13 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from google.protobuf import (
-    descriptor_pb2,
-    descriptor_pool,
-    json_format,
-    message_factory,
-    unknown_fields,
-)
+from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -45,6 +39,12 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from gepa_trace.collectors.admission import INFLATE_FACTOR, Ticket
+from gepa_trace.collectors.otlp_framing import (
+    PIECE_SPANS,
+    parse_skeleton,
+    pieces,
+    skeleton_spans,
+)
 from gepa_trace.store.spans import PreparedSpans, refused_times, resource_columns
 
 PROTOBUF = "application/x-protobuf"
@@ -182,43 +182,12 @@ def count_spans(request: ExportTraceServiceRequest) -> int:
     return sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
 
 
-def _skeleton_request() -> type:
-    """A message type with the wire layout of ExportTraceServiceRequest down to its
-    spans, each span kept as bytes: parsing it checks the framing and counts the spans
-    without building any of them (resources and scopes are left as unknown fields)."""
-    proto = descriptor_pb2.FileDescriptorProto(
-        name="gepa_trace/otlp_skeleton.proto", package="gepa_trace.skeleton",
-        syntax="proto3")
-    repeated = descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED
-    for name, number, item in (("Request", 1, "ResourceSpans"),
-                               ("ResourceSpans", 2, "ScopeSpans"),
-                               ("ScopeSpans", 2, None)):  # the field numbers of OTLP
-        field_ = proto.message_type.add(name=name).field.add(
-            name="items", number=number, label=repeated)
-        if item is None:
-            field_.type = descriptor_pb2.FieldDescriptorProto.TYPE_BYTES
-        else:
-            field_.type = descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE
-            field_.type_name = f".gepa_trace.skeleton.{item}"
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(proto)
-    return message_factory.GetMessageClass(
-        pool.FindMessageTypeByName("gepa_trace.skeleton.Request"))
-
-
-_Skeleton = _skeleton_request()
-
-
 def _parse_skeleton(raw: bytes | bytearray) -> Any:
     try:
-        return _Skeleton.FromString(raw)
+        return parse_skeleton(raw)
     except (DecodeError, ValueError, RuntimeError) as exc:
         raise RequestError(400, f"body is not a valid ExportTraceServiceRequest: "
                                 f"{exc or 'truncated or malformed protobuf'}") from None
-
-
-def _skeleton_spans(skeleton: Any) -> int:
-    return sum(len(scope.items) for resource in skeleton.items for scope in resource.items)
 
 
 def count_encoded_spans(raw: bytes | bytearray) -> int:
@@ -229,14 +198,7 @@ def count_encoded_spans(raw: bytes | bytearray) -> int:
     memory bound is refused on this count, before it is parsed, so a flood of them does
     not stall the collector's other threads (``/healthz`` included).
     """
-    return _skeleton_spans(_parse_skeleton(raw))
-
-
-#: Spans parsed in one protobuf call at most. Parsing holds the GIL: a message just
-#: under the 4 MiB gRPC limit, 85k tiny spans, took 20-50 ms in one call, during which
-#: every other thread of the collector (``/healthz`` included) stood still; a piece of
-#: 4,096 spans is parsed in about a millisecond.
-PIECE_SPANS = 4096
+    return skeleton_spans(_parse_skeleton(raw))
 
 
 def decode_protobuf(raw: bytes | bytearray, ticket: Ticket | None = None
@@ -252,62 +214,18 @@ def decode_protobuf(raw: bytes | bytearray, ticket: Ticket | None = None
     skeleton = None
     if ticket is not None:
         skeleton = _parse_skeleton(raw)
-        ticket.take_spans(_skeleton_spans(skeleton), len(raw))
+        ticket.take_spans(skeleton_spans(skeleton), len(raw))
     request = ExportTraceServiceRequest()
     try:
-        if skeleton is None or _skeleton_spans(skeleton) <= PIECE_SPANS:
+        if skeleton is None or skeleton_spans(skeleton) <= PIECE_SPANS:
             request.ParseFromString(raw)
         else:
-            for piece in _pieces(skeleton):
+            for piece in pieces(skeleton):
                 request.MergeFromString(piece)  # appends its resource_spans entry
     except (DecodeError, ValueError, RuntimeError) as exc:
         raise RequestError(400, f"body is not a valid ExportTraceServiceRequest: "
                                 f"{exc or 'truncated or malformed protobuf'}") from None
     return request
-
-
-def _pieces(skeleton: Any) -> Iterator[bytes]:
-    """Encoded ExportTraceServiceRequests of one resource entry with one scope entry of
-    at most ``PIECE_SPANS`` spans each, from the skeleton of a request (whose resources
-    and scopes are kept as unknown fields, and re-encoded as they came)."""
-    for resource in skeleton.items:
-        resource_head = _head(resource)
-        for scope in resource.items:
-            scope_head = _head(scope)
-            spans = scope.items
-            for start in range(0, len(spans), PIECE_SPANS):
-                piece = _Skeleton()
-                entry = piece.items.add()
-                entry.MergeFrom(resource_head)
-                part = entry.items.add()
-                part.MergeFrom(scope_head)
-                part.items.extend(spans[start:start + PIECE_SPANS])
-                yield piece.SerializeToString()
-
-
-def _head(entry: Any) -> Any:
-    """A skeleton entry without its items: its unknown fields (the resource or scope
-    and its schema URL) alone, re-encoded, so that its many spans are not copied."""
-    encoded = bytearray()
-    for field_ in unknown_fields.UnknownFieldSet(entry):
-        data = field_.data
-        if field_.wire_type == 2:  # length-delimited: every field OTLP has at this level
-            encoded += _varint(field_.field_number << 3 | 2) + _varint(len(data)) + data
-        else:  # not OTLP: the slower copy keeps whatever it is
-            head = type(entry)()
-            head.CopyFrom(entry)
-            del head.items[:]
-            return head
-    return type(entry).FromString(bytes(encoded))
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def decode_json(raw: bytes | bytearray) -> tuple[ExportTraceServiceRequest, Decoded]:
