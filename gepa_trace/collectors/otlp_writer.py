@@ -14,6 +14,11 @@ bound is still accepted when the queue is empty, so no request is refused foreve
 If a group's transaction fails, each request of the group is retried alone, so one
 request whose spans the database refuses fails only itself.
 
+On PostgreSQL the writer thread keeps its database connection from one transaction to
+the next (a connection taken from the pool is pinged first: one more round trip per
+transaction); one that the server ended is replaced, and its transaction tried once
+more, before any request is told of a failure.
+
 Recovery without restart: a SQLite file deleted or replaced under the collector is
 noticed before each transaction (the path is gone or has another inode) and reopened
 with ``open_store(create=True)``, which recreates the file and its schema, as the
