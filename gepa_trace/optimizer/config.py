@@ -65,8 +65,8 @@ class OptimizerConfig:
       validated the next iteration runs on the guess that this child will be its parent
       (adopted if the plan picks it, superseded if not; the run guesses only while
       the guess has held at least as often as not; never with
-      ``val_failures_in_minibatch``, whose minibatch needs that child's validation
-      scores). Results depend on it, not on
+      ``val_failures_in_minibatch`` or ``val_failures_in_reflection``, which need
+      that child's validation scores). Results depend on it, not on
       ``workers``. Reflection calls run on threads of their own (up to
       ``(lookahead + 1) * components``), so the reflection LM must be thread-safe
       (``gepa_trace.lm.LM`` is). None (the default): decided by the run's budget
@@ -125,6 +125,13 @@ class OptimizerConfig:
       0.85 / 0.96 on the expense desk (bench/RESULTS.md, "Sample efficiency: what was
       tried"; simulated models). How the minibatch test stays honest:
       ``GepaPlanner._minibatch``.
+    - ``val_failures_in_reflection``: besides its minibatch, each reflection reads up
+      to this many more validation examples its parent fails (their stored rollouts:
+      no rollout is spent), drawn per iteration; 0: the minibatch only, as GEPA does.
+      A minibatch shows one or two failures; what rule a component needs is clearer
+      from more of them, and a component that causes none of them is left alone more
+      often. Acceptance is still decided on the minibatch alone
+      (``GepaPlanner._reflection_failures``).
     - ``max_user_share``: no end user (``Example.meta["user"]``) has more than
       ``max(1, floor(max_user_share * minibatch_size))`` examples in one minibatch, the
       examples a reflection sees (``optimizer.sampler``); 1: no cap.
@@ -160,6 +167,7 @@ class OptimizerConfig:
     val_start_share: float = 0.5
     max_user_share: float = 0.25
     val_failures_in_minibatch: int = 1
+    val_failures_in_reflection: int = 3
     command: Mapping[str, Any] | None = None
 
     def validate(self) -> OptimizerConfig:
@@ -174,10 +182,10 @@ class OptimizerConfig:
             raise bad("lookahead", f"must be None or an integer >= 1, got {self.lookahead!r}")
         if not isinstance(self.minibatch_size, int) or self.minibatch_size < 1:
             raise bad("minibatch_size", f"must be an integer >= 1, got {self.minibatch_size!r}")
-        if (not isinstance(self.val_failures_in_minibatch, int)
-                or self.val_failures_in_minibatch < 0):
-            raise bad("val_failures_in_minibatch",
-                      f"must be an integer >= 0, got {self.val_failures_in_minibatch!r}")
+        for name in ("val_failures_in_minibatch", "val_failures_in_reflection"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise bad(name, f"must be an integer >= 0, got {value!r}")
         if self.candidate_selection not in CANDIDATE_SELECTIONS:
             raise bad("candidate_selection", f"must be one of {CANDIDATE_SELECTIONS}, "
                       f"got {self.candidate_selection!r}")
@@ -237,7 +245,8 @@ class OptimizerConfig:
         GEPA, and for tests of the loop's mechanics written against it."""
         return cls(**{"minibatch_size": 3, "component_selection": "round_robin",
                       "val_start_share": 1.0, "lookahead": LOOKAHEAD,
-                      "val_failures_in_minibatch": 0, **overrides})
+                      "val_failures_in_minibatch": 0, "val_failures_in_reflection": 0,
+                      **overrides})
 
     def for_budget(self, max_rollouts: int | None) -> OptimizerConfig:
         """This config with ``lookahead`` decided for a run of at most ``max_rollouts``
@@ -277,6 +286,9 @@ class OptimizerConfig:
         values = {k: v for k, v in data.items() if k in known}
         # a run stored before the share existed validated on all of its set from the start
         values.setdefault("val_start_share", 1.0)
+        # ... and took no validation failures into minibatches or reflections
+        values.setdefault("val_failures_in_minibatch", 0)
+        values.setdefault("val_failures_in_reflection", 0)
         if isinstance(values.get("merge"), Mapping):
             values["merge"] = MergeConfig(**{k: v for k, v in values["merge"].items()
                                              if k in {f.name for f in fields(MergeConfig)}})

@@ -43,7 +43,8 @@ class Halting:
         if reason:
             raise StopRun(reason)
         if self.config.patience is not None and self.state.pool:
-            best = self.state.candidates[self.state.best_id()]
+            # since the best score was first reached (a tied descendant is no new best)
+            best = self.state.candidates[self.state.first_best_ids()[0]]
             waited = self.state.iteration - 1 - best.iteration
             if waited >= self.config.patience:
                 raise StopRun(f"patience: {waited} iterations without a new best")

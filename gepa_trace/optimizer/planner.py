@@ -19,7 +19,8 @@ one-at-a-time loop's.
 3. Skip the iteration if the parent is perfect on every minibatch example
    (``_parent_is_perfect``).
 4. Reflect: one reflection prompt per component (``_reflection_prompts``) from the
-   rollouts' inputs, outputs and feedback.
+   rollouts' inputs, outputs and feedback, and from the parent's stored rollouts on
+   more validation examples it fails (``_reflection_failures``).
 5. Propose: the child is the parent with the new instructions (``_proposal``); a
    reply that repeats an instruction or duplicates a candidate proposes nothing.
 6. Run the child on the same minibatch and accept it only if its sum beats the
@@ -129,16 +130,43 @@ class GepaPlanner:
     def _reflection_prompts(self, slot: Slot) -> list[tuple[str, PromptVersion, str]]:
         """Step 4, reflect: one reflection prompt per component to improve, (component,
         its current version, prompt), built from the parent's minibatch rollouts."""
-        examples = [self.examples[e] for e in slot.batch]
+        slot.read = self._reflection_failures(slot)
+        examples = [self.examples[e] for e in slot.batch + slot.read]
+        rollouts = list(slot.rollouts) + [self.state.cached(slot.parent, e) for e in slot.read]
         prompts = []
         for component in slot.components:
             current = self.state.versions[(component, slot.parent.prompts[component])]
             prompts.append((component, current, build_prompt(
                 component, current.instruction,
-                reflection_examples(component, examples, slot.rollouts),
+                reflection_examples(component, examples, rollouts),
                 self.config.reflection.max_tokens,
                 self.config.reflection.templates.get(component))))
         return prompts
+
+    def _reflection_failures(self, slot: Slot) -> list[str]:
+        """Step 4, what else the reflection reads: up to ``val_failures_in_reflection``
+        validation examples the parent fails outside its minibatch, drawn for this
+        iteration, shown after the minibatch's (and left out first if the prompt is too
+        long). Their rollouts are the parent's stored validation rollouts, with their
+        records: no rollout is spent.
+
+        Why: a minibatch shows one or two failures, and a reflection that sees one
+        failure of a kind writes a rule for that one input, or, seeing none that its
+        component causes, an edit the component does not need (which can sink a child
+        that fixes another component). More failures show which rule a component
+        needs and which components need none. Acceptance is unchanged: the child must
+        beat its parent on the minibatch alone, and the pool, the fronts and the best
+        are decided on every validation example (the validation score is optimistic,
+        as with ``_minibatch``; export is decided on the held-out split)."""
+        count = self.config.val_failures_in_reflection
+        scores = self.state.val_scores(slot.parent) if count > 0 else None
+        if not scores:
+            return []
+        failed = [e for e in self.state.val_ids
+                  if scores[e] < self.config.perfect_score and e not in slot.batch]
+        random.Random(f"reflection-failures:{self.config.seed}:{slot.iteration}"
+                      ).shuffle(failed)
+        return failed[:count]
 
     # ---------------- step 5: propose
     def _proposal(self, slot: Slot) -> Candidate | None:
@@ -185,7 +213,9 @@ class GepaPlanner:
             {pv.component: (state.versions[(pv.component, parent.prompts[pv.component])]
                             .instruction, pv.instruction)
              for pv in new_versions if pv.version != parent.prompts[pv.component]},
-            [self.examples[e] for e in slot.batch]))
+            [self.examples[e] for e in slot.batch + slot.read]))
+        if slot.read:
+            meta["reflection_read"] = list(slot.read)
         child = Candidate(state.next_id(), prompts, parents=(parent.id,), origin="reflection",
                           component=",".join(slot.components), iteration=iteration,
                           diagnosis="\n\n".join(diagnoses), minibatch=tuple(slot.batch),

@@ -39,6 +39,7 @@ class Slot:
     copy_of: Candidate | None = None  # the superseded child this iteration proposed before
     failure: tuple[str, str] | None = None  # (kind, reason) when the proposal gave no child
     rollouts: list[Rollout] = field(default_factory=list)
+    read: list[str] = field(default_factory=list)  # the parent's validation failures reflected on
     parent_sum: float = 0.0
     skip: bool = False  # the parent is perfect on the minibatch: no reflection
     calls: list[tuple] = field(default_factory=list)  # (component, current, prompt, pending)

@@ -170,10 +170,21 @@ class RunState:
             self.pool.append(candidate.id)
 
     def best_id(self) -> int:
-        """The pool's best candidate by mean validation score (ties: the earliest)."""
+        """The pool's best candidate by mean validation score. Ties: a candidate that
+        descends from another tied one is preferred to it (every accepted child beat
+        its parent on a minibatch, so where validation cannot tell them apart the
+        descendant won the one more comparison that was made), then the earliest."""
+        tied = self.first_best_ids()
+        ancestors = set().union(*(self.ancestors(cid) for cid in tied)) if len(tied) > 1 else ()
+        return min(cid for cid in tied if cid not in ancestors)
+
+    def first_best_ids(self) -> list[int]:
+        """The pool's candidates with the best mean validation score, earliest first."""
         if not self.pool:
             raise ValueError("no candidate has been validated yet")
-        return max(self.pool, key=lambda cid: (self.mean_val(cid), -cid))
+        means = {cid: self.mean_val(cid) for cid in self.pool}
+        top = max(means.values())
+        return sorted(cid for cid, mean in means.items() if mean == top)
 
     def secondary_values(self, component: str, objective: str | None,
                          versions: Iterable[str]) -> dict[str, float] | None:
