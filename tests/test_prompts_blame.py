@@ -66,7 +66,10 @@ def test_blame_of_the_demo_best_names_an_iteration_and_examples_for_every_change
             assert line["iteration"] == writer.iteration >= 1
             origin = origins[writer.id]
             assert origin["diagnosis"] == writer.diagnosis
-            assert origin["examples"] and set(origin["examples"]) <= set(writer.minibatch)
+            # what its reflection read: the minibatch, and the parent's validation
+            # failures read beside it
+            read = set(writer.minibatch) | set(writer.meta.get("reflection_read", []))
+            assert origin["examples"] and set(origin["examples"]) <= read
             assert len(origin["traces"]) == len(origin["examples"])
             assert all(re.fullmatch(r"[0-9a-f]{32}", t) for t in origin["traces"])
     assert changed, "the demo's best candidate should differ from its seed"

@@ -12,8 +12,9 @@ A line is matched against the parent's lines with a line diff: a line kept verba
 this candidate as its origin (an edited line also keeps ``"was"``, the text it
 replaced). A line from another run (warm start) names it in ``"run"``. What motivated
 a candidate's new lines is stored once on that candidate, in ``meta["evidence"]``:
-the minibatch example ids, their production trace ids and the ids of the feedback
-records on them. A merge introduces no new line: each component's lines are those of
+the ids of the examples its reflection read (the minibatch's, then the parent's
+validation failures read beside it), their production trace ids and the ids of the
+feedback records on them. A merge introduces no new line: each component's lines are those of
 the parent that contributed it, found by following the lineage (``lines_of``).
 
 Everything here is a pure function of candidates (``state.Candidate`` or anything with
@@ -88,8 +89,9 @@ def child_lines(parent: Sequence[Line], text: str, candidate_id: int | None,
 
 
 def evidence(examples: Iterable[Example]) -> dict[str, list]:
-    """What motivated a reflection child: its minibatch example ids, their production
-    trace ids and the ids of the feedback records on them (each once, in order)."""
+    """What motivated a reflection child: the ids of the examples its reflection read,
+    their production trace ids and the ids of the feedback records on them (each once,
+    in order)."""
     examples = list(examples)
     feedback = []
     for example in examples:
