@@ -109,16 +109,24 @@ class GepaPlanner:
         Deterministic: the parent's validation scores are known when it is picked."""
         sampled = self.sampler.batch(iteration - 1)
         count = min(self.config.val_failures_in_minibatch, len(sampled) - 1)
-        scores = self.state.val_scores(parent) if count > 0 else None
-        if not scores:
-            return sampled
-        kept = set(sampled[:len(sampled) - count])  # grown validation holds training ids
-        failed = [e for e in self.state.val_ids
-                  if scores[e] < self.config.perfect_score and e not in kept]
-        random.Random(f"val-failures:{self.config.seed}:{iteration}").shuffle(failed)
-        chosen = failed[:count]
+        # grown validation holds training ids: none of the kept part is chosen
+        chosen = self._val_failures(parent, count, sampled[:len(sampled) - count],
+                                    f"val-failures:{self.config.seed}:{iteration}")
         head = sampled[:len(sampled) - len(chosen)]
         return head + [e for e in chosen if e not in head]
+
+    def _val_failures(self, parent: Candidate, count: int, excluded: list[str],
+                      draw: str) -> list[str]:
+        """Up to ``count`` validation examples ``parent`` fails, none of ``excluded``,
+        drawn with the random source named ``draw`` (none while its scores are not all
+        known). Its rollouts on them are stored: what they show costs no rollout."""
+        scores = self.state.val_scores(parent) if count > 0 else None
+        if not scores:
+            return []
+        failed = [e for e in self.state.val_ids
+                  if scores[e] < self.config.perfect_score and e not in excluded]
+        random.Random(draw).shuffle(failed)
+        return failed[:count]
 
     # ---------------- step 3: skip a parent that is already perfect
     def _parent_is_perfect(self, rollouts: list[Rollout]) -> bool:
@@ -158,15 +166,9 @@ class GepaPlanner:
         beat its parent on the minibatch alone, and the pool, the fronts and the best
         are decided on every validation example (the validation score is optimistic,
         as with ``_minibatch``; export is decided on the held-out split)."""
-        count = self.config.val_failures_in_reflection
-        scores = self.state.val_scores(slot.parent) if count > 0 else None
-        if not scores:
-            return []
-        failed = [e for e in self.state.val_ids
-                  if scores[e] < self.config.perfect_score and e not in slot.batch]
-        random.Random(f"reflection-failures:{self.config.seed}:{slot.iteration}"
-                      ).shuffle(failed)
-        return failed[:count]
+        return self._val_failures(
+            slot.parent, self.config.val_failures_in_reflection, slot.batch,
+            f"reflection-failures:{self.config.seed}:{slot.iteration}")
 
     # ---------------- step 5: propose
     def _proposal(self, slot: Slot) -> Candidate | None:

@@ -37,8 +37,8 @@ class Speculation:
         parent, and start its parent minibatch. None when lookahead is off (GEPA's
         one-at-a-time loop), when minibatches or reflections take validation failures
         of their parent (the guess's are not known before its validation ends), or the
-        budget cannot cover it as well as the validation (its minibatches and one more validation, as
-        a planned iteration needs)."""
+        budget cannot cover it as well as the validation (its minibatches and one more
+        validation, as a planned iteration needs)."""
         if (self.config.lookahead < 2 or self.config.val_failures_in_minibatch
                 or self.config.val_failures_in_reflection or not self._guess_holds(guess)):
             return None
