@@ -182,12 +182,20 @@ def count_spans(request: ExportTraceServiceRequest) -> int:
     return sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
 
 
+#: What protobuf raises for bytes that are not the message it parses.
+_MALFORMED = (DecodeError, ValueError, RuntimeError)
+
+
+def _malformed(exc: Exception) -> RequestError:
+    return RequestError(400, f"body is not a valid ExportTraceServiceRequest: "
+                             f"{exc or 'truncated or malformed protobuf'}")
+
+
 def _parse_skeleton(raw: bytes | bytearray) -> Any:
     try:
         return parse_skeleton(raw)
-    except (DecodeError, ValueError, RuntimeError) as exc:
-        raise RequestError(400, f"body is not a valid ExportTraceServiceRequest: "
-                                f"{exc or 'truncated or malformed protobuf'}") from None
+    except _MALFORMED as exc:
+        raise _malformed(exc) from None
 
 
 def count_encoded_spans(raw: bytes | bytearray) -> int:
@@ -211,20 +219,20 @@ def decode_protobuf(raw: bytes | bytearray, ticket: Ticket | None = None
     (the same resource and scope repeated), which holds the same spans in the same
     order and makes the same rows (``prepared_batches``).
     """
-    skeleton = None
+    skeleton, spans = None, 0
     if ticket is not None:
         skeleton = _parse_skeleton(raw)
-        ticket.take_spans(skeleton_spans(skeleton), len(raw))
+        spans = skeleton_spans(skeleton)
+        ticket.take_spans(spans, len(raw))
     request = ExportTraceServiceRequest()
     try:
-        if skeleton is None or skeleton_spans(skeleton) <= PIECE_SPANS:
+        if spans <= PIECE_SPANS:
             request.ParseFromString(raw)
         else:
             for piece in pieces(skeleton):
                 request.MergeFromString(piece)  # appends its resource_spans entry
-    except (DecodeError, ValueError, RuntimeError) as exc:
-        raise RequestError(400, f"body is not a valid ExportTraceServiceRequest: "
-                                f"{exc or 'truncated or malformed protobuf'}") from None
+    except _MALFORMED as exc:
+        raise _malformed(exc) from None
     return request
 
 
