@@ -3,13 +3,14 @@
 Run through ``bench_collector.py --versus-raw`` / ``--two-collectors`` (see there).
 
 Versus raw, on SQLite and on PostgreSQL, ``--repeats`` times, interleaved: the collector
-run of ``bench_collector.run`` (HTTP, exporters in another process, a fresh store), then
-the same rows (decoded and prepared before the clock starts) written into another fresh
-store in as many transactions as the collector used: ``COPY spans FROM STDIN`` on
+(HTTP, exporters in another process, a fresh store; on PostgreSQL the `gepa-trace
+collect` process with its default workers, then with ``--workers 1``; on SQLite
+``bench_collector.run``), then the same rows (decoded and prepared before the clock
+starts) written into another fresh store in as many transactions as the collector used: ``COPY spans FROM STDIN`` on
 PostgreSQL, ``sqlite3`` ``executemany(INSERT ...)`` on SQLite (same pragmas as the
 collector). The ratio is collector spans/s over raw spans/s of the same repeat.
 
-Two collectors: two ``gepa-trace collect`` processes on one PostgreSQL store, each fed by
+Two collectors: two ``gepa-trace collect --workers 1`` processes on one PostgreSQL store, each fed by
 its own sender process, against one process fed by the same two senders; the combined
 rate is all spans over the slower sender's time.
 """
@@ -127,14 +128,21 @@ def raw_sqlite(path: Path, rows: list[tuple], per_transaction: int) -> float:
 
 
 def versus_raw(args) -> list[dict]:
-    rows = _rows(args.spans, args.batch, seed=1)  # run() below sends seed 1 too
+    """Each repeat: PostgreSQL with `gepa-trace collect`'s default workers, then with
+    ``--workers 1``, then SQLite (one process, in this one); each against raw inserts
+    of the same rows in as many transactions, right after it."""
+    from gepa_trace.collectors.workers import default_workers
+
+    rows = _rows(args.spans, args.batch, seed=1)  # the runs below send seed 1 too
     results = []
+    cases = [("PostgreSQL", default_workers("postgresql")), ("PostgreSQL", 1), ("SQLite", 1)]
     for repeat in range(args.repeats):
-        for database in ("PostgreSQL", "SQLite"):
+        for database, workers in cases:
             with tempfile.TemporaryDirectory() as tmp:
                 if database == "PostgreSQL":
                     with pg_schema(args.pg) as url:
-                        got = bc.run("http", url, args.spans, args.exporters, args.batch, 1)
+                        got = process_run(url, args.spans, args.exporters, args.batch,
+                                          workers)
                     per_tx = max(1, round(args.spans / got["transactions"]))
                     with pg_schema(args.pg) as url:
                         raw_s = raw_pg(url, rows, per_tx)
@@ -144,15 +152,57 @@ def versus_raw(args) -> list[dict]:
                     per_tx = max(1, round(args.spans / got["transactions"]))
                     raw_s = raw_sqlite(Path(tmp) / "raw.db", rows, per_tx)
             raw_rate = len(rows) / raw_s
-            result = {"database": database, "repeat": repeat + 1,
+            result = {"database": database, "workers": workers, "repeat": repeat + 1,
                       "collector_spans_per_s": got["spans_per_s"],
                       "raw_spans_per_s": round(raw_rate), "per_transaction": per_tx,
                       "ratio": round(got["spans_per_s"] / raw_rate, 2),
                       "collector_cpu_us_per_span": got["collector_cpu_us_per_span"],
-                      "writer_busy": got["writer_busy"], "exactly_once": got["exactly_once"]}
+                      "writer_busy": got.get("writer_busy"),
+                      "exactly_once": got["exactly_once"]}
             print(json.dumps(result), flush=True)
             results.append(result)
     return results
+
+
+_STOPPED = re.compile(r"collect: stopped; (\d+) spans stored in (\d+) transactions")
+
+
+def process_run(url: str, spans: int, exporters: int, batch: int, workers: int) -> dict:
+    """`gepa-trace collect --workers N` on ``url``, fed by one sender process (seed 1):
+    its rate, the CPU of all its workers, its transactions (from their last lines)."""
+    import sqlalchemy as sa
+
+    from gepa_trace.store import open_store
+
+    store = open_store(url, create=True)
+    proc, port = _start_collector(url, workers)
+    pids = _worker_pids(port, workers)
+    senders = bc.start_senders("http", [port], spans, exporters, batch, [1])
+    cpu = [_cpu_s(pid) for pid in pids]
+    (seconds,) = bc.go(senders)
+    used = sum(_cpu_s(pid) - c for pid, c in zip(pids, cpu))
+    proc.terminate()
+    _out, err = proc.communicate(timeout=120)
+    transactions = sum(int(t) for _n, t in _STOPPED.findall(err))
+    with store.read() as conn:
+        got = [tuple(r) for r in conn.execute(sa.text("SELECT trace_id, span_id FROM spans"))]
+    _bodies, ids = bc.make_requests(spans, batch, seed=1)
+    return {"spans_per_s": round(spans / seconds), "transactions": transactions,
+            "collector_cpu_us_per_span": round(used / spans * 1e6, 1),
+            "exactly_once": len(got) == len(set(got)) == len(ids) and set(got) == ids}
+
+
+def _worker_pids(port: int, workers: int) -> list[int]:
+    """The pids of the workers behind ``port`` (each /healthz names its own)."""
+    import urllib.request
+
+    pids: set[int] = set()
+    for _ in range(1000):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as r:
+            pids.add(json.loads(r.read())["pid"])
+        if len(pids) == workers:
+            return sorted(pids)
+    raise RuntimeError(f"saw {len(pids)} of {workers} workers")
 
 
 # -- two collector processes ------------------------------------------------------------
@@ -160,10 +210,11 @@ def versus_raw(args) -> list[dict]:
 _LISTENING = re.compile(r"listening http=[^:]+:(\d+)")
 
 
-def _start_collector(url: str) -> tuple[subprocess.Popen, int]:
+def _start_collector(url: str, workers: int = 1) -> tuple[subprocess.Popen, int]:
     proc = subprocess.Popen([sys.executable, "-c", "from gepa_trace.cli import main; main()",
                              "collect", "--store", url, "--http-port", "0",
-                             "--grpc-port", "-1"], stderr=subprocess.PIPE, text=True)
+                             "--grpc-port", "-1", "--workers", str(workers)],
+                            stderr=subprocess.PIPE, text=True)
     for line in proc.stderr:
         found = _LISTENING.search(line)
         if found:
@@ -246,24 +297,31 @@ def _versus_lines(results: list[dict], args) -> list[str]:
     lines = [(f"`.venv/bin/python bench/bench_collector.py --versus-raw --spans {args.spans} "
              f"--exporters {args.exporters} --batch {args.batch} --repeats {args.repeats}`: "
              "collector over HTTP (exporters in a separate process) vs the same rows written "
-             "raw in as many transactions (PostgreSQL: `COPY spans FROM STDIN`; SQLite: "
-             "`executemany(INSERT)`), each repeat on fresh stores with every index. Median "
+             "raw in as many transactions (PostgreSQL: `COPY spans FROM STDIN`, one "
+             "connection; SQLite: `executemany(INSERT)`), each repeat on fresh stores with "
+             "every index. On PostgreSQL the collector is the `gepa-trace collect` process "
+             "(with its workers: CPU counts them all; writer busy is not collected across "
+             "processes), on SQLite the same collector in the bench's process. Median "
              "(min-max) over the repeats."), "",
              ("| store | collector spans/s | raw spans/s | ratio | target | collector CPU "
              "µs/span | writer busy | rows per transaction | stored exactly once |"),
              "|---|---|---|---|---|---|---|---|---|"]
-    for database, target in (("PostgreSQL", 0.6), ("SQLite", 0.5)):
-        rs = [r for r in results if r["database"] == database]
-        if not rs:
-            continue
+    cases = dict.fromkeys((r["database"], r["workers"]) for r in results)
+    for database, workers in cases:
+        rs = [r for r in results if (r["database"], r["workers"]) == (database, workers)]
+        target = 0.5 if database == "SQLite" else 0.6
+        label = database if database == "SQLite" else (
+            f"{database}, `--workers {workers}`"
+            + (" (the default here)" if workers > 1 else ""))
         ratio = statistics.median(r["ratio"] for r in rs)
+        busy = [round(r["writer_busy"] * 100) for r in rs if r["writer_busy"] is not None]
         lines.append(
-            f"| {database} | {_spread([r['collector_spans_per_s'] for r in rs])} | "
+            f"| {label} | {_spread([r['collector_spans_per_s'] for r in rs])} | "
             f"{_spread([r['raw_spans_per_s'] for r in rs])} | "
             f"{_spread([r['ratio'] for r in rs])} | >= {target} "
             f"({'met' if ratio >= target else 'NOT met'}) | "
             f"{_spread([r['collector_cpu_us_per_span'] for r in rs])} | "
-            f"{_spread([round(r['writer_busy'] * 100) for r in rs])}% | "
+            f"{_spread(busy) + '%' if busy else '-'} | "
             f"{_spread([r['per_transaction'] for r in rs])} | "
             f"{'yes' if all(r['exactly_once'] for r in rs) else 'NO'} |")
     return lines
@@ -272,7 +330,7 @@ def _versus_lines(results: list[dict], args) -> list[str]:
 def _two_lines(results: list[dict], args) -> list[str]:
     lines = [(f"`.venv/bin/python bench/bench_collector.py --two-collectors --spans {args.spans} "
              f"--exporters {args.exporters} --batch {args.batch} --repeats {args.repeats}`: "
-             "`gepa-trace collect` processes on one PostgreSQL store, fed by two sender "
+             "`gepa-trace collect --workers 1` processes on one PostgreSQL store, fed by two sender "
              f"processes of {max(1, args.exporters // 2)} exporters and half the spans each "
              "(both to the one collector, or one to each). Median (min-max)."), "",
              ("| collectors | spans | spans/s | collectors' CPU µs/span | machine busy (all "

@@ -50,9 +50,17 @@ from gepa_trace.cli.common import (
               show_default=True,
               help="Seconds from a request's first byte to its answer (headers within "
                    "5 s; idle keep-alive connections close after 30 s).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Collector processes sharing the ports (default on PostgreSQL: one "
+                   "per CPU, 2 to 4; 1 on SQLite, which takes one writer at a time). "
+                   "--max-memory-mb is divided among them; /healthz answers for the "
+                   "worker that took the connection.")
+@click.option("--reuse-port", is_flag=True, hidden=True,
+              help="Internal: this process is a worker of another's --workers.")
 @handles_errors
 def collect(store, host, http_port, grpc_port, token, max_body_mb, max_grpc_message_mb,
-            max_pending_spans, max_memory_mb, max_connections, request_timeout):
+            max_pending_spans, max_memory_mb, max_connections, request_timeout, workers,
+            reuse_port):
     """Receive OpenTelemetry traces over OTLP and store them.
 
     Point any OTLP exporter here (OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 for
@@ -62,18 +70,31 @@ def collect(store, host, http_port, grpc_port, token, max_body_mb, max_grpc_mess
     connections; 503 when the store refuses writes). Hostile clients are bounded: memory
     of requests in flight, message sizes (HTTP --max-body-mb, gRPC --max-grpc-message-mb),
     connections, and header, body and request deadlines. SIGTERM or Ctrl-C stops
-    accepting, finishes what was accepted, and exits 0.
+    accepting, finishes what was accepted, and exits 0. On PostgreSQL several worker
+    processes share the ports (--workers); if one dies, all stop and the exit is 1.
 
     \b
     Examples:
       gepa-trace collect
       gepa-trace collect --store postgresql+psycopg://u:p@db/traces --token s3cret
       gepa-trace collect --host 0.0.0.0 --http-port 4318 --grpc-port -1
+      gepa-trace collect --store postgresql+psycopg://u:p@db/traces --workers 4
     """
     from gepa_trace.collectors.otlp import Collector, CollectorConfig, tune_process_for_ingest
+    from gepa_trace.collectors.workers import (
+        WorkerFailed,
+        Workers,
+        default_workers,
+        worker_environment,
+    )
     from gepa_trace.store import open_store, safe_url
 
     db = open_store(store, create=True)  # a collector is what creates a store
+    workers = workers or (1 if reuse_port else default_workers(db.dialect))
+    if workers > 1 and db.dialect == "sqlite":
+        fail(f"--workers {workers} needs a PostgreSQL store: SQLite takes one writer at "
+             "a time", 2)
+    max_memory_mb = max(1.0, max_memory_mb / workers)  # the bound holds for all of them
     config = CollectorConfig(host=host, http_port=http_port,
                              grpc_port=None if grpc_port == -1 else grpc_port, token=token,
                              max_body_bytes=int(max_body_mb * 1024 * 1024),
@@ -82,7 +103,8 @@ def collect(store, host, http_port, grpc_port, token, max_body_mb, max_grpc_mess
                              max_memory_bytes=int(max_memory_mb * 1024 * 1024),
                              max_connections=max_connections,
                              request_timeout_s=request_timeout,
-                             header_timeout_s=min(5.0, request_timeout))
+                             header_timeout_s=min(5.0, request_timeout),
+                             reuse_port=reuse_port or workers > 1)
     _raise_file_limit()
     _return_large_buffers_to_the_os()
     tune_process_for_ingest()
@@ -90,19 +112,44 @@ def collect(store, host, http_port, grpc_port, token, max_body_mb, max_grpc_mess
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     collector = Collector(db, config).start()
+    pool = Workers()
+    if workers > 1:
+        grpc = -1 if collector.grpc_port is None else collector.grpc_port
+        try:
+            pool.start(workers - 1, [
+                "--workers", "1", "--reuse-port", "--host", host,
+                "--http-port", str(collector.http_port), "--grpc-port", str(grpc),
+                "--max-body-mb", repr(max_body_mb),
+                "--max-grpc-message-mb", repr(max_grpc_message_mb),
+                "--max-pending-spans", str(max_pending_spans),
+                "--max-memory-mb", repr(max_memory_mb),
+                "--max-connections", str(max_connections),
+                "--request-timeout", repr(request_timeout)],
+                worker_environment(str(db.url), token), progress)
+        except WorkerFailed as exc:
+            collector.stop()
+            fail(f"collect: {exc}")
     grpc_text = f" grpc={host}:{collector.grpc_port}" if collector.grpc_port is not None else ""
     progress(f"collect: listening http={host}:{collector.http_port}{grpc_text} "
-             f"store={safe_url(db.url)}" + (" (token required)" if token else ""))
+             f"store={safe_url(db.url)}" + (" (token required)" if token else "")
+             + (f" ({workers} workers)" if workers > 1 else ""))
+    gone = None
     try:
         while not stop.wait(0.5):
-            pass
+            gone = pool.exited()
+            if gone:
+                break
     finally:
         progress("collect: stopping; finishing accepted requests")
+        pool.terminate()
         collector.stop()
+        pool.wait()
         stats = collector.receiver.stats
         progress(f"collect: stopped; {collector.writer.stored_spans} spans stored in "
                  f"{collector.writer.transactions} transactions from {stats.requests} "
                  f"requests, {stats.spans_rejected} rejected")
+    if gone:
+        fail(f"collect: {gone}; the other workers were stopped")
 
 
 def _raise_file_limit() -> None:

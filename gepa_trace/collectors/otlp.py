@@ -24,6 +24,7 @@ from __future__ import annotations
 import gc
 import hmac
 import logging
+import os
 import sys
 import threading
 import time
@@ -101,6 +102,9 @@ class CollectorConfig:
     header_timeout_s: float = 5.0
     request_timeout_s: float = 8.0
     grpc_workers: int = 16
+    #: Bind the ports with SO_REUSEPORT, shared with the other processes of ``gepa-trace
+    #: collect --workers`` (``collectors.workers``); off, a port in use is an error.
+    reuse_port: bool = False
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_grpc_message_bytes", "max_memory_bytes",
@@ -250,7 +254,7 @@ class Receiver:
         writer, budget = self.writer, self.budget
         status = ("stopping" if not self.accepting
                   else "degraded" if failures.failing else "ok")
-        return {"status": status,
+        return {"status": status, "pid": os.getpid(),
                 "store": {"writable": not failures.failing,
                           "last_error": failures.last_error if failures.failing else None},
                 "queue": {"pending_spans": writer.pending_spans,
@@ -358,6 +362,7 @@ class Collector:
 
         cfg = self.config
         tune_sqlite_for_bulk_writes(self.store)
+        port = cfg.http_port
         try:
             if cfg.http_port is not None:
                 self._http = OTLPHTTPServer((cfg.host, cfg.http_port), self.receiver)
@@ -370,11 +375,13 @@ class Collector:
             if cfg.grpc_port is not None:
                 from gepa_trace.collectors.otlp_grpc import start_grpc_server
 
+                port = cfg.grpc_port
                 self._grpc, self.grpc_port = start_grpc_server(self.receiver, cfg.host,
                                                                cfg.grpc_port)
         except OSError as exc:
             self.stop(grace=0)
-            raise ConfigError(f"cannot listen on {cfg.host}: {exc}") from exc
+            raise ConfigError(f"cannot listen on {cfg.host}:{port}: "
+                              f"{exc.strerror or exc}") from exc
         return self
 
     def stop(self, grace: float = 30.0) -> None:

@@ -43,6 +43,7 @@ refusals happen, not a count of every one.
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
@@ -203,7 +204,8 @@ def start_grpc_server(receiver: Receiver, host: str, port: int) -> tuple[grpc.Se
                                                     thread_name_prefix="otlp-grpc"),
                          maximum_concurrent_rpcs=workers,
                          options=[("grpc.max_receive_message_length", limit),
-                                  ("grpc.so_reuseport", 0)])
+                                  # shared only by the processes of --workers
+                                  ("grpc.so_reuseport", int(receiver.config.reuse_port))])
     service = _TraceService(receiver)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
         "opentelemetry.proto.collector.trace.v1.TraceService",
@@ -214,8 +216,11 @@ def start_grpc_server(receiver: Receiver, host: str, port: int) -> tuple[grpc.Se
                                                                   server)
     logs_service_pb2_grpc.add_LogsServiceServicer_to_server(_LogsService(receiver), server)
     target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    bound = server.add_insecure_port(target)
+    try:
+        bound = server.add_insecure_port(target)
+    except RuntimeError:  # grpc's own words name no cause; its log line says which
+        bound = 0
     if bound == 0:
-        raise OSError(f"cannot bind the OTLP/gRPC port {target}")
+        raise OSError(errno.EADDRINUSE, "address in use, or not available here")
     server.start()
     return server, bound

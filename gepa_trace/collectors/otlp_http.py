@@ -375,8 +375,11 @@ class OTLPHTTPServer(ThreadingHTTPServer):
         self.max_connections = receiver.config.max_connections
         self._open = 0
         self._open_lock = threading.Lock()
-        super().__init__(address, OTLPHandler)
+        # SO_REUSEPORT: the processes of `gepa-trace collect --workers` share the port
+        self.allow_reuse_port = receiver.config.reuse_port
+        # before binding: a port in use closes the server at once, overflow included
         self._overflow = Overflow(lambda: health_answer(receiver))
+        super().__init__(address, OTLPHandler)
 
     @property
     def port(self) -> int:

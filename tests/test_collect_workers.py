@@ -1,0 +1,143 @@
+"""`gepa-trace collect --workers N` (issue 19): on PostgreSQL the collector runs as several
+processes on the same ports, each with its own writer; together they store every span
+exactly once, stop together on SIGTERM, and a worker that dies stops the command
+loudly. SQLite refuses more than one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import urllib.request
+
+import pytest
+import sqlalchemy as sa
+from collector_process import CollectorProcess
+from test_collector_two_pg import TRACES, _recorded_spans, _send
+
+from gepa_trace.collectors.workers import default_workers
+from gepa_trace.store import open_store
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _healthz(port: int) -> dict:
+    # a fresh connection each time: the kernel picks the worker per connection
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as reply:
+        return json.loads(reply.read())
+
+
+def _worker_pids(port: int, expected: int, tries: int = 400) -> set[int]:
+    pids: set[int] = set()
+    for _ in range(tries):
+        pids.add(_healthz(port)["pid"])
+        if len(pids) == expected:
+            break
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie has exited; only its parent has not reaped it yet
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.postgres
+def test_collect_on_postgresql_spreads_clients_over_workers_and_stores_each_span_once(pg_url):
+    collector = CollectorProcess(pg_url, "--workers", "3")
+    try:
+        assert "(3 workers)" in "".join(collector.lines)
+        pids = _worker_pids(collector.http_port, 3)
+        assert len(pids) == 3, "every worker answers on the shared port"
+        spans = _recorded_spans()
+        results: list[str] = []
+        start = threading.Barrier(6)
+        # each exporter holds its own connection: six of them land on several workers
+        senders = [threading.Thread(target=_send, args=(collector.http_port,
+                                                        spans[n::6], results, start))
+                   for n in range(6)]
+        for sender in senders:
+            sender.start()
+        for sender in senders:
+            sender.join(120)
+        assert results and set(results) == {"SUCCESS"}
+        served = {_healthz(collector.http_port)["pid"]: None for _ in range(50)}
+        assert len(served) > 1
+    finally:
+        code, err = collector.terminate()
+    assert code == 0, err
+    assert err.count("collect: stopped;") == 3, err  # each worker finished its requests
+    assert not any(_alive(pid) for pid in pids)
+    with open_store(pg_url).read() as conn:
+        stored, distinct = conn.execute(sa.text(
+            "SELECT COUNT(*), COUNT(DISTINCT (trace_id, span_id)) FROM spans")).one()
+    assert stored == distinct == TRACES * 7
+
+
+@pytest.mark.postgres
+def test_collect_on_postgresql_defaults_to_a_worker_per_cpu(pg_url):
+    collector = CollectorProcess(pg_url)
+    try:
+        expected = default_workers("postgresql")
+        assert expected >= 2
+        assert len(_worker_pids(collector.http_port, expected)) == expected
+        health = _healthz(collector.http_port)
+        # the memory bound of requests in flight is divided among the workers
+        assert health["memory"]["limit_bytes"] == 512 * 1024 * 1024 // expected
+    finally:
+        code, err = collector.terminate()
+    assert code == 0, err
+
+
+@pytest.mark.postgres
+def test_a_worker_that_dies_stops_the_collector_with_exit_1_naming_it(pg_url):
+    collector = CollectorProcess(pg_url, "--workers", "2")
+    first = collector.proc.pid
+    pids = _worker_pids(collector.http_port, 2)
+    (other,) = pids - {first}
+    os.kill(other, signal.SIGKILL)
+    try:
+        collector.proc.wait(60)
+    finally:
+        code, err = collector.terminate()
+    assert code == 1
+    last = err.strip().splitlines()[-1]
+    assert f"worker 2 (pid {other}) exited with code -9" in last, err
+    assert not _alive(first)
+
+
+def test_collect_refuses_workers_on_sqlite_in_one_line(sqlite_url):
+    proc = subprocess.run(
+        [sys.executable, "-c", "from gepa_trace.cli import main; main()", "collect",
+         "--store", sqlite_url, "--http-port", "0", "--grpc-port", "-1", "--workers", "2"],
+        check=False, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "Error: --workers 2 needs a PostgreSQL store: SQLite takes one writer at a time"]
+
+
+def test_collect_on_sqlite_is_one_process_and_a_plain_second_collector_cannot_share(
+        sqlite_url):
+    collector = CollectorProcess(sqlite_url)
+    try:
+        assert {_healthz(collector.http_port)["pid"] for _ in range(10)} == {
+            collector.proc.pid}
+        # without --workers the ports are not shared: a second collector fails loudly
+        second = subprocess.run(
+            [sys.executable, "-c", "from gepa_trace.cli import main; main()", "collect",
+             "--store", sqlite_url, "--http-port", str(collector.http_port),
+             "--grpc-port", "-1"], check=False, capture_output=True, text=True, timeout=60)
+        assert second.returncode != 0
+        assert second.stderr.strip().splitlines()[-1] == (
+            f"Error: cannot listen on 127.0.0.1:{collector.http_port}: Address already in use")
+    finally:
+        code, err = collector.terminate()
+    assert code == 0, err
