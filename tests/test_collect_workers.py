@@ -1,7 +1,7 @@
 """`gepa-trace collect --workers N` (issue 19): on PostgreSQL the collector runs as several
-processes on the same ports, each with its own writer; together they store every span
-exactly once, stop together on SIGTERM, and a worker that dies stops the command
-loudly. SQLite refuses more than one.
+processes on the same ports (HTTP and gRPC), each with its own writer; together they
+store every span exactly once, stop together on SIGTERM or when the first is killed,
+and a worker that dies stops the command loudly. SQLite refuses more than one.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 
 import pytest
@@ -23,6 +24,16 @@ from gepa_trace.collectors.workers import default_workers
 from gepa_trace.store import open_store
 
 pytestmark = pytest.mark.timeout(180)
+
+
+def _send_grpc(port: int, spans: list, results: list, start: threading.Barrier) -> None:
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+    exporter = OTLPSpanExporter(endpoint=f"127.0.0.1:{port}", insecure=True, timeout=30)
+    start.wait()
+    for i in range(0, len(spans), 100):
+        results.append(exporter.export(spans[i:i + 100]).name)
+    exporter.shutdown()
 
 
 def _healthz(port: int) -> dict:
@@ -59,11 +70,13 @@ def test_collect_on_postgresql_spreads_clients_over_workers_and_stores_each_span
         assert len(pids) == 3, "every worker answers on the shared port"
         spans = _recorded_spans()
         results: list[str] = []
-        start = threading.Barrier(6)
+        start = threading.Barrier(7)
         # each exporter holds its own connection: six of them land on several workers
         senders = [threading.Thread(target=_send, args=(collector.http_port,
-                                                        spans[n::6], results, start))
+                                                        spans[n::7], results, start))
                    for n in range(6)]
+        senders.append(threading.Thread(target=_send_grpc, args=(
+            collector.grpc_port, spans[6::7], results, start)))
         for sender in senders:
             sender.start()
         for sender in senders:
@@ -141,3 +154,21 @@ def test_collect_on_sqlite_is_one_process_and_a_plain_second_collector_cannot_sh
     finally:
         code, err = collector.terminate()
     assert code == 0, err
+
+
+@pytest.mark.postgres
+def test_workers_stop_when_the_first_process_is_killed_outright(pg_url):
+    collector = CollectorProcess(pg_url, "--workers", "3")
+    first = collector.proc.pid
+    others = _worker_pids(collector.http_port, 3) - {first}
+    assert len(others) == 2
+    collector.kill()  # SIGKILL: the first process cannot stop them itself
+    deadline = time.monotonic() + 60
+    try:
+        while any(_alive(pid) for pid in others) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(pid) for pid in others)
+    finally:
+        for pid in others:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)

@@ -85,6 +85,7 @@ def collect(store, host, http_port, grpc_port, token, max_body_mb, max_grpc_mess
         WorkerFailed,
         Workers,
         default_workers,
+        stop_with_first,
         worker_environment,
     )
     from gepa_trace.store import open_store, safe_url
@@ -111,6 +112,8 @@ def collect(store, host, http_port, grpc_port, token, max_body_mb, max_grpc_mess
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    if reuse_port:
+        stop_with_first()  # a worker of another process: stop when it ends
     collector = Collector(db, config).start()
     pool = Workers()
     if workers > 1:

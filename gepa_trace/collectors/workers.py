@@ -22,7 +22,9 @@ SQLite takes one writer at a time, so there ``--workers`` above 1 is refused.
 
 Stopping: SIGTERM or Ctrl-C to the first process stops every worker, each finishing
 the requests it accepted. A worker that exits on its own stops the others, and the
-command exits 1 naming it: a supervisor (systemd, Kubernetes) restarts the whole.
+command exits 1 naming it: a supervisor (systemd, Kubernetes) restarts the whole. If
+the first process is killed outright, the workers get SIGTERM from the kernel
+(``stop_with_first``) and stop too.
 
 The store URL (which may hold a password) and the token reach the other workers through
 their environment, never their command line, which every user of the machine can read.
@@ -134,9 +136,32 @@ def _relay(proc: subprocess.Popen, number: int, echo: Callable[[str], None],
         echo(f"worker {number}: {line.rstrip()}")
 
 
+#: The first process's pid, in a worker's environment (``stop_with_first``).
+FIRST_PID = "GEPA_TRACE_COLLECT_FIRST_PID"
+
+
+def stop_with_first() -> None:
+    """In a worker: be sent SIGTERM when the first process ends, however it ends
+    (SIGKILL included), so no worker is left serving the ports alone (Linux; elsewhere
+    a worker outlives a killed first process)."""
+    first = os.environ.get(FIRST_PID)
+    if not first:
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(first):  # it ended before the line above
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def worker_environment(store_url: str, token: str | None) -> dict[str, str]:
     """The workers' environment: ours, with the store and the token in it."""
     env = dict(os.environ, GEPA_TRACE_STORE=store_url)
+    env[FIRST_PID] = str(os.getpid())
     env.pop("GEPA_TRACE_COLLECT_TOKEN", None)
     if token:
         env["GEPA_TRACE_COLLECT_TOKEN"] = token
