@@ -88,6 +88,8 @@ def test_collect_on_postgresql_spreads_clients_over_workers_and_stores_each_span
         code, err = collector.terminate()
     assert code == 0, err
     assert err.count("collect: stopped;") == 3, err  # each worker finished its requests
+    assert (f"collect: all 3 workers stopped; {TRACES * 7} spans stored in "
+            in err.splitlines()[-1]), err  # the first adds them up
     assert not any(_alive(pid) for pid in pids)
     with open_store(pg_url).read() as conn:
         stored, distinct = conn.execute(sa.text(

@@ -82,6 +82,7 @@ def collect(store, host, http_port, grpc_port, token, max_body_mb, max_grpc_mess
     """
     from gepa_trace.collectors.otlp import Collector, CollectorConfig, tune_process_for_ingest
     from gepa_trace.collectors.workers import (
+        STOPPED_LINE,
         WorkerFailed,
         Workers,
         default_workers,
@@ -148,9 +149,15 @@ def collect(store, host, http_port, grpc_port, token, max_body_mb, max_grpc_mess
         collector.stop()
         pool.wait()
         stats = collector.receiver.stats
-        progress(f"collect: stopped; {collector.writer.stored_spans} spans stored in "
-                 f"{collector.writer.transactions} transactions from {stats.requests} "
-                 f"requests, {stats.spans_rejected} rejected")
+        own = (collector.writer.stored_spans, collector.writer.transactions,
+               stats.requests, stats.spans_rejected)
+        progress(STOPPED_LINE.format(*own))
+        if workers > 1:
+            counts = [sum(c) for c in zip(own, *pool.totals.values())]
+            progress(f"collect: all {workers} workers stopped; {counts[0]} spans stored in "
+                     f"{counts[1]} transactions from {counts[2]} requests, {counts[3]} "
+                     "rejected" + ("" if len(pool.totals) == workers - 1
+                                   else " (a worker gave no count)"))
     if gone:
         fail(f"collect: {gone}; the other workers were stopped")
 

@@ -33,6 +33,7 @@ their environment, never their command line, which every user of the machine can
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -66,6 +67,8 @@ class Workers:
     process says it once every worker listens)."""
 
     procs: list[subprocess.Popen] = field(default_factory=list)
+    #: Each worker's counts from its last line: spans, transactions, requests, rejected.
+    totals: dict[int, tuple[int, ...]] = field(default_factory=dict)
     _relays: list[threading.Thread] = field(default_factory=list)
 
     def start(self, count: int, args: Sequence[str], env: dict[str, str],
@@ -80,7 +83,8 @@ class Workers:
                                         stderr=subprocess.PIPE, text=True, bufsize=1)
                 self.procs.append(proc)
                 listening = threading.Event()
-                relay = threading.Thread(target=_relay, args=(proc, number, echo, listening),
+                relay = threading.Thread(target=self._relay,
+                                         args=(proc, number, echo, listening),
                                          name=f"collect-worker-{number}", daemon=True)
                 relay.start()
                 self._relays.append(relay)
@@ -127,13 +131,22 @@ class Workers:
             relay.join(5)
 
 
-def _relay(proc: subprocess.Popen, number: int, echo: Callable[[str], None],
-           listening: threading.Event) -> None:
-    for line in proc.stderr:
-        if not listening.is_set() and line.startswith("collect: listening"):
-            listening.set()
-            continue
-        echo(f"worker {number}: {line.rstrip()}")
+    def _relay(self, proc: subprocess.Popen, number: int, echo: Callable[[str], None],
+               listening: threading.Event) -> None:
+        for line in proc.stderr:
+            if not listening.is_set() and line.startswith("collect: listening"):
+                listening.set()
+                continue
+            stopped = STOPPED.match(line)
+            if stopped:
+                self.totals[number] = tuple(int(n) for n in stopped.groups())
+            echo(f"worker {number}: {line.rstrip()}")
+
+
+#: A collector's last line (``gepa_trace.cli.collect``), which ``Workers`` adds up.
+STOPPED_LINE = ("collect: stopped; {} spans stored in {} transactions from {} requests, "
+                "{} rejected")
+STOPPED = re.compile(re.escape(STOPPED_LINE).replace(r"\{\}", r"(\d+)"))
 
 
 #: The first process's pid, in a worker's environment (``stop_with_first``).
