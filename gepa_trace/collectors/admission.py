@@ -10,7 +10,7 @@ nothing:
 2. while the body is inflated, each piece of output times ``INFLATE_FACTOR`` (the
    inflated bytes, and the protobuf tree or JSON objects they are parsed into);
 3. once the spans are counted (protobuf: from the message's framing, before it is
-   parsed, ``otlp_decode.count_encoded_spans``; JSON: on the parsed message, before any
+   parsed, in ``otlp_decode.decode_protobuf``; JSON: on the parsed message, before any
    span becomes a Python dict), ``SPAN_COST`` per span plus ``SPAN_BYTES_FACTOR`` per
    inflated byte: the span dicts and the rows prepared for the store.
 
