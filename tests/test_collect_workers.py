@@ -174,3 +174,14 @@ def test_workers_stop_when_the_first_process_is_killed_outright(pg_url):
         for pid in others:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_workers_default_to_one_where_the_kernel_does_not_spread_a_shared_port(
+        monkeypatch):
+    from gepa_trace.collectors import workers
+
+    assert default_workers("sqlite") == 1
+    monkeypatch.setattr(workers.sys, "platform", "darwin")
+    assert workers.sharing_unsupported() == (
+        "workers share their ports with SO_REUSEPORT, spread only on Linux (this is darwin)")
+    assert default_workers("postgresql") == 1

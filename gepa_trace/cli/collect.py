@@ -86,6 +86,7 @@ def collect(store, host, http_port, grpc_port, token, max_body_mb, max_grpc_mess
         WorkerFailed,
         Workers,
         default_workers,
+        sharing_unsupported,
         stop_with_first,
         worker_environment,
     )
@@ -96,6 +97,8 @@ def collect(store, host, http_port, grpc_port, token, max_body_mb, max_grpc_mess
     if workers > 1 and db.dialect == "sqlite":
         fail(f"--workers {workers} needs a PostgreSQL store: SQLite takes one writer at "
              "a time", 2)
+    if workers > 1 and sharing_unsupported():
+        fail(f"--workers {workers}: {sharing_unsupported()}", 2)
     max_memory_mb = max(1.0, max_memory_mb / workers)  # the bound holds for all of them
     config = CollectorConfig(host=host, http_port=http_port,
                              grpc_port=None if grpc_port == -1 else grpc_port, token=token,

@@ -35,6 +35,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -50,10 +51,21 @@ STOP_TIMEOUT_S = 60.0
 def default_workers(dialect: str) -> int:
     """Processes for a store: one per CPU on PostgreSQL, at least 2 (one process leaves
     a core partly idle while it waits on its transactions) and at most 4 (each adds
-    about 170 MB: see the module docstring); one on SQLite."""
-    if dialect == "sqlite":
+    about 170 MB: see the module docstring); one on SQLite, and where the kernel does
+    not spread connections among sockets sharing a port (``sharing_unsupported``)."""
+    if dialect == "sqlite" or sharing_unsupported():
         return 1
     return min(4, max(2, os.cpu_count() or 1))
+
+
+def sharing_unsupported() -> str | None:
+    """Why this system cannot run workers on shared ports, or None (Linux): macOS
+    and the BSDs accept SO_REUSEPORT but do not spread connections, and Windows has
+    none."""
+    if not sys.platform.startswith("linux") or not hasattr(socket, "SO_REUSEPORT"):
+        return f"workers share their ports with SO_REUSEPORT, spread only on Linux " \
+               f"(this is {sys.platform})"
+    return None
 
 
 class WorkerFailed(Exception):
