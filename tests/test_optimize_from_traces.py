@@ -112,6 +112,28 @@ def test_runs_and_runs_show_describe_the_run(optimized, recorded):
     assert any(d["diagnosis"] for d in shown["diagnoses"])
 
 
+def test_a_run_says_its_validation_score_is_optimistic_wherever_it_shows_it(
+        optimized, recorded, tmp_path):
+    from gepa_trace.optimizer.config import OPTIMISTIC_VAL, val_is_optimistic
+
+    # the defaults learn from validation failures; GEPA's settings and runs stored
+    # before these settings existed do not
+    assert optimized["val_optimistic"] is True
+    assert not val_is_optimistic(OptimizerConfig.gepa())
+    assert not val_is_optimistic({})
+    runner = CliRunner()
+    run_id = optimized["run_id"]
+    shown = runner.invoke(main, ["runs", "show", run_id, "--store", recorded])
+    assert f"  {OPTIMISTIC_VAL}\n" in shown.stdout
+    as_json = json.loads(runner.invoke(main, ["runs", "show", run_id, "--store", recorded,
+                                              "--json"]).stdout)
+    assert as_json["val_optimistic"] is True
+    out = tmp_path / "report.html"
+    assert runner.invoke(main, ["report", run_id, "--out", str(out), "--store",
+                                recorded]).exit_code == 0
+    assert "the held-out test is the unbiased score." in out.read_text()
+
+
 def test_export_accepts_the_best_and_writes_a_loadable_prompt_file(optimized, recorded, tmp_path):
     from gepa_trace.prompts import PromptSet
 

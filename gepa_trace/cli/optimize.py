@@ -136,6 +136,10 @@ def print_outcome(summary: dict[str, Any]) -> None:
         size = summary["val_size"]
         click.echo(f"            validation grew from {size - grown} to {size} examples once "
                    f"solved; the seed's score is on the first {size - grown}")
+    if summary.get("val_optimistic"):
+        from gepa_trace.optimizer.config import OPTIMISTIC_VAL
+
+        click.echo(f"            {OPTIMISTIC_VAL}")
     if held.get("failed") or held.get("skipped"):
         what = "FAILED" if held.get("failed") else "skipped"
         click.echo(f"held-out    {what}: {held.get('failed') or held.get('skipped')} "
@@ -446,6 +450,7 @@ def runs_show(ctx: click.Context, run_id: str, allow: tuple[str, ...], store: st
 
     Example: gepa-trace runs show run-20261125-212120-249963
     """
+    from gepa_trace.optimizer.config import OPTIMISTIC_VAL, val_is_optimistic
     from gepa_trace.optimizer.state import UNJUDGED
     from gepa_trace.prompts.review import Allow, review_run
     from gepa_trace.replay.runs import describe_run
@@ -456,7 +461,8 @@ def runs_show(ctx: click.Context, run_id: str, allow: tuple[str, ...], store: st
     info = describe_run(st, run_id)
     review = review_run(st, run_id, allow=Allow.load(allow))
     if as_json:
-        print_json({**info, "review": review.to_dict()})
+        print_json({**info, "val_optimistic": val_is_optimistic(info["config"]),
+                    "review": review.to_dict()})
         return
     click.echo(f"run {info['id']}  agent {info['agent']}  {info['status']}  "
                f"({info['stop_reason'] or 'running'})")
@@ -472,6 +478,8 @@ def runs_show(ctx: click.Context, run_id: str, allow: tuple[str, ...], store: st
     best = info["best"]
     if best:
         click.echo(f"best candidate {best['id']}  val {_score(best['val_score'])}")
+        if val_is_optimistic(info["config"]):
+            click.echo(f"  {OPTIMISTIC_VAL}")
         for component, version in best["prompts"].items():
             click.echo(f"  {component:<20} {version}")
     held = totals.get("held_out") or {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from gepa_trace.optimizer.config import val_is_optimistic
 from gepa_trace.optimizer.events import (
     BudgetSpent,
     OptimizerErrorEvent,
@@ -117,7 +118,8 @@ class Bookkeeping:
             totals=Totals.from_dict(self.totals.to_dict()), stop_reason=reason,
             failed_with=self.failed_with,
             iterations=max(0, state.iteration - 1), val_size=len(state.val_ids),
-            val_grown_by=len(state.val_ids) - self.val_start)
+            val_grown_by=len(state.val_ids) - self.val_start,
+            val_optimistic=val_is_optimistic(self.config))
 
     def _seed_val_score(self) -> float | None:
         """The seed's mean on the validation examples the run started with (growing

@@ -297,3 +297,19 @@ class OptimizerConfig:
                 **{k: v for k, v in values["reflection"].items()
                    if k in {f.name for f in fields(ReflectionConfig)}})
         return cls(**values).validate()
+
+
+#: Said wherever a run's validation score is shown, when ``val_is_optimistic``.
+OPTIMISTIC_VAL = ("validation is optimistic: the search also learned from its failures "
+                  "(val_failures_in_minibatch / _in_reflection); the held-out test is "
+                  "the unbiased score")
+
+
+def val_is_optimistic(config: OptimizerConfig | dict[str, Any]) -> bool:
+    """Whether a run's validation score is biased upward: the search read or trained on
+    validation examples it failed, so the best was chosen partly on what it learned
+    from (a stored run's config dict: settings it lacks were 0 then)."""
+    if isinstance(config, dict):
+        return bool(config.get("val_failures_in_minibatch")
+                    or config.get("val_failures_in_reflection"))
+    return bool(config.val_failures_in_minibatch or config.val_failures_in_reflection)

@@ -250,6 +250,7 @@ class OptimizationResult:
     val_size: int = 0
     val_grown_by: int = 0
     failed_with: str | None = None
+    val_optimistic: bool = False  # see optimizer.config.val_is_optimistic
 
     def lineage(self, candidate_id: int | None = None) -> list[Candidate]:
         """The candidate (default: the best) and its ancestors, nearest first."""
@@ -276,6 +277,7 @@ class OptimizationResult:
             "iterations": self.iterations, "best_candidate_id": self.best_candidate_id,
             "best_val_score": self.best_val_score, "seed_val_score": self.seed_val_score,
             "val_size": self.val_size, "val_grown_by": self.val_grown_by,
+            "val_optimistic": self.val_optimistic,
             "best_prompts": self.best_prompts.versions(),
             "fronts": {c: [asdict(m) for m in f.members] for c, f in self.fronts.items()},
             "candidates": len(self.candidates),

@@ -18,6 +18,7 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
+from gepa_trace.optimizer.config import OPTIMISTIC_VAL, val_is_optimistic
 from gepa_trace.optimizer.state import UNJUDGED
 from gepa_trace.report.blame import TITLE as BLAME_TITLE
 from gepa_trace.report.blame import blame_section
@@ -236,6 +237,8 @@ def _score_section(d: ReportData) -> str:
              '</i>best so far</span>')
     note = ("Each dot is a candidate's mean validation score, placed at the number of "
             "rollouts the run had spent when its validation finished.")
+    if val_is_optimistic(d.config):
+        note += f" {OPTIMISTIC_VAL[0].upper()}{OPTIMISTIC_VAL[1:]}."
     if d.growths:
         note += (" Dashed lines: the best candidate solved every validation example, so "
                  "validation grew by training examples (to the size shown) and the "
