@@ -170,3 +170,60 @@ def test_loopback_ui_refuses_a_host_header_naming_another_domain(store):
     with_token = TestClient(create_app(UiSettings(store=url, token="t", host="0.0.0.0")),
                             base_url="http://ui.example.com")
     assert with_token.get("/traces", headers={"Authorization": "Bearer t"}).status_code == 200
+
+
+def _form_through_a_tls_proxy(store, *extra: str) -> int:
+    """`gepa-trace ui --token T` served behind a TLS-terminating proxy on this machine:
+    the status of a same-origin form post as the proxy passes it on (the browser's
+    Origin is https://ui.example.com; the proxy says so in X-Forwarded-Proto)."""
+    import http.client
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    url, ids = store
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    gepa = str(Path(sys.executable).parent / "gepa-trace")
+    proc = subprocess.Popen([gepa, "ui", "--store", url, "--port", str(port), "--token", "T",
+                             *extra], stderr=subprocess.PIPE, text=True)
+    proxied = {"Host": "ui.example.com", "X-Forwarded-Proto": "https",
+               "X-Forwarded-For": "203.0.113.9", "Authorization": "Bearer T"}
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                conn.request("GET", f"/traces/{ids['good']}", headers=proxied)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the UI did not start"
+                time.sleep(0.2)
+        page = conn.getresponse()
+        body = page.read().decode()
+        cookies = "; ".join(value.split(";")[0] for name, value in page.getheaders()
+                            if name.lower() == "set-cookie")
+        conn.request("POST", f"/traces/{ids['good']}/feedback",
+                     body=f"score=0.5&comment=ok&csrf={csrf_of(body)}",
+                     headers={**proxied, "Origin": "https://ui.example.com",
+                              "Sec-Fetch-Site": "same-origin", "Cookie": cookies,
+                              "Content-Type": "application/x-www-form-urlencoded"})
+        answer = conn.getresponse()
+        answer.read()
+        return answer.status
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+
+
+def test_forms_work_behind_a_tls_proxy_on_this_machine(store):
+    assert _form_through_a_tls_proxy(store) == 303
+
+
+def test_only_a_trusted_proxy_is_believed_about_https(store):
+    # the proxy on 127.0.0.1 is no longer trusted: its X-Forwarded-Proto is ignored, the
+    # request looks like http://, and the browser's https:// origin does not match
+    assert _form_through_a_tls_proxy(store, "--trusted-proxy", "10.0.0.7") == 403

@@ -17,9 +17,15 @@ from gepa_trace.cli.common import handles_errors, progress, store_option
                    "send Authorization: Bearer T. Also $GEPA_TRACE_UI_TOKEN.")
 @click.option("--read-only", is_flag=True,
               help="Serve pages only: no feedback, marks or promotion (every POST is 405).")
+@click.option("--trusted-proxy", "trusted_proxies", multiple=True, metavar="ADDR",
+              help="A reverse proxy (IP or network) whose X-Forwarded-Proto and "
+                   "X-Forwarded-For are believed; repeat for more (default: 127.0.0.1, "
+                   "or $FORWARDED_ALLOW_IPS). Behind a TLS proxy the browser's forms come "
+                   "from https://..., which the UI must see to accept them.")
 @store_option
 @handles_errors
-def ui(host: str, port: int, token: str | None, read_only: bool, store: str | None) -> None:
+def ui(host: str, port: int, token: str | None, read_only: bool,
+       trusted_proxies: tuple[str, ...], store: str | None) -> None:
     """Browse traces, examples, components and runs in a browser; review and promote.
 
     Traces with filters (agent, time, feedback, correction, error, prompt version,
@@ -32,6 +38,7 @@ def ui(host: str, port: int, token: str | None, read_only: bool, store: str | No
       gepa-trace ui --store sqlite:///gepa_trace.db
       gepa-trace ui --host 0.0.0.0 --token "$(openssl rand -hex 16)"
       gepa-trace ui --read-only
+      gepa-trace ui --host 0.0.0.0 --token "$T" --trusted-proxy 10.0.0.7   # behind TLS
     """
     from gepa_trace.store import open_store
     from gepa_trace.ui.security import check_bind
@@ -48,7 +55,10 @@ def ui(host: str, port: int, token: str | None, read_only: bool, store: str | No
     shown = f"[{host}]" if ":" in host else host
     progress(f"gepa-trace ui on http://{shown}:{port}/"
              + (" (read-only)" if read_only else "") + (" (token required)" if token else ""))
-    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+    # uvicorn takes the scheme and client from X-Forwarded-* of these addresses only
+    proxies = ",".join(trusted_proxies) or None  # None: $FORWARDED_ALLOW_IPS or 127.0.0.1
+    uvicorn.Server(uvicorn.Config(app, log_level="warning", proxy_headers=True,
+                                  forwarded_allow_ips=proxies)).run(sockets=[sock])
 
 
 def _listen(host: str, port: int):
