@@ -185,3 +185,21 @@ def test_workers_default_to_one_where_the_kernel_does_not_spread_a_shared_port(
     assert workers.sharing_unsupported() == (
         "workers share their ports with SO_REUSEPORT, spread only on Linux (this is darwin)")
     assert default_workers("postgresql") == 1
+
+
+@pytest.mark.postgres
+def test_ctrl_c_on_the_terminal_stops_every_worker_with_exit_0(pg_url):
+    # Ctrl-C signals the whole foreground process group: the workers get it too
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from gepa_trace.cli import main; main()", "collect",
+         "--store", pg_url, "--http-port", "0", "--grpc-port", "-1", "--workers", "3"],
+        stderr=subprocess.PIPE, text=True, start_new_session=True)
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if line.startswith("collect: listening"):
+            break
+    os.killpg(proc.pid, signal.SIGINT)
+    err = "".join(lines) + proc.communicate(timeout=60)[1]
+    assert proc.returncode == 0, err
+    assert "collect: all 3 workers stopped; 0 spans stored" in err, err

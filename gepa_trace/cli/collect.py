@@ -144,8 +144,10 @@ def collect(store, host, http_port, grpc_port, token, max_body_mb, max_grpc_mess
     try:
         while not stop.wait(0.5):
             gone = pool.exited()
-            if gone:
+            # Ctrl-C reaches the workers too: one may end a moment before we see it
+            if gone and not stop.wait(0.5):
                 break
+            gone = None
     finally:
         progress("collect: stopping; finishing accepted requests")
         pool.terminate()
