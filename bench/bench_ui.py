@@ -151,6 +151,8 @@ def time_pages(url: str, trace_ids: list[str], repeats: int) -> list[tuple[str, 
         ("traces list, text search, no match", f"/traces?agent={AGENT}&q=zebra"),
         ("traces list, page 21", f"/traces?agent={AGENT}&after={deep}"),
         ("trace page (20 spans)", None),
+        ("components page, all agents", "/components"),
+        ("components page, agent", f"/components?agent={AGENT}"),
     ]
     rows = []
     for label, path in pages:
