@@ -26,6 +26,15 @@ from gepa_trace.store import open_store
 pytestmark = pytest.mark.timeout(180)
 
 
+COLLECT = [sys.executable, "-c", "from gepa_trace.cli import main; main()", "collect"]
+
+
+def _run_collect(*args: str) -> subprocess.CompletedProcess:
+    """`gepa-trace collect ARGS` to its end (one that cannot start)."""
+    return subprocess.run([*COLLECT, *args], check=False, capture_output=True, text=True,
+                          timeout=60)
+
+
 def _send_grpc(port: int, spans: list, results: list, start: threading.Barrier) -> None:
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
@@ -49,6 +58,14 @@ def _worker_pids(port: int, expected: int, tries: int = 400) -> set[int]:
         if len(pids) == expected:
             break
     return pids
+
+
+def _with_workers(pg_url: str, count: int) -> tuple[CollectorProcess, set[int]]:
+    """`gepa-trace collect --workers COUNT`, and the pids of the workers it started."""
+    collector = CollectorProcess(pg_url, "--workers", str(count))
+    others = _worker_pids(collector.http_port, count) - {collector.proc.pid}
+    assert len(others) == count - 1
+    return collector, others
 
 
 def _alive(pid: int) -> bool:
@@ -114,10 +131,9 @@ def test_collect_on_postgresql_defaults_to_a_worker_per_cpu(pg_url):
 
 @pytest.mark.postgres
 def test_a_worker_that_dies_stops_the_collector_with_exit_1_naming_it(pg_url):
-    collector = CollectorProcess(pg_url, "--workers", "2")
+    collector, others = _with_workers(pg_url, 2)
     first = collector.proc.pid
-    pids = _worker_pids(collector.http_port, 2)
-    (other,) = pids - {first}
+    (other,) = others
     os.kill(other, signal.SIGKILL)
     try:
         collector.proc.wait(60)
@@ -130,10 +146,8 @@ def test_a_worker_that_dies_stops_the_collector_with_exit_1_naming_it(pg_url):
 
 
 def test_collect_refuses_workers_on_sqlite_in_one_line(sqlite_url):
-    proc = subprocess.run(
-        [sys.executable, "-c", "from gepa_trace.cli import main; main()", "collect",
-         "--store", sqlite_url, "--http-port", "0", "--grpc-port", "-1", "--workers", "2"],
-        check=False, capture_output=True, text=True, timeout=60)
+    proc = _run_collect("--store", sqlite_url, "--http-port", "0", "--grpc-port", "-1",
+                        "--workers", "2")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "Error: --workers 2 needs a PostgreSQL store: SQLite takes one writer at a time"]
@@ -146,10 +160,8 @@ def test_collect_on_sqlite_is_one_process_and_a_plain_second_collector_cannot_sh
         assert {_healthz(collector.http_port)["pid"] for _ in range(10)} == {
             collector.proc.pid}
         # without --workers the ports are not shared: a second collector fails loudly
-        second = subprocess.run(
-            [sys.executable, "-c", "from gepa_trace.cli import main; main()", "collect",
-             "--store", sqlite_url, "--http-port", str(collector.http_port),
-             "--grpc-port", "-1"], check=False, capture_output=True, text=True, timeout=60)
+        second = _run_collect("--store", sqlite_url, "--http-port", str(collector.http_port),
+                              "--grpc-port", "-1")
         assert second.returncode != 0
         assert second.stderr.strip().splitlines()[-1] == (
             f"Error: cannot listen on 127.0.0.1:{collector.http_port}: Address already in use")
@@ -160,10 +172,7 @@ def test_collect_on_sqlite_is_one_process_and_a_plain_second_collector_cannot_sh
 
 @pytest.mark.postgres
 def test_workers_stop_when_the_first_process_is_killed_outright(pg_url):
-    collector = CollectorProcess(pg_url, "--workers", "3")
-    first = collector.proc.pid
-    others = _worker_pids(collector.http_port, 3) - {first}
-    assert len(others) == 2
+    collector, others = _with_workers(pg_url, 3)
     collector.kill()  # SIGKILL: the first process cannot stop them itself
     deadline = time.monotonic() + 60
     try:
@@ -190,10 +199,9 @@ def test_workers_default_to_one_where_the_kernel_does_not_spread_a_shared_port(
 @pytest.mark.postgres
 def test_ctrl_c_on_the_terminal_stops_every_worker_with_exit_0(pg_url):
     # Ctrl-C signals the whole foreground process group: the workers get it too
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from gepa_trace.cli import main; main()", "collect",
-         "--store", pg_url, "--http-port", "0", "--grpc-port", "-1", "--workers", "3"],
-        stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen([*COLLECT, "--store", pg_url, "--http-port", "0", "--grpc-port",
+                             "-1", "--workers", "3"],
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     lines = []
     for line in proc.stderr:
         lines.append(line)
@@ -203,3 +211,17 @@ def test_ctrl_c_on_the_terminal_stops_every_worker_with_exit_0(pg_url):
     err = "".join(lines) + proc.communicate(timeout=60)[1]
     assert proc.returncode == 0, err
     assert "collect: all 3 workers stopped; 0 spans stored" in err, err
+
+
+def test_a_burst_of_signals_stops_the_collector_and_never_hangs_it(sqlite_url):
+    # a handler that took a lock deadlocked when the next signal came in the middle
+    for _ in range(3):
+        collector = CollectorProcess(sqlite_url)
+        for _ in range(50):
+            collector.proc.send_signal(signal.SIGTERM)
+        try:
+            code, err = collector.terminate(timeout=30)
+        except subprocess.TimeoutExpired:
+            collector.kill()
+            raise
+        assert code == 0, err

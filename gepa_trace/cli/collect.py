@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import signal
-import threading
+import time
 
 import click
 
@@ -113,9 +113,12 @@ def collect(store, host, http_port, grpc_port, token, max_body_mb, max_grpc_mess
     _raise_file_limit()
     _return_large_buffers_to_the_os()
     tune_process_for_ingest()
-    stop = threading.Event()
+    # The handler only notes the signal: taking a lock there (Event.set) deadlocks when
+    # a second signal comes while the first handler holds it (Ctrl-C on the terminal,
+    # then SIGTERM from the first process, reach a worker together).
+    signals: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, lambda signum, _frame: signals.append(signum))
     if reuse_port:
         stop_with_first()  # a worker of another process: stop when it ends
     collector = Collector(db, config).start()
@@ -142,12 +145,15 @@ def collect(store, host, http_port, grpc_port, token, max_body_mb, max_grpc_mess
              + (f" ({workers} workers)" if workers > 1 else ""))
     gone = None
     try:
-        while not stop.wait(0.5):
+        while not signals:
+            time.sleep(0.1)
             gone = pool.exited()
-            # Ctrl-C reaches the workers too: one may end a moment before we see it
-            if gone and not stop.wait(0.5):
-                break
-            gone = None
+            if gone:
+                # Ctrl-C reaches the workers too: one may end a moment before we see it
+                time.sleep(0.5)
+                if not signals:
+                    break
+                gone = None
     finally:
         progress("collect: stopping; finishing accepted requests")
         pool.terminate()
