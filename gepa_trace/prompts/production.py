@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, func, or_, select
 
 from gepa_trace.store import Store, open_store
 from gepa_trace.store.queries import feedback_for_traces
@@ -125,7 +125,7 @@ def versions_carried(runs: Select, component: str | None = None) -> Select:
 def run_scores(store: Store, trace_ids: Iterable[str],
                weights: dict[str, float] | None = None) -> dict[str, float | None]:
     """Each run's score: the verdict of its feedback (``store.verdict``), None unrated."""
-    return {t: verdict(records, weights=weights).score
+    return {t: verdict(records, weights=weights).score if records else None
             for t, records in feedback_for_traces(store, trace_ids).items()}
 
 
@@ -137,20 +137,9 @@ def version_figures(store: Store | str | None, agent: str | None, *,
     in [since, until), newest last seen first within each component (components by
     name)."""
     store = open_store(store)
-    s = _SPANS
-    roots_q = production_runs(agent, s.c.trace_id, s.c.start_ns, s.c.end_ns, since=since,
-                              until=until)
-    calls_q = versions_carried(roots_q, component)
-    tokens_q = (select(s.c.trace_id, s.c.model, func.coalesce(func.sum(s.c.input_tokens), 0),
-                       func.coalesce(func.sum(s.c.output_tokens), 0))
-                .where(s.c.trace_id.in_(select(roots_q.subquery().c.trace_id)),
-                       s.c.span_type == "llm")
-                .group_by(s.c.trace_id, s.c.model))
+    roots, calls, tokens = _window_spans(store, agent, since, until)
+    names = sorted({name for _trace, name, _version in calls})
     with store.read() as conn:
-        roots = {r.trace_id: (r.start_ns, r.end_ns) for r in conn.execute(roots_q)}
-        calls = conn.execute(calls_q).all()
-        tokens = conn.execute(tokens_q).all()
-        names = sorted({c[1] for c in calls})
         recorded = {(r.component, r.version): r for r in conn.execute(
             select(_VERSIONS).where(_VERSIONS.c.component.in_(names)))} if names else {}
         aliases: dict[tuple[str, str], list[str]] = defaultdict(list)
@@ -159,12 +148,14 @@ def version_figures(store: Store | str | None, agent: str | None, *,
                 aliases[(row.component, row.version)].append(row.alias)
     runs_of: dict[tuple[str, str | None], set[str]] = defaultdict(set)
     seen: dict[tuple[str, str | None], tuple[int, int]] = {}
-    for trace_id, name, version, first, last in calls:
+    for (trace_id, name, version), (first, last) in calls.items():
+        if component is not None and name != component:
+            continue
         key = (name, version)
         runs_of[key].add(trace_id)
         low, high = seen.get(key, (first, last))
         seen[key] = (min(low, first), max(high, last))
-    cost = _cost_per_trace(tokens)
+    cost = _cost_per_trace([(t, m, i, o) for (t, m), (i, o) in tokens.items()])
     scores = run_scores(store, sorted({t for ids in runs_of.values() for t in ids}), weights)
     figures = []
     for (name, version), ids in runs_of.items():
@@ -186,6 +177,49 @@ def version_figures(store: Store | str | None, agent: str | None, *,
             aliases=tuple(sorted(aliases.get((name, version), ())))))
     figures.sort(key=lambda f: (f.component, -f.last_seen, f.version or ""))
     return figures
+
+
+def _window_spans(store: Store, agent: str | None, since: float | None,
+                  until: float | None) -> tuple[dict, dict, dict]:
+    """What ``version_figures`` reads of the production runs in the window, in one pass
+    over their roots and LLM calls (a run's spans lie together in the table; three
+    queries read them three times, 1-1.7 s at 1M spans, bench/RESULTS.md "Web UI"):
+
+    - roots: {trace_id: (start_ns, end_ns)} of the runs' root spans;
+    - calls: {(trace_id, component, version): (first, last start_ns)} of their LLM
+      calls that name a component, those flagged inconsistent left out
+      (``versions_carried``'s rule);
+    - tokens: {(trace_id, model): (input, output)} summed over all their LLM calls.
+    """
+    s = _SPANS
+    window = production_runs(agent, since=since, until=until).subquery()
+    query = (select(s.c.trace_id, s.c.parent_span_id, s.c.run_id, s.c.agent, s.c.span_type,
+                    s.c.component, s.c.prompt_version, s.c.prompt_flag, s.c.start_ns,
+                    s.c.end_ns, s.c.model, s.c.input_tokens, s.c.output_tokens)
+             .where(s.c.trace_id.in_(select(window.c.trace_id)),
+                    or_(s.c.parent_span_id.is_(None), s.c.span_type == "llm")))
+    low = None if since is None else round(since * 1e9)
+    high = None if until is None else round(until * 1e9)
+    roots: dict[str, tuple[int, int]] = {}
+    calls: dict[tuple[str, str, str | None], tuple[int, int]] = {}
+    tokens: dict[tuple[str, str | None], tuple[int, int]] = {}
+    with store.read() as conn:
+        # the driver's plain tuples: SQLAlchemy's rows cost as much as the query here
+        rows = conn.execute(query).cursor.fetchall()
+    for (trace_id, parent, run_id, span_agent, span_type, name, version, flag, start, end,
+         model, tokens_in, tokens_out) in rows:
+        if (parent is None and run_id is None and (agent is None or span_agent == agent)
+                and (low is None or start >= low) and (high is None or start < high)):
+            roots[trace_id] = (start, end)
+        if span_type != "llm":
+            continue
+        spent = tokens.get((trace_id, model), (0, 0))
+        tokens[(trace_id, model)] = (spent[0] + (tokens_in or 0), spent[1] + (tokens_out or 0))
+        if name is not None and flag is None:
+            key = (trace_id, name, version)
+            first, last = calls.get(key, (start, start))
+            calls[key] = (min(first, start), max(last, start))
+    return roots, calls, tokens
 
 
 def _cost_per_trace(tokens: Sequence[Any]) -> dict[str, float | None]:
