@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sqlalchemy import Select, func, or_, select
+from sqlalchemy import Select, func, select
 
 from gepa_trace.store import Store, open_store
 from gepa_trace.store.queries import feedback_for_traces
@@ -138,14 +138,6 @@ def version_figures(store: Store | str | None, agent: str | None, *,
     name)."""
     store = open_store(store)
     roots, calls, tokens = _window_spans(store, agent, since, until)
-    names = sorted({name for _trace, name, _version in calls})
-    with store.read() as conn:
-        recorded = {(r.component, r.version): r for r in conn.execute(
-            select(_VERSIONS).where(_VERSIONS.c.component.in_(names)))} if names else {}
-        aliases: dict[tuple[str, str], list[str]] = defaultdict(list)
-        if names:
-            for row in conn.execute(select(_ALIASES).where(_ALIASES.c.component.in_(names))):
-                aliases[(row.component, row.version)].append(row.alias)
     runs_of: dict[tuple[str, str | None], set[str]] = defaultdict(set)
     seen: dict[tuple[str, str | None], tuple[int, int]] = {}
     for (trace_id, name, version), (first, last) in calls.items():
@@ -155,6 +147,14 @@ def version_figures(store: Store | str | None, agent: str | None, *,
         runs_of[key].add(trace_id)
         low, high = seen.get(key, (first, last))
         seen[key] = (min(low, first), max(high, last))
+    names = sorted({name for name, _version in runs_of})
+    with store.read() as conn:
+        recorded = {(r.component, r.version): r for r in conn.execute(
+            select(_VERSIONS).where(_VERSIONS.c.component.in_(names)))} if names else {}
+        aliases: dict[tuple[str, str], list[str]] = defaultdict(list)
+        if names:
+            for row in conn.execute(select(_ALIASES).where(_ALIASES.c.component.in_(names))):
+                aliases[(row.component, row.version)].append(row.alias)
     cost = _cost_per_trace([(t, m, i, o) for (t, m), (i, o) in tokens.items()])
     scores = run_scores(store, sorted({t for ids in runs_of.values() for t in ids}), weights)
     figures = []
@@ -181,38 +181,30 @@ def version_figures(store: Store | str | None, agent: str | None, *,
 
 def _window_spans(store: Store, agent: str | None, since: float | None,
                   until: float | None) -> tuple[dict, dict, dict]:
-    """What ``version_figures`` reads of the production runs in the window, in one pass
-    over their roots and LLM calls (a run's spans lie together in the table; three
-    queries read them three times, 1-1.7 s at 1M spans, bench/RESULTS.md "Web UI"):
+    """What ``version_figures`` reads of the production runs in the window: their roots,
+    then their LLM calls in one pass (two queries read these rows twice before, 1-1.7 s
+    at 1M spans, bench/RESULTS.md "Web UI"):
 
-    - roots: {trace_id: (start_ns, end_ns)} of the runs' root spans;
+    - roots: {trace_id: (start_ns, end_ns)} of the runs (``production_runs``);
     - calls: {(trace_id, component, version): (first, last start_ns)} of their LLM
       calls that name a component, those flagged inconsistent left out
       (``versions_carried``'s rule);
     - tokens: {(trace_id, model): (input, output)} summed over all their LLM calls.
     """
     s = _SPANS
-    window = production_runs(agent, since=since, until=until).subquery()
-    query = (select(s.c.trace_id, s.c.parent_span_id, s.c.run_id, s.c.agent, s.c.span_type,
-                    s.c.component, s.c.prompt_version, s.c.prompt_flag, s.c.start_ns,
-                    s.c.end_ns, s.c.model, s.c.input_tokens, s.c.output_tokens)
-             .where(s.c.trace_id.in_(select(window.c.trace_id)),
-                    or_(s.c.parent_span_id.is_(None), s.c.span_type == "llm")))
-    low = None if since is None else round(since * 1e9)
-    high = None if until is None else round(until * 1e9)
-    roots: dict[str, tuple[int, int]] = {}
+    runs = production_runs(agent, s.c.trace_id, s.c.start_ns, s.c.end_ns, since=since,
+                           until=until)
+    query = (select(s.c.trace_id, s.c.component, s.c.prompt_version, s.c.prompt_flag,
+                    s.c.start_ns, s.c.model, s.c.input_tokens, s.c.output_tokens)
+             .where(s.c.trace_id.in_(select(runs.subquery().c.trace_id)),
+                    s.c.span_type == "llm"))
     calls: dict[tuple[str, str, str | None], tuple[int, int]] = {}
     tokens: dict[tuple[str, str | None], tuple[int, int]] = {}
     with store.read() as conn:
         # the driver's plain tuples: SQLAlchemy's rows cost as much as the query here
+        roots = {t: (start, end) for t, start, end in conn.execute(runs).cursor.fetchall()}
         rows = conn.execute(query).cursor.fetchall()
-    for (trace_id, parent, run_id, span_agent, span_type, name, version, flag, start, end,
-         model, tokens_in, tokens_out) in rows:
-        if (parent is None and run_id is None and (agent is None or span_agent == agent)
-                and (low is None or start >= low) and (high is None or start < high)):
-            roots[trace_id] = (start, end)
-        if span_type != "llm":
-            continue
+    for trace_id, name, version, flag, start, model, tokens_in, tokens_out in rows:
         spent = tokens.get((trace_id, model), (0, 0))
         tokens[(trace_id, model)] = (spent[0] + (tokens_in or 0), spent[1] + (tokens_out or 0))
         if name is not None and flag is None:
