@@ -164,9 +164,6 @@ def versus_raw(args) -> list[dict]:
     return results
 
 
-_STOPPED = re.compile(r"collect: stopped; (\d+) spans stored in (\d+) transactions")
-
-
 def process_run(url: str, spans: int, exporters: int, batch: int, workers: int) -> dict:
     """`gepa-trace collect --workers N` on ``url``, fed by one sender process (seed 1):
     its rate, the CPU of all its workers, its transactions (from their last lines)."""
@@ -183,7 +180,9 @@ def process_run(url: str, spans: int, exporters: int, batch: int, workers: int) 
     used = sum(_cpu_s(pid) - c for pid, c in zip(pids, cpu))
     proc.terminate()
     _out, err = proc.communicate(timeout=120)
-    transactions = sum(int(t) for _n, t in _STOPPED.findall(err))
+    from gepa_trace.collectors.workers import STOPPED  # each worker's last line
+
+    transactions = sum(int(found[1]) for found in STOPPED.findall(err))
     with store.read() as conn:
         got = [tuple(r) for r in conn.execute(sa.text("SELECT trace_id, span_id FROM spans"))]
     _bodies, ids = bc.make_requests(spans, batch, seed=1)

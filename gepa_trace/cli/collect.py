@@ -97,8 +97,9 @@ def collect(store, host, http_port, grpc_port, token, max_body_mb, max_grpc_mess
     if workers > 1 and db.dialect == "sqlite":
         fail(f"--workers {workers} needs a PostgreSQL store: SQLite takes one writer at "
              "a time", 2)
-    if workers > 1 and sharing_unsupported():
-        fail(f"--workers {workers}: {sharing_unsupported()}", 2)
+    unsupported = sharing_unsupported() if workers > 1 else None
+    if unsupported:
+        fail(f"--workers {workers}: {unsupported}", 2)
     max_memory_mb = max(1.0, max_memory_mb / workers)  # the bound holds for all of them
     config = CollectorConfig(host=host, http_port=http_port,
                              grpc_port=None if grpc_port == -1 else grpc_port, token=token,

@@ -142,7 +142,6 @@ class Workers:
         for relay in self._relays:
             relay.join(5)
 
-
     def _relay(self, proc: subprocess.Popen, number: int, echo: Callable[[str], None],
                listening: threading.Event) -> None:
         for line in proc.stderr:
